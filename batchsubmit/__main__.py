@@ -1,0 +1,5 @@
+"""``python -m batchsubmit`` is the ``batchsubmit`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

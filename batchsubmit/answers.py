@@ -1,0 +1,223 @@
+"""What an answer from VAS means for the job and for the run: a pure classification.
+
+The client turns every HTTP exchange (or failure to have one) into an :class:`Answer`;
+the pool decides what to do from ``Answer.kind`` alone. No aiohttp here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "Answer",
+    "Kind",
+    "classify",
+    "parse_error",
+    "parse_rate_hint",
+]
+
+
+class Kind(Enum):
+    CREATED = "created"  # 201 with a job id
+    OK = "ok"  # a successful read (list, show)
+    THROTTLED = "throttled"  # 429: slow down, retry; not a failure of the job
+    UNAVAILABLE = "unavailable"  # 503 (or a read's 5xx): retry with backoff
+    NOT_SENT = "not_sent"  # the request never left (connect failed): safe to retry
+    AMBIGUOUS = "ambiguous"  # a create may or may not have happened: look it up
+    FAILED = "failed"  # this job is wrong (4xx): record it, go on with the others
+    FATAL = "fatal"  # every job would fail the same way: stop the run
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    kind: Kind
+    status: int = 0
+    job_id: str = ""
+    error_code: str = ""
+    error_msg: str = ""
+    request_id: str = ""
+    retry_after: float | None = None
+    rate_hint: float | None = None  # the gateway's limit in calls per second, when it says
+    data: Any = None
+    advice: str = ""
+
+
+_LIMIT_IN_MESSAGE = re.compile(
+    r"limit:\s*(\d+(?:\.\d+)?)\s*,\s*time:\s*(\d+)?\s*(second|minute|hour)"
+)
+_UNIT_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+_WINDOW = re.compile(r"(\d+(?:\.\d+)?)?\s*([a-z]*)")
+_WINDOW_UNITS = {
+    "": 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
+}
+
+_AUTH_ADVICE = (
+    "check HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK (and HUAWEICLOUD_SDK_SECURITY_TOKEN for "
+    "temporary credentials) and that this machine's clock is right"
+)
+_FORBIDDEN_ADVICE = "the account may not be subscribed to this service or may lack permission (IAM)"
+_FATAL_400 = {
+    "IVA.0002": "check service.project_id (or HUAWEICLOUD_SDK_PROJECT_ID) for this region",
+    "IVA.0012": "the account's job quota is used up: delete finished jobs or ask for more quota",
+}
+
+
+def parse_error(body: bytes) -> tuple[str, str, str]:
+    """Error code, message and request id from any of VAS's error bodies; never raises."""
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        inner = data.get("error")
+        if isinstance(inner, dict):
+            data = {**data, **inner}
+        code = data.get("error_code") or data.get("code") or ""
+        msg = data.get("error_msg") or data.get("error_message") or data.get("message") or ""
+        return str(code), str(msg), str(data.get("request_id") or "")
+    text = body[:200].decode("utf-8", "replace").strip()
+    return "", text, ""
+
+
+def parse_rate_hint(message: str, headers: Mapping[str, str]) -> float | None:
+    """The gateway's limit in calls per second, from the 429 message or X-ratelimit headers."""
+    limit = headers.get("X-ratelimit") or headers.get("X-RateLimit-Limit")
+    if limit:
+        window = _window_seconds(headers.get("X-ratelimit-window", "1"))
+        try:
+            value = float(limit)
+        except ValueError:
+            value = 0.0
+        if value > 0 and window:
+            return value / window
+    found = _LIMIT_IN_MESSAGE.search(message)
+    if found:
+        count = float(found.group(1))
+        span = float(found.group(2) or 1) * _UNIT_SECONDS[found.group(3)]
+        return count / span if count > 0 else None
+    return None
+
+
+def _window_seconds(text: str) -> float | None:
+    found = _WINDOW.fullmatch(text.strip().lower())
+    if not found or found.group(2) not in _WINDOW_UNITS:
+        return None
+    span = float(found.group(1) or 1) * _WINDOW_UNITS[found.group(2)]
+    return span if span > 0 else None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (the HTTP-date form is ignored: the gateway sends seconds)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes, *, create: bool) -> Answer:
+    """Turn one HTTP answer into an Answer; ``create`` says whether the call may create a job."""
+    request_id = headers.get("X-Request-Id", "")
+    if 200 <= status < 300:
+        try:
+            data = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            data = None
+        if not create:
+            if data is None:
+                return Answer(
+                    kind=Kind.UNAVAILABLE,
+                    status=status,
+                    request_id=request_id,
+                    error_msg="unreadable answer body",
+                )
+            return Answer(
+                kind=Kind.OK,
+                status=status,
+                request_id=request_id,
+                data=data,
+                rate_hint=_header_hint(headers),
+            )
+        job_id = _created_id(data)
+        if job_id:
+            return Answer(
+                kind=Kind.CREATED,
+                status=status,
+                job_id=job_id,
+                request_id=request_id,
+                rate_hint=_header_hint(headers),
+            )
+        return Answer(
+            kind=Kind.AMBIGUOUS,
+            status=status,
+            request_id=request_id,
+            error_msg=f"created, but the answer has no job id: {body[:200]!r}",
+        )
+    code, msg, body_request_id = parse_error(body)
+    request_id = request_id or body_request_id
+    common: dict[str, Any] = {
+        "status": status,
+        "error_code": code,
+        "error_msg": msg,
+        "request_id": request_id,
+    }
+    retry_after = retry_after_seconds(headers.get("Retry-After"))
+    if status == 429:
+        return Answer(
+            kind=Kind.THROTTLED,
+            retry_after=retry_after,
+            rate_hint=parse_rate_hint(msg, headers),
+            **common,
+        )
+    if status == 503:
+        return Answer(kind=Kind.UNAVAILABLE, retry_after=retry_after, **common)
+    if status >= 500 or status in (408,):
+        if create:
+            return Answer(kind=Kind.AMBIGUOUS, **common)
+        return Answer(kind=Kind.UNAVAILABLE, retry_after=retry_after, **common)
+    if status == 401:
+        return Answer(kind=Kind.FATAL, advice=_AUTH_ADVICE, **common)
+    if status == 403:
+        return Answer(kind=Kind.FATAL, advice=_FORBIDDEN_ADVICE, **common)
+    if status == 404 and create:
+        return Answer(
+            kind=Kind.FATAL, advice="check service.name and the endpoint or region", **common
+        )
+    if code in _FATAL_400:
+        return Answer(kind=Kind.FATAL, advice=_FATAL_400[code], **common)
+    if 300 <= status < 400:
+        return Answer(kind=Kind.FATAL, advice="unexpected redirect: check the endpoint", **common)
+    return Answer(kind=Kind.FAILED, **common)
+
+
+def _header_hint(headers: Mapping[str, str]) -> float | None:
+    if "X-ratelimit" not in headers and "X-RateLimit-Limit" not in headers:
+        return None
+    return parse_rate_hint("", headers)
+
+
+def _created_id(data: Any) -> str:
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        data = data[0]
+    if isinstance(data, dict) and isinstance(data.get("id"), str):
+        return str(data["id"])
+    return ""

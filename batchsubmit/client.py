@@ -1,0 +1,152 @@
+"""The VAS client: sign, send, and turn what happened into an Answer. The only module that
+speaks HTTP to VAS; it never retries (the pool decides) and never raises for a bad answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from .answers import Answer, Kind, classify
+from .auth import Credentials, canonical_query, sdk_date, sign
+
+__all__ = ["DEFAULT_TIMEOUT", "Endpoint", "VasClient", "open_session"]
+
+DEFAULT_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
+LIST_PAGE = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """Where the tasks of one service live: ``{base}/v2/{project}/services/{service}/tasks``."""
+
+    base_url: str
+    project_id: str
+    service_name: str
+
+    @property
+    def tasks_path(self) -> str:
+        return f"/v2/{quote(self.project_id)}/services/{quote(self.service_name)}/tasks"
+
+    @property
+    def tasks_url(self) -> str:
+        """Also the ``service_url`` recorded in every results row: the ledger's key."""
+        return self.base_url + self.tasks_path
+
+    @property
+    def host(self) -> str:
+        parts = urlsplit(self.base_url)
+        default = {"http": 80, "https": 443}[parts.scheme]
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        return host if parts.port in (None, default) else f"{host}:{parts.port}"
+
+
+def open_session(concurrency: int) -> aiohttp.ClientSession:
+    """One session per run: its connection pool is what makes calls cheap."""
+    connector = aiohttp.TCPConnector(
+        limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300
+    )
+    return aiohttp.ClientSession(
+        connector=connector, skip_auto_headers=("User-Agent",), auto_decompress=False
+    )
+
+
+class VasClient:
+    """Calls on one service's tasks with one set of credentials."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        endpoint: Endpoint,
+        credentials: Credentials,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._session = session
+        self._endpoint = endpoint
+        self._credentials = credentials
+        self._path = endpoint.tasks_path
+        self._url = endpoint.tasks_url
+        self._post_url = URL(self._url, encoded=True)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout
+        )
+        fixed = {
+            "Content-Type": "application/json",
+            "Host": endpoint.host,
+            "X-Project-Id": endpoint.project_id,
+        }
+        if credentials.security_token:
+            fixed["X-Security-Token"] = credentials.security_token
+        self._fixed = fixed
+
+    def _headers(
+        self, method: str, path: str, query: Mapping[str, str | int] | None, body: bytes
+    ) -> dict[str, str]:
+        headers = dict(self._fixed)
+        headers["X-Sdk-Date"] = sdk_date()
+        headers["Authorization"] = sign(self._credentials, method, path, query, headers, body)
+        return headers
+
+    async def create(self, body: bytes) -> Answer:
+        """One create call. A lost answer is AMBIGUOUS: the job may exist."""
+        headers = self._headers("POST", self._path, None, body)
+        return await self._send("POST", self._post_url, headers, body, create=True)
+
+    async def list_page(self, name_like: str, offset: int, limit: int = LIST_PAGE) -> Answer:
+        """One page of tasks whose name contains ``name_like``."""
+        query: dict[str, str | int] = {"name_like": name_like, "offset": offset, "limit": limit}
+        headers = self._headers("GET", self._path, query, b"")
+        url = URL(f"{self._url}?{canonical_query(query)}", encoded=True)
+        return await self._send("GET", url, headers, b"", create=False)
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        create: bool,
+    ) -> Answer:
+        sent = False
+        try:
+            async with self._session.request(
+                method,
+                url,
+                data=body or None,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                sent = True
+                payload = await response.read()
+                return classify(response.status, response.headers, payload, create=create)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return Answer(
+                kind=Kind.FATAL,
+                error_code="TLS",
+                error_msg=str(exc.certificate_error),
+                advice="the endpoint's TLS certificate was not accepted",
+            )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            return Answer(kind=Kind.NOT_SENT, error_code="CONNECT", error_msg=_describe(exc))
+        except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            kind = Kind.AMBIGUOUS if create else Kind.UNAVAILABLE
+            code = "TIMEOUT" if isinstance(exc, asyncio.TimeoutError) else "CONNECTION"
+            where = "after the answer began" if sent else "after sending"
+            return Answer(kind=kind, error_code=code, error_msg=f"{_describe(exc)} ({where})")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

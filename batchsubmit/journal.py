@@ -1,0 +1,184 @@
+"""Write-ahead journal of create intents, and the lock that keeps two runs off one results file.
+
+Before a create call is sent, its intent (source, name) is in the journal, flushed and synced:
+a run killed at any moment leaves behind exactly the intents whose outcome may be missing
+from the results file, and the next run looks those jobs up by name before creating anything.
+Intents are committed in groups (every intent waiting at once shares one fsync), and the file
+is compacted to the still-open intents every ``CHECKPOINT`` intents, after the results file
+itself has been synced, so it stays small on long runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import anyio
+import orjson
+
+from .errors import LockedError, UsageError
+
+__all__ = ["CHECKPOINT", "Journal", "RunLock", "read_intents"]
+
+CHECKPOINT = 10_000
+
+
+def read_intents(path: Path, warn: Callable[[str], None]) -> dict[str, str]:
+    """The intents a journal holds, source to job name; a torn last line is skipped."""
+    intents: dict[str, str] = {}
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return intents
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the journal: {exc.strerror}") from None
+    with handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                data = orjson.loads(line)
+                intents[str(data["source"])] = str(data["name"])
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                warn(f"{path}:{number}: unreadable journal line skipped (cut short by a crash?)")
+    return intents
+
+
+class Journal:
+    """Records intents before their create calls; ``settle`` when their row is written."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durable: bool = True,
+        inherited: dict[str, str] | None = None,
+        before_checkpoint: Callable[[], None] | None = None,
+    ) -> None:
+        self.path = path
+        self._durable = durable
+        self._open: dict[str, str] = dict(inherited or {})
+        self._before_checkpoint = before_checkpoint
+        self._pending: list[bytes] = []
+        self._batch = anyio.Event()
+        self._wake = anyio.Event()
+        self._syncing = False
+        self._since_checkpoint = 0
+        self._file: IO[bytes] = self._rewrite()
+
+    def _rewrite(self) -> IO[bytes]:
+        """Replace the journal with just the open intents, atomically."""
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with temporary.open("wb") as handle:
+            handle.writelines(_line(s, n) for s, n in self._open.items())
+            handle.flush()
+            if self._durable:
+                os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        _sync_dir(self.path.parent, self._durable)
+        return self.path.open("ab")
+
+    async def intend(self, source: str, name: str) -> None:
+        """Return once the intent to create ``name`` for ``source`` is durable.
+
+        Needs :meth:`run` going in the same task group.
+        """
+        self._open[source] = name
+        self._pending.append(_line(source, name))
+        batch = self._batch
+        self._wake.set()
+        await batch.wait()
+
+    async def run(self) -> None:
+        """The committer: writes what is pending in one go, syncs once, wakes every waiter."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            while self._pending:
+                lines, self._pending = self._pending, []
+                done, self._batch = self._batch, anyio.Event()
+                self._file.writelines(lines)
+                self._file.flush()
+                if self._durable:
+                    self._syncing = True
+                    try:
+                        await anyio.to_thread.run_sync(os.fdatasync, self._file.fileno())
+                    finally:
+                        self._syncing = False
+                self._since_checkpoint += len(lines)
+                done.set()
+
+    def settle(self, source: str) -> None:
+        """The outcome of ``source`` is in the results file (flushed): its intent may go."""
+        self._open.pop(source, None)
+
+    def checkpoint_due(self) -> bool:
+        return self._since_checkpoint >= CHECKPOINT and not (self._pending or self._syncing)
+
+    def checkpoint(self) -> None:
+        """Sync the results file (via the hook), then shrink the journal to the open intents."""
+        if self._before_checkpoint is not None:
+            self._before_checkpoint()
+        self._file.close()
+        self._file = self._rewrite()
+        self._since_checkpoint = 0
+
+    @property
+    def open_intents(self) -> dict[str, str]:
+        return dict(self._open)
+
+    def close(self) -> None:
+        """At the end of a run: forget what is settled; remove the file if nothing is left."""
+        self.checkpoint()
+        self._file.close()
+        if not self._open:
+            self.path.unlink(missing_ok=True)
+
+
+def _line(source: str, name: str) -> bytes:
+    return orjson.dumps({"source": source, "name": name}) + b"\n"
+
+
+def _sync_dir(directory: Path, durable: bool) -> None:
+    if not durable:
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """An flock on ``<results>.lock``: the kernel drops it with its holder, so never stale."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[str] | None = None
+
+    def acquire(self, started: str) -> None:
+        try:
+            handle = self.path.open("a+", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{self.path}: cannot create the lock file: {exc.strerror}") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process (it has not written its name yet)"
+            handle.close()
+            raise LockedError(
+                f"another batchsubmit run is using these results: {holder}; "
+                f"this run stops without submitting anything (lock file {self.path})"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {started}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

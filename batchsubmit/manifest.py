@@ -1,0 +1,325 @@
+"""The TOML manifest, read into frozen values; every error names the file and the key or line.
+
+Pure apart from reading the one manifest file: listing files are only located here
+(relative to the manifest) and read later, streamed, by :mod:`batchsubmit.sources`.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError
+
+__all__ = [
+    "DESCRIPTION_MAX",
+    "NAME_FIELDS",
+    "JobTemplate",
+    "Manifest",
+    "Service",
+    "Source",
+    "load_manifest",
+    "parse_manifest",
+    "parse_obs_url",
+]
+
+DESCRIPTION_MAX = 500
+DEFAULT_NAME_TEMPLATE = "{stem}-{hash}"
+# Fields a name or description template may use; see jobs.template_fields().
+NAME_FIELDS = frozenset({"stem", "filename", "ext", "folder", "bucket", "key", "hash"})
+DESCRIPTION_FIELDS = NAME_FIELDS | {"source"}
+# Create-body fields batchsubmit builds itself; [job.body] may not replace them.
+RESERVED_BODY_FIELDS = frozenset({"name", "description", "service_version", "input"})
+
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_REGION = re.compile(r"[a-z]{2,}(-[a-z0-9]+)+")
+_PROJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_ENDPOINT = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?/?"
+)
+_TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Service:
+    """Which VAS service the jobs go to; ``endpoint`` is the base URL without a path."""
+
+    name: str
+    version: str
+    endpoint: str
+    project_id: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobTemplate:
+    """How each job's create body is built from a source video."""
+
+    output_bucket: str
+    output_path: str
+    name: str
+    description: str | None
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Source:
+    """One ``[[source]]``: a listing file or explicit paths, with optional glob filters."""
+
+    where: str
+    listing: Path | None
+    paths: tuple[str, ...]
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    path: Path
+    service: Service
+    job: JobTemplate
+    sources: tuple[Source, ...]
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest file; raises ManifestError naming what is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ManifestError(str(path), "no such manifest file") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise ManifestError(str(path), f"cannot read: {exc.strerror}") from None
+    return parse_manifest(text, path)
+
+
+def parse_manifest(text: str, path: Path) -> Manifest:
+    """Validate a manifest's text; ``path`` locates relative listing files and errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        found = _TOML_LINE.search(message)
+        where = f"{path}:{found.group(1)}" if found else str(path)
+        raise ManifestError(
+            where, f"TOML syntax error: {_TOML_LINE.sub('', message).strip()}"
+        ) from None
+    return _Reader(path, text).manifest(data)
+
+
+def parse_obs_url(url: str) -> tuple[str, str]:
+    """Split ``obs://bucket/key`` into bucket and key; ValueError says what is wrong."""
+    if not url.startswith("obs://"):
+        raise ValueError(f"{url!r} is not an obs:// path")
+    bucket, slash, key = url[6:].partition("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ValueError(
+            f"{bucket!r} in {url!r} is not a valid OBS bucket name "
+            "(3 to 63 lowercase letters, digits, '-' or '.')"
+        )
+    if not slash:
+        key = ""
+    return bucket, key
+
+
+class _Reader:
+    """Walks the parsed TOML, keeping the file name for every error."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def error(self, key: str, what: str) -> ManifestError:
+        line = self._line_of(key)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return ManifestError(where, f"{key}: {what}")
+
+    def _line_of(self, key: str) -> int | None:
+        """Best effort: the line defining the last part of a dotted key, for the message."""
+        leaf = re.sub(r"\[\d+\]$", "", key.rsplit(".", 1)[-1])
+        pattern = re.compile(rf"^\s*(\"?){re.escape(leaf)}\1\s*=")
+        for number, line in enumerate(self.lines, 1):
+            if pattern.match(line):
+                return number
+        return None
+
+    def table(self, data: Any, key: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise self.error(key, f"must be a table, not {_kind(data)}")
+        for name in data:
+            if name not in allowed:
+                choices = ", ".join(sorted(allowed))
+                raise self.error(_join(key, name), f"unknown key (expected one of: {choices})")
+        for name in sorted(required - data.keys()):
+            raise self.error(_join(key, name), "missing required key")
+        return data
+
+    def string(self, data: Mapping[str, Any], key: str, name: str) -> str | None:
+        value = data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.error(_join(key, name), f"must be a string, not {_kind(value)}")
+        return value
+
+    def strings(self, data: Mapping[str, Any], key: str, name: str) -> tuple[str, ...]:
+        value = data.get(name, [])
+        full = _join(key, name)
+        if not isinstance(value, list):
+            raise self.error(full, f"must be a list of strings, not {_kind(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(f"{full}[{index}]", f"must be a string, not {_kind(item)}")
+        return tuple(value)
+
+    def manifest(self, data: dict[str, Any]) -> Manifest:
+        self.table(data, "", {"service", "job", "source"}, {"service", "job", "source"})
+        return Manifest(
+            path=self.path,
+            service=self.service(data["service"]),
+            job=self.job(data["job"]),
+            sources=self.sources(data["source"]),
+        )
+
+    def service(self, data: Any) -> Service:
+        allowed = {"name", "version", "region", "endpoint", "project_id"}
+        table = self.table(data, "service", allowed, {"name", "version"})
+        name = self.string(table, "service", "name") or ""
+        if not _SERVICE_NAME.fullmatch(name):
+            raise self.error(
+                "service.name", f"{name!r} is not a VAS service name (e.g. video-analyze)"
+            )
+        version = self.string(table, "service", "version") or ""
+        if not version.strip():
+            raise self.error("service.version", 'must not be empty (e.g. "1.0")')
+        region = self.string(table, "service", "region")
+        endpoint = self.string(table, "service", "endpoint")
+        if region and endpoint:
+            raise self.error("service.endpoint", "give either region or endpoint, not both")
+        if region is not None:
+            if not _REGION.fullmatch(region):
+                raise self.error(
+                    "service.region", f"{region!r} is not a region id (e.g. cn-north-4)"
+                )
+            endpoint = f"https://iva.{region}.myhuaweicloud.com"
+        elif endpoint is not None:
+            if not _ENDPOINT.fullmatch(endpoint):
+                raise self.error(
+                    "service.endpoint",
+                    f"{endpoint!r} is not an http(s) URL without a path "
+                    "(e.g. https://iva.cn-north-4.myhuaweicloud.com)",
+                )
+            endpoint = endpoint.rstrip("/")
+        else:
+            raise self.error("service.region", "missing: give region (or endpoint)")
+        project_id = self.string(table, "service", "project_id")
+        if project_id is not None and not _PROJECT_ID.fullmatch(project_id):
+            raise self.error("service.project_id", f"{project_id!r} is not a project id")
+        return Service(name=name, version=version, endpoint=endpoint, project_id=project_id)
+
+    def job(self, data: Any) -> JobTemplate:
+        allowed = {"output", "name", "description", "body"}
+        table = self.table(data, "job", allowed, {"output"})
+        output = self.string(table, "job", "output") or ""
+        try:
+            bucket, out_path = parse_obs_url(output)
+        except ValueError as exc:
+            raise self.error("job.output", f"{exc} (e.g. obs://out-bucket/results/)") from None
+        name = self.string(table, "job", "name") or DEFAULT_NAME_TEMPLATE
+        self.template(name, "job.name", NAME_FIELDS)
+        description = self.string(table, "job", "description")
+        if description is not None:
+            literal = self.template(description, "job.description", DESCRIPTION_FIELDS)
+            if len(literal) > DESCRIPTION_MAX:
+                raise self.error(
+                    "job.description",
+                    f"its fixed text alone is {len(literal)} characters; "
+                    f"VAS takes at most {DESCRIPTION_MAX}",
+                )
+        body = table.get("body", {})
+        if not isinstance(body, dict):
+            raise self.error("job.body", f"must be a table, not {_kind(body)}")
+        for field in sorted(RESERVED_BODY_FIELDS & body.keys()):
+            raise self.error(
+                f"job.body.{field}", "is built by batchsubmit; set it in [job] instead"
+            )
+        extra_output = body.get("output", {})
+        if not isinstance(extra_output, dict):
+            raise self.error("job.body.output", f"must be a table, not {_kind(extra_output)}")
+        if "obs" in extra_output:
+            raise self.error("job.body.output.obs", "set the OBS output with job.output instead")
+        return JobTemplate(
+            output_bucket=bucket,
+            output_path=out_path,
+            name=name,
+            description=description,
+            body=body,
+        )
+
+    def template(self, template: str, key: str, fields: frozenset[str]) -> str:
+        """Check a template's placeholders; return its fixed text."""
+        literal = []
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise self.error(
+                key, f"bad template {template!r}: {exc} (write {{{{ for a brace)"
+            ) from None
+        for text, field, spec, conversion in parsed:
+            literal.append(text)
+            if field is None:
+                continue
+            if field not in fields or spec or conversion:
+                choices = ", ".join("{" + f + "}" for f in sorted(fields))
+                raise self.error(key, f"unknown placeholder {{{field}}} (use {choices})")
+        return "".join(literal)
+
+    def sources(self, data: Any) -> tuple[Source, ...]:
+        if not isinstance(data, list) or not data:
+            raise self.error("source", "give at least one [[source]] table")
+        return tuple(self.source(item, f"source[{i}]") for i, item in enumerate(data))
+
+    def source(self, data: Any, key: str) -> Source:
+        table = self.table(data, key, {"listing", "paths", "include", "exclude"}, set())
+        listing = self.string(table, key, "listing")
+        paths = self.strings(table, key, "paths")
+        if (listing is None) == ("paths" not in table):
+            raise self.error(key, 'give exactly one of listing = "file" or paths = [...]')
+        for index, url in enumerate(paths):
+            try:
+                _bucket, object_key = parse_obs_url(url)
+            except ValueError as exc:
+                raise self.error(f"{key}.paths[{index}]", str(exc)) from None
+            if not object_key or object_key.endswith("/"):
+                raise self.error(f"{key}.paths[{index}]", f"{url!r} names a folder, not a video")
+        listing_path = None
+        if listing is not None:
+            listing_path = self.path.parent / listing
+            if not listing_path.is_file():
+                raise self.error(f"{key}.listing", f"no such listing file: {listing_path}")
+        return Source(
+            where=key,
+            listing=listing_path,
+            paths=paths,
+            include=self.strings(table, key, "include"),
+            exclude=self.strings(table, key, "exclude"),
+        )
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    kinds.update({list: "a list", dict: "a table"})
+    return kinds.get(type(value), type(value).__name__)

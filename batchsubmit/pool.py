@@ -1,0 +1,580 @@
+"""The worker pool: a streaming producer, workers, one pool-wide rate controller, retries, and
+the rules that keep every job created exactly once with its row.
+
+Data flow: ``work`` (an iterator, read lazily) → a bounded memory stream → workers. A worker
+owns one job at a time from its first call to its row. In-flight calls are capped by a
+capacity limiter held only for the call itself, so a job waiting out a backoff does not hold
+a slot. The pool knows small interfaces (an :class:`Api`, a :class:`Sink`, a journal, a
+:class:`Reporter`), not concrete classes.
+
+Exactly once: an intent is journalled before the first create; a create whose answer is lost
+is looked up by name (after ``settle`` seconds) before it is ever sent again; a run stopped
+while calls are in flight writes an ``unknown`` row for each, and the journal keeps its intent.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeAlias
+
+import anyio
+
+from .answers import Answer, Kind
+from .jobs import JobSpec
+from .manifest import parse_obs_url
+from .results import Outcome, utc_now
+from .retry import DEFAULT_RETRY, RetryPolicy, next_wait
+from .throttle import ControllerSettings, RateController
+
+__all__ = [
+    "NOT_CREATED",
+    "Api",
+    "Lookup",
+    "Pool",
+    "PoolSettings",
+    "Reporter",
+    "RunStats",
+    "Sink",
+    "Work",
+]
+
+NOT_CREATED = "BATCHSUBMIT.NOT_CREATED"
+INTERRUPTED = "BATCHSUBMIT.INTERRUPTED"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolSettings:
+    concurrency: int = 8  # calls in flight at most
+    rate: float = 10.0  # create and lookup calls started per second at most; 0 = no limit
+    retry: RetryPolicy = DEFAULT_RETRY
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
+    backlog: int = 256  # jobs that may wait out a backoff besides those in flight
+    settle: float = 2.0  # wait before looking up a create whose answer was lost
+    grace: float = 30.0  # after a stop, how long in-flight calls may take to finish
+    max_jobs: int | None = None
+    max_failures: int | None = None
+    deadline: float | None = None  # seconds after the start: start nothing new after it
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Resolve an earlier create whose outcome is not known: find it by name, create nothing."""
+
+    source: str
+    name: str
+
+
+Work: TypeAlias = JobSpec | Lookup
+
+
+class Api(Protocol):
+    async def create(self, body: bytes) -> Answer: ...
+    async def list_page(self, name_like: str, offset: int, limit: int = ...) -> Answer: ...
+
+
+class Sink(Protocol):
+    def write(self, outcome: Outcome) -> None: ...
+
+
+class Journal(Protocol):
+    async def intend(self, source: str, name: str) -> None: ...
+    async def run(self) -> None: ...
+    def settle(self, source: str) -> None: ...
+    def checkpoint_due(self) -> bool: ...
+    def checkpoint(self) -> None: ...
+
+
+class Reporter(Protocol):
+    def outcome(self, outcome: Outcome) -> None: ...
+    def log(self, level: str, message: str) -> None: ...
+
+
+@dataclass
+class RunStats:
+    """What a run did; the CLI renders it as the summary, the JSON summary and the metrics."""
+
+    submitted: int = 0
+    reconciled: int = 0
+    failed: int = 0
+    unknown: int = 0
+    not_created: int = 0
+    deferred: int = 0
+    skipped: int = 0
+    calls: int = 0
+    retries: int = 0
+    throttles: int = 0
+    unavailable: int = 0
+    ambiguous: int = 0
+    lookups: int = 0
+    first_errors: dict[str, str] = field(default_factory=dict)
+    stop_reason: str | None = None
+    fatal: str | None = None
+    learned_rate: float | None = None
+    lowest_rate: float | None = None
+    pauses: int = 0
+    started: float = field(default_factory=time.monotonic)
+    elapsed: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Jobs submitted per second of the run."""
+        return self.submitted / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class _Stopped(Exception):
+    """The run is stopping: this job is deferred to the next run."""
+
+
+class Pool:
+    """Runs work through the service; one Pool per run, reusable for several passes."""
+
+    def __init__(
+        self,
+        api: Api,
+        sink: Sink,
+        reporter: Reporter,
+        settings: PoolSettings,
+        *,
+        service_url: str,
+        journal: Journal | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._sink = sink
+        self._reporter = reporter
+        self._settings = settings
+        self._service_url = service_url
+        self._journal = journal
+        self._clock = clock
+        self._rng = random.Random(settings.seed)
+        self._controller = RateController(settings.rate, settings.controller)
+        self._inflight = anyio.CapacityLimiter(settings.concurrency)
+        self._rate_lock = anyio.Lock()
+        self._stopping = anyio.Event()
+        self._opened = anyio.Event()
+        self._probing = False
+        self._work_scope: anyio.CancelScope | None = None
+        self._jobs_started = 0
+        self._deadline = clock() + settings.deadline if settings.deadline is not None else math.inf
+        self.stats = RunStats()
+
+    # -- stopping -------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self, reason: str) -> None:
+        """Start nothing new; in-flight calls get ``grace`` seconds to finish."""
+        if not self._stopping.is_set():
+            self.stats.stop_reason = reason
+            self._reporter.log(
+                "warning",
+                f"stopping ({reason}): starting nothing new, letting calls in flight finish",
+            )
+            self._stopping.set()
+            self._opened.set()
+
+    def stop_now(self) -> None:
+        """Cancel in-flight calls at once; each gets an ``unknown`` row."""
+        self.stop("stopped at once")
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def run(self, work: Iterator[Work]) -> RunStats:
+        """Process every item of ``work`` (or until stopped); the iterator is read lazily."""
+        settings = self._settings
+        workers = settings.concurrency + settings.backlog
+        send, receive = anyio.create_memory_object_stream[Work](workers)
+        async with anyio.create_task_group() as services:
+            if self._journal is not None:
+                services.start_soon(self._journal.run)
+            services.start_soon(self._watch_stop)
+            with anyio.CancelScope() as self._work_scope:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._produce, work, send)
+                    for _ in range(workers):
+                        group.start_soon(self._work, receive.clone())
+                    receive.close()
+            services.cancel_scope.cancel()
+        self._finish_stats()
+        return self.stats
+
+    async def _watch_stop(self) -> None:
+        await self._stopping.wait()
+        await anyio.sleep(self._settings.grace)
+        if self._work_scope is not None and not self._work_scope.cancel_called:
+            self._reporter.log(
+                "warning",
+                f"calls still in flight after {self._settings.grace:g} s;"
+                " cancelling them (their jobs are recorded as unknown)",
+            )
+            self._work_scope.cancel()
+
+    def _finish_stats(self) -> None:
+        stats = self.stats
+        stats.elapsed = time.monotonic() - stats.started
+        controller = self._controller
+        stats.throttles = controller.throttles
+        stats.pauses = controller.pauses
+        stats.learned_rate = None if controller.rate == math.inf else controller.rate
+        stats.lowest_rate = None if controller.lowest == math.inf else controller.lowest
+
+    async def _produce(self, work: Iterator[Work], send: Any) -> None:
+        max_jobs = self._settings.max_jobs
+        async with send:
+            for item in work:
+                if self._stopping.is_set():
+                    self.stats.deferred += 1
+                    continue
+                if self._clock() >= self._deadline:
+                    self.stop("deadline reached")
+                    self.stats.deferred += 1
+                    continue
+                if max_jobs is not None and isinstance(item, JobSpec):
+                    if self._jobs_started >= max_jobs:
+                        self.stats.stop_reason = f"--max-jobs {max_jobs} reached"
+                        self.stats.deferred += 1
+                        continue
+                    self._jobs_started += 1
+                await send.send(item)
+
+    async def _work(self, receive: Any) -> None:
+        journal = self._journal
+        async with receive:
+            async for item in receive:
+                if self._stopping.is_set():
+                    self.stats.deferred += 1
+                    continue
+                try:
+                    if isinstance(item, Lookup):
+                        await self._resolve(item)
+                    else:
+                        await self._create(item)
+                except _Stopped:
+                    self.stats.deferred += 1
+                if journal is not None and journal.checkpoint_due():
+                    journal.checkpoint()
+
+    # -- one job ----------------------------------------------------------------------------
+
+    async def _create(self, spec: JobSpec) -> None:
+        failures = throttles = attempts = 0
+        journalled = uncertain = False
+        answer: Answer | None = None
+        try:
+            while True:
+                if self._stopping.is_set():
+                    raise _Stopped
+                if not journalled and self._journal is not None:
+                    await self._journal.intend(spec.source, spec.name)
+                    journalled = True
+                attempts += 1
+                uncertain = True
+                answer = await self._call(self._api.create, spec.body)
+                kind = answer.kind
+                if kind is Kind.CREATED:
+                    self._record(spec.source, spec.name, "submitted", answer, attempts)
+                    return
+                if kind is Kind.FAILED or kind is Kind.FATAL:
+                    self._record(spec.source, spec.name, "failed", answer, attempts)
+                    return
+                if kind is Kind.AMBIGUOUS:
+                    self.stats.ambiguous += 1
+                    failures += 1
+                    if await self._after_lost_answer(spec, answer, attempts):
+                        return
+                    wait = 0.0 if failures < self._settings.retry.attempts else None
+                else:
+                    if kind is Kind.THROTTLED:
+                        throttles += 1
+                    else:
+                        failures += 1
+                    wait = next_wait(self._settings.retry, answer, failures, throttles, self._rng)
+                uncertain = False
+                if wait is None:
+                    self._record(spec.source, spec.name, "failed", answer, attempts)
+                    return
+                self.stats.retries += 1
+                await self._sleep_unless_stopped(wait)
+        except _Stopped:
+            if uncertain:
+                self._record(spec.source, spec.name, "unknown", _interrupted(), attempts)
+                return
+            self._forget(spec.source, journalled)
+            raise
+        except anyio.get_cancelled_exc_class():
+            if uncertain:
+                self._record(spec.source, spec.name, "unknown", _interrupted(), attempts)
+            else:
+                self._forget(spec.source, journalled)
+            raise
+
+    async def _after_lost_answer(self, spec: JobSpec, answer: Answer, attempts: int) -> bool:
+        """Look up a create whose answer was lost; True when the job's row has been written."""
+        try:
+            await self._sleep_unless_stopped(self._settings.settle)
+        except _Stopped:
+            self._record(spec.source, spec.name, "unknown", answer, attempts)
+            return True
+        try:
+            found, lookup = await self._find(spec.name, spec.source)
+        except _Stopped:
+            found, lookup = None, _interrupted()
+        if found is None:
+            failure = lookup or answer
+            unknown = Answer(
+                kind=Kind.AMBIGUOUS,
+                status=answer.status,
+                error_code=answer.error_code,
+                error_msg=f"{answer.error_msg}; looking the job up failed: "
+                f"{failure.error_code} {failure.error_msg}".strip(),
+                request_id=answer.request_id,
+            )
+            self._record(spec.source, spec.name, "unknown", unknown, attempts)
+            return True
+        if found:
+            self._record(
+                spec.source,
+                spec.name,
+                "submitted",
+                Answer(
+                    kind=Kind.CREATED,
+                    job_id=found,
+                    status=answer.status,
+                    request_id=answer.request_id,
+                ),
+                attempts,
+                reconciled=True,
+            )
+            return True
+        return False
+
+    async def _resolve(self, item: Lookup) -> None:
+        """An uncertain create from an earlier run: record what the service has."""
+        found, lookup = await self._find(item.name, item.source)
+        if found is None:
+            answer = lookup or Answer(kind=Kind.AMBIGUOUS, error_msg="lookup failed")
+            self._record(item.source, item.name, "unknown", answer, 0)
+        elif found:
+            self._record(
+                item.source,
+                item.name,
+                "submitted",
+                Answer(kind=Kind.CREATED, job_id=found),
+                0,
+                reconciled=True,
+            )
+        else:
+            self.stats.not_created += 1
+            absent = Answer(
+                kind=Kind.FAILED,
+                error_code=NOT_CREATED,
+                error_msg="an earlier create's answer was lost; no such job exists, "
+                "so it is created again when its source is next submitted",
+            )
+            self._record(item.source, item.name, "failed", absent, 0, reconciled=True)
+
+    async def _find(self, name: str, source: str) -> tuple[str | None, Answer | None]:
+        """The id of the job called ``name`` reading ``source``: "" if none, None if unknown."""
+        bucket, key = parse_obs_url(source)
+        offset = 0
+        matches: list[tuple[str, str]] = []
+        while True:
+            answer = await self._retrying(self._api.list_page, name, offset)
+            if answer.kind is not Kind.OK:
+                return None, answer
+            data = answer.data if isinstance(answer.data, dict) else {}
+            tasks = data.get("tasks") or []
+            for task in tasks:
+                if (
+                    isinstance(task, dict)
+                    and task.get("name") == name
+                    and _reads(task, bucket, key)
+                ):
+                    matches.append((str(task.get("created_at", "")), str(task.get("id", ""))))
+            offset += len(tasks)
+            count = data.get("count")
+            if not tasks or not isinstance(count, int) or offset >= count:
+                break
+        self.stats.lookups += 1
+        if len(matches) > 1:
+            ids = ", ".join(job_id for _, job_id in sorted(matches))
+            self._reporter.log(
+                "warning",
+                f"{source}: {len(matches)} jobs named {name} exist ({ids}); recording the oldest",
+            )
+        return (min(matches)[1] if matches else ""), None
+
+    async def _retrying(self, call: Callable[..., Awaitable[Answer]], *args: Any) -> Answer:
+        """A read: retried on anything transient, with the same rules as creates."""
+        failures = throttles = 0
+        while True:
+            answer = await self._call(call, *args)
+            kind = answer.kind
+            if kind is Kind.THROTTLED:
+                throttles += 1
+            elif kind in (Kind.UNAVAILABLE, Kind.NOT_SENT):
+                failures += 1
+            else:
+                return answer
+            wait = next_wait(self._settings.retry, answer, failures, throttles, self._rng)
+            if wait is None:
+                return answer
+            self.stats.retries += 1
+            await self._sleep_unless_stopped(wait)
+
+    # -- one call ---------------------------------------------------------------------------
+
+    async def _call(self, call: Callable[..., Awaitable[Answer]], *args: Any) -> Answer:
+        """One call: an in-flight slot, a start allowed by the controller, then the call."""
+        if not self._opened.is_set():
+            if self._probing:
+                await self._opened.wait()
+            else:
+                self._probing = True
+        if self._stopping.is_set():
+            raise _Stopped
+        async with self._inflight:
+            await self._start_allowed()
+            self.stats.calls += 1
+            answer = await call(*args)
+        self._observe(answer)
+        if not self._opened.is_set():
+            self._opened.set()
+        return answer
+
+    async def _start_allowed(self) -> None:
+        controller = self._controller
+        if controller.unlimited:
+            controller.started(self._clock())
+            return
+        async with self._rate_lock:
+            while True:
+                if self._stopping.is_set():
+                    raise _Stopped
+                now = self._clock()
+                delay = controller.delay(now)
+                if delay <= 0:
+                    controller.started(now)
+                    return
+                with anyio.move_on_after(delay):
+                    await self._stopping.wait()
+
+    def _observe(self, answer: Answer) -> None:
+        controller = self._controller
+        now = self._clock()
+        kind = answer.kind
+        if kind is Kind.THROTTLED:
+            controller.throttled(now, answer.rate_hint)
+        elif answer.rate_hint is not None:
+            controller.observed_limit(now, answer.rate_hint)
+        unavailable = kind is Kind.UNAVAILABLE
+        if unavailable:
+            self.stats.unavailable += 1
+        controller.answered(now, unavailable)
+        if answer.retry_after is not None:
+            paused = controller.pause(now, answer.retry_after)
+            self._reporter.log(
+                "info",
+                f"the service asked to wait (Retry-After "
+                f"{answer.retry_after:g} s): pausing all calls for {paused:g} s",
+            )
+        if kind is Kind.FATAL and self.stats.fatal is None:
+            self.stats.fatal = f"{_describe(answer)}; {answer.advice}"
+            self.stop("the service refused in a way every job would repeat")
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        if seconds > 0:
+            with anyio.move_on_after(seconds):
+                await self._stopping.wait()
+        if self._stopping.is_set():
+            raise _Stopped
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        source: str,
+        name: str,
+        status: str,
+        answer: Answer,
+        attempts: int,
+        *,
+        reconciled: bool = False,
+    ) -> None:
+        outcome = Outcome(
+            source=source,
+            name=name,
+            job_id=answer.job_id,
+            status=status,
+            http_status=answer.status,
+            error_code=answer.error_code,
+            error_msg=_one_line(answer.error_msg),
+            attempts=attempts,
+            request_id=answer.request_id,
+            submitted_at=utc_now(),
+            service_url=self._service_url,
+            reconciled=reconciled,
+        )
+        self._sink.write(outcome)
+        if self._journal is not None:
+            self._journal.settle(source)
+        stats = self.stats
+        if status == "submitted":
+            stats.submitted += 1
+            stats.reconciled += reconciled
+        elif status == "unknown":
+            stats.unknown += 1
+            stats.first_errors.setdefault(answer.error_code or "unknown", _describe(answer))
+        elif answer.error_code != NOT_CREATED:
+            stats.failed += 1
+            stats.first_errors.setdefault(
+                answer.error_code or str(answer.status), f"{source}: {_describe(answer)}"
+            )
+            limit = self._settings.max_failures
+            if limit is not None and stats.failed >= limit:
+                self.stop(f"--max-failures {limit} reached")
+                stats.fatal = stats.fatal or f"{stats.failed} jobs failed (--max-failures {limit})"
+        self._reporter.outcome(outcome)
+
+    def _forget(self, source: str, journalled: bool) -> None:
+        """A job stopped before any create could have succeeded: no row, no open intent."""
+        if journalled and self._journal is not None:
+            self._journal.settle(source)
+
+
+def _reads(task: dict[str, Any], bucket: str, key: str) -> bool:
+    """Whether a listed task's input is this source (a same-named job for another video is not)."""
+    data = (task.get("input") or {}).get("data") or []
+    return any(
+        isinstance(item, dict) and item.get("bucket") == bucket and item.get("path") == key
+        for item in data
+    )
+
+
+def _interrupted() -> Answer:
+    return Answer(
+        kind=Kind.AMBIGUOUS,
+        error_code=INTERRUPTED,
+        error_msg="the run stopped before this create's outcome was known",
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) if ("\n" in text or "\r" in text) else text
+
+
+def _describe(answer: Answer) -> str:
+    parts = [f"HTTP {answer.status}" if answer.status else "", answer.error_code, answer.error_msg]
+    text = " ".join(p for p in parts if p)
+    if answer.request_id:
+        text += f" (request id {answer.request_id})"
+    return text or answer.kind.value

@@ -1,0 +1,243 @@
+"""The results file: one row per job outcome, appended and flushed as each job finishes, and read
+back as the ledger that tells the next run what is already done.
+
+The columns are a contract (README "Results"); a test pins them. A row never spans lines (line
+breaks in messages become spaces), so a torn last line can only ever be the last one, and the
+writer cuts it off before appending (the journal still holds that job's intent).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import astuple, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import orjson
+
+from .errors import UsageError
+
+__all__ = [
+    "COLUMNS",
+    "STATUSES",
+    "Ledger",
+    "Outcome",
+    "ResultsWriter",
+    "format_for",
+    "read_ledger",
+    "utc_now",
+]
+
+Format = Literal["csv", "jsonl"]
+STATUSES = ("submitted", "failed", "unknown")
+COLUMNS = (
+    "source",
+    "name",
+    "job_id",
+    "status",
+    "http_status",
+    "error_code",
+    "error_msg",
+    "attempts",
+    "request_id",
+    "submitted_at",
+    "service_url",
+    "reconciled",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """One results row. ``submitted_at`` is when the outcome was known, UTC ISO 8601."""
+
+    source: str
+    name: str
+    job_id: str
+    status: str
+    http_status: int
+    error_code: str
+    error_msg: str
+    attempts: int
+    request_id: str
+    submitted_at: str
+    service_url: str
+    reconciled: bool = False
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_for(path: Path, explicit: str | None) -> Format:
+    """The results format: ``--format`` if given, else from the file's extension."""
+    if explicit is not None:
+        if explicit not in ("csv", "jsonl"):
+            raise UsageError(f"--format must be csv or jsonl, not {explicit!r}")
+        return "jsonl" if explicit == "jsonl" else "csv"
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    raise UsageError(
+        f"{path}: cannot tell the results format from {suffix or 'no extension'!r};"
+        " name it .csv or .jsonl, or pass --format"
+    )
+
+
+class ResultsWriter:
+    """Appends rows to the results file, flushing each one to the OS before returning."""
+
+    def __init__(self, path: Path, fmt: Format, warn: Callable[[str], None]) -> None:
+        self.path = path
+        self.format = fmt
+        self.rows = 0
+        try:
+            self._file: IO[bytes] = path.open("a+b")
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot open the results file: {exc.strerror}") from None
+        self._drop_torn_tail(warn)
+        self._file.seek(0, os.SEEK_END)
+        if fmt == "csv" and self._file.tell() == 0:
+            self._file.write((",".join(COLUMNS) + "\r\n").encode())
+            self._file.flush()
+        self._buffer = io.StringIO()
+        self._csv = csv.writer(self._buffer)
+
+    def _drop_torn_tail(self, warn: Callable[[str], None]) -> None:
+        handle = self._file
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        back = min(size, 65536)
+        handle.seek(size - back)
+        tail = handle.read(back)
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        keep = size - back + cut + 1 if cut >= 0 else 0
+        torn = tail[cut + 1 :] if cut >= 0 else tail
+        warn(
+            f"{self.path}: the last line was cut short by an earlier crash; set aside "
+            f"({len(torn)} bytes): {torn[:120]!r}"
+        )
+        handle.truncate(keep)
+
+    def write(self, outcome: Outcome) -> None:
+        if self.format == "jsonl":
+            line = orjson.dumps(outcome) + b"\n"
+        else:
+            buffer = self._buffer
+            buffer.seek(0)
+            buffer.truncate()
+            self._csv.writerow(astuple(outcome))
+            line = buffer.getvalue().encode()
+        self._file.write(line)
+        self._file.flush()
+        self.rows += 1
+
+    def sync(self) -> None:
+        """Make every row written so far durable (before the journal forgets their intents)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class Ledger:
+    """What earlier runs did for one service: the hashes of submitted sources and the unknowns."""
+
+    done: set[int] = field(default_factory=set)
+    unknown: dict[str, str] = field(default_factory=dict)
+    rows: int = 0
+    other_services: int = 0
+    bad_lines: int = 0
+
+    def is_done(self, source: str) -> bool:
+        return hash(source) in self.done
+
+
+def read_ledger(path: Path, fmt: Format, service_url: str, warn: Callable[[str], None]) -> Ledger:
+    """Read a results file back, streaming: memory grows by one small hash per submitted row."""
+    ledger = Ledger()
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return ledger
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the results file: {exc.strerror}") from None
+    with handle:
+        rows = _csv_rows(handle, path) if fmt == "csv" else _jsonl_rows(handle)
+        done = ledger.done
+        unknown = ledger.unknown
+        for number, row in rows:
+            if row is None:
+                ledger.bad_lines += 1
+                warn(f"{path}:{number}: unreadable results line skipped (cut short by a crash?)")
+                continue
+            source, name, status, row_service = row
+            ledger.rows += 1
+            if row_service != service_url:
+                ledger.other_services += 1
+                continue
+            if status == "submitted":
+                done.add(hash(source))
+                unknown.pop(source, None)
+            elif status == "unknown":
+                if hash(source) not in done:
+                    unknown[source] = name
+            elif status == "failed":
+                unknown.pop(source, None)
+    return ledger
+
+
+Row = tuple[str, str, str, str]
+
+
+def _csv_rows(handle: IO[bytes], path: Path) -> Iterator[tuple[int, Row | None]]:
+    text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="")
+    reader = csv.reader(text, strict=True)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error):
+        return
+    if tuple(header[: len(COLUMNS)]) != COLUMNS:
+        raise UsageError(
+            f"{path}: not a batchsubmit results file (its header is {header[:4]}...);"
+            " pass another --results"
+        )
+    width = len(COLUMNS)
+    source_at, name_at = COLUMNS.index("source"), COLUMNS.index("name")
+    status_at, service_at = COLUMNS.index("status"), COLUMNS.index("service_url")
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            yield reader.line_num, None
+            continue
+        if len(fields) < width or fields[status_at] not in STATUSES:
+            yield reader.line_num, None
+            continue
+        yield (
+            reader.line_num,
+            (fields[source_at], fields[name_at], fields[status_at], fields[service_at]),
+        )
+
+
+def _jsonl_rows(handle: IO[bytes]) -> Iterator[tuple[int, Row | None]]:
+    for number, line in enumerate(handle, 1):
+        try:
+            data: Any = orjson.loads(line)
+            row = (data["source"], data["name"], data["status"], data["service_url"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            yield number, None
+            continue
+        yield number, row if row[2] in STATUSES else None

@@ -1,0 +1,206 @@
+"""From the manifest's sources to a stream of OBS objects: one pass, constant memory per entry.
+
+Listing files are read line by line; what is kept is decided by pure functions
+(:func:`parse_listing_line`, :class:`ObjectFilter`), so most tests need no files.
+Only an 8-byte hash of each path is kept, to submit an input listed twice only once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from .errors import ManifestError
+from .manifest import Manifest, Source, parse_obs_url
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "ExpandStats",
+    "LineKind",
+    "ObjectFilter",
+    "ObjectRef",
+    "iter_objects",
+    "parse_listing_line",
+]
+
+VIDEO_EXTENSIONS = frozenset(
+    {
+        *("3g2", "3gp", "asf", "avi", "dav", "divx", "f4v", "flv", "h264", "h265", "hevc"),
+        *("m2t", "m2ts", "m2v", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "mts", "mxf"),
+        *("ogv", "rm", "rmvb", "ts", "vob", "webm", "wmv"),
+    }
+)
+EXAMPLES_KEPT = 5
+
+# What `obsutil ls -s` prints around the paths; anything else that is not a path is an error,
+# because silently skipping an unknown line could silently skip a video.
+_OBSUTIL_NOISE = re.compile(
+    r"(Start at |Folder list:|Object list:|Bucket list:|Total size of |Folder number is:|"
+    r"File number is:|Object number is:|Bucket number is:)"
+)
+_NEXT_MARKER = "Next marker is:"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class LineKind(Enum):
+    PATH = "path"
+    SKIP = "skip"
+    TRUNCATED = "truncated"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """One object in OBS; ``url`` is the ``obs://bucket/key`` form used as its identity."""
+
+    bucket: str
+    key: str
+
+    @property
+    def url(self) -> str:
+        return f"obs://{self.bucket}/{self.key}"
+
+
+@dataclass
+class ExpandStats:
+    """What an expansion saw besides the objects it yielded; filled in as it streams."""
+
+    objects: int = 0
+    folders: int = 0
+    duplicates: int = 0
+    filtered: int = 0
+    filtered_examples: list[str] = field(default_factory=list)
+    truncated_listings: list[str] = field(default_factory=list)
+
+
+def parse_listing_line(line: str) -> tuple[LineKind, str]:
+    """Classify one listing line (terminator already removed); ValueError if it makes no sense.
+
+    Plain ``obs://`` paths and ``obsutil ls -s`` output are both accepted. Surrounding
+    white space is dropped; spaces inside a key are kept.
+    """
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return LineKind.SKIP, ""
+    if text.startswith("obs://"):
+        if _CONTROL.search(text):
+            raise ValueError(f"control character in path {text!r}")
+        return LineKind.PATH, text
+    if text.startswith(_NEXT_MARKER):
+        return LineKind.TRUNCATED, text[len(_NEXT_MARKER) :].strip()
+    if _OBSUTIL_NOISE.match(text):
+        return LineKind.SKIP, ""
+    raise ValueError(
+        f"not an obs:// path nor a line of `obsutil ls -s` output: {text[:80]!r}"
+        " (save listings with `obsutil ls -s obs://bucket/prefix/ > listing.txt`)"
+    )
+
+
+class ObjectFilter:
+    """Which keys count as videos: the common video extensions, or include/exclude globs.
+
+    Globs match the whole key, case-insensitively; ``*`` also crosses ``/``. With
+    ``include`` given, it replaces the extension test; ``exclude`` always applies.
+    """
+
+    def __init__(
+        self, include: Iterable[str] = (), exclude: Iterable[str] = (), *, videos_only: bool = True
+    ) -> None:
+        self._include = _globs(include)
+        self._exclude = _globs(exclude)
+        self._videos_only = videos_only
+
+    def accepts(self, key: str) -> bool:
+        if self._include is not None:
+            if not self._include.match(key):
+                return False
+        elif self._videos_only and key.rpartition(".")[2].lower() not in VIDEO_EXTENSIONS:
+            return False
+        return self._exclude is None or not self._exclude.match(key)
+
+
+def _globs(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    translated = [fnmatch.translate(p) for p in patterns]
+    return re.compile("|".join(translated), re.IGNORECASE) if translated else None
+
+
+def iter_objects(
+    manifest: Manifest,
+    stats: ExpandStats,
+    warn: Callable[[str], None],
+) -> Iterator[ObjectRef]:
+    """Every object the manifest's sources name, once each, in manifest order.
+
+    Raises ManifestError (naming file and line) for unreadable or malformed listings.
+    """
+    seen: set[int] = set()
+    for source in manifest.sources:
+        accepted = ObjectFilter(
+            source.include, source.exclude, videos_only=source.listing is not None
+        )
+        for where, url in _source_urls(source, manifest.path, stats, warn):
+            try:
+                bucket, key = parse_obs_url(url)
+            except ValueError as exc:
+                raise ManifestError(where, str(exc)) from None
+            if not key or key.endswith("/"):
+                stats.folders += 1
+                continue
+            stats.objects += 1
+            if not accepted.accepts(key):
+                stats.filtered += 1
+                if len(stats.filtered_examples) < EXAMPLES_KEPT:
+                    stats.filtered_examples.append(url)
+                continue
+            digest = hash(url)
+            if digest in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(digest)
+            yield ObjectRef(bucket, key)
+
+
+def _source_urls(
+    source: Source, manifest_path: Path, stats: ExpandStats, warn: Callable[[str], None]
+) -> Iterator[tuple[str, str]]:
+    if source.listing is None:
+        for index, url in enumerate(source.paths):
+            yield f"{manifest_path}: {source.where}.paths[{index}]", url
+        return
+    yield from _listing_urls(source.listing, stats, warn)
+
+
+def _listing_urls(
+    path: Path, stats: ExpandStats, warn: Callable[[str], None]
+) -> Iterator[tuple[str, str]]:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ManifestError(str(path), f"cannot read listing: {exc.strerror}") from None
+    with handle:
+        number = 0
+        try:
+            for number, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ManifestError(
+                        f"{path}:{number}", f"not UTF-8 ({exc.reason} at byte {exc.start})"
+                    ) from None
+                try:
+                    kind, value = parse_listing_line(line)
+                except ValueError as exc:
+                    raise ManifestError(f"{path}:{number}", str(exc)) from None
+                if kind is LineKind.PATH:
+                    yield f"{path}:{number}", value
+                elif kind is LineKind.TRUNCATED:
+                    stats.truncated_listings.append(str(path))
+                    warn(
+                        f"{path}:{number}: the listing was cut short by obsutil (next marker "
+                        f"{value!r}); objects after it are missing: list again with a higher -limit"
+                    )
+        except OSError as exc:
+            raise ManifestError(f"{path}:{number + 1}", f"read error: {exc.strerror}") from None
