@@ -1,0 +1,739 @@
+"""A local VAS (Video Analysis Service), strict like the real one, with fault injection.
+
+Two uses: the test double of the whole project (run in-process, observed through ``tasks``,
+``calls`` and the arrival times), and the embedded default a new user tries first
+(``batchsubmit submit --emulator``). It checks what the real service checks (SDK-HMAC-SHA256
+signatures, the create body of the API reference, paging parameters) so that a client that works
+here fails on the real service only for reasons the emulator cannot know.
+
+Faults reproduce what makes bulk submission hard: throttling, 503s, and the ambiguous outcomes of
+a create whose answer is lost (the job exists, the client cannot tell). One ``random.Random`` draws
+every fault, so a seeded run is reproducible call for call (given the same call order).
+
+Each call passes, in order: injected latency, the per-operation rate limit (a throttled call does
+nothing else), the signature, the project id, the service subscription, the 503 fault, then the
+operation. A create is synchronous from validation to storage (no ``await`` in between), so a
+cancelled handler or a dropped client either creates the whole job or nothing.
+
+No printing, no environment, no exit: the CLI does those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import hmac
+import random
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from batchsubmit.auth import ALGORITHM, canonical_request, parse_authorization
+
+__all__ = [
+    "EMULATOR_AK",
+    "EMULATOR_PROJECT_ID",
+    "EMULATOR_SK",
+    "Emulator",
+    "Faults",
+    "max_in_window",
+]
+
+EMULATOR_AK: Final = "BATCHSUBMITEMULATORAK0"
+# A documented throwaway: it only ever opens this local emulator, so it is safe to publish.
+EMULATOR_SK: Final = "batchsubmit-emulator-throwaway-sk-not-a-secret"
+EMULATOR_PROJECT_ID: Final = "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e"
+
+STATES: Final = frozenset(
+    {
+        "PENDING", "RECOVERING", "STARTING", "UPGRADING", "CREATE_FAILED", "START_FAILED",
+        "RUNNING", "STOPPING", "STOPPED", "ABNORMAL", "SUCCEEDED", "FAILED", "DELETING",
+        "FREEZING", "FROZEN",
+    }
+)  # fmt: skip
+
+_TASKS_PATH: Final = "/v2/{project_id}/services/{service_name}/tasks"
+_PROJECT_RE: Final = re.compile(r"[0-9a-f]{32}")
+_SERVICE_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_\-\u4e00-\u9fff]{1,100}")
+# The SDK's model: "two integers between 0 and 999 separated by a dot", e.g. "1.0".
+_VERSION_RE: Final = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
+# OBS bucket names: 3-63 characters, lowercase letters, digits, '-' and '.', starting and ending
+# with a letter or digit, no '..', '.-' or '-.', not shaped like an IP address.
+_BUCKET_RE: Final = re.compile(r"(?!.*(?:\.\.|\.-|-\.))[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_RE: Final = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+_CREATE_KEYS: Final = frozenset(
+    {
+        "name", "description", "service_version", "input", "output", "service_config",
+        "resource_order_id", "edge_pool_id", "timing",
+    }
+)  # fmt: skip
+_ORDER_FIELDS: Final = frozenset({"name", "created_at", "updated_at"})
+_JSON: Final = "application/json"
+_INT_RE: Final = re.compile(r"-?[0-9]{1,18}")
+
+# An operation after the common checks: (request, body, (project id, service name), headers).
+_Action = Callable[
+    [web.Request, bytes, tuple[str, str], dict[str, str]], Awaitable[web.StreamResponse]
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Faults:
+    """What goes wrong, and how often; replace ``Emulator.faults`` to change it mid-run."""
+
+    p503: float = 0.0
+    """Probability that any API call is answered 503 IVA.0010 (a create then creates nothing)."""
+    rate_limit: float = 0.0
+    """Calls let through per sliding 1-second window, per operation; beyond: 429. 0 = no limit."""
+    rate_limit_hint: bool = True
+    """Whether the 429 message states the limit, as the API gateway's usually does."""
+    ratelimit_headers: bool = False
+    """Send X-ratelimit, X-ratelimit-used, X-ratelimit-window while ``rate_limit`` is set."""
+    retry_after: float | None = None
+    """If set, 429 and 503 answers carry ``Retry-After`` (the real gateway is not known to)."""
+    latency: float = 0.0
+    """Seconds added before every call is handled."""
+    p_lost: float = 0.0
+    """Create only: the job is created, then the connection is dropped without an answer."""
+    p_5xx_after_create: float = 0.0
+    """Create only: the job is created, then answered 500 IVA.0006, 502 or 504."""
+    p_slow: float = 0.0
+    """Create only: the job is created, then the 201 is delayed by ``slow_seconds``."""
+    slow_seconds: float = 30.0
+    quota: int = 5000
+    """Saved jobs allowed (VAS keeps at most 5000); beyond: 400 IVA.0012. 0 = unlimited."""
+    seed: int | None = None
+    """Seed of the one RNG that draws every fault (read when the Emulator is built)."""
+
+
+_NO_FAULTS: Final = Faults()
+
+
+def max_in_window(times: Sequence[float], window: float = 1.0) -> int:
+    """The most ``times`` that fit in any half-open window ``[t, t + window)``.
+
+    For tests of client-side rate limiting: a sliding window, not fixed buckets, so that a burst
+    straddling a second boundary is not hidden.
+    """
+    ordered = sorted(times)
+    best = start = 0
+    for end, t in enumerate(ordered):
+        while t - ordered[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+class _Reject(Exception):
+    """An error answer; raised anywhere in a call's checks, rendered by the dispatcher."""
+
+    def __init__(self, status: int, code: str, msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.code = code
+        self.msg = msg
+
+
+def _invalid(msg: str) -> _Reject:
+    return _Reject(400, "IVA.0004", f"Invalid parameter: {msg}")
+
+
+class _Scope:
+    """The jobs of one project and service, in creation order, with a name index.
+
+    The index groups names by length: a ``name_like`` query can only match names at least as
+    long, and among names of exactly its length only itself. Job names of one run usually share a
+    length, so the lookup after a lost create is a dict access, not a scan of the store.
+    """
+
+    __slots__ = ("by_length", "tasks")
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.by_length: dict[int, dict[str, list[str]]] = {}
+
+    def add(self, task: dict[str, Any]) -> None:
+        name: str = task["name"]
+        self.tasks[task["id"]] = task
+        self.by_length.setdefault(len(name), {}).setdefault(name, []).append(task["id"])
+
+    def remove(self, task_id: str) -> None:
+        name: str = self.tasks.pop(task_id)["name"]
+        names = self.by_length[len(name)]
+        names[name].remove(task_id)
+        if not names[name]:
+            del names[name]
+
+    def named_like(self, fragment: str) -> list[dict[str, Any]]:
+        """Jobs whose name contains ``fragment``, in creation order."""
+        ids: list[str] = []
+        for length, names in self.by_length.items():
+            if length == len(fragment):
+                ids.extend(names.get(fragment, ()))
+            elif length > len(fragment):
+                for name, name_ids in names.items():
+                    if fragment in name:
+                        ids.extend(name_ids)
+        if len(ids) > 1:
+            position = {task_id: i for i, task_id in enumerate(self.tasks)}
+            ids.sort(key=position.__getitem__)
+        return [self.tasks[task_id] for task_id in ids]
+
+
+@lru_cache(maxsize=256)
+def _sdk_date_epoch(value: str) -> float | None:
+    """Seconds since the epoch of an ``X-Sdk-Date`` (``%Y%m%dT%H%M%SZ``), None if malformed.
+
+    Cached: concurrent calls share the same few dates, and strptime is slow.
+    """
+    digits = value[:8] + value[9:15]
+    if len(value) != 16 or value[8] != "T" or value[15] != "Z" or not _is_ascii_digits(digits):
+        return None
+    try:
+        moment = datetime(
+            int(value[0:4]), int(value[4:6]), int(value[6:8]),
+            int(value[9:11]), int(value[11:13]), int(value[13:15]), tzinfo=UTC,
+        )  # fmt: skip
+    except ValueError:
+        return None
+    return moment.timestamp()
+
+
+def _is_ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+class Emulator:
+    """A VAS endpoint in memory: serve it, point a client at it, then inspect what happened."""
+
+    def __init__(
+        self,
+        faults: Faults = _NO_FAULTS,
+        *,
+        credentials: Mapping[str, str] | None = None,
+        security_tokens: Mapping[str, str] | None = None,
+        services: Collection[str] | None = None,
+        verify_signatures: bool = True,
+        clock_skew: float = 900.0,
+    ) -> None:
+        """``credentials`` maps AK to SK (default: the emulator's throwaway pair);
+        ``security_tokens`` maps an AK to the ``X-Security-Token`` it requires (temporary
+        credentials); ``services`` are the subscribed service names (None: any well-formed name).
+        """
+        self.faults = faults
+        keys = credentials if credentials is not None else {EMULATOR_AK: EMULATOR_SK}
+        self._keys = {ak: sk.encode() for ak, sk in keys.items()}
+        self._tokens = {ak: token.encode() for ak, token in (security_tokens or {}).items()}
+        self._services = frozenset(services) if services is not None else None
+        self._verify = verify_signatures
+        self._clock_skew = clock_skew
+        self._rng = random.Random(faults.seed)
+        self._windows: dict[str, collections.deque[float]] = collections.defaultdict(
+            collections.deque
+        )
+        self._scopes: dict[tuple[str, str], _Scope] = {}
+        # What tests and the CLI summary read. Arrival times are time.monotonic() taken after the
+        # injected latency, the instant the rate limiter judges, so that max_in_window() over
+        # accepted_create_times never exceeds rate_limit.
+        self.tasks: dict[str, dict[str, Any]] = {}  # id -> TaskDetails, in creation order
+        self.create_times: list[float] = []  # every create call, throttled or not
+        self.accepted_create_times: list[float] = []  # create calls the rate limit let through
+        self.calls: collections.Counter[tuple[str, int]] = collections.Counter()  # 0: no answer
+
+    # -- observation -------------------------------------------------------------------------
+
+    def jobs_by_source(self) -> dict[str, list[str]]:
+        """Input (``obs://bucket/path`` or the URL) to the ids of jobs made from it.
+
+        More than one id for an input means a job was submitted twice (exactly-once broken).
+        """
+        found: dict[str, list[str]] = {}
+        for task_id, task in self.tasks.items():
+            source = task["input"]
+            for item in source["data"]:
+                if source["type"] == "obs":
+                    key = f"obs://{item['bucket']}/{item['path']}"
+                else:
+                    key = item["url"]
+                found.setdefault(key, []).append(task_id)
+        return found
+
+    def throttled(self) -> int:
+        """How many calls were answered 429."""
+        return sum(n for (_, status), n in self.calls.items() if status == 429)
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """A fresh aiohttp application over this emulator's state (one per event loop)."""
+        app = web.Application()
+        app[_CLOSING] = asyncio.Event()
+        app.on_shutdown.append(_wake_sleepers)
+        router = app.router
+        router.add_post(_TASKS_PATH, self._operation("create", self._create))
+        router.add_get(_TASKS_PATH, self._operation("list", self._list), allow_head=False)
+        item = _TASKS_PATH + "/{task_id}"
+        router.add_get(item, self._operation("show", self._show), allow_head=False)
+        router.add_delete(item, self._operation("delete", self._delete))
+        router.add_route("*", "/{tail:.*}", _not_found)
+        return app
+
+    @asynccontextmanager
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+        """Listen on ``host:port`` (0: a free port) and yield the base URL; stop on exit.
+
+        Slow or sleeping calls still pending at exit lose their answer instead of holding
+        the shutdown.
+        """
+        runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port, backlog=1024)
+            await site.start()
+            bound = runner.addresses[0][1]
+            shown = f"[{host}]" if ":" in host else host
+            yield f"http://{shown}:{bound}"
+        finally:
+            await runner.cleanup()
+
+    # -- the pipeline every call goes through -------------------------------------------------
+
+    def _operation(
+        self, op: str, action: _Action
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._dispatch(request, op, action)
+
+        return handle
+
+    async def _dispatch(self, request: web.Request, op: str, action: _Action) -> web.StreamResponse:
+        faults = self.faults
+        if faults.latency > 0 and not await _sleep(request, faults.latency):
+            return self._drop(request, op)
+        now = time.monotonic()
+        if op == "create":
+            self.create_times.append(now)
+        request_id = uuid.uuid4().hex
+        headers = {"X-Request-Id": request_id, "Content-Type": _JSON}
+        if faults.rate_limit > 0:
+            window = self._windows[op]
+            cutoff = now - 1.0
+            while window and window[0] <= cutoff:
+                window.popleft()
+            throttled = len(window) >= faults.rate_limit
+            if not throttled:
+                window.append(now)
+            if faults.ratelimit_headers:
+                headers["X-ratelimit"] = f"{faults.rate_limit:g}"
+                headers["X-ratelimit-used"] = str(len(window))
+                headers["X-ratelimit-window"] = "1 second"
+            if throttled:
+                if faults.rate_limit_hint:
+                    msg = f"policy user over ratelimit, limit:{faults.rate_limit:g}, time:1 second"
+                else:
+                    msg = "The throttling threshold has been reached"
+                _retry_after(headers, faults)
+                return self._error(op, headers, _Reject(429, "APIG.0308", msg))
+        if op == "create":
+            self.accepted_create_times.append(now)
+        try:
+            body = await request.read()
+            if self._verify:
+                self._check_signature(request, body)
+            project = request.match_info["project_id"]
+            service = request.match_info["service_name"]
+            self._check_target(request, project, service)
+            if faults.p503 > 0 and self._rng.random() < faults.p503:
+                _retry_after(headers, faults)
+                raise _Reject(503, "IVA.0010", "Dependent service is unavailable")
+            return await action(request, body, (project, service), headers)
+        except _Reject as reject:
+            return self._error(op, headers, reject)
+        except web.HTTPRequestEntityTooLarge:
+            return self._error(op, headers, _invalid("the request body is too large"))
+
+    def _check_signature(self, request: web.Request, body: bytes) -> None:
+        """Verify SDK-HMAC-SHA256 the way the API gateway does, echoing no secret."""
+        authorization = request.headers.get("Authorization")
+        if authorization is None:
+            raise _auth_error("the Authorization header is missing")
+        parts = parse_authorization(authorization)
+        if parts is None:
+            raise _auth_error(
+                f"the Authorization header is not {ALGORITHM} Access=..., "
+                "SignedHeaders=..., Signature=..."
+            )
+        ak = parts["Access"]
+        key = self._keys.get(ak)
+        if key is None:
+            raise _auth_error("ak not found")
+        names = parts["SignedHeaders"].split(";")
+        if "host" not in names or "x-sdk-date" not in names:
+            raise _auth_error("SignedHeaders must include host and x-sdk-date")
+        date = request.headers.get("X-Sdk-Date", "")
+        epoch = _sdk_date_epoch(date)
+        if epoch is None:
+            raise _Reject(
+                401,
+                "APIGW.0303",
+                f"Incorrect IAM authentication information: "
+                f"X-Sdk-Date {date!r} is not in the format YYYYMMDDTHHMMSSZ",
+            )
+        if abs(time.time() - epoch) > self._clock_skew:
+            raise _Reject(
+                401,
+                "APIGW.0303",
+                f"Incorrect IAM authentication information: "
+                f"request expired, X-Sdk-Date {date} is more than "
+                f"{self._clock_skew:g} s away from the server time",
+            )
+        signed: dict[str, str] = {}
+        for name in names:
+            value = request.headers.get(name)
+            if value is None:
+                raise _auth_error(f"signed header {name!r} is missing from the request")
+            signed[name] = value
+        canonical, _ = canonical_request(
+            request.method, request.rel_url.raw_path, dict(request.query), signed, body
+        )
+        to_sign = f"{ALGORITHM}\n{date}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected.encode(), parts["Signature"].encode()):
+            token_sent = signed.get("x-security-token", "").strip()
+            if token_sent:  # a credential too: never echo it
+                canonical = canonical.replace(token_sent, "<hidden>")
+            raise _auth_error(f"verify aksk signature fail, the canonical request is:\n{canonical}")
+        token = self._tokens.get(ak)
+        if token is not None:
+            sent = request.headers.get("X-Security-Token", "").encode()
+            if not hmac.compare_digest(sent, token):
+                raise _auth_error("X-Security-Token is missing or does not match the AK")
+
+    def _check_target(self, request: web.Request, project: str, service: str) -> None:
+        """A well-formed project id that agrees with X-Project-Id, and a subscribed service."""
+        if not _PROJECT_RE.fullmatch(project):
+            raise _Reject(
+                400, "IVA.0002", f"Invalid project id {project!r}: expected 32 hex digits"
+            )
+        header = request.headers.get("X-Project-Id")
+        if header is not None and header != project:
+            raise _Reject(
+                400,
+                "IVA.0002",
+                f"X-Project-Id {header!r} does not match the project id {project!r} of the path",
+            )
+        if self._services is None:
+            subscribed = _SERVICE_RE.fullmatch(service) is not None
+        else:
+            subscribed = service in self._services
+        if not subscribed:
+            raise _Reject(403, "IVA.0007", f"The service {service!r} is not subscribed")
+
+    def _error(self, op: str, headers: dict[str, str], reject: _Reject) -> web.Response:
+        self.calls[op, reject.status] += 1
+        body = {"error_code": reject.code, "error_msg": reject.msg,
+                "request_id": headers["X-Request-Id"]}  # fmt: skip
+        return web.Response(status=reject.status, body=orjson.dumps(body), headers=headers)
+
+    def _answer(self, op: str, status: int, headers: dict[str, str], doc: object) -> web.Response:
+        self.calls[op, status] += 1
+        return web.Response(status=status, body=orjson.dumps(doc), headers=headers)
+
+    def _drop(self, request: web.Request, op: str) -> web.Response:
+        """Close the connection without a byte of answer; aiohttp then cannot send ours."""
+        self.calls[op, 0] += 1
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response()
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def _create(
+        self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise _Reject(400, "IVA.0003", "The request body is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise _Reject(400, "IVA.0003", "The request body must be a JSON object")
+        _validate_create(doc)
+        faults = self.faults
+        if faults.quota and len(self.tasks) >= faults.quota:
+            raise _Reject(
+                400,
+                "IVA.0012",
+                f"Over quota: at most {faults.quota} jobs can be saved; delete finished jobs first",
+            )
+        task_id = self._store(doc, scope)
+        rng = self._rng
+        if faults.p_lost > 0 and rng.random() < faults.p_lost:
+            return self._drop(request, "create")
+        if faults.p_5xx_after_create > 0 and rng.random() < faults.p_5xx_after_create:
+            status = rng.choice((500, 502, 504))
+            return self._error("create", headers, _AFTER_CREATE[status])
+        if faults.p_slow > 0 and rng.random() < faults.p_slow:
+            if not await _sleep(request, faults.slow_seconds):
+                return self._drop(request, "create")
+            if request.transport is None or request.transport.is_closing():
+                self.calls["create", 0] += 1  # the client gave up waiting: nobody hears the 201
+                return web.Response()
+        return self._answer("create", 201, headers, [{"id": task_id}])
+
+    def _store(self, doc: dict[str, Any], scope: tuple[str, str]) -> str:
+        task_id = uuid.uuid4().hex
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        task: dict[str, Any] = {
+            "id": task_id,
+            "name": doc["name"],
+            "creator": "emulator",
+            "project_id": scope[0],
+            "description": doc.get("description", ""),
+            "service_name": scope[1],
+            "service_version": doc["service_version"],
+            "created_at": stamp,
+            "updated_at": stamp,
+            "state": "PENDING",
+            "status": None,
+            "error": None,
+            "input": doc["input"],
+            "output": doc["output"],
+            "service_config": doc.get("service_config"),
+            "timing": doc.get("timing"),
+        }
+        for optional in ("resource_order_id", "edge_pool_id"):
+            if optional in doc:
+                task[optional] = doc[optional]
+        self.tasks[task_id] = task
+        store = self._scopes.get(scope)
+        if store is None:
+            store = self._scopes[scope] = _Scope()
+        store.add(task)
+        return task_id
+
+    async def _list(
+        self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        query = request.query
+        offset = _int_param(query, "offset", 0, 0, None)
+        limit = _int_param(query, "limit", 10, 1, 100)
+        field, _, direction = query.get("order", "created_at:ASC").partition(":")
+        if field not in _ORDER_FIELDS or direction not in ("ASC", "DESC"):
+            raise _invalid("order must be name, created_at or updated_at, then :ASC or :DESC")
+        state = query.get("state")
+        if state is not None and state not in STATES:
+            raise _invalid(f"state {state!r} is not a job state")
+        store = self._scopes.get(scope) or _Scope()
+        name_like = query.get("name_like")
+        found = store.named_like(name_like) if name_like else list(store.tasks.values())
+        version = query.get("service_version")
+        if version is not None:
+            found = [task for task in found if task["service_version"] == version]
+        if state is not None:
+            found = [task for task in found if task["state"] == state]
+        id_like = query.get("id_like")
+        if id_like:
+            found = [task for task in found if id_like in task["id"]]
+        # Ties are broken by creation order, in the direction of the sort.
+        if direction == "DESC":
+            found.reverse()
+        if field == "name":
+            found.sort(key=lambda task: task["name"], reverse=direction == "DESC")
+        page = found[offset : offset + limit]
+        return self._answer("list", 200, headers, {"count": len(found), "tasks": page})
+
+    async def _show(
+        self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        task = self._find(request, scope)
+        return self._answer("show", 200, headers, task)
+
+    async def _delete(
+        self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        task = self._find(request, scope)
+        self._scopes[scope].remove(task["id"])
+        del self.tasks[task["id"]]
+        self.calls["delete", 202] += 1
+        del headers["Content-Type"]  # 202 has no body
+        return web.Response(status=202, headers=headers)
+
+    def _find(self, request: web.Request, scope: tuple[str, str]) -> dict[str, Any]:
+        task_id = request.match_info["task_id"]
+        store = self._scopes.get(scope)
+        task = store.tasks.get(task_id) if store is not None else None
+        if task is None:
+            raise _Reject(404, "IVA.0005", f"The job {task_id!r} does not exist")
+        return task
+
+
+_CLOSING: Final = web.AppKey("batchsubmit_emulator_closing", asyncio.Event)
+
+_AFTER_CREATE: Final = {
+    500: _Reject(500, "IVA.0006", "Internal error"),
+    502: _Reject(502, "APIG.0202", "Backend unavailable."),
+    504: _Reject(504, "APIG.0201", "Backend timeout."),
+}
+
+
+def _auth_error(detail: str) -> _Reject:
+    return _Reject(401, "APIGW.0301", f"Incorrect IAM authentication information: {detail}")
+
+
+def _retry_after(headers: dict[str, str], faults: Faults) -> None:
+    if faults.retry_after is not None:
+        headers["Retry-After"] = f"{faults.retry_after:g}"
+
+
+def _int_param(
+    query: Mapping[str, str], name: str, default: int, low: int, high: int | None
+) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+    if not _INT_RE.fullmatch(raw):
+        raise _invalid(f"{name} must be an integer {bounds}, not {raw!r}")
+    value = int(raw)
+    if value < low or (high is not None and value > high):
+        raise _invalid(f"{name} must be {bounds}, not {value}")
+    return value
+
+
+async def _sleep(request: web.Request, seconds: float) -> bool:
+    """Sleep, unless the server shuts down first (then False: the caller drops the call)."""
+    closing = request.app[_CLOSING]
+    try:
+        async with asyncio.timeout(seconds):
+            await closing.wait()
+    except TimeoutError:
+        return True
+    return False
+
+
+async def _wake_sleepers(app: web.Application) -> None:
+    app[_CLOSING].set()
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    request_id = uuid.uuid4().hex
+    body = {
+        "error_code": "APIG.0101",
+        "error_msg": "The API does not exist or has not been published in the environment",
+        "request_id": request_id,
+    }
+    return web.Response(
+        status=404,
+        body=orjson.dumps(body),
+        headers={"X-Request-Id": request_id},
+        content_type=_JSON,
+    )
+
+
+# -- the create body, as the API reference describes it ------------------------------------------
+
+
+def _validate_create(doc: dict[str, Any]) -> None:
+    """Raise 400 IVA.0004 naming the first wrong field of a create body."""
+    unknown = sorted(doc.keys() - _CREATE_KEYS)
+    if unknown:
+        raise _invalid(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(_CREATE_KEYS))}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise _invalid("name must be 1 to 100 letters, digits, '-', '_' or Chinese characters")
+    version = doc.get("service_version")
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+        raise _invalid("service_version must be two integers 0-999 joined by a dot, e.g. '1.0'")
+    if "description" in doc:
+        description = doc["description"]
+        if not isinstance(description, str) or len(description) > 500:
+            raise _invalid("description must be a string of at most 500 characters")
+    for optional in ("resource_order_id", "edge_pool_id"):
+        if optional in doc and not isinstance(doc[optional], str):
+            raise _invalid(f"{optional} must be a string")
+    for optional in ("service_config", "timing"):
+        if optional in doc and not isinstance(doc[optional], dict):
+            raise _invalid(f"{optional} must be an object")
+    _validate_input(doc.get("input"))
+    if "timing" in doc and doc["input"]["type"] == "obs":
+        raise _invalid("timing is not allowed with an obs input")
+    _validate_output(doc.get("output"))
+
+
+def _validate_input(value: object) -> None:
+    if not isinstance(value, dict):
+        raise _invalid("input is required: {'type': 'obs', 'data': [{'bucket': ..., 'path': ...}]}")
+    kind = value.get("type")
+    if kind not in ("obs", "url"):
+        raise _invalid(f"input.type must be 'obs' or 'url' (the emulator's), not {kind!r}")
+    data = value.get("data")
+    if not isinstance(data, list) or not data:
+        raise _invalid("input.data must be a non-empty list")
+    for i, item in enumerate(data):
+        where = f"input.data[{i}]"
+        if not isinstance(item, dict):
+            raise _invalid(f"{where} must be an object")
+        if kind == "obs":
+            _check_bucket(item.get("bucket"), f"{where}.bucket")
+            _check_text(item.get("path"), f"{where}.path")
+        else:
+            _check_url(item.get("url"), f"{where}.url")
+
+
+def _validate_output(value: object) -> None:
+    if not isinstance(value, dict) or not value:
+        raise _invalid(
+            "output is required, with at least one of obs, dis, webhook, hosting, localpath"
+        )
+    for kind, target in value.items():
+        where = f"output.{kind}"
+        if not isinstance(target, dict):
+            raise _invalid(f"{where} must be an object")
+        if kind == "obs":
+            _check_bucket(target.get("bucket"), f"{where}.bucket")
+            _check_text(target.get("path"), f"{where}.path")
+        elif kind == "dis":
+            _check_text(target.get("stream_name"), f"{where}.stream_name")
+        elif kind == "webhook":
+            _check_url(target.get("url"), f"{where}.url")
+            if "headers" in target and not isinstance(target["headers"], dict):
+                raise _invalid(f"{where}.headers must be an object")
+        elif kind == "localpath":
+            _check_text(target.get("mount_source_path"), f"{where}.mount_source_path")
+        elif kind != "hosting":
+            raise _invalid(
+                f"unknown output type {kind!r}; allowed: obs, dis, webhook, hosting, localpath"
+            )
+
+
+def _check_text(value: object, where: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise _invalid(f"{where} must be a non-empty string")
+
+
+def _check_bucket(value: object, where: str) -> None:
+    if not isinstance(value, str) or not _BUCKET_RE.fullmatch(value) or _IP_RE.fullmatch(value):
+        raise _invalid(
+            f"{where} must be an OBS bucket name: 3 to 63 lowercase letters, digits, "
+            f"'-' or '.', not {value!r}"
+        )
+
+
+def _check_url(value: object, where: str) -> None:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise _invalid(f"{where} must be an http:// or https:// URL")
+    if len(value) > 1000:
+        raise _invalid(f"{where} must be at most 1000 characters")

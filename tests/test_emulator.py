@@ -1,0 +1,580 @@
+"""The local VAS emulator, exercised over real HTTP with requests signed by batchsubmit.auth."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from batchsubmit.auth import Credentials, sdk_date, sign
+from batchsubmit.emulator import (
+    EMULATOR_AK,
+    EMULATOR_PROJECT_ID,
+    EMULATOR_SK,
+    Emulator,
+    Faults,
+    max_in_window,
+)
+
+pytestmark = pytest.mark.anyio
+
+SERVICE = "c-video-analysis"
+TASKS = f"/v2/{EMULATOR_PROJECT_ID}/services/{SERVICE}/tasks"
+CREDENTIALS = Credentials(EMULATOR_AK, EMULATOR_SK)
+HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def job(name: str = "job-0001", path: str = "videos/a.mp4", **extra: Any) -> dict[str, Any]:
+    """A valid create body, the seed document's shape."""
+    body: dict[str, Any] = {
+        "name": name,
+        "service_version": "1.0",
+        "input": {"type": "obs", "data": [{"bucket": "my-bucket", "path": path}]},
+        "output": {"obs": {"bucket": "out-bucket", "path": "results/"}},
+    }
+    body.update(extra)
+    return body
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    raw: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.raw)
+
+
+class Client:
+    """Signs each call as the project's client does and returns the whole answer."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+        self.host = base.removeprefix("http://")
+
+    async def call(
+        self,
+        method: str,
+        path: str = TASKS,
+        *,
+        query: dict[str, str] | None = None,
+        doc: object = None,
+        raw: bytes | None = None,
+        credentials: Credentials | None = CREDENTIALS,
+        date: str | None = None,
+        extra: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> Reply:
+        body = raw if raw is not None else b"" if doc is None else orjson.dumps(doc)
+        headers = {
+            "Content-Type": "application/json",
+            "Host": self.host,
+            "X-Sdk-Date": sdk_date() if date is None else date,
+            "X-Project-Id": EMULATOR_PROJECT_ID,
+            **(extra or {}),
+        }
+        if credentials is not None:
+            headers["Authorization"] = sign(credentials, method, path, query, headers, body)
+        async with self.session.request(
+            method,
+            self.base + path,
+            params=query,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            return Reply(response.status, response.headers, await response.read())
+
+    async def create(self, doc: object, **kwargs: Any) -> Reply:
+        return await self.call("POST", doc=doc, **kwargs)
+
+
+@asynccontextmanager
+async def running(emulator: Emulator) -> AsyncIterator[Client]:
+    async with emulator.serve() as base, aiohttp.ClientSession() as session:
+        yield Client(session, base)
+
+
+def assert_error(reply: Reply, status: int, code: str) -> str:
+    """Check an error answer's shape; return its message."""
+    assert (reply.status, reply.json["error_code"]) == (status, code), reply.raw
+    assert reply.json["request_id"] == reply.headers["X-Request-Id"]
+    message: str = reply.json["error_msg"]
+    return message
+
+
+# -- create ---------------------------------------------------------------------------------------
+
+
+async def test_create_answers_id_array_and_stores_task_details() -> None:
+    """A good create is 201 with a JSON array of one id; the job is stored as show returns it."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+        reply = await client.create(job(description="first"))
+        assert reply.status == 201
+        assert HEX32.fullmatch(reply.headers["X-Request-Id"])
+        [created] = reply.json
+        task_id = created["id"]
+        assert HEX32.fullmatch(task_id)
+        shown = await client.call("GET", f"{TASKS}/{task_id}")
+    assert shown.status == 200
+    assert shown.json == emulator.tasks[task_id]
+    task = emulator.tasks[task_id]
+    assert task["name"] == "job-0001"
+    assert task["description"] == "first"
+    assert (task["project_id"], task["service_name"]) == (EMULATOR_PROJECT_ID, SERVICE)
+    assert (task["state"], task["creator"]) == ("PENDING", "emulator")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", task["created_at"])
+    assert task["input"] == job()["input"]
+    assert emulator.jobs_by_source() == {"obs://my-bucket/videos/a.mp4": [task_id]}
+    assert emulator.calls[("create", 201)] == 1
+    assert len(emulator.create_times) == len(emulator.accepted_create_times) == 1
+
+
+async def test_official_sdk_signer_is_accepted() -> None:
+    """The emulator checks signatures as Huawei's own signer makes them, not only as ours does."""
+    signer_module = pytest.importorskip("huaweicloudsdkcore.signer.signer")
+    credentials_module = pytest.importorskip("huaweicloudsdkcore.auth.credentials")
+    request_module = pytest.importorskip("huaweicloudsdkcore.sdk_request")
+    emulator = Emulator()
+    async with running(emulator) as client:
+        await client.create(job(name="a"))
+        request = request_module.SdkRequest(
+            method="GET",
+            schema="http",
+            host=client.host,
+            resource_path=TASKS,
+            query_params=[("name_like", "a"), ("limit", 100)],
+            header_params={
+                "Content-Type": "application/json",
+                "X-Sdk-Date": sdk_date(),
+                "X-Project-Id": EMULATOR_PROJECT_ID,
+            },
+            body="",
+        )
+        signer = signer_module.Signer(
+            credentials_module.BasicCredentials(EMULATOR_AK, EMULATOR_SK, EMULATOR_PROJECT_ID)
+        )
+        signed = signer.sign(request)
+        async with client.session.get(
+            client.base + TASKS,
+            params={"name_like": "a", "limit": "100"},
+            headers=dict(signed.header_params),
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["count"] == 1
+
+
+# -- authentication ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tamper", ["wrong sk", "body changed after signing"])
+async def test_bad_signature_is_401_echoing_canonical_request_but_not_sk(tamper: str) -> None:
+    """A signature that does not verify is refused, the message helps debugging and hides the SK."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+        if tamper == "wrong sk":
+            reply = await client.create(job(), credentials=Credentials(EMULATOR_AK, "x" * 40))
+        else:
+            body = orjson.dumps(job())
+            headers = {
+                "Content-Type": "application/json",
+                "Host": client.host,
+                "X-Sdk-Date": sdk_date(),
+            }
+            headers["Authorization"] = sign(CREDENTIALS, "POST", TASKS, None, headers, body)
+            async with client.session.post(
+                client.base + TASKS, data=body.replace(b"job-0001", b"job-0002"), headers=headers
+            ) as response:
+                reply = Reply(response.status, response.headers, await response.read())
+    message = assert_error(reply, 401, "APIGW.0301")
+    assert f"POST\n{TASKS}/\n" in message  # the server's canonical request, as the gateway shows
+    assert EMULATOR_SK.encode() not in reply.raw
+    assert b"x" * 40 not in reply.raw
+    assert emulator.tasks == {}
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "2024-01-01T00:00:00Z",  # not the SDK format
+        "20241301T000000Z",  # month 13
+        "20240101T000000",  # no Z
+        "expired",
+        "future",
+    ],
+)
+async def test_bad_or_skewed_date_is_401_apigw_0303(date: str) -> None:
+    """X-Sdk-Date must parse and be within the clock skew, as the gateway's replay protection."""
+    now = time.time()
+    if date == "expired":
+        date = sdk_date(now - 901)
+    elif date == "future":
+        date = sdk_date(now + 901)
+    emulator = Emulator()
+    async with running(emulator) as client:
+        reply = await client.create(job(), date=date)
+    assert_error(reply, 401, "APIGW.0303")
+    assert emulator.tasks == {}
+
+
+async def test_date_within_skew_is_accepted() -> None:
+    """A client clock a few minutes off still works (the skew window is not zero)."""
+    async with running(Emulator()) as client:
+        reply = await client.create(job(), date=sdk_date(time.time() - 600))
+    assert reply.status == 201
+
+
+@pytest.mark.parametrize("case", ["unknown ak", "no authorization", "date not signed"])
+async def test_unusable_authorization_is_401_apigw_0301(case: str) -> None:
+    """An unknown AK, a missing Authorization or one that leaves x-sdk-date unsigned is refused."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+        if case == "unknown ak":
+            reply = await client.create(job(), credentials=Credentials("NOSUCHAK", EMULATOR_SK))
+        elif case == "no authorization":
+            reply = await client.create(job(), credentials=None)
+        else:
+            headers = {"Host": client.host}
+            authorization = sign(
+                CREDENTIALS, "GET", TASKS, None, {**headers, "X-Sdk-Date": sdk_date()}, b""
+            )
+            # Signed with the date, then sent with SignedHeaders naming host only.
+            authorization = authorization.replace("host;x-sdk-date", "host")
+            reply = await client.call(
+                "GET", credentials=None, extra={"Authorization": authorization}
+            )
+    message = assert_error(reply, 401, "APIGW.0301")
+    if case == "unknown ak":
+        assert "ak not found" in message
+    assert emulator.tasks == {}
+
+
+async def test_temporary_credentials_need_their_security_token() -> None:
+    """An AK with a security token is refused without it or with another one, accepted with it."""
+    emulator = Emulator(security_tokens={EMULATOR_AK: "STSTOKEN"})
+    async with running(emulator) as client:
+        missing = await client.create(job())
+        wrong = await client.create(job(), extra={"X-Security-Token": "OTHER"})
+        wrong_sk = await client.create(
+            job(),
+            credentials=Credentials(EMULATOR_AK, "bad"),
+            extra={"X-Security-Token": "STSTOKEN"},
+        )
+        right = await client.create(job(), extra={"X-Security-Token": "STSTOKEN"})
+    assert_error(missing, 401, "APIGW.0301")
+    assert_error(wrong, 401, "APIGW.0301")
+    assert_error(wrong_sk, 401, "APIGW.0301")
+    assert b"STSTOKEN" not in wrong_sk.raw  # the echoed canonical request hides the token
+    assert right.status == 201
+    assert len(emulator.tasks) == 1
+
+
+async def test_signatures_can_be_turned_off() -> None:
+    """verify_signatures=False accepts unsigned calls (for tools that cannot sign)."""
+    async with running(Emulator(verify_signatures=False)) as client:
+        reply = await client.create(job(), credentials=None)
+    assert reply.status == 201
+
+
+async def test_project_and_service_are_checked() -> None:
+    """X-Project-Id must match the path, the project id be well formed, the service subscribed."""
+    emulator = Emulator(services={SERVICE})
+    async with running(emulator) as client:
+        mismatch = await client.create(job(), extra={"X-Project-Id": "f" * 32})
+        path = f"/v2/my-project/services/{SERVICE}/tasks"
+        malformed = await client.call("POST", path, doc=job(), extra={"X-Project-Id": "my-project"})
+        other = await client.call(
+            "POST", f"/v2/{EMULATOR_PROJECT_ID}/services/other-service/tasks", doc=job()
+        )
+        subscribed = await client.create(job())
+    assert_error(mismatch, 400, "IVA.0002")
+    assert "32 hex digits" in assert_error(malformed, 400, "IVA.0002")
+    assert "other-service" in assert_error(other, 403, "IVA.0007")
+    assert subscribed.status == 201
+    assert len(emulator.tasks) == 1
+
+
+async def test_unknown_route_is_json_404() -> None:
+    """Unknown paths get a JSON error with a request id, so the client's error parsing holds."""
+    async with running(Emulator()) as client:
+        reply = await client.call("PUT", f"{TASKS}/abc", doc={})
+    assert_error(reply, 404, "APIG.0101")
+
+
+# -- create body validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        (b"{not json", "IVA.0003", "JSON"),
+        (b"[1, 2]", "IVA.0003", "object"),
+        (job(name="bad name!"), "IVA.0004", "name"),
+        (job(name="x" * 101), "IVA.0004", "name"),
+        (job(description="d" * 501), "IVA.0004", "description"),
+        (job(service_version=""), "IVA.0004", "service_version"),
+        ({k: v for k, v in job().items() if k != "input"}, "IVA.0004", "input"),
+        ({k: v for k, v in job().items() if k != "output"}, "IVA.0004", "output"),
+        (job(priority=1), "IVA.0004", "priority"),
+        (job(input={"type": "obs", "data": []}), "IVA.0004", "input.data"),
+        (
+            job(input={"type": "obs", "data": [{"bucket": "Bad_Bucket", "path": "a.mp4"}]}),
+            "IVA.0004",
+            "input.data[0].bucket",
+        ),
+        (
+            job(input={"type": "obs", "data": [{"bucket": "my-bucket", "path": ""}]}),
+            "IVA.0004",
+            "input.data[0].path",
+        ),
+        (job(output={}), "IVA.0004", "output"),
+        (job(output={"ftp": {}}), "IVA.0004", "ftp"),
+        (job(timing={"type": "once"}), "IVA.0004", "timing"),
+    ],
+)
+async def test_bad_create_body_is_400_naming_the_field(body: object, code: str, field: str) -> None:
+    """Each malformed body gets the service's error code and a message naming what is wrong."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+        if isinstance(body, bytes):
+            reply = await client.create(None, raw=body)
+        else:
+            reply = await client.create(body)
+    assert field in assert_error(reply, 400, code)
+    assert emulator.tasks == {}
+
+
+async def test_accepted_variants_of_create_body() -> None:
+    """Chinese names, url inputs, other output types and optional fields are accepted."""
+    bodies = [
+        job(name="任务_1"),
+        job(
+            input={"type": "url", "data": [{"url": "https://example.com/v.mp4"}]},
+            timing={"type": "once"},
+        ),
+        job(output={"webhook": {"url": "http://hook.example/x", "headers": {}}, "hosting": {}}),
+        job(service_config={"common": {"fps": 5}}, resource_order_id="r", edge_pool_id="e"),
+    ]
+    async with running(Emulator()) as client:
+        replies = [await client.create(body) for body in bodies]
+    assert [reply.status for reply in replies] == [201] * len(bodies), [r.raw for r in replies]
+
+
+# -- list, show, delete --------------------------------------------------------------------------
+
+
+async def test_list_filters_by_name_like_and_pages_with_count() -> None:
+    """count is every match before paging; offset/limit cut the page; name_like is a substring."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+        for i in range(25):
+            assert (await client.create(job(name=f"job-{i:02d}"))).status == 201
+        for name in ("other-1", "xjob-07"):
+            await client.create(job(name=name))
+
+        async def names(**query: str) -> tuple[int, list[str]]:
+            reply = await client.call("GET", query=query)
+            assert reply.status == 200, reply.raw
+            return reply.json["count"], [task["name"] for task in reply.json["tasks"]]
+
+        assert await names(name_like="job-", offset="20", limit="10") == (
+            26,
+            ["job-20", "job-21", "job-22", "job-23", "job-24", "xjob-07"],
+        )
+        count, first_page = await names(name_like="job-")  # default limit 10
+        assert (count, first_page) == (26, [f"job-{i:02d}" for i in range(10)])
+        assert await names(name_like="job-1", limit="3") == (10, ["job-10", "job-11", "job-12"])
+        # A query as long as the stored names must still find longer names containing it.
+        assert await names(name_like="job-07") == (2, ["job-07", "xjob-07"])
+        assert await names(name_like="nothing") == (0, [])
+        assert await names(order="name:DESC", limit="2") == (27, ["xjob-07", "other-1"])
+        assert (await names(order="created_at:DESC", limit="1"))[1] == ["xjob-07"]
+        assert (await names(offset="100"))[0] == 27
+        for bad in ({"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"offset": "-1"}):
+            assert_error(await client.call("GET", query=bad), 400, "IVA.0004")
+        assert_error(await client.call("GET", query={"order": "size:ASC"}), 400, "IVA.0004")
+        assert_error(await client.call("GET", query={"state": "DONE"}), 400, "IVA.0004")
+        assert (await names(state="PENDING", service_version="1.0"))[0] == 27
+        assert (await names(service_version="2.0"))[0] == 0
+
+
+async def test_show_and_delete_unknown_task_is_404_and_delete_removes() -> None:
+    """show of an unknown id is 404 IVA.0005; delete answers 202 and the job is gone."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+        missing = await client.call("GET", f"{TASKS}/{'0' * 32}")
+        [created] = (await client.create(job())).json
+        deleted = await client.call("DELETE", f"{TASKS}/{created['id']}")
+        after = await client.call("GET", f"{TASKS}/{created['id']}")
+        listed = await client.call("GET", query={"name_like": "job-0001"})
+    assert_error(missing, 404, "IVA.0005")
+    assert deleted.status == 202
+    assert_error(after, 404, "IVA.0005")
+    assert listed.json == {"count": 0, "tasks": []}
+    assert emulator.tasks == {}
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+async def test_rate_limit_throttles_per_operation_with_hint_and_headers() -> None:
+    """Beyond the limit a call is 429 APIG.0308 before any other check, and does nothing."""
+    faults = Faults(rate_limit=3, ratelimit_headers=True, retry_after=2)
+    emulator = Emulator(faults)
+    async with running(emulator) as client:
+        creates = [await client.create(job(name=f"j{i}")) for i in range(5)]
+        # The limit is per operation: list still has its own budget.
+        listed = await client.call("GET")
+        # A throttled call is refused before its signature is even looked at.
+        unsigned = await client.create(job(), credentials=None)
+        emulator.faults = dataclasses.replace(faults, rate_limit=0)
+        unlimited = await client.create(job(name="after"))
+    assert [reply.status for reply in creates] == [201, 201, 201, 429, 429]
+    message = assert_error(creates[3], 429, "APIG.0308")
+    assert "limit:3, time:1 second" in message
+    assert creates[3].headers["Retry-After"] == "2"
+    assert creates[0].headers["X-ratelimit"] == "3"
+    assert creates[0].headers["X-ratelimit-used"] == "1"
+    assert creates[3].headers["X-ratelimit-used"] == "3"
+    assert creates[0].headers["X-ratelimit-window"] == "1 second"
+    assert listed.status == 200
+    assert_error(unsigned, 429, "APIG.0308")
+    assert unlimited.status == 201
+    assert "X-ratelimit" not in unlimited.headers
+    assert len(emulator.tasks) == 4
+    assert emulator.throttled() == 3
+    assert len(emulator.create_times) == 7
+    assert len(emulator.accepted_create_times) == 4
+    assert max_in_window(emulator.accepted_create_times[:3]) == 3
+
+
+async def test_rate_limit_without_hint_and_window_slides() -> None:
+    """Without the hint the 429 message has no numbers; a second later calls pass again."""
+    emulator = Emulator(Faults(rate_limit=1, rate_limit_hint=False))
+    async with running(emulator) as client:
+        first = await client.call("GET")
+        second = await client.call("GET")
+        await asyncio.sleep(1.05)
+        third = await client.call("GET")
+    assert first.status == 200
+    assert not re.search(r"\d", assert_error(second, 429, "APIG.0308"))
+    assert "Retry-After" not in second.headers
+    assert third.status == 200
+
+
+async def test_p503_creates_nothing_and_carries_retry_after() -> None:
+    """A 503 IVA.0010 fault leaves no job behind and tells when to retry if configured."""
+    emulator = Emulator(Faults(p503=1.0, retry_after=1.5))
+    async with running(emulator) as client:
+        created = await client.create(job())
+        listed = await client.call("GET")
+    assert_error(created, 503, "IVA.0010")
+    assert created.headers["Retry-After"] == "1.5"
+    assert_error(listed, 503, "IVA.0010")
+    assert emulator.tasks == {}
+    assert emulator.calls[("create", 503)] == 1
+
+
+async def test_fault_draws_are_reproducible_with_a_seed() -> None:
+    """Two emulators with the same seed answer the same call sequence identically."""
+    outcomes = []
+    for _ in range(2):
+        async with running(Emulator(Faults(p503=0.5, seed=7))) as client:
+            outcomes.append([(await client.call("GET")).status for _ in range(20)])
+    assert outcomes[0] == outcomes[1]
+    assert set(outcomes[0]) == {200, 503}
+
+
+async def test_p_lost_creates_the_job_and_drops_the_connection() -> None:
+    """A lost answer: the client sees a disconnect, yet the job exists and can be found by name."""
+    emulator = Emulator(Faults(p_lost=1.0))
+    async with running(emulator) as client:
+        with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+            await client.create(job(name="lost-1"))
+        emulator.faults = Faults()
+        found = await client.call("GET", query={"name_like": "lost-1"})
+    assert [task["name"] for task in emulator.tasks.values()] == ["lost-1"]
+    assert found.json["count"] == 1
+    assert emulator.calls[("create", 0)] == 1
+
+
+async def test_p_5xx_after_create_creates_the_job() -> None:
+    """500/502/504 after a create are ambiguous: every one of them left a job behind."""
+    emulator = Emulator(Faults(p_5xx_after_create=1.0, seed=1))
+    async with running(emulator) as client:
+        replies = [await client.create(job(name=f"j{i}")) for i in range(12)]
+    statuses = {reply.status for reply in replies}
+    assert statuses == {500, 502, 504}
+    for reply in replies:
+        code = reply.json["error_code"]
+        assert reply.status != 500 or code == "IVA.0006"
+    assert len(emulator.tasks) == 12
+
+
+async def test_p_slow_creates_the_job_and_shutdown_does_not_wait_for_it() -> None:
+    """A slow answer trips the client's timeout after the job exists; stopping is still quick."""
+    emulator = Emulator(Faults(p_slow=1.0, slow_seconds=30))
+    started = time.monotonic()
+    async with running(emulator) as client:
+        with pytest.raises(asyncio.TimeoutError):
+            await client.create(job(), timeout=0.3)
+    assert time.monotonic() - started < 1.0  # the 1 s shutdown backstop was not needed
+    assert len(emulator.tasks) == 1
+
+
+async def test_latency_delays_every_call() -> None:
+    """latency is added before the call is handled."""
+    async with running(Emulator(Faults(latency=0.2))) as client:
+        started = time.monotonic()
+        reply = await client.call("GET")
+        elapsed = time.monotonic() - started
+    assert reply.status == 200
+    assert elapsed >= 0.2
+
+
+async def test_quota_is_400_iva_0012_and_delete_frees_it() -> None:
+    """At the quota a create is refused without a job; deleting one makes room again."""
+    emulator = Emulator(Faults(quota=2))
+    async with running(emulator) as client:
+        first, _ = [(await client.create(job(name=f"j{i}"))).json for i in range(2)]
+        over = await client.create(job(name="j2"))
+        await client.call("DELETE", f"{TASKS}/{first[0]['id']}")
+        again = await client.create(job(name="j3"))
+    assert_error(over, 400, "IVA.0012")
+    assert again.status == 201
+    assert sorted(task["name"] for task in emulator.tasks.values()) == ["j1", "j3"]
+
+
+# -- max_in_window -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("times", "expected"),
+    [
+        ([], 0),
+        ([5.0], 1),
+        ([0.0, 0.5, 0.99, 1.0], 3),
+        ([0.0, 1.0, 2.0], 1),  # half-open: a call at t+1 is in the next window
+        ([2.0, 0.0, 0.2, 1.1, 1.15], 3),  # unsorted input; the busiest window is [0.2, 1.2)
+    ],
+)
+def test_max_in_window(times: list[float], expected: int) -> None:
+    """The sliding-window count tests use to check a client's rate limiting."""
+    assert max_in_window(times) == expected
+
+
+def test_max_in_window_other_width() -> None:
+    """The window width is a parameter."""
+    assert max_in_window([0.0, 0.3, 0.6, 0.9], window=0.5) == 2
