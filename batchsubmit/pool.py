@@ -117,6 +117,7 @@ class RunStats:
     learned_rate: float | None = None
     lowest_rate: float | None = None
     pauses: int = 0
+    signal: int | None = None
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0
 
@@ -162,6 +163,8 @@ class Pool:
         self._jobs_started = 0
         self._deadline = clock() + settings.deadline if settings.deadline is not None else math.inf
         self.stats = RunStats()
+        self.lookup_found: set[str] = set()
+        self.lookup_failed: set[str] = set()
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -361,9 +364,11 @@ class Pool:
         """An uncertain create from an earlier run: record what the service has."""
         found, lookup = await self._find(item.name, item.source)
         if found is None:
+            self.lookup_failed.add(item.source)
             answer = lookup or Answer(kind=Kind.AMBIGUOUS, error_msg="lookup failed")
             self._record(item.source, item.name, "unknown", answer, 0)
         elif found:
+            self.lookup_found.add(item.source)
             self._record(
                 item.source,
                 item.name,

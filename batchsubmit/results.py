@@ -28,6 +28,7 @@ __all__ = [
     "Outcome",
     "ResultsWriter",
     "format_for",
+    "iter_rows",
     "read_ledger",
     "utc_now",
 ]
@@ -161,6 +162,19 @@ class Ledger:
 
     def is_done(self, source: str) -> bool:
         return hash(source) in self.done
+
+
+def iter_rows(path: Path, fmt: Format) -> Iterator[Row]:
+    """The readable rows of a results file as (source, name, status, service_url)."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the results file: {exc.strerror}") from None
+    with handle:
+        rows = _csv_rows(handle, path) if fmt == "csv" else _jsonl_rows(handle)
+        for _number, row in rows:
+            if row is not None:
+                yield row
 
 
 def read_ledger(path: Path, fmt: Format, service_url: str, warn: Callable[[str], None]) -> Ledger:

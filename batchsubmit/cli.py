@@ -1,0 +1,711 @@
+"""The command line: argparse, the environment, rendering, exit codes.
+
+The only module that reads the environment, prints or exits. ``main()`` maps the error tree
+to the documented exit codes; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import orjson
+
+from . import __version__
+from .auth import Credentials
+from .client import DEFAULT_TIMEOUT, Endpoint
+from .emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
+from .errors import BatchSubmitError, CredentialError, UsageError
+from .jobs import SpecBuilder
+from .manifest import Manifest, load_manifest
+from .pool import PoolSettings, RunStats
+from .progress import Log, make_reporter
+from .results import Format, format_for, iter_rows, read_ledger, utc_now
+from .runner import (
+    ExpandSummary,
+    RunConfig,
+    count_work,
+    journal_path,
+    plan,
+    prepare,
+    reconcile,
+    submit,
+)
+from .sources import ExpandStats, iter_objects
+
+__all__ = ["EXIT", "main"]
+
+EXIT = {
+    "ok": 0,
+    "some_failed": 1,
+    "usage": 2,
+    "fatal": 3,
+    "locked": 75,
+    "SIGINT": 130,
+    "SIGTERM": 143,
+}
+DEFAULT_CONCURRENCY = 8
+DEFAULT_RATE = 10.0
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    log = Log(
+        sys.stderr,
+        json=getattr(args, "log_format", "text") == "json",
+        quiet=getattr(args, "quiet", False),
+    )
+    try:
+        code: int = args.command(args, log)
+    except BatchSubmitError as exc:
+        log.line("error", str(exc))
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        log.line("error", "interrupted")
+        code = EXIT["SIGINT"]
+    if code != 0 and log.quiet:
+        log.release()
+    return code
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchsubmit",
+        description="Submit one Huawei Cloud VAS job per video, in bulk, exactly once.",
+    )
+    parser.add_argument("--version", action="version", version=f"batchsubmit {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("submit", help="submit the manifest's videos (the nightly command)")
+    run.add_argument("manifest", type=Path, help="the TOML manifest")
+    _results_options(run)
+    _pool_options(run)
+    run.add_argument("--endpoint", help="base URL to use instead of the manifest's endpoint/region")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="expand and validate, print what would be sent (JSONL), send nothing",
+    )
+    run.add_argument(
+        "--emulator",
+        action="store_true",
+        help="run against the built-in VAS emulator: no real job is created",
+    )
+    run.add_argument(
+        "--resubmit", action="store_true", help="ignore the ledger: submit every source again"
+    )
+    run.add_argument(
+        "--max-jobs",
+        type=_positive_int,
+        metavar="N",
+        help="create at most N jobs in this run; the rest are deferred",
+    )
+    run.add_argument(
+        "--deadline",
+        type=_duration,
+        metavar="DURATION",
+        help="after this long (e.g. 2h, 90m), start nothing new; the rest is deferred",
+    )
+    run.add_argument(
+        "--max-failures",
+        type=_positive_int,
+        metavar="N",
+        help="stop the run (exit 3) after N failed jobs",
+    )
+    run.set_defaults(command=_submit)
+
+    fix = commands.add_parser(
+        "reconcile", help="resolve unknown outcomes in a results file; create nothing"
+    )
+    fix.add_argument("results", type=Path, help="the results file (.csv or .jsonl)")
+    fix.add_argument("--format", choices=("csv", "jsonl"))
+    fix.add_argument("--endpoint", help="base URL to use instead of the one in the results rows")
+    _pool_options(fix)
+    fix.set_defaults(command=_reconcile)
+
+    expand = commands.add_parser("expand", help="print the job specs as JSONL; no network")
+    expand.add_argument("manifest", type=Path)
+    expand.add_argument("--log-format", choices=("text", "json"), default="text")
+    expand.set_defaults(command=_expand)
+
+    emulator = commands.add_parser("emulator", help="run the VAS emulator standalone")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8080)
+    emulator.add_argument(
+        "--p503", type=_probability, default=0.0, help="share of calls answered 503 IVA.0010"
+    )
+    emulator.add_argument(
+        "--rate-limit",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="calls per second per operation before 429 APIG.0308",
+    )
+    emulator.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
+    emulator.add_argument(
+        "--lost",
+        type=_probability,
+        default=0.0,
+        help="share of creates whose answer is lost after the job is created",
+    )
+    emulator.add_argument(
+        "--error-after-create",
+        type=_probability,
+        default=0.0,
+        help="share of creates answered 500/502/504 after the job is created",
+    )
+    emulator.add_argument(
+        "--slow",
+        type=_probability,
+        default=0.0,
+        help="share of creates answered only after --slow-seconds",
+    )
+    emulator.add_argument("--slow-seconds", type=float, default=30.0)
+    emulator.add_argument("--retry-after", type=float, default=None, metavar="SECONDS")
+    emulator.add_argument("--quota", type=int, default=5000, help="saved jobs at most (0: none)")
+    emulator.add_argument("--seed", type=int, default=None)
+    emulator.add_argument("--log-format", choices=("text", "json"), default="text")
+    emulator.set_defaults(command=_emulator)
+    return parser
+
+
+def _results_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--results",
+        type=Path,
+        metavar="PATH",
+        help="results file, also the ledger (default: beside the manifest)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("csv", "jsonl"),
+        help="results format (default: from the extension, else csv)",
+    )
+    parser.add_argument("--summary", type=Path, metavar="PATH", help="write a JSON summary")
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        metavar="PATH",
+        help="write Prometheus metrics (node_exporter textfile collector)",
+    )
+
+
+def _pool_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"calls in flight at most (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_rate,
+        default=DEFAULT_RATE,
+        metavar="R",
+        help=f"calls started per second at most, 0 for no limit (default {DEFAULT_RATE:g})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="how long to wait for an answer before looking the job up",
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing if all went well, everything if not (for cron)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no limit) or a positive number")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _rate(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _duration(text: str) -> float:
+    found = _DURATION.fullmatch(text.strip())
+    if not text.strip() or not found or not any(found.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 2h, 90m, 1h30m, 45s)")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in found.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _expand(args: argparse.Namespace, log: Log) -> int:
+    manifest = load_manifest(args.manifest)
+    builder = SpecBuilder(manifest.service, manifest.job)
+    stats = ExpandStats()
+    out = sys.stdout.buffer
+    for ref in iter_objects(manifest, stats, lambda m: log.line("warning", m)):
+        spec = builder.build(ref)
+        out.write(
+            b'{"source":'
+            + orjson.dumps(spec.source)
+            + b',"name":'
+            + orjson.dumps(spec.name)
+            + b',"body":'
+            + spec.body
+            + b"}\n"
+        )
+    out.flush()
+    _log_expand(log, stats)
+    return EXIT["ok"]
+
+
+def _log_expand(log: Log, stats: ExpandStats) -> None:
+    videos = stats.objects - stats.filtered - stats.duplicates
+    text = (
+        f"expanded {videos} videos from {stats.objects} objects ({stats.filtered} not "
+        f"videos, {stats.duplicates} duplicates, {stats.folders} folders)"
+    )
+    if stats.filtered_examples:
+        text += "; not videos, e.g. " + ", ".join(stats.filtered_examples)
+    log.line("info", text)
+
+
+def _submit(args: argparse.Namespace, log: Log) -> int:
+    started = time.time()
+    manifest = load_manifest(args.manifest)
+    results = args.results or _default_results(manifest.path, args.emulator)
+    fmt = format_for(results, args.format) if args.results or args.format else "csv"
+    if args.dry_run:
+        return _dry_run(args, log, manifest, results, fmt)
+    if args.emulator:
+        return anyio.run(_submit_emulated, args, log, manifest, results, fmt, started)
+    config = _config(args, manifest, results, fmt, _endpoint(args, manifest), _credentials())
+    return anyio.run(_run_submit, config, args, log, started)
+
+
+def _default_results(manifest: Path, emulated: bool) -> Path:
+    kind = ".emulator" if emulated else ""
+    return manifest.with_name(f"{manifest.stem}{kind}.results.csv")
+
+
+def _endpoint(args: argparse.Namespace, manifest: Manifest) -> Endpoint:
+    project_id = manifest.service.project_id or os.environ.get("HUAWEICLOUD_SDK_PROJECT_ID", "")
+    if not project_id:
+        raise CredentialError(
+            "no project id: set service.project_id in the manifest or HUAWEICLOUD_SDK_PROJECT_ID"
+        )
+    base = _check_endpoint(args.endpoint) if args.endpoint else manifest.service.endpoint
+    return Endpoint(base_url=base, project_id=project_id, service_name=manifest.service.name)
+
+
+def _check_endpoint(url: str) -> str:
+    if not re.fullmatch(r"https?://[^/\s?#]+/?", url):
+        raise UsageError(
+            f"--endpoint {url!r}: give an http(s) URL without a path, "
+            "e.g. https://iva.cn-north-4.myhuaweicloud.com"
+        )
+    return url.rstrip("/")
+
+
+def _credentials() -> Credentials:
+    ak = os.environ.get("HUAWEICLOUD_SDK_AK", "").strip()
+    sk = os.environ.get("HUAWEICLOUD_SDK_SK", "").strip()
+    token = os.environ.get("HUAWEICLOUD_SDK_SECURITY_TOKEN", "").strip() or None
+    missing = [n for n, v in (("HUAWEICLOUD_SDK_AK", ak), ("HUAWEICLOUD_SDK_SK", sk)) if not v]
+    if missing:
+        raise CredentialError(
+            f"no credentials: set {' and '.join(missing)} (an access key pair; "
+            "add HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary credentials), "
+            "or try --emulator"
+        )
+    if any(c.isspace() for c in ak) or not ak.isascii():
+        raise CredentialError("HUAWEICLOUD_SDK_AK does not look like an access key")
+    return Credentials(ak, sk, token)
+
+
+def _config(
+    args: argparse.Namespace,
+    manifest: Manifest | None,
+    results: Path,
+    fmt: Format,
+    endpoint: Endpoint,
+    credentials: Credentials,
+) -> RunConfig:
+    pool = PoolSettings(
+        concurrency=args.concurrency,
+        rate=args.rate,
+        max_jobs=getattr(args, "max_jobs", None),
+        max_failures=getattr(args, "max_failures", None),
+        deadline=getattr(args, "deadline", None),
+    )
+    return RunConfig(
+        manifest=manifest,
+        endpoint=endpoint,
+        credentials=credentials,
+        results=results,
+        format=fmt,
+        pool=pool,
+        resubmit=getattr(args, "resubmit", False),
+        timeout=args.timeout,
+    )
+
+
+async def _submit_emulated(
+    args: argparse.Namespace,
+    log: Log,
+    manifest: Manifest,
+    results: Path,
+    fmt: Format,
+    started: float,
+) -> int:
+    emulator = Emulator(Faults())
+    async with emulator.serve() as url:
+        log.line(
+            "warning",
+            f"EMULATOR: submitting to the built-in VAS emulator at {url}; "
+            "no real job is created and nothing leaves this machine",
+        )
+        endpoint = Endpoint(
+            base_url=url, project_id=EMULATOR_PROJECT_ID, service_name=manifest.service.name
+        )
+        config = _config(
+            args, manifest, results, fmt, endpoint, Credentials(EMULATOR_AK, EMULATOR_SK)
+        )
+        code = await _run_submit(config, args, log, started)
+        log.line(
+            "warning",
+            f"EMULATOR: {len(emulator.tasks)} jobs exist on the emulator; they vanish with it",
+        )
+        return code
+
+
+async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, started: float) -> int:
+    manifest = config.manifest
+    assert manifest is not None
+    warn = _warner(log)
+    prepared = prepare(config, warn)
+    try:
+        uncertain = prepared.uncertain
+        ledger = None if config.resubmit else prepared.ledger
+        counted = count_work(manifest, ledger, uncertain, lambda _m: None)
+        _log_plan(log, counted, len(uncertain), config)
+        reporter = make_reporter(
+            log, counted.planned + len(uncertain), sys.stderr, bar=_is_terminal(sys.stderr)
+        )
+        try:
+            stats, summary = await submit(config, prepared, reporter, warn)
+        finally:
+            reporter.close()
+    finally:
+        prepared.lock.release()
+    code = _exit_code(stats)
+    _report(args, log, stats, code, started, config.results, summary)
+    return code
+
+
+def _log_plan(log: Log, counted: ExpandSummary, uncertain: int, config: RunConfig) -> None:
+    _log_expand(log, counted.expand)
+    log.line(
+        "info",
+        f"{counted.planned} to submit, {counted.skipped} already submitted "
+        f"(ledger {config.results}), {uncertain} earlier outcomes to resolve first; "
+        f"{config.endpoint.tasks_url}",
+    )
+
+
+def _dry_run(
+    args: argparse.Namespace, log: Log, manifest: Manifest, results: Path, fmt: Format
+) -> int:
+    warn = _warner(log)
+    if args.emulator:
+        endpoint = Endpoint(
+            base_url="http://127.0.0.1:0",
+            project_id=EMULATOR_PROJECT_ID,
+            service_name=manifest.service.name,
+        )
+    else:
+        endpoint = _endpoint(args, manifest)
+    ledger = None
+    if not args.resubmit:
+        ledger = read_ledger(results, fmt, endpoint.tasks_url, warn)
+    summary = ExpandSummary(ExpandStats())
+    out = sys.stdout.buffer
+    for spec in plan(manifest, ledger, (), summary, warn):
+        out.write(
+            b'{"method":"POST","url":'
+            + orjson.dumps(endpoint.tasks_url)
+            + b',"source":'
+            + orjson.dumps(spec.source)
+            + b',"body":'
+            + spec.body
+            + b"}\n"
+        )
+    out.flush()
+    _log_expand(log, summary.expand)
+    log.line(
+        "info",
+        f"dry run: {summary.planned} jobs would be submitted, {summary.skipped} "
+        "already submitted; nothing was sent",
+    )
+    return EXIT["ok"]
+
+
+def _reconcile(args: argparse.Namespace, log: Log) -> int:
+    started = time.time()
+    warn = _warner(log)
+    results: Path = args.results
+    fmt = format_for(results, args.format)
+    endpoint = _endpoint_from_results(results, fmt, args.endpoint)
+    config = _config(args, None, results, fmt, endpoint, _credentials())
+    prepared = prepare(config, warn)
+    try:
+        uncertain = prepared.uncertain
+        log.line("info", f"{len(uncertain)} outcomes to resolve in {results}")
+        reporter = make_reporter(log, len(uncertain), sys.stderr, bar=_is_terminal(sys.stderr))
+        try:
+            stats = anyio.run(reconcile, config, prepared, reporter, warn)
+        finally:
+            reporter.close()
+    finally:
+        prepared.lock.release()
+    code = _exit_code(stats)
+    _report(args, log, stats, code, started, results, None)
+    return code
+
+
+def _endpoint_from_results(results: Path, fmt: Format, override: str | None) -> Endpoint:
+    """The service the unknown rows belong to, from their ``service_url``."""
+    urls = {row[3] for row in iter_rows(results, fmt) if row[2] == "unknown"}
+    intents = journal_path(results)
+    if not urls and intents.exists():
+        raise UsageError(
+            f"{results}: open intents in {intents} but no row names the service;"
+            " run `batchsubmit submit` with the manifest instead"
+        )
+    if len(urls) > 1:
+        raise UsageError(
+            f"{results}: unknown rows for several services ({', '.join(sorted(urls))});"
+            " reconcile each with its own results file"
+        )
+    url = urls.pop() if urls else ""
+    found = re.fullmatch(r"(https?://[^/]+)/v2/([^/]+)/services/([^/]+)/tasks", url)
+    if not found:
+        if not url:
+            raise UsageError(f"{results}: no unknown rows: nothing to reconcile")
+        raise UsageError(f"{results}: cannot read the service from {url!r}")
+    base = _check_endpoint(override) if override else found.group(1)
+    return Endpoint(base_url=base, project_id=found.group(2), service_name=found.group(3))
+
+
+def _emulator(args: argparse.Namespace, log: Log) -> int:
+    faults = Faults(
+        p503=args.p503,
+        rate_limit=args.rate_limit,
+        latency=args.latency,
+        p_lost=args.lost,
+        p_5xx_after_create=args.error_after_create,
+        p_slow=args.slow,
+        slow_seconds=args.slow_seconds,
+        retry_after=args.retry_after,
+        quota=args.quota,
+        seed=args.seed,
+    )
+
+    async def serve() -> None:
+        emulator = Emulator(faults)
+        async with emulator.serve(args.host, args.port) as url:
+            log.line(
+                "info",
+                f"VAS emulator listening on {url} (project {EMULATOR_PROJECT_ID}); "
+                f"use HUAWEICLOUD_SDK_AK={EMULATOR_AK} HUAWEICLOUD_SDK_SK=<the emulator's "
+                "throwaway SK, see the README>; Ctrl-C stops it",
+            )
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                async for _signum in received:
+                    break
+        log.line("info", f"emulator stopped; {len(emulator.tasks)} jobs were created")
+
+    anyio.run(serve)
+    return EXIT["ok"]
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def _warner(log: Log) -> Any:
+    return lambda message: log.line("warning", message)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _exit_code(stats: RunStats) -> int:
+    if stats.signal is not None:
+        return EXIT["SIGINT"] if stats.signal == signal.SIGINT else EXIT["SIGTERM"]
+    if stats.fatal is not None:
+        return EXIT["fatal"]
+    if stats.failed or stats.unknown:
+        return EXIT["some_failed"]
+    return EXIT["ok"]
+
+
+def _summary_data(
+    stats: RunStats, code: int, started: float, results: Path, summary: ExpandSummary | None
+) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "exit_code": code,
+        "started_at": _iso(started),
+        "ended_at": utc_now(),
+        "elapsed_seconds": round(stats.elapsed, 3),
+        "results": str(results),
+        "counts": {
+            "submitted": stats.submitted,
+            "skipped": stats.skipped,
+            "failed": stats.failed,
+            "unknown": stats.unknown,
+            "deferred": stats.deferred,
+            "reconciled": stats.reconciled,
+            "not_created": stats.not_created,
+        },
+        "calls": stats.calls,
+        "retries": stats.retries,
+        "throttles": stats.throttles,
+        "unavailable": stats.unavailable,
+        "ambiguous": stats.ambiguous,
+        "lookups": stats.lookups,
+        "achieved_rate": round(stats.rate, 3),
+        "learned_rate": None if stats.learned_rate is None else round(stats.learned_rate, 3),
+        "lowest_rate": None if stats.lowest_rate is None else round(stats.lowest_rate, 3),
+        "stop_reason": stats.stop_reason,
+        "fatal": stats.fatal,
+        "first_errors": stats.first_errors,
+        "expanded": None
+        if summary is None
+        else {
+            "objects": summary.expand.objects,
+            "not_videos": summary.expand.filtered,
+            "duplicates": summary.expand.duplicates,
+            "folders": summary.expand.folders,
+            "truncated_listings": summary.expand.truncated_listings,
+        },
+    }
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _report(
+    args: argparse.Namespace,
+    log: Log,
+    stats: RunStats,
+    code: int,
+    started: float,
+    results: Path,
+    summary: ExpandSummary | None,
+) -> None:
+    data = _summary_data(stats, code, started, results, summary)
+    if getattr(args, "summary", None):
+        _write_atomically(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    if getattr(args, "metrics", None):
+        _write_atomically(args.metrics, _prometheus(data, stats).encode())
+    counts = data["counts"]
+    line = (
+        f"{counts['submitted']} submitted ({counts['reconciled']} found by lookup), "
+        f"{counts['failed']} failed, {counts['unknown']} unknown, {counts['skipped']} skipped "
+        f"as already submitted, {counts['deferred']} deferred in {stats.elapsed:.1f} s "
+        f"({stats.rate:.1f} jobs/s; {stats.retries} retries, {stats.throttles} throttled); "
+        f"results in {results}"
+    )
+    if stats.stop_reason:
+        line += f"; stopped: {stats.stop_reason}"
+    level = "info" if code == 0 else "error"
+    if stats.fatal:
+        log.line("error", f"run stopped: {stats.fatal}")
+    for kind, message in stats.first_errors.items():
+        log.line("error", f"first {kind} error: {message}")
+    log.line(level, f"done: {line}", exit_code=code)
+
+
+def _prometheus(data: dict[str, Any], stats: RunStats) -> str:
+    lines = [
+        "# HELP batchsubmit_jobs Jobs of the last run by outcome.",
+        "# TYPE batchsubmit_jobs gauge",
+    ]
+    lines += [f'batchsubmit_jobs{{outcome="{k}"}} {v}' for k, v in data["counts"].items()]
+    gauges = [
+        ("calls", "Calls made to the service.", stats.calls),
+        ("retries", "Calls made again after a transient error.", stats.retries),
+        ("throttles", "429 answers (throttled by the gateway).", stats.throttles),
+        ("unavailable", "503 answers.", stats.unavailable),
+        ("elapsed_seconds", "How long the last run took.", round(stats.elapsed, 3)),
+        ("achieved_rate", "Jobs submitted per second.", round(stats.rate, 3)),
+        (
+            "learned_rate",
+            "The rate the controller ended at (calls/s; -1: no limit).",
+            -1 if stats.learned_rate is None else round(stats.learned_rate, 3),
+        ),
+        (
+            "last_run_end_timestamp_seconds",
+            "When the last run ended (Unix time).",
+            round(time.time(), 3),
+        ),
+        ("last_run_exit_code", "The last run's exit code.", data["exit_code"]),
+    ]
+    for name, help_text, value in gauges:
+        lines += [
+            f"# HELP batchsubmit_{name} {help_text}",
+            f"# TYPE batchsubmit_{name} gauge",
+            f"batchsubmit_{name} {value}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None

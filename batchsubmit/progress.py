@@ -1,0 +1,172 @@
+"""What a person (or cron) sees while a run goes: a tqdm bar on a terminal, a progress line every
+few seconds otherwise, and log lines as text or JSON.
+
+Two reporters behind one interface (``outcome`` and ``log``); ``-q`` keeps every line in memory
+and shows them only if the run fails, so cron mails arrive only when something went wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+from tqdm import tqdm
+
+from .results import Outcome
+
+__all__ = ["LineReporter", "Log", "ProgressReporter", "Reporter", "TqdmReporter", "make_reporter"]
+
+PROGRESS_EVERY = 5.0
+QUIET_KEEP = 10_000
+
+
+class Log:
+    """Log lines to a stream, as text or JSON; in quiet mode they wait in memory."""
+
+    def __init__(self, stream: TextIO, *, json: bool = False, quiet: bool = False) -> None:
+        self._stream = stream
+        self._json = json
+        self.quiet = quiet
+        self._held: deque[str] = deque(maxlen=QUIET_KEEP)
+        self._dropped = 0
+        self._writer: tqdm[Any] | None = None
+
+    def line(self, level: str, message: str, **fields: object) -> None:
+        stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        if self._json:
+            text = orjson.dumps({"ts": stamp, "level": level, "msg": message, **fields}).decode()
+        else:
+            text = f"{stamp} {level}: {message}"
+        if self.quiet:
+            if len(self._held) == QUIET_KEEP:
+                self._dropped += 1
+            self._held.append(text)
+            return
+        self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        if self._writer is not None:
+            self._writer.write(text, file=self._stream)
+        else:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+
+    def attach(self, bar: tqdm[Any] | None) -> None:
+        """Route lines through the bar while it is on screen, so they do not tear it."""
+        self._writer = bar
+
+    def release(self) -> None:
+        """Show what quiet mode held back (the run failed)."""
+        if self._dropped:
+            self._emit(f"... {self._dropped} earlier lines dropped ...")
+        for text in self._held:
+            self._emit(text)
+        self._held.clear()
+
+
+@dataclass
+class _Counts:
+    done: int = 0
+    submitted: int = 0
+    failed: int = 0
+    unknown: int = 0
+
+
+class ProgressReporter:
+    """Common part: counts outcomes and forwards log lines."""
+
+    def __init__(self, log: Log, total: int | None) -> None:
+        self.log_sink = log
+        self.total = total
+        self.counts = _Counts()
+        self.started = time.monotonic()
+
+    def outcome(self, outcome: Outcome) -> None:
+        counts = self.counts
+        counts.done += 1
+        status = outcome.status
+        if status == "submitted":
+            counts.submitted += 1
+        elif status == "unknown":
+            counts.unknown += 1
+        elif status == "failed":
+            counts.failed += 1
+        self._tick()
+
+    def log(self, level: str, message: str) -> None:
+        self.log_sink.line(level, message)
+
+    def _tick(self) -> None:
+        """Called after every outcome; subclasses show progress."""
+
+    def close(self) -> None:
+        """Take the progress display down."""
+
+
+class TqdmReporter(ProgressReporter):
+    """A bar on a terminal: done/total, rate, ETA, and failures."""
+
+    def __init__(self, log: Log, total: int | None, stream: TextIO) -> None:
+        super().__init__(log, total)
+        self._bar: tqdm[Any] = tqdm(
+            total=total,
+            unit="job",
+            file=stream,
+            dynamic_ncols=True,
+            mininterval=0.2,
+            smoothing=0.1,
+        )
+        self._shown = (0, 0)
+        log.attach(self._bar)
+
+    def _tick(self) -> None:
+        self._bar.update(1)
+        counts = self.counts
+        bad = (counts.failed, counts.unknown)
+        if bad != self._shown:
+            self._shown = bad
+            self._bar.set_postfix(failed=counts.failed, unknown=counts.unknown, refresh=False)
+
+    def close(self) -> None:
+        self.log_sink.attach(None)
+        self._bar.close()
+
+
+class LineReporter(ProgressReporter):
+    """Not a terminal (cron, a pipe): one progress line every few seconds."""
+
+    def __init__(self, log: Log, total: int | None, every: float = PROGRESS_EVERY) -> None:
+        super().__init__(log, total)
+        self._every = every
+        self._next = self.started + every
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self._every
+        counts = self.counts
+        elapsed = now - self.started
+        rate = counts.done / elapsed if elapsed > 0 else 0.0
+        of = f"/{self.total}" if self.total is not None else ""
+        eta = ""
+        if self.total is not None and rate > 0:
+            eta = f", about {max(0.0, (self.total - counts.done) / rate):.0f} s left"
+        self.log_sink.line(
+            "info",
+            f"progress: {counts.done}{of} done ({counts.submitted} submitted, {counts.failed} "
+            f"failed, {counts.unknown} unknown), {rate:.1f} jobs/s{eta}",
+        )
+
+
+Reporter = ProgressReporter
+
+
+def make_reporter(log: Log, total: int | None, stream: TextIO, *, bar: bool) -> ProgressReporter:
+    if bar and not log.quiet:
+        return TqdmReporter(log, total, stream)
+    return LineReporter(log, total)

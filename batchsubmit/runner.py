@@ -1,0 +1,218 @@
+"""One run, start to end: lock, ledger, journal, the passes through the pool, and signals.
+
+Returns data (RunStats); the CLI renders it. Order matters and is the point of this module:
+everything that can be wrong with the input is found before the first request, and
+uncertain creates from earlier runs are resolved before anything new is created.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from .auth import Credentials
+from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
+from .jobs import JobSpec, SpecBuilder
+from .journal import Journal, RunLock, read_intents
+from .manifest import Manifest
+from .pool import Lookup, Pool, PoolSettings, RunStats
+from .progress import ProgressReporter
+from .results import Format, Ledger, ResultsWriter, read_ledger, utc_now
+from .sources import ExpandStats, iter_objects
+
+__all__ = ["ExpandSummary", "RunConfig", "count_work", "plan", "reconcile", "submit"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything a run needs, built once by the CLI."""
+
+    manifest: Manifest | None
+    endpoint: Endpoint
+    credentials: Credentials
+    results: Path
+    format: Format
+    pool: PoolSettings
+    resubmit: bool = False
+    durable: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass
+class ExpandSummary:
+    """What planning saw: sources expanded, and how many were skipped as already done."""
+
+    expand: ExpandStats
+    skipped: int = 0
+    uncertain: int = 0
+    planned: int = 0
+
+
+def plan(
+    manifest: Manifest,
+    ledger: Ledger | None,
+    uncertain: Collection[str],
+    summary: ExpandSummary,
+    warn: Callable[[str], None],
+) -> Iterator[JobSpec]:
+    """The job specs still to submit, streamed: done sources and unresolved ones are skipped."""
+    builder = SpecBuilder(manifest.service, manifest.job)
+    for ref in iter_objects(manifest, summary.expand, warn):
+        if ledger is not None:
+            url = ref.url
+            if hash(url) in ledger.done:
+                summary.skipped += 1
+                continue
+            if url in uncertain:
+                summary.uncertain += 1
+                continue
+        summary.planned += 1
+        yield builder.build(ref)
+
+
+def count_work(
+    manifest: Manifest,
+    ledger: Ledger | None,
+    uncertain: Collection[str],
+    warn: Callable[[str], None],
+) -> ExpandSummary:
+    """A full pass over the sources before any request: it finds every bad line, and the total."""
+    summary = ExpandSummary(ExpandStats())
+    for _ in plan(manifest, ledger, uncertain, summary, warn):
+        pass
+    return summary
+
+
+def journal_path(results: Path) -> Path:
+    return results.with_name(results.name + ".journal")
+
+
+def lock_path(results: Path) -> Path:
+    return results.with_name(results.name + ".lock")
+
+
+@dataclass
+class Prepared:
+    """A locked results file with its ledger and open intents, ready for the pool."""
+
+    lock: RunLock
+    ledger: Ledger
+    intents: dict[str, str]
+
+    @property
+    def uncertain(self) -> dict[str, str]:
+        """Creates whose outcome is unknown: open intents and unknown rows not since resolved."""
+        found = {s: n for s, n in self.intents.items() if not self.ledger.is_done(s)}
+        found.update(self.ledger.unknown)
+        return found
+
+
+def prepare(config: RunConfig, warn: Callable[[str], None]) -> Prepared:
+    """Take the lock, then read the ledger and the journal; raises LockedError (exit 75)."""
+    lock = RunLock(lock_path(config.results))
+    lock.acquire(utc_now())
+    try:
+        ledger = read_ledger(config.results, config.format, config.endpoint.tasks_url, warn)
+        intents = read_intents(journal_path(config.results), warn)
+    except BaseException:
+        lock.release()
+        raise
+    return Prepared(lock, ledger, intents)
+
+
+async def submit(
+    config: RunConfig,
+    prepared: Prepared,
+    reporter: ProgressReporter,
+    warn: Callable[[str], None],
+) -> tuple[RunStats, ExpandSummary]:
+    """Resolve what earlier runs left uncertain, then submit what is new."""
+    manifest = config.manifest
+    assert manifest is not None
+    uncertain = prepared.uncertain
+    summary = ExpandSummary(ExpandStats())
+    ledger = None if config.resubmit else prepared.ledger
+
+    async def passes(pool: Pool) -> None:
+        if uncertain:
+            reporter.log(
+                "info",
+                f"resolving {len(uncertain)} earlier creates whose outcome "
+                "is unknown, by looking them up by name",
+            )
+            await pool.run(Lookup(s, n) for s, n in uncertain.items())
+            for source in pool.lookup_found:
+                prepared.ledger.done.add(hash(source))
+        if not pool.stopping:
+            await pool.run(plan(manifest, ledger, pool.lookup_failed, summary, warn))
+
+    stats = await _with_pool(config, reporter, warn, uncertain, passes)
+    stats.skipped = summary.skipped
+    return stats, summary
+
+
+async def reconcile(
+    config: RunConfig,
+    prepared: Prepared,
+    reporter: ProgressReporter,
+    warn: Callable[[str], None],
+) -> RunStats:
+    """Resolve unknown rows and open intents by lookup only; create nothing."""
+    uncertain = prepared.uncertain
+
+    async def passes(pool: Pool) -> None:
+        await pool.run(Lookup(s, n) for s, n in uncertain.items())
+
+    return await _with_pool(config, reporter, warn, uncertain, passes)
+
+
+async def _with_pool(
+    config: RunConfig,
+    reporter: ProgressReporter,
+    warn: Callable[[str], None],
+    uncertain: dict[str, str],
+    passes: Callable[[Pool], Awaitable[None]],
+) -> RunStats:
+    """Open the results, the journal and a session; run the passes; close all in order."""
+    writer = ResultsWriter(config.results, config.format, warn)
+    journal = Journal(
+        journal_path(config.results),
+        durable=config.durable,
+        inherited=uncertain,
+        before_checkpoint=writer.sync,
+    )
+    try:
+        async with open_session(config.pool.concurrency) as session:
+            client = VasClient(session, config.endpoint, config.credentials, timeout=config.timeout)
+            pool = Pool(
+                client,
+                writer,
+                reporter,
+                config.pool,
+                service_url=config.endpoint.tasks_url,
+                journal=journal,
+            )
+            async with anyio.create_task_group() as group:
+                group.start_soon(_watch_signals, pool)
+                await passes(pool)
+                group.cancel_scope.cancel()
+        return pool.stats
+    finally:
+        writer.sync()
+        journal.close()
+        writer.close()
+
+
+async def _watch_signals(pool: Pool) -> None:
+    """SIGINT/SIGTERM: the first stops the pool gently, the second at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        async for signum in received:
+            if pool.stats.signal is not None:
+                pool.stop_now()
+                continue
+            pool.stats.signal = int(signum)
+            pool.stop(f"{signal.Signals(signum).name} received; a second one stops at once")
