@@ -1,0 +1,146 @@
+"""Shared test helpers: listings in obsutil format, manifests, and in-process runs."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from batchsubmit.auth import Credentials
+from batchsubmit.client import Endpoint
+from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator
+from batchsubmit.manifest import load_manifest
+from batchsubmit.pool import PoolSettings, RunStats
+from batchsubmit.progress import LineReporter, Log
+from batchsubmit.results import Format, iter_rows
+from batchsubmit.retry import RetryPolicy
+from batchsubmit.runner import RunConfig, prepare, submit
+
+FAST_RETRY = RetryPolicy(base=0.01, cap=0.05, throttle_base=0.01, throttle_cap=0.05)
+BUCKET = "in-bucket"
+
+
+def video_keys(count: int, start: int = 0) -> list[str]:
+    """Keys with the awkward parts real buckets have: spaces, upper-case extensions, unicode."""
+    keys = []
+    for i in range(start, start + count):
+        kind = i % 4
+        if kind == 0:
+            keys.append(f"cams/gate {i % 7}/clip {i:05d}.mp4")
+        elif kind == 1:
+            keys.append(f"cams/lobby/CLIP_{i:05d}.MP4")
+        elif kind == 2:
+            keys.append(f"cams/entrée/vidéo-{i:05d} (copy).mov")
+        else:
+            keys.append(f"cams/yard/{i:05d}#take,1.mkv")
+    return keys
+
+
+def obsutil_listing(keys: Iterable[str], *, bucket: str = BUCKET, noise: bool = True) -> str:
+    """What `obsutil ls -s` prints: header, folders, objects (plus a .txt), summary."""
+    keys = list(keys)
+    lines = ["Start at 2026-11-27 02:00:01.123 +0800 CST", "Folder list:"]
+    if noise:
+        lines += [f"obs://{bucket}/cams/", f"obs://{bucket}/cams/lobby/"]
+    lines += ["", "Object list:"]
+    lines += [f"obs://{bucket}/{key}" for key in keys]
+    if noise:
+        lines.append(f"obs://{bucket}/cams/readme.txt")
+    lines += ["", "Total size of prefix [cams/] is: 1.2GB", "Folder number is: 2",
+              f"File number is: {len(keys) + 1}", ""]
+    return "\n".join(lines)
+
+
+def write_manifest(directory: Path, keys: Iterable[str], *, name: str = "nightly",
+                   extra: str = "") -> Path:
+    (directory / "listing.txt").write_text(obsutil_listing(keys), encoding="utf-8")
+    manifest = directory / f"{name}.toml"
+    manifest.write_text(
+        f"""
+[service]
+name = "video-analyze"
+version = "1.0"
+region = "cn-north-4"
+
+[job]
+output = "obs://out-bucket/results/"
+{extra}
+
+[[source]]
+listing = "listing.txt"
+""",
+        encoding="utf-8",
+    )
+    return manifest
+
+
+def config_for(manifest: Path, url: str, results: Path, fmt: Format = "csv",
+               **settings: Any) -> RunConfig:
+    defaults: dict[str, Any] = {"concurrency": 16, "rate": 0.0, "retry": FAST_RETRY,
+                                "settle": 0.0, "grace": 5.0}
+    defaults.update(settings)
+    return RunConfig(
+        manifest=load_manifest(manifest),
+        endpoint=Endpoint(base_url=url, project_id=EMULATOR_PROJECT_ID,
+                          service_name="video-analyze"),
+        credentials=Credentials(EMULATOR_AK, EMULATOR_SK),
+        results=results,
+        format=fmt,
+        pool=PoolSettings(**defaults),
+        durable=False,
+    )
+
+
+async def run_submit(config: RunConfig) -> tuple[RunStats, str]:
+    """One submit run in this event loop; returns its stats and its log text."""
+    stream = io.StringIO()
+    log = Log(stream)
+    warn = lambda message: log.line("warning", message)  # noqa: E731
+    prepared = prepare(config, warn)
+    try:
+        stats, _summary = await submit(config, prepared, LineReporter(log, None), warn)
+    finally:
+        prepared.lock.release()
+    return stats, stream.getvalue()
+
+
+def rows(results: Path, fmt: Format = "csv") -> list[tuple[str, str, str, str]]:
+    return list(iter_rows(results, fmt))
+
+
+def job_ids(results: Path, fmt: Format = "csv") -> dict[str, str]:
+    """source -> job id of its submitted row, from the results file (full rows)."""
+    import csv
+
+    import orjson
+
+    found: dict[str, str] = {}
+    if fmt == "csv":
+        with results.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if row["status"] == "submitted":
+                    assert row["source"] not in found, f"two submitted rows for {row['source']}"
+                    found[row["source"]] = row["job_id"]
+    else:
+        for line in results.read_bytes().splitlines():
+            data = orjson.loads(line)
+            if data["status"] == "submitted":
+                assert data["source"] not in found, f"two submitted rows for {data['source']}"
+                found[data["source"]] = data["job_id"]
+    return found
+
+
+def assert_exactly_once(emulator: Emulator, results: Path, sources: Iterable[str],
+                        fmt: Format = "csv") -> None:
+    """Every source has exactly one job on the server and its row carries that job's id."""
+    on_server = emulator.jobs_by_source()
+    expected = set(sources)
+    duplicates = {s: ids for s, ids in on_server.items() if len(ids) != 1}
+    assert not duplicates, f"sources with more than one job: {list(duplicates.items())[:3]}"
+    assert set(on_server) == expected, (
+        f"missing on server: {sorted(expected - set(on_server))[:3]}, "
+        f"unexpected: {sorted(set(on_server) - expected)[:3]}"
+    )
+    recorded = job_ids(results, fmt)
+    assert recorded == {s: ids[0] for s, ids in on_server.items()}
