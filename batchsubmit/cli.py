@@ -308,8 +308,8 @@ def _log_expand(log: Log, stats: ExpandStats) -> None:
 def _submit(args: argparse.Namespace, log: Log) -> int:
     started = time.time()
     manifest = load_manifest(args.manifest)
-    results = args.results or _default_results(manifest.path, args.emulator)
-    fmt = format_for(results, args.format) if args.results or args.format else "csv"
+    fmt = format_for(args.results, args.format) if args.results else (args.format or "csv")
+    results = args.results or _default_results(manifest.path, args.emulator, fmt)
     if args.dry_run:
         return _dry_run(args, log, manifest, results, fmt)
     if args.emulator:
@@ -318,9 +318,10 @@ def _submit(args: argparse.Namespace, log: Log) -> int:
     return anyio.run(_run_submit, config, args, log, started)
 
 
-def _default_results(manifest: Path, emulated: bool) -> Path:
+def _default_results(manifest: Path, emulated: bool, fmt: Format) -> Path:
+    """Beside the manifest, so cron's working directory does not matter."""
     kind = ".emulator" if emulated else ""
-    return manifest.with_name(f"{manifest.stem}{kind}.results.csv")
+    return manifest.with_name(f"{manifest.stem}{kind}.results.{fmt}")
 
 
 def _endpoint(args: argparse.Namespace, manifest: Manifest) -> Endpoint:
