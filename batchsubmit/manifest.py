@@ -44,6 +44,7 @@ _ENDPOINT = re.compile(
     r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?/?"
 )
 _TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
+_TABLE_HEADER = re.compile(r"^\s*\[(\[)?\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,11 +145,27 @@ class _Reader:
         return ManifestError(where, f"{key}: {what}")
 
     def _line_of(self, key: str) -> int | None:
-        """Best effort: the line defining the last part of a dotted key, for the message."""
-        leaf = re.sub(r"\[\d+\]$", "", key.rsplit(".", 1)[-1])
+        """Best effort: the line defining a dotted key inside its own table, for the message.
+
+        ``source[1].listing`` is looked for under the second ``[[source]]`` header only, so
+        that a key of the same name in another table (``name`` in ``[service]`` and
+        ``[job]``) never gives a wrong line; a key naming a table gives its header's line.
+        """
+        parent, _, leaf = key.rpartition(".")
+        leaf = re.sub(r"\[\d+\]$", "", leaf)
         pattern = re.compile(rf"^\s*(\"?){re.escape(leaf)}\1\s*=")
+        section = ""
+        arrays: dict[str, int] = {}
         for number, line in enumerate(self.lines, 1):
-            if pattern.match(line):
+            header = _TABLE_HEADER.match(line)
+            if header:
+                section = re.sub(r"\s*\.\s*", ".", header.group(2))
+                if header.group(1):
+                    arrays[section] = index = arrays.get(section, -1) + 1
+                    section = f"{section}[{index}]"
+                if section == key:
+                    return number
+            elif section == parent and pattern.match(line):
                 return number
         return None
 

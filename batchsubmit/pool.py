@@ -200,6 +200,8 @@ class Pool:
             if self._journal is not None:
                 services.start_soon(self._journal.run)
             services.start_soon(self._watch_stop)
+            if self._deadline != math.inf:
+                services.start_soon(self._watch_deadline)
             with anyio.CancelScope() as self._work_scope:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._produce, work, send)
@@ -221,6 +223,10 @@ class Pool:
             )
             self._work_scope.cancel()
 
+    async def _watch_deadline(self) -> None:
+        await anyio.sleep(max(0.0, self._deadline - self._clock()))
+        self.stop("deadline reached")
+
     def _finish_stats(self) -> None:
         stats = self.stats
         stats.elapsed = time.monotonic() - stats.started
@@ -235,10 +241,6 @@ class Pool:
         async with send:
             for item in work:
                 if self._stopping.is_set():
-                    self.stats.deferred += 1
-                    continue
-                if self._clock() >= self._deadline:
-                    self.stop("deadline reached")
                     self.stats.deferred += 1
                     continue
                 if max_jobs is not None and isinstance(item, JobSpec):
@@ -281,7 +283,12 @@ class Pool:
                     journalled = True
                 attempts += 1
                 uncertain = True
-                answer = await self._call(self._api.create, spec.body)
+                try:
+                    answer = await self._call(self._api.create, spec.body)
+                except _Stopped:
+                    attempts -= 1
+                    uncertain = False  # _call stops only before anything is sent
+                    raise
                 kind = answer.kind
                 if kind is Kind.CREATED:
                     self._record(spec.source, spec.name, "submitted", answer, attempts)
@@ -448,6 +455,8 @@ class Pool:
         if self._stopping.is_set():
             raise _Stopped
         async with self._inflight:
+            if self._stopping.is_set():
+                raise _Stopped
             await self._start_allowed()
             self.stats.calls += 1
             answer = await call(*args)

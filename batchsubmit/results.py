@@ -215,7 +215,11 @@ Row = tuple[str, str, str, str]
 
 
 def _csv_rows(handle: IO[bytes], path: Path) -> Iterator[tuple[int, Row | None]]:
-    text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="")
+    with io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="") as text:
+        yield from _csv_text_rows(text, path)
+
+
+def _csv_text_rows(text: IO[str], path: Path) -> Iterator[tuple[int, Row | None]]:
     reader = csv.reader(text, strict=True)
     try:
         header = next(reader)

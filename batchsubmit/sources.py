@@ -117,8 +117,10 @@ class ObjectFilter:
         if self._include is not None:
             if not self._include.match(key):
                 return False
-        elif self._videos_only and key.rpartition(".")[2].lower() not in VIDEO_EXTENSIONS:
-            return False
+        elif self._videos_only:
+            _, dot, ext = key.rpartition(".")
+            if not dot or ext.lower() not in VIDEO_EXTENSIONS:
+                return False
         return self._exclude is None or not self._exclude.match(key)
 
 

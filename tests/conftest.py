@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from .helpers import LiveEmulator
 
 
 @pytest.fixture
@@ -19,3 +22,13 @@ def _no_sdk_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("HUAWEICLOUD_SDK_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def live_emulator() -> Iterator[LiveEmulator]:
+    """A standalone emulator (own thread) that a `batchsubmit` subprocess can talk to."""
+    server = LiveEmulator()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -9,7 +9,7 @@ from typing import Any
 
 from batchsubmit.auth import Credentials
 from batchsubmit.client import Endpoint
-from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator
+from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
 from batchsubmit.manifest import load_manifest
 from batchsubmit.pool import PoolSettings, RunStats
 from batchsubmit.progress import LineReporter, Log
@@ -47,13 +47,19 @@ def obsutil_listing(keys: Iterable[str], *, bucket: str = BUCKET, noise: bool = 
     lines += [f"obs://{bucket}/{key}" for key in keys]
     if noise:
         lines.append(f"obs://{bucket}/cams/readme.txt")
-    lines += ["", "Total size of prefix [cams/] is: 1.2GB", "Folder number is: 2",
-              f"File number is: {len(keys) + 1}", ""]
+    lines += [
+        "",
+        "Total size of prefix [cams/] is: 1.2GB",
+        "Folder number is: 2",
+        f"File number is: {len(keys) + 1}",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_manifest(directory: Path, keys: Iterable[str], *, name: str = "nightly",
-                   extra: str = "") -> Path:
+def write_manifest(
+    directory: Path, keys: Iterable[str], *, name: str = "nightly", extra: str = ""
+) -> Path:
     (directory / "listing.txt").write_text(obsutil_listing(keys), encoding="utf-8")
     manifest = directory / f"{name}.toml"
     manifest.write_text(
@@ -75,15 +81,22 @@ listing = "listing.txt"
     return manifest
 
 
-def config_for(manifest: Path, url: str, results: Path, fmt: Format = "csv",
-               **settings: Any) -> RunConfig:
-    defaults: dict[str, Any] = {"concurrency": 16, "rate": 0.0, "retry": FAST_RETRY,
-                                "settle": 0.0, "grace": 5.0}
+def config_for(
+    manifest: Path, url: str, results: Path, fmt: Format = "csv", **settings: Any
+) -> RunConfig:
+    defaults: dict[str, Any] = {
+        "concurrency": 16,
+        "rate": 0.0,
+        "retry": FAST_RETRY,
+        "settle": 0.0,
+        "grace": 5.0,
+    }
     defaults.update(settings)
     return RunConfig(
         manifest=load_manifest(manifest),
-        endpoint=Endpoint(base_url=url, project_id=EMULATOR_PROJECT_ID,
-                          service_name="video-analyze"),
+        endpoint=Endpoint(
+            base_url=url, project_id=EMULATOR_PROJECT_ID, service_name="video-analyze"
+        ),
         credentials=Credentials(EMULATOR_AK, EMULATOR_SK),
         results=results,
         format=fmt,
@@ -131,8 +144,9 @@ def job_ids(results: Path, fmt: Format = "csv") -> dict[str, str]:
     return found
 
 
-def assert_exactly_once(emulator: Emulator, results: Path, sources: Iterable[str],
-                        fmt: Format = "csv") -> None:
+def assert_exactly_once(
+    emulator: Emulator, results: Path, sources: Iterable[str], fmt: Format = "csv"
+) -> None:
     """Every source has exactly one job on the server and its row carries that job's id."""
     on_server = emulator.jobs_by_source()
     expected = set(sources)
@@ -144,3 +158,63 @@ def assert_exactly_once(emulator: Emulator, results: Path, sources: Iterable[str
     )
     recorded = job_ids(results, fmt)
     assert recorded == {s: ids[0] for s, ids in on_server.items()}
+
+
+class LiveEmulator:
+    """An emulator serving from a background thread, for tests that run the CLI as a process."""
+
+    def __init__(self, faults: Faults | None = None) -> None:
+        import asyncio
+        import threading
+
+        self.emulator = Emulator(faults or Faults())
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the emulator did not start")
+
+    async def _main(self) -> None:
+        import asyncio
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with self.emulator.serve() as url:
+            self.url = url
+            self._ready.set()
+            await self._stop.wait()
+
+    def close(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a `batchsubmit` process talking to the emulator."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUAWEICLOUD_SDK_")}
+    env.update(
+        HUAWEICLOUD_SDK_AK=EMULATOR_AK,
+        HUAWEICLOUD_SDK_SK=EMULATOR_SK,
+        HUAWEICLOUD_SDK_PROJECT_ID=EMULATOR_PROJECT_ID,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "batchsubmit", *args]
+
+
+def count_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0

@@ -73,7 +73,7 @@ async def test_wrong_sk_stops_after_one_call(tmp_path: Path) -> None:
 async def test_failed_job_does_not_stop_the_others(tmp_path: Path) -> None:
     """A 400 for one job (invalid parameter) fails that job only."""
     keys = video_keys(20)
-    manifest = write_manifest(tmp_path, keys, extra='[job.body]\nedge_pool_id = 42')
+    manifest = write_manifest(tmp_path, keys, extra="[job.body]\nedge_pool_id = 42")
     emulator = Emulator()
     async with emulator.serve() as url:
         stats, _log = await run_submit(config_for(manifest, url, tmp_path / "r.csv"))

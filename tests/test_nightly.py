@@ -1,0 +1,254 @@
+"""The nightly cron issue: only what is new, never overlapping, clean stops, reports."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from batchsubmit.emulator import Emulator, Faults
+
+from .helpers import (
+    BUCKET,
+    LiveEmulator,
+    assert_exactly_once,
+    cli,
+    cli_env,
+    config_for,
+    count_lines,
+    job_ids,
+    run_submit,
+    video_keys,
+    write_manifest,
+)
+
+
+def sources(keys: list[str]) -> list[str]:
+    return [f"obs://{BUCKET}/{k}" for k in keys]
+
+
+@pytest.mark.anyio
+async def test_second_run_submits_only_the_new_videos(tmp_path: Path) -> None:
+    """Run, add 50 videos (reordered listing), run again: exactly those 50 are created."""
+    keys = video_keys(100)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        first, _ = await run_submit(config_for(manifest, url, results))
+        grown = list(reversed(keys)) + video_keys(50, start=100)
+        write_manifest(tmp_path, grown)
+        before = len(emulator.tasks)
+        second, _ = await run_submit(config_for(manifest, url, results))
+    assert (first.submitted, before) == (100, 100)
+    assert (second.submitted, second.skipped) == (50, 100)
+    assert_exactly_once(emulator, results, sources(keys + video_keys(50, start=100)))
+
+
+@pytest.mark.anyio
+async def test_failed_rows_are_retried_next_run(tmp_path: Path) -> None:
+    """A job that failed (400) is submitted again by the next run once the cause is gone."""
+    keys = video_keys(10)
+    manifest = write_manifest(tmp_path, keys, extra="[job.body]\nedge_pool_id = 7")
+    results = tmp_path / "r.csv"
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        failed, _ = await run_submit(config_for(manifest, url, results))
+        write_manifest(tmp_path, keys)
+        fixed, _ = await run_submit(config_for(manifest, url, results))
+    assert (failed.failed, fixed.submitted, fixed.skipped) == (10, 10, 0)
+    assert_exactly_once(emulator, results, sources(keys))
+
+
+@pytest.mark.anyio
+async def test_max_jobs_caps_creates_and_defers_the_rest(tmp_path: Path) -> None:
+    """--max-jobs 30 of 80: 30 created, 50 deferred, and the next run takes the rest."""
+    keys = video_keys(80)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        capped, _ = await run_submit(config_for(manifest, url, results, max_jobs=30))
+        rest, _ = await run_submit(config_for(manifest, url, results))
+    assert (capped.submitted, capped.deferred, len(emulator.tasks) - rest.submitted) == (30, 50, 30)
+    assert (rest.submitted, rest.skipped) == (50, 30)
+    assert_exactly_once(emulator, results, sources(keys))
+
+
+@pytest.mark.anyio
+async def test_deadline_defers_what_is_left(tmp_path: Path) -> None:
+    """--deadline: after it nothing new starts; what is left is deferred, not lost."""
+    keys = video_keys(60)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        stats, _ = await run_submit(config_for(manifest, url, results, rate=20, deadline=1.0))
+        rest, _ = await run_submit(config_for(manifest, url, results))
+    assert 10 <= stats.submitted < 60
+    assert stats.submitted + stats.deferred == 60
+    assert stats.stop_reason == "deadline reached"
+    assert rest.submitted == stats.deferred
+    assert_exactly_once(emulator, results, sources(keys))
+
+
+@pytest.mark.anyio
+async def test_max_failures_stops_the_run(tmp_path: Path) -> None:
+    """--max-failures 5: the run stops early instead of failing every job the same way."""
+    manifest = write_manifest(tmp_path, video_keys(200), extra="[job.body]\nedge_pool_id = 7")
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        stats, _ = await run_submit(
+            config_for(manifest, url, tmp_path / "r.csv", max_failures=5, concurrency=2)
+        )
+    assert stats.fatal is not None
+    assert 5 <= stats.failed < 20
+    assert stats.deferred > 150
+
+
+def test_overlapping_run_exits_75_at_once(tmp_path: Path, live_emulator: LiveEmulator) -> None:
+    """A second run on the same results file exits 75 at once, naming the holder, creating nothing."""
+    live_emulator.emulator.faults = Faults(latency=0.05)
+    keys = video_keys(60)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    args = [
+        "submit",
+        str(manifest),
+        "--endpoint",
+        live_emulator.url,
+        "--results",
+        str(results),
+        "--rate",
+        "0",
+        "--concurrency",
+        "2",
+    ]
+    first = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while count_lines(results) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        second = subprocess.run(
+            cli(*args), env=cli_env(), capture_output=True, text=True, timeout=30
+        )
+        took = time.monotonic() - started
+        created_by_now = len(live_emulator.emulator.tasks)
+    finally:
+        first.communicate(timeout=60)
+    assert second.returncode == 75, second.stderr
+    assert f"pid {first.pid}" in second.stderr
+    assert took < 5
+    assert first.returncode == 0
+    assert created_by_now < 60
+    assert_exactly_once(live_emulator.emulator, results, sources(keys))
+
+
+def test_sigterm_mid_run_loses_nothing(tmp_path: Path, live_emulator: LiveEmulator) -> None:
+    """SIGTERM in a 1,500-video run: exit 143, every created job has its row; a rerun finishes."""
+    live_emulator.emulator.faults = Faults(latency=0.005)
+    keys = video_keys(1500)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.jsonl"
+    summary = tmp_path / "summary.json"
+    args = [
+        "submit",
+        str(manifest),
+        "--endpoint",
+        live_emulator.url,
+        "--results",
+        str(results),
+        "--rate",
+        "0",
+        "--concurrency",
+        "8",
+        "--summary",
+        str(summary),
+    ]
+    run = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while count_lines(results) < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGTERM)
+    _out, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err
+    on_server = live_emulator.emulator.jobs_by_source()
+    assert 300 <= len(on_server) < 1500
+    assert set(job_ids(results, "jsonl")) == set(on_server)
+    report = json.loads(summary.read_text())
+    assert report["exit_code"] == 143
+    assert report["counts"]["submitted"] + report["counts"]["deferred"] == 1500
+
+    again = subprocess.run(cli(*args), env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert_exactly_once(live_emulator.emulator, results, sources(keys), "jsonl")
+
+
+def test_quiet_prints_nothing_on_success_and_everything_on_failure(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """-q: a good run prints nothing (no cron mail); a failing one prints its log."""
+    manifest = write_manifest(tmp_path, video_keys(5))
+    base = ["submit", str(manifest), "--endpoint", live_emulator.url, "-q"]
+    good = subprocess.run(
+        cli(*base, "--results", str(tmp_path / "a.csv")),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (good.returncode, good.stdout, good.stderr) == (0, "", "")
+    env = cli_env() | {"HUAWEICLOUD_SDK_SK": "not-the-right-secret"}
+    bad = subprocess.run(
+        cli(*base, "--results", str(tmp_path / "b.csv")),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 3
+    assert "APIGW.0301" in bad.stderr and "expanded 5 videos" in bad.stderr
+    assert "not-the-right-secret" not in bad.stderr
+
+
+def test_summary_and_metrics_files(tmp_path: Path, live_emulator: LiveEmulator) -> None:
+    """--summary writes JSON counts; --metrics writes Prometheus text with exit code and end time."""
+    keys = video_keys(12)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
+    args = [
+        "submit",
+        str(manifest),
+        "--endpoint",
+        live_emulator.url,
+        "--results",
+        str(results),
+        "--summary",
+        str(summary),
+        "--metrics",
+        str(metrics),
+    ]
+    subprocess.run(cli(*args), env=cli_env(), check=True, capture_output=True, timeout=60)
+    again = subprocess.run(cli(*args), env=cli_env(), capture_output=True, timeout=60)
+    assert again.returncode == 0
+    report = json.loads(summary.read_text())
+    assert report["counts"] == {
+        "submitted": 0,
+        "skipped": 12,
+        "failed": 0,
+        "unknown": 0,
+        "deferred": 0,
+        "reconciled": 0,
+        "not_created": 0,
+    }
+    text = metrics.read_text()
+    assert 'batchsubmit_jobs{outcome="skipped"} 12' in text
+    assert "batchsubmit_last_run_exit_code 0" in text
+    assert "batchsubmit_last_run_end_timestamp_seconds" in text
+    assert not list(tmp_path.glob(".*.tmp"))
