@@ -111,7 +111,7 @@ async def test_max_failures_stops_the_run(tmp_path: Path) -> None:
 
 
 def test_overlapping_run_exits_75_at_once(tmp_path: Path, live_emulator: LiveEmulator) -> None:
-    """A second run on the same results file exits 75 at once, naming the holder, creating nothing."""
+    """A second run on the same results file exits 75 at once, naming the holder."""
     live_emulator.emulator.faults = Faults(latency=0.05)
     keys = video_keys(60)
     manifest = write_manifest(tmp_path, keys)
@@ -212,12 +212,13 @@ def test_quiet_prints_nothing_on_success_and_everything_on_failure(
         timeout=60,
     )
     assert bad.returncode == 3
-    assert "APIGW.0301" in bad.stderr and "expanded 5 videos" in bad.stderr
+    assert "APIGW.0301" in bad.stderr
+    assert "expanded 5 videos" in bad.stderr
     assert "not-the-right-secret" not in bad.stderr
 
 
 def test_summary_and_metrics_files(tmp_path: Path, live_emulator: LiveEmulator) -> None:
-    """--summary writes JSON counts; --metrics writes Prometheus text with exit code and end time."""
+    """--summary writes JSON counts; --metrics Prometheus text with exit code and end time."""
     keys = video_keys(12)
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"

@@ -64,10 +64,12 @@ async def test_wrong_sk_stops_after_one_call(tmp_path: Path) -> None:
 
         bad = replace(config, credentials=Credentials(config.credentials.ak, "wrong-secret"))
         stats, log = await run_submit(bad)
-    assert stats.fatal is not None and "HUAWEICLOUD_SDK_SK" in stats.fatal
+    assert stats.fatal is not None
+    assert "HUAWEICLOUD_SDK_SK" in stats.fatal
     assert sum(emulator.calls.values()) <= 3
     assert not emulator.tasks
-    assert "wrong-secret" not in log and "wrong-secret" not in (tmp_path / "r.csv").read_text()
+    assert "wrong-secret" not in log
+    assert "wrong-secret" not in (tmp_path / "r.csv").read_text()
 
 
 async def test_failed_job_does_not_stop_the_others(tmp_path: Path) -> None:
@@ -77,5 +79,6 @@ async def test_failed_job_does_not_stop_the_others(tmp_path: Path) -> None:
     emulator = Emulator()
     async with emulator.serve() as url:
         stats, _log = await run_submit(config_for(manifest, url, tmp_path / "r.csv"))
-    assert stats.failed == 20 and stats.fatal is None
+    assert stats.failed == 20
+    assert stats.fatal is None
     assert "IVA.0004" in stats.first_errors
