@@ -1,0 +1,215 @@
+"""The exactly-once issue: lost answers, 5xx after create, timeouts and kills never duplicate
+or lose a job."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchsubmit.emulator import Emulator, Faults
+from batchsubmit.jobs import SpecBuilder
+from batchsubmit.manifest import load_manifest
+from batchsubmit.results import COLUMNS
+from batchsubmit.sources import ObjectRef
+
+from .helpers import (
+    BUCKET,
+    LiveEmulator,
+    assert_exactly_once,
+    cli,
+    cli_env,
+    config_for,
+    count_lines,
+    run_submit,
+    video_keys,
+    write_manifest,
+)
+
+
+def sources(keys: list[str]) -> list[str]:
+    return [f"obs://{BUCKET}/{k}" for k in keys]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_lost_answers_and_5xx_after_create(tmp_path: Path, fmt: str) -> None:
+    """5% of answers lost and 5% 500/502/504 after the job exists: still exactly once."""
+    keys = video_keys(300)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / f"r.{fmt}"
+    emulator = Emulator(Faults(p_lost=0.05, p_5xx_after_create=0.05, seed=7))
+    async with emulator.serve() as url:
+        stats, _log = await run_submit(config_for(manifest, url, results, fmt))  # type: ignore[arg-type]
+    assert (stats.submitted, stats.failed, stats.unknown) == (300, 0, 0)
+    assert stats.ambiguous >= 10
+    assert stats.reconciled == stats.ambiguous
+    assert_exactly_once(emulator, results, sources(keys), fmt)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_timeouts_are_looked_up_not_resent(tmp_path: Path) -> None:
+    """Answers slower than the client's timeout: the job is found by name, not created again."""
+    keys = video_keys(40)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator(Faults(p_slow=0.2, slow_seconds=2.0, seed=3))
+    async with emulator.serve() as url:
+        config = config_for(manifest, url, results)
+        from dataclasses import replace
+
+        stats, _log = await run_submit(replace(config, timeout=0.3))
+    assert (stats.submitted, stats.unknown) == (40, 0)
+    assert stats.reconciled >= 3
+    assert_exactly_once(emulator, results, sources(keys))
+
+
+def _journal(results: Path, entries: list[tuple[str, str]]) -> None:
+    journal = results.with_name(results.name + ".journal")
+    journal.write_bytes(
+        b"".join(orjson.dumps({"source": s, "name": n}) + b"\n" for s, n in entries)
+    )
+
+
+@pytest.mark.anyio
+async def test_intent_without_a_job_is_created_and_with_a_job_is_recorded(tmp_path: Path) -> None:
+    """Left-over intents: a job truly not created is created; one that exists gets its row."""
+    keys = video_keys(6)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    builder = SpecBuilder(load_manifest(manifest).service, load_manifest(manifest).job)
+    specs = [builder.build(ObjectRef(BUCKET, key)) for key in keys]
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        # A killed run: it created the first job (no row) and had sent nothing for the second.
+        import aiohttp
+
+        from batchsubmit.auth import Credentials
+        from batchsubmit.client import VasClient
+
+        config = config_for(manifest, url, results)
+        async with aiohttp.ClientSession() as session:
+            client = VasClient(session, config.endpoint, Credentials(*_emulator_keys()))
+            created = await client.create(specs[0].body)
+        _journal(results, [(specs[0].source, specs[0].name), (specs[1].source, specs[1].name)])
+        stats, _log = await run_submit(config)
+    assert created.job_id
+    assert stats.reconciled == 1
+    assert stats.not_created == 1
+    assert stats.submitted == 6
+    assert_exactly_once(emulator, results, sources(keys))
+    assert not results.with_name("r.csv.journal").exists()
+
+
+def _emulator_keys() -> tuple[str, str]:
+    from batchsubmit.emulator import EMULATOR_AK, EMULATOR_SK
+
+    return EMULATOR_AK, EMULATOR_SK
+
+
+def _csv(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def _unknown_row(source: str, name: str, service_url: str) -> list[str]:
+    values = {
+        "source": source,
+        "name": name,
+        "status": "unknown",
+        "http_status": "504",
+        "error_code": "TIMEOUT",
+        "attempts": "1",
+        "service_url": service_url,
+        "reconciled": "False",
+    }
+    return [values.get(column, "") for column in COLUMNS]
+
+
+def test_reconcile_command_resolves_unknown_rows_only(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """`batchsubmit reconcile`: unknown rows become submitted (found) or failed (absent);
+    nothing is created."""
+    keys = video_keys(4)
+    manifest = write_manifest(tmp_path, keys)
+    first = tmp_path / "first.csv"
+    run = subprocess.run(
+        cli("submit", str(manifest), "--endpoint", live_emulator.url, "--results", str(first)),
+        env=cli_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert run.returncode == 0
+    rows = _csv(first)
+    service_url = rows[1][COLUMNS.index("service_url")]
+    # Another results file whose answers were lost: one job exists, one does not.
+    results = tmp_path / "r.csv"
+    ghost = f"obs://{BUCKET}/cams/never-created.mp4"
+    with results.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerow(_unknown_row(rows[1][0], rows[1][1], service_url))
+        writer.writerow(_unknown_row(ghost, "never-created-aaaaaaaaaaaa", service_url))
+    before = len(live_emulator.emulator.tasks)
+    fix = subprocess.run(
+        cli("reconcile", str(results)), env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert fix.returncode == 0, fix.stderr
+    assert len(live_emulator.emulator.tasks) == before
+    with results.open(newline="", encoding="utf-8") as handle:
+        tail = list(csv.DictReader(handle))[-2:]
+    by_source = {row["source"]: row for row in tail}
+    assert by_source[rows[1][0]]["status"] == "submitted"
+    assert by_source[rows[1][0]]["job_id"] == rows[1][COLUMNS.index("job_id")]
+    assert by_source[rows[1][0]]["reconciled"] == "True"
+    assert by_source[ghost]["status"] == "failed"
+    assert by_source[ghost]["error_code"] == "BATCHSUBMIT.NOT_CREATED"
+
+
+def test_sigkill_mid_run_then_rerun(tmp_path: Path, live_emulator: LiveEmulator) -> None:
+    """SIGKILL in a 1,500-video run, then a rerun: every video exactly once, every row present."""
+    live_emulator.emulator.faults = Faults(latency=0.01)
+    keys = video_keys(1500)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    args = [
+        "submit",
+        str(manifest),
+        "--endpoint",
+        live_emulator.url,
+        "--results",
+        str(results),
+        "--rate",
+        "0",
+        "--concurrency",
+        "16",
+    ]
+    run = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while count_lines(results) < 400 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait(30)
+    created_before_rerun = len(live_emulator.emulator.tasks)
+    assert 400 <= created_before_rerun < 1500
+    journal = results.with_name("r.csv.journal")
+    assert journal.exists()
+    summary = tmp_path / "summary.json"
+    again = subprocess.run(
+        cli(*args, "--summary", str(summary)),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    counts = orjson.loads(summary.read_bytes())["counts"]
+    assert counts["reconciled"] + counts["not_created"] >= 1, "no in-flight intent was resolved"
+    assert_exactly_once(live_emulator.emulator, results, sources(keys))
+    assert not journal.exists()
