@@ -39,7 +39,7 @@ class ControllerSettings:
     increase: float = 0.05  # of the ceiling (or of the rate first throttled at), per second
     quiet: float = 2.0
     cooldown: float = 1.0
-    hint_hold: float = 30.0
+    hint_hold: float = 10.0
     floor: float = 1.0
     share_window: float = 10.0
     min_samples: int = 20
