@@ -25,7 +25,6 @@ import anyio
 
 from .answers import Answer, Kind
 from .jobs import JobSpec
-from .manifest import parse_obs_url
 from .results import Outcome, utc_now
 from .retry import DEFAULT_RETRY, RetryPolicy, next_wait
 from .throttle import ControllerSettings, RateController
@@ -127,6 +126,20 @@ class RunStats:
         return self.submitted / self.elapsed if self.elapsed > 0 else 0.0
 
 
+class _Job:
+    """What a create in progress knows about itself."""
+
+    __slots__ = ("attempts", "uncertain")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.uncertain = False  # a create was sent and its outcome is not known yet
+
+    def sent(self) -> None:
+        self.attempts += 1
+        self.uncertain = True
+
+
 class _Stopped(Exception):
     """The run is stopping: this job is deferred to the next run."""
 
@@ -161,6 +174,8 @@ class Pool:
         self._probing = False
         self._work_scope: anyio.CancelScope | None = None
         self._jobs_started = 0
+        self._queued = 0  # items handed to the stream, and taken from it: the rest is deferred
+        self._taken = 0
         self._deadline = clock() + settings.deadline if settings.deadline is not None else math.inf
         self.stats = RunStats()
         self.lookup_found: set[str] = set()
@@ -209,6 +224,8 @@ class Pool:
                         group.start_soon(self._work, receive.clone())
                     receive.close()
             services.cancel_scope.cancel()
+        if self._work_scope.cancel_called:
+            self.stats.deferred += self._queued - self._taken + sum(1 for _ in work)
         self._finish_stats()
         return self.stats
 
@@ -249,12 +266,14 @@ class Pool:
                         self.stats.deferred += 1
                         continue
                     self._jobs_started += 1
+                self._queued += 1
                 await send.send(item)
 
     async def _work(self, receive: Any) -> None:
         journal = self._journal
         async with receive:
             async for item in receive:
+                self._taken += 1
                 if self._stopping.is_set():
                     self.stats.deferred += 1
                     continue
@@ -271,9 +290,9 @@ class Pool:
     # -- one job ----------------------------------------------------------------------------
 
     async def _create(self, spec: JobSpec) -> None:
-        failures = throttles = attempts = 0
-        journalled = uncertain = False
-        answer: Answer | None = None
+        job = _Job()
+        failures = throttles = 0
+        journalled = False
         try:
             while True:
                 if self._stopping.is_set():
@@ -281,25 +300,18 @@ class Pool:
                 if not journalled and self._journal is not None:
                     await self._journal.intend(spec.source, spec.name)
                     journalled = True
-                attempts += 1
-                uncertain = True
-                try:
-                    answer = await self._call(self._api.create, spec.body)
-                except _Stopped:
-                    attempts -= 1
-                    uncertain = False  # _call stops only before anything is sent
-                    raise
+                answer = await self._call(self._api.create, spec.body, sent=job.sent)
                 kind = answer.kind
                 if kind is Kind.CREATED:
-                    self._record(spec.source, spec.name, "submitted", answer, attempts)
+                    self._record(spec.source, spec.name, "submitted", answer, job.attempts)
                     return
                 if kind is Kind.FAILED or kind is Kind.FATAL:
-                    self._record(spec.source, spec.name, "failed", answer, attempts)
+                    self._record(spec.source, spec.name, "failed", answer, job.attempts)
                     return
                 if kind is Kind.AMBIGUOUS:
                     self.stats.ambiguous += 1
                     failures += 1
-                    if await self._after_lost_answer(spec, answer, attempts):
+                    if await self._after_lost_answer(spec, answer, job.attempts):
                         return
                     wait = 0.0 if failures < self._settings.retry.attempts else None
                 else:
@@ -308,23 +320,21 @@ class Pool:
                     else:
                         failures += 1
                     wait = next_wait(self._settings.retry, answer, failures, throttles, self._rng)
-                uncertain = False
+                job.uncertain = False
                 if wait is None:
-                    self._record(spec.source, spec.name, "failed", answer, attempts)
+                    self._record(spec.source, spec.name, "failed", answer, job.attempts)
                     return
                 self.stats.retries += 1
                 await self._sleep_unless_stopped(wait)
-        except _Stopped:
-            if uncertain:
-                self._record(spec.source, spec.name, "unknown", _interrupted(), attempts)
-                return
-            self._forget(spec.source, journalled)
-            raise
-        except anyio.get_cancelled_exc_class():
-            if uncertain:
-                self._record(spec.source, spec.name, "unknown", _interrupted(), attempts)
+        except (_Stopped, anyio.get_cancelled_exc_class()) as exc:
+            if job.uncertain:
+                self._record(spec.source, spec.name, "unknown", _interrupted(), job.attempts)
+                if isinstance(exc, _Stopped):
+                    return
             else:
                 self._forget(spec.source, journalled)
+                if not isinstance(exc, _Stopped):
+                    self.stats.deferred += 1
             raise
 
     async def _after_lost_answer(self, spec: JobSpec, answer: Answer, attempts: int) -> bool:
@@ -396,7 +406,7 @@ class Pool:
 
     async def _find(self, name: str, source: str) -> tuple[str | None, Answer | None]:
         """The id of the job called ``name`` reading ``source``: "" if none, None if unknown."""
-        bucket, key = parse_obs_url(source)
+        bucket, _, key = source.removeprefix("obs://").partition("/")
         offset = 0
         matches: list[tuple[str, str]] = []
         while True:
@@ -445,8 +455,16 @@ class Pool:
 
     # -- one call ---------------------------------------------------------------------------
 
-    async def _call(self, call: Callable[..., Awaitable[Answer]], *args: Any) -> Answer:
-        """One call: an in-flight slot, a start allowed by the controller, then the call."""
+    async def _call(
+        self,
+        call: Callable[..., Awaitable[Answer]],
+        *args: Any,
+        sent: Callable[[], None] | None = None,
+    ) -> Answer:
+        """One call: an in-flight slot, a start allowed by the controller, then the call.
+
+        Raises _Stopped only before anything is sent; ``sent`` is called just before sending.
+        """
         if not self._opened.is_set():
             if self._probing:
                 await self._opened.wait()
@@ -459,6 +477,8 @@ class Pool:
                 raise _Stopped
             await self._start_allowed()
             self.stats.calls += 1
+            if sent is not None:
+                sent()
             answer = await call(*args)
         self._observe(answer)
         if not self._opened.is_set():
