@@ -224,7 +224,7 @@ class Pool:
                         group.start_soon(self._work, receive.clone())
                     receive.close()
             services.cancel_scope.cancel()
-        if self._work_scope.cancel_called:
+        if self._work_scope is not None and self._work_scope.cancel_called:
             self.stats.deferred += self._queued - self._taken + sum(1 for _ in work)
         self._finish_stats()
         return self.stats

@@ -1,0 +1,190 @@
+"""The command line: exit codes, messages that name what is wrong, no secret in any output."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchsubmit.cli import _duration, main
+
+from .helpers import LiveEmulator, cli, cli_env, video_keys, write_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "sk-that-must-never-be-printed-0123456789"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cli(*args), env=env or cli_env(), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_sample_manifest_runs_against_the_emulator(tmp_path: Path) -> None:
+    """The README's quick start: the sample manifest against the embedded emulator."""
+    results = tmp_path / "r.csv"
+    done = run(
+        "submit", str(ROOT / "samples" / "nightly.toml"), "--emulator", "--results", str(results)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "EMULATOR" in done.stderr
+    assert results.read_text(encoding="utf-8").count(",submitted,") == 6
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[service\nname = 1", "nightly.toml:1: TOML syntax error"),
+        (
+            '[service]\nname = "video-analyze"\nversion = "1.0"\nregion = "cn-north-4"\n'
+            'colour = "red"\n[job]\noutput = "obs://out-bucket/x/"\n[[source]]\npaths = []\n',
+            "nightly.toml:5: service.colour: unknown key",
+        ),
+        (
+            '[service]\nname = "video-analyze"\nversion = "1.0"\nregion = "cn-north-4"\n'
+            '[job]\noutput = "obs://out-bucket/x/"\nname = "{nope}"\n[[source]]\npaths = []\n',
+            "job.name: unknown placeholder {nope}",
+        ),
+    ],
+)
+def test_broken_manifest_exits_2_before_any_request(
+    tmp_path: Path, live_emulator: LiveEmulator, text: str, expected: str
+) -> None:
+    """A broken manifest: exit 2, the message names file and line or key, nothing is sent."""
+    manifest = tmp_path / "nightly.toml"
+    manifest.write_text(text, encoding="utf-8")
+    done = run("submit", str(manifest), "--endpoint", live_emulator.url)
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert sum(live_emulator.emulator.calls.values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"obs://in-bucket/a.mp4\nthis is not a path\n", "listing.txt:2: not an obs:// path"),
+        (b"obs://in-bucket/a.mp4\nobs://in-bucket/\xff.mp4\n", "listing.txt:2: not UTF-8"),
+        (b"obs://In_Bucket/a.mp4\n", "listing.txt:1: 'In_Bucket'"),
+        (b"obs://in-bucket/a\x07.mp4\n", "listing.txt:1: control character"),
+    ],
+)
+def test_bad_listing_exits_2_naming_the_line(
+    tmp_path: Path, live_emulator: LiveEmulator, line: bytes, expected: str
+) -> None:
+    """A bad listing line: exit 2 naming file:line, and no request, even for earlier good lines."""
+    manifest = write_manifest(tmp_path, [])
+    (tmp_path / "listing.txt").write_bytes(line)
+    done = run("submit", str(manifest), "--endpoint", live_emulator.url)
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert sum(live_emulator.emulator.calls.values()) == 0
+
+
+def test_missing_credentials_exit_2(tmp_path: Path) -> None:
+    """No AK/SK in the environment: exit 2 naming the variables, before any request."""
+    manifest = write_manifest(tmp_path, video_keys(3))
+    env = {k: v for k, v in cli_env().items() if k != "HUAWEICLOUD_SDK_SK"}
+    done = run("submit", str(manifest), "--endpoint", "http://127.0.0.1:9", env=env)
+    assert done.returncode == 2
+    assert "HUAWEICLOUD_SDK_SK" in done.stderr
+
+
+def test_secret_never_appears_in_any_output(tmp_path: Path, live_emulator: LiveEmulator) -> None:
+    """With a wrong SK: exit 3; the SK is in no log line, results row, summary or metric."""
+    manifest = write_manifest(tmp_path, video_keys(3))
+    env = cli_env() | {"HUAWEICLOUD_SDK_SK": SECRET, "HUAWEICLOUD_SDK_SECURITY_TOKEN": SECRET}
+    files = [tmp_path / "r.csv", tmp_path / "s.json", tmp_path / "m.prom"]
+    done = run(
+        "submit",
+        str(manifest),
+        "--endpoint",
+        live_emulator.url,
+        "--results",
+        str(files[0]),
+        "--summary",
+        str(files[1]),
+        "--metrics",
+        str(files[2]),
+        "--log-format",
+        "json",
+        env=env,
+    )
+    assert done.returncode == 3
+    assert "APIGW.0301" in done.stderr
+    for text in [done.stdout, done.stderr, *(f.read_text() for f in files)]:
+        assert SECRET not in text
+
+
+def test_expand_prints_job_specs(tmp_path: Path) -> None:
+    """expand: one JSON line per video with its create body; no credentials needed."""
+    manifest = write_manifest(tmp_path, video_keys(5))
+    done = run("expand", str(manifest), env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    specs = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert len(specs) == 5
+    assert specs[0]["body"]["name"] == specs[0]["name"]
+    assert specs[0]["body"]["input"]["data"][0]["bucket"] == "in-bucket"
+    assert "not videos" in done.stderr
+
+
+def test_dry_run_sends_nothing_and_respects_the_ledger(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """--dry-run lists what would be sent (what the ledger says is done is left out)."""
+    keys = video_keys(6)
+    manifest = write_manifest(tmp_path, keys[:4])
+    results = tmp_path / "r.csv"
+    assert (
+        run(
+            "submit", str(manifest), "--endpoint", live_emulator.url, "--results", str(results)
+        ).returncode
+        == 0
+    )
+    write_manifest(tmp_path, keys)
+    calls = sum(live_emulator.emulator.calls.values())
+    done = run(
+        "submit",
+        str(manifest),
+        "--endpoint",
+        live_emulator.url,
+        "--results",
+        str(results),
+        "--dry-run",
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 2
+    assert sum(live_emulator.emulator.calls.values()) == calls
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("2h", 7200), ("90m", 5400), ("1h30m", 5400), ("45s", 45), ("10", 10)]
+)
+def test_deadline_durations(text: str, seconds: float) -> None:
+    """--deadline takes 2h, 90m, 1h30m, 45s or plain seconds."""
+    assert _duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "m.toml", "--rate", "-1"],
+        ["submit", "m.toml", "--concurrency", "0"],
+        ["submit", "m.toml", "--deadline", "soon"],
+        ["submit", "m.toml", "--format", "xml"],
+    ],
+)
+def test_bad_options_exit_2(args: list[str]) -> None:
+    """Bad option values are usage errors (exit 2)."""
+    with pytest.raises(SystemExit) as raised:
+        main(args)
+    assert raised.value.code == 2
+
+
+def test_bad_endpoint_exits_2(tmp_path: Path) -> None:
+    """--endpoint must be an http(s) URL without a path."""
+    manifest = write_manifest(tmp_path, video_keys(1))
+    done = run("submit", str(manifest), "--endpoint", "ftp://example.com/x")
+    assert done.returncode == 2
+    assert "--endpoint" in done.stderr
