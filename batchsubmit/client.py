@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -14,7 +13,7 @@ import aiohttp
 from yarl import URL
 
 from .answers import Answer, Kind, classify
-from .auth import Credentials, canonical_query, sdk_date, sign
+from .auth import Credentials, RequestSigner, canonical_query
 
 __all__ = ["DEFAULT_TIMEOUT", "Endpoint", "VasClient", "open_session"]
 
@@ -73,7 +72,6 @@ class VasClient:
     ) -> None:
         self._session = session
         self._endpoint = endpoint
-        self._credentials = credentials
         self._path = endpoint.tasks_path
         self._url = endpoint.tasks_url
         self._post_url = URL(self._url, encoded=True)
@@ -87,25 +85,17 @@ class VasClient:
         }
         if credentials.security_token:
             fixed["X-Security-Token"] = credentials.security_token
-        self._fixed = fixed
-
-    def _headers(
-        self, method: str, path: str, query: Mapping[str, str | int] | None, body: bytes
-    ) -> dict[str, str]:
-        headers = dict(self._fixed)
-        headers["X-Sdk-Date"] = sdk_date()
-        headers["Authorization"] = sign(self._credentials, method, path, query, headers, body)
-        return headers
+        self._signer = RequestSigner(credentials, fixed)
 
     async def create(self, body: bytes) -> Answer:
         """One create call. A lost answer is AMBIGUOUS: the job may exist."""
-        headers = self._headers("POST", self._path, None, body)
+        headers = self._signer.headers("POST", self._path, None, body)
         return await self._send("POST", self._post_url, headers, body, create=True)
 
     async def list_page(self, name_like: str, offset: int, limit: int = LIST_PAGE) -> Answer:
         """One page of tasks whose name contains ``name_like``."""
         query: dict[str, str | int] = {"name_like": name_like, "offset": offset, "limit": limit}
-        headers = self._headers("GET", self._path, query, b"")
+        headers = self._signer.headers("GET", self._path, query, b"")
         url = URL(f"{self._url}?{canonical_query(query)}", encoded=True)
         return await self._send("GET", url, headers, b"", create=False)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import astuple, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -69,8 +69,18 @@ class Outcome:
     reconciled: bool = False
 
 
+_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now, as ``2026-11-28T02:30:00.123Z`` (the seconds part is formatted once a second)."""
+    now = time.time()
+    second = int(now)
+    cached, text = _second[0]
+    if second != cached:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second[0] = (second, text)
+    return f"{text}.{int((now - second) * 1000):03d}Z"
 
 
 def format_for(path: Path, explicit: str | None) -> Format:
@@ -114,17 +124,26 @@ class ResultsWriter:
         size = handle.seek(0, os.SEEK_END)
         if size == 0:
             return
-        back = min(size, 65536)
-        handle.seek(size - back)
-        tail = handle.read(back)
-        if tail.endswith(b"\n"):
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
             return
-        cut = tail.rfind(b"\n")
-        keep = size - back + cut + 1 if cut >= 0 else 0
-        torn = tail[cut + 1 :] if cut >= 0 else tail
+        # Look back in 64 KiB steps for the last newline: a torn line longer than one step
+        # must not take the complete rows before it along.
+        keep = 0
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            handle.seek(start)
+            cut = handle.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        handle.seek(keep)
+        torn = handle.read(120)
         warn(
             f"{self.path}: the last line was cut short by an earlier crash; set aside "
-            f"({len(torn)} bytes): {torn[:120]!r}"
+            f"({size - keep} bytes): {torn!r}"
         )
         handle.truncate(keep)
 
@@ -135,7 +154,23 @@ class ResultsWriter:
             buffer = self._buffer
             buffer.seek(0)
             buffer.truncate()
-            self._csv.writerow(astuple(outcome))
+            o = outcome
+            self._csv.writerow(
+                (
+                    o.source,
+                    o.name,
+                    o.job_id,
+                    o.status,
+                    o.http_status,
+                    o.error_code,
+                    o.error_msg,
+                    o.attempts,
+                    o.request_id,
+                    o.submitted_at,
+                    o.service_url,
+                    o.reconciled,
+                )
+            )
             line = buffer.getvalue().encode()
         self._file.write(line)
         self._file.flush()
