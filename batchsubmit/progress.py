@@ -121,6 +121,7 @@ class TqdmReporter(ProgressReporter):
             smoothing=0.1,
         )
         self._shown = (0, 0)
+        self._bar.set_postfix(failed=0, unknown=0, refresh=False)
         log.attach(self._bar)
 
     def _tick(self) -> None:
