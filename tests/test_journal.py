@@ -1,0 +1,363 @@
+"""The write-ahead journal of create intents, and the lock on a results file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from batchsubmit import journal as journal_module
+from batchsubmit.errors import LockedError, UsageError
+from batchsubmit.journal import Journal, RunLock, read_intents
+
+
+class Warnings:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+
+
+def intents_in(path: Path) -> dict[str, str]:
+    warn = Warnings()
+    found = read_intents(path, warn)
+    assert warn.messages == []
+    return found
+
+
+# -- intents ------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("durable", [True, False])
+async def test_intent_is_in_the_file_when_intend_returns(tmp_path: Path, durable: bool) -> None:
+    """Once intend() returns, the intent is in the journal file, for any reader to find."""
+    path = tmp_path / "r.csv.journal"
+    journal = Journal(path, durable=durable)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(journal.run)
+            await journal.intend("obs://bkt/a.mp4", "a-name")
+            assert intents_in(path) == {"obs://bkt/a.mp4": "a-name"}
+            await journal.intend("obs://bkt/视频 b.mp4", "b-name")
+            assert intents_in(path) == {
+                "obs://bkt/a.mp4": "a-name",
+                "obs://bkt/视频 b.mp4": "b-name",
+            }
+            group.cancel_scope.cancel()
+    journal.close()
+
+
+@pytest.mark.anyio
+async def test_intend_waits_for_the_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """intend() does not return before the journal's fdatasync has finished."""
+    gate = threading.Event()
+    synced: list[bytes] = []
+    real_sync = os.fdatasync
+
+    def slow_sync(fd: int) -> None:
+        synced.append((tmp_path / "j").read_bytes())
+        gate.wait(5)
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    journal = Journal(tmp_path / "j")
+    returned = anyio.Event()
+
+    async def intend() -> None:
+        await journal.intend("obs://bkt/a.mp4", "a-name")
+        returned.set()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(journal.run)
+            group.start_soon(intend)
+            await anyio.sleep(0.1)
+            assert synced, "the committer never synced"
+            assert b"obs://bkt/a.mp4" in synced[0]  # written before the sync
+            assert not returned.is_set()
+            gate.set()
+            with anyio.fail_after(5):
+                await returned.wait()
+            group.cancel_scope.cancel()
+    finally:
+        gate.set()
+    journal.close()
+
+
+@pytest.mark.anyio
+async def test_waiting_intents_share_one_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Intents that arrive together are committed together: far fewer syncs than intents."""
+    calls: list[int] = []
+    real_sync = os.fdatasync
+
+    def counting_sync(fd: int) -> None:
+        calls.append(fd)
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting_sync)
+    path = tmp_path / "j"
+    journal = Journal(path)
+    sources = [f"obs://bkt/{i}.mp4" for i in range(50)]
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(journal.run)
+            async with anyio.create_task_group() as writers:
+                for source in sources:
+                    writers.start_soon(journal.intend, source, source[-6:])
+            group.cancel_scope.cancel()
+    assert intents_in(path) == {source: source[-6:] for source in sources}
+    assert 1 <= len(calls) <= 3
+    journal.close()
+
+
+@pytest.mark.anyio
+async def test_not_durable_never_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """durable=False (tests, emulator runs) writes intents but never calls fsync/fdatasync."""
+
+    def forbidden(fd: int) -> None:
+        raise AssertionError("synced although not durable")
+
+    monkeypatch.setattr(os, "fdatasync", forbidden)
+    monkeypatch.setattr(os, "fsync", forbidden)
+    path = tmp_path / "j"
+    journal = Journal(path, durable=False)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(journal.run)
+            await journal.intend("obs://bkt/a.mp4", "a")
+            group.cancel_scope.cancel()
+    journal.checkpoint()
+    assert intents_in(path) == {"obs://bkt/a.mp4": "a"}
+    journal.close()
+
+
+# -- checkpoint and close -----------------------------------------------------------------------
+
+
+async def record(journal: Journal, *sources: str) -> None:
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(journal.run)
+            for source in sources:
+                await journal.intend(source, source.rsplit("/", 1)[-1])
+            group.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_checkpoint_keeps_only_open_intents(tmp_path: Path) -> None:
+    """After settle() and checkpoint(), the journal holds exactly the still-open intents."""
+    path = tmp_path / "j"
+    seen_by_hook: list[dict[str, str]] = []
+    journal = Journal(path, before_checkpoint=lambda: seen_by_hook.append(intents_in(path)))
+    await record(journal, "obs://b/1", "obs://b/2", "obs://b/3")
+    journal.settle("obs://b/2")
+    journal.settle("obs://b/never-intended")
+    assert intents_in(path) == {"obs://b/1": "1", "obs://b/2": "2", "obs://b/3": "3"}
+    journal.checkpoint()
+    assert seen_by_hook == [{"obs://b/1": "1", "obs://b/2": "2", "obs://b/3": "3"}]
+    assert intents_in(path) == {"obs://b/1": "1", "obs://b/3": "3"}
+    assert journal.open_intents == {"obs://b/1": "1", "obs://b/3": "3"}
+    assert not (tmp_path / "j.tmp").exists()
+    journal.close()
+
+
+@pytest.mark.anyio
+async def test_checkpoint_due_after_checkpoint_intents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """checkpoint_due() turns true every CHECKPOINT intents and false again after a checkpoint."""
+    monkeypatch.setattr(journal_module, "CHECKPOINT", 3)
+    journal = Journal(tmp_path / "j", durable=False)
+    await record(journal, "obs://b/1", "obs://b/2")
+    assert not journal.checkpoint_due()
+    await record(journal, "obs://b/3")
+    assert journal.checkpoint_due()
+    journal.checkpoint()
+    assert not journal.checkpoint_due()
+    journal.close()
+
+
+@pytest.mark.anyio
+async def test_close_removes_the_file_when_all_settled(tmp_path: Path) -> None:
+    """A run whose every intent was settled leaves no journal behind."""
+    path = tmp_path / "j"
+    journal = Journal(path, durable=False)
+    await record(journal, "obs://b/1", "obs://b/2")
+    journal.settle("obs://b/1")
+    journal.settle("obs://b/2")
+    journal.close()
+    assert not path.exists()
+    assert not (tmp_path / "j.tmp").exists()
+
+
+@pytest.mark.anyio
+async def test_close_keeps_open_intents(tmp_path: Path) -> None:
+    """A run that ends with open intents leaves exactly those for the next run to look up."""
+    path = tmp_path / "j"
+    journal = Journal(path, durable=False)
+    await record(journal, "obs://b/1", "obs://b/2")
+    journal.settle("obs://b/1")
+    journal.close()
+    assert intents_in(path) == {"obs://b/2": "2"}
+
+
+def test_inherited_intents_are_written_at_once(tmp_path: Path) -> None:
+    """Intents inherited from a crashed run are in the new journal before any call is made."""
+    path = tmp_path / "j"
+    path.write_bytes(b'{"source":"obs://b/old","name":"old"}\n{"source":"obs://b/torn"')
+    warn = Warnings()
+    inherited = read_intents(path, warn)
+    assert inherited == {"obs://b/old": "old"}
+    journal = Journal(path, inherited=inherited)
+    assert intents_in(path) == {"obs://b/old": "old"}
+    assert journal.open_intents == {"obs://b/old": "old"}
+    journal.settle("obs://b/old")
+    journal.close()
+    assert not path.exists()
+
+
+def test_empty_journal_file_on_start(tmp_path: Path) -> None:
+    """A new journal with nothing inherited is an empty file until the first intent."""
+    path = tmp_path / "j"
+    journal = Journal(path)
+    assert path.read_bytes() == b""
+    journal.close()
+    assert not path.exists()
+
+
+def test_open_intents_is_a_copy(tmp_path: Path) -> None:
+    """Changing the returned open_intents dict does not change the journal."""
+    journal = Journal(tmp_path / "j", durable=False, inherited={"s": "n"})
+    journal.open_intents.clear()
+    assert journal.open_intents == {"s": "n"}
+    journal.close()
+
+
+# -- read_intents -------------------------------------------------------------------------------
+
+
+def test_read_intents_missing_file(tmp_path: Path) -> None:
+    """No journal means no open intents."""
+    assert read_intents(tmp_path / "none", Warnings()) == {}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected", "bad_lines"),
+    [
+        (b'{"source":"a","name":"1"}\n{"source":"b","name":"2"}\n', {"a": "1", "b": "2"}, []),
+        (b'{"source":"a","name":"1"}\n{"source":"b","na', {"a": "1"}, [2]),
+        (b'{"source":"a","name":"1"}\n{"source":"a","name":"2"}\n', {"a": "2"}, []),
+        (b'garbage\n{"source":"a","name":"1"}\n', {"a": "1"}, [1]),
+        (b'{"source":"a"}\n[1]\nnull\n{"source":"b","name":"2"}\n', {"b": "2"}, [1, 2, 3]),
+        (b'\xff\xfe\n{"source":"a","name":"1"}\n', {"a": "1"}, [1]),
+        (b"", {}, []),
+    ],
+)
+def test_read_intents_tolerates_damage(
+    tmp_path: Path, content: bytes, expected: dict[str, str], bad_lines: list[int]
+) -> None:
+    """A torn last line or a garbage line is skipped with a warning naming file:line."""
+    path = tmp_path / "j"
+    path.write_bytes(content)
+    warn = Warnings()
+    assert read_intents(path, warn) == expected
+    assert [m.split(":", 2)[1] for m in warn.messages] == [str(n) for n in bad_lines]
+    assert all(m.startswith(f"{path}:") for m in warn.messages)
+
+
+# -- RunLock ------------------------------------------------------------------------------------
+
+
+def test_second_lock_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    """A second lock on the same results file raises LockedError naming the holder's pid."""
+    path = tmp_path / "r.csv.lock"
+    first = RunLock(path)
+    first.acquire("2024-01-01T00:00:00Z")
+    try:
+        assert path.read_text() == f"pid {os.getpid()}, started 2024-01-01T00:00:00Z\n"
+        with pytest.raises(LockedError) as info:
+            RunLock(path).acquire("later")
+        message = str(info.value)
+        assert f"pid {os.getpid()}" in message
+        assert "2024-01-01T00:00:00Z" in message
+        assert str(path) in message
+        assert info.value.exit_code == 75
+        # The refused contender did not overwrite the holder's name.
+        assert path.read_text().startswith(f"pid {os.getpid()}")
+    finally:
+        first.release()
+
+
+def test_lock_is_free_after_release(tmp_path: Path) -> None:
+    """release() frees the lock for the next run, which then records itself."""
+    path = tmp_path / "r.csv.lock"
+    first = RunLock(path)
+    first.acquire("one")
+    first.release()
+    first.release()  # idempotent
+    second = RunLock(path)
+    second.acquire("two")
+    assert path.read_text() == f"pid {os.getpid()}, started two\n"
+    second.release()
+
+
+def test_stale_lock_file_content_does_not_block(tmp_path: Path) -> None:
+    """A lock file left by a dead run (no flock held) does not stop the next run."""
+    path = tmp_path / "r.csv.lock"
+    path.write_text("pid 999999, started long ago, with a much longer line than ours\n")
+    lock = RunLock(path)
+    lock.acquire("now")
+    assert path.read_text() == f"pid {os.getpid()}, started now\n"
+    lock.release()
+
+
+_HOLDER = """
+import sys
+from pathlib import Path
+from batchsubmit.journal import RunLock
+lock = RunLock(Path(sys.argv[1]))
+lock.acquire("in the child")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_lock_held_by_another_process(tmp_path: Path) -> None:
+    """A lock held by another process is refused with its pid, and freed when that process ends."""
+    path = tmp_path / "r.csv.lock"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(LockedError, match=f"pid {child.pid}, started in the child"):
+            RunLock(path).acquire("parent")
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=10)
+        assert child.stdout is not None
+        child.stdout.close()
+    lock = RunLock(path)
+    lock.acquire("parent")
+    lock.release()
+
+
+def test_lock_in_a_missing_directory(tmp_path: Path) -> None:
+    """A lock file that cannot be created is a UsageError, not an OSError."""
+    with pytest.raises(UsageError, match="cannot create the lock file"):
+        RunLock(tmp_path / "missing" / "r.lock").acquire("x")

@@ -1,0 +1,680 @@
+"""The TOML manifest: valid forms read into frozen values, every mistake located by file and key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from batchsubmit.errors import ManifestError, UsageError
+from batchsubmit.manifest import (
+    DESCRIPTION_MAX,
+    NAME_FIELDS,
+    Manifest,
+    load_manifest,
+    parse_manifest,
+    parse_obs_url,
+)
+
+SERVICE = """\
+[service]
+name = "c-video-analysis"
+version = "1.0"
+region = "cn-north-4"
+"""
+JOB = """\
+[job]
+output = "obs://out-bucket/results/"
+"""
+SOURCE = """\
+[[source]]
+paths = ["obs://my-bucket/videos/a.mp4"]
+"""
+
+
+def doc(service: str = SERVICE, job: str = JOB, source: str = SOURCE, top: str = "") -> str:
+    """A manifest from its parts; an empty part is left out."""
+    return "\n".join(part for part in (top, service, job, source) if part)
+
+
+def write(tmp_path: Path, text: str, name: str = "m.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def line_of(text: str, marker: str) -> int:
+    """The 1-based number of the only line of ``text`` that contains ``marker``."""
+    found = [n for n, line in enumerate(text.splitlines(), 1) if marker in line]
+    assert len(found) == 1, (marker, found)
+    return found[0]
+
+
+# -- valid manifests ----------------------------------------------------------------------------
+
+
+def test_minimal_manifest(tmp_path: Path) -> None:
+    """The smallest valid manifest reads into the documented values and defaults."""
+    path = write(tmp_path, doc())
+    manifest = load_manifest(path)
+    assert manifest.path == path
+    assert manifest.service.name == "c-video-analysis"
+    assert manifest.service.version == "1.0"
+    assert manifest.service.endpoint == "https://iva.cn-north-4.myhuaweicloud.com"
+    assert manifest.service.project_id is None
+    assert manifest.job.output_bucket == "out-bucket"
+    assert manifest.job.output_path == "results/"
+    assert manifest.job.name == "{stem}-{hash}"
+    assert manifest.job.description is None
+    assert dict(manifest.job.body) == {}
+    (source,) = manifest.sources
+    assert source.where == "source[0]"
+    assert source.listing is None
+    assert source.paths == ("obs://my-bucket/videos/a.mp4",)
+    assert source.include == ()
+    assert source.exclude == ()
+
+
+def test_load_accepts_a_string_path(tmp_path: Path) -> None:
+    """load_manifest takes a str as well as a Path."""
+    path = write(tmp_path, doc())
+    assert load_manifest(str(path)).path == path
+
+
+@pytest.mark.parametrize(
+    "region",
+    ["cn-north-4", "cn-north-1", "cn-east-3", "ap-southeast-1", "ap-southeast-3", "af-south-1"],
+)
+def test_region_gives_the_iva_endpoint(tmp_path: Path, region: str) -> None:
+    """service.region becomes https://iva.{region}.myhuaweicloud.com."""
+    service = SERVICE.replace("cn-north-4", region)
+    manifest = load_manifest(write(tmp_path, doc(service=service)))
+    assert manifest.service.endpoint == f"https://iva.{region}.myhuaweicloud.com"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("https://iva.cn-north-4.myhuaweicloud.com", "https://iva.cn-north-4.myhuaweicloud.com"),
+        ("https://iva.cn-north-4.myhuaweicloud.com/", "https://iva.cn-north-4.myhuaweicloud.com"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("http://localhost:8080/", "http://localhost:8080"),
+        ("https://[::1]:8443", "https://[::1]:8443"),
+        ("http://[fe80::1]/", "http://[fe80::1]"),
+    ],
+)
+def test_endpoint_form(tmp_path: Path, endpoint: str, expected: str) -> None:
+    """service.endpoint (instead of region) is kept without its trailing '/'."""
+    service = SERVICE.replace('region = "cn-north-4"', f'endpoint = "{endpoint}"')
+    manifest = load_manifest(write(tmp_path, doc(service=service)))
+    assert manifest.service.endpoint == expected
+
+
+@pytest.mark.parametrize("project_id", ["0123456789abcdef0123456789abcdef", "my_project-1"])
+def test_project_id(tmp_path: Path, project_id: str) -> None:
+    """service.project_id is read as given."""
+    service = SERVICE + f'project_id = "{project_id}"\n'
+    assert load_manifest(write(tmp_path, doc(service=service))).service.project_id == project_id
+
+
+def test_job_body_passes_through(tmp_path: Path) -> None:
+    """[job.body] reaches the JobTemplate unchanged, nested tables and extra outputs included."""
+    job = (
+        JOB
+        + """
+[job.body]
+resource_order_id = "order-1"
+edge_pool_id = "pool-7"
+
+[job.body.service_config.common]
+threshold = 0.5
+labels = ["person", "car"]
+enabled = true
+
+[job.body.output.webhook]
+url = "https://example.com/hook"
+headers = { X-Token = "abc" }
+"""
+    )
+    manifest = load_manifest(write(tmp_path, doc(job=job)))
+    assert manifest.job.body == {
+        "resource_order_id": "order-1",
+        "edge_pool_id": "pool-7",
+        "service_config": {
+            "common": {"threshold": 0.5, "labels": ["person", "car"], "enabled": True}
+        },
+        "output": {"webhook": {"url": "https://example.com/hook", "headers": {"X-Token": "abc"}}},
+    }
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{stem}", "{stem}-{hash}", "{bucket}_{folder}_{filename}_{ext}_{key}", "job-{hash}", "x"],
+)
+def test_name_templates_accepted(tmp_path: Path, template: str) -> None:
+    """job.name may use any name placeholder, or none (a hash is added later)."""
+    job = JOB + f'name = "{template}"\n'
+    assert load_manifest(write(tmp_path, doc(job=job))).job.name == template
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{source}",
+        "Video {filename} from {bucket}",
+        "{{literal braces}} {stem}",
+        "x" * DESCRIPTION_MAX,
+        "x" * DESCRIPTION_MAX + "{key}",
+    ],
+)
+def test_description_templates_accepted(tmp_path: Path, template: str) -> None:
+    """job.description may use {source} too, and up to 500 characters of fixed text."""
+    job = JOB + f'description = "{template}"\n'
+    assert load_manifest(write(tmp_path, doc(job=job))).job.description == template
+
+
+def test_all_name_fields_are_documented() -> None:
+    """The name placeholders are exactly the ones jobs.template_fields provides (minus source)."""
+    assert {"stem", "filename", "ext", "folder", "bucket", "key", "hash"} == NAME_FIELDS
+
+
+def test_listing_is_relative_to_the_manifest(tmp_path: Path) -> None:
+    """A listing path is resolved beside the manifest, not the working directory."""
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "a.txt").write_text("obs://b/x.mp4\n")
+    source = '[[source]]\nlisting = "lists/a.txt"\ninclude = ["*.mp4"]\nexclude = ["*raw*"]\n'
+    manifest = load_manifest(write(tmp_path, doc(source=source)))
+    (found,) = manifest.sources
+    assert found.listing == tmp_path / "lists" / "a.txt"
+    assert found.paths == ()
+    assert found.include == ("*.mp4",)
+    assert found.exclude == ("*raw*",)
+
+
+def test_several_sources_keep_their_order(tmp_path: Path) -> None:
+    """Each [[source]] is kept, in file order, named source[i]."""
+    (tmp_path / "l.txt").write_text("")
+    sources = (
+        '[[source]]\npaths = ["obs://bk1/a.mp4"]\n\n'
+        '[[source]]\nlisting = "l.txt"\n\n'
+        '[[source]]\npaths = ["obs://bk3/c.mp4", "obs://bk3/d.mp4"]\n'
+    )
+    manifest = load_manifest(write(tmp_path, doc(source=sources)))
+    assert [s.where for s in manifest.sources] == ["source[0]", "source[1]", "source[2]"]
+    assert manifest.sources[2].paths == ("obs://bk3/c.mp4", "obs://bk3/d.mp4")
+
+
+def test_empty_paths_list_is_a_source(tmp_path: Path) -> None:
+    """paths = [] is an explicit (empty) choice, not 'neither listing nor paths'."""
+    manifest = load_manifest(write(tmp_path, doc(source="[[source]]\npaths = []\n")))
+    assert manifest.sources[0].paths == ()
+
+
+def test_manifest_is_frozen(tmp_path: Path) -> None:
+    """The Manifest and its parts cannot be changed once read."""
+    manifest = load_manifest(write(tmp_path, doc()))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        manifest.service.name = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        manifest.sources = ()  # type: ignore[misc]
+    assert isinstance(manifest, Manifest)
+
+
+def test_parse_manifest_without_a_file(tmp_path: Path) -> None:
+    """parse_manifest validates text directly; the path only locates listings and errors."""
+    manifest = parse_manifest(doc(), tmp_path / "virtual.toml")
+    assert manifest.path == tmp_path / "virtual.toml"
+
+
+# -- parse_obs_url ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "key"),
+    [
+        ("obs://my-bucket/videos/a.mp4", "my-bucket", "videos/a.mp4"),
+        ("obs://my-bucket/", "my-bucket", ""),
+        ("obs://my-bucket", "my-bucket", ""),
+        ("obs://b.c-d/a b/视频.mp4", "b.c-d", "a b/视频.mp4"),
+        ("obs://abc//double", "abc", "/double"),
+    ],
+)
+def test_parse_obs_url(url: str, bucket: str, key: str) -> None:
+    """obs://bucket/key splits at the first '/', the key kept exactly."""
+    assert parse_obs_url(url) == (bucket, key)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://bucket/a.mp4",
+        "bucket/a.mp4",
+        "OBS://bucket/a.mp4",
+        "obs://Bucket/a.mp4",
+        "obs://ab/a.mp4",
+        "obs:///a.mp4",
+        "obs://-bucket/a.mp4",
+        "obs://bucket-/a.mp4",
+        "obs://my..bucket/a.mp4",
+        "obs://my_bucket/a.mp4",
+        "obs://" + "b" * 64 + "/a.mp4",
+    ],
+)
+def test_parse_obs_url_rejects(url: str) -> None:
+    """Anything but obs:// with a valid OBS bucket name is a ValueError."""
+    with pytest.raises(ValueError, match="obs"):
+        parse_obs_url(url)
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def expect_error(path: Path, text: str, key: str, marker: str | None, fragment: str) -> None:
+    """Loading raises a ManifestError at file[:line], starting with the key path."""
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    error = info.value
+    where = f"{path}:{line_of(text, marker)}" if marker else str(path)
+    assert error.where == where
+    assert error.what.startswith(f"{key}: "), error.what
+    assert fragment in error.what
+    assert str(error) == f"{where}: {error.what}"
+    assert isinstance(error, UsageError)
+
+
+ERRORS = [
+    # unknown keys at each level
+    ("unknown-top", doc(top='colour = "red"\n'), "colour", 'colour = "red"', "unknown key"),
+    (
+        "unknown-service",
+        doc(service=SERVICE + 'colour = "red"\n'),
+        "service.colour",
+        'colour = "red"',
+        "unknown key (expected one of: endpoint, name, project_id, region, version)",
+    ),
+    (
+        "unknown-job",
+        doc(job=JOB + "colour = 1\n"),
+        "job.colour",
+        "colour = 1",
+        "expected one of: body, description, name, output",
+    ),
+    (
+        "unknown-source",
+        doc(source=SOURCE + 'colour = "x"\n'),
+        "source[0].colour",
+        'colour = "x"',
+        "expected one of: exclude, include, listing, paths",
+    ),
+    (
+        "unknown-second-source",
+        doc(source=SOURCE + '\n[[source]]\npaths = []\nlisted = "x"\n'),
+        "source[1].listed",
+        'listed = "x"',
+        "unknown key",
+    ),
+    (
+        "unknown-table",
+        doc(top="", source=SOURCE + "\n[extra]\na = 1\n"),
+        "extra",
+        "[extra]",
+        "unknown key",
+    ),
+    # missing keys
+    ("missing-service", doc(service=""), "service", None, "missing required key"),
+    ("missing-job", doc(job=""), "job", None, "missing required key"),
+    ("missing-source", doc(source=""), "source", None, "missing required key"),
+    (
+        "missing-name",
+        doc(service=SERVICE.replace('name = "c-video-analysis"\n', "")),
+        "service.name",
+        None,
+        "missing required key",
+    ),
+    (
+        "missing-version",
+        doc(service=SERVICE.replace('version = "1.0"\n', "")),
+        "service.version",
+        None,
+        "missing required key",
+    ),
+    (
+        "missing-output",
+        doc(job='[job]\nname = "{stem}"\n'),
+        "job.output",
+        None,
+        "missing required key",
+    ),
+    (
+        "missing-region",
+        doc(service=SERVICE.replace('region = "cn-north-4"\n', "")),
+        "service.region",
+        None,
+        "give region (or endpoint)",
+    ),
+    # wrong types
+    (
+        "service-not-table",
+        doc(service="", top='service = "x"\n'),
+        "service",
+        'service = "x"',
+        "must be a table, not a string",
+    ),
+    (
+        "name-integer",
+        doc(service=SERVICE.replace('name = "c-video-analysis"', "name = 5")),
+        "service.name",
+        "name = 5",
+        "must be a string, not an integer",
+    ),
+    (
+        "version-number",
+        doc(service=SERVICE.replace('version = "1.0"', "version = 1.0")),
+        "service.version",
+        "version = 1.0",
+        "must be a string, not a number",
+    ),
+    (
+        "job-name-boolean",
+        doc(job=JOB + "name = true\n"),
+        "job.name",
+        "name = true",
+        "must be a string, not a boolean",
+    ),
+    (
+        "paths-string",
+        doc(source='[[source]]\npaths = "obs://b/a.mp4"\n'),
+        "source[0].paths",
+        "paths =",
+        "must be a list of strings, not a string",
+    ),
+    (
+        "paths-item-integer",
+        doc(source='[[source]]\npaths = ["obs://bkt/a.mp4", 7]\n'),
+        "source[0].paths[1]",
+        "paths =",
+        "must be a string, not an integer",
+    ),
+    (
+        "include-table",
+        doc(source=SOURCE + "include = { a = 1 }\n"),
+        "source[0].include",
+        "include =",
+        "must be a list of strings, not a table",
+    ),
+    (
+        "body-not-table",
+        doc(job=JOB + "body = 3\n"),
+        "job.body",
+        "body = 3",
+        "must be a table, not an integer",
+    ),
+    (
+        "body-output-not-table",
+        doc(job=JOB + '[job.body]\noutput = "x"\n'),
+        "job.body.output",
+        'output = "x"',
+        "must be a table, not a string",
+    ),
+    (
+        "source-not-array",
+        doc(source='[source]\npaths = ["obs://bkt/a.mp4"]\n'),
+        "source",
+        "[source]",
+        "give at least one [[source]] table",
+    ),
+    ("source-empty", doc(source="", top="source = []\n"), "source", "source = []", "at least one"),
+    (
+        "source-item-not-table",
+        doc(source="", top="source = [1]\n"),
+        "source[0]",
+        "source = [1]",
+        "must be a table, not an integer",
+    ),
+    # bad service name, version, region, endpoint, project id
+    *[
+        (
+            f"service-name-{bad}",
+            doc(service=SERVICE.replace("c-video-analysis", bad)),
+            "service.name",
+            f'name = "{bad}"',
+            "is not a VAS service name",
+        )
+        for bad in ["", "-video", "video analyze", "视频", "a/b", "x" * 65]
+    ],
+    (
+        "version-blank",
+        doc(service=SERVICE.replace('"1.0"', '"  "')),
+        "service.version",
+        'version = "  "',
+        "must not be empty",
+    ),
+    *[
+        (
+            f"region-{bad}",
+            doc(service=SERVICE.replace("cn-north-4", bad)),
+            "service.region",
+            f'region = "{bad}"',
+            "is not a region id",
+        )
+        for bad in ["", "CN-NORTH-4", "cn_north_4", "north", "cn-north-4.evil.com"]
+    ],
+    (
+        "region-and-endpoint",
+        doc(service=SERVICE + 'endpoint = "https://iva.example.com"\n'),
+        "service.endpoint",
+        "endpoint =",
+        "either region or endpoint, not both",
+    ),
+    *[
+        (
+            f"endpoint-{index}",
+            doc(service=SERVICE.replace('region = "cn-north-4"', f'endpoint = "{bad}"')),
+            "service.endpoint",
+            "endpoint =",
+            "is not an http(s) URL without a path",
+        )
+        for index, bad in enumerate(
+            [
+                "",
+                "iva.cn-north-4.myhuaweicloud.com",
+                "ftp://iva.example.com",
+                "https://iva.example.com/v2",
+                "https://iva.example.com?x=1",
+                "https://user@iva.example.com",
+                "https://iva.example.com:123456",
+            ]
+        )
+    ],
+    (
+        "project-id",
+        doc(service=SERVICE + 'project_id = "has space"\n'),
+        "service.project_id",
+        "project_id =",
+        "is not a project id",
+    ),
+    # bad output URL
+    *[
+        (
+            f"output-{index}",
+            doc(job=f'[job]\noutput = "{bad}"\n'),
+            "job.output",
+            "output =",
+            "e.g. obs://out-bucket/results/",
+        )
+        for index, bad in enumerate(["", "s3://out/x/", "obs://Out/x/", "out-bucket/results/"])
+    ],
+    # templates
+    *[
+        (
+            f"name-template-{index}",
+            doc(job=JOB + f'name = "{bad}"\n'),
+            "job.name",
+            f'name = "{bad}"',
+            fragment,
+        )
+        for index, (bad, fragment) in enumerate(
+            [
+                ("{nope}", "unknown placeholder {nope}"),
+                ("{source}", "unknown placeholder {source}"),
+                ("{stem!r}", "unknown placeholder {stem}"),
+                ("{stem:>10}", "unknown placeholder {stem}"),
+                ("{}", "unknown placeholder {}"),
+                ("{0}", "unknown placeholder {0}"),
+                ("{stem", "bad template"),
+                ("stem}", "bad template"),
+            ]
+        )
+    ],
+    (
+        "description-placeholder",
+        doc(job=JOB + 'description = "from {where}"\n'),
+        "job.description",
+        "description =",
+        "unknown placeholder {where}",
+    ),
+    (
+        "description-too-long",
+        doc(job=JOB + 'description = "' + "x" * 250 + "{stem}" + "y" * 251 + '"\n'),
+        "job.description",
+        "description =",
+        "its fixed text alone is 501 characters; VAS takes at most 500",
+    ),
+    # reserved body fields
+    *[
+        (
+            f"reserved-{field}",
+            doc(job=JOB + f'\n[job.body]\n{field} = "x"\n'),
+            f"job.body.{field}",
+            f'{field} = "x"',
+            "is built by batchsubmit",
+        )
+        for field in ["name", "description", "service_version", "input"]
+    ],
+    (
+        "body-output-obs",
+        doc(job=JOB + '\n[job.body.output.obs]\nbucket = "b"\n'),
+        "job.body.output.obs",
+        "[job.body.output.obs]",
+        "set the OBS output with job.output",
+    ),
+    # sources
+    (
+        "listing-and-paths",
+        doc(source=SOURCE + 'listing = "l.txt"\n'),
+        "source[0]",
+        "[[source]]",
+        "give exactly one of listing",
+    ),
+    (
+        "neither-listing-nor-paths",
+        doc(source='[[source]]\ninclude = ["*.mp4"]\n'),
+        "source[0]",
+        "[[source]]",
+        "give exactly one of listing",
+    ),
+    (
+        "missing-listing-file",
+        doc(source='[[source]]\nlisting = "nowhere.txt"\n'),
+        "source[0].listing",
+        "listing =",
+        "no such listing file",
+    ),
+    *[
+        (
+            f"bad-path-{index}",
+            doc(source=f'[[source]]\npaths = ["obs://ok-bucket/a.mp4", "{bad}"]\n'),
+            "source[0].paths[1]",
+            "paths =",
+            fragment,
+        )
+        for index, (bad, fragment) in enumerate(
+            [
+                ("s3://bucket/a.mp4", "is not an obs:// path"),
+                ("obs://Bucket/a.mp4", "is not a valid OBS bucket name"),
+                ("obs://bucket", "names a folder, not a video"),
+                ("obs://bucket/", "names a folder, not a video"),
+                ("obs://bucket/videos/", "names a folder, not a video"),
+            ]
+        )
+    ],
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "marker", "fragment"),
+    [pytest.param(*case[1:], id=case[0]) for case in ERRORS],
+)
+def test_manifest_errors(
+    tmp_path: Path, text: str, key: str, marker: str | None, fragment: str
+) -> None:
+    """Each mistake is a ManifestError naming the file, the line where known, and the key path."""
+    expect_error(write(tmp_path, text), text, key, marker, fragment)
+
+
+def test_error_names_the_line_in_the_right_table(tmp_path: Path) -> None:
+    """A bad job.name points at [job]'s name line, not [service]'s line of the same key."""
+    text = doc(job=JOB + 'name = "{nope}"\n')
+    path = write(tmp_path, text)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    line = line_of(text, 'name = "{nope}"')
+    assert info.value.where == f"{path}:{line}"
+
+
+def test_error_in_the_second_source_names_its_line(tmp_path: Path) -> None:
+    """A bad listing in the second [[source]] points at that source's line, not the first's."""
+    (tmp_path / "ok.txt").write_text("")
+    text = doc(source='[[source]]\nlisting = "ok.txt"\n\n[[source]]\nlisting = "gone.txt"\n')
+    path = write(tmp_path, text)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.where == f"{path}:{line_of(text, 'gone.txt')}"
+    assert info.value.what.startswith("source[1].listing: no such listing file")
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('[service]\nname = "x"\nversion = \n', 3),
+        ('[service\nname = "x"\n', 1),
+        (doc() + "\n[job]\n", 12),
+        ('a = "unterminated\n', 1),
+    ],
+)
+def test_toml_syntax_error_names_the_line(tmp_path: Path, text: str, line: int) -> None:
+    """A TOML syntax error is a ManifestError at file:line, without tomllib's '(at line ...)'."""
+    path = write(tmp_path, text)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.where == f"{path}:{line}"
+    assert info.value.what.startswith("TOML syntax error: ")
+    assert "(at line" not in info.value.what
+
+
+def test_missing_manifest_file(tmp_path: Path) -> None:
+    """A manifest that does not exist is a ManifestError naming it."""
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.where == str(path)
+    assert "no such manifest file" in info.value.what
+
+
+def test_manifest_not_utf8(tmp_path: Path) -> None:
+    """A manifest that is not UTF-8 is a ManifestError, not a UnicodeDecodeError."""
+    path = tmp_path / "m.toml"
+    path.write_bytes(doc().encode() + b"\n# caf\xe9\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.where == str(path)
+    assert "not UTF-8" in info.value.what
+
+
+def test_manifest_is_a_directory(tmp_path: Path) -> None:
+    """A directory given as the manifest is a ManifestError, not an OSError."""
+    with pytest.raises(ManifestError) as info:
+        load_manifest(tmp_path)
+    assert info.value.where == str(tmp_path)
+    assert "cannot read" in info.value.what

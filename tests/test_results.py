@@ -1,0 +1,489 @@
+"""The results file: a pinned CSV/JSONL contract, torn tails cut, and the ledger read back."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchsubmit.errors import UsageError
+from batchsubmit.results import (
+    COLUMNS,
+    STATUSES,
+    Format,
+    Ledger,
+    Outcome,
+    ResultsWriter,
+    format_for,
+    read_ledger,
+    utc_now,
+)
+
+SERVICE = "https://iva.cn-north-4.myhuaweicloud.com/v2/p/services/c-video-analysis/tasks"
+OTHER = "https://iva.cn-east-3.myhuaweicloud.com/v2/p/services/c-video-analysis/tasks"
+FORMATS: list[Format] = ["csv", "jsonl"]
+
+
+class Warnings:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+
+
+def outcome(source: str = "obs://bkt/a.mp4", status: str = "submitted", **changes: Any) -> Outcome:
+    values: dict[str, Any] = {
+        "source": source,
+        "name": "a-hign7sh4gwhp",
+        "job_id": "f18320e61e4c4dc685aa2dfc22a28dc5" if status == "submitted" else "",
+        "status": status,
+        "http_status": 201 if status == "submitted" else 400,
+        "error_code": "" if status == "submitted" else "IVA.0004",
+        "error_msg": "" if status == "submitted" else "invalid parameter",
+        "attempts": 1,
+        "request_id": "req-1",
+        "submitted_at": "2024-01-01T00:00:00.000Z",
+        "service_url": SERVICE,
+    }
+    values.update(changes)
+    return Outcome(**values)
+
+
+def write_rows(path: Path, fmt: Format, rows: list[Outcome]) -> Warnings:
+    warn = Warnings()
+    writer = ResultsWriter(path, fmt, warn)
+    for row in rows:
+        writer.write(row)
+    writer.sync()
+    writer.close()
+    return warn
+
+
+def ledger_of(path: Path, fmt: Format, service: str = SERVICE) -> tuple[Ledger, list[str]]:
+    warn = Warnings()
+    return read_ledger(path, fmt, service, warn), warn.messages
+
+
+# -- the contract -------------------------------------------------------------------------------
+
+
+def test_columns_are_pinned() -> None:
+    """The results columns, in order, are a documented contract: changing them is a major change."""
+    assert COLUMNS == (
+        "source",
+        "name",
+        "job_id",
+        "status",
+        "http_status",
+        "error_code",
+        "error_msg",
+        "attempts",
+        "request_id",
+        "submitted_at",
+        "service_url",
+        "reconciled",
+    )
+    assert STATUSES == ("submitted", "failed", "unknown")
+
+
+def test_outcome_fields_follow_the_columns() -> None:
+    """Outcome's fields are the columns in the same order (rows are written field by field)."""
+    assert tuple(f.name for f in dataclasses.fields(Outcome)) == COLUMNS
+
+
+def test_csv_header_and_row(tmp_path: Path) -> None:
+    """A new CSV file starts with the header, then one CRLF-terminated row per outcome."""
+    path = tmp_path / "r.csv"
+    write_rows(path, "csv", [outcome(), outcome("obs://bkt/b.mp4", "failed", reconciled=True)])
+    lines = path.read_bytes().split(b"\r\n")
+    assert lines[0] == ",".join(COLUMNS).encode()
+    assert lines[-1] == b""
+    rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    assert rows[0] == list(COLUMNS)
+    assert rows[1] == [
+        "obs://bkt/a.mp4",
+        "a-hign7sh4gwhp",
+        "f18320e61e4c4dc685aa2dfc22a28dc5",
+        "submitted",
+        "201",
+        "",
+        "",
+        "1",
+        "req-1",
+        "2024-01-01T00:00:00.000Z",
+        SERVICE,
+        "False",
+    ]
+    assert rows[2][COLUMNS.index("status")] == "failed"
+    assert rows[2][COLUMNS.index("reconciled")] == "True"
+    assert len(rows) == 3
+
+
+def test_jsonl_rows(tmp_path: Path) -> None:
+    """Each JSONL line is one object whose keys are exactly COLUMNS, in order, with JSON types."""
+    path = tmp_path / "r.jsonl"
+    write_rows(path, "jsonl", [outcome(), outcome("obs://bkt/视频 b.mp4", "unknown")])
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 2
+    first = orjson.loads(lines[0])
+    assert tuple(first) == COLUMNS
+    assert first["http_status"] == 201
+    assert first["attempts"] == 1
+    assert first["reconciled"] is False
+    assert orjson.loads(lines[1])["source"] == "obs://bkt/视频 b.mp4"
+
+
+def test_header_written_once(tmp_path: Path) -> None:
+    """Reopening an existing CSV appends rows without a second header."""
+    path = tmp_path / "r.csv"
+    write_rows(path, "csv", [outcome("obs://bkt/a.mp4")])
+    write_rows(path, "csv", [outcome("obs://bkt/b.mp4")])
+    text = path.read_text(encoding="utf-8")
+    assert text.count("source,name,job_id") == 1
+    assert len(text.splitlines()) == 3
+
+
+def test_rows_are_flushed_as_written(tmp_path: Path) -> None:
+    """Each row reaches the file as soon as write() returns (a crash loses at most one row)."""
+    path = tmp_path / "r.jsonl"
+    writer = ResultsWriter(path, "jsonl", Warnings())
+    try:
+        writer.write(outcome())
+        assert path.read_bytes().count(b"\n") == 1
+        writer.write(outcome("obs://bkt/b.mp4"))
+        assert path.read_bytes().count(b"\n") == 2
+        assert writer.rows == 2
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["line one\nline two", "cr\rhere", "crlf\r\nthere", 'quote " and comma , and \u2028 sep'],
+)
+def test_jsonl_row_is_one_line_whatever_the_message(tmp_path: Path, message: str) -> None:
+    """In JSONL a row is always one physical line: line breaks in messages are escaped."""
+    path = tmp_path / "r.jsonl"
+    write_rows(path, "jsonl", [outcome(status="failed", error_msg=message)])
+    data = path.read_bytes()
+    assert data.count(b"\n") == 1
+    assert b"\r" not in data
+    assert orjson.loads(data)["error_msg"] == message
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["line one\nline two", "cr\rhere", 'quote " and comma , here', "trailing\n"],
+)
+def test_csv_keeps_awkward_messages_intact(tmp_path: Path, message: str) -> None:
+    """In CSV, quotes, commas and line breaks are quoted so the row reads back whole.
+
+    (Folding messages onto one line is the pool's job; the writer only guarantees a faithful row.)
+    """
+    path = tmp_path / "r.csv"
+    write_rows(
+        path, "csv", [outcome(status="failed", error_msg=message), outcome("obs://bkt/z.mp4")]
+    )
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[1][COLUMNS.index("error_msg")] == message
+    assert rows[2][0] == "obs://bkt/z.mp4"
+    ledger, warnings = ledger_of(path, "csv")
+    assert ledger.rows == 2
+    assert ledger.bad_lines == 0
+    assert warnings == []
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unicode_round_trips(tmp_path: Path, fmt: Format) -> None:
+    """Unicode sources and messages are written as UTF-8 and read back equal."""
+    path = tmp_path / f"r.{fmt}"
+    source = "obs://bkt/视频/é ü 🎬.mp4"
+    write_rows(path, fmt, [outcome(source)])
+    ledger, _ = ledger_of(path, fmt)
+    assert ledger.is_done(source)
+
+
+# -- torn tails ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_torn_last_line_is_cut_on_reopen(tmp_path: Path, fmt: Format) -> None:
+    """A last line cut short by a crash is removed with a warning; the rows before it are kept."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(path, fmt, [outcome("obs://bkt/a.mp4"), outcome("obs://bkt/b.mp4")])
+    intact = path.read_bytes()
+    with path.open("ab") as handle:
+        handle.write(b"obs://bkt/c.mp4,c-name,,subm" if fmt == "csv" else b'{"source":"obs://bk')
+    warn = write_rows(path, fmt, [outcome("obs://bkt/d.mp4")])
+    assert len(warn.messages) == 1
+    assert str(path) in warn.messages[0]
+    assert "cut short" in warn.messages[0]
+    data = path.read_bytes()
+    assert data.startswith(intact)
+    assert b"obs://bkt/c.mp4" not in data
+    assert b"obs://bk'" not in data
+    ledger, warnings = ledger_of(path, fmt)
+    assert warnings == []
+    assert ledger.bad_lines == 0
+    assert [ledger.is_done(f"obs://bkt/{x}.mp4") for x in "abcd"] == [True, True, False, True]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_intact_file_is_not_touched(tmp_path: Path, fmt: Format) -> None:
+    """A file ending in a newline is reopened without warnings or changes."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(path, fmt, [outcome()])
+    before = path.read_bytes()
+    warn = Warnings()
+    ResultsWriter(path, fmt, warn).close()
+    assert warn.messages == []
+    assert path.read_bytes() == before
+
+
+def test_torn_header_is_replaced(tmp_path: Path) -> None:
+    """A CSV whose only line (the header) was torn gets a whole header again."""
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"source,na")
+    warn = write_rows(path, "csv", [outcome()])
+    assert len(warn.messages) == 1
+    rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    assert rows[0] == list(COLUMNS)
+    assert len(rows) == 2
+
+
+def test_torn_line_longer_than_the_scan_window(tmp_path: Path) -> None:
+    """A torn last line longer than 64 KiB is cut alone: the complete rows before it survive."""
+    path = tmp_path / "r.jsonl"
+    write_rows(path, "jsonl", [outcome("obs://bkt/a.mp4"), outcome("obs://bkt/b.mp4")])
+    intact = path.read_bytes()
+    with path.open("ab") as handle:
+        handle.write(b'{"source":"obs://bkt/' + b"x" * 100_000)
+    warn = write_rows(path, "jsonl", [outcome("obs://bkt/c.mp4")])
+    assert len(warn.messages) == 1
+    assert "100021 bytes" in warn.messages[0]
+    data = path.read_bytes()
+    assert data.startswith(intact)
+    ledger, _ = ledger_of(path, "jsonl")
+    assert ledger.rows == 3
+
+
+def test_file_without_any_newline_is_set_aside_whole(tmp_path: Path) -> None:
+    """A file with no complete line at all is emptied (with a warning) and restarted."""
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"x" * 70_000)
+    warn = write_rows(path, "jsonl", [outcome()])
+    assert len(warn.messages) == 1
+    assert path.read_bytes().count(b"\n") == 1
+
+
+def test_unwritable_results_file(tmp_path: Path) -> None:
+    """A results path that cannot be opened is a UsageError naming it."""
+    path = tmp_path / "missing-dir" / "r.csv"
+    with pytest.raises(UsageError, match="cannot open the results file"):
+        ResultsWriter(path, "csv", Warnings())
+
+
+# -- the ledger ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_ledger_states(tmp_path: Path, fmt: Format) -> None:
+    """submitted is done; unknown is remembered until a later submitted or failed row settles it."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(
+        path,
+        fmt,
+        [
+            outcome("obs://bkt/done.mp4", "submitted"),
+            outcome("obs://bkt/failed.mp4", "failed"),
+            outcome("obs://bkt/unknown.mp4", "unknown", name="unknown-name"),
+            outcome("obs://bkt/later.mp4", "unknown", name="later-name"),
+            outcome("obs://bkt/later.mp4", "submitted", name="later-name"),
+            outcome("obs://bkt/retried.mp4", "unknown", name="retried-name"),
+            outcome("obs://bkt/retried.mp4", "failed", name="retried-name"),
+            outcome("obs://bkt/done.mp4", "unknown", name="done-again"),
+        ],
+    )
+    ledger, warnings = ledger_of(path, fmt)
+    assert warnings == []
+    assert ledger.rows == 8
+    assert ledger.is_done("obs://bkt/done.mp4")
+    assert ledger.is_done("obs://bkt/later.mp4")
+    assert not ledger.is_done("obs://bkt/failed.mp4")
+    assert not ledger.is_done("obs://bkt/unknown.mp4")
+    assert ledger.unknown == {"obs://bkt/unknown.mp4": "unknown-name"}
+    assert ledger.other_services == 0
+    assert ledger.bad_lines == 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_ledger_ignores_other_services(tmp_path: Path, fmt: Format) -> None:
+    """Rows for another service URL count as other_services and mark nothing done."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(
+        path,
+        fmt,
+        [
+            outcome("obs://bkt/a.mp4", service_url=OTHER),
+            outcome("obs://bkt/b.mp4", "unknown", service_url=OTHER),
+            outcome("obs://bkt/c.mp4"),
+        ],
+    )
+    ledger, _ = ledger_of(path, fmt)
+    assert ledger.other_services == 2
+    assert not ledger.is_done("obs://bkt/a.mp4")
+    assert ledger.unknown == {}
+    assert ledger.is_done("obs://bkt/c.mp4")
+    other, _ = ledger_of(path, fmt, OTHER)
+    assert other.is_done("obs://bkt/a.mp4")
+    assert other.unknown == {"obs://bkt/b.mp4": "a-hign7sh4gwhp"}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_missing_results_file_is_an_empty_ledger(tmp_path: Path, fmt: Format) -> None:
+    """No results file yet means nothing is done."""
+    ledger, warnings = ledger_of(tmp_path / f"none.{fmt}", fmt)
+    assert ledger == Ledger()
+    assert warnings == []
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"obs://bkt/x.mp4,name,,subm",
+        b"just some text",
+        b'"unterminated,quote',
+        b"obs://bkt/x.mp4,n,,weird-status,201,,,1,r,t," + SERVICE.encode() + b",False",
+        b"\xff\xfe\x00\x01",
+        b",,,,,,,,,,,",
+    ],
+)
+def test_csv_ledger_survives_garbage(tmp_path: Path, garbage: bytes) -> None:
+    """Torn or garbage CSV lines are counted in bad_lines with a warning; good rows still count."""
+    path = tmp_path / "r.csv"
+    write_rows(path, "csv", [outcome("obs://bkt/a.mp4")])
+    with path.open("ab") as handle:
+        handle.write(garbage + b"\r\n")
+    write_rows(path, "csv", [outcome("obs://bkt/b.mp4")])
+    ledger, warnings = ledger_of(path, "csv")
+    assert ledger.is_done("obs://bkt/a.mp4")
+    assert ledger.bad_lines >= 1
+    assert len(warnings) == ledger.bad_lines
+    assert all(str(path) in w for w in warnings)
+    if b'"' not in garbage:
+        assert ledger.is_done("obs://bkt/b.mp4")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b'{"source":"obs://bk',
+        b"not json",
+        b"[1, 2, 3]",
+        b'"a string"',
+        b"null",
+        b"42",
+        b'{"source": "obs://bkt/x.mp4"}',
+        b'{"source": "s", "name": "n", "status": "weird", "service_url": "u"}',
+        b"",
+        b"\xff\xfe",
+    ],
+)
+def test_jsonl_ledger_survives_garbage(tmp_path: Path, garbage: bytes) -> None:
+    """Torn or garbage JSONL lines are counted in bad_lines with a warning, never a crash."""
+    path = tmp_path / "r.jsonl"
+    write_rows(path, "jsonl", [outcome("obs://bkt/a.mp4")])
+    with path.open("ab") as handle:
+        handle.write(garbage + b"\n")
+    write_rows(path, "jsonl", [outcome("obs://bkt/b.mp4")])
+    ledger, warnings = ledger_of(path, "jsonl")
+    assert ledger.is_done("obs://bkt/a.mp4")
+    assert ledger.is_done("obs://bkt/b.mp4")
+    assert ledger.bad_lines == 1
+    assert warnings == [f"{path}:2: unreadable results line skipped (cut short by a crash?)"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_ledger_tolerates_a_torn_tail(tmp_path: Path, fmt: Format) -> None:
+    """Reading (before any writer cut it), a torn last line is one bad line, not a crash."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(path, fmt, [outcome("obs://bkt/a.mp4")])
+    with path.open("ab") as handle:
+        handle.write(
+            b'"obs://bkt/b.mp4","b-na' if fmt == "csv" else b'{"source":"obs://bkt/b.mp4","na'
+        )
+    ledger, warnings = ledger_of(path, fmt)
+    assert ledger.is_done("obs://bkt/a.mp4")
+    assert not ledger.is_done("obs://bkt/b.mp4")
+    assert ledger.bad_lines == 1
+    assert len(warnings) == 1
+
+
+def test_csv_with_another_header_is_refused(tmp_path: Path) -> None:
+    """A CSV that is not a batchsubmit results file is a UsageError, not silently 'nothing done'."""
+    path = tmp_path / "r.csv"
+    path.write_text("name,size\nobs://bkt/a.mp4,10\n")
+    with pytest.raises(UsageError, match="not a batchsubmit results file"):
+        ledger_of(path, "csv")
+
+
+def test_csv_with_extra_columns_is_read(tmp_path: Path) -> None:
+    """A CSV whose header starts with COLUMNS (a later version added columns) is still read."""
+    path = tmp_path / "r.csv"
+    row = [str(v) for v in dataclasses.astuple(outcome())]
+    path.write_text(",".join([*COLUMNS, "future"]) + "\r\n" + ",".join([*row, "x"]) + "\r\n")
+    ledger, _ = ledger_of(path, "csv")
+    assert ledger.is_done("obs://bkt/a.mp4")
+
+
+def test_empty_csv_is_an_empty_ledger(tmp_path: Path) -> None:
+    """An empty CSV (created, nothing written yet) reads as nothing done."""
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"")
+    ledger, _ = ledger_of(path, "csv")
+    assert ledger == Ledger()
+
+
+# -- format_for ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "explicit", "expected"),
+    [
+        ("r.csv", None, "csv"),
+        ("R.CSV", None, "csv"),
+        ("r.jsonl", None, "jsonl"),
+        ("r.JSONL", None, "jsonl"),
+        ("r.ndjson", None, "jsonl"),
+        ("r.txt", "csv", "csv"),
+        ("r.csv", "jsonl", "jsonl"),
+        ("results", "jsonl", "jsonl"),
+    ],
+)
+def test_format_for(name: str, explicit: str | None, expected: str) -> None:
+    """--format wins; otherwise the extension decides, case-insensitively."""
+    assert format_for(Path(name), explicit) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "explicit"),
+    [("r.txt", None), ("results", None), ("r.json", None), ("r.csv", "xml"), ("r.csv", "CSV")],
+)
+def test_format_for_refuses(name: str, explicit: str | None) -> None:
+    """An unknown extension without --format, or an unknown --format, is a UsageError."""
+    with pytest.raises(UsageError):
+        format_for(Path(name), explicit)
+
+
+def test_utc_now_format() -> None:
+    """Timestamps are UTC ISO 8601 with milliseconds and a Z."""
+    value = utc_now()
+    assert len(value) == len("2024-01-01T00:00:00.000Z")
+    assert value.endswith("Z")
+    assert value[10] == "T"
