@@ -43,6 +43,7 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _ENDPOINT = re.compile(
     r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?/?"
 )
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
 _TABLE_HEADER = re.compile(r"^\s*\[(\[)?\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
 
@@ -318,6 +319,8 @@ class _Reader:
                 raise self.error(f"{key}.paths[{index}]", str(exc)) from None
             if not object_key or object_key.endswith("/"):
                 raise self.error(f"{key}.paths[{index}]", f"{url!r} names a folder, not a video")
+            if _CONTROL.search(url):
+                raise self.error(f"{key}.paths[{index}]", f"control character in {url!r}")
         listing_path = None
         if listing is not None:
             listing_path = self.path.parent / listing
