@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
@@ -126,6 +127,41 @@ class RunStats:
         return self.submitted / self.elapsed if self.elapsed > 0 else 0.0
 
 
+class _Slots:
+    """A semaphore for in-flight calls whose waiters are served in two classes: calls of jobs
+    already under way (retries, lookups) before the first calls of new jobs; FIFO within each.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._urgent: deque[anyio.Event] = deque()
+        self._new: deque[anyio.Event] = deque()
+
+    async def acquire(self, first: bool) -> None:
+        if self._free > 0 and not self._urgent and not self._new:
+            self._free -= 1
+            return
+        event = anyio.Event()
+        queue = self._new if first else self._urgent
+        queue.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():
+                self.release()  # the slot was handed over as we were cancelled: pass it on
+            else:
+                queue.remove(event)
+            raise
+
+    def release(self) -> None:
+        """Hand the slot straight to the next waiter, or free it."""
+        for queue in (self._urgent, self._new):
+            if queue:
+                queue.popleft().set()
+                return
+        self._free += 1
+
+
 class _Job:
     """What a create in progress knows about itself."""
 
@@ -167,7 +203,7 @@ class Pool:
         self._clock = clock
         self._rng = random.Random(settings.seed)
         self._controller = RateController(settings.rate, settings.controller)
-        self._inflight = anyio.CapacityLimiter(settings.concurrency)
+        self._inflight = _Slots(settings.concurrency)
         self._rate_lock = anyio.Lock()
         self._stopping = anyio.Event()
         self._opened = anyio.Event()
@@ -300,7 +336,9 @@ class Pool:
                 if not journalled and self._journal is not None:
                     await self._journal.intend(spec.source, spec.name)
                     journalled = True
-                answer = await self._call(self._api.create, spec.body, sent=job.sent)
+                answer = await self._call(
+                    self._api.create, spec.body, sent=job.sent, first=not job.attempts
+                )
                 kind = answer.kind
                 if kind is Kind.CREATED:
                     self._record(spec.source, spec.name, "submitted", answer, job.attempts)
@@ -460,10 +498,13 @@ class Pool:
         call: Callable[..., Awaitable[Answer]],
         *args: Any,
         sent: Callable[[], None] | None = None,
+        first: bool = False,
     ) -> Answer:
         """One call: an in-flight slot, a start allowed by the controller, then the call.
 
         Raises _Stopped only before anything is sent; ``sent`` is called just before sending.
+        A job's first call queues behind every retry and lookup (``first``), so a job that
+        waited out a backoff is not made to wait again behind the whole backlog of new ones.
         """
         if not self._opened.is_set():
             if self._probing:
@@ -472,7 +513,8 @@ class Pool:
                 self._probing = True
         if self._stopping.is_set():
             raise _Stopped
-        async with self._inflight:
+        await self._inflight.acquire(first)
+        try:
             if self._stopping.is_set():
                 raise _Stopped
             await self._start_allowed()
@@ -480,6 +522,8 @@ class Pool:
             if sent is not None:
                 sent()
             answer = await call(*args)
+        finally:
+            self._inflight.release()
         self._observe(answer)
         if not self._opened.is_set():
             self._opened.set()

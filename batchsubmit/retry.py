@@ -22,7 +22,7 @@ class RetryPolicy:
     attempts: int = 10  # calls for one job that failed retryably (503, not sent, lost lookups)
     throttles: int = 60  # 429 answers one job may get before it fails
     base: float = 1.0
-    cap: float = 30.0
+    cap: float = 4.0  # per job; a sustained outage is the pool's business (see throttle)
     throttle_base: float = 1.0
     throttle_cap: float = 5.0  # Huawei advises 2 to 5 s after a throttle
     retry_after_cap: float = 60.0

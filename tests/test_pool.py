@@ -291,3 +291,42 @@ async def test_max_failures_stops_the_run() -> None:
     assert stats.failed == 3
     assert stats.fatal is not None
     assert stats.deferred == 17
+
+
+async def test_retries_go_before_new_jobs_for_a_free_slot() -> None:
+    """An in-flight slot freed while both wait goes to the job already under way."""
+    from batchsubmit.pool import _Slots
+
+    slots = _Slots(1)
+    await slots.acquire(first=True)
+    order: list[str] = []
+
+    async def wait(name: str, first: bool) -> None:
+        await slots.acquire(first)
+        order.append(name)
+        slots.release()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(wait, "new-1", True)
+        group.start_soon(wait, "new-2", True)
+        await anyio.sleep(0.01)
+        group.start_soon(wait, "retry", False)
+        await anyio.sleep(0.01)
+        slots.release()
+    assert order == ["retry", "new-1", "new-2"]
+
+
+async def test_a_cancelled_waiter_does_not_lose_a_slot() -> None:
+    """Cancelling a waiter never leaks or doubles a slot."""
+    from batchsubmit.pool import _Slots
+
+    slots = _Slots(1)
+    await slots.acquire(first=True)
+    with anyio.move_on_after(0.01):
+        await slots.acquire(first=True)
+    slots.release()
+    with anyio.fail_after(1):
+        await slots.acquire(first=False)
+    with anyio.move_on_after(0.01) as scope:
+        await slots.acquire(first=True)
+    assert scope.cancelled_caught
