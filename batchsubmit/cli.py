@@ -13,7 +13,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,7 +25,7 @@ from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint
 from .emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
 from .errors import BatchSubmitError, CredentialError, UsageError
-from .jobs import SpecBuilder
+from .jobs import JobSpec
 from .manifest import Manifest, load_manifest
 from .pool import PoolSettings, RunStats
 from .progress import Log, make_reporter
@@ -40,7 +40,7 @@ from .runner import (
     reconcile,
     submit,
 )
-from .sources import ExpandStats, iter_objects
+from .sources import ExpandStats
 
 __all__ = ["EXIT", "main"]
 
@@ -275,13 +275,20 @@ def _duration(text: str) -> float:
 
 def _expand(args: argparse.Namespace, log: Log) -> int:
     manifest = load_manifest(args.manifest)
-    builder = SpecBuilder(manifest.service, manifest.job)
-    stats = ExpandStats()
+    summary = ExpandSummary(ExpandStats())
+    _print_specs(plan(manifest, None, (), summary, _warner(log)), None)
+    _log_expand(log, summary.expand)
+    return EXIT["ok"]
+
+
+def _print_specs(specs: Iterable[JobSpec], url: str | None) -> None:
+    """One JSON object per spec on stdout: its source, name and body (and URL for a dry run)."""
     out = sys.stdout.buffer
-    for ref in iter_objects(manifest, stats, lambda m: log.line("warning", m)):
-        spec = builder.build(ref)
+    start = b'{"url":' + orjson.dumps(url) + b"," if url else b"{"
+    for spec in specs:
         out.write(
-            b'{"source":'
+            start
+            + b'"source":'
             + orjson.dumps(spec.source)
             + b',"name":'
             + orjson.dumps(spec.name)
@@ -290,8 +297,6 @@ def _expand(args: argparse.Namespace, log: Log) -> int:
             + b"}\n"
         )
     out.flush()
-    _log_expand(log, stats)
-    return EXIT["ok"]
 
 
 def _log_expand(log: Log, stats: ExpandStats) -> None:
@@ -465,18 +470,7 @@ def _dry_run(
     if not args.resubmit:
         ledger = read_ledger(results, fmt, endpoint.tasks_url, warn)
     summary = ExpandSummary(ExpandStats())
-    out = sys.stdout.buffer
-    for spec in plan(manifest, ledger, (), summary, warn):
-        out.write(
-            b'{"method":"POST","url":'
-            + orjson.dumps(endpoint.tasks_url)
-            + b',"source":'
-            + orjson.dumps(spec.source)
-            + b',"body":'
-            + spec.body
-            + b"}\n"
-        )
-    out.flush()
+    _print_specs(plan(manifest, ledger, (), summary, warn), endpoint.tasks_url)
     _log_expand(log, summary.expand)
     log.line(
         "info",

@@ -37,6 +37,11 @@ def video_keys(count: int, start: int = 0) -> list[str]:
     return keys
 
 
+def sources(keys: Iterable[str], bucket: str = BUCKET) -> list[str]:
+    """The ``obs://`` paths of keys."""
+    return [f"obs://{bucket}/{key}" for key in keys]
+
+
 def obsutil_listing(keys: Iterable[str], *, bucket: str = BUCKET, noise: bool = True) -> str:
     """What `obsutil ls -s` prints: header, folders, objects (plus a .txt), summary."""
     keys = list(keys)

@@ -27,13 +27,10 @@ from .helpers import (
     config_for,
     count_lines,
     run_submit,
+    sources,
     video_keys,
     write_manifest,
 )
-
-
-def sources(keys: list[str]) -> list[str]:
-    return [f"obs://{BUCKET}/{k}" for k in keys]
 
 
 @pytest.mark.anyio

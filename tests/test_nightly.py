@@ -13,7 +13,6 @@ import pytest
 from batchsubmit.emulator import Emulator, Faults
 
 from .helpers import (
-    BUCKET,
     LiveEmulator,
     assert_exactly_once,
     cli,
@@ -22,13 +21,10 @@ from .helpers import (
     count_lines,
     job_ids,
     run_submit,
+    sources,
     video_keys,
     write_manifest,
 )
-
-
-def sources(keys: list[str]) -> list[str]:
-    return [f"obs://{BUCKET}/{k}" for k in keys]
 
 
 @pytest.mark.anyio
