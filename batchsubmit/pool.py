@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeAlias
 import anyio
 
 from .answers import Answer, Kind
+from .errors import BatchSubmitError
 from .jobs import JobSpec
 from .results import Outcome, utc_now
 from .retry import DEFAULT_RETRY, RetryPolicy, next_wait
@@ -290,6 +291,14 @@ class Pool:
         stats.lowest_rate = None if controller.lowest == math.inf else controller.lowest
 
     async def _produce(self, work: Iterator[Work], send: Any) -> None:
+        try:
+            await self._feed(work, send)
+        except BatchSubmitError as exc:
+            # A listing that changed under us since the check before the first request.
+            self.stats.fatal = f"the sources could not be read to the end: {exc}"
+            self.stop("reading the sources failed")
+
+    async def _feed(self, work: Iterator[Work], send: Any) -> None:
         max_jobs = self._settings.max_jobs
         async with send:
             for item in work:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,3 +330,20 @@ async def test_a_cancelled_waiter_does_not_lose_a_slot() -> None:
     with anyio.move_on_after(0.01) as scope:
         await slots.acquire(first=True)
     assert scope.cancelled_caught
+
+
+async def test_a_source_failing_mid_run_stops_cleanly() -> None:
+    """A listing that breaks after the pre-check: the run stops with a message, rows kept."""
+    from batchsubmit.errors import ManifestError
+
+    def work() -> Iterator[JobSpec]:
+        yield spec(1)
+        yield spec(2)
+        raise ManifestError("listing.txt:3", "not an obs:// path")
+
+    service = FakeService()
+    rows = Rows()
+    stats = await make_pool(service, rows).run(work())
+    assert stats.fatal is not None
+    assert "listing.txt:3" in stats.fatal
+    assert [r.status for r in rows.rows] == ["submitted", "submitted"]
