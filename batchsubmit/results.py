@@ -12,7 +12,9 @@ import csv
 import io
 import os
 import time
-from collections.abc import Callable, Iterator
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -27,6 +29,7 @@ __all__ = [
     "Ledger",
     "Outcome",
     "ResultsWriter",
+    "SourceHashes",
     "format_for",
     "iter_rows",
     "read_ledger",
@@ -185,11 +188,40 @@ class ResultsWriter:
         self._file.close()
 
 
+class SourceHashes:
+    """The hashes of submitted sources: a sorted array of 8 bytes each (a set would take about
+    60 bytes a row, and ledgers grow every night), plus the few added during the run."""
+
+    def __init__(self, hashes: Iterable[int] = ()) -> None:
+        self._sorted = array("q", sorted(hashes))
+        self._added: set[int] = set()
+
+    def __contains__(self, value: object) -> bool:
+        if value in self._added:
+            return True
+        found = self._sorted
+        at = bisect_left(found, value)  # type: ignore[call-overload]
+        return bool(at < len(found) and found[at] == value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SourceHashes):
+            return NotImplemented
+        return self._sorted == other._sorted and self._added == other._added
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._added)
+
+    def add(self, value: int) -> None:
+        self._added.add(value)
+
+
 @dataclass
 class Ledger:
     """What earlier runs did for one service: the hashes of submitted sources and the unknowns."""
 
-    done: set[int] = field(default_factory=set)
+    done: SourceHashes = field(default_factory=SourceHashes)
     unknown: dict[str, str] = field(default_factory=dict)
     rows: int = 0
     other_services: int = 0
@@ -213,7 +245,11 @@ def iter_rows(path: Path, fmt: Format) -> Iterator[Row]:
 
 
 def read_ledger(path: Path, fmt: Format, service_url: str, warn: Callable[[str], None]) -> Ledger:
-    """Read a results file back, streaming: memory grows by one small hash per submitted row."""
+    """Read a results file back, streaming: memory grows by 8 bytes per submitted row.
+
+    A source is done once any row says ``submitted``; an ``unknown`` row counts until a later
+    ``failed`` row (a lookup that found no job) resolves it.
+    """
     ledger = Ledger()
     try:
         handle = path.open("rb")
@@ -221,10 +257,10 @@ def read_ledger(path: Path, fmt: Format, service_url: str, warn: Callable[[str],
         return ledger
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the results file: {exc.strerror}") from None
+    submitted = array("q")
+    unknown = ledger.unknown
     with handle:
         rows = _csv_rows(handle, path) if fmt == "csv" else _jsonl_rows(handle)
-        done = ledger.done
-        unknown = ledger.unknown
         for number, row in rows:
             if row is None:
                 ledger.bad_lines += 1
@@ -234,15 +270,15 @@ def read_ledger(path: Path, fmt: Format, service_url: str, warn: Callable[[str],
             ledger.rows += 1
             if row_service != service_url:
                 ledger.other_services += 1
-                continue
-            if status == "submitted":
-                done.add(hash(source))
-                unknown.pop(source, None)
+            elif status == "submitted":
+                submitted.append(hash(source))
             elif status == "unknown":
-                if hash(source) not in done:
-                    unknown[source] = name
+                unknown[source] = name
             elif status == "failed":
                 unknown.pop(source, None)
+    ledger.done = SourceHashes(submitted)
+    del submitted
+    ledger.unknown = {s: n for s, n in unknown.items() if not ledger.is_done(s)}
     return ledger
 
 

@@ -22,7 +22,7 @@ from .manifest import Manifest
 from .pool import Lookup, Pool, PoolSettings, RunStats
 from .progress import ProgressReporter
 from .results import Format, Ledger, ResultsWriter, read_ledger, utc_now
-from .sources import ExpandStats, iter_objects
+from .sources import ExpandStats, ObjectRef, iter_objects
 
 __all__ = ["ExpandSummary", "RunConfig", "count_work", "plan", "reconcile", "submit"]
 
@@ -60,18 +60,29 @@ def plan(
     warn: Callable[[str], None],
 ) -> Iterator[JobSpec]:
     """The job specs still to submit, streamed: done sources and unresolved ones are skipped."""
-    builder = SpecBuilder(manifest.service, manifest.job)
+    build = SpecBuilder(manifest.service, manifest.job).build
+    for ref in _pending(manifest, ledger, uncertain, summary, warn):
+        yield build(ref)
+
+
+def _pending(
+    manifest: Manifest,
+    ledger: Ledger | None,
+    uncertain: Collection[str],
+    summary: ExpandSummary,
+    warn: Callable[[str], None],
+) -> Iterator[ObjectRef]:
     for ref in iter_objects(manifest, summary.expand, warn):
         if ledger is not None:
             url = ref.url
-            if hash(url) in ledger.done:
+            if ledger.is_done(url):
                 summary.skipped += 1
                 continue
             if url in uncertain:
                 summary.uncertain += 1
                 continue
         summary.planned += 1
-        yield builder.build(ref)
+        yield ref
 
 
 def count_work(
@@ -82,7 +93,7 @@ def count_work(
 ) -> ExpandSummary:
     """A full pass over the sources before any request: it finds every bad line, and the total."""
     summary = ExpandSummary(ExpandStats())
-    for _ in plan(manifest, ledger, uncertain, summary, warn):
+    for _ in _pending(manifest, ledger, uncertain, summary, warn):
         pass
     return summary
 
