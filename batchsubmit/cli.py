@@ -20,10 +20,8 @@ from typing import Any, TextIO
 import anyio
 import orjson
 
-from . import __version__
 from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint
-from .emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
 from .errors import BatchSubmitError, CredentialError, UsageError
 from .jobs import JobSpec
 from .manifest import Manifest, load_manifest
@@ -87,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="batchsubmit",
         description="Submit one Huawei Cloud VAS job per video, in bulk, exactly once.",
     )
-    parser.add_argument("--version", action="version", version=f"batchsubmit {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("submit", help="submit the manifest's videos (the nightly command)")
@@ -181,6 +179,15 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--log-format", choices=("text", "json"), default="text")
     emulator.set_defaults(command=_emulator)
     return parser
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked for (importlib.metadata is slow to import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        from . import __version__
+
+        parser.exit(message=f"batchsubmit {__version__}\n")
 
 
 def _results_options(parser: argparse.ArgumentParser) -> None:
@@ -399,6 +406,8 @@ async def _submit_emulated(
     fmt: Format,
     started: float,
 ) -> int:
+    from .emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
+
     emulator = Emulator(Faults())
     async with emulator.serve() as url:
         log.line(
@@ -459,6 +468,8 @@ def _dry_run(
 ) -> int:
     warn = _warner(log)
     if args.emulator:
+        from .emulator import EMULATOR_PROJECT_ID
+
         endpoint = Endpoint(
             base_url="http://127.0.0.1:0",
             project_id=EMULATOR_PROJECT_ID,
@@ -528,6 +539,8 @@ def _endpoint_from_results(results: Path, fmt: Format, override: str | None) -> 
 
 
 def _emulator(args: argparse.Namespace, log: Log) -> int:
+    from .emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, Emulator, Faults
+
     faults = Faults(
         p503=args.p503,
         rate_limit=args.rate_limit,

@@ -10,6 +10,7 @@ itself has been synced, so it stays small on long runs.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 import anyio
+import anyio.lowlevel
 import orjson
 
 from .errors import LockedError, UsageError
@@ -61,8 +63,8 @@ class Journal:
         self._open: dict[str, str] = dict(inherited or {})
         self._before_checkpoint = before_checkpoint
         self._pending: list[bytes] = []
-        self._batch = anyio.Event()
-        self._wake = anyio.Event()
+        self._batch = asyncio.Event()
+        self._wake = asyncio.Event()
         self._syncing = False
         self._since_checkpoint = 0
         self._file: IO[bytes] = self._rewrite()
@@ -94,10 +96,11 @@ class Journal:
         """The committer: writes what is pending in one go, syncs once, wakes every waiter."""
         while True:
             await self._wake.wait()
-            self._wake = anyio.Event()
+            self._wake = asyncio.Event()
+            await anyio.lowlevel.checkpoint()  # let every intent that is ready join this group
             while self._pending:
                 lines, self._pending = self._pending, []
-                done, self._batch = self._batch, anyio.Event()
+                done, self._batch = self._batch, asyncio.Event()
                 self._file.writelines(lines)
                 self._file.flush()
                 if self._durable:

@@ -11,12 +11,14 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
-from tqdm import tqdm
 
 from .results import Outcome
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["LineReporter", "Log", "ProgressReporter", "Reporter", "TqdmReporter", "make_reporter"]
 
@@ -112,6 +114,8 @@ class TqdmReporter(ProgressReporter):
 
     def __init__(self, log: Log, total: int | None, stream: TextIO) -> None:
         super().__init__(log, total)
+        from tqdm import tqdm  # only on a terminal: cron runs never import it
+
         self._bar: tqdm[Any] = tqdm(
             total=total,
             unit="job",
