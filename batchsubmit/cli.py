@@ -50,6 +50,7 @@ EXIT = {
     "locked": 75,
     "SIGINT": 130,
     "SIGTERM": 143,
+    "SIGPIPE": 141,
 }
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RATE = 10.0
@@ -72,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.line("error", "interrupted")
         code = EXIT["SIGINT"]
+    except BrokenPipeError:
+        # stdout was closed early (`batchsubmit expand M | head`): stop quietly, as cat does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT["SIGPIPE"]
     if code != 0 and log.quiet:
         log.release()
     return code

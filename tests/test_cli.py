@@ -188,3 +188,18 @@ def test_bad_endpoint_exits_2(tmp_path: Path) -> None:
     done = run("submit", str(manifest), "--endpoint", "ftp://example.com/x")
     assert done.returncode == 2
     assert "--endpoint" in done.stderr
+
+
+def test_expand_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    """`expand | head`: no traceback when the reader goes away."""
+    manifest = write_manifest(tmp_path, video_keys(3000))
+    with subprocess.Popen(
+        cli("expand", str(manifest)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env()
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.readline()
+        process.stdout.close()
+        err = process.stderr.read().decode()
+        process.wait(30)
+    assert "Traceback" not in err
+    assert process.returncode == 141
