@@ -196,7 +196,8 @@ def test_expand_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     with subprocess.Popen(
         cli("expand", str(manifest)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env()
     ) as process:
-        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout is not None
+        assert process.stderr is not None
         process.stdout.readline()
         process.stdout.close()
         err = process.stderr.read().decode()
