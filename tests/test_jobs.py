@@ -351,3 +351,20 @@ def test_every_manifest_name_field_builds(tmp_path: Path, field: str) -> None:
     assert VALID_NAME.fullmatch(spec.name)
     assert spec.name.startswith("x-")
     assert body_of(spec)["service_version"] == "2.0"
+
+
+def test_source_hash_is_base32_of_sha256() -> None:
+    """The name hash is, and stays, the first 12 base32 characters of the path's SHA-256:
+    changing it would orphan every job an earlier run created (lookups go by name)."""
+    import base64
+    import hashlib
+    import random
+
+    rng = random.Random(5)
+    for _ in range(2000):
+        url = "obs://bkt/" + "".join(
+            chr(rng.randint(32, 0x3000)) for _ in range(rng.randint(1, 40))
+        )
+        digest = hashlib.sha256(url.encode()).digest()
+        assert source_hash(url) == base64.b32encode(digest[:8]).decode().lower()[:12]
+    assert source_hash("obs://in-bucket/extra/late-arrival.mp4") == "5maqk2zudkfz"
