@@ -212,6 +212,11 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def submit_args(manifest: Path, url: str, results: Path, *extra: str) -> list[str]:
+    """``batchsubmit submit`` arguments for a run against an emulator at ``url``."""
+    return ["submit", str(manifest), "--endpoint", url, "--results", str(results), *extra]
+
+
 def cli(*args: str) -> list[str]:
     import sys
 

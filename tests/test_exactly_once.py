@@ -28,6 +28,7 @@ from .helpers import (
     count_lines,
     run_submit,
     sources,
+    submit_args,
     video_keys,
     write_manifest,
 )
@@ -175,18 +176,7 @@ def test_sigkill_mid_run_then_rerun(tmp_path: Path, live_emulator: LiveEmulator)
     keys = video_keys(1500)
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"
-    args = [
-        "submit",
-        str(manifest),
-        "--endpoint",
-        live_emulator.url,
-        "--results",
-        str(results),
-        "--rate",
-        "0",
-        "--concurrency",
-        "16",
-    ]
+    args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "16")
     run = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while count_lines(results) < 400 and time.monotonic() < deadline:

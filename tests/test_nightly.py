@@ -22,6 +22,7 @@ from .helpers import (
     job_ids,
     run_submit,
     sources,
+    submit_args,
     video_keys,
     write_manifest,
 )
@@ -112,18 +113,7 @@ def test_overlapping_run_exits_75_at_once(tmp_path: Path, live_emulator: LiveEmu
     keys = video_keys(60)
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"
-    args = [
-        "submit",
-        str(manifest),
-        "--endpoint",
-        live_emulator.url,
-        "--results",
-        str(results),
-        "--rate",
-        "0",
-        "--concurrency",
-        "2",
-    ]
+    args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "2")
     first = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -152,20 +142,17 @@ def test_sigterm_mid_run_loses_nothing(tmp_path: Path, live_emulator: LiveEmulat
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.jsonl"
     summary = tmp_path / "summary.json"
-    args = [
-        "submit",
-        str(manifest),
-        "--endpoint",
+    args = submit_args(
+        manifest,
         live_emulator.url,
-        "--results",
-        str(results),
+        results,
         "--rate",
         "0",
         "--concurrency",
         "8",
         "--summary",
         str(summary),
-    ]
+    )
     run = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while count_lines(results) < 300 and time.monotonic() < deadline:
@@ -219,18 +206,9 @@ def test_summary_and_metrics_files(tmp_path: Path, live_emulator: LiveEmulator) 
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"
     summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
-    args = [
-        "submit",
-        str(manifest),
-        "--endpoint",
-        live_emulator.url,
-        "--results",
-        str(results),
-        "--summary",
-        str(summary),
-        "--metrics",
-        str(metrics),
-    ]
+    args = submit_args(
+        manifest, live_emulator.url, results, "--summary", str(summary), "--metrics", str(metrics)
+    )
     subprocess.run(cli(*args), env=cli_env(), check=True, capture_output=True, timeout=60)
     again = subprocess.run(cli(*args), env=cli_env(), capture_output=True, timeout=60)
     assert again.returncode == 0
