@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -86,6 +86,15 @@ class VasClient:
         if credentials.security_token:
             fixed["X-Security-Token"] = credentials.security_token
         self._signer = RequestSigner(credentials, fixed)
+        self._secrets = tuple(x for x in (credentials.security_token, credentials.sk) if x)
+
+    def _scrub(self, answer: Answer) -> Answer:
+        """The gateway echoes its canonical request on signature errors, security token
+        included: no secret may reach a log line or a results row."""
+        message = answer.error_msg
+        for secret in self._secrets:
+            message = message.replace(secret, "<hidden>")
+        return answer if message == answer.error_msg else replace(answer, error_msg=message)
 
     async def create(self, body: bytes) -> Answer:
         """One create call. A lost answer is AMBIGUOUS: the job may exist."""
@@ -120,7 +129,10 @@ class VasClient:
             ) as response:
                 sent = True
                 payload = await response.read()
-                return classify(response.status, response.headers, payload, create=create)
+                answer = classify(response.status, response.headers, payload, create=create)
+                if answer.error_msg and self._secrets:
+                    answer = self._scrub(answer)
+                return answer
         except aiohttp.ClientConnectorCertificateError as exc:
             return Answer(
                 kind=Kind.FATAL,
