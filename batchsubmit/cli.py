@@ -12,8 +12,10 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,6 +27,7 @@ from .client import DEFAULT_TIMEOUT, Endpoint
 from .errors import BatchSubmitError, CredentialError, UsageError
 from .jobs import JobSpec
 from .manifest import Manifest, load_manifest
+from .obs import spool_prefixes
 from .pool import PoolSettings, RunStats
 from .progress import Log, make_reporter
 from .results import Format, format_for, iter_rows, read_ledger, utc_now
@@ -99,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     _results_options(run)
     _pool_options(run)
     run.add_argument("--endpoint", help="base URL to use instead of the manifest's endpoint/region")
+    run.add_argument(
+        "--obs-endpoint",
+        help="OBS base URL for live prefix sources instead of the manifest's (or the region's)",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -328,6 +335,11 @@ def _submit(args: argparse.Namespace, log: Log) -> int:
     manifest = load_manifest(args.manifest)
     fmt = format_for(args.results, args.format) if args.results else (args.format or "csv")
     results = args.results or _default_results(manifest.path, args.emulator, fmt)
+    if args.emulator and _live(manifest):
+        raise UsageError(
+            f"{manifest.path}: live OBS prefixes cannot be listed with --emulator "
+            "(it has no OBS); use a listing file, or run against real OBS"
+        )
     if args.dry_run:
         return _dry_run(args, log, manifest, results, fmt)
     if args.emulator:
@@ -440,7 +452,11 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
     assert manifest is not None
     warn = _warner(log)
     prepared = prepare(config, warn)
+    spool = tempfile.TemporaryDirectory(prefix="batchsubmit-")
     try:
+        if _live(manifest):
+            manifest = _spooled(manifest, args, config.credentials, Path(spool.name), log)
+            config = replace(config, manifest=manifest)
         uncertain = prepared.uncertain
         ledger = None if config.resubmit else prepared.ledger
         counted = count_work(manifest, ledger, uncertain, lambda _m: None)
@@ -454,9 +470,33 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
             reporter.close()
     finally:
         prepared.lock.release()
+        spool.cleanup()
     code = _exit_code(stats)
     _report(args, log, stats, code, started, config.results, summary)
     return code
+
+
+def _live(manifest: Manifest) -> bool:
+    return any(source.prefix is not None for source in manifest.sources)
+
+
+def _spooled(
+    manifest: Manifest,
+    args: argparse.Namespace,
+    credentials: Credentials,
+    directory: Path,
+    log: Log,
+) -> Manifest:
+    """List live OBS prefixes now, before any VAS request (errors exit 2)."""
+    endpoint = _check_endpoint(args.obs_endpoint) if args.obs_endpoint else None
+    return spool_prefixes(
+        manifest,
+        endpoint or manifest.service.obs_endpoint,
+        credentials,
+        directory,
+        _warner(log),
+        lambda message: log.line("info", message),
+    )
 
 
 def _log_plan(log: Log, counted: ExpandSummary, uncertain: int, config: RunConfig) -> None:
@@ -487,7 +527,10 @@ def _dry_run(
     if not args.resubmit:
         ledger = read_ledger(results, fmt, endpoint.tasks_url, warn)
     summary = ExpandSummary(ExpandStats())
-    _print_specs(plan(manifest, ledger, (), summary, warn), endpoint.tasks_url)
+    with tempfile.TemporaryDirectory(prefix="batchsubmit-") as spool:
+        if _live(manifest):
+            manifest = _spooled(manifest, args, _credentials(), Path(spool), log)
+        _print_specs(plan(manifest, ledger, (), summary, warn), endpoint.tasks_url)
     _log_expand(log, summary.expand)
     log.line(
         "info",

@@ -56,6 +56,7 @@ class Service:
     version: str
     endpoint: str
     project_id: str | None
+    obs_endpoint: str | None = None  # where live ``prefix`` sources are listed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,13 +72,15 @@ class JobTemplate:
 
 @dataclass(frozen=True, kw_only=True)
 class Source:
-    """One ``[[source]]``: a listing file or explicit paths, with optional glob filters."""
+    """One ``[[source]]``: a listing file, explicit paths or a live OBS prefix, with optional
+    glob filters."""
 
     where: str
     listing: Path | None
     paths: tuple[str, ...]
     include: tuple[str, ...]
     exclude: tuple[str, ...]
+    prefix: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,7 +212,7 @@ class _Reader:
         )
 
     def service(self, data: Any) -> Service:
-        allowed = {"name", "version", "region", "endpoint", "project_id"}
+        allowed = {"name", "version", "region", "endpoint", "project_id", "obs_endpoint"}
         table = self.table(data, "service", allowed, {"name", "version"})
         name = self.string(table, "service", "name") or ""
         if not _SERVICE_NAME.fullmatch(name):
@@ -239,10 +242,27 @@ class _Reader:
             endpoint = endpoint.rstrip("/")
         else:
             raise self.error("service.region", "missing: give region (or endpoint)")
+        obs_endpoint = self.string(table, "service", "obs_endpoint")
+        if obs_endpoint is not None:
+            if not _ENDPOINT.fullmatch(obs_endpoint):
+                raise self.error(
+                    "service.obs_endpoint",
+                    f"{obs_endpoint!r} is not an http(s) URL without a path "
+                    "(e.g. https://obs.cn-north-4.myhuaweicloud.com)",
+                )
+            obs_endpoint = obs_endpoint.rstrip("/")
+        elif region is not None:
+            obs_endpoint = f"https://obs.{region}.myhuaweicloud.com"
         project_id = self.string(table, "service", "project_id")
         if project_id is not None and not _PROJECT_ID.fullmatch(project_id):
             raise self.error("service.project_id", f"{project_id!r} is not a project id")
-        return Service(name=name, version=version, endpoint=endpoint, project_id=project_id)
+        return Service(
+            name=name,
+            version=version,
+            endpoint=endpoint,
+            project_id=project_id,
+            obs_endpoint=obs_endpoint,
+        )
 
     def job(self, data: Any) -> JobTemplate:
         allowed = {"output", "name", "description", "body"}
@@ -307,11 +327,24 @@ class _Reader:
         return tuple(self.source(item, f"source[{i}]") for i, item in enumerate(data))
 
     def source(self, data: Any, key: str) -> Source:
-        table = self.table(data, key, {"listing", "paths", "include", "exclude"}, set())
+        allowed = {"listing", "paths", "prefix", "include", "exclude"}
+        table = self.table(data, key, allowed, set())
         listing = self.string(table, key, "listing")
         paths = self.strings(table, key, "paths")
-        if (listing is None) == ("paths" not in table):
-            raise self.error(key, 'give exactly one of listing = "file" or paths = [...]')
+        prefix = self.string(table, key, "prefix")
+        if sum(k in table for k in ("listing", "paths", "prefix")) != 1:
+            raise self.error(
+                key,
+                'give exactly one of listing = "file", paths = [...] or '
+                'prefix = "obs://bucket/folder/"',
+            )
+        if prefix is not None:
+            try:
+                parse_obs_url(prefix)
+            except ValueError as exc:
+                raise self.error(f"{key}.prefix", str(exc)) from None
+            if _CONTROL.search(prefix):
+                raise self.error(f"{key}.prefix", f"control character in {prefix!r}")
         for index, url in enumerate(paths):
             try:
                 _bucket, object_key = parse_obs_url(url)
@@ -332,6 +365,7 @@ class _Reader:
             paths=paths,
             include=self.strings(table, key, "include"),
             exclude=self.strings(table, key, "exclude"),
+            prefix=prefix,
         )
 
 

@@ -140,6 +140,11 @@ def iter_objects(
     """
     seen: set[int] = set()
     for source in manifest.sources:
+        if source.prefix is not None:
+            raise ManifestError(
+                f"{manifest.path}: {source.where}.prefix",
+                "a live OBS prefix is listed by `submit` (and --dry-run) only",
+            )
         accepted = ObjectFilter(
             source.include, source.exclude, videos_only=source.listing is not None
         )

@@ -291,7 +291,7 @@ ERRORS = [
         doc(service=SERVICE + 'colour = "red"\n'),
         "service.colour",
         'colour = "red"',
-        "unknown key (expected one of: endpoint, name, project_id, region, version)",
+        "unknown key (expected one of: endpoint, name, obs_endpoint, project_id, region, version)",
     ),
     (
         "unknown-job",
