@@ -26,6 +26,7 @@ from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint
 from .errors import BatchSubmitError, CredentialError, UsageError
 from .jobs import JobSpec
+from .journal import journal_services
 from .manifest import Manifest, load_manifest
 from .obs import spool_prefixes
 from .pool import PoolSettings, RunStats
@@ -564,24 +565,21 @@ def _reconcile(args: argparse.Namespace, log: Log) -> int:
 
 
 def _endpoint_from_results(results: Path, fmt: Format, override: str | None) -> Endpoint:
-    """The service the unknown rows belong to, from their ``service_url``."""
+    """The service the unknown rows and open intents belong to, from their ``service_url``."""
     urls = {row[3] for row in iter_rows(results, fmt) if row[2] == "unknown"}
-    intents = journal_path(results)
-    if not urls and intents.exists():
-        raise UsageError(
-            f"{results}: open intents in {intents} but no row names the service;"
-            " run `batchsubmit submit` with the manifest instead"
-        )
+    urls |= journal_services(journal_path(results))
     if len(urls) > 1:
         raise UsageError(
-            f"{results}: unknown rows for several services ({', '.join(sorted(urls))});"
+            f"{results}: unknown outcomes for several services ({', '.join(sorted(urls))});"
             " reconcile each with its own results file"
         )
     url = urls.pop() if urls else ""
     found = re.fullmatch(r"(https?://[^/]+)/v2/([^/]+)/services/([^/]+)/tasks", url)
     if not found:
         if not url:
-            raise UsageError(f"{results}: no unknown rows: nothing to reconcile")
+            raise UsageError(
+                f"{results}: no unknown rows and no open intents: nothing to reconcile"
+            )
         raise UsageError(f"{results}: cannot read the service from {url!r}")
     base = _check_endpoint(override) if override else found.group(1)
     return Endpoint(base_url=base, project_id=found.group(2), service_name=found.group(3))

@@ -23,9 +23,26 @@ import orjson
 
 from .errors import LockedError, UsageError
 
-__all__ = ["CHECKPOINT", "Journal", "RunLock", "read_intents"]
+__all__ = ["CHECKPOINT", "Journal", "RunLock", "journal_services", "read_intents"]
 
 CHECKPOINT = 10_000
+
+
+def journal_services(path: Path) -> set[str]:
+    """The services a journal's intents were made for (their ``service_url``)."""
+    found: set[str] = set()
+    try:
+        with path.open("rb") as handle:
+            for line in handle:
+                try:
+                    found.add(str(orjson.loads(line)["service_url"]))
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    continue
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the journal: {exc.strerror}") from None
+    return found
 
 
 def read_intents(path: Path, warn: Callable[[str], None]) -> dict[str, str]:
@@ -56,11 +73,16 @@ class Journal:
         *,
         durable: bool = True,
         inherited: dict[str, str] | None = None,
+        service_url: str = "",
         before_checkpoint: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self._durable = durable
         self._open: dict[str, str] = dict(inherited or {})
+        # Each line names its service, so `reconcile` can resolve intents without a manifest.
+        self._suffix = (
+            b',"service_url":' + orjson.dumps(service_url) if service_url else b""
+        ) + b"}\n"
         self._before_checkpoint = before_checkpoint
         self._pending: list[bytes] = []
         self._batch = asyncio.Event()
@@ -73,7 +95,7 @@ class Journal:
         """Replace the journal with just the open intents, atomically."""
         temporary = self.path.with_name(self.path.name + ".tmp")
         with temporary.open("wb") as handle:
-            handle.writelines(_line(s, n) for s, n in self._open.items())
+            handle.writelines(self._line(s, n) for s, n in self._open.items())
             handle.flush()
             if self._durable:
                 os.fsync(handle.fileno())
@@ -87,7 +109,7 @@ class Journal:
         Needs :meth:`run` going in the same task group.
         """
         self._open[source] = name
-        self._pending.append(_line(source, name))
+        self._pending.append(self._line(source, name))
         batch = self._batch
         self._wake.set()
         await batch.wait()
@@ -111,6 +133,11 @@ class Journal:
                         self._syncing = False
                 self._since_checkpoint += len(lines)
                 done.set()
+
+    def _line(self, source: str, name: str) -> bytes:
+        return (
+            b'{"source":' + orjson.dumps(source) + b',"name":' + orjson.dumps(name) + self._suffix
+        )
 
     def settle(self, source: str) -> None:
         """The outcome of ``source`` is in the results file (flushed): its intent may go."""
@@ -137,10 +164,6 @@ class Journal:
         self._file.close()
         if not self._open:
             self.path.unlink(missing_ok=True)
-
-
-def _line(source: str, name: str) -> bytes:
-    return orjson.dumps({"source": source, "name": name}) + b"\n"
 
 
 def _sync_dir(directory: Path, durable: bool) -> None:

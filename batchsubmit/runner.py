@@ -194,6 +194,7 @@ async def _with_pool(
         journal_path(config.results),
         durable=config.durable,
         inherited=uncertain,
+        service_url=config.endpoint.tasks_url,
         before_checkpoint=writer.sync,
     )
     try:

@@ -26,6 +26,7 @@ from .helpers import (
     cli_env,
     config_for,
     count_lines,
+    job_ids,
     run_submit,
     sources,
     submit_args,
@@ -200,3 +201,27 @@ def test_sigkill_mid_run_then_rerun(tmp_path: Path, live_emulator: LiveEmulator)
     assert counts["reconciled"] + counts["not_created"] >= 1, "no in-flight intent was resolved"
     assert_exactly_once(live_emulator.emulator, results, sources(keys))
     assert not journal.exists()
+
+
+def test_reconcile_resolves_a_killed_runs_intents(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """After SIGKILL, `reconcile` alone (no manifest) resolves the journal's intents."""
+    live_emulator.emulator.faults = Faults(latency=0.02)
+    keys = video_keys(400)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "16")
+    run = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while count_lines(results) < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait(30)
+    before = len(live_emulator.emulator.tasks)
+    fix = subprocess.run(
+        cli("reconcile", str(results)), env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert fix.returncode == 0, fix.stderr
+    assert len(live_emulator.emulator.tasks) == before
+    assert set(job_ids(results)) == set(live_emulator.emulator.jobs_by_source())
