@@ -712,6 +712,11 @@ def _report(
         f"({stats.rate:.1f} jobs/s; {stats.retries} retries, {stats.throttles} throttled); "
         f"results in {results}"
     )
+    if counts["not_created"]:
+        line += (
+            f"; {counts['not_created']} earlier creates were looked up and found never made"
+            " (submitted again when their source comes up)"
+        )
     if stats.stop_reason:
         line += f"; stopped: {stats.stop_reason}"
     level = "info" if code == 0 else "error"

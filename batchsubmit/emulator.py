@@ -350,7 +350,11 @@ class Emulator:
         if op == "create":
             self.accepted_create_times.append(now)
         try:
-            body = await request.read()
+            try:
+                body = await request.read()
+            except ConnectionResetError:
+                # The client went away mid-request (killed, timed out): nothing was created.
+                return web.Response(status=499)
             if self._verify:
                 self._check_signature(request, body)
             project = request.match_info["project_id"]

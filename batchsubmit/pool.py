@@ -330,16 +330,16 @@ class Pool:
     async def _create(self, spec: JobSpec) -> None:
         job = _Job()
         failures = throttles = 0
-        journalled = False
         try:
             while True:
                 if self._stopping.is_set():
                     raise _Stopped
-                if not journalled and self._journal is not None:
-                    await self._journal.intend(spec.source, spec.name)
-                    journalled = True
                 answer = await self._call(
-                    self._api.create, spec.body, sent=job.sent, first=not job.attempts
+                    self._api.create,
+                    spec.body,
+                    sent=job.sent,
+                    first=not job.attempts,
+                    intent=None if job.attempts else (spec.source, spec.name),
                 )
                 kind = answer.kind
                 if kind is Kind.CREATED:
@@ -372,7 +372,7 @@ class Pool:
                 if isinstance(exc, _Stopped):
                     return
             else:
-                self._forget(spec.source, journalled)
+                self._forget(spec.source, job.attempts > 0)
                 if not isinstance(exc, _Stopped):
                     self.stats.deferred += 1
             raise
@@ -501,10 +501,13 @@ class Pool:
         *args: Any,
         sent: Callable[[], None] | None = None,
         first: bool = False,
+        intent: tuple[str, str] | None = None,
     ) -> Answer:
         """One call: an in-flight slot, a start allowed by the controller, then the call.
 
         Raises _Stopped only before anything is sent; ``sent`` is called just before sending.
+        An ``intent`` (source, name) is made durable in the journal once the call holds its
+        slot and its start, so a killed run leaves intents only for calls really under way.
         A job's first call queues behind every retry and lookup (``first``), so a job that
         waited out a backoff is not made to wait again behind the whole backlog of new ones.
         """
@@ -520,6 +523,8 @@ class Pool:
             if self._stopping.is_set():
                 raise _Stopped
             await self._start_allowed()
+            if intent is not None and self._journal is not None:
+                await self._journal.intend(*intent)
             self.stats.calls += 1
             if sent is not None:
                 sent()

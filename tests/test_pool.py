@@ -348,3 +348,46 @@ async def test_a_source_failing_mid_run_stops_cleanly() -> None:
     assert "listing.txt:3" in stats.fatal
     assert stats.submitted + stats.deferred == 2
     assert all(r.status == "submitted" for r in rows.rows)
+
+
+class SpyJournal:
+    """Counts intents that are open (written, no row yet)."""
+
+    def __init__(self) -> None:
+        self.open: set[str] = set()
+        self.most_open = 0
+
+    async def intend(self, source: str, name: str) -> None:
+        self.open.add(source)
+        self.most_open = max(self.most_open, len(self.open))
+
+    async def run(self) -> None:
+        await anyio.sleep_forever()
+
+    def settle(self, source: str) -> None:
+        self.open.discard(source)
+
+    def checkpoint_due(self) -> bool:
+        return False
+
+    def checkpoint(self) -> None:
+        pass
+
+
+async def test_intents_are_written_only_for_calls_under_way() -> None:
+    """A killed run leaves at most --concurrency open intents, not one per queued job."""
+    service = FakeService(latency=0.01)
+    rows = Rows()
+    journal = SpyJournal()
+    pool = Pool(
+        service,
+        rows,
+        rows,
+        PoolSettings(concurrency=3, rate=0.0, retry=FAST_RETRY, settle=0.0, backlog=64),
+        service_url=SERVICE,
+        journal=journal,
+    )
+    await pool.run(iter([spec(i) for i in range(60)]))
+    assert len(rows.rows) == 60
+    assert journal.most_open <= 3
+    assert not journal.open
