@@ -167,15 +167,22 @@ class _Slots:
 class _Job:
     """What a create in progress knows about itself."""
 
-    __slots__ = ("attempts", "uncertain")
+    __slots__ = ("ahead", "attempts", "uncertain")
 
     def __init__(self) -> None:
         self.attempts = 0
         self.uncertain = False  # a create was sent and its outcome is not known yet
+        self.ahead: asyncio.Semaphore | None = None  # a journal-ahead permit, until first sent
 
     def sent(self) -> None:
         self.attempts += 1
         self.uncertain = True
+        self.release()
+
+    def release(self) -> None:
+        if self.ahead is not None:
+            self.ahead.release()
+            self.ahead = None
 
 
 class _Stopped(Exception):
@@ -206,6 +213,7 @@ class Pool:
         self._rng = random.Random(settings.seed)
         self._controller = RateController(settings.rate, settings.controller)
         self._inflight = _Slots(settings.concurrency)
+        self._ahead = asyncio.Semaphore(2 * settings.concurrency)
         self._rate_lock = anyio.Lock()
         self._stopping = anyio.Event()
         self._opened = anyio.Event()
@@ -330,16 +338,21 @@ class Pool:
     async def _create(self, spec: JobSpec) -> None:
         job = _Job()
         failures = throttles = 0
+        journalled = False
         try:
+            if self._journal is not None:
+                # The intent is written ahead, while the job waits for a slot (so the fsync is
+                # off the path between one answer and the next call), but only for twice as
+                # many jobs as can be in flight: a killed run leaves few intents to look up.
+                await self._ahead.acquire()
+                job.ahead = self._ahead
+                await self._journal.intend(spec.source, spec.name)
+                journalled = True
             while True:
                 if self._stopping.is_set():
                     raise _Stopped
                 answer = await self._call(
-                    self._api.create,
-                    spec.body,
-                    sent=job.sent,
-                    first=not job.attempts,
-                    intent=None if job.attempts else (spec.source, spec.name),
+                    self._api.create, spec.body, sent=job.sent, first=not job.attempts
                 )
                 kind = answer.kind
                 if kind is Kind.CREATED:
@@ -372,10 +385,12 @@ class Pool:
                 if isinstance(exc, _Stopped):
                     return
             else:
-                self._forget(spec.source, job.attempts > 0)
+                self._forget(spec.source, journalled)
                 if not isinstance(exc, _Stopped):
                     self.stats.deferred += 1
             raise
+        finally:
+            job.release()
 
     async def _after_lost_answer(self, spec: JobSpec, answer: Answer, attempts: int) -> bool:
         """Look up a create whose answer was lost; True when the job's row has been written."""
@@ -501,13 +516,10 @@ class Pool:
         *args: Any,
         sent: Callable[[], None] | None = None,
         first: bool = False,
-        intent: tuple[str, str] | None = None,
     ) -> Answer:
         """One call: an in-flight slot, a start allowed by the controller, then the call.
 
         Raises _Stopped only before anything is sent; ``sent`` is called just before sending.
-        An ``intent`` (source, name) is made durable in the journal once the call holds its
-        slot and its start, so a killed run leaves intents only for calls really under way.
         A job's first call queues behind every retry and lookup (``first``), so a job that
         waited out a backoff is not made to wait again behind the whole backlog of new ones.
         """
@@ -523,8 +535,6 @@ class Pool:
             if self._stopping.is_set():
                 raise _Stopped
             await self._start_allowed()
-            if intent is not None and self._journal is not None:
-                await self._journal.intend(*intent)
             self.stats.calls += 1
             if sent is not None:
                 sent()

@@ -374,8 +374,9 @@ class SpyJournal:
         pass
 
 
-async def test_intents_are_written_only_for_calls_under_way() -> None:
-    """A killed run leaves at most --concurrency open intents, not one per queued job."""
+async def test_intents_are_written_only_a_little_ahead() -> None:
+    """A killed run leaves at most 3 x --concurrency open intents (in flight, and twice as
+    many journalled ahead), not one per queued job."""
     service = FakeService(latency=0.01)
     rows = Rows()
     journal = SpyJournal()
@@ -389,5 +390,5 @@ async def test_intents_are_written_only_for_calls_under_way() -> None:
     )
     await pool.run(iter([spec(i) for i in range(60)]))
     assert len(rows.rows) == 60
-    assert journal.most_open <= 3
+    assert journal.most_open <= 9
     assert not journal.open
