@@ -6,6 +6,7 @@
     │   └── CredentialError          exit 2: credentials missing or malformed
     ├── LockedError                  exit 75: another run holds the results file
     ├── FatalApiError                exit 3: every further call would fail the same way
+    ├── StorageError                 exit 3: the results file or journal cannot be written
     └── ApiError                     one job's call failed; becomes a results row
 
 Messages never contain secrets: nothing here is ever given an SK or a token.
@@ -20,6 +21,7 @@ __all__ = [
     "FatalApiError",
     "LockedError",
     "ManifestError",
+    "StorageError",
     "UsageError",
 ]
 
@@ -53,6 +55,12 @@ class LockedError(BatchSubmitError):
     """Another run holds the lock on the same results file."""
 
     exit_code = 75
+
+
+class StorageError(BatchSubmitError):
+    """Writing the results file or the journal failed mid-run (disk full, permissions)."""
+
+    exit_code = 3
 
 
 class ApiError(BatchSubmitError):

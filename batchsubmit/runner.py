@@ -16,6 +16,7 @@ import anyio
 
 from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
+from .errors import StorageError
 from .jobs import JobSpec, SpecBuilder
 from .journal import Journal, RunLock, read_intents
 from .manifest import Manifest
@@ -188,7 +189,24 @@ async def _with_pool(
     uncertain: dict[str, str],
     passes: Callable[[Pool], Awaitable[None]],
 ) -> RunStats:
-    """Open the results, the journal and a session; run the passes; close all in order."""
+    """Open the results, the journal and a session; run the passes; close all in order.
+
+    A write that fails (disk full, permissions) stops the run with StorageError: rows written
+    so far stay, and the journal keeps the intents of calls that were under way.
+    """
+    try:
+        return await _run_passes(config, reporter, warn, uncertain, passes)
+    except* OSError as group:
+        raise StorageError(_storage_message(config, group.exceptions[0])) from None
+
+
+async def _run_passes(
+    config: RunConfig,
+    reporter: ProgressReporter,
+    warn: Callable[[str], None],
+    uncertain: dict[str, str],
+    passes: Callable[[Pool], Awaitable[None]],
+) -> RunStats:
     writer = ResultsWriter(config.results, config.format, warn)
     journal = Journal(
         journal_path(config.results),
@@ -217,6 +235,15 @@ async def _with_pool(
         writer.sync()
         journal.close()
         writer.close()
+
+
+def _storage_message(config: RunConfig, exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup):  # task groups nest: name the error itself
+        exc = exc.exceptions[0]
+    return (
+        f"the run stopped: writing {config.results} or its journal failed ({exc}); rows "
+        "written so far are kept, and the next run resolves the calls that were under way"
+    )
 
 
 async def _watch_signals(pool: Pool) -> None:

@@ -227,3 +227,30 @@ def test_summary_and_metrics_files(tmp_path: Path, live_emulator: LiveEmulator) 
     assert "batchsubmit_last_run_exit_code 0" in text
     assert "batchsubmit_last_run_end_timestamp_seconds" in text
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.anyio
+async def test_a_full_disk_stops_the_run_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing a row fails (disk full): StorageError (exit 3) naming the file; rows kept."""
+    from batchsubmit.errors import StorageError
+    from batchsubmit.results import ResultsWriter
+
+    original = ResultsWriter.write
+
+    def write(self: ResultsWriter, outcome: object) -> None:
+        if self.rows >= 20:
+            raise OSError(28, "No space left on device")
+        original(self, outcome)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ResultsWriter, "write", write)
+    manifest = write_manifest(tmp_path, video_keys(80))
+    results = tmp_path / "r.csv"
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        with pytest.raises(StorageError, match="No space left on device") as raised:
+            await run_submit(config_for(manifest, url, results))
+    assert str(results) in str(raised.value)
+    assert raised.value.exit_code == 3
+    assert count_lines(results) == 21
