@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
-from collections.abc import Iterable
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 from batchsubmit.auth import Credentials
 from batchsubmit.client import Endpoint
@@ -165,29 +174,39 @@ def assert_exactly_once(
     assert recorded == {s: ids[0] for s, ids in on_server.items()}
 
 
-class LiveEmulator:
-    """An emulator serving from a background thread, for tests that run the CLI as a process."""
+@asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve an aiohttp app on a free port of 127.0.0.1; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
-    def __init__(self, faults: Faults | None = None) -> None:
-        import asyncio
-        import threading
 
-        self.emulator = Emulator(faults or Faults())
+class ServerThread:
+    """A server (an async context manager yielding its URL) run in a background thread, for
+    tests that run the CLI as a process; ``close`` stops it."""
+
+    def __init__(self, serve: Callable[[], AbstractAsyncContextManager[str]]) -> None:
         self.url = ""
+        self._serve = serve
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
-            raise RuntimeError("the emulator did not start")
+            raise RuntimeError("the test server did not start")
 
     async def _main(self) -> None:
-        import asyncio
-
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with self.emulator.serve() as url:
+        async with self._serve() as url:
             self.url = url
             self._ready.set()
             await self._stop.wait()
@@ -198,10 +217,16 @@ class LiveEmulator:
         self._thread.join(10)
 
 
+class LiveEmulator(ServerThread):
+    """The emulator serving from a background thread."""
+
+    def __init__(self, faults: Faults | None = None) -> None:
+        self.emulator = Emulator(faults or Faults())
+        super().__init__(self.emulator.serve)
+
+
 def cli_env() -> dict[str, str]:
     """The environment for a `batchsubmit` process talking to the emulator."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUAWEICLOUD_SDK_")}
     env.update(
         HUAWEICLOUD_SDK_AK=EMULATOR_AK,
@@ -218,9 +243,28 @@ def submit_args(manifest: Path, url: str, results: Path, *extra: str) -> list[st
 
 
 def cli(*args: str) -> list[str]:
-    import sys
-
     return [sys.executable, "-m", "batchsubmit", *args]
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``batchsubmit`` as a process against the emulator's credentials."""
+    return subprocess.run(
+        cli(*args), env=env or cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def signal_after_rows(args: list[str], results: Path, rows: int, signum: int) -> tuple[int, str]:
+    """Start ``batchsubmit``, send ``signum`` once ``results`` has ``rows`` lines; return its
+    exit code and stderr."""
+    process = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while count_lines(results) < rows and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signum)
+    _out, err = process.communicate(timeout=60)
+    return process.returncode, err
 
 
 def count_lines(path: Path) -> int:

@@ -10,22 +10,16 @@ import pytest
 
 from batchsubmit.cli import _duration, main
 
-from .helpers import LiveEmulator, cli, cli_env, video_keys, write_manifest
+from .helpers import LiveEmulator, cli, cli_env, run_cli, video_keys, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-that-must-never-be-printed-0123456789"
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli(*args), env=env or cli_env(), capture_output=True, text=True, timeout=60
-    )
-
-
 def test_sample_manifest_runs_against_the_emulator(tmp_path: Path) -> None:
     """The README's quick start: the sample manifest against the embedded emulator."""
     results = tmp_path / "r.csv"
-    done = run(
+    done = run_cli(
         "submit", str(ROOT / "samples" / "nightly.toml"), "--emulator", "--results", str(results)
     )
     assert done.returncode == 0, done.stderr
@@ -55,7 +49,7 @@ def test_broken_manifest_exits_2_before_any_request(
     """A broken manifest: exit 2, the message names file and line or key, nothing is sent."""
     manifest = tmp_path / "nightly.toml"
     manifest.write_text(text, encoding="utf-8")
-    done = run("submit", str(manifest), "--endpoint", live_emulator.url)
+    done = run_cli("submit", str(manifest), "--endpoint", live_emulator.url)
     assert done.returncode == 2
     assert expected in done.stderr
     assert sum(live_emulator.emulator.calls.values()) == 0
@@ -76,7 +70,7 @@ def test_bad_listing_exits_2_naming_the_line(
     """A bad listing line: exit 2 naming file:line, and no request, even for earlier good lines."""
     manifest = write_manifest(tmp_path, [])
     (tmp_path / "listing.txt").write_bytes(line)
-    done = run("submit", str(manifest), "--endpoint", live_emulator.url)
+    done = run_cli("submit", str(manifest), "--endpoint", live_emulator.url)
     assert done.returncode == 2
     assert expected in done.stderr
     assert sum(live_emulator.emulator.calls.values()) == 0
@@ -86,7 +80,7 @@ def test_missing_credentials_exit_2(tmp_path: Path) -> None:
     """No AK/SK in the environment: exit 2 naming the variables, before any request."""
     manifest = write_manifest(tmp_path, video_keys(3))
     env = {k: v for k, v in cli_env().items() if k != "HUAWEICLOUD_SDK_SK"}
-    done = run("submit", str(manifest), "--endpoint", "http://127.0.0.1:9", env=env)
+    done = run_cli("submit", str(manifest), "--endpoint", "http://127.0.0.1:9", env=env)
     assert done.returncode == 2
     assert "HUAWEICLOUD_SDK_SK" in done.stderr
 
@@ -96,7 +90,7 @@ def test_secret_never_appears_in_any_output(tmp_path: Path, live_emulator: LiveE
     manifest = write_manifest(tmp_path, video_keys(3))
     env = cli_env() | {"HUAWEICLOUD_SDK_SK": SECRET, "HUAWEICLOUD_SDK_SECURITY_TOKEN": SECRET}
     files = [tmp_path / "r.csv", tmp_path / "s.json", tmp_path / "m.prom"]
-    done = run(
+    done = run_cli(
         "submit",
         str(manifest),
         "--endpoint",
@@ -120,7 +114,7 @@ def test_secret_never_appears_in_any_output(tmp_path: Path, live_emulator: LiveE
 def test_expand_prints_job_specs(tmp_path: Path) -> None:
     """expand: one JSON line per video with its create body; no credentials needed."""
     manifest = write_manifest(tmp_path, video_keys(5))
-    done = run("expand", str(manifest), env={"PATH": "/usr/bin:/bin"})
+    done = run_cli("expand", str(manifest), env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     specs = [orjson.loads(line) for line in done.stdout.splitlines()]
     assert len(specs) == 5
@@ -137,14 +131,14 @@ def test_dry_run_sends_nothing_and_respects_the_ledger(
     manifest = write_manifest(tmp_path, keys[:4])
     results = tmp_path / "r.csv"
     assert (
-        run(
+        run_cli(
             "submit", str(manifest), "--endpoint", live_emulator.url, "--results", str(results)
         ).returncode
         == 0
     )
     write_manifest(tmp_path, keys)
     calls = sum(live_emulator.emulator.calls.values())
-    done = run(
+    done = run_cli(
         "submit",
         str(manifest),
         "--endpoint",
@@ -185,7 +179,7 @@ def test_bad_options_exit_2(args: list[str]) -> None:
 def test_bad_endpoint_exits_2(tmp_path: Path) -> None:
     """--endpoint must be an http(s) URL without a path."""
     manifest = write_manifest(tmp_path, video_keys(1))
-    done = run("submit", str(manifest), "--endpoint", "ftp://example.com/x")
+    done = run_cli("submit", str(manifest), "--endpoint", "ftp://example.com/x")
     assert done.returncode == 2
     assert "--endpoint" in done.stderr
 

@@ -13,6 +13,8 @@ from batchsubmit.answers import Kind
 from batchsubmit.auth import Credentials
 from batchsubmit.client import Endpoint, VasClient
 
+from .helpers import serve_app
+
 pytestmark = pytest.mark.anyio
 TOKEN = "temporary-security-token-that-is-a-secret"
 
@@ -23,19 +25,9 @@ async def serving(
 ) -> AsyncIterator[VasClient]:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    endpoint = Endpoint(
-        base_url=f"http://127.0.0.1:{port}", project_id="p" * 32, service_name="video-analyze"
-    )
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield VasClient(session, endpoint, Credentials("AK", "SK" * 20, TOKEN), timeout=2)
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url, aiohttp.ClientSession() as session:
+        endpoint = Endpoint(base_url=url, project_id="p" * 32, service_name="video-analyze")
+        yield VasClient(session, endpoint, Credentials("AK", "SK" * 20, TOKEN), timeout=2)
 
 
 async def test_security_token_echoed_by_the_gateway_is_hidden() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import orjson
@@ -25,9 +24,10 @@ from .helpers import (
     cli,
     cli_env,
     config_for,
-    count_lines,
     job_ids,
+    run_cli,
     run_submit,
+    signal_after_rows,
     sources,
     submit_args,
     video_keys,
@@ -156,9 +156,7 @@ def test_reconcile_command_resolves_unknown_rows_only(
         writer.writerow(_unknown_row(rows[1][0], rows[1][1], service_url))
         writer.writerow(_unknown_row(ghost, "never-created-aaaaaaaaaaaa", service_url))
     before = len(live_emulator.emulator.tasks)
-    fix = subprocess.run(
-        cli("reconcile", str(results)), env=cli_env(), capture_output=True, text=True, timeout=60
-    )
+    fix = run_cli("reconcile", str(results))
     assert fix.returncode == 0, fix.stderr
     assert len(live_emulator.emulator.tasks) == before
     with results.open(newline="", encoding="utf-8") as handle:
@@ -178,24 +176,13 @@ def test_sigkill_mid_run_then_rerun(tmp_path: Path, live_emulator: LiveEmulator)
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"
     args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "16")
-    run = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while count_lines(results) < 400 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    run.send_signal(signal.SIGKILL)
-    run.wait(30)
+    signal_after_rows(args, results, 400, signal.SIGKILL)
     created_before_rerun = len(live_emulator.emulator.tasks)
     assert 400 <= created_before_rerun < 1500
     journal = results.with_name("r.csv.journal")
     assert journal.exists()
     summary = tmp_path / "summary.json"
-    again = subprocess.run(
-        cli(*args, "--summary", str(summary)),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = run_cli(*args, "--summary", str(summary), timeout=120)
     assert again.returncode == 0, again.stderr
     counts = orjson.loads(summary.read_bytes())["counts"]
     assert counts["reconciled"] + counts["not_created"] >= 1, "no in-flight intent was resolved"
@@ -212,16 +199,9 @@ def test_reconcile_resolves_a_killed_runs_intents(
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"
     args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "16")
-    run = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while count_lines(results) < 100 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    run.send_signal(signal.SIGKILL)
-    run.wait(30)
+    signal_after_rows(args, results, 100, signal.SIGKILL)
     before = len(live_emulator.emulator.tasks)
-    fix = subprocess.run(
-        cli("reconcile", str(results)), env=cli_env(), capture_output=True, text=True, timeout=60
-    )
+    fix = run_cli("reconcile", str(results))
     assert fix.returncode == 0, fix.stderr
     assert len(live_emulator.emulator.tasks) == before
     assert set(job_ids(results)) == set(live_emulator.emulator.jobs_by_source())

@@ -21,6 +21,7 @@ from .helpers import (
     count_lines,
     job_ids,
     run_submit,
+    signal_after_rows,
     sources,
     submit_args,
     video_keys,
@@ -153,13 +154,8 @@ def test_sigterm_mid_run_loses_nothing(tmp_path: Path, live_emulator: LiveEmulat
         "--summary",
         str(summary),
     )
-    run = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while count_lines(results) < 300 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    run.send_signal(signal.SIGTERM)
-    _out, err = run.communicate(timeout=60)
-    assert run.returncode == 143, err
+    code, err = signal_after_rows(args, results, 300, signal.SIGTERM)
+    assert code == 143, err
     on_server = live_emulator.emulator.jobs_by_source()
     assert 300 <= len(on_server) < 1500
     assert set(job_ids(results, "jsonl")) == set(on_server)

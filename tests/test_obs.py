@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -16,7 +13,15 @@ from batchsubmit.auth import Credentials
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_SK
 from batchsubmit.obs import authorization, list_prefix, parse_list_result, string_to_sign
 
-from .helpers import LiveEmulator, assert_exactly_once, cli, cli_env, sources, video_keys
+from .helpers import (
+    LiveEmulator,
+    ServerThread,
+    assert_exactly_once,
+    run_cli,
+    serve_app,
+    sources,
+    video_keys,
+)
 
 NS = "http://obs.myhwclouds.com/doc/2015-06-30/"
 
@@ -54,20 +59,16 @@ def test_parse_list_result_with_namespace() -> None:
     assert page.next_marker == "k2"
 
 
-class FakeObs:
+class FakeObs(ServerThread):
     """A bucket in a thread: ListObjects with prefix, marker and max-keys; checks signatures."""
 
     def __init__(self, keys: list[str], *, status: int = 200) -> None:
         self.keys = sorted(keys)
         self.status = status
         self.calls = 0
-        self.url = ""
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
+        app = web.Application()
+        app.router.add_get("/{bucket}", self._handle)
+        super().__init__(lambda: serve_app(app))
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.calls += 1
@@ -89,26 +90,6 @@ class FakeObs:
             f"{body}</ListBucketResult>"
         )
         return web.Response(text=xml, content_type="application/xml")
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        app = web.Application()
-        app.router.add_get("/{bucket}", self._handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def close(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 @pytest.fixture
@@ -148,24 +129,19 @@ def test_submit_from_a_live_prefix(
     """A prefix source is listed live and every video under it is created exactly once."""
     manifest = write_prefix_manifest(tmp_path)
     results = tmp_path / "r.csv"
-    done = subprocess.run(
-        cli(
-            "submit",
-            str(manifest),
-            "--endpoint",
-            live_emulator.url,
-            "--obs-endpoint",
-            fake_obs.url,
-            "--results",
-            str(results),
-            "--rate",
-            "0",
-            "--concurrency",
-            "16",
-        ),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        "submit",
+        str(manifest),
+        "--endpoint",
+        live_emulator.url,
+        "--obs-endpoint",
+        fake_obs.url,
+        "--results",
+        str(results),
+        "--rate",
+        "0",
+        "--concurrency",
+        "16",
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -181,20 +157,15 @@ def test_obs_refusal_stops_before_any_vas_request(
     """OBS says 403: exit 2 with advice, and not one VAS call."""
     fake_obs.status = 403
     manifest = write_prefix_manifest(tmp_path)
-    done = subprocess.run(
-        cli(
-            "submit",
-            str(manifest),
-            "--endpoint",
-            live_emulator.url,
-            "--obs-endpoint",
-            fake_obs.url,
-            "--results",
-            str(tmp_path / "r.csv"),
-        ),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        "submit",
+        str(manifest),
+        "--endpoint",
+        live_emulator.url,
+        "--obs-endpoint",
+        fake_obs.url,
+        "--results",
+        str(tmp_path / "r.csv"),
         timeout=60,
     )
     assert done.returncode == 2
@@ -204,12 +175,6 @@ def test_obs_refusal_stops_before_any_vas_request(
 
 def test_expand_refuses_live_prefixes(tmp_path: Path) -> None:
     """expand reads no network: a prefix source is an error that says what to use instead."""
-    done = subprocess.run(
-        cli("expand", str(write_prefix_manifest(tmp_path))),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli("expand", str(write_prefix_manifest(tmp_path)), timeout=60)
     assert done.returncode == 2
     assert "source[0].prefix" in done.stderr
