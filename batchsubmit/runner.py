@@ -195,46 +195,38 @@ async def _with_pool(
     so far stay, and the journal keeps the intents of calls that were under way.
     """
     try:
-        return await _run_passes(config, reporter, warn, uncertain, passes)
-    except* OSError as group:
-        raise StorageError(_storage_message(config, group.exceptions[0])) from None
-
-
-async def _run_passes(
-    config: RunConfig,
-    reporter: ProgressReporter,
-    warn: Callable[[str], None],
-    uncertain: dict[str, str],
-    passes: Callable[[Pool], Awaitable[None]],
-) -> RunStats:
-    writer = ResultsWriter(config.results, config.format, warn)
-    journal = Journal(
-        journal_path(config.results),
-        durable=config.durable,
-        inherited=uncertain,
-        service_url=config.endpoint.tasks_url,
-        before_checkpoint=writer.sync,
-    )
-    try:
-        async with open_session(config.pool.concurrency) as session:
-            client = VasClient(session, config.endpoint, config.credentials, timeout=config.timeout)
-            pool = Pool(
-                client,
-                writer,
-                reporter,
-                config.pool,
-                service_url=config.endpoint.tasks_url,
-                journal=journal,
-            )
-            async with anyio.create_task_group() as group:
-                group.start_soon(_watch_signals, pool)
-                await passes(pool)
-                group.cancel_scope.cancel()
-        return pool.stats
-    finally:
-        writer.sync()
-        journal.close()
-        writer.close()
+        writer = ResultsWriter(config.results, config.format, warn)
+        journal = Journal(
+            journal_path(config.results),
+            durable=config.durable,
+            inherited=uncertain,
+            service_url=config.endpoint.tasks_url,
+            before_checkpoint=writer.sync,
+        )
+        try:
+            async with open_session(config.pool.concurrency) as session:
+                client = VasClient(
+                    session, config.endpoint, config.credentials, timeout=config.timeout
+                )
+                pool = Pool(
+                    client,
+                    writer,
+                    reporter,
+                    config.pool,
+                    service_url=config.endpoint.tasks_url,
+                    journal=journal,
+                )
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_watch_signals, pool)
+                    await passes(pool)
+                    group.cancel_scope.cancel()
+            return pool.stats
+        finally:
+            writer.sync()
+            journal.close()
+            writer.close()
+    except* OSError as failed:
+        raise StorageError(_storage_message(config, failed.exceptions[0])) from None
 
 
 def _storage_message(config: RunConfig, exc: BaseException) -> str:
