@@ -466,7 +466,7 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
             log, counted.planned + len(uncertain), sys.stderr, bar=_is_terminal(sys.stderr)
         )
         try:
-            stats, summary = await submit(config, prepared, reporter, warn)
+            stats, summary = await submit(config, prepared, reporter, warn, counted.repeats)
         finally:
             reporter.close()
     finally:

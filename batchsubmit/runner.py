@@ -23,7 +23,7 @@ from .manifest import Manifest
 from .pool import Lookup, Pool, PoolSettings, RunStats
 from .progress import ProgressReporter
 from .results import Format, Ledger, ResultsWriter, read_ledger, utc_now
-from .sources import ExpandStats, ObjectRef, iter_objects
+from .sources import ExpandStats, ObjectRef, Repeats, find_repeats, iter_objects
 
 __all__ = ["ExpandSummary", "RunConfig", "count_work", "plan", "reconcile", "submit"]
 
@@ -51,6 +51,7 @@ class ExpandSummary:
     skipped: int = 0
     uncertain: int = 0
     planned: int = 0
+    repeats: Repeats | None = None
 
 
 def plan(
@@ -59,10 +60,11 @@ def plan(
     uncertain: Collection[str],
     summary: ExpandSummary,
     warn: Callable[[str], None],
+    repeats: Repeats | None = None,
 ) -> Iterator[JobSpec]:
     """The job specs still to submit, streamed: done sources and unresolved ones are skipped."""
     build = SpecBuilder(manifest.service, manifest.job).build
-    for ref in _pending(manifest, ledger, uncertain, summary, warn):
+    for ref in _pending(manifest, ledger, uncertain, summary, warn, repeats):
         yield build(ref)
 
 
@@ -72,8 +74,9 @@ def _pending(
     uncertain: Collection[str],
     summary: ExpandSummary,
     warn: Callable[[str], None],
+    repeats: Repeats | None,
 ) -> Iterator[ObjectRef]:
-    for ref in iter_objects(manifest, summary.expand, warn):
+    for ref in iter_objects(manifest, summary.expand, warn, repeats):
         if ledger is not None:
             url = ref.url
             if ledger.is_done(url):
@@ -92,9 +95,10 @@ def count_work(
     uncertain: Collection[str],
     warn: Callable[[str], None],
 ) -> ExpandSummary:
-    """A full pass over the sources before any request: it finds every bad line, and the total."""
-    summary = ExpandSummary(ExpandStats())
-    for _ in _pending(manifest, ledger, uncertain, summary, warn):
+    """The passes over the sources before any request: they find every bad line, the repeats
+    (kept in the summary for the pass that submits) and the exact total."""
+    summary = ExpandSummary(ExpandStats(), repeats=find_repeats(manifest))
+    for _ in _pending(manifest, ledger, uncertain, summary, warn, summary.repeats):
         pass
     return summary
 
@@ -141,8 +145,10 @@ async def submit(
     prepared: Prepared,
     reporter: ProgressReporter,
     warn: Callable[[str], None],
+    repeats: Repeats | None = None,
 ) -> tuple[RunStats, ExpandSummary]:
-    """Resolve what earlier runs left uncertain, then submit what is new."""
+    """Resolve what earlier runs left uncertain, then submit what is new (``repeats`` from
+    :func:`count_work` saves a pass)."""
     manifest = config.manifest
     assert manifest is not None
     uncertain = prepared.uncertain
@@ -160,7 +166,7 @@ async def submit(
             for source in pool.lookup_found:
                 prepared.ledger.done.add(hash(source))
         if not pool.stopping:
-            await pool.run(plan(manifest, ledger, pool.lookup_failed, summary, warn))
+            await pool.run(plan(manifest, ledger, pool.lookup_failed, summary, warn, repeats))
 
     stats = await _with_pool(config, reporter, warn, uncertain, passes)
     stats.skipped = summary.skipped

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from batchsubmit import sources
 from batchsubmit.errors import ManifestError
 from batchsubmit.manifest import JobTemplate, Manifest, Service, Source
 from batchsubmit.sources import (
@@ -14,6 +15,8 @@ from batchsubmit.sources import (
     LineKind,
     ObjectFilter,
     ObjectRef,
+    Repeats,
+    find_repeats,
     iter_objects,
     parse_listing_line,
 )
@@ -398,14 +401,66 @@ def test_bad_listing_line_names_file_and_line(
     assert fragment in info.value.what
 
 
-def test_expansion_streams(tmp_path: Path) -> None:
-    """Objects before a bad line are yielded before the error: the listing is read lazily."""
+def test_bad_line_is_found_before_the_first_object(tmp_path: Path) -> None:
+    """The first pass reads every listing to the end, so nothing is yielded before an error."""
     source = listing(tmp_path, "obs://bkt/a.mp4\nobs://bkt/b.mp4\ngarbage\n")
     objects = iter_objects(make_manifest(tmp_path, source), ExpandStats(), Warnings())
+    with pytest.raises(ManifestError) as info:
+        next(objects)
+    assert info.value.where == f"{source.listing}:3"
+
+
+def test_expansion_streams(tmp_path: Path) -> None:
+    """Given the repeats, the listing itself is read lazily: objects come before a later error."""
+    source = listing(tmp_path, "obs://bkt/a.mp4\nobs://bkt/b.mp4\ngarbage\n")
+    objects = iter_objects(
+        make_manifest(tmp_path, source), ExpandStats(), Warnings(), Repeats([], {})
+    )
     assert next(objects) == ObjectRef("bkt", "a.mp4")
     assert next(objects) == ObjectRef("bkt", "b.mp4")
     with pytest.raises(ManifestError):
         next(objects)
+
+
+def test_repeats_are_few_for_distinct_paths(tmp_path: Path) -> None:
+    """Memory for de-duplication follows the repeats, not the listing: 20,000 distinct paths
+    leave a handful of filter false alarms at most, 500 repeated ones leave 500."""
+    distinct = "".join(f"obs://bkt/v/{i:06d}.mp4\n" for i in range(20_000))
+    manifest = make_manifest(tmp_path, listing(tmp_path, distinct))
+    assert len(find_repeats(manifest)) < 50
+    again = "".join(f"obs://bkt/v/{i:06d}.mp4\n" for i in range(0, 20_000, 40))
+    second = listing(tmp_path, again, name="again.txt")
+    repeats = find_repeats(make_manifest(tmp_path, listing(tmp_path, distinct), second))
+    assert 500 <= len(repeats) < 550
+
+
+def test_duplicates_exact_when_the_filter_is_saturated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a filter far too small every path is a false alarm; the result is still exact."""
+    keys = [f"obs://bkt/{i % 700}.mp4" for i in range(1_000)]  # 300 repeats
+    manifest = make_manifest(tmp_path, listing(tmp_path, "\n".join(keys)))
+    normal, normal_stats, _ = expand(manifest)
+    monkeypatch.setattr(sources, "_FILTER_BITS", 64)
+    monkeypatch.setattr(sources, "_QUICK_BITS_MIN", 64)
+    monkeypatch.setattr(sources, "_QUICK_BITS_MAX", 64)
+    assert len(find_repeats(manifest)) > 650
+    saturated, saturated_stats, _ = expand(manifest)
+    assert saturated == normal == list(dict.fromkeys(keys))
+    assert saturated_stats.duplicates == normal_stats.duplicates == 300
+
+
+def test_listing_changed_between_passes(tmp_path: Path) -> None:
+    """A listing rewritten after the first pass is an error naming it, not a second job."""
+    source = listing(tmp_path, "obs://bkt/a.mp4\n")
+    assert source.listing is not None
+    manifest = make_manifest(tmp_path, source)
+    repeats = find_repeats(manifest)
+    source.listing.write_text("obs://bkt/a.mp4\nobs://bkt/a.mp4\nobs://bkt/b.mp4\n")
+    with pytest.raises(ManifestError) as info:
+        list(iter_objects(manifest, ExpandStats(), Warnings(), repeats))
+    assert info.value.where == str(source.listing)
+    assert "changed while" in info.value.what
 
 
 def test_listing_gone_before_reading(tmp_path: Path) -> None:
