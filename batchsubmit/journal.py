@@ -3,7 +3,12 @@
 Before a create call is sent, its intent (source, name) is in the journal, flushed and synced:
 a run killed at any moment leaves behind exactly the intents whose outcome may be missing
 from the results file, and the next run looks those jobs up by name before creating anything.
-Intents are committed in groups (every intent waiting at once shares one fsync), and the file
+Intents are committed in groups: one fsync for every intent waiting. Jobs journal ahead of
+their in-flight slot, so while others are ready to go, an intent can wait for company: the
+committer syncs once ``group`` intents are pending, at once when a caller says a slot would
+otherwise sit idle (``urgent``, :meth:`hurry`), and at the latest after ``GROUP_WAIT``. With a
+slow service, whose answers trickle in one by one, that saves an fsync and a thread hand-off
+per job. The file
 is compacted to the still-open intents every ``CHECKPOINT`` intents, after the results file
 itself has been synced, so it stays small on long runs.
 """
@@ -26,6 +31,7 @@ from .errors import LockedError, UsageError
 __all__ = ["CHECKPOINT", "Journal", "RunLock", "journal_services", "read_intents"]
 
 CHECKPOINT = 10_000
+GROUP_WAIT = 0.05  # seconds an intent may wait for others to share its fsync
 
 
 def journal_services(path: Path) -> set[str]:
@@ -75,6 +81,7 @@ class Journal:
         inherited: dict[str, str] | None = None,
         service_url: str = "",
         before_checkpoint: Callable[[], None] | None = None,
+        group: int = 1,
     ) -> None:
         self.path = path
         self._durable = durable
@@ -87,6 +94,8 @@ class Journal:
         self._pending: list[bytes] = []
         self._batch = asyncio.Event()
         self._wake = asyncio.Event()
+        self._group = group
+        self._full = asyncio.Event()
         self._syncing = False
         self._since_checkpoint = 0
         self._file: IO[bytes] = self._rewrite()
@@ -103,8 +112,9 @@ class Journal:
         _sync_dir(self.path.parent, self._durable)
         return self.path.open("ab")
 
-    async def intend(self, source: str, name: str) -> None:
-        """Return once the intent to create ``name`` for ``source`` is durable.
+    async def intend(self, source: str, name: str, *, urgent: bool = True) -> None:
+        """Return once the intent to create ``name`` for ``source`` is durable; ``urgent``:
+        nothing else is ready to use the time, sync without waiting for a group.
 
         Needs :meth:`run` going in the same task group.
         """
@@ -112,15 +122,25 @@ class Journal:
         self._pending.append(self._line(source, name))
         batch = self._batch
         self._wake.set()
+        if urgent or len(self._pending) >= self._group:
+            self._full.set()
         await batch.wait()
+
+    def hurry(self) -> None:
+        """Sync what is pending now: a slot went idle for want of a journalled job."""
+        if self._pending:
+            self._full.set()
 
     async def run(self) -> None:
         """The committer: writes what is pending in one go, syncs once, wakes every waiter."""
         while True:
             await self._wake.wait()
             self._wake = asyncio.Event()
-            await anyio.lowlevel.checkpoint()  # let every intent that is ready join this group
-            while self._pending:
+            if self._durable and len(self._pending) < self._group:
+                await self._gather()
+            else:
+                await anyio.lowlevel.checkpoint()  # let every intent that is ready join
+            if self._pending:  # what arrives during the sync waits for the next group
                 lines, self._pending = self._pending, []
                 done, self._batch = self._batch, asyncio.Event()
                 self._file.writelines(lines)
@@ -133,6 +153,22 @@ class Journal:
                         self._syncing = False
                 self._since_checkpoint += len(lines)
                 done.set()
+            if self._pending:
+                self._wake.set()
+
+    async def _gather(self) -> None:
+        """Wait until ``group`` intents are pending, or ``GROUP_WAIT`` has passed."""
+        full = self._full
+        if full.is_set():
+            self._full = asyncio.Event()
+            await anyio.lowlevel.checkpoint()  # still let every intent that is ready join
+            return
+        timer = asyncio.get_running_loop().call_later(GROUP_WAIT, full.set)
+        try:
+            await full.wait()
+        finally:
+            timer.cancel()
+            self._full = asyncio.Event()
 
     def _line(self, source: str, name: str) -> bytes:
         return (

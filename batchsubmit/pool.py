@@ -84,7 +84,8 @@ class Sink(Protocol):
 
 
 class Journal(Protocol):
-    async def intend(self, source: str, name: str) -> None: ...
+    async def intend(self, source: str, name: str, *, urgent: bool = ...) -> None: ...
+    def hurry(self) -> None: ...
     async def run(self) -> None: ...
     def settle(self, source: str) -> None: ...
     def checkpoint_due(self) -> bool: ...
@@ -134,10 +135,16 @@ class _Slots:
     already under way (retries, lookups) before the first calls of new jobs; FIFO within each.
     """
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, on_idle: Callable[[], None] | None = None) -> None:
         self._free = slots
         self._urgent: deque[asyncio.Event] = deque()
         self._new: deque[asyncio.Event] = deque()
+        self._on_idle = on_idle
+
+    @property
+    def idle(self) -> bool:
+        """A slot is free and nobody waits for it."""
+        return self._free > 0 and not self._urgent and not self._new
 
     async def acquire(self, first: bool) -> None:
         if self._free > 0 and not self._urgent and not self._new:
@@ -156,12 +163,14 @@ class _Slots:
             raise
 
     def release(self) -> None:
-        """Hand the slot straight to the next waiter, or free it."""
+        """Hand the slot straight to the next waiter, or free it (and say so)."""
         for queue in (self._urgent, self._new):
             if queue:
                 queue.popleft().set()
                 return
         self._free += 1
+        if self._on_idle is not None:
+            self._on_idle()
 
 
 class _Job:
@@ -212,7 +221,7 @@ class Pool:
         self._clock = clock
         self._rng = random.Random(settings.seed)
         self._controller = RateController(settings.rate, settings.controller)
-        self._inflight = _Slots(settings.concurrency)
+        self._inflight = _Slots(settings.concurrency, journal.hurry if journal else None)
         self._ahead = asyncio.Semaphore(2 * settings.concurrency)
         self._rate_lock = anyio.Lock()
         self._stopping = anyio.Event()
@@ -346,7 +355,7 @@ class Pool:
                 # many jobs as can be in flight: a killed run leaves few intents to look up.
                 await self._ahead.acquire()
                 job.ahead = self._ahead
-                await self._journal.intend(spec.source, spec.name)
+                await self._journal.intend(spec.source, spec.name, urgent=self._inflight.idle)
                 journalled = True
             while True:
                 if self._stopping.is_set():

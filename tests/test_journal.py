@@ -361,3 +361,60 @@ def test_lock_in_a_missing_directory(tmp_path: Path) -> None:
     """A lock file that cannot be created is a UsageError, not an OSError."""
     with pytest.raises(UsageError, match="cannot create the lock file"):
         RunLock(tmp_path / "missing" / "r.lock").acquire("x")
+
+
+@pytest.mark.anyio
+async def test_group_waits_for_company_unless_urgent_or_hurried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Intents that are not urgent wait for ``group`` of them to share a sync; ``urgent`` or
+    ``hurry()`` (a slot went idle) sync at once."""
+    monkeypatch.setattr(journal_module, "GROUP_WAIT", 30.0)
+    syncs: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", syncs.append)
+    path = tmp_path / "j"
+    journal = Journal(path, group=4)
+    done: list[str] = []
+    fifth_done = anyio.Event()
+
+    async def intend(source: str, urgent: bool = False) -> None:
+        await journal.intend(source, source[-5:], urgent=urgent)
+        done.append(source)
+        if len(done) == 5:
+            fifth_done.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(journal.run)
+            for i in range(3):
+                group.start_soon(intend, f"obs://bkt/{i}.mp4")
+            await anyio.sleep(0.2)
+            assert (done, syncs) == ([], [])
+            await intend("obs://bkt/3.mp4")
+            assert len(done) == 4  # the three that waited were woken first
+            assert len(syncs) == 1
+            group.start_soon(intend, "obs://bkt/4.mp4")
+            await anyio.sleep(0.2)
+            assert len(done) == 4
+            journal.hurry()
+            await fifth_done.wait()
+            assert len(syncs) == 2
+            await intend("obs://bkt/5.mp4", True)
+            assert len(syncs) == 3
+            group.cancel_scope.cancel()
+    assert len(intents_in(path)) == 6
+    journal.close()
+
+
+@pytest.mark.anyio
+async def test_group_wait_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone intent that nobody hurries is synced after GROUP_WAIT, not never."""
+    monkeypatch.setattr(journal_module, "GROUP_WAIT", 0.05)
+    journal = Journal(tmp_path / "j", group=1000)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(journal.run)
+            await journal.intend("obs://bkt/a.mp4", "a", urgent=False)
+            group.cancel_scope.cancel()
+    assert intents_in(tmp_path / "j") == {"obs://bkt/a.mp4": "a"}
+    journal.close()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
 import pytest
 
+from batchsubmit import journal as journal_module
 from batchsubmit.answers import Answer, Kind
 from batchsubmit.jobs import JobSpec
+from batchsubmit.journal import Journal
 from batchsubmit.pool import NOT_CREATED, Lookup, Pool, PoolSettings
 from batchsubmit.results import Outcome
 from batchsubmit.retry import RetryPolicy
@@ -357,9 +361,12 @@ class SpyJournal:
         self.open: set[str] = set()
         self.most_open = 0
 
-    async def intend(self, source: str, name: str) -> None:
+    async def intend(self, source: str, name: str, *, urgent: bool = True) -> None:
         self.open.add(source)
         self.most_open = max(self.most_open, len(self.open))
+
+    def hurry(self) -> None:
+        pass
 
     async def run(self) -> None:
         await anyio.sleep_forever()
@@ -392,3 +399,29 @@ async def test_intents_are_written_only_a_little_ahead() -> None:
     assert len(rows.rows) == 60
     assert journal.most_open <= 9
     assert not journal.open
+
+
+async def test_journal_groups_never_hold_up_an_idle_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a group the pool can never fill and no time limit on waiting for it, the run
+    still flows: a job that would leave a slot idle asks the journal to sync at once."""
+    monkeypatch.setattr(journal_module, "GROUP_WAIT", 3600.0)
+    service = FakeService(latency=0.002)
+    rows = Rows()
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)  # durable, without the disk
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    journal = Journal(tmp_path / "j", group=10_000)
+    pool = Pool(
+        service,
+        rows,
+        rows,
+        PoolSettings(concurrency=4, rate=0.0, retry=FAST_RETRY, settle=0.0, backlog=16),
+        service_url=SERVICE,
+        journal=journal,
+    )
+    with anyio.fail_after(10):
+        await pool.run(iter([spec(i) for i in range(200)]))
+    journal.close()
+    assert len(rows.rows) == 200
+    assert service.creates == 200

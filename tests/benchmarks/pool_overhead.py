@@ -1,6 +1,7 @@
 """The pool's own CPU per job, in one process, with no HTTP and no server.
 
     python -m tests.benchmarks.pool_overhead [--jobs 20000] [--repeats 5] [--no-journal]
+                                             [--latency SECONDS]
 
 For tuning ``batchsubmit.pool``: the network benchmark's figures move by ±30% on a shared
 machine, this one much less, because nothing but the client runs. Over a generated listing it
@@ -9,7 +10,8 @@ times, in CPU-seconds per job (``time.process_time``, the minimum and median of 
 - ``count_work``: the pass over the sources ``submit`` makes before the first call;
 - ``plan``: the sources to job specs (listing, filter, name, body), as the pool consumes them;
 - ``pool``: ``Pool.run`` over those specs with a fake API whose create yields to the event loop
-  once and answers 201, with the real results writer and journal (durable, as ``submit`` runs);
+  once (or sleeps ``--latency``) and answers 201, with the real results writer and journal
+  (durable and grouped, as ``submit`` runs);
 - ``floor``: the same specs through 64 plain asyncio tasks calling the same fake API and
   writing the same rows, no journal: what a pool needs at the least.
 
@@ -46,10 +48,13 @@ _CREATED = Answer(kind=Kind.CREATED, status=201, job_id="a" * 32, request_id="b"
 
 
 class FakeApi:
-    """Answers every create 201 after one trip through the event loop."""
+    """Answers every create 201 after one trip through the event loop, or ``latency`` seconds."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self._latency = latency
 
     async def create(self, body: bytes) -> Answer:
-        await asyncio.sleep(0)
+        await asyncio.sleep(self._latency)
         return _CREATED
 
     async def list_page(self, name_like: str, offset: int, limit: int = 100) -> Answer:
@@ -85,17 +90,25 @@ def _run(main: Coroutine[Any, Any, int]) -> tuple[float, int]:
     return time.process_time() - started, result
 
 
-async def _pool(manifest: Any, root: Path, concurrency: int, journalled: bool) -> int:
+async def _pool(
+    manifest: Any, root: Path, concurrency: int, journalled: bool, latency: float
+) -> int:
     results = root / f"pool-{time.monotonic_ns()}.csv"
     writer = ResultsWriter(results, "csv", _ignore)
     journal = (
-        Journal(journal_path(results), durable=True, inherited={}, before_checkpoint=writer.sync)
+        Journal(
+            journal_path(results),
+            durable=True,
+            inherited={},
+            before_checkpoint=writer.sync,
+            group=max(1, concurrency // 2),
+        )
         if journalled
         else None
     )
     try:
         pool = Pool(
-            FakeApi(),
+            FakeApi(latency),
             writer,
             NullReporter(),
             PoolSettings(concurrency=concurrency, rate=0),
@@ -111,10 +124,10 @@ async def _pool(manifest: Any, root: Path, concurrency: int, journalled: bool) -
         writer.close()
 
 
-async def _floor(manifest: Any, root: Path, concurrency: int) -> int:
+async def _floor(manifest: Any, root: Path, concurrency: int, latency: float) -> int:
     results = root / f"floor-{time.monotonic_ns()}.csv"
     writer = ResultsWriter(results, "csv", _ignore)
-    api = FakeApi()
+    api = FakeApi(latency)
     url = workload.tasks_url("http://127.0.0.1:9")
     specs = _specs(manifest)
     done = 0
@@ -146,7 +159,9 @@ async def _floor(manifest: Any, root: Path, concurrency: int) -> int:
     return done
 
 
-def measure(jobs: int, repeats: int, concurrency: int, journalled: bool) -> dict[str, Any]:
+def measure(
+    jobs: int, repeats: int, concurrency: int, journalled: bool, latency: float = 0.0
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="batchsubmit-pool-") as directory:
         root = Path(directory)
         listing = root / "listing.txt"
@@ -157,8 +172,8 @@ def measure(jobs: int, repeats: int, concurrency: int, journalled: bool) -> dict
         for _ in range(repeats):
             seconds["count_work"].append(_timed(lambda: count_work(manifest, None, (), _ignore)))
             seconds["plan"].append(_timed(lambda: sum(1 for _ in _specs(manifest))))
-            pool, done = _run(_pool(manifest, root, concurrency, journalled))
-            floor, floor_done = _run(_floor(manifest, root, concurrency))
+            pool, done = _run(_pool(manifest, root, concurrency, journalled, latency))
+            floor, floor_done = _run(_floor(manifest, root, concurrency, latency))
             if (done, floor_done) != (jobs, jobs):
                 raise SystemExit(f"expected {jobs} jobs, got {done} (pool), {floor_done} (floor)")
             seconds["pool"].append(pool)
@@ -172,13 +187,20 @@ def measure(jobs: int, repeats: int, concurrency: int, journalled: bool) -> dict
         }
         for name, values in seconds.items()
     }
-    return {"jobs": jobs, "repeats": repeats, "journal": journalled, "per_job": per_job}
+    return {
+        "jobs": jobs,
+        "repeats": repeats,
+        "journal": journalled,
+        "latency": latency,
+        "per_job": per_job,
+    }
 
 
 def render(report: dict[str, Any]) -> str:
     per_job = report["per_job"]
     lines = [
-        f"Pool overhead, in process, fake API: {report['jobs']} jobs, "
+        f"Pool overhead, in process, fake API ({report['latency'] * 1000:g} ms): "
+        f"{report['jobs']} jobs, "
         f"{'durable journal' if report['journal'] else 'no journal'}, "
         f"CPU microseconds per job (min / median of {report['repeats']})",
     ]
@@ -203,9 +225,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--no-journal", action="store_true")
+    parser.add_argument("--latency", type=float, default=0.0, help="fake API latency, seconds")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of a table")
     args = parser.parse_args()
-    report = measure(args.jobs, args.repeats, args.concurrency, not args.no_journal)
+    report = measure(args.jobs, args.repeats, args.concurrency, not args.no_journal, args.latency)
     if args.json:
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
     else:
