@@ -77,16 +77,23 @@ def _pending(
     repeats: Repeats | None,
 ) -> Iterator[ObjectRef]:
     for ref in iter_objects(manifest, summary.expand, warn, repeats):
-        if ledger is not None:
-            url = ref.url
-            if ledger.is_done(url):
-                summary.skipped += 1
-                continue
-            if url in uncertain:
-                summary.uncertain += 1
-                continue
-        summary.planned += 1
-        yield ref
+        if _tally(ref.url, ledger, uncertain, summary):
+            yield ref
+
+
+def _tally(
+    url: str, ledger: Ledger | None, uncertain: Collection[str], summary: ExpandSummary
+) -> bool:
+    """Count one video as skipped (done, or its outcome unknown) or planned; True if planned."""
+    if ledger is not None:
+        if ledger.is_done(url):
+            summary.skipped += 1
+            return False
+        if url in uncertain:
+            summary.uncertain += 1
+            return False
+    summary.planned += 1
+    return True
 
 
 def count_work(
@@ -95,11 +102,18 @@ def count_work(
     uncertain: Collection[str],
     warn: Callable[[str], None],
 ) -> ExpandSummary:
-    """The passes over the sources before any request: they find every bad line, the repeats
-    (kept in the summary for the pass that submits) and the exact total."""
-    summary = ExpandSummary(ExpandStats(), repeats=find_repeats(manifest))
-    for _ in _pending(manifest, ledger, uncertain, summary, warn, summary.repeats):
-        pass
+    """The pass over the sources before any request: it finds every bad line, the repeats
+    (kept in the summary for the pass that submits) and the total. Only when some path may
+    repeat does it take a second pass, to count exactly."""
+    summary = ExpandSummary(ExpandStats())
+    repeats = find_repeats(
+        manifest, summary.expand, lambda url: _tally(url, ledger, uncertain, summary)
+    )
+    if len(repeats):
+        summary = ExpandSummary(ExpandStats())
+        for _ in _pending(manifest, ledger, uncertain, summary, warn, repeats):
+            pass
+    summary.repeats = repeats
     return summary
 
 

@@ -192,14 +192,24 @@ class Repeats:
         return first
 
 
-def find_repeats(manifest: Manifest) -> Repeats:
-    """The first pass over the sources: which paths come more than once (warnings are left
-    to the pass that yields; errors are raised here, before anything is yielded)."""
+def find_repeats(
+    manifest: Manifest,
+    stats: ExpandStats | None = None,
+    each: Callable[[str], object] | None = None,
+) -> Repeats:
+    """The first pass over the sources: which paths come more than once. Errors are raised
+    here, before anything is yielded; warnings are left to the pass that yields.
+
+    ``stats`` and ``each`` (called with every video's URL, repeats included) let a caller
+    count in the same pass: when no path repeats, that count is already exact.
+    """
     mask = _FILTER_BITS - 1
     found = array("q")
     fingerprints: dict[Path, tuple[int, int]] = {}
     with mmap.mmap(-1, _FILTER_BITS >> 3) as seen:
-        for url, _bucket, _key in _videos(manifest, ExpandStats(), _ignore, fingerprints):
+        for url, _bucket, _key in _videos(manifest, stats or ExpandStats(), _ignore, fingerprints):
+            if each is not None:
+                each(url)
             value = hash(url)
             low = value & mask
             high = (value >> 32) & mask

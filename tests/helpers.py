@@ -224,6 +224,15 @@ class LiveEmulator(ServerThread):
         self.emulator = Emulator(faults or Faults())
         super().__init__(self.emulator.serve)
 
+    def settled_tasks(self, quiet: float = 0.2) -> int:
+        """The number of jobs once no create is still being answered: a killed client's calls
+        that reached the emulator complete after it died."""
+        count = -1
+        while count != len(self.emulator.tasks):
+            count = len(self.emulator.tasks)
+            time.sleep(quiet)
+        return count
+
 
 def cli_env() -> dict[str, str]:
     """The environment for a `batchsubmit` process talking to the emulator."""

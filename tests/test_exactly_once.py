@@ -155,7 +155,7 @@ def test_reconcile_command_resolves_unknown_rows_only(
         writer.writerow(COLUMNS)
         writer.writerow(_unknown_row(rows[1][0], rows[1][1], service_url))
         writer.writerow(_unknown_row(ghost, "never-created-aaaaaaaaaaaa", service_url))
-    before = len(live_emulator.emulator.tasks)
+    before = live_emulator.settled_tasks()
     fix = run_cli("reconcile", str(results))
     assert fix.returncode == 0, fix.stderr
     assert len(live_emulator.emulator.tasks) == before
@@ -177,7 +177,7 @@ def test_sigkill_mid_run_then_rerun(tmp_path: Path, live_emulator: LiveEmulator)
     results = tmp_path / "r.csv"
     args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "16")
     signal_after_rows(args, results, 400, signal.SIGKILL)
-    created_before_rerun = len(live_emulator.emulator.tasks)
+    created_before_rerun = live_emulator.settled_tasks()
     assert 400 <= created_before_rerun < 1500
     journal = results.with_name("r.csv.journal")
     assert journal.exists()
@@ -200,7 +200,7 @@ def test_reconcile_resolves_a_killed_runs_intents(
     results = tmp_path / "r.csv"
     args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "16")
     signal_after_rows(args, results, 100, signal.SIGKILL)
-    before = len(live_emulator.emulator.tasks)
+    before = live_emulator.settled_tasks()
     fix = run_cli("reconcile", str(results))
     assert fix.returncode == 0, fix.stderr
     assert len(live_emulator.emulator.tasks) == before
