@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -32,6 +33,7 @@ __all__ = ["CHECKPOINT", "Journal", "RunLock", "journal_services", "read_intents
 
 CHECKPOINT = 10_000
 GROUP_WAIT = 0.05  # seconds an intent may wait for others to share its fsync
+INLINE_SYNC_MAX = 0.002  # seconds: a slower fdatasync moves syncing to a thread for good
 
 
 def journal_services(path: Path) -> set[str]:
@@ -82,6 +84,7 @@ class Journal:
         service_url: str = "",
         before_checkpoint: Callable[[], None] | None = None,
         group: int = 1,
+        inline_sync: bool = True,
     ) -> None:
         self.path = path
         self._durable = durable
@@ -97,6 +100,7 @@ class Journal:
         self._group = group
         self._full = asyncio.Event()
         self._syncing = False
+        self._inline = inline_sync
         self._since_checkpoint = 0
         self._file: IO[bytes] = self._rewrite()
 
@@ -148,13 +152,26 @@ class Journal:
                 if self._durable:
                     self._syncing = True
                     try:
-                        await anyio.to_thread.run_sync(os.fdatasync, self._file.fileno())
+                        await self._sync()
                     finally:
                         self._syncing = False
                 self._since_checkpoint += len(lines)
                 done.set()
             if self._pending:
                 self._wake.set()
+
+    async def _sync(self) -> None:
+        """fdatasync on the event loop while the disk answers within ``INLINE_SYNC_MAX`` (a
+        thread hand-off costs more CPU than such a sync); in a thread once one was slower, so
+        slow storage stalls the calls in flight at most once."""
+        if self._inline:
+            started = time.perf_counter()
+            os.fdatasync(self._file.fileno())
+            if time.perf_counter() - started > INLINE_SYNC_MAX:
+                self._inline = False
+            await anyio.lowlevel.checkpoint()
+        else:
+            await anyio.to_thread.run_sync(os.fdatasync, self._file.fileno())
 
     async def _gather(self) -> None:
         """Wait until ``group`` intents are pending, or ``GROUP_WAIT`` has passed."""

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -67,7 +69,7 @@ async def test_intend_waits_for_the_sync(tmp_path: Path, monkeypatch: pytest.Mon
         real_sync(fd)
 
     monkeypatch.setattr(os, "fdatasync", slow_sync)
-    journal = Journal(tmp_path / "j")
+    journal = Journal(tmp_path / "j", inline_sync=False)
     returned = anyio.Event()
 
     async def intend() -> None:
@@ -417,4 +419,45 @@ async def test_group_wait_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyP
             await journal.intend("obs://bkt/a.mp4", "a", urgent=False)
             group.cancel_scope.cancel()
     assert intents_in(tmp_path / "j") == {"obs://bkt/a.mp4": "a"}
+    journal.close()
+
+
+@pytest.mark.anyio
+async def test_fast_syncs_stay_on_the_loop_and_a_slow_one_moves_them_to_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread hand-off costs more than a fast fdatasync; slow storage must not stall the
+    event loop more than once."""
+    threaded: list[object] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def spy_run_sync(function: Callable[[int], None], fd: int) -> None:
+        threaded.append(function)
+        await real_run_sync(function, fd)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", spy_run_sync)
+    delay = [0.0]
+    syncs: list[int] = []
+
+    def sync(fd: int) -> None:
+        syncs.append(fd)
+        time.sleep(delay[0])
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    journal = Journal(tmp_path / "j")
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(journal.run)
+            for i in range(3):
+                await journal.intend(f"obs://bkt/{i}.mp4", str(i))
+            assert (len(syncs), threaded) == (3, [])
+            delay[0] = journal_module.INLINE_SYNC_MAX * 2
+            await journal.intend("obs://bkt/slow.mp4", "slow")
+            assert threaded == []
+            delay[0] = 0.0
+            await journal.intend("obs://bkt/after.mp4", "after")
+            await journal.intend("obs://bkt/after2.mp4", "after2")
+            assert len(threaded) == 2
+            group.cancel_scope.cancel()
+    assert len(syncs) == 6
     journal.close()
