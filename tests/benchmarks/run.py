@@ -773,7 +773,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="fewer jobs, one run, small listings")
     parser.add_argument("--jobs", type=int, help="jobs per run at 0 ms (default 4000)")
-    parser.add_argument("--slow-jobs", type=int, help="jobs per run with latency (default 4000)")
+    parser.add_argument("--slow-jobs", type=int, help="jobs per run with latency (default 10000)")
     parser.add_argument(
         "--sdk-jobs", type=int, help="jobs per SDK run (default: a quarter: it is slower)"
     )
@@ -813,7 +813,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _scenarios(args: argparse.Namespace) -> list[Scenario]:
     jobs = args.jobs or (1000 if args.quick else 4000)
-    slow_jobs = args.slow_jobs or (1500 if args.quick else 4000)
+    slow_jobs = args.slow_jobs or (1500 if args.quick else 10_000)
     found = []
     for item in args.scenarios.split(","):
         latency_ms, _, server = item.partition(":")
