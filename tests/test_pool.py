@@ -15,6 +15,7 @@ import pytest
 
 from batchsubmit import journal as journal_module
 from batchsubmit.answers import Answer, Kind
+from batchsubmit.errors import ManifestError
 from batchsubmit.jobs import JobSpec
 from batchsubmit.journal import Journal
 from batchsubmit.pool import NOT_CREATED, Lookup, Pool, PoolSettings
@@ -425,3 +426,25 @@ async def test_journal_groups_never_hold_up_an_idle_pool(
     journal.close()
     assert len(rows.rows) == 200
     assert service.creates == 200
+
+
+async def test_sources_failing_mid_run_stop_the_run_with_every_row() -> None:
+    """A listing that cannot be read to the end once jobs are under way (it changed since the
+    first pass) stops the run as fatal: what was sent gets its row, the rest is deferred to
+    the next run, nothing is lost or sent twice."""
+
+    def work() -> Iterator[JobSpec]:
+        yield from (spec(i) for i in range(5))
+        raise ManifestError("listing.txt", "the listing changed while batchsubmit was reading it")
+
+    service = FakeService(latency=0.01)
+    rows = Rows()
+    pool = make_pool(service, rows)
+    stats = await pool.run(work())
+    assert rows.rows
+    assert all(r.status == "submitted" for r in rows.rows)
+    assert service.creates == len(rows.rows)
+    assert len(rows.rows) + stats.deferred == 5
+    assert stats.fatal is not None
+    assert "could not be read to the end" in stats.fatal
+    assert "listing.txt" in stats.fatal
