@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import random
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from batchsubmit.results import (
     Ledger,
     Outcome,
     ResultsWriter,
+    SourceHashes,
     format_for,
     read_ledger,
     utc_now,
@@ -487,3 +489,40 @@ def test_utc_now_format() -> None:
     assert len(value) == len("2024-01-01T00:00:00.000Z")
     assert value.endswith("Z")
     assert value[10] == "T"
+
+
+AWKWARD = ["", " ", "plain", "a,b", 'say "hi"', "line\nbreak", "cr\rhere", "视频 01.mp4", "'", ";"]
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+@pytest.mark.parametrize("field", ["source", "name", "error_code", "error_msg", "request_id"])
+def test_csv_rows_are_byte_for_byte_what_the_csv_module_writes(
+    tmp_path: Path, field: str, text: str
+) -> None:
+    """Rows without anything to quote skip the csv module; every row is still exactly the
+    bytes csv.writer would write."""
+    row = outcome(status="failed", reconciled=True, **{field: text})
+    path = tmp_path / "r.csv"
+    write_rows(path, "csv", [row, outcome()])
+    expected = tmp_path / "expected.csv"
+    with expected.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for item in (row, outcome()):
+            writer.writerow(dataclasses.astuple(item))
+    assert path.read_bytes() == expected.read_bytes()
+
+
+def test_source_hashes_hold_every_hash_whatever_its_bucket() -> None:
+    """The ledger's hashes are sorted bucket by bucket (by top byte); membership must hold for
+    the extremes, for both signs and for hashes sharing a bucket."""
+    rng = random.Random(7)
+    values = [rng.randrange(-(2**63), 2**63) for _ in range(20_000)]
+    values += [-(2**63), 2**63 - 1, 0, -1, 1, 2**56, -(2**56)]
+    found = SourceHashes(values)
+    assert len(found) == len(values)
+    assert all(value in found for value in values)
+    present = set(values)
+    others = (rng.randrange(-(2**63), 2**63) for _ in range(20_000))
+    assert not any(value in found for value in others if value not in present)
+    assert found == SourceHashes(reversed(values))
