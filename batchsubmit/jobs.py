@@ -12,7 +12,6 @@ import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -75,40 +74,57 @@ def template_fields(ref: ObjectRef) -> dict[str, str]:
 
 
 class SpecBuilder:
-    """Builds JobSpecs for one service and template; the template is parsed once."""
+    """Builds JobSpecs for one service and template; the template is parsed, and the fixed
+    parts of the body serialised, once (this is on the per-job path)."""
 
     def __init__(self, service: Service, job: JobTemplate) -> None:
         pieces = list(_pieces(job.name))
         if not any(field == "hash" for _, field in pieces):
             pieces.append(("-", "hash"))
-        self._name_pieces = pieces
+        self._name_pieces = [(_sanitise(text), field) for text, field in pieces]
         self._description = job.description
-        self._version = service.version
         extra = dict(job.body)
-        self._output = {
+        output = {
             "obs": {"bucket": job.output_bucket, "path": job.output_path},
             **extra.pop("output", {}),
         }
-        self._extra: dict[str, Any] = extra
+        # The body is {"name", "service_version", ["description"], "input", "output", extras...}
+        # (the manifest refuses extras under the first four names): the bytes orjson.dumps would
+        # write for that dict, spliced around the per-job values.
+        self._after_name = b',"service_version":' + orjson.dumps(service.version)
+        self._input = b',"input":{"type":"obs","data":[{"bucket":'
+        extras = orjson.dumps(extra)[1:-1] if extra else b""
+        self._tail = (
+            b',"output":' + orjson.dumps(output) + (b"," + extras if extras else b"") + b"}"
+        )
 
     def build(self, ref: ObjectRef) -> JobSpec:
         fields = template_fields(ref)
-        body: dict[str, Any] = {"name": self.name(fields), "service_version": self._version}
+        name = self.name(fields)
+        parts = [b'{"name":', orjson.dumps(name), self._after_name]
         if self._description is not None:
-            body["description"] = self._description.format_map(fields)[:DESCRIPTION_MAX]
-        body["input"] = {"type": "obs", "data": [{"bucket": ref.bucket, "path": ref.key}]}
-        body["output"] = self._output
-        body.update(self._extra)
-        return JobSpec(source=fields["source"], name=body["name"], body=orjson.dumps(body))
+            description = self._description.format_map(fields)[:DESCRIPTION_MAX]
+            parts += (b',"description":', orjson.dumps(description))
+        parts += (
+            self._input,
+            orjson.dumps(ref.bucket),
+            b',"path":',
+            orjson.dumps(ref.key),
+            b"}]}",
+            self._tail,
+        )
+        return JobSpec(source=fields["source"], name=name, body=b"".join(parts))
 
     def name(self, fields: dict[str, str]) -> str:
         """Render the name template: invalid characters become ``_``, long parts are cut."""
         parts: list[tuple[str, bool]] = []
         for text, field in self._name_pieces:
             if text:
-                parts.append((_sanitise(text), False))
-            if field is not None:
-                parts.append((_sanitise(fields[field]), field == "hash"))
+                parts.append((text, False))
+            if field == "hash":
+                parts.append((fields["hash"], True))  # base32: always valid
+            elif field is not None:
+                parts.append((_sanitise(fields[field]), False))
         return _fit(parts)
 
 

@@ -368,3 +368,37 @@ def test_source_hash_is_base32_of_sha256() -> None:
         digest = hashlib.sha256(url.encode()).digest()
         assert source_hash(url) == base64.b32encode(digest[:8]).decode().lower()[:12]
     assert source_hash("obs://in-bucket/extra/late-arrival.mp4") == "5maqk2zudkfz"
+
+
+@pytest.mark.parametrize(
+    ("description", "body"),
+    [
+        (None, {}),
+        ("from {source} ({ext})", {}),
+        ('说明 "quoted" {stem}', {"priority": 3, "config": {"threshold": 0.5, "tags": ["a"]}}),
+        (None, {"output": {"dis": {"stream_name": "s"}}, "resource_order": {"cpu": 1}}),
+    ],
+)
+@pytest.mark.parametrize(
+    "key", ["a.mp4", 'dir with spaces/视频 "01".mov', "back\\slash/x.MP4", "deep/a/b/c.ts"]
+)
+def test_body_bytes_are_orjson_of_the_body_dict(
+    description: str | None, body: dict[str, Any], key: str
+) -> None:
+    """The body is spliced from pre-serialised parts; it must be byte for byte what
+    orjson.dumps writes for the create body as a dict, in the seed document's field order."""
+    ref = ObjectRef("in-bucket", key)
+    job = template(description=description, body=body)
+    spec = SpecBuilder(SERVICE, job).build(ref)
+    fields = template_fields(ref)
+    extra = dict(body)
+    expected: dict[str, Any] = {"name": spec.name, "service_version": SERVICE.version}
+    if description is not None:
+        expected["description"] = description.format_map(fields)[:DESCRIPTION_MAX]
+    expected["input"] = {"type": "obs", "data": [{"bucket": "in-bucket", "path": key}]}
+    expected["output"] = {
+        "obs": {"bucket": "out-bucket", "path": "results/"},
+        **extra.pop("output", {}),
+    }
+    expected.update(extra)
+    assert spec.body == orjson.dumps(expected)
