@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from batchsubmit import journal as journal_module
+from batchsubmit import pool as pool_module
 from batchsubmit.answers import Answer, Kind
 from batchsubmit.errors import ManifestError
 from batchsubmit.jobs import JobSpec
@@ -116,7 +117,9 @@ class Rows:
         return {row.source: row for row in self.rows}
 
 
-def make_pool(service: FakeService, rows: Rows, **settings: Any) -> Pool:
+def make_pool(
+    service: FakeService, rows: Rows, journal: pool_module.Journal | None = None, **settings: Any
+) -> Pool:
     defaults: dict[str, Any] = {
         "concurrency": 4,
         "rate": 0.0,
@@ -125,7 +128,7 @@ def make_pool(service: FakeService, rows: Rows, **settings: Any) -> Pool:
         "backlog": 16,
     }
     defaults.update(settings)
-    return Pool(service, rows, rows, PoolSettings(**defaults), service_url=SERVICE)
+    return Pool(service, rows, rows, PoolSettings(**defaults), service_url=SERVICE, journal=journal)
 
 
 async def test_lost_answer_without_a_job_is_created_again() -> None:
@@ -388,14 +391,7 @@ async def test_intents_are_written_only_a_little_ahead() -> None:
     service = FakeService(latency=0.01)
     rows = Rows()
     journal = SpyJournal()
-    pool = Pool(
-        service,
-        rows,
-        rows,
-        PoolSettings(concurrency=3, rate=0.0, retry=FAST_RETRY, settle=0.0, backlog=64),
-        service_url=SERVICE,
-        journal=journal,
-    )
+    pool = make_pool(service, rows, journal, concurrency=3, backlog=64)
     await pool.run(iter([spec(i) for i in range(60)]))
     assert len(rows.rows) == 60
     assert journal.most_open <= 9
@@ -413,14 +409,7 @@ async def test_journal_groups_never_hold_up_an_idle_pool(
     monkeypatch.setattr(os, "fdatasync", lambda fd: None)  # durable, without the disk
     monkeypatch.setattr(os, "fsync", lambda fd: None)
     journal = Journal(tmp_path / "j", group=10_000)
-    pool = Pool(
-        service,
-        rows,
-        rows,
-        PoolSettings(concurrency=4, rate=0.0, retry=FAST_RETRY, settle=0.0, backlog=16),
-        service_url=SERVICE,
-        journal=journal,
-    )
+    pool = make_pool(service, rows, journal)
     with anyio.fail_after(10):
         await pool.run(iter([spec(i) for i in range(200)]))
     journal.close()
