@@ -13,7 +13,6 @@ import io
 import os
 import re
 import time
-from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from .errors import UsageError
+from .hashes import HashBuckets
 
 __all__ = [
     "COLUMNS",
@@ -196,39 +196,16 @@ class ResultsWriter:
         self._file.close()
 
 
-class _Buckets:
-    """8-byte hashes gathered in 256 arrays by their top byte (hashes are uniform), so that
-    sorting them holds one bucket's worth of Python ints at a time, not one per row: the peak
-    stays near 16 bytes a row where ``sorted()`` of the whole would need about 50."""
-
-    def __init__(self) -> None:
-        self._arrays = [array("q") for _ in range(256)]
-
-    def add(self, value: int) -> None:
-        self._arrays[(value >> 56) + 128].append(value)
-
-    def sorted(self) -> array[int]:
-        """Every hash, in order; the buckets are emptied as they are used."""
-        found = array("q")
-        for index, bucket in enumerate(self._arrays):
-            self._arrays[index] = array("q")
-            found.extend(sorted(bucket))
-        return found
-
-
 class SourceHashes:
     """The hashes of submitted sources: a sorted array of 8 bytes each (a set would take about
     60 bytes a row, and ledgers grow every night), plus the few added during the run."""
 
     def __init__(self, hashes: Iterable[int] = ()) -> None:
-        buckets = _Buckets()
-        for value in hashes:
-            buckets.add(value)
-        self._sorted = buckets.sorted()
+        self._sorted = HashBuckets(hashes).sorted()
         self._added: set[int] = set()
 
     @classmethod
-    def from_buckets(cls, buckets: _Buckets) -> SourceHashes:
+    def from_buckets(cls, buckets: HashBuckets) -> SourceHashes:
         found = cls()
         found._sorted = buckets.sorted()
         return found
@@ -294,7 +271,7 @@ def read_ledger(path: Path, fmt: Format, service_url: str, warn: Callable[[str],
         return ledger
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the results file: {exc.strerror}") from None
-    submitted = _Buckets()
+    submitted = HashBuckets()
     unknown = ledger.unknown
     with handle:
         rows = _csv_rows(handle, path) if fmt == "csv" else _jsonl_rows(handle)

@@ -13,7 +13,6 @@ import fnmatch
 import mmap
 import os
 import re
-from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import ManifestError
+from .hashes import HashBuckets
 from .manifest import Manifest, Source, parse_obs_url
 
 __all__ = [
@@ -155,8 +155,8 @@ class Repeats:
     fingerprinted: one that changes between the passes is an error, not a job created twice.
     """
 
-    def __init__(self, hashes: Iterable[int], fingerprints: dict[Path, tuple[int, int]]) -> None:
-        self._sorted = array("q", sorted(set(hashes)))
+    def __init__(self, hashes: HashBuckets, fingerprints: dict[Path, tuple[int, int]]) -> None:
+        self._sorted = hashes.sorted(unique=True)
         self.fingerprints = fingerprints
         bits = _QUICK_BITS_MIN
         while bits < len(self._sorted) * 64 and bits < _QUICK_BITS_MAX:
@@ -204,7 +204,7 @@ def find_repeats(
     count in the same pass: when no path repeats, that count is already exact.
     """
     mask = _FILTER_BITS - 1
-    found = array("q")
+    found = HashBuckets()
     fingerprints: dict[Path, tuple[int, int]] = {}
     with mmap.mmap(-1, _FILTER_BITS >> 3) as seen:
         for url, _bucket, _key in _videos(manifest, stats or ExpandStats(), _ignore, fingerprints):
@@ -216,7 +216,7 @@ def find_repeats(
             low_byte, low_bit = low >> 3, 1 << (low & 7)
             high_byte, high_bit = high >> 3, 1 << (high & 7)
             if seen[low_byte] & low_bit and seen[high_byte] & high_bit:
-                found.append(value)
+                found.add(value)
             else:
                 seen[low_byte] |= low_bit
                 seen[high_byte] |= high_bit

@@ -8,6 +8,7 @@ import pytest
 
 from batchsubmit import sources
 from batchsubmit.errors import ManifestError
+from batchsubmit.hashes import HashBuckets
 from batchsubmit.manifest import JobTemplate, Manifest, Service, Source
 from batchsubmit.sources import (
     VIDEO_EXTENSIONS,
@@ -414,7 +415,7 @@ def test_expansion_streams(tmp_path: Path) -> None:
     """Given the repeats, the listing itself is read lazily: objects come before a later error."""
     source = listing(tmp_path, "obs://bkt/a.mp4\nobs://bkt/b.mp4\ngarbage\n")
     objects = iter_objects(
-        make_manifest(tmp_path, source), ExpandStats(), Warnings(), Repeats([], {})
+        make_manifest(tmp_path, source), ExpandStats(), Warnings(), Repeats(HashBuckets(), {})
     )
     assert next(objects) == ObjectRef("bkt", "a.mp4")
     assert next(objects) == ObjectRef("bkt", "b.mp4")
