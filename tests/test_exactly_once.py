@@ -169,15 +169,24 @@ def test_reconcile_command_resolves_unknown_rows_only(
     assert by_source[ghost]["error_code"] == "BATCHSUBMIT.NOT_CREATED"
 
 
-def test_sigkill_mid_run_then_rerun(tmp_path: Path, live_emulator: LiveEmulator) -> None:
-    """SIGKILL in a 1,500-video run, then a rerun: every video exactly once, every row present."""
-    live_emulator.emulator.faults = Faults(latency=0.02)  # ~2 s: the kill lands mid-run
-    keys = video_keys(1500)
+def killed_run(
+    tmp_path: Path, live_emulator: LiveEmulator, videos: int, lines: int
+) -> tuple[list[str], Path, list[str], int]:
+    """A run (20 ms a create, so ``videos`` take seconds) killed with SIGKILL once the results
+    file has ``lines`` lines; returns the keys, results, arguments and the jobs then on the
+    emulator, counted once the creates it was still answering have landed."""
+    live_emulator.emulator.faults = Faults(latency=0.02)
+    keys = video_keys(videos)
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"
     args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "16")
-    signal_after_rows(args, results, 400, signal.SIGKILL)
-    created_before_rerun = live_emulator.settled_tasks()
+    signal_after_rows(args, results, lines, signal.SIGKILL)
+    return keys, results, args, live_emulator.settled_tasks()
+
+
+def test_sigkill_mid_run_then_rerun(tmp_path: Path, live_emulator: LiveEmulator) -> None:
+    """SIGKILL in a 1,500-video run, then a rerun: every video exactly once, every row present."""
+    keys, results, args, created_before_rerun = killed_run(tmp_path, live_emulator, 1500, 400)
     assert 399 <= created_before_rerun < 1500  # 400 lines at the kill: the header and 399 rows
     journal = results.with_name("r.csv.journal")
     assert journal.exists()
@@ -194,13 +203,7 @@ def test_reconcile_resolves_a_killed_runs_intents(
     tmp_path: Path, live_emulator: LiveEmulator
 ) -> None:
     """After SIGKILL, `reconcile` alone (no manifest) resolves the journal's intents."""
-    live_emulator.emulator.faults = Faults(latency=0.02)
-    keys = video_keys(400)
-    manifest = write_manifest(tmp_path, keys)
-    results = tmp_path / "r.csv"
-    args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "16")
-    signal_after_rows(args, results, 100, signal.SIGKILL)
-    before = live_emulator.settled_tasks()
+    _keys, results, _args, before = killed_run(tmp_path, live_emulator, 400, 100)
     fix = run_cli("reconcile", str(results))
     assert fix.returncode == 0, fix.stderr
     assert len(live_emulator.emulator.tasks) == before
