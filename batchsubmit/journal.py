@@ -3,19 +3,14 @@
 Before a create call is sent, its intent (source, name) is in the journal, flushed and synced:
 a run killed at any moment leaves behind exactly the intents whose outcome may be missing
 from the results file, and the next run looks those jobs up by name before creating anything.
-Intents are committed in groups: one fsync for every intent waiting. Jobs journal ahead of
-their in-flight slot, so while others are ready to go, an intent can wait for company: the
-committer syncs once ``group`` intents are pending, at once when a caller says a slot would
-otherwise sit idle (``urgent``, :meth:`hurry`), and at the latest after ``GROUP_WAIT``. With a
-slow service, whose answers trickle in one by one, that saves an fsync and a thread hand-off
-per job. The file
-is compacted to the still-open intents every ``CHECKPOINT`` intents, after the results file
-itself has been synced, so it stays small on long runs.
+Intents come in batches (the pool journals the next ``concurrency`` jobs at once, ahead of
+their calls), and each batch costs one write and one fdatasync. The file is compacted to the
+still-open intents every ``CHECKPOINT`` intents, after the results file itself has been
+synced, so it stays small on long runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import os
 import time
@@ -24,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import anyio
-import anyio.lowlevel
+import anyio.to_thread
 import orjson
 
 from .errors import LockedError, UsageError
@@ -32,7 +27,6 @@ from .errors import LockedError, UsageError
 __all__ = ["CHECKPOINT", "Journal", "RunLock", "journal_services", "read_intents"]
 
 CHECKPOINT = 10_000
-GROUP_WAIT = 0.05  # seconds an intent may wait for others to share its fsync
 INLINE_SYNC_MAX = 0.002  # seconds: a slower fdatasync moves syncing to a thread for good
 
 
@@ -83,7 +77,6 @@ class Journal:
         inherited: dict[str, str] | None = None,
         service_url: str = "",
         before_checkpoint: Callable[[], None] | None = None,
-        group: int = 1,
         inline_sync: bool = True,
     ) -> None:
         self.path = path
@@ -94,11 +87,6 @@ class Journal:
             b',"service_url":' + orjson.dumps(service_url) if service_url else b""
         ) + b"}\n"
         self._before_checkpoint = before_checkpoint
-        self._pending: list[bytes] = []
-        self._batch = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._group = group
-        self._full = asyncio.Event()
         self._syncing = False
         self._inline = inline_sync
         self._since_checkpoint = 0
@@ -116,76 +104,36 @@ class Journal:
         _sync_dir(self.path.parent, self._durable)
         return self.path.open("ab")
 
-    async def intend(self, source: str, name: str, *, urgent: bool = True) -> None:
-        """Return once the intent to create ``name`` for ``source`` is durable; ``urgent``:
-        nothing else is ready to use the time, sync without waiting for a group.
+    def intend(self, intents: list[tuple[str, str]]) -> None:
+        """Write the intents to create ``name`` for ``source``; :meth:`commit` makes them
+        durable, and no create may be sent before it returns."""
+        open_ = self._open
+        line = self._line
+        lines = []
+        for source, name in intents:
+            open_[source] = name
+            lines.append(line(source, name))
+        self._file.writelines(lines)
+        self._file.flush()
+        self._since_checkpoint += len(lines)
 
-        Needs :meth:`run` going in the same task group.
-        """
-        self._open[source] = name
-        self._pending.append(self._line(source, name))
-        batch = self._batch
-        self._wake.set()
-        if urgent or len(self._pending) >= self._group:
-            self._full.set()
-        await batch.wait()
-
-    def hurry(self) -> None:
-        """Sync what is pending now: a slot went idle for want of a journalled job."""
-        if self._pending:
-            self._full.set()
-
-    async def run(self) -> None:
-        """The committer: writes what is pending in one go, syncs once, wakes every waiter."""
-        while True:
-            await self._wake.wait()
-            self._wake = asyncio.Event()
-            if self._durable and len(self._pending) < self._group:
-                await self._gather()
-            else:
-                await anyio.lowlevel.checkpoint()  # let every intent that is ready join
-            if self._pending:  # what arrives during the sync waits for the next group
-                lines, self._pending = self._pending, []
-                done, self._batch = self._batch, asyncio.Event()
-                self._file.writelines(lines)
-                self._file.flush()
-                if self._durable:
-                    self._syncing = True
-                    try:
-                        await self._sync()
-                    finally:
-                        self._syncing = False
-                self._since_checkpoint += len(lines)
-                done.set()
-            if self._pending:
-                self._wake.set()
-
-    async def _sync(self) -> None:
-        """fdatasync on the event loop while the disk answers within ``INLINE_SYNC_MAX`` (a
-        thread hand-off costs more CPU than such a sync); in a thread once one was slower, so
-        slow storage stalls the calls in flight at most once."""
+    async def commit(self) -> None:
+        """Sync what :meth:`intend` wrote. Inline while the disk answers within
+        ``INLINE_SYNC_MAX`` (a thread hand-off costs more CPU than such a sync); in a thread
+        once one was slower, so slow storage stalls the calls in flight at most once."""
+        if not self._durable:
+            return
         if self._inline:
             started = time.perf_counter()
             os.fdatasync(self._file.fileno())
             if time.perf_counter() - started > INLINE_SYNC_MAX:
                 self._inline = False
-            await anyio.lowlevel.checkpoint()
-        else:
-            await anyio.to_thread.run_sync(os.fdatasync, self._file.fileno())
-
-    async def _gather(self) -> None:
-        """Wait until ``group`` intents are pending, or ``GROUP_WAIT`` has passed."""
-        full = self._full
-        if full.is_set():
-            self._full = asyncio.Event()
-            await anyio.lowlevel.checkpoint()  # still let every intent that is ready join
             return
-        timer = asyncio.get_running_loop().call_later(GROUP_WAIT, full.set)
+        self._syncing = True  # no checkpoint may swap the file under the thread
         try:
-            await full.wait()
+            await anyio.to_thread.run_sync(os.fdatasync, self._file.fileno())
         finally:
-            timer.cancel()
-            self._full = asyncio.Event()
+            self._syncing = False
 
     def _line(self, source: str, name: str) -> bytes:
         return (
@@ -197,7 +145,7 @@ class Journal:
         self._open.pop(source, None)
 
     def checkpoint_due(self) -> bool:
-        return self._since_checkpoint >= CHECKPOINT and not (self._pending or self._syncing)
+        return self._since_checkpoint >= CHECKPOINT and not self._syncing
 
     def checkpoint(self) -> None:
         """Sync the results file (via the hook), then shrink the journal to the open intents."""

@@ -1,15 +1,20 @@
 """The worker pool: a streaming producer, workers, one pool-wide rate controller, retries, and
 the rules that keep every job created exactly once with its row.
 
-Data flow: ``work`` (an iterator, read lazily) → a bounded memory stream → workers. A worker
-owns one job at a time from its first call to its row. In-flight calls are capped by a
-capacity limiter held only for the call itself, so a job waiting out a backoff does not hold
-a slot. The pool knows small interfaces (an :class:`Api`, a :class:`Sink`, a journal, a
-:class:`Reporter`), not concrete classes.
+Data flow: ``work`` (an iterator, read lazily) → the feeder, which journals the intents of
+a batch of jobs with one sync → a short queue of ready jobs → ``concurrency`` workers. A worker
+owns one job at a time from its first call to its row, so when nothing goes wrong a job costs
+no hand-off between tasks. A job that must wait (a backoff, the settle wait before a lookup)
+lends its worker's place: a helper worker starts, up to ``backlog`` of them, and the in-flight
+cap (slots held only for the call itself) keeps the total honest. The pool knows small
+interfaces (an :class:`Api`, a :class:`Sink`, a journal, a :class:`Reporter`), not concrete
+classes.
 
-Exactly once: an intent is journalled before the first create; a create whose answer is lost
-is looked up by name (after ``settle`` seconds) before it is ever sent again; a run stopped
-while calls are in flight writes an ``unknown`` row for each, and the journal keeps its intent.
+Exactly once: an intent is journalled, and synced, before the job can be taken; a create whose
+answer is lost is looked up by name (after ``settle`` seconds) before it is ever sent again; a
+run stopped while calls are in flight writes an ``unknown`` row for each, and the journal
+keeps its intent. The ready queue holds fewer than ``2 * concurrency`` jobs, so a killed run
+leaves fewer than ``3 * concurrency`` open intents to look up.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
 import anyio
+import anyio.abc
 
 from .answers import Answer, Kind
 from .errors import BatchSubmitError
@@ -54,7 +60,7 @@ class PoolSettings:
     rate: float = 10.0  # create and lookup calls started per second at most; 0 = no limit
     retry: RetryPolicy = DEFAULT_RETRY
     controller: ControllerSettings = field(default_factory=ControllerSettings)
-    backlog: int = 256  # jobs that may wait out a backoff besides those in flight
+    backlog: int = 256  # jobs that may wait out a backoff while others take their place
     settle: float = 2.0  # wait before looking up a create whose answer was lost
     grace: float = 30.0  # after a stop, how long in-flight calls may take to finish
     max_jobs: int | None = None
@@ -84,9 +90,8 @@ class Sink(Protocol):
 
 
 class Journal(Protocol):
-    async def intend(self, source: str, name: str, *, urgent: bool = ...) -> None: ...
-    def hurry(self) -> None: ...
-    async def run(self) -> None: ...
+    def intend(self, intents: list[tuple[str, str]]) -> None: ...
+    async def commit(self) -> None: ...
     def settle(self, source: str) -> None: ...
     def checkpoint_due(self) -> bool: ...
     def checkpoint(self) -> None: ...
@@ -135,16 +140,10 @@ class _Slots:
     already under way (retries, lookups) before the first calls of new jobs; FIFO within each.
     """
 
-    def __init__(self, slots: int, on_idle: Callable[[], None] | None = None) -> None:
+    def __init__(self, slots: int) -> None:
         self._free = slots
         self._urgent: deque[asyncio.Event] = deque()
         self._new: deque[asyncio.Event] = deque()
-        self._on_idle = on_idle
-
-    @property
-    def idle(self) -> bool:
-        """A slot is free and nobody waits for it."""
-        return self._free > 0 and not self._urgent and not self._new
 
     async def acquire(self, first: bool) -> None:
         if self._free > 0 and not self._urgent and not self._new:
@@ -163,35 +162,26 @@ class _Slots:
             raise
 
     def release(self) -> None:
-        """Hand the slot straight to the next waiter, or free it (and say so)."""
+        """Hand the slot straight to the next waiter, or free it."""
         for queue in (self._urgent, self._new):
             if queue:
                 queue.popleft().set()
                 return
         self._free += 1
-        if self._on_idle is not None:
-            self._on_idle()
 
 
 class _Job:
     """What a create in progress knows about itself."""
 
-    __slots__ = ("ahead", "attempts", "uncertain")
+    __slots__ = ("attempts", "uncertain")
 
     def __init__(self) -> None:
         self.attempts = 0
         self.uncertain = False  # a create was sent and its outcome is not known yet
-        self.ahead: asyncio.Semaphore | None = None  # a journal-ahead permit, until first sent
 
     def sent(self) -> None:
         self.attempts += 1
         self.uncertain = True
-        self.release()
-
-    def release(self) -> None:
-        if self.ahead is not None:
-            self.ahead.release()
-            self.ahead = None
 
 
 class _Stopped(Exception):
@@ -221,8 +211,15 @@ class Pool:
         self._clock = clock
         self._rng = random.Random(settings.seed)
         self._controller = RateController(settings.rate, settings.controller)
-        self._inflight = _Slots(settings.concurrency, journal.hurry if journal else None)
-        self._ahead = asyncio.Semaphore(2 * settings.concurrency)
+        self._inflight = _Slots(settings.concurrency)
+        self._ready: deque[Work] = deque()  # journalled, not yet taken by a worker
+        self._fed = asyncio.Event()  # replaced each time the feeder adds to ``_ready``
+        self._hungry = asyncio.Event()  # ``_ready`` ran low
+        self._fed_all = False
+        self._syncing: list[Work] = []  # taken from ``work``, intents not yet synced
+        self._group: anyio.abc.TaskGroup | None = None
+        self._workers = 0
+        self._resting = 0  # workers whose job waits out a backoff or a settle wait
         self._rate_lock = anyio.Lock()
         self._stopping = anyio.Event()
         self._opened = anyio.Event()
@@ -262,23 +259,34 @@ class Pool:
     async def run(self, work: Iterator[Work]) -> RunStats:
         """Process every item of ``work`` (or until stopped); the iterator is read lazily,
         by the workers themselves, one item each time one is free."""
-        settings = self._settings
         work = iter(work)
+        self._ready.clear()
+        self._fed_all = False
         async with anyio.create_task_group() as services:
-            if self._journal is not None:
-                services.start_soon(self._journal.run)
             services.start_soon(self._watch_stop)
             if self._deadline != math.inf:
                 services.start_soon(self._watch_deadline)
             with anyio.CancelScope() as self._work_scope:
-                async with anyio.create_task_group() as group:
-                    for _ in range(settings.concurrency + settings.backlog):
-                        group.start_soon(self._work, work)
+                async with anyio.create_task_group() as self._group:
+                    self._group.start_soon(self._feed, work)
+                    self._workers = self._settings.concurrency
+                    for _ in range(self._workers):
+                        self._group.start_soon(self._work)
             services.cancel_scope.cancel()
         if self._work_scope is not None and self._work_scope.cancel_called:
-            self.stats.deferred += sum(1 for _ in work)
+            self._abandon(work)
         self._finish_stats()
         return self.stats
+
+    def _abandon(self, work: Iterator[Work]) -> None:
+        """After a stop at once: what was journalled but never taken was never sent."""
+        untaken = [*self._syncing, *self._ready]
+        for item in untaken:
+            if isinstance(item, JobSpec):
+                self._forget(item.source)
+        self.stats.deferred += len(untaken) + sum(1 for _ in work)
+        self._ready.clear()
+        self._syncing = []
 
     async def _watch_stop(self) -> None:
         await self._stopping.wait()
@@ -325,9 +333,46 @@ class Pool:
             self.stop("reading the sources failed")
         return None
 
-    async def _work(self, work: Iterator[Work]) -> None:
+    async def _feed(self, work: Iterator[Work]) -> None:
+        """Keep ``_ready`` stocked: a batch of ``concurrency`` items whenever it runs low, their
+        intents written and synced in one go (off the workers' path while the queue lasts)."""
+        batch = self._settings.concurrency
         journal = self._journal
-        while (item := self._next(work)) is not None:
+        ready = self._ready
+        while True:
+            items = self._syncing = []
+            while len(items) < batch and (item := self._next(work)) is not None:
+                items.append(item)
+            if journal is not None:
+                intents = [(i.source, i.name) for i in items if isinstance(i, JobSpec)]
+                if intents:
+                    journal.intend(intents)
+                    await journal.commit()
+            ready.extend(items)
+            self._syncing = []
+            if not items:
+                self._fed_all = True
+            fed, self._fed = self._fed, asyncio.Event()
+            fed.set()
+            if not items:
+                return
+            while len(ready) >= batch:
+                self._hungry = asyncio.Event()
+                await self._hungry.wait()
+
+    async def _work(self) -> None:
+        journal = self._journal
+        ready = self._ready
+        low = self._settings.concurrency
+        while True:
+            if not ready:
+                if self._fed_all:
+                    break
+                await self._fed.wait()
+                continue
+            item = ready.popleft()
+            if len(ready) < low:
+                self._hungry.set()
             try:
                 if isinstance(item, Lookup):
                     await self._resolve(item)
@@ -341,22 +386,33 @@ class Pool:
                 raise
             if journal is not None and journal.checkpoint_due():
                 journal.checkpoint()
+            if self._workers - self._resting > self._settings.concurrency:
+                break  # a helper whose job is done, or a worker whose place a helper took
+        self._workers -= 1
+
+    async def _rest(self, seconds: float) -> None:
+        """Wait out a backoff or a settle wait, lending this worker's place to a helper."""
+        settings = self._settings
+        self._resting += 1
+        try:
+            if (
+                self._workers - self._resting < settings.concurrency
+                and self._workers < settings.concurrency + settings.backlog
+                and self._group is not None
+                and not self._stopping.is_set()
+            ):
+                self._workers += 1
+                self._group.start_soon(self._work)
+            await self._sleep_unless_stopped(seconds)
+        finally:
+            self._resting -= 1
 
     # -- one job ----------------------------------------------------------------------------
 
     async def _create(self, spec: JobSpec) -> None:
         job = _Job()
         failures = throttles = 0
-        journalled = False
         try:
-            if self._journal is not None:
-                # The intent is written ahead, while the job waits for a slot (so the fsync is
-                # off the path between one answer and the next call), but only for twice as
-                # many jobs as can be in flight: a killed run leaves few intents to look up.
-                await self._ahead.acquire()
-                job.ahead = self._ahead
-                await self._journal.intend(spec.source, spec.name, urgent=self._inflight.idle)
-                journalled = True
             while True:
                 if self._stopping.is_set():
                     raise _Stopped
@@ -387,24 +443,22 @@ class Pool:
                     self._record(spec.source, spec.name, "failed", answer, job.attempts)
                     return
                 self.stats.retries += 1
-                await self._sleep_unless_stopped(wait)
+                await self._rest(wait)
         except (_Stopped, anyio.get_cancelled_exc_class()) as exc:
             if job.uncertain:
                 self._record(spec.source, spec.name, "unknown", _interrupted(), job.attempts)
                 if isinstance(exc, _Stopped):
                     return
             else:
-                self._forget(spec.source, journalled)
+                self._forget(spec.source)
                 if not isinstance(exc, _Stopped):
                     self.stats.deferred += 1
             raise
-        finally:
-            job.release()
 
     async def _after_lost_answer(self, spec: JobSpec, answer: Answer, attempts: int) -> bool:
         """Look up a create whose answer was lost; True when the job's row has been written."""
         try:
-            await self._sleep_unless_stopped(self._settings.settle)
+            await self._rest(self._settings.settle)
         except _Stopped:
             self._record(spec.source, spec.name, "unknown", answer, attempts)
             return True
@@ -515,7 +569,7 @@ class Pool:
             if wait is None:
                 return answer
             self.stats.retries += 1
-            await self._sleep_unless_stopped(wait)
+            await self._rest(wait)
 
     # -- one call ---------------------------------------------------------------------------
 
@@ -649,9 +703,9 @@ class Pool:
                 stats.fatal = stats.fatal or f"{stats.failed} jobs failed (--max-failures {limit})"
         self._reporter.outcome(outcome)
 
-    def _forget(self, source: str, journalled: bool) -> None:
+    def _forget(self, source: str) -> None:
         """A job stopped before any create could have succeeded: no row, no open intent."""
-        if journalled and self._journal is not None:
+        if self._journal is not None:
             self._journal.settle(source)
 
 

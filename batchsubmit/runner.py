@@ -226,7 +226,6 @@ async def _with_pool(
             inherited=uncertain,
             service_url=config.endpoint.tasks_url,
             before_checkpoint=writer.sync,
-            group=max(1, config.pool.concurrency // 2),
         )
         try:
             async with open_session(config.pool.concurrency) as session:

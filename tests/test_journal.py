@@ -36,29 +36,34 @@ def intents_in(path: Path) -> dict[str, str]:
 # -- intents ------------------------------------------------------------------------------------
 
 
+async def write(journal: Journal, *sources: str) -> None:
+    """Intend and commit, as the pool's feeder does for a batch."""
+    journal.intend([(source, source.rsplit("/", 1)[-1]) for source in sources])
+    with anyio.fail_after(5):
+        await journal.commit()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("durable", [True, False])
-async def test_intent_is_in_the_file_when_intend_returns(tmp_path: Path, durable: bool) -> None:
-    """Once intend() returns, the intent is in the journal file, for any reader to find."""
+async def test_intents_are_in_the_file_once_committed(tmp_path: Path, durable: bool) -> None:
+    """Once commit() returns, the intents are in the journal file, for any reader to find."""
     path = tmp_path / "r.csv.journal"
     journal = Journal(path, durable=durable)
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(journal.run)
-            await journal.intend("obs://bkt/a.mp4", "a-name")
-            assert intents_in(path) == {"obs://bkt/a.mp4": "a-name"}
-            await journal.intend("obs://bkt/视频 b.mp4", "b-name")
-            assert intents_in(path) == {
-                "obs://bkt/a.mp4": "a-name",
-                "obs://bkt/视频 b.mp4": "b-name",
-            }
-            group.cancel_scope.cancel()
+    await write(journal, "obs://bkt/a.mp4")
+    assert intents_in(path) == {"obs://bkt/a.mp4": "a.mp4"}
+    await write(journal, "obs://bkt/视频 b.mp4", "obs://bkt/c d.mp4")
+    assert intents_in(path) == {
+        "obs://bkt/a.mp4": "a.mp4",
+        "obs://bkt/视频 b.mp4": "视频 b.mp4",
+        "obs://bkt/c d.mp4": "c d.mp4",
+    }
     journal.close()
 
 
 @pytest.mark.anyio
-async def test_intend_waits_for_the_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """intend() does not return before the journal's fdatasync has finished."""
+async def test_commit_waits_for_the_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """commit() does not return before the journal's fdatasync (in a thread) has finished,
+    and the intents were written before it started."""
     gate = threading.Event()
     synced: list[bytes] = []
     real_sync = os.fdatasync
@@ -72,52 +77,40 @@ async def test_intend_waits_for_the_sync(tmp_path: Path, monkeypatch: pytest.Mon
     journal = Journal(tmp_path / "j", inline_sync=False)
     returned = anyio.Event()
 
-    async def intend() -> None:
-        await journal.intend("obs://bkt/a.mp4", "a-name")
+    async def commit() -> None:
+        journal.intend([("obs://bkt/a.mp4", "a-name")])
+        await journal.commit()
         returned.set()
 
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(journal.run)
-            group.start_soon(intend)
+            group.start_soon(commit)
             await anyio.sleep(0.1)
-            assert synced, "the committer never synced"
-            assert b"obs://bkt/a.mp4" in synced[0]  # written before the sync
+            assert synced, "commit never synced"
+            assert b"obs://bkt/a.mp4" in synced[0]
             assert not returned.is_set()
+            assert not journal.checkpoint_due()  # never swap the file under the thread
             gate.set()
             with anyio.fail_after(5):
                 await returned.wait()
-            group.cancel_scope.cancel()
     finally:
         gate.set()
     journal.close()
 
 
 @pytest.mark.anyio
-async def test_waiting_intents_share_one_sync(
+async def test_a_batch_of_intents_costs_one_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Intents that arrive together are committed together: far fewer syncs than intents."""
+    """The pool journals --concurrency jobs at once: one fdatasync for all of them."""
     calls: list[int] = []
-    real_sync = os.fdatasync
-
-    def counting_sync(fd: int) -> None:
-        calls.append(fd)
-        real_sync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", counting_sync)
+    monkeypatch.setattr(os, "fdatasync", calls.append)
     path = tmp_path / "j"
     journal = Journal(path)
     sources = [f"obs://bkt/{i}.mp4" for i in range(50)]
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(journal.run)
-            async with anyio.create_task_group() as writers:
-                for source in sources:
-                    writers.start_soon(journal.intend, source, source[-6:])
-            group.cancel_scope.cancel()
-    assert intents_in(path) == {source: source[-6:] for source in sources}
-    assert 1 <= len(calls) <= 3
+    await write(journal, *sources)
+    assert intents_in(path) == {source: source.rsplit("/", 1)[-1] for source in sources}
+    assert len(calls) == 1
     journal.close()
 
 
@@ -132,26 +125,13 @@ async def test_not_durable_never_syncs(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(os, "fsync", forbidden)
     path = tmp_path / "j"
     journal = Journal(path, durable=False)
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(journal.run)
-            await journal.intend("obs://bkt/a.mp4", "a")
-            group.cancel_scope.cancel()
+    await write(journal, "obs://bkt/a.mp4")
     journal.checkpoint()
-    assert intents_in(path) == {"obs://bkt/a.mp4": "a"}
+    assert intents_in(path) == {"obs://bkt/a.mp4": "a.mp4"}
     journal.close()
 
 
 # -- checkpoint and close -----------------------------------------------------------------------
-
-
-async def record(journal: Journal, *sources: str) -> None:
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(journal.run)
-            for source in sources:
-                await journal.intend(source, source.rsplit("/", 1)[-1])
-            group.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
@@ -160,7 +140,7 @@ async def test_checkpoint_keeps_only_open_intents(tmp_path: Path) -> None:
     path = tmp_path / "j"
     seen_by_hook: list[dict[str, str]] = []
     journal = Journal(path, before_checkpoint=lambda: seen_by_hook.append(intents_in(path)))
-    await record(journal, "obs://b/1", "obs://b/2", "obs://b/3")
+    await write(journal, "obs://b/1", "obs://b/2", "obs://b/3")
     journal.settle("obs://b/2")
     journal.settle("obs://b/never-intended")
     assert intents_in(path) == {"obs://b/1": "1", "obs://b/2": "2", "obs://b/3": "3"}
@@ -179,9 +159,9 @@ async def test_checkpoint_due_after_checkpoint_intents(
     """checkpoint_due() turns true every CHECKPOINT intents and false again after a checkpoint."""
     monkeypatch.setattr(journal_module, "CHECKPOINT", 3)
     journal = Journal(tmp_path / "j", durable=False)
-    await record(journal, "obs://b/1", "obs://b/2")
+    await write(journal, "obs://b/1", "obs://b/2")
     assert not journal.checkpoint_due()
-    await record(journal, "obs://b/3")
+    await write(journal, "obs://b/3")
     assert journal.checkpoint_due()
     journal.checkpoint()
     assert not journal.checkpoint_due()
@@ -193,7 +173,7 @@ async def test_close_removes_the_file_when_all_settled(tmp_path: Path) -> None:
     """A run whose every intent was settled leaves no journal behind."""
     path = tmp_path / "j"
     journal = Journal(path, durable=False)
-    await record(journal, "obs://b/1", "obs://b/2")
+    await write(journal, "obs://b/1", "obs://b/2")
     journal.settle("obs://b/1")
     journal.settle("obs://b/2")
     journal.close()
@@ -206,7 +186,7 @@ async def test_close_keeps_open_intents(tmp_path: Path) -> None:
     """A run that ends with open intents leaves exactly those for the next run to look up."""
     path = tmp_path / "j"
     journal = Journal(path, durable=False)
-    await record(journal, "obs://b/1", "obs://b/2")
+    await write(journal, "obs://b/1", "obs://b/2")
     journal.settle("obs://b/1")
     journal.close()
     assert intents_in(path) == {"obs://b/2": "2"}
@@ -366,63 +346,6 @@ def test_lock_in_a_missing_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_group_waits_for_company_unless_urgent_or_hurried(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Intents that are not urgent wait for ``group`` of them to share a sync; ``urgent`` or
-    ``hurry()`` (a slot went idle) sync at once."""
-    monkeypatch.setattr(journal_module, "GROUP_WAIT", 30.0)
-    syncs: list[int] = []
-    monkeypatch.setattr(os, "fdatasync", syncs.append)
-    path = tmp_path / "j"
-    journal = Journal(path, group=4)
-    done: list[str] = []
-    fifth_done = anyio.Event()
-
-    async def intend(source: str, urgent: bool = False) -> None:
-        await journal.intend(source, source[-5:], urgent=urgent)
-        done.append(source)
-        if len(done) == 5:
-            fifth_done.set()
-
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(journal.run)
-            for i in range(3):
-                group.start_soon(intend, f"obs://bkt/{i}.mp4")
-            await anyio.sleep(0.2)
-            assert (done, syncs) == ([], [])
-            await intend("obs://bkt/3.mp4")
-            assert len(done) == 4  # the three that waited were woken first
-            assert len(syncs) == 1
-            group.start_soon(intend, "obs://bkt/4.mp4")
-            await anyio.sleep(0.2)
-            assert len(done) == 4
-            journal.hurry()
-            await fifth_done.wait()
-            assert len(syncs) == 2
-            await intend("obs://bkt/5.mp4", True)
-            assert len(syncs) == 3
-            group.cancel_scope.cancel()
-    assert len(intents_in(path)) == 6
-    journal.close()
-
-
-@pytest.mark.anyio
-async def test_group_wait_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A lone intent that nobody hurries is synced after GROUP_WAIT, not never."""
-    monkeypatch.setattr(journal_module, "GROUP_WAIT", 0.05)
-    journal = Journal(tmp_path / "j", group=1000)
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(journal.run)
-            await journal.intend("obs://bkt/a.mp4", "a", urgent=False)
-            group.cancel_scope.cancel()
-    assert intents_in(tmp_path / "j") == {"obs://bkt/a.mp4": "a"}
-    journal.close()
-
-
-@pytest.mark.anyio
 async def test_fast_syncs_stay_on_the_loop_and_a_slow_one_moves_them_to_a_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -445,19 +368,15 @@ async def test_fast_syncs_stay_on_the_loop_and_a_slow_one_moves_them_to_a_thread
 
     monkeypatch.setattr(os, "fdatasync", sync)
     journal = Journal(tmp_path / "j")
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(journal.run)
-            for i in range(3):
-                await journal.intend(f"obs://bkt/{i}.mp4", str(i))
-            assert (len(syncs), threaded) == (3, [])
-            delay[0] = journal_module.INLINE_SYNC_MAX * 2
-            await journal.intend("obs://bkt/slow.mp4", "slow")
-            assert threaded == []
-            delay[0] = 0.0
-            await journal.intend("obs://bkt/after.mp4", "after")
-            await journal.intend("obs://bkt/after2.mp4", "after2")
-            assert len(threaded) == 2
-            group.cancel_scope.cancel()
+    for i in range(3):
+        await write(journal, f"obs://bkt/{i}.mp4")
+    assert (len(syncs), threaded) == (3, [])
+    delay[0] = journal_module.INLINE_SYNC_MAX * 2
+    await write(journal, "obs://bkt/slow.mp4")
+    assert threaded == []
+    delay[0] = 0.0
+    await write(journal, "obs://bkt/after.mp4")
+    await write(journal, "obs://bkt/after2.mp4")
+    assert len(threaded) == 2
     assert len(syncs) == 6
     journal.close()

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
 import pytest
 
-from batchsubmit import journal as journal_module
 from batchsubmit import pool as pool_module
 from batchsubmit.answers import Answer, Kind
 from batchsubmit.errors import ManifestError
 from batchsubmit.jobs import JobSpec
-from batchsubmit.journal import Journal
 from batchsubmit.pool import NOT_CREATED, Lookup, Pool, PoolSettings
 from batchsubmit.results import Outcome
 from batchsubmit.retry import RetryPolicy
@@ -359,21 +355,27 @@ async def test_a_source_failing_mid_run_stops_cleanly() -> None:
 
 
 class SpyJournal:
-    """Counts intents that are open (written, no row yet)."""
+    """Counts intents that are open (written, no row yet) and which of them are durable."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync_time: float = 0.0) -> None:
         self.open: set[str] = set()
+        self.durable: set[str] = set()
         self.most_open = 0
+        self.commits = 0
+        self._written: list[str] = []
+        self._sync_time = sync_time
 
-    async def intend(self, source: str, name: str, *, urgent: bool = True) -> None:
-        self.open.add(source)
+    def intend(self, intents: list[tuple[str, str]]) -> None:
+        sources = [source for source, _ in intents]
+        self.open.update(sources)
+        self._written += sources
         self.most_open = max(self.most_open, len(self.open))
 
-    def hurry(self) -> None:
-        pass
-
-    async def run(self) -> None:
-        await anyio.sleep_forever()
+    async def commit(self) -> None:
+        written, self._written = self._written, []
+        await anyio.sleep(self._sync_time)  # as a sync in a thread would
+        self.durable.update(written)
+        self.commits += 1
 
     def settle(self, source: str) -> None:
         self.open.discard(source)
@@ -386,35 +388,69 @@ class SpyJournal:
 
 
 async def test_intents_are_written_only_a_little_ahead() -> None:
-    """A killed run leaves at most 3 x --concurrency open intents (in flight, and twice as
-    many journalled ahead), not one per queued job."""
+    """A killed run leaves fewer than 3 x --concurrency open intents (in flight, and fewer
+    than twice as many journalled ahead), not one per queued job."""
     service = FakeService(latency=0.01)
     rows = Rows()
     journal = SpyJournal()
     pool = make_pool(service, rows, journal, concurrency=3, backlog=64)
     await pool.run(iter([spec(i) for i in range(60)]))
     assert len(rows.rows) == 60
-    assert journal.most_open <= 9
+    assert 6 <= journal.most_open < 9
     assert not journal.open
 
 
-async def test_journal_groups_never_hold_up_an_idle_pool(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With a group the pool can never fill and no time limit on waiting for it, the run
-    still flows: a job that would leave a slot idle asks the journal to sync at once."""
-    monkeypatch.setattr(journal_module, "GROUP_WAIT", 3600.0)
-    service = FakeService(latency=0.002)
+@pytest.mark.parametrize("sync_time", [0.0, 0.005])
+async def test_no_create_is_sent_before_its_intent_is_durable(sync_time: float) -> None:
+    """Every create's intent was synced before the call, whether syncs are instant or slow
+    (in a thread); one sync serves a batch of --concurrency jobs, not one job."""
+    journal = SpyJournal(sync_time)
+    early: list[str] = []
+
+    def check(n: int, body: dict[str, Any]) -> str:
+        source = f"obs://bkt/{body['input']['data'][0]['path']}"
+        if source not in journal.durable:
+            early.append(source)
+        return "ok"
+
+    service = FakeService(script=check, latency=0.001)
     rows = Rows()
-    monkeypatch.setattr(os, "fdatasync", lambda fd: None)  # durable, without the disk
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
-    journal = Journal(tmp_path / "j", group=10_000)
-    pool = make_pool(service, rows, journal)
-    with anyio.fail_after(10):
-        await pool.run(iter([spec(i) for i in range(200)]))
-    journal.close()
-    assert len(rows.rows) == 200
+    await make_pool(service, rows, journal, concurrency=4).run(iter([spec(i) for i in range(200)]))
     assert service.creates == 200
+    assert early == []
+    assert journal.commits <= 200 // 4 + 1
+
+
+async def test_helpers_take_the_place_of_waiting_jobs_up_to_the_backlog() -> None:
+    """While jobs wait (here the settle wait before looking up a lost answer), helpers start
+    new ones, at most ``backlog`` of them; afterwards the pool shrinks back."""
+    tried: set[str] = set()
+
+    def first_answer_lost(n: int, body: dict[str, Any]) -> str:
+        name = str(body["name"])
+        if name in tried:
+            return "ok"
+        tried.add(name)
+        return "lost"
+
+    service = FakeService(script=first_answer_lost, latency=0.001)
+    rows = Rows()
+    pool = make_pool(service, rows, concurrency=2, backlog=3, settle=0.3)
+    started: list[int] = []
+
+    async def watch() -> None:
+        await anyio.sleep(0.1)  # every job started so far is still in its settle wait
+        started.append(len(tried))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        await pool.run(iter([spec(i) for i in range(12)]))
+    assert started == [5]  # concurrency + backlog
+    assert len(rows.rows) == 12
+    assert all(r.status == "submitted" and r.reconciled for r in rows.rows)
+    assert service.creates == 12
+    assert service.most_in_flight == 2
+    assert pool._workers == 0
 
 
 async def test_sources_failing_mid_run_stop_the_run_with_every_row() -> None:

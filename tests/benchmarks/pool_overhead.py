@@ -101,7 +101,6 @@ async def _pool(
             durable=True,
             inherited={},
             before_checkpoint=writer.sync,
-            group=max(1, concurrency // 2),
         )
         if journalled
         else None
