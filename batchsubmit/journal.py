@@ -141,7 +141,8 @@ class Journal:
         )
 
     def settle(self, source: str) -> None:
-        """The outcome of ``source`` is in the results file (flushed): its intent may go."""
+        """The row of ``source`` is written: its intent may go at the next checkpoint, which
+        syncs the results file first."""
         self._open.pop(source, None)
 
     def checkpoint_due(self) -> bool:

@@ -105,18 +105,22 @@ def format_for(path: Path, explicit: str | None) -> Format:
 
 
 _SEPARATORS = len(COLUMNS) - 1
+ROW_BUFFER = 1 << 20  # bytes: room for many times the rows that come between two flushes
 _NEEDS_QUOTES = re.compile(r'["\r\n]')
 
 
 class ResultsWriter:
-    """Appends rows to the results file, flushing each one to the OS before returning."""
+    """Appends rows to the results file. Rows reach the OS in batches (:meth:`flush`): the
+    pool flushes before it journals its next batch of jobs, and the runner once a second. A
+    row still in the buffer when the process is killed has its intent in the journal, which
+    the next run resolves by lookup."""
 
     def __init__(self, path: Path, fmt: Format, warn: Callable[[str], None]) -> None:
         self.path = path
         self.format = fmt
         self.rows = 0
         try:
-            self._file: IO[bytes] = path.open("a+b")
+            self._file: IO[bytes] = path.open("a+b", buffering=ROW_BUFFER)
         except OSError as exc:
             raise UsageError(f"{path}: cannot open the results file: {exc.strerror}") from None
         self._drop_torn_tail(warn)
@@ -184,8 +188,10 @@ class ResultsWriter:
                 self._csv.writerow(fields)
                 line = buffer.getvalue().encode()
         self._file.write(line)
-        self._file.flush()
         self.rows += 1
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def sync(self) -> None:
         """Make every row written so far durable (before the journal forgets their intents)."""

@@ -30,6 +30,7 @@ from .sources import ExpandStats, ObjectRef, Repeats, find_repeats, iter_objects
 __all__ = ["ExpandSummary", "RunConfig", "count_work", "plan", "reconcile", "submit"]
 
 GC_THRESHOLD = 10_000  # allocations between collections of the youngest generation
+FLUSH_EVERY = 1.0  # seconds: the longest a written row waits in the buffer during a run
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,6 +244,7 @@ async def _with_pool(
                 with fewer_collections():
                     async with anyio.create_task_group() as group:
                         group.start_soon(_watch_signals, pool)
+                        group.start_soon(_flush_rows, writer)
                         await passes(pool)
                         group.cancel_scope.cancel()
             return pool.stats
@@ -277,6 +279,14 @@ def _storage_message(config: RunConfig, exc: BaseException) -> str:
         f"the run stopped: writing {config.results} or its journal failed ({exc}); rows "
         "written so far are kept, and the next run resolves the calls that were under way"
     )
+
+
+async def _flush_rows(writer: ResultsWriter) -> None:
+    """Rows reach the file within ``FLUSH_EVERY`` seconds, for anyone watching it, even when
+    the pool's batches come slowly."""
+    while True:
+        await anyio.sleep(FLUSH_EVERY)
+        writer.flush()
 
 
 async def _watch_signals(pool: Pool) -> None:

@@ -99,9 +99,13 @@ class FakeService:
 class Rows:
     def __init__(self) -> None:
         self.rows: list[Outcome] = []
+        self.flushed = 0  # rows that reached the "file"
 
     def write(self, outcome: Outcome) -> None:
         self.rows.append(outcome)
+
+    def flush(self) -> None:
+        self.flushed = len(self.rows)
 
     def outcome(self, outcome: Outcome) -> None:
         pass
@@ -355,9 +359,13 @@ async def test_a_source_failing_mid_run_stops_cleanly() -> None:
 
 
 class SpyJournal:
-    """Counts intents that are open (written, no row yet) and which of them are durable."""
+    """Counts intents that are open (written, no row yet), at most how many had no row in
+    the file yet (what a kill would leave to look up), and which are durable."""
 
-    def __init__(self, sync_time: float = 0.0) -> None:
+    def __init__(self, sync_time: float = 0.0, rows: Rows | None = None) -> None:
+        self.rows = rows
+        self.intended: set[str] = set()
+        self.most_without_row = 0
         self.open: set[str] = set()
         self.durable: set[str] = set()
         self.most_open = 0
@@ -370,6 +378,10 @@ class SpyJournal:
         self.open.update(sources)
         self._written += sources
         self.most_open = max(self.most_open, len(self.open))
+        self.intended.update(sources)
+        if self.rows is not None:
+            in_file = {row.source for row in self.rows.rows[: self.rows.flushed]}
+            self.most_without_row = max(self.most_without_row, len(self.intended - in_file))
 
     async def commit(self) -> None:
         written, self._written = self._written, []
@@ -388,15 +400,17 @@ class SpyJournal:
 
 
 async def test_intents_are_written_only_a_little_ahead() -> None:
-    """A killed run leaves fewer than 3 x --concurrency open intents (in flight, and fewer
-    than twice as many journalled ahead), not one per queued job."""
+    """A killed run leaves fewer than 3 x --concurrency intents without their row in the
+    file (in flight, and fewer than twice as many journalled ahead, rows flushed before each
+    batch), not one per queued job."""
     service = FakeService(latency=0.01)
     rows = Rows()
-    journal = SpyJournal()
+    journal = SpyJournal(rows=rows)
     pool = make_pool(service, rows, journal, concurrency=3, backlog=64)
     await pool.run(iter([spec(i) for i in range(60)]))
     assert len(rows.rows) == 60
     assert 6 <= journal.most_open < 9
+    assert 6 <= journal.most_without_row < 9
     assert not journal.open
 
 
