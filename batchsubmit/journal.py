@@ -12,6 +12,7 @@ synced, so it stays small on long runs.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import time
 from collections.abc import Callable
@@ -27,7 +28,8 @@ from .errors import LockedError, UsageError
 __all__ = ["CHECKPOINT", "Journal", "RunLock", "journal_services", "read_intents"]
 
 CHECKPOINT = 10_000
-INLINE_SYNC_MAX = 0.002  # seconds: a slower fdatasync moves syncing to a thread for good
+INLINE_SYNC_MAX = 0.002  # seconds: while fdatasync takes less on average, it runs inline
+SYNC_WEIGHT = 0.2  # of the newest fdatasync in that running average
 
 
 def journal_services(path: Path) -> set[str]:
@@ -88,7 +90,7 @@ class Journal:
         ) + b"}\n"
         self._before_checkpoint = before_checkpoint
         self._syncing = False
-        self._inline = inline_sync
+        self._sync_time = 0.0 if inline_sync else math.inf  # running average, seconds
         self._since_checkpoint = 0
         self._file: IO[bytes] = self._rewrite()
 
@@ -118,22 +120,26 @@ class Journal:
         self._since_checkpoint += len(lines)
 
     async def commit(self) -> None:
-        """Sync what :meth:`intend` wrote. Inline while the disk answers within
-        ``INLINE_SYNC_MAX`` (a thread hand-off costs more CPU than such a sync); in a thread
-        once one was slower, so slow storage stalls the calls in flight at most once."""
+        """Sync what :meth:`intend` wrote. On the event loop while fdatasync takes under
+        ``INLINE_SYNC_MAX`` on average: a thread hand-off costs more CPU than such a sync, and
+        GIL hand-offs with a busy loop cost more still. In a thread while syncs are slower
+        (storage that stalls), so that calls in flight are not held up; one slow sync among
+        fast ones does not move it, and syncs that turn fast again bring it back."""
         if not self._durable:
             return
-        if self._inline:
-            started = time.perf_counter()
-            os.fdatasync(self._file.fileno())
-            if time.perf_counter() - started > INLINE_SYNC_MAX:
-                self._inline = False
-            return
-        self._syncing = True  # no checkpoint may swap the file under the thread
-        try:
-            await anyio.to_thread.run_sync(os.fdatasync, self._file.fileno())
-        finally:
-            self._syncing = False
+        fd = self._file.fileno()
+        if self._sync_time < INLINE_SYNC_MAX:
+            took = _timed_sync(fd)
+        else:
+            self._syncing = True  # no checkpoint may swap the file under the thread
+            try:
+                took = await anyio.to_thread.run_sync(_timed_sync, fd)
+            finally:
+                self._syncing = False
+        if self._sync_time == math.inf:
+            self._sync_time = took
+        else:
+            self._sync_time += SYNC_WEIGHT * (took - self._sync_time)
 
     def _line(self, source: str, name: str) -> bytes:
         return (
@@ -166,6 +172,12 @@ class Journal:
         self._file.close()
         if not self._open:
             self.path.unlink(missing_ok=True)
+
+
+def _timed_sync(fd: int) -> float:
+    started = time.perf_counter()
+    os.fdatasync(fd)
+    return time.perf_counter() - started
 
 
 def _sync_dir(directory: Path, durable: bool) -> None:
