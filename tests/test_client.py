@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -92,3 +94,50 @@ async def test_refused_connection_was_not_sent() -> None:
     async with aiohttp.ClientSession() as session:
         answer = await VasClient(session, endpoint, Credentials("AK", "SK")).create(b"{}")
     assert answer.kind is Kind.NOT_SENT
+
+
+_MMAP_PROBE = """
+import asyncio, asyncio.selector_events, ctypes, socket, sys
+class Info(ctypes.Structure):
+    names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    _fields_ = [(n, ctypes.c_size_t) for n in names.split()]
+libc = ctypes.CDLL(None)
+if not hasattr(libc, "mallinfo2"):
+    sys.exit(3)
+libc.mallinfo2.restype = Info
+from batchsubmit import client
+size = asyncio.selector_events._SelectorSocketTransport.max_size
+left, right = socket.socketpair()
+def mapped_while_held():
+    # what asyncio does with each answer: recv(max_size), which shrinks the buffer to fit
+    right.send(b"HTTP/1.1 201 Created" * 20)
+    before = libc.mallinfo2().hblks
+    answer = left.recv(size)
+    return libc.mallinfo2().hblks - before
+async def open_one():
+    async with client.open_session(4):
+        pass
+first = mapped_while_held()
+if {session}:
+    asyncio.run(open_one())
+print(first, mapped_while_held())
+"""
+
+
+@pytest.mark.parametrize("session", [False, True])
+def test_answer_buffers_come_from_the_heap_once_a_session_is_open(session: bool) -> None:
+    """asyncio's 256 KiB read buffer (one per answer) is mmapped by glibc until its threshold
+    is raised, which open_session does; a fresh process shows the difference (glibc only)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _MMAP_PROBE.format(session=session)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode == 3:
+        pytest.skip("not glibc (no mallinfo2)")
+    assert probe.returncode == 0, probe.stderr
+    first, then = map(int, probe.stdout.split())
+    if first == 0:
+        pytest.skip("this allocator already serves such buffers from the heap")
+    assert (first, then) == ((1, 0) if session else (1, 1))
