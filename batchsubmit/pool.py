@@ -222,8 +222,10 @@ class Pool:
         self._workers = 0
         self._resting = 0  # workers whose job waits out a backoff or a settle wait
         self._rate_lock = anyio.Lock()
-        self._stopping = anyio.Event()
-        self._opened = anyio.Event()
+        # asyncio's own events (aiohttp ties us to asyncio): checked several times a job, and
+        # anyio's wrapper doubles the cost of each check
+        self._stopping = asyncio.Event()
+        self._opened = asyncio.Event()
         self._probing = False
         self._work_scope: anyio.CancelScope | None = None
         self._jobs_started = 0
