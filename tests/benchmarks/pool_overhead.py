@@ -11,7 +11,7 @@ times, in CPU-seconds per job (``time.process_time``, the minimum and median of 
 - ``plan``: the sources to job specs (listing, filter, name, body), as the pool consumes them;
 - ``pool``: ``Pool.run`` over those specs with a fake API whose create yields to the event loop
   once (or sleeps ``--latency``) and answers 201, with the real results writer and journal
-  (durable and grouped, as ``submit`` runs);
+  (durable, as ``submit`` runs them);
 - ``floor``: the same specs through 64 plain asyncio tasks calling the same fake API and
   writing the same rows, no journal: what a pool needs at the least.
 
