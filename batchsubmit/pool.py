@@ -260,8 +260,8 @@ class Pool:
     # -- the run ----------------------------------------------------------------------------
 
     async def run(self, work: Iterator[Work]) -> RunStats:
-        """Process every item of ``work`` (or until stopped); the iterator is read lazily,
-        by the workers themselves, one item each time one is free."""
+        """Process every item of ``work`` (or until stopped); the iterator is read lazily, a
+        batch of ``concurrency`` items at a time, as the ready queue runs low."""
         work = iter(work)
         self._ready.clear()
         self._fed_all = False
