@@ -435,6 +435,29 @@ async def test_no_create_is_sent_before_its_intent_is_durable(sync_time: float) 
     assert journal.commits <= 200 // 4 + 1
 
 
+async def test_stop_now_while_a_batch_is_being_synced_loses_nothing() -> None:
+    """Stopped at once while the journal syncs the first batch (slow storage): nothing was
+    sent, every job is deferred to the next run, and no intent is left open."""
+    journal = SpyJournal(sync_time=5.0)
+    service = FakeService()
+    rows = Rows()
+    pool = make_pool(service, rows, journal, concurrency=2)
+
+    async def stop_soon() -> None:
+        await anyio.sleep(0.1)
+        pool.stop_now()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(stop_soon)
+            stats = await pool.run(iter([spec(i) for i in range(10)]))
+    assert service.creates == 0
+    assert rows.rows == []
+    assert stats.deferred == 10
+    assert journal.most_open == 2
+    assert not journal.open
+
+
 async def test_helpers_take_the_place_of_waiting_jobs_up_to_the_backlog() -> None:
     """While jobs wait (here the settle wait before looking up a lost answer), helpers start
     new ones, at most ``backlog`` of them; afterwards the pool shrinks back."""
