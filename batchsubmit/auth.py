@@ -128,10 +128,17 @@ class RequestSigner:
     canonical request built once (signing is on the per-job hot path).
     """
 
-    def __init__(self, credentials: Credentials, fixed: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        fixed: Mapping[str, str],
+        unsigned: Mapping[str, str] | None = None,
+    ) -> None:
+        """``fixed`` headers are signed; ``unsigned`` ones (which a proxy may rewrite) are only
+        sent."""
         self._credentials = credentials
         self._key = credentials.sk.encode()
-        self._fixed = dict(fixed)
+        self._fixed = {**(unsigned or {}), **fixed}
         lowered = {k.lower(): v.strip() for k, v in fixed.items() if "_" not in k}
         if "x-sdk-date" in lowered:
             raise ValueError("X-Sdk-Date is added by the signer")

@@ -12,6 +12,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
+from . import __version__
 from .answers import Answer, Kind, classify
 from .auth import Credentials, RequestSigner, canonical_query
 
@@ -21,6 +22,13 @@ DEFAULT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 LIST_PAGE = 100
 RECEIVE_BUFFER_FLOOR = 1 << 20  # bytes: over asyncio's 256 KiB read buffer
+# Sent, not signed (a proxy may rewrite them). Answers are small JSON: asking for them
+# uncompressed saves both ends the work; one that comes compressed anyway is still read.
+UNSIGNED_HEADERS = {
+    "Accept": "application/json",
+    "Accept-Encoding": "identity",
+    "User-Agent": f"batchsubmit/{__version__}",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,9 +64,7 @@ def open_session(concurrency: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300
     )
-    return aiohttp.ClientSession(
-        connector=connector, skip_auto_headers=("User-Agent",), auto_decompress=False
-    )
+    return aiohttp.ClientSession(connector=connector)
 
 
 def _raise_mmap_threshold() -> None:
@@ -98,7 +104,7 @@ class VasClient:
         }
         if credentials.security_token:
             fixed["X-Security-Token"] = credentials.security_token
-        self._signer = RequestSigner(credentials, fixed)
+        self._signer = RequestSigner(credentials, fixed, UNSIGNED_HEADERS)
         self._secrets = tuple(x for x in (credentials.security_token, credentials.sk) if x)
 
     def _scrub(self, answer: Answer) -> Answer:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from batchsubmit.answers import Kind
 from batchsubmit.auth import Credentials
-from batchsubmit.client import Endpoint, VasClient
+from batchsubmit.client import Endpoint, VasClient, open_session
 
 from .helpers import serve_app
 
@@ -27,7 +27,7 @@ async def serving(
 ) -> AsyncIterator[VasClient]:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    async with serve_app(app) as url, aiohttp.ClientSession() as session:
+    async with serve_app(app) as url, open_session(4) as session:
         endpoint = Endpoint(base_url=url, project_id="p" * 32, service_name="video-analyze")
         yield VasClient(session, endpoint, Credentials("AK", "SK" * 20, TOKEN), timeout=2)
 
@@ -70,6 +70,24 @@ async def test_request_carries_signature_headers_and_body() -> None:
     assert seen["Authorization"].startswith("SDK-HMAC-SHA256 Access=AK, SignedHeaders=")
     assert seen["X-Project-Id"] == "p" * 32
     assert "X-Sdk-Date" in seen
+    assert seen["User-Agent"].startswith("batchsubmit/")
+    assert seen["Accept-Encoding"] == "identity"
+    signed = seen["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert "user-agent" not in signed  # proxies may rewrite these two
+    assert "accept-encoding" not in signed
+
+
+async def test_a_compressed_answer_is_still_read() -> None:
+    """A gateway that compresses although asked not to: the answer is decompressed and read."""
+
+    async def handler(request: web.Request) -> web.Response:
+        response = web.json_response([{"id": "c" * 32}], status=201)
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    async with serving(handler) as client:
+        answer = await client.create(b'{"name":"x"}')
+    assert (answer.kind, answer.job_id) == (Kind.CREATED, "c" * 32)
 
 
 async def test_lost_answer_after_sending_is_ambiguous_for_a_create() -> None:

@@ -68,9 +68,7 @@ async def _run(base_url: str, jobs: int, concurrency: int, fast: bool) -> dict[s
     errors: dict[str, int] = {}
     numbers = iter(range(jobs))
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(
-        connector=connector, skip_auto_headers=("User-Agent",)
-    ) as session:
+    async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
             nonlocal created
