@@ -611,6 +611,7 @@ def render_network(summaries: list[Summary], scenario: Scenario) -> list[str]:
             lines.append(
                 f"  ratio batchsubmit / {other:<12} jobs/s {e2e.rate / o.rate:5.2f}   "
                 f"CPU/1k {e2e.cpu_per_k / o.cpu_per_k:5.2f}   RSS {e2e.rss_mb / o.rss_mb:5.2f}"
+                + _paired(e2e.rates, o.rates)
             )
         if ideal:
             lines.append(
@@ -618,6 +619,16 @@ def render_network(summaries: list[Summary], scenario: Scenario) -> list[str]:
                 + "   ".join(f"{c} {by[c].rate / ideal:.0%}" for c in by if by[c].rate)
             )
     return lines
+
+
+def _paired(ours: list[float], theirs: list[float]) -> str:
+    """The ratio within each round (the two runs were next to each other in time), to show
+    how much of a ratio of medians is the machine's drift."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True) if b]
+    if len(ratios) < 2:
+        return ""
+    shown = ", ".join(f"{r:.2f}" for r in ratios)
+    return f"   per round [{shown}], median {statistics.median(ratios):.2f}"
 
 
 @dataclass
