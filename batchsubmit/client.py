@@ -94,8 +94,10 @@ class VasClient:
         self._path = endpoint.tasks_path
         self._url = endpoint.tasks_url
         self._post_url = URL(self._url, encoded=True)
+        # One timer a call (a sock_read limit re-arms one for every chunk read); connecting
+        # has its own, shorter limit, so that a call that never connected is known unsent.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout
+            total=timeout, sock_connect=min(CONNECT_TIMEOUT, timeout / 2)
         )
         fixed = {
             "Content-Type": "application/json",
