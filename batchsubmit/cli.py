@@ -245,7 +245,7 @@ def _pool_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="how long to wait for an answer before looking the job up",
+        help="seconds a call may take in all before a create is looked up (default 30)",
     )
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument(
