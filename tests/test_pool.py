@@ -472,20 +472,20 @@ async def test_helpers_take_the_place_of_waiting_jobs_up_to_the_backlog() -> Non
 
     service = FakeService(script=first_answer_lost, latency=0.001)
     rows = Rows()
-    pool = make_pool(service, rows, concurrency=2, backlog=3, settle=0.3)
+    pool = make_pool(service, rows, concurrency=2, backlog=3, settle=0.8)
     started: list[int] = []
 
     async def watch() -> None:
-        await anyio.sleep(0.1)  # every job started so far is still in its settle wait
+        await anyio.sleep(0.4)  # every job started so far is still in its settle wait
         started.append(len(tried))
 
     async with anyio.create_task_group() as group:
         group.start_soon(watch)
-        await pool.run(iter([spec(i) for i in range(12)]))
+        await pool.run(iter([spec(i) for i in range(8)]))
     assert started == [5]  # concurrency + backlog
-    assert len(rows.rows) == 12
+    assert len(rows.rows) == 8
     assert all(r.status == "submitted" and r.reconciled for r in rows.rows)
-    assert service.creates == 12
+    assert service.creates == 8
     assert service.most_in_flight == 2
     assert pool._workers == 0
 

@@ -63,10 +63,10 @@ async def test_rows_reach_the_file_while_the_run_goes_on(
     lines_mid_run: list[int] = []
 
     async def look() -> None:
-        await anyio.sleep(0.6)  # the first create (the probe) was answered at 0.4 s
+        await anyio.sleep(1.5)  # the probe was answered at ~1 s, the other two come at ~2 s
         lines_mid_run.append(len(results.read_bytes().splitlines()))
 
-    async with Emulator(Faults(latency=0.4)).serve() as url, anyio.create_task_group() as group:
+    async with Emulator(Faults(latency=1.0)).serve() as url, anyio.create_task_group() as group:
         group.start_soon(look)
         stats, _log = await run_submit(config_for(manifest, url, results))
     assert stats.submitted == 3
