@@ -20,6 +20,7 @@ from .helpers import (
     run_cli,
     serve_app,
     sources,
+    submit_args,
     video_keys,
 )
 
@@ -129,21 +130,8 @@ def test_submit_from_a_live_prefix(
     """A prefix source is listed live and every video under it is created exactly once."""
     manifest = write_prefix_manifest(tmp_path)
     results = tmp_path / "r.csv"
-    done = run_cli(
-        "submit",
-        str(manifest),
-        "--endpoint",
-        live_emulator.url,
-        "--obs-endpoint",
-        fake_obs.url,
-        "--results",
-        str(results),
-        "--rate",
-        "0",
-        "--concurrency",
-        "16",
-        timeout=120,
-    )
+    args = submit_args(manifest, live_emulator.url, results, "--obs-endpoint", fake_obs.url)
+    done = run_cli(*args, "--rate", "0", "--concurrency", "16", timeout=120)
     assert done.returncode == 0, done.stderr
     assert "listed 2501 objects" in done.stderr
     assert_exactly_once(
@@ -157,16 +145,9 @@ def test_obs_refusal_stops_before_any_vas_request(
     """OBS says 403: exit 2 with advice, and not one VAS call."""
     fake_obs.status = 403
     manifest = write_prefix_manifest(tmp_path)
+    results = tmp_path / "r.csv"
     done = run_cli(
-        "submit",
-        str(manifest),
-        "--endpoint",
-        live_emulator.url,
-        "--obs-endpoint",
-        fake_obs.url,
-        "--results",
-        str(tmp_path / "r.csv"),
-        timeout=60,
+        *submit_args(manifest, live_emulator.url, results, "--obs-endpoint", fake_obs.url)
     )
     assert done.returncode == 2
     assert "AccessDenied" in done.stderr
