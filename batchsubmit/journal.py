@@ -12,7 +12,6 @@ synced, so it stays small on long runs.
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import time
 from collections.abc import Callable
@@ -90,7 +89,8 @@ class Journal:
         ) + b"}\n"
         self._before_checkpoint = before_checkpoint
         self._syncing = False
-        self._sync_time = 0.0 if inline_sync else math.inf  # running average, seconds
+        # running average of fdatasync, seconds; starting at the limit means starting in a thread
+        self._sync_time = 0.0 if inline_sync else INLINE_SYNC_MAX
         self._since_checkpoint = 0
         self._file: IO[bytes] = self._rewrite()
 
@@ -136,10 +136,7 @@ class Journal:
                 took = await anyio.to_thread.run_sync(_timed_sync, fd)
             finally:
                 self._syncing = False
-        if self._sync_time == math.inf:
-            self._sync_time = took
-        else:
-            self._sync_time += SYNC_WEIGHT * (took - self._sync_time)
+        self._sync_time += SYNC_WEIGHT * (took - self._sync_time)
 
     def _line(self, source: str, name: str) -> bytes:
         return (

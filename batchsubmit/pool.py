@@ -217,7 +217,7 @@ class Pool:
         self._fed = asyncio.Event()  # replaced each time the feeder adds to ``_ready``
         self._hungry = asyncio.Event()  # ``_ready`` ran low
         self._fed_all = False
-        self._syncing: list[Work] = []  # taken from ``work``, intents not yet synced
+        self._unsynced: list[Work] = []  # taken from ``work``, intents not yet synced
         self._group: anyio.abc.TaskGroup | None = None
         self._workers = 0
         self._resting = 0  # workers whose job waits out a backoff or a settle wait
@@ -283,13 +283,13 @@ class Pool:
 
     def _abandon(self, work: Iterator[Work]) -> None:
         """After a stop at once: what was journalled but never taken was never sent."""
-        untaken = [*self._syncing, *self._ready]
+        untaken = [*self._unsynced, *self._ready]
         for item in untaken:
             if isinstance(item, JobSpec):
                 self._forget(item.source)
         self.stats.deferred += len(untaken) + sum(1 for _ in work)
         self._ready.clear()
-        self._syncing = []
+        self._unsynced = []
 
     async def _watch_stop(self) -> None:
         await self._stopping.wait()
@@ -345,7 +345,7 @@ class Pool:
         journal = self._journal
         ready = self._ready
         while True:
-            items = self._syncing = []
+            items = self._unsynced = []
             while len(items) < batch and (item := self._next(work)) is not None:
                 items.append(item)
             self._sink.flush()
@@ -355,7 +355,7 @@ class Pool:
                     journal.intend(intents)
                     await journal.commit()
             ready.extend(items)
-            self._syncing = []
+            self._unsynced = []
             if not items:
                 self._fed_all = True
             fed, self._fed = self._fed, asyncio.Event()
