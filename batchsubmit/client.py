@@ -129,6 +129,27 @@ class VasClient:
         url = URL(f"{self._url}?{canonical_query(query)}", encoded=True)
         return await self._send("GET", url, headers, b"", create=False)
 
+    async def list_tasks(self, query: dict[str, str | int]) -> Answer:
+        """One page of tasks matching ``query`` (``state``, ``created_since``, ``order``,
+        ``offset``, ``limit``, ``name_like``...): the answer's data is ``{count, tasks}``."""
+        headers = self._signer.headers("GET", self._path, query, b"")
+        url = URL(f"{self._url}?{canonical_query(query)}", encoded=True)
+        return await self._send("GET", url, headers, b"", create=False)
+
+    async def show(self, task_id: str) -> Answer:
+        """One task's details (the only call that returns ``hosting_result``)."""
+        path = f"{self._path}/{quote(task_id)}"
+        headers = self._signer.headers("GET", path, None, b"")
+        url = URL(f"{self._url}/{quote(task_id)}", encoded=True)
+        return await self._send("GET", url, headers, b"", create=False)
+
+    async def delete(self, task_id: str) -> Answer:
+        """Delete one task (202, asynchronous; 404 means it is already gone)."""
+        path = f"{self._path}/{quote(task_id)}"
+        headers = self._signer.headers("DELETE", path, None, b"")
+        url = URL(f"{self._url}/{quote(task_id)}", encoded=True)
+        return await self._send("DELETE", url, headers, b"", create=False)
+
     async def _send(
         self,
         method: str,

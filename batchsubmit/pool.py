@@ -47,6 +47,7 @@ __all__ = [
     "Reporter",
     "RunStats",
     "Sink",
+    "Stopped",
     "Work",
 ]
 
@@ -185,8 +186,11 @@ class _Job:
         self.uncertain = True
 
 
-class _Stopped(Exception):
-    """The run is stopping: this job is deferred to the next run."""
+class Stopped(Exception):
+    """The run is stopping: nothing was sent for this call (its job is deferred)."""
+
+
+_Stopped = Stopped
 
 
 class Pool:
@@ -558,6 +562,13 @@ class Pool:
                 f"{source}: {len(matches)} jobs named {name} exist ({ids}); recording the oldest",
             )
         return (min(matches)[1] if matches else ""), None
+
+    async def call(self, call: Callable[..., Awaitable[Answer]], *args: Any) -> Answer:
+        """The gate for every call that is not a create (show, list, delete, IAM, metadata):
+        the same in-flight cap, rate controller, Retry-After, throttle learning, retries on
+        transient answers and stop rules as creates. Raises :class:`Stopped` when the run
+        stops before the call is sent."""
+        return await self._retrying(call, *args)
 
     async def _retrying(self, call: Callable[..., Awaitable[Answer]], *args: Any) -> Answer:
         """A read: retried on anything transient, with the same rules as creates."""
