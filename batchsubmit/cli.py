@@ -43,6 +43,7 @@ from .runner import (
     submit,
 )
 from .sources import ExpandStats
+from .vas import REGIONS
 
 __all__ = ["EXIT", "main"]
 
@@ -58,6 +59,13 @@ EXIT = {
 }
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RATE = 10.0
+# Bounds on every number an operator types: a typo must be refused, not obeyed (10**9
+# workers, a timeout of "never"). Each is far beyond what VAS's gateway (~200 calls/s) allows.
+MAX_CONCURRENCY = 1024
+MAX_RATE = 10_000.0
+MAX_COUNT = 100_000_000  # --max-jobs, --max-failures
+TIMEOUT_RANGE = (0.1, 3600.0)  # seconds
+MAX_DEADLINE = 7 * 24 * 3600.0  # seconds
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 
 
@@ -102,15 +110,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("manifest", type=Path, help="the TOML manifest")
     _results_options(run)
     _pool_options(run)
-    run.add_argument("--endpoint", help="base URL to use instead of the manifest's endpoint/region")
+    run.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="base URL to use instead of the manifest's endpoint/region (default: the manifest's)",
+    )
     run.add_argument(
         "--obs-endpoint",
-        help="OBS base URL for live prefix sources instead of the manifest's (or the region's)",
+        metavar="URL",
+        help="OBS base URL for live prefix sources (default: the manifest's, else the region's)",
     )
     run.add_argument(
         "--dry-run",
         action="store_true",
-        help="expand and validate, print what would be sent (JSONL), send nothing",
+        help="expand and validate, print what would be sent (JSONL), send nothing; needs a "
+        "project id (for the ledger's service) but no AK/SK unless prefixes are listed live",
     )
     run.add_argument(
         "--emulator",
@@ -122,21 +136,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-jobs",
-        type=_positive_int,
+        type=_count,
         metavar="N",
-        help="create at most N jobs in this run; the rest are deferred",
+        help="create at most N jobs in this run (submitted or unknown: what costs money); "
+        "the rest are deferred (default: no limit)",
     )
     run.add_argument(
         "--deadline",
         type=_duration,
         metavar="DURATION",
-        help="after this long (e.g. 2h, 90m), start nothing new; the rest is deferred",
+        help="after this long (e.g. 2h, 90m, 1h30m, 45s; at most 7 days), start nothing new; "
+        "the rest is deferred (default: none)",
     )
     run.add_argument(
         "--max-failures",
-        type=_positive_int,
+        type=_count,
         metavar="N",
-        help="stop the run (exit 3) after N failed jobs",
+        help="stop the run (exit 3) after N failed jobs (default: no limit)",
     )
     run.set_defaults(command=_submit)
 
@@ -144,14 +160,22 @@ def _parser() -> argparse.ArgumentParser:
         "reconcile", help="resolve unknown outcomes in a results file; create nothing"
     )
     fix.add_argument("results", type=Path, help="the results file (.csv or .jsonl)")
-    fix.add_argument("--format", choices=("csv", "jsonl"))
-    fix.add_argument("--endpoint", help="base URL to use instead of the one in the results rows")
+    fix.add_argument(
+        "--format",
+        choices=("csv", "jsonl"),
+        help="results format (default: from the extension)",
+    )
+    fix.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="base URL to use instead of the one in the results rows (default: the rows')",
+    )
     _pool_options(fix)
     fix.set_defaults(command=_reconcile)
 
     expand = commands.add_parser("expand", help="print the job specs as JSONL; no network")
-    expand.add_argument("manifest", type=Path)
-    expand.add_argument("--log-format", choices=("text", "json"), default="text")
+    expand.add_argument("manifest", type=Path, help="the TOML manifest")
+    _log_format_option(expand)
     expand.set_defaults(command=_expand)
 
     emulator = commands.add_parser("emulator", help="run the VAS emulator standalone")
@@ -228,26 +252,28 @@ def _results_options(parser: argparse.ArgumentParser) -> None:
 def _pool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=_concurrency,
         default=DEFAULT_CONCURRENCY,
         metavar="N",
-        help=f"calls in flight at most (default {DEFAULT_CONCURRENCY})",
+        help=f"calls in flight at most, 1 to {MAX_CONCURRENCY} (default {DEFAULT_CONCURRENCY})",
     )
     parser.add_argument(
         "--rate",
         type=_rate,
         default=DEFAULT_RATE,
         metavar="R",
-        help=f"calls started per second at most, 0 for no limit (default {DEFAULT_RATE:g})",
+        help=f"calls started per second at most, 0 = no limit, at most {MAX_RATE:g} "
+        f"(default {DEFAULT_RATE:g})",
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_timeout,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="seconds a call may take in all before a create is looked up (default 30)",
+        help="seconds a call may take in all before a create is looked up "
+        f"({TIMEOUT_RANGE[0]:g} to {TIMEOUT_RANGE[1]:g}; default {DEFAULT_TIMEOUT:g})",
     )
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    _log_format_option(parser)
     parser.add_argument(
         "-q",
         "--quiet",
@@ -256,23 +282,60 @@ def _pool_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
+def _log_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines on stderr as text or one JSON object each (default text)",
+    )
+
+
+def _whole(text: str, low: int, high: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be between {low} and {high:,}, not {value:,}")
     return value
 
 
-def _rate(text: str) -> float:
+def _count(text: str) -> int:
+    return _whole(text, 1, MAX_COUNT)
+
+
+def _concurrency(text: str) -> int:
+    return _whole(text, 1, MAX_CONCURRENCY)
+
+
+def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError("must be 0 (no limit) or a positive number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= MAX_RATE:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (no limit) or a positive number up to {MAX_RATE:g}, not {text!r}"
+        )
+    return value
+
+
+def _timeout(text: str) -> float:
+    value = _number(text)
+    low, high = TIMEOUT_RANGE
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(
+            f"must be between {low:g} and {high:g} seconds, not {text!r} "
+            "(a call without a time limit could hang the run forever)"
+        )
     return value
 
 
@@ -288,7 +351,12 @@ def _duration(text: str) -> float:
     if not text.strip() or not found or not any(found.groups()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 2h, 90m, 1h30m, 45s)")
     hours, minutes, seconds = (float(g) if g else 0.0 for g in found.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    total = hours * 3600 + minutes * 60 + seconds
+    if not 0 < total <= MAX_DEADLINE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a duration must be more than 0 and at most 7 days (168h)"
+        )
+    return total
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -335,7 +403,7 @@ def _submit(args: argparse.Namespace, log: Log) -> int:
     started = time.time()
     manifest = load_manifest(args.manifest)
     fmt = format_for(args.results, args.format) if args.results else (args.format or "csv")
-    results = args.results or _default_results(manifest.path, args.emulator, fmt)
+    results = _real(args.results or _default_results(manifest.path, args.emulator, fmt))
     if args.emulator and _live(manifest):
         raise UsageError(
             f"{manifest.path}: live OBS prefixes cannot be listed with --emulator "
@@ -345,8 +413,16 @@ def _submit(args: argparse.Namespace, log: Log) -> int:
         return _dry_run(args, log, manifest, results, fmt)
     if args.emulator:
         return anyio.run(_submit_emulated, args, log, manifest, results, fmt, started)
-    config = _config(args, manifest, results, fmt, _endpoint(args, manifest), _credentials())
+    endpoint = _endpoint(args, manifest)
+    _warn_unknown_region(log, endpoint)
+    config = _config(args, manifest, results, fmt, endpoint, _credentials())
     return anyio.run(_run_submit, config, args, log, started)
+
+
+def _real(path: Path) -> Path:
+    """The results file itself, not the spelling typed: a symlink or another path to the same
+    file must share its lock and journal, or two runs could submit the same videos at once."""
+    return path.resolve()
 
 
 def _default_results(manifest: Path, emulated: bool, fmt: Format) -> Path:
@@ -365,13 +441,31 @@ def _endpoint(args: argparse.Namespace, manifest: Manifest) -> Endpoint:
     return Endpoint(base_url=base, project_id=project_id, service_name=manifest.service.name)
 
 
-def _check_endpoint(url: str) -> str:
-    if not re.fullmatch(r"https?://[^/\s?#]+/?", url):
+def _check_endpoint(url: str, option: str = "--endpoint") -> str:
+    """An http(s) base URL without a path; scheme and host are case-insensitive, so they are
+    written in lower case (the same service must always be spelled the same way)."""
+    found = re.fullmatch(r"(https?)://([^/\s?#@]+)/?", url.strip(), re.IGNORECASE)
+    if not found:
         raise UsageError(
-            f"--endpoint {url!r}: give an http(s) URL without a path, "
+            f"{option} {url!r}: give an http(s) URL without a path, query or user name, "
             "e.g. https://iva.cn-north-4.myhuaweicloud.com"
         )
-    return url.rstrip("/")
+    return f"{found.group(1).lower()}://{found.group(2).lower()}"
+
+
+_REGION_HOST = re.compile(r"https?://iva\.([a-z0-9-]+)\.myhuaweicloud\.com(?::443)?", re.I)
+
+
+def _warn_unknown_region(log: Log, endpoint: Endpoint) -> None:
+    """A region name outside the SDK's list is most likely a typo (cn-nowhere-9): say so
+    before the run spends its first call finding out."""
+    found = _REGION_HOST.fullmatch(endpoint.base_url)
+    if found and found.group(1).lower() not in REGIONS:
+        log.line(
+            "warning",
+            f"region {found.group(1)!r} is not one the official SDK knows "
+            f"({', '.join(REGIONS)}); check service.region if the endpoint cannot be reached",
+        )
 
 
 def _credentials() -> Credentials:
@@ -462,8 +556,11 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
         ledger = None if config.resubmit else prepared.ledger
         counted = count_work(manifest, ledger, uncertain, lambda _m: None)
         _log_plan(log, counted, len(uncertain), config)
+        planned = counted.planned
+        if config.pool.max_jobs is not None:
+            planned = min(planned, config.pool.max_jobs)
         reporter = make_reporter(
-            log, counted.planned + len(uncertain), sys.stderr, bar=_is_terminal(sys.stderr)
+            log, planned + len(uncertain), sys.stderr, bar=_is_terminal(sys.stderr)
         )
         try:
             stats, summary = await submit(config, prepared, reporter, warn, counted.repeats)
@@ -489,7 +586,7 @@ def _spooled(
     log: Log,
 ) -> Manifest:
     """List live OBS prefixes now, before any VAS request (errors exit 2)."""
-    endpoint = _check_endpoint(args.obs_endpoint) if args.obs_endpoint else None
+    endpoint = _check_endpoint(args.obs_endpoint, "--obs-endpoint") if args.obs_endpoint else None
     return spool_prefixes(
         manifest,
         endpoint or manifest.service.obs_endpoint,
@@ -524,6 +621,7 @@ def _dry_run(
         )
     else:
         endpoint = _endpoint(args, manifest)
+        _warn_unknown_region(log, endpoint)
     ledger = None
     if not args.resubmit:
         ledger = read_ledger(results, fmt, endpoint.tasks_url, warn)
@@ -544,9 +642,13 @@ def _dry_run(
 def _reconcile(args: argparse.Namespace, log: Log) -> int:
     started = time.time()
     warn = _warner(log)
-    results: Path = args.results
+    results = _real(args.results)
     fmt = format_for(results, args.format)
     endpoint = _endpoint_from_results(results, fmt, args.endpoint)
+    if endpoint is None:
+        # Nothing to do is success: a nightly `reconcile` must not raise an alarm every night.
+        log.line("info", f"{results}: no unknown rows and no open intents; nothing to reconcile")
+        return EXIT["ok"]
     config = _config(args, None, results, fmt, endpoint, _credentials())
     prepared = prepare(config, warn)
     try:
@@ -564,8 +666,9 @@ def _reconcile(args: argparse.Namespace, log: Log) -> int:
     return code
 
 
-def _endpoint_from_results(results: Path, fmt: Format, override: str | None) -> Endpoint:
-    """The service the unknown rows and open intents belong to, from their ``service_url``."""
+def _endpoint_from_results(results: Path, fmt: Format, override: str | None) -> Endpoint | None:
+    """The service the unknown rows and open intents belong to, from their ``service_url``;
+    None when there are none (nothing to reconcile)."""
     urls = {row[3] for row in iter_rows(results, fmt) if row[2] == "unknown"}
     urls |= journal_services(journal_path(results))
     if len(urls) > 1:
@@ -574,12 +677,10 @@ def _endpoint_from_results(results: Path, fmt: Format, override: str | None) -> 
             " reconcile each with its own results file"
         )
     url = urls.pop() if urls else ""
+    if not url:
+        return None
     found = re.fullmatch(r"(https?://[^/]+)/v2/([^/]+)/services/([^/]+)/tasks", url)
     if not found:
-        if not url:
-            raise UsageError(
-                f"{results}: no unknown rows and no open intents: nothing to reconcile"
-            )
         raise UsageError(f"{results}: cannot read the service from {url!r}")
     base = _check_endpoint(override) if override else found.group(1)
     return Endpoint(base_url=base, project_id=found.group(2), service_name=found.group(3))
@@ -627,10 +728,15 @@ def _warner(log: Log) -> Any:
 
 
 def _is_terminal(stream: TextIO) -> bool:
+    """A terminal with a size: a 0x0 one (some cron wrappers, `script` without a size) shows
+    no bar, so it gets progress lines instead."""
     try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
+        if not stream.isatty():
+            return False
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):
         return False
+    return size.columns > 0
 
 
 def _exit_code(stats: RunStats) -> int:

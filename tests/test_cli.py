@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
+import fcntl
+import os
+import pty
+import struct
 import subprocess
+import termios
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
-from batchsubmit.cli import _duration, main
+from batchsubmit.cli import _check_endpoint, _duration, _is_terminal, _parser, main
+from batchsubmit.journal import RunLock
+from batchsubmit.results import COLUMNS
+from batchsubmit.runner import lock_path
 
-from .helpers import LiveEmulator, cli, cli_env, run_cli, video_keys, write_manifest
+from .helpers import (
+    LiveEmulator,
+    cli,
+    cli_env,
+    run_cli,
+    submit_args,
+    video_keys,
+    write_manifest,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk-that-must-never-be-printed-0123456789"
@@ -198,3 +216,123 @@ def test_expand_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
         process.wait(30)
     assert "Traceback" not in err
     assert process.returncode == 141
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--timeout", "0"],
+        ["--timeout", "-1"],
+        ["--timeout", "nan"],
+        ["--timeout", "inf"],
+        ["--timeout", "1e9"],
+        ["--concurrency", "1000000000"],
+        ["--rate", "1e12"],
+        ["--rate", "nan"],
+        ["--max-jobs", "-1"],
+        ["--max-jobs", "1000000000000"],
+        ["--max-failures", "0"],
+        ["--deadline", "0s"],
+        ["--deadline", "100000h"],
+    ],
+)
+def test_absurd_numbers_are_refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo'd number (no timeout, 10**9 workers, a deadline of years) is refused with exit 2
+    and the option named, before anything is read or sent."""
+    with pytest.raises(SystemExit) as raised:
+        main(["submit", "m.toml", *args])
+    assert raised.value.code == 2
+    assert args[0] in capsys.readouterr().err
+
+
+def _options(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.Action]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                for where, option in _options(sub):
+                    yield f"{name} {where}", option
+        elif not isinstance(action, argparse._HelpAction):
+            yield "/".join(action.option_strings) or action.dest, action
+
+
+def test_every_option_has_help_showing_its_default() -> None:
+    """`--help` explains every option and argument of every command, and says its default."""
+    for where, action in _options(_parser()):
+        assert action.help, f"{where}: no help text"
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            assert "default" in action.help, f"{where}: help does not show the default"
+
+
+def test_help_says_quota_zero_means_unlimited() -> None:
+    """`--quota 0` reads as "unlimited", never as "no jobs"."""
+    helps = {where: action.help or "" for where, action in _options(_parser())}
+    assert "0 = unlimited" in helps["emulator --quota"]
+
+
+def test_reconcile_with_nothing_to_do_succeeds(tmp_path: Path) -> None:
+    """A nightly `reconcile` on a clean ledger is success (exit 0), with one line saying so."""
+    results = tmp_path / "r.csv"
+    results.write_text(",".join(COLUMNS) + "\r\n", encoding="utf-8")
+    done = run_cli("reconcile", str(results))
+    assert done.returncode == 0, done.stderr
+    assert "nothing to reconcile" in done.stderr
+
+
+def test_results_through_a_symlink_share_the_lock(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """Two spellings of one results file are one ledger: a run through a symlink finds the
+    lock held through the real name (exit 75) and sends nothing."""
+    manifest = write_manifest(tmp_path, video_keys(3))
+    real = tmp_path / "out.csv"
+    real.write_text(",".join(COLUMNS) + "\r\n", encoding="utf-8")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    lock = RunLock(lock_path(real))
+    lock.acquire("now")
+    try:
+        done = run_cli(*submit_args(manifest, live_emulator.url, link))
+    finally:
+        lock.release()
+    assert done.returncode == 75, done.stderr
+    assert sum(live_emulator.emulator.calls.values()) == 0
+
+
+def test_a_zero_sized_terminal_gets_progress_lines() -> None:
+    """A 0x0 terminal (cron wrappers, `script` without a size) shows lines, not a bar."""
+    leader, follower = pty.openpty()
+    try:
+        with os.fdopen(follower, "w", closefd=False) as stream:
+            assert stream.isatty()
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+            assert not _is_terminal(stream)
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            assert _is_terminal(stream)
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("HTTP://LocalHost:8080/", "http://localhost:8080"),
+        ("https://IVA.cn-north-4.MyHuaweiCloud.com", "https://iva.cn-north-4.myhuaweicloud.com"),
+    ],
+)
+def test_endpoint_scheme_and_host_are_case_insensitive(typed: str, expected: str) -> None:
+    """`--endpoint HTTP://...` is accepted, and written the one way the ledger expects."""
+    assert _check_endpoint(typed) == expected
+
+
+def test_unknown_region_is_warned_about(tmp_path: Path) -> None:
+    """A region the SDK does not list (a typo such as cn-nowhere-9) gets a warning naming the
+    known ones; a dry run sends nothing to find that out."""
+    manifest = write_manifest(tmp_path, video_keys(1))
+    text = manifest.read_text(encoding="utf-8")
+    assert "cn-north-4" in text
+    manifest.write_text(text.replace("cn-north-4", "cn-nowhere-9"), encoding="utf-8")
+    done = run_cli("submit", str(manifest), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "cn-nowhere-9" in done.stderr
+    assert "cn-north-4" in done.stderr.split("cn-nowhere-9", 1)[1]
