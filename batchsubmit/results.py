@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 Format = Literal["csv", "jsonl"]
-STATUSES = ("submitted", "failed", "unknown")
+STATUSES = ("submitted", "failed", "unknown", "duplicate")  # duplicate: never done
 COLUMNS = (
     "source",
     "name",
