@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from .results import Outcome
+from .pool import NOT_CREATED
+from .results import STATUSES, Outcome
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -88,6 +89,11 @@ class ProgressReporter:
         self.started = time.monotonic()
 
     def outcome(self, outcome: Outcome) -> None:
+        """Count a video once, when its outcome for this run is known. A lookup that found
+        an earlier create never made is not that: the video comes up again and is created
+        (so the progress line cannot pass its total, and "failed" agrees with the summary)."""
+        if outcome.error_code == NOT_CREATED or outcome.status not in STATUSES:
+            return
         counts = self.counts
         counts.done += 1
         status = outcome.status
