@@ -250,3 +250,42 @@ async def test_a_full_disk_stops_the_run_with_a_clear_error(
     assert str(results) in str(raised.value)
     assert raised.value.exit_code == 3
     assert count_lines(results) == 21
+
+
+def test_counts_add_up_after_a_kill(tmp_path: Path, live_emulator: LiveEmulator) -> None:
+    """SIGKILL mid-run, then a rerun: the plan line, the final line, the summary and the
+    metrics tell the same story, and every video the plan counted has exactly one outcome."""
+    live_emulator.emulator.faults = Faults(latency=0.02)
+    keys = video_keys(600)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "16")
+    signal_after_rows(args, results, 150, signal.SIGKILL)
+    live_emulator.settled_tasks()
+    summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
+    again = subprocess.run(
+        cli(*args, "--summary", str(summary), "--metrics", str(metrics), "--log-format", "json"),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    lines = [json.loads(line) for line in again.stderr.splitlines()]
+    plan = next(line["msg"] for line in lines if " to submit, " in line["msg"])
+    planned, skipped, uncertain = (
+        int(plan.split(word)[0].split()[-1])
+        for word in (" to submit", " already submitted", " earlier outcomes")
+    )
+    counts = json.loads(summary.read_text())["counts"]
+    outcomes = counts["submitted"] + counts["failed"] + counts["unknown"] + counts["deferred"]
+    assert outcomes == planned + uncertain
+    assert counts["skipped"] == skipped
+    assert counts["submitted"] + counts["skipped"] == len(keys)
+    final = lines[-1]["msg"]
+    assert final.startswith(f"done: {counts['submitted']} submitted ({counts['reconciled']} ")
+    assert f"{counts['failed']} failed, {counts['unknown']} unknown" in final
+    prom = metrics.read_text()
+    for outcome, value in counts.items():
+        assert f'batchsubmit_jobs{{outcome="{outcome}"}} {value}\n' in prom
+    assert_exactly_once(live_emulator.emulator, results, sources(keys))
