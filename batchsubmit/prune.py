@@ -1,0 +1,691 @@
+"""prune and make-room: delete this ledger's finished jobs to stay under the saved-jobs quota.
+
+VAS keeps at most 5,000 saved jobs per user, and only deleting frees room; deleting too early
+loses a result. So a job goes only when all of this holds: its id is in this results file's
+follow record (never a job of another ledger or tool); ``status`` recorded it final; it is not
+already PRUNED or LOST; and a ``hosting`` result (kept on the service, deleted with the job)
+was collected or has expired. What the service says now never makes a job eligible.
+
+Crash model: before each delete its intent (a ``PRUNING`` line) is in ``<results>.prune``,
+synced. A delete whose answer was heard becomes a ``PRUNED`` line in the follow record
+(a 404 IVA.0005 too: already gone); the intent goes when the record is synced. A prune
+killed with SIGKILL leaves intents; the next one deletes those again first (a delete is
+idempotent: 202 or 404), so every deleted job ends up recorded and nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import orjson
+
+from .answers import Answer, Kind
+from .auth import Credentials
+from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
+from .errors import ApiError, FatalApiError, StorageError, UsageError
+from .journal import RunLock
+from .pool import Pool, PoolSettings, Stopped
+from .record import JobRecord, RecordWriter, read_record, record_path
+from .results import Format, Outcome, utc_now
+
+__all__ = [
+    "DEFAULT_OLDER_THAN",
+    "DEFAULT_QUOTA",
+    "PRUNED",
+    "PruneConfig",
+    "PruneRules",
+    "PruneStats",
+    "Room",
+    "make_room",
+    "prune",
+    "prune_journal_path",
+    "select",
+]
+
+DEFAULT_OLDER_THAN = 24 * 3600.0  # seconds: a morning report can still read last night's jobs
+DEFAULT_QUOTA = 5000
+PRUNED = "PRUNED"
+PRUNING = "PRUNING"
+GONE_CODE = "IVA.0005"  # the job does not exist: a 404 with any other code is not "gone"
+# The hosting result is no longer on the service, or we have it: deleting loses nothing.
+HOSTING_DONE = frozenset({"COLLECTED", "OVERDUE", "DELETED_MISTAKENLY"})
+# Final, but already gone from the service: nothing to delete, no room to free.
+GONE_STATES = frozenset({PRUNED, "LOST"})
+ROOM_WAIT = 120.0  # seconds make-room waits for deleted jobs to disappear from the count
+ROOM_POLL = 1.0
+_SERVICE_URL = re.compile(r"(https?://[^/]+)/v2/([^/]+)/services/([^/]+)/tasks")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneRules:
+    """Which recorded jobs may go. ``limit``: at most this many (make-room: only as many as
+    needed)."""
+
+    older_than: float = DEFAULT_OLDER_THAN
+    keep: int = 0
+    limit: int | None = None
+    service_url: str | None = None  # only this service's jobs (make-room counts one service)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneConfig:
+    """Everything a prune needs, built once by the CLI."""
+
+    results: Path
+    format: Format
+    credentials: Credentials | None  # None only for a dry run
+    pool: PoolSettings
+    rules: PruneRules = field(default_factory=PruneRules)
+    base_url: str | None = None  # --endpoint: instead of the one in the results rows
+    dry_run: bool = False
+    durable: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True, kw_only=True)
+class Candidate:
+    """A job that may be deleted, with what it was deleted under."""
+
+    record: JobRecord
+    final_at: float  # epoch seconds
+    service_url: str
+
+
+@dataclass
+class Selection:
+    chosen: list[Candidate]
+    held: Counter[str]  # why the other jobs of the record stay: reason -> jobs
+    gone: int = 0  # already PRUNED or LOST
+
+
+@dataclass
+class PruneStats:
+    """What a prune did (or would do); the CLI renders it."""
+
+    selected: int = 0
+    deleted: int = 0  # answered 2xx
+    gone: int = 0  # answered 404 IVA.0005: already gone, recorded PRUNED too
+    failed: int = 0
+    resumed: int = 0  # intents left by a killed prune, deleted again first
+    deferred: int = 0  # not sent: the prune stopped first
+    already: int = 0  # PRUNED or LOST before this run
+    held: dict[str, int] = field(default_factory=dict)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0
+    retries: int = 0
+    first_errors: dict[str, str] = field(default_factory=dict)
+    fatal: str | None = None
+    stop_reason: str | None = None
+    signal: int | None = None
+    elapsed: float = 0.0
+
+    @property
+    def pruned(self) -> int:
+        return self.deleted + self.gone
+
+
+@dataclass
+class Room:
+    """What make-room found and did before tonight's first create."""
+
+    quota: int
+    planned: int
+    saved_before: int = 0
+    saved_after: int = 0
+    room: int = 0  # creates that fit tonight
+    deferred: int = 0  # planned creates that do not fit: deferred to the next night
+    reason: str | None = None
+    prune: PruneStats = field(default_factory=PruneStats)
+
+
+# -- selection (pure) ---------------------------------------------------------------------------
+
+
+def select(
+    records: Mapping[str, JobRecord],
+    services: Mapping[str, str],
+    rules: PruneRules,
+    now: float,
+) -> Selection:
+    """The jobs the rules let go, oldest recorded final time first; and why the rest stay."""
+    held: Counter[str] = Counter()
+    final: list[Candidate] = []
+    gone = 0
+    for record in records.values():
+        if record.state in GONE_STATES:
+            gone += 1
+            continue
+        if not record.final:
+            held["not final"] += 1
+            continue
+        final_at = _epoch(record.final_at)
+        if final_at is None:
+            held["no recorded final time"] += 1
+            continue
+        service_url = services.get(record.job_id)
+        if service_url is None:
+            held["not in the results file"] += 1
+            continue
+        if rules.service_url is not None and service_url != rules.service_url:
+            held["another service"] += 1
+            continue
+        final.append(Candidate(record=record, final_at=final_at, service_url=service_url))
+    final.sort(key=lambda c: (c.final_at, c.record.created_at, c.record.job_id))
+    if rules.keep:
+        kept = final[-rules.keep :]
+        held["kept by --keep"] += len(kept)
+        final = final[: -rules.keep]
+    chosen: list[Candidate] = []
+    for candidate in final:
+        if _hosting_pending(candidate.record, now):
+            held["hosting result not collected"] += 1
+        elif now - candidate.final_at < rules.older_than:
+            held["final too recently"] += 1
+        elif rules.limit is not None and len(chosen) >= rules.limit:
+            held["not needed"] += 1
+        else:
+            chosen.append(candidate)
+    return Selection(chosen=chosen, held=held, gone=gone)
+
+
+def _hosting_pending(record: JobRecord, now: float) -> bool:
+    """Whether deleting the job would lose a hosting result nobody has yet: a SUCCEEDED job's
+    result until it was collected (or expired), another job's only if the service said it had
+    one (a job that never succeeded has none)."""
+    if not record.hosting or record.hosting_status in HOSTING_DONE:
+        return False
+    overdue = _epoch(record.hosting_overdue_at)
+    if overdue is not None and overdue <= now:
+        return False
+    return record.state == "SUCCEEDED" or record.hosting_status not in ("", "NOT_GENERATED")
+
+
+def _epoch(text: str) -> float | None:
+    """Seconds since the epoch from ISO 8601 or epoch milliseconds (VAS's ``*_overdue_at``)."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return int(text) / 1000.0
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None  # no zone: cannot tell its age, so it is not old enough
+    return moment.timestamp()
+
+
+# -- the results file: which service each job belongs to --------------------------------------
+
+
+def job_services(results: Path, fmt: Format, wanted: Iterable[str]) -> dict[str, str]:
+    """job id -> ``service_url`` from the submitted rows of the results file, for ``wanted``."""
+    wanted = set(wanted)
+    found: dict[str, str] = {}
+    try:
+        handle = results.open("rb")
+    except FileNotFoundError:
+        return found
+    except OSError as exc:
+        raise UsageError(f"{results}: cannot read the results file: {exc.strerror}") from None
+    with handle:
+        for job_id, service_url in _id_rows(handle, fmt):
+            if job_id in wanted and service_url:
+                found[job_id] = service_url
+    return found
+
+
+def _id_rows(handle: IO[bytes], fmt: Format) -> Iterable[tuple[str, str]]:
+    if fmt == "jsonl":
+        for line in handle:
+            try:
+                data = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a torn last line
+            if isinstance(data, dict) and data.get("status") == "submitted":
+                yield str(data.get("job_id") or ""), str(data.get("service_url") or "")
+        return
+    text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="")
+    try:
+        for row in csv.DictReader(text):
+            if row.get("status") == "submitted":
+                yield row.get("job_id") or "", row.get("service_url") or ""
+    except csv.Error:
+        return  # a torn last line
+
+
+def endpoint_for(service_url: str, base_url: str | None) -> Endpoint:
+    found = _SERVICE_URL.fullmatch(service_url)
+    if not found:
+        raise UsageError(f"cannot read the service from {service_url!r} in the results file")
+    return Endpoint(
+        base_url=base_url or found.group(1),
+        project_id=found.group(2),
+        service_name=found.group(3),
+    )
+
+
+# -- the intent journal -------------------------------------------------------------------------
+
+
+def prune_journal_path(results: Path) -> Path:
+    resolved = results.resolve()
+    return resolved.with_name(resolved.name + ".prune")
+
+
+def read_prune_intents(path: Path) -> dict[str, str]:
+    """job id -> service_url of deletes that may have been sent without their PRUNED line."""
+    found: dict[str, str] = {}
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return found
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the prune journal: {exc.strerror}") from None
+    for line in data.splitlines():
+        try:
+            item = orjson.loads(line)
+            found[str(item["job_id"])] = str(item["service_url"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line: its delete was never sent
+    return found
+
+
+class _IntentJournal:
+    """``PRUNING`` lines, each synced before its delete is sent."""
+
+    def __init__(self, path: Path, inherited: dict[str, str], durable: bool) -> None:
+        self.path = path
+        self.open: dict[str, str] = dict(inherited)
+        self._durable = durable
+        self._file: IO[bytes] = path.open("ab")
+
+    def intend(self, job_id: str, service_url: str) -> None:
+        self.open[job_id] = service_url
+        line = {"job_id": job_id, "state": PRUNING, "service_url": service_url, "at": utc_now()}
+        self._file.write(orjson.dumps(line) + b"\n")
+        self._file.flush()
+        if self._durable:
+            os.fdatasync(self._file.fileno())
+
+    def settle(self, job_id: str) -> None:
+        self.open.pop(job_id, None)
+
+    def close(self) -> None:
+        """Called once the follow record is synced: keep only intents still open."""
+        self._file.close()
+        if not self.open:
+            self.path.unlink(missing_ok=True)
+            return
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with temporary.open("wb") as handle:
+            for job_id, service_url in self.open.items():
+                line = {"job_id": job_id, "state": PRUNING, "service_url": service_url}
+                handle.write(orjson.dumps(line) + b"\n")
+            handle.flush()
+            if self._durable:
+                os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+Warn = Callable[[str], None]
+LogFn = Callable[[str, str], None]
+
+
+class _NoSink:
+    """The pool's results sink: prune writes no results rows."""
+
+    def write(self, outcome: Outcome) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class _Reporter:
+    def __init__(self, log: LogFn) -> None:
+        self._log = log
+
+    def outcome(self, outcome: Outcome) -> None:
+        pass
+
+    def log(self, level: str, message: str) -> None:
+        self._log(level, message)
+
+
+def prune(config: PruneConfig, warn: Warn, log: LogFn) -> PruneStats:
+    """``batchsubmit prune``: take the results file's lock, then delete what the rules allow."""
+    from .runner import lock_path
+
+    lock = RunLock(lock_path(config.results))
+    lock.acquire(utc_now())
+    try:
+        if config.dry_run:
+            return plan_prune(config, warn)
+        return anyio.run(_prune_locked, config, warn, log, None)
+    finally:
+        lock.release()
+
+
+def plan_prune(config: PruneConfig, warn: Warn) -> PruneStats:
+    """What a prune would delete now; sends nothing."""
+    started = time.monotonic()
+    records = read_record(record_path(config.results), warn)
+    intents = read_prune_intents(prune_journal_path(config.results))
+    selection = _selection(config, records, config.rules, warn)
+    stats = _stats_for(selection)
+    resumed = [job_id for job_id in intents if records.get(job_id, None) is not None]
+    stats.resumed = sum(1 for j in resumed if records[j].state != PRUNED)
+    for candidate in selection.chosen:
+        stats.jobs.append(_job_entry(candidate, "would be deleted"))
+    stats.elapsed = time.monotonic() - started
+    return stats
+
+
+def _selection(
+    config: PruneConfig, records: Mapping[str, JobRecord], rules: PruneRules, warn: Warn
+) -> Selection:
+    services = job_services(config.results, config.format, records)
+    return select(records, services, rules, time.time())
+
+
+def _stats_for(selection: Selection) -> PruneStats:
+    return PruneStats(
+        selected=len(selection.chosen),
+        already=selection.gone,
+        held=dict(sorted(selection.held.items())),
+    )
+
+
+def _job_entry(candidate: Candidate, outcome: str) -> dict[str, Any]:
+    record = candidate.record
+    return {
+        "job_id": record.job_id,
+        "source": record.source,
+        "name": record.name,
+        "state": record.state,
+        "final_at": record.final_at,
+        "outcome": outcome,
+    }
+
+
+async def _prune_locked(
+    config: PruneConfig,
+    warn: Warn,
+    log: LogFn,
+    rules: PruneRules | None,
+) -> PruneStats:
+    """Delete what ``rules`` (default: the config's) allow; the caller holds the lock."""
+    records = read_record(record_path(config.results), warn)
+    selection = _selection(config, records, rules or config.rules, warn)
+    intents = read_prune_intents(prune_journal_path(config.results))
+    stats = _stats_for(selection)
+    started = time.monotonic()
+    # Intents of a killed prune first: those deletes may have been sent.
+    redo: list[Candidate] = []
+    for job_id, service_url in intents.items():
+        record = records.get(job_id)
+        if record is not None and record.state != PRUNED:
+            redo.append(Candidate(record=record, final_at=0.0, service_url=service_url))
+    chosen_ids = {c.record.job_id for c in redo}
+    work = redo + [c for c in selection.chosen if c.record.job_id not in chosen_ids]
+    stats.resumed = len(redo)
+    if redo:
+        log("info", f"{len(redo)} deletes of an earlier prune that stopped unrecorded: redone")
+    if not work:
+        _drop_settled_journal(config.results, intents, records)
+        stats.elapsed = time.monotonic() - started
+        return stats
+    credentials = config.credentials
+    assert credentials is not None
+    try:
+        writer = RecordWriter(record_path(config.results), warn, durable=config.durable)
+        journal = _IntentJournal(prune_journal_path(config.results), intents, config.durable)
+        try:
+            async with open_session(config.pool.concurrency) as session:
+                clients: dict[str, VasClient] = {}
+                for url in sorted({c.service_url for c in work}):
+                    endpoint = endpoint_for(url, config.base_url)
+                    clients[url] = VasClient(session, endpoint, credentials, timeout=config.timeout)
+                first = next(iter(clients.values()))
+                pool = Pool(
+                    first,
+                    _NoSink(),
+                    _Reporter(log),
+                    config.pool,
+                    service_url=next(iter(clients)),
+                )
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_watch_signals, pool, stats)
+                    await _delete_all(pool, clients, work, writer, journal, stats, config)
+                    group.cancel_scope.cancel()
+                _take_pool_stats(stats, pool)
+        finally:
+            writer.close()  # syncs the PRUNED lines: only then may their intents go
+            journal.close()
+    except OSError as exc:
+        raise StorageError(
+            f"the prune stopped: writing {record_path(config.results)} or its prune journal "
+            f"failed ({exc}); the next prune redoes the deletes that were under way"
+        ) from None
+    stats.elapsed = time.monotonic() - started
+    return stats
+
+
+def _drop_settled_journal(
+    results: Path, intents: Mapping[str, str], records: Mapping[str, JobRecord]
+) -> None:
+    """A prune journal whose every intent is recorded PRUNED (or whose jobs left the record)
+    has nothing left to redo."""
+    if intents and all(records.get(j) is None or records[j].state == PRUNED for j in intents):
+        prune_journal_path(results).unlink(missing_ok=True)
+
+
+def _take_pool_stats(stats: PruneStats, pool: Pool) -> None:
+    stats.calls = pool.stats.calls
+    stats.retries = pool.stats.retries
+    stats.fatal = stats.fatal or pool.stats.fatal
+    stats.stop_reason = pool.stats.stop_reason
+    if pool.stats.signal is not None:
+        stats.signal = pool.stats.signal
+
+
+async def _delete_all(
+    pool: Pool,
+    clients: Mapping[str, VasClient],
+    work: list[Candidate],
+    writer: RecordWriter,
+    journal: _IntentJournal,
+    stats: PruneStats,
+    config: PruneConfig,
+) -> None:
+    """``concurrency`` workers take the jobs oldest first; every call goes through the gate."""
+    queue = iter(work)
+
+    async def worker() -> None:
+        for candidate in queue:
+            if pool.stopping:
+                stats.deferred += 1
+                continue
+            await _delete_one(
+                pool, clients[candidate.service_url], candidate, writer, journal, stats
+            )
+
+    async with anyio.create_task_group() as group:
+        for _ in range(min(config.pool.concurrency, len(work))):
+            group.start_soon(worker)
+
+
+async def _delete_one(
+    pool: Pool,
+    client: VasClient,
+    candidate: Candidate,
+    writer: RecordWriter,
+    journal: _IntentJournal,
+    stats: PruneStats,
+) -> None:
+    record = candidate.record
+    job_id = record.job_id
+    journal.intend(job_id, candidate.service_url)
+    try:
+        answer = await pool.call(_deleter(client), job_id)
+    except Stopped:
+        journal.settle(job_id)  # never sent
+        stats.deferred += 1
+        return
+    if answer.kind is Kind.OK or (answer.status == 404 and answer.error_code == GONE_CODE):
+        now = utc_now()
+        writer.append(replace(record, state=PRUNED, final=True, checked_at=now, updated_at=now))
+        writer.flush()
+        journal.settle(job_id)  # the intent file is rewritten only after the record's sync
+        if answer.kind is Kind.OK:
+            stats.deleted += 1
+            outcome = PRUNED
+        else:
+            stats.gone += 1
+            outcome = f"{PRUNED} (already gone)"
+        stats.jobs.append(_job_entry(candidate, outcome))
+        return
+    stats.failed += 1
+    text = _describe(answer)
+    stats.first_errors.setdefault(
+        answer.error_code or str(answer.status or answer.kind.value), text
+    )
+    stats.jobs.append(_job_entry(candidate, f"failed: {text}"))
+    if answer.kind in (Kind.FAILED, Kind.FATAL) and answer.status and answer.status < 500:
+        journal.settle(job_id)  # refused: the job is still there, nothing to redo
+    # else (5xx, timeout after sending): the delete may have happened; the intent stays, and
+    # the next prune sends it again before anything else
+
+
+def _deleter(client: VasClient) -> Callable[[str], Awaitable[Answer]]:
+    """``client.delete``, with a 2xx answer read as done: a 202 has no body, which the
+    classifier of reads would take for a garbled answer and retry."""
+
+    async def delete(job_id: str) -> Answer:
+        answer = await client.delete(job_id)
+        if 200 <= answer.status < 300 and answer.kind is not Kind.OK:
+            return replace(answer, kind=Kind.OK, error_msg="")
+        return answer
+
+    return delete
+
+
+def _describe(answer: Answer) -> str:
+    parts = [f"HTTP {answer.status}" if answer.status else "", answer.error_code, answer.error_msg]
+    text = " ".join(p for p in parts if p) or answer.kind.value
+    if answer.request_id:
+        text += f" (request id {answer.request_id})"
+    return text
+
+
+async def _watch_signals(pool: Pool, stats: PruneStats) -> None:
+    """SIGINT/SIGTERM: no new delete starts; the ones in flight finish and are recorded."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        async for signum in received:
+            stats.signal = int(signum)
+            pool.stats.signal = int(signum)
+            pool.stop(f"{signal.Signals(signum).name} received")
+
+
+# -- make-room ----------------------------------------------------------------------------------
+
+
+async def make_room(
+    config: PruneConfig,
+    planned: int,
+    quota: int,
+    warn: Warn,
+    log: LogFn,
+    *,
+    service_url: str,
+    wait: float = ROOM_WAIT,
+    poll: float = ROOM_POLL,
+) -> Room:
+    """Before tonight's first create: read the saved-job count (VAS's list ``count`` for this
+    service: the API lists one service at a time, so jobs of other services are not seen), and
+    if ``planned`` creates do not fit under ``quota``, prune eligible jobs of this ledger (the
+    prune rules without a minimum age), oldest first, only as many as needed, then wait for
+    them to leave the count. What still does not fit is deferred. The caller holds the lock."""
+    room = Room(quota=quota, planned=planned)
+    assert config.credentials is not None
+    endpoint = endpoint_for(service_url, config.base_url)
+    async with open_session(1) as session:
+        client = VasClient(session, endpoint, config.credentials, timeout=config.timeout)
+        gate = Pool(client, _NoSink(), _Reporter(log), config.pool, service_url=service_url)
+        room.saved_before = room.saved_after = await _saved_jobs(gate, client)
+        needed = room.saved_before + planned - quota
+        if needed > 0:
+            log(
+                "info",
+                f"make-room: {room.saved_before} saved jobs + {planned} to create is over the "
+                f"quota of {quota}: pruning up to {needed} finished, recorded jobs",
+            )
+            rules = PruneRules(older_than=0.0, limit=needed, service_url=service_url)
+            room.prune = await _prune_locked(config, warn, log, rules)
+            if room.prune.fatal:
+                raise FatalApiError(ApiError(0, "", room.prune.fatal), "make-room could not prune")
+            expected = room.saved_before - room.prune.pruned
+            room.saved_after = await _wait_for_count(gate, client, expected, wait, poll)
+    room.room = max(0, min(planned, quota - room.saved_after))
+    room.deferred = planned - room.room
+    if room.deferred:
+        room.reason = (
+            f"the saved-jobs quota: {room.saved_after} of {quota} saved, room for {room.room} of "
+            f"{planned} creates tonight; {room.deferred} deferred to the next run (no finished, "
+            "recorded and collected job of this ledger was left to prune; run `batchsubmit "
+            "status RESULTS --follow` and `batchsubmit prune RESULTS`, or delete other jobs)"
+        )
+        log("warning", f"make-room: {room.reason}")
+    return room
+
+
+async def _saved_jobs(gate: Pool, client: VasClient) -> int:
+    """The account's saved jobs as this service's list sees them (``count`` of a 1-job page)."""
+    try:
+        answer = await gate.call(client.list_tasks, {"limit": 1})
+    except Stopped:
+        raise FatalApiError(ApiError(0, "", "stopped"), "make-room was stopped") from None
+    data = answer.data if isinstance(answer.data, dict) else {}
+    count = data.get("count")
+    if answer.kind is not Kind.OK or not isinstance(count, int) or count < 0:
+        error = ApiError(answer.status, answer.error_code, answer.error_msg or "no count")
+        raise FatalApiError(
+            error,
+            "make-room cannot read the saved-job count, so it cannot tell whether tonight's "
+            "jobs fit under the quota (run without --make-room to submit anyway)",
+        )
+    return count
+
+
+async def _wait_for_count(
+    gate: Pool, client: VasClient, expected: int, wait: float, poll: float
+) -> int:
+    """Deletes are asynchronous (DELETING, then gone): poll the count until it reaches
+    ``expected`` or ``wait`` runs out; the last count read."""
+    deadline = time.monotonic() + wait
+    while True:
+        count = await _saved_jobs(gate, client)
+        if count <= expected or time.monotonic() >= deadline:
+            return count
+        await anyio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
+def describe_held(held: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in held.items() if n) or "none"
