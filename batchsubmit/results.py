@@ -1,9 +1,16 @@
 """The results file: one row per job outcome, appended and flushed as each job finishes, and read
 back as the ledger that tells the next run what is already done.
 
-The columns are a contract (README "Results"); a test pins them. A row never spans lines (line
-breaks in messages become spaces), so a torn last line can only ever be the last one, and the
-writer cuts it off before appending (the journal still holds that job's intent).
+The columns are a contract (README "Results"); a test pins them. The schema only grows: new
+columns go after the old ones, and a reader keys on the first ``BASE_COLUMNS`` and ignores
+columns it does not know, so old files stay readable and old versions read new files. Each
+row carries its schema version in the ``schema`` column (rows without one are schema 1).
+
+A row is always one physical line (the writer turns control characters into spaces and caps
+long messages), so the reader can tell exactly which line is damaged. The only damage it
+tolerates is a torn last line (power loss), which the writer cuts before appending (the
+journal still holds that job's intent); any other unreadable line stops the run before any
+request: a ledger read in part would submit again every video it failed to read.
 """
 
 from __future__ import annotations
@@ -15,17 +22,21 @@ import re
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import orjson
 
 from .errors import UsageError
-from .hashes import HashBuckets
+from .hashes import HashBuckets, stable_hash
+from .vas import ServiceIdentity, service_identity
 
 __all__ = [
+    "BASE_COLUMNS",
     "COLUMNS",
+    "ERROR_MSG_MAX",
+    "SCHEMA",
     "STATUSES",
     "Ledger",
     "Outcome",
@@ -38,8 +49,9 @@ __all__ = [
 ]
 
 Format = Literal["csv", "jsonl"]
-STATUSES = ("submitted", "failed", "unknown", "duplicate")  # duplicate: never done
-COLUMNS = (
+STATUSES = ("submitted", "failed", "unknown")
+# Schema 1: what every results file starts with, in this order (the reader needs no more).
+BASE_COLUMNS = (
     "source",
     "name",
     "job_id",
@@ -53,6 +65,10 @@ COLUMNS = (
     "service_url",
     "reconciled",
 )
+SCHEMA = 2  # schema 2 = schema 1 + the ``schema`` column
+COLUMNS = (*BASE_COLUMNS, "schema")
+ERROR_MSG_MAX = 2000  # characters: far below what the reader takes back (csv's field limit)
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,16 +120,19 @@ def format_for(path: Path, explicit: str | None) -> Format:
     )
 
 
-_SEPARATORS = len(COLUMNS) - 1
 ROW_BUFFER = 1 << 20  # bytes: room for many times the rows that come between two flushes
-_NEEDS_QUOTES = re.compile(r'["\r\n]')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SCHEMA_TAIL = b',"schema":' + str(SCHEMA).encode() + b"}\n"
 
 
 class ResultsWriter:
     """Appends rows to the results file. Rows reach the OS in batches (:meth:`flush`): the
     pool flushes before it journals its next batch of jobs, and the runner once a second. A
     row still in the buffer when the process is killed has its intent in the journal, which
-    the next run resolves by lookup."""
+    the next run resolves by lookup.
+
+    A CSV file that already has a header gets rows in that header's columns (an older file
+    keeps its columns; columns this version does not know are left empty)."""
 
     def __init__(self, path: Path, fmt: Format, warn: Callable[[str], None]) -> None:
         self.path = path
@@ -123,13 +142,29 @@ class ResultsWriter:
             self._file: IO[bytes] = path.open("a+b", buffering=ROW_BUFFER)
         except OSError as exc:
             raise UsageError(f"{path}: cannot open the results file: {exc.strerror}") from None
-        self._drop_torn_tail(warn)
+        try:
+            self._drop_torn_tail(warn)
+            self._columns = self._header_columns() if fmt == "csv" else None
+        except BaseException:
+            self._file.close()
+            raise
         self._file.seek(0, os.SEEK_END)
-        if fmt == "csv" and self._file.tell() == 0:
-            self._file.write((",".join(COLUMNS) + "\r\n").encode())
-            self._file.flush()
         self._buffer = io.StringIO()
         self._csv = csv.writer(self._buffer)
+
+    def _header_columns(self) -> list[int] | None:
+        """Write the header of a new CSV file; for an existing one, where each of its columns
+        is in COLUMNS (-1: a column this version does not know), or None if they are COLUMNS."""
+        self._file.seek(0)
+        first = self._file.readline()
+        if not first:
+            self._file.write((",".join(COLUMNS) + "\r\n").encode())
+            self._file.flush()
+            return None
+        header = _csv_header(first, self.path)
+        if tuple(header) == COLUMNS:
+            return None
+        return [COLUMNS.index(name) if name in COLUMNS else -1 for name in header]
 
     def _drop_torn_tail(self, warn: Callable[[str], None]) -> None:
         handle = self._file
@@ -160,11 +195,13 @@ class ResultsWriter:
         handle.truncate(keep)
 
     def write(self, outcome: Outcome) -> None:
+        if len(outcome.error_msg) > ERROR_MSG_MAX:
+            outcome = replace(outcome, error_msg=outcome.error_msg[: ERROR_MSG_MAX - 1] + "…")
         if self.format == "jsonl":
-            line = orjson.dumps(outcome) + b"\n"
+            line = orjson.dumps(outcome)[:-1] + _SCHEMA_TAIL
         else:
             o = outcome
-            fields = (
+            fields: tuple[str, ...] | list[str] = (
                 o.source,
                 o.name,
                 o.job_id,
@@ -177,11 +214,17 @@ class ResultsWriter:
                 o.submitted_at,
                 o.service_url,
                 "True" if o.reconciled else "False",
+                str(SCHEMA),
             )
+            if self._columns is not None:
+                fields = [fields[i] if i >= 0 else "" for i in self._columns]
             text = ",".join(fields)
-            if text.count(",") == _SEPARATORS and not _NEEDS_QUOTES.search(text):
+            if _CONTROL.search(text):  # a row is one line, whatever a message holds
+                fields = [_CONTROL.sub(" ", f) for f in fields]
+                text = ",".join(fields)
+            if '"' not in text and text.count(",") == len(fields) - 1:
                 line = (text + "\r\n").encode()
-            else:  # a field with a comma, quote or line break: the csv module quotes it
+            else:  # a field with a comma or quote: the csv module quotes it
                 buffer = self._buffer
                 buffer.seek(0)
                 buffer.truncate()
@@ -236,39 +279,69 @@ class SourceHashes:
     def add(self, value: int) -> None:
         self._added.add(value)
 
+    @property
+    def added(self) -> set[int]:
+        return self._added
+
 
 @dataclass
 class Ledger:
-    """What earlier runs did for one service: the hashes of submitted sources and the unknowns."""
+    """What earlier runs did for one service: the hashes of submitted sources and the unknowns.
+
+    ``rows`` counts every row read. Rows for the same project and service reached through
+    another endpoint (another host, port or spelling) count as this service's, and also in
+    ``other_endpoint``; rows of another project or service mark nothing done and are counted
+    in ``other_services``. One example URL of each is kept for the message.
+    """
 
     done: SourceHashes = field(default_factory=SourceHashes)
     unknown: dict[str, str] = field(default_factory=dict)
     rows: int = 0
     other_services: int = 0
+    other_endpoint: int = 0
+    other_service_url: str = ""
+    other_endpoint_url: str = ""
     bad_lines: int = 0
 
     def is_done(self, source: str) -> bool:
-        return hash(source) in self.done
+        if stable_hash(source) in self.done:
+            return True
+        # Compatibility: a caller that still adds ``hash(source)`` (per process) directly.
+        added = self.done.added
+        return bool(added) and hash(source) in added
+
+    def mark_done(self, source: str) -> None:
+        """Record a source as submitted during this run (a job found by lookup, say)."""
+        self.done.add(stable_hash(source))
+
+
+Row = tuple[str, str, str, str]
 
 
 def iter_rows(path: Path, fmt: Format) -> Iterator[Row]:
-    """The readable rows of a results file as (source, name, status, service_url)."""
+    """The rows of a results file as (source, name, status, service_url); a damaged line
+    (other than a torn last one) raises UsageError naming it."""
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the results file: {exc.strerror}") from None
     with handle:
-        rows = _csv_rows(handle, path) if fmt == "csv" else _jsonl_rows(handle)
-        for _number, row in rows:
+        for _number, row in _rows(handle, path, fmt):
             if row is not None:
                 yield row
+
+
+_SAME, _OTHER_ENDPOINT, _OTHER_SERVICE = 0, 1, 2
+_KINDS_CACHED = 1000
 
 
 def read_ledger(path: Path, fmt: Format, service_url: str, warn: Callable[[str], None]) -> Ledger:
     """Read a results file back, streaming: memory grows by 8 bytes per submitted row.
 
     A source is done once any row says ``submitted``; an ``unknown`` row counts until a later
-    ``failed`` row (a lookup that found no job) resolves it.
+    ``failed`` row (a lookup that found no job) resolves it. Rows count for this service when
+    their ``service_url`` names the same project and service (:func:`vas.service_identity`),
+    however the endpoint was spelled. Raises UsageError for a damaged line.
     """
     ledger = Ledger()
     try:
@@ -276,22 +349,30 @@ def read_ledger(path: Path, fmt: Format, service_url: str, warn: Callable[[str],
     except FileNotFoundError:
         return ledger
     except OSError as exc:
+        if os.path.isdir(path):
+            raise UsageError(f"{path}: the results path is a directory; name a file") from None
         raise UsageError(f"{path}: cannot read the results file: {exc.strerror}") from None
+    kind_of = _Kinds(service_url)
     submitted = HashBuckets()
     unknown = ledger.unknown
     with handle:
-        rows = _csv_rows(handle, path) if fmt == "csv" else _jsonl_rows(handle)
-        for number, row in rows:
+        for number, row in _rows(handle, path, fmt):
             if row is None:
                 ledger.bad_lines += 1
-                warn(f"{path}:{number}: unreadable results line skipped (cut short by a crash?)")
+                warn(f"{path}:{number}: the last line was cut short by a crash; skipped")
                 continue
             source, name, status, row_service = row
             ledger.rows += 1
-            if row_service != service_url:
+            kind = kind_of(row_service)
+            if kind == _OTHER_SERVICE:
                 ledger.other_services += 1
-            elif status == "submitted":
-                submitted.add(hash(source))
+                ledger.other_service_url = ledger.other_service_url or row_service
+                continue
+            if kind == _OTHER_ENDPOINT:
+                ledger.other_endpoint += 1
+                ledger.other_endpoint_url = ledger.other_endpoint_url or row_service
+            if status == "submitted":
+                submitted.add(stable_hash(source))
             elif status == "unknown":
                 unknown[source] = name
             elif status == "failed":
@@ -302,51 +383,166 @@ def read_ledger(path: Path, fmt: Format, service_url: str, warn: Callable[[str],
     return ledger
 
 
-Row = tuple[str, str, str, str]
+class _Kinds:
+    """How a row's ``service_url`` relates to this run's: same, other endpoint, other service
+    (cached: a ledger holds few distinct URLs)."""
+
+    def __init__(self, service_url: str) -> None:
+        self._url = service_url
+        self._mine: ServiceIdentity | None
+        try:
+            self._mine = service_identity(service_url)
+        except ValueError:
+            self._mine = None
+        self._cache: dict[str, int] = {service_url: _SAME}
+
+    def __call__(self, url: str) -> int:
+        kind = self._cache.get(url)
+        if kind is None:
+            kind = self._classify(url)
+            if len(self._cache) < _KINDS_CACHED:
+                self._cache[url] = kind
+        return kind
+
+    def _classify(self, url: str) -> int:
+        if self._mine is None:
+            return _SAME if url == self._url else _OTHER_SERVICE
+        try:
+            theirs = service_identity(url)
+        except ValueError:
+            return _OTHER_SERVICE
+        if not self._mine.same_service(theirs):
+            return _OTHER_SERVICE
+        return _SAME if theirs.key == self._mine.key else _OTHER_ENDPOINT
+
+
+# -- reading, line by line ----------------------------------------------------------------------
+
+_REPAIR = (
+    "nothing was sent: a ledger read in part would submit its unreadable videos again. "
+    "Repair that line (a row is one line holding the header's columns, as batchsubmit wrote "
+    "it) or delete it if it is not a row; deleting a submitted row submits its video again"
+)
+
+
+def _damaged(path: Path, number: int, what: str) -> UsageError:
+    return UsageError(f"{path}:{number}: {what}; {_REPAIR}")
+
+
+def _bom(path: Path) -> UsageError:
+    return UsageError(
+        f"{path}: the results file starts with a UTF-8 byte order mark (BOM): it was saved by "
+        "a spreadsheet or an editor, not by batchsubmit. Check that it still holds the rows "
+        "batchsubmit wrote (spreadsheets change quoting and numbers), then remove the BOM, "
+        f"e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' {path}; nothing was sent"
+    )
+
+
+def _lines(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
+    """(number, line) of every complete line; a torn last line comes as (number, b"")."""
+    number = 0
+    for number, raw in enumerate(handle, 1):
+        if number == 1 and raw.startswith(BOM):
+            raise _bom(path)
+        if not raw.endswith(b"\n"):
+            yield number, b""
+            return
+        yield number, raw
+
+
+def _rows(handle: IO[bytes], path: Path, fmt: Format) -> Iterator[tuple[int, Row | None]]:
+    """(line number, row) of each row; None for a torn last line."""
+    return _csv_rows(handle, path) if fmt == "csv" else _jsonl_rows(handle, path)
+
+
+def _text(raw: bytes, path: Path, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, number, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def _csv_header(raw: bytes, path: Path) -> list[str]:
+    if raw.startswith(BOM):
+        raise _bom(path)
+    text = _text(raw, path, 1)
+    try:
+        header = next(csv.reader([text], strict=True))
+    except (csv.Error, StopIteration):
+        header = []
+    if tuple(header[: len(BASE_COLUMNS)]) != BASE_COLUMNS:
+        raise UsageError(
+            f"{path}: not a batchsubmit results file (its header is {header[:4]}...; "
+            f"one starts with {','.join(BASE_COLUMNS[:4])},...); pass another --results"
+        )
+    return header
+
+
+_STATUS_AT = BASE_COLUMNS.index("status")
+_SERVICE_AT = BASE_COLUMNS.index("service_url")
 
 
 def _csv_rows(handle: IO[bytes], path: Path) -> Iterator[tuple[int, Row | None]]:
-    with io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="") as text:
-        yield from _csv_text_rows(text, path)
-
-
-def _csv_text_rows(text: IO[str], path: Path) -> Iterator[tuple[int, Row | None]]:
-    reader = csv.reader(text, strict=True)
-    try:
-        header = next(reader)
-    except (StopIteration, csv.Error):
-        return
-    if tuple(header[: len(COLUMNS)]) != COLUMNS:
-        raise UsageError(
-            f"{path}: not a batchsubmit results file (its header is {header[:4]}...);"
-            " pass another --results"
-        )
-    width = len(COLUMNS)
-    source_at, name_at = COLUMNS.index("source"), COLUMNS.index("name")
-    status_at, service_at = COLUMNS.index("status"), COLUMNS.index("service_url")
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error:
-            yield reader.line_num, None
-            continue
-        if len(fields) < width or fields[status_at] not in STATUSES:
-            yield reader.line_num, None
-            continue
-        yield (
-            reader.line_num,
-            (fields[source_at], fields[name_at], fields[status_at], fields[service_at]),
-        )
-
-
-def _jsonl_rows(handle: IO[bytes]) -> Iterator[tuple[int, Row | None]]:
-    for number, line in enumerate(handle, 1):
-        try:
-            data: Any = orjson.loads(line)
-            row = (data["source"], data["name"], data["status"], data["service_url"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+    lines = _lines(handle, path)
+    for _number, raw in lines:
+        if raw:
+            _csv_header(raw, path)
+        break
+    width = len(BASE_COLUMNS)
+    status_at, service_at = _STATUS_AT, _SERVICE_AT
+    for number, raw in lines:
+        if not raw:
             yield number, None
-            continue
-        yield number, row if row[2] in STATUSES else None
+            return
+        text = _text(raw, path, number)
+        # A line without quotes splits at its commas; one with quotes is parsed alone.
+        fields = _csv_line(text, path, number) if '"' in text else text.rstrip("\r\n").split(",")
+        if len(fields) < width:
+            if not text.strip():
+                continue  # a blank line holds no row
+            raise _damaged(path, number, f"{len(fields)} columns where a row has {width} or more")
+        status = fields[status_at]
+        if status not in STATUSES:
+            raise _damaged(path, number, f"status {status[:40]!r} is none of {', '.join(STATUSES)}")
+        yield number, (fields[0], fields[1], status, fields[service_at])
+
+
+def _csv_line(text: str, path: Path, number: int) -> list[str]:
+    """One CSV line with quotes, parsed alone: a stray quote cannot swallow the lines after it."""
+    limit = csv.field_size_limit()
+    try:
+        if len(text) >= limit:  # the csv module refuses longer fields; a row is one line
+            csv.field_size_limit(len(text) + 1)
+        fields = list(csv.reader([text.rstrip("\r\n")], strict=True))
+    except csv.Error as exc:
+        raise _damaged(path, number, f"not a CSV row ({exc}; a stray '\"'?)") from None
+    finally:
+        csv.field_size_limit(limit)
+    return fields[0] if fields else []
+
+
+def _jsonl_rows(handle: IO[bytes], path: Path) -> Iterator[tuple[int, Row | None]]:
+    for number, raw in _lines(handle, path):
+        if not raw:
+            yield number, None
+            return
+        try:
+            data: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if not raw.strip():
+                continue  # a blank line holds no row
+            _text(raw, path, number)  # not UTF-8 says so
+            raise _damaged(path, number, f"not a JSON object ({exc})") from None
+        if not isinstance(data, dict):
+            raise _damaged(path, number, f"a JSON {type(data).__name__}, not an object")
+        try:
+            row = (data["source"], data["name"], data["status"], data["service_url"])
+        except KeyError as exc:
+            raise _damaged(path, number, f"no {exc.args[0]!r} key") from None
+        if not all(isinstance(value, str) for value in row):
+            raise _damaged(path, number, "source, name, status and service_url must be strings")
+        if row[2] not in STATUSES:
+            raise _damaged(
+                path, number, f"status {row[2][:40]!r} is none of {', '.join(STATUSES)}"
+            )
+        yield number, row

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,10 @@ import pytest
 
 from batchsubmit.errors import UsageError
 from batchsubmit.results import (
+    BASE_COLUMNS,
     COLUMNS,
+    ERROR_MSG_MAX,
+    SCHEMA,
     STATUSES,
     Format,
     Ledger,
@@ -25,8 +29,9 @@ from batchsubmit.results import (
     utc_now,
 )
 
-SERVICE = "https://iva.cn-north-4.myhuaweicloud.com/v2/p/services/c-video-analysis/tasks"
-OTHER = "https://iva.cn-east-3.myhuaweicloud.com/v2/p/services/c-video-analysis/tasks"
+PROJECT = "0123456789abcdef0123456789abcdef"
+SERVICE = f"https://iva.cn-north-4.myhuaweicloud.com/v2/{PROJECT}/services/c-video-analysis/tasks"
+OTHER = f"https://iva.cn-north-4.myhuaweicloud.com/v2/{'f' * 32}/services/c-video-analysis/tasks"
 FORMATS: list[Format] = ["csv", "jsonl"]
 
 
@@ -75,8 +80,11 @@ def ledger_of(path: Path, fmt: Format, service: str = SERVICE) -> tuple[Ledger, 
 
 
 def test_columns_are_pinned() -> None:
-    """The results columns, in order, are a documented contract: changing them is a major change."""
-    assert COLUMNS == (
+    """The results columns, in order, are a documented contract: they only ever grow at the end
+    (schema 1: the base columns; schema 2 adds ``schema``)."""
+    assert (*BASE_COLUMNS, "schema") == COLUMNS
+    assert SCHEMA == 2
+    assert BASE_COLUMNS == (
         "source",
         "name",
         "job_id",
@@ -95,7 +103,7 @@ def test_columns_are_pinned() -> None:
 
 def test_outcome_fields_follow_the_columns() -> None:
     """Outcome's fields are the columns in the same order (rows are written field by field)."""
-    assert tuple(f.name for f in dataclasses.fields(Outcome)) == COLUMNS
+    assert tuple(f.name for f in dataclasses.fields(Outcome)) == BASE_COLUMNS
 
 
 def test_csv_header_and_row(tmp_path: Path) -> None:
@@ -120,6 +128,7 @@ def test_csv_header_and_row(tmp_path: Path) -> None:
         "2024-01-01T00:00:00.000Z",
         SERVICE,
         "False",
+        "2",
     ]
     assert rows[2][COLUMNS.index("status")] == "failed"
     assert rows[2][COLUMNS.index("reconciled")] == "True"
@@ -134,6 +143,7 @@ def test_jsonl_rows(tmp_path: Path) -> None:
     assert len(lines) == 2
     first = orjson.loads(lines[0])
     assert tuple(first) == COLUMNS
+    assert first["schema"] == SCHEMA
     assert first["http_status"] == 201
     assert first["attempts"] == 1
     assert first["reconciled"] is False
@@ -181,21 +191,26 @@ def test_jsonl_row_is_one_line_whatever_the_message(tmp_path: Path, message: str
 
 
 @pytest.mark.parametrize(
-    "message",
-    ["line one\nline two", "cr\rhere", 'quote " and comma , here', "trailing\n"],
+    ("message", "written"),
+    [
+        ("line one\nline two", "line one line two"),
+        ("cr\rhere", "cr here"),
+        ('quote " and comma , here', 'quote " and comma , here'),
+        ("trailing\n", "trailing "),
+        ("nul\x00tab\t", "nul tab "),
+    ],
 )
-def test_csv_keeps_awkward_messages_intact(tmp_path: Path, message: str) -> None:
-    """In CSV, quotes, commas and line breaks are quoted so the row reads back whole.
-
-    (Folding messages onto one line is the pool's job; the writer only guarantees a faithful row.)
-    """
+def test_csv_keeps_awkward_messages_on_one_line(tmp_path: Path, message: str, written: str) -> None:
+    """In CSV, quotes and commas are quoted, control characters become spaces: a row is always
+    one physical line, so the reader can name the line a damage starts on."""
     path = tmp_path / "r.csv"
     write_rows(
         path, "csv", [outcome(status="failed", error_msg=message), outcome("obs://bkt/z.mp4")]
     )
+    assert path.read_bytes().count(b"\n") == 3
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
-    assert rows[1][COLUMNS.index("error_msg")] == message
+    assert rows[1][COLUMNS.index("error_msg")] == written
     assert rows[2][0] == "obs://bkt/z.mp4"
     ledger, warnings = ledger_of(path, "csv")
     assert ledger.rows == 2
@@ -328,7 +343,7 @@ def test_ledger_states(tmp_path: Path, fmt: Format) -> None:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_ledger_ignores_other_services(tmp_path: Path, fmt: Format) -> None:
-    """Rows for another service URL count as other_services and mark nothing done."""
+    """Rows for another project's service count as other_services and mark nothing done."""
     path = tmp_path / f"r.{fmt}"
     write_rows(
         path,
@@ -357,60 +372,141 @@ def test_missing_results_file_is_an_empty_ledger(tmp_path: Path, fmt: Format) ->
     assert warnings == []
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        b"obs://bkt/x.mp4,name,,subm",
-        b"just some text",
-        b'"unterminated,quote',
-        b"obs://bkt/x.mp4,n,,weird-status,201,,,1,r,t," + SERVICE.encode() + b",False",
-        b"\xff\xfe\x00\x01",
-        b",,,,,,,,,,,",
-    ],
-)
-def test_csv_ledger_survives_garbage(tmp_path: Path, garbage: bytes) -> None:
-    """Torn or garbage CSV lines are counted in bad_lines with a warning; good rows still count."""
+CSV_DAMAGE = [
+    (b"obs://bkt/x.mp4,name,,subm", "columns"),
+    (b"just some text", "columns"),
+    (b'"unterminated,quote', "stray"),
+    (b'obs://bkt/x.mp4,"na"me,,submitted,201,,,1,r,t,' + SERVICE.encode() + b",False", "stray"),
+    (b"obs://bkt/x.mp4,n,,weird-status,201,,,1,r,t," + SERVICE.encode() + b",False", "status"),
+    (b"\xff\xfe\x00\x01", "not UTF-8"),
+    (b"obs://bkt/\xe8\xa7.mp4,n,,submitted,201,,,1,r,t," + SERVICE.encode() + b",False", "UTF-8"),
+    (b",,,,,,,,,,,", "status"),
+]
+
+
+@pytest.mark.parametrize(("garbage", "said"), CSV_DAMAGE)
+def test_csv_damage_in_the_middle_stops_the_read(tmp_path: Path, garbage: bytes, said: str) -> None:
+    """Any unreadable CSV line other than a torn last one is a UsageError naming the file and
+    that line and how to repair it: a ledger read in part would submit its videos again."""
     path = tmp_path / "r.csv"
     write_rows(path, "csv", [outcome("obs://bkt/a.mp4")])
     with path.open("ab") as handle:
         handle.write(garbage + b"\r\n")
     write_rows(path, "csv", [outcome("obs://bkt/b.mp4")])
-    ledger, warnings = ledger_of(path, "csv")
-    assert ledger.is_done("obs://bkt/a.mp4")
-    assert ledger.bad_lines >= 1
-    assert len(warnings) == ledger.bad_lines
-    assert all(str(path) in w for w in warnings)
-    if b'"' not in garbage:
-        assert ledger.is_done("obs://bkt/b.mp4")
+    with pytest.raises(UsageError) as raised:
+        ledger_of(path, "csv")
+    message = str(raised.value)
+    assert message.startswith(f"{path}:3: ")
+    assert said in message
+    assert "nothing was sent" in message
+    assert "Repair" in message
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        b'{"source":"obs://bk',
-        b"not json",
-        b"[1, 2, 3]",
-        b'"a string"',
-        b"null",
-        b"42",
-        b'{"source": "obs://bkt/x.mp4"}',
-        b'{"source": "s", "name": "n", "status": "weird", "service_url": "u"}',
-        b"",
-        b"\xff\xfe",
-    ],
-)
-def test_jsonl_ledger_survives_garbage(tmp_path: Path, garbage: bytes) -> None:
-    """Torn or garbage JSONL lines are counted in bad_lines with a warning, never a crash."""
+def test_stray_quote_never_swallows_the_rows_after_it(tmp_path: Path) -> None:
+    """The issue's case: one hand-edited line with a stray '"' among 301 rows. The csv module
+    read every later row into one field (249 videos lost, re-created); now the run stops at
+    that line."""
+    path = tmp_path / "r.csv"
+    write_rows(path, "csv", [outcome(f"obs://bkt/{i}.mp4") for i in range(301)])
+    lines = path.read_bytes().split(b"\r\n")
+    lines[50] = lines[50].replace(b",submitted,", b',"submitted,', 1)
+    path.write_bytes(b"\r\n".join(lines))
+    with pytest.raises(UsageError, match=rf"^{re.escape(str(path))}:51: .*stray"):
+        ledger_of(path, "csv")
+
+
+JSONL_DAMAGE = [
+    (b'{"source":"obs://bk', "not a JSON object"),
+    (b"not json", "not a JSON object"),
+    (b"[1, 2, 3]", "list"),
+    (b'"a string"', "str"),
+    (b"null", "NoneType"),
+    (b"42", "int"),
+    (b'{"source": "obs://bkt/x.mp4"}', "'name'"),
+    (b'{"source": "s", "name": "n", "status": "weird", "service_url": "u"}', "status"),
+    (b'{"source": 1, "name": "n", "status": "submitted", "service_url": "u"}', "strings"),
+    (b"\xff\xfe", "not UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("garbage", "said"), JSONL_DAMAGE)
+def test_jsonl_damage_in_the_middle_stops_the_read(
+    tmp_path: Path, garbage: bytes, said: str
+) -> None:
+    """A torn or garbage JSONL line before the last one is a UsageError naming its line."""
     path = tmp_path / "r.jsonl"
     write_rows(path, "jsonl", [outcome("obs://bkt/a.mp4")])
     with path.open("ab") as handle:
         handle.write(garbage + b"\n")
     write_rows(path, "jsonl", [outcome("obs://bkt/b.mp4")])
-    ledger, warnings = ledger_of(path, "jsonl")
+    with pytest.raises(UsageError) as raised:
+        ledger_of(path, "jsonl")
+    assert str(raised.value).startswith(f"{path}:2: ")
+    assert said in str(raised.value)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_blank_lines_hold_no_row_and_are_skipped(tmp_path: Path, fmt: Format) -> None:
+    """An empty line (a hand edit) loses nothing: it is skipped, the rows around it count."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(path, fmt, [outcome("obs://bkt/a.mp4")])
+    with path.open("ab") as handle:
+        handle.write(b"\r\n\n")
+    write_rows(path, fmt, [outcome("obs://bkt/b.mp4")])
+    ledger, warnings = ledger_of(path, fmt)
+    assert warnings == []
     assert ledger.is_done("obs://bkt/a.mp4")
     assert ledger.is_done("obs://bkt/b.mp4")
-    assert ledger.bad_lines == 1
-    assert warnings == [f"{path}:2: unreadable results line skipped (cut short by a crash?)"]
+
+
+def test_row_longer_than_the_csv_field_limit_is_read(tmp_path: Path) -> None:
+    """An old version wrote a 200 KiB error message (over csv.field_size_limit, 128 KiB): the
+    row is still read, and the rows after it; the module's limit is left as it was."""
+    path = tmp_path / "r.csv"
+    write_rows(path, "csv", [outcome("obs://bkt/a.mp4")])
+    huge = '"' + "x, " * 70_000 + '"'
+    with path.open("ab") as handle:
+        handle.write(
+            f"obs://bkt/u.mp4,u-name,,unknown,0,TIMEOUT,{huge},1,,t,{SERVICE},False\r\n".encode()
+        )
+    write_rows(path, "csv", [outcome("obs://bkt/b.mp4")])
+    limit = csv.field_size_limit()
+    ledger, warnings = ledger_of(path, "csv")
+    assert csv.field_size_limit() == limit
+    assert warnings == []
+    assert ledger.rows == 3
+    assert ledger.unknown == {"obs://bkt/u.mp4": "u-name"}
+    assert ledger.is_done("obs://bkt/b.mp4")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_long_error_messages_are_capped_when_written(tmp_path: Path, fmt: Format) -> None:
+    """The writer never writes a field the reader could not take back: error_msg is cut to
+    ERROR_MSG_MAX characters (the pool shortens messages too; this is the backstop)."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(path, fmt, [outcome(status="unknown", error_msg="e" * 300_000), outcome("obs://x/b")])
+    assert path.stat().st_size < 3 * ERROR_MSG_MAX
+    if fmt == "jsonl":
+        message = orjson.loads(path.read_bytes().splitlines()[0])["error_msg"]
+    else:
+        message = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))[1][6]
+    assert len(message) == ERROR_MSG_MAX
+    assert message.endswith("…")
+    ledger, _ = ledger_of(path, fmt)
+    assert ledger.rows == 2
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_bom_is_named_with_the_fix(tmp_path: Path, fmt: Format) -> None:
+    """A results file saved by a spreadsheet starts with a UTF-8 BOM: refused (the file was
+    edited outside batchsubmit; a person should look), saying "BOM" and how to remove it."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(path, fmt, [outcome()])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with pytest.raises(UsageError, match=r"BOM.*sed -i"):
+        ledger_of(path, fmt)
+    with pytest.raises(UsageError, match="BOM"):
+        ResultsWriter(path, "csv", Warnings())
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -427,6 +523,7 @@ def test_ledger_tolerates_a_torn_tail(tmp_path: Path, fmt: Format) -> None:
     assert not ledger.is_done("obs://bkt/b.mp4")
     assert ledger.bad_lines == 1
     assert len(warnings) == 1
+    assert "cut short" in warnings[0]
 
 
 def test_csv_with_another_header_is_refused(tmp_path: Path) -> None:
@@ -511,7 +608,8 @@ def test_csv_rows_are_byte_for_byte_what_the_csv_module_writes(
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for item in (row, outcome()):
-            writer.writerow(dataclasses.astuple(item))
+            fields = [*dataclasses.astuple(item), SCHEMA]
+            writer.writerow([re.sub(r"[\x00-\x1f\x7f]", " ", str(v)) for v in fields])
     assert path.read_bytes() == expected.read_bytes()
 
 
