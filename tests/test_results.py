@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -626,3 +629,156 @@ def test_source_hashes_hold_every_hash_whatever_its_bucket() -> None:
     others = (rng.randrange(-(2**63), 2**63) for _ in range(20_000))
     assert not any(value in found for value in others if value not in present)
     assert found == SourceHashes(reversed(values))
+
+
+# -- a schema that grows ------------------------------------------------------------------------
+
+
+def test_jsonl_rows_with_extra_keys_are_read(tmp_path: Path) -> None:
+    """A JSONL row from a later version (more keys) is still a row."""
+    path = tmp_path / "r.jsonl"
+    row = {**dataclasses.asdict(outcome()), "schema": 9, "future": {"x": 1}}
+    path.write_bytes(orjson.dumps(row) + b"\n")
+    ledger, _ = ledger_of(path, "jsonl")
+    assert ledger.is_done("obs://bkt/a.mp4")
+
+
+def test_appending_to_a_schema_1_file_keeps_its_columns(tmp_path: Path) -> None:
+    """An old results file (the 12 base columns, no ``schema``) gets rows in its own columns,
+    and reads back whole: old ledgers need no migration."""
+    path = tmp_path / "r.csv"
+    old_row = ",".join(str(v) for v in dataclasses.astuple(outcome()))
+    path.write_text(",".join(BASE_COLUMNS) + "\r\n" + old_row + "\r\n", newline="")
+    write_rows(path, "csv", [outcome("obs://bkt/b.mp4")])
+    rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    assert [len(r) for r in rows] == [len(BASE_COLUMNS)] * 3
+    ledger, warnings = ledger_of(path, "csv")
+    assert warnings == []
+    assert ledger.is_done("obs://bkt/a.mp4")
+    assert ledger.is_done("obs://bkt/b.mp4")
+
+
+def test_appending_to_a_file_with_unknown_columns_leaves_them_empty(tmp_path: Path) -> None:
+    """A header written by a later version (columns this one does not know, anywhere after
+    the base ones) gets rows that fill the known columns and leave the others empty."""
+    path = tmp_path / "r.csv"
+    header = [*BASE_COLUMNS, "future", "schema", "later"]
+    path.write_text(",".join(header) + "\r\n", newline="")
+    write_rows(path, "csv", [outcome()])
+    rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    assert rows[1][: len(BASE_COLUMNS)] == [str(v) for v in dataclasses.astuple(outcome())]
+    assert rows[1][len(BASE_COLUMNS) :] == ["", str(SCHEMA), ""]
+    assert ledger_of(path, "csv")[0].is_done("obs://bkt/a.mp4")
+
+
+# -- the ledger's identity ----------------------------------------------------------------------
+
+TASKS = f"/v2/{PROJECT}/services/c-video-analysis/tasks"
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        f"https://iva.cn-north-4.myhuaweicloud.com:443{TASKS}",
+        f"HTTPS://IVA.CN-NORTH-4.MyHuaweiCloud.com{TASKS}",
+        f"https://iva.cn-north-4.myhuaweicloud.com{TASKS}/",
+        f"https://other-gateway.cn-north-4.myhuaweicloud.com{TASKS}",
+    ],
+)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_ledger_does_not_depend_on_how_the_endpoint_is_spelled(
+    tmp_path: Path, fmt: Format, spelling: str
+) -> None:
+    """Rows written under another spelling of the same regional endpoint are this service's
+    (scheme and host case, default port, trailing slash, the region's name in the host)."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(path, fmt, [outcome(service_url=spelling), outcome("obs://bkt/u.mp4", "unknown")])
+    ledger, _ = ledger_of(path, fmt)
+    assert ledger.is_done("obs://bkt/a.mp4")
+    assert (ledger.other_endpoint, ledger.other_services) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("then", "now"),
+    [
+        ("http://localhost:40001", "http://127.0.0.1:40001"),  # another host name
+        ("http://127.0.0.1:40001", "http://127.0.0.1:40002"),  # the emulator's random port
+        ("https://iva.cn-north-4.myhuaweicloud.com", "https://vas-proxy.example.com"),
+    ],
+)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_same_service_under_another_endpoint_is_done_and_counted(
+    tmp_path: Path, fmt: Format, then: str, now: str
+) -> None:
+    """Rows for the same project and service reached through another endpoint count as done
+    (and their unknowns are resolved here), and ``other_endpoint`` says so for the CLI."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(
+        path,
+        fmt,
+        [
+            outcome(service_url=then + TASKS),
+            outcome("obs://bkt/u.mp4", "unknown", name="u-name", service_url=then + TASKS),
+        ],
+    )
+    ledger, _ = ledger_of(path, fmt, now + TASKS)
+    assert ledger.is_done("obs://bkt/a.mp4")
+    assert ledger.unknown == {"obs://bkt/u.mp4": "u-name"}
+    assert ledger.other_endpoint == 2
+    assert ledger.other_endpoint_url == then + TASKS
+    assert ledger.other_services == 0
+
+
+@pytest.mark.parametrize(
+    "service_url",
+    [
+        OTHER,
+        f"https://iva.cn-north-4.myhuaweicloud.com/v2/{PROJECT}/services/other-service/tasks",
+        "",
+        "not a url",
+    ],
+)
+def test_rows_of_another_project_or_service_are_counted_never_done(
+    tmp_path: Path, service_url: str
+) -> None:
+    """Rows of another project or service (or with no readable service) mark nothing done and
+    are counted in ``other_services``, with an example for the message."""
+    path = tmp_path / "r.jsonl"
+    write_rows(path, "jsonl", [outcome(service_url=service_url), outcome("obs://bkt/c.mp4")])
+    ledger, _ = ledger_of(path, "jsonl")
+    assert not ledger.is_done("obs://bkt/a.mp4")
+    assert ledger.is_done("obs://bkt/c.mp4")
+    assert ledger.other_services == 1
+    assert ledger.other_service_url == service_url
+    assert ledger.other_endpoint == 0
+
+
+def test_ledger_keys_sources_by_a_hash_stable_across_processes(tmp_path: Path) -> None:
+    """The ledger's hash of a source is the same in every process (not Python's salted
+    ``hash()``): another interpreter with another hash seed computes the same value."""
+    source = "obs://bkt/视频/a.mp4"
+    path = tmp_path / "r.csv"
+    write_rows(path, "csv", [outcome(source)])
+    ledger, _ = ledger_of(path, "csv")
+    code = f"from batchsubmit.hashes import stable_hash; print(stable_hash({source!r}))"
+    values = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert len(values) == 1
+    assert int(values.pop()) in ledger.done
+    assert ledger.is_done(source)
+
+
+def test_mark_done_marks_a_source_done() -> None:
+    """A job found by lookup during the run is recorded with mark_done."""
+    ledger = Ledger()
+    ledger.mark_done("obs://bkt/a.mp4")
+    assert ledger.is_done("obs://bkt/a.mp4")
+    assert not ledger.is_done("obs://bkt/b.mp4")
