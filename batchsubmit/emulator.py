@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import heapq
 import hmac
 import random
 import re
@@ -46,6 +47,7 @@ __all__ = [
     "EMULATOR_SK",
     "Emulator",
     "Faults",
+    "Lifecycle",
     "max_in_window",
 ]
 
@@ -88,6 +90,60 @@ _Action = Callable[
 ]
 
 
+Span = tuple[float, float]
+"""A duration in emulated seconds, drawn uniformly between the two bounds."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lifecycle:
+    """How a job lives after its create: phase durations and the shares of each fate.
+
+    Durations are emulated seconds; ``time_scale`` emulated seconds pass per real second (1000:
+    a 30 s run takes 30 ms), so tests see whole lives in milliseconds. Every timestamp the
+    emulator reports is a real wall-clock moment: only durations are scaled. Shares are drawn
+    per job at its create, from the seeded RNG.
+    """
+
+    time_scale: float = 1.0
+    pending: Span = (1.0, 4.0)
+    """PENDING: waiting for computing resources."""
+    starting: Span = (1.0, 3.0)
+    running: Span = (5.0, 20.0)
+    stopping: float = 2.0
+    """STOPPING before STOPPED, after a stop call."""
+    deleting: float = 2.0
+    """DELETING before the job is gone, after a delete call; it counts in the quota till then."""
+    freezing: float = 2.0
+    """FREEZING before FROZEN."""
+    p_failed: float = 0.0
+    """Share of jobs that end FAILED after running, with ``error`` set to ``failure``."""
+    failure: tuple[str, str] = ("ALG.002", "The algorithm failed to analyse the video")
+    p_create_failed: float = 0.0
+    """Share that end CREATE_FAILED after PENDING (they never run)."""
+    p_start_failed: float = 0.0
+    """Share that end START_FAILED after STARTING."""
+    p_unknown_state: float = 0.0
+    """Share that pass through ``unknown_state`` (a name outside VAS's list) after PENDING."""
+    unknown_state: str = "SCHEDULING"
+    unknown: Span = (1.0, 3.0)
+    p_vanish: float = 0.0
+    """Share deleted by someone else at a moment drawn within their life (creation to final):
+    show answers 404 IVA.0005, list leaves them out, the quota no longer counts them."""
+    p_frozen: float = 0.0
+    """Share that go FREEZING then FROZEN midway through RUNNING (``Emulator.freeze`` does it to
+    the whole account)."""
+    p_hosting_late: float = 0.0
+    """Share of SUCCEEDED ``hosting`` jobs whose result stays NOT_GENERATED for ``hosting_late``;
+    the others' result is AVAILABLE as they succeed."""
+    hosting_late: Span = (10.0, 60.0)
+    hosting_ttl: float = 48 * 3600.0
+    """How long a hosting result stays AVAILABLE before it is OVERDUE (VAS: 48 h)."""
+
+    def real(self, seconds: float) -> float:
+        """Real seconds of ``seconds`` emulated ones."""
+        return seconds / self.time_scale if self.time_scale > 0 else seconds
+
+
 @dataclass(frozen=True, kw_only=True)
 class Faults:
     """What goes wrong, and how often; replace ``Emulator.faults`` to change it mid-run."""
@@ -114,7 +170,11 @@ class Faults:
     quota: int = 5000
     """Saved jobs allowed (VAS keeps at most 5000); beyond: 400 IVA.0012. 0 = unlimited."""
     seed: int | None = None
-    """Seed of the one RNG that draws every fault (read when the Emulator is built)."""
+    """Seed of the one RNG that draws every fault (read when the Emulator is built); job lives
+    are drawn from a second RNG derived from it, so they do not shift the faults' draws."""
+    jobs: Lifecycle = Lifecycle()
+    """How jobs live after their create (read at each create: a job keeps the life it was
+    given)."""
 
 
 _NO_FAULTS: Final = Faults()
@@ -191,6 +251,131 @@ class _Scope:
         return [self.tasks[task_id] for task_id in ids]
 
 
+FINAL_STATES: Final = frozenset({"SUCCEEDED", "FAILED", "CREATE_FAILED", "START_FAILED"})
+"""States a job of an obs-file input never leaves by itself."""
+# A stop call moves these to STOPPING; any state outside VAS's list counts as stoppable too.
+_STOPPABLE: Final = frozenset({"PENDING", "STARTING", "RUNNING", "RECOVERING", "ABNORMAL"})
+# A start call moves these to STARTING (a restart); already started ones answer 202 unchanged.
+_STARTABLE: Final = frozenset({"STOPPED", "FROZEN", "FAILED", "START_FAILED", "SUCCEEDED"})
+_STARTED: Final = frozenset({"PENDING", "STARTING", "RUNNING", "RECOVERING", "UPGRADING"})
+_PENDING_STATUS: Final = "Waiting for available computing resource."
+# The codes of jobs that never ran are not published: these say plainly they are the emulator's.
+_CREATE_FAILURE: Final = ("EMU.0001", "The job could not be created (emulated CREATE_FAILED)")
+_START_FAILURE: Final = ("EMU.0002", "The job could not be started (emulated START_FAILED)")
+_DRAWS: Final = 10  # uniform draws per life: a fixed number, so one share never shifts another
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One change of a job's timeline, at a real monotonic time."""
+
+    at: float
+    state: str | None = None  # None: the state stays
+    error: tuple[str, str] | None = None
+    hosting: str | None = None  # a new hosting_result status
+    gone: bool = False  # deleted (or vanished): the job leaves the store
+
+
+class _Life:
+    """What a job's TaskDetails does not show: its place in time, its hosting result, and the
+    generation that invalidates the steps still queued when a call changes its course."""
+
+    __slots__ = ("created_ms", "generation", "hosting", "overdue_ms", "seq", "ttl", "updated")
+
+    def __init__(self, seq: int, created: float, hosting: bool, ttl: float) -> None:
+        self.seq = seq
+        self.created_ms = int(created) * 1000  # what created_at shows, to the second
+        self.updated = created
+        self.ttl = ttl  # real seconds a hosting result stays AVAILABLE
+        self.generation = 0
+        self.hosting: str | None = "NOT_GENERATED" if hosting else None
+        self.overdue_ms: int | None = None
+
+
+def _stamp(wall: float) -> str:
+    """TaskDetails' time form, "2018-06-12T13:00:01Z"."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+
+
+def _span(life: Lifecycle, bounds: Span, u: float) -> float:
+    return life.real(bounds[0] + (bounds[1] - bounds[0]) * u)
+
+
+def _plan(
+    life: Lifecycle, start: float, u: Sequence[float], *, hosting: bool, restart: bool
+) -> list[_Step]:
+    """The steps of one run from ``start`` (a create, or a restart already in STARTING)."""
+    cut = life.p_create_failed
+    fate = (
+        "CREATE_FAILED" if u[0] < cut
+        else "START_FAILED" if u[0] < (cut := cut + life.p_start_failed)
+        else "FAILED" if u[0] < (cut := cut + life.p_failed)
+        else "FROZEN" if u[0] < cut + life.p_frozen
+        else "SUCCEEDED"
+    )  # fmt: skip
+    steps: list[_Step] = []
+    t = start
+    if not restart:
+        t += _span(life, life.pending, u[1])
+        if fate == "CREATE_FAILED":
+            return [_Step(t, "CREATE_FAILED", _CREATE_FAILURE)]
+        if u[2] < life.p_unknown_state:
+            steps.append(_Step(t, life.unknown_state))
+            t += _span(life, life.unknown, u[3])
+        steps.append(_Step(t, "STARTING"))
+    t += _span(life, life.starting, u[4])
+    if fate == "START_FAILED":
+        return [*steps, _Step(t, "START_FAILED", _START_FAILURE)]
+    steps.append(_Step(t, "RUNNING"))
+    run = _span(life, life.running, u[5])
+    if fate == "FROZEN":
+        t += run / 2
+        steps.append(_Step(t, "FREEZING"))
+        return [*steps, _Step(t + life.real(life.freezing), "FROZEN")]
+    t += run
+    if fate == "FAILED" or (fate == "CREATE_FAILED" and restart):
+        return [*steps, _Step(t, "FAILED", life.failure)]
+    if not hosting:
+        return [*steps, _Step(t, "SUCCEEDED")]
+    if u[6] < life.p_hosting_late:
+        steps.append(_Step(t, "SUCCEEDED"))
+        t += _span(life, life.hosting_late, u[7])
+        steps.append(_Step(t, hosting="AVAILABLE"))
+    else:
+        steps.append(_Step(t, "SUCCEEDED", hosting="AVAILABLE"))
+    return [*steps, _Step(t + life.real(life.hosting_ttl), hosting="OVERDUE")]
+
+
+def _vanishing(
+    life: Lifecycle, start: float, u: Sequence[float], steps: list[_Step]
+) -> list[_Step]:
+    """``steps`` cut by a vanish at a moment drawn between ``start`` and the final state."""
+    if u[8] >= life.p_vanish:
+        return steps
+    end = max((step.at for step in steps if step.state is not None), default=start)
+    moment = start + (end - start) * u[9]
+    return [*(step for step in steps if step.at < moment), _Step(moment, gone=True)]
+
+
+def _hosting_result(task: dict[str, Any], life: _Life) -> dict[str, Any]:
+    """show's ``hosting_result``: ``data`` is result.json's content, as the SDK's model says."""
+    status = life.hosting or "NOT_GENERATED"
+    result: dict[str, Any] = {"status": status}
+    if life.overdue_ms is not None:
+        result["overdue_date"] = _stamp(life.overdue_ms / 1000)
+    if status == "AVAILABLE":
+        content = {
+            "task_id": task["id"],
+            "name": task["name"],
+            "input": task["input"],
+            "results": [{"frame": 0, "objects": []}],
+        }
+        data = orjson.dumps(content).decode()
+        result["data"] = data
+        result["file_size"] = str(len(data.encode()))
+    return result
+
+
 @lru_cache(maxsize=256)
 def _sdk_date_epoch(value: str) -> float | None:
     """Seconds since the epoch of an ``X-Sdk-Date`` (``%Y%m%dT%H%M%SZ``), None if malformed.
@@ -226,10 +411,12 @@ class Emulator:
         services: Collection[str] | None = None,
         verify_signatures: bool = True,
         clock_skew: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``credentials`` maps AK to SK (default: the emulator's throwaway pair);
         ``security_tokens`` maps an AK to the ``X-Security-Token`` it requires (temporary
-        credentials); ``services`` are the subscribed service names (None: any well-formed name).
+        credentials); ``services`` are the subscribed service names (None: any well-formed name);
+        ``clock`` (monotonic seconds) times job lives: a test can pass one it advances by hand.
         """
         self.faults = faults
         keys = credentials if credentials is not None else {EMULATOR_AK: EMULATOR_SK}
@@ -250,28 +437,150 @@ class Emulator:
         self.create_times: list[float] = []  # every create call, throttled or not
         self.accepted_create_times: list[float] = []  # create calls the rate limit let through
         self.calls: collections.Counter[tuple[str, int]] = collections.Counter()  # 0: no answer
+        # Job lives: steps queued by time, applied lazily when a call (or refresh()) looks.
+        self._clock = clock
+        self._mono0 = clock()
+        self._wall0 = time.time()
+        self._life_rng = random.Random(None if faults.seed is None else f"jobs-{faults.seed}")
+        self._lives: dict[str, _Life] = {}
+        self._steps: list[tuple[float, int, str, int, _Step]] = []  # heap
+        self._step_seq = 0
+        self.created_total = 0  # every job ever created (gone ones included)
+        self.deleted: dict[str, str] = {}  # job id -> its state when a DELETE first reached it
+        self.vanished: list[str] = []  # jobs deleted "by someone else" (p_vanish, vanish())
+        self.gone: dict[str, str] = {}  # job id -> "deleted" or "vanished", once it left
+        self.sources_of: dict[str, list[str]] = {}  # every job ever created -> its inputs
 
     # -- observation -------------------------------------------------------------------------
 
-    def jobs_by_source(self) -> dict[str, list[str]]:
-        """Input (``obs://bucket/path`` or the URL) to the ids of jobs made from it.
+    def jobs_by_source(self, *, gone: bool = False) -> dict[str, list[str]]:
+        """Input (``obs://bucket/path`` or the URL) to the ids of jobs made from it; with
+        ``gone``, jobs since deleted or vanished count too (every job ever created).
 
         More than one id for an input means a job was submitted twice (exactly-once broken).
         """
         found: dict[str, list[str]] = {}
-        for task_id, task in self.tasks.items():
-            source = task["input"]
-            for item in source["data"]:
-                if source["type"] == "obs":
-                    key = f"obs://{item['bucket']}/{item['path']}"
-                else:
-                    key = item["url"]
-                found.setdefault(key, []).append(task_id)
+        for task_id, keys in self.sources_of.items():
+            if gone or task_id in self.tasks:
+                for key in keys:
+                    found.setdefault(key, []).append(task_id)
         return found
 
     def throttled(self) -> int:
         """How many calls were answered 429."""
         return sum(n for (_, status), n in self.calls.items() if status == 429)
+
+    # -- job lives ------------------------------------------------------------------------------
+    # Call these from the thread that serves (or while no call is being served).
+
+    def refresh(self) -> None:
+        """Apply every step of every job's life due by now (each call does this first)."""
+        now = self._clock()
+        steps = self._steps
+        while steps and steps[0][0] <= now:
+            _, _, task_id, generation, step = heapq.heappop(steps)
+            life = self._lives.get(task_id)
+            if life is not None and life.generation == generation and task_id in self.tasks:
+                self._apply(task_id, step)
+
+    def state(self, task_id: str) -> str | None:
+        """The job's state now; None once it is gone."""
+        self.refresh()
+        task = self.tasks.get(task_id)
+        return None if task is None else str(task["state"])
+
+    def hosting_status(self, task_id: str) -> str | None:
+        """The job's hosting_result status now (None: gone, or no hosting output)."""
+        self.refresh()
+        life = self._lives.get(task_id)
+        return life.hosting if life is not None and task_id in self.tasks else None
+
+    def set_state(
+        self,
+        task_id: str,
+        state: str,
+        *,
+        error: tuple[str, str] | None = None,
+        hosting: str | None = None,
+    ) -> None:
+        """Force a job into ``state`` (any name, VAS's or not) now, where it then stays;
+        ``hosting`` sets its hosting_result status too. FAILED without ``error`` gets the
+        lifecycle's ``failure``."""
+        self.refresh()
+        if task_id not in self.tasks:
+            raise KeyError(task_id)
+        if error is None and state == "FAILED":
+            error = self.faults.jobs.failure
+        self._redirect(task_id, [_Step(self._clock(), state, error, hosting)])
+
+    def vanish(self, task_id: str) -> None:
+        """Delete a job as someone else would: it is gone at once (show 404, not listed)."""
+        self.refresh()
+        self._apply(task_id, _Step(self._clock(), gone=True))
+
+    def freeze(self) -> list[str]:
+        """The account falls into arrears: every job not final, stopped or deleting goes
+        FREEZING, then FROZEN. Returns the ids it froze."""
+        self.refresh()
+        now = self._clock()
+        later = now + self.faults.jobs.real(self.faults.jobs.freezing)
+        frozen = []
+        for task_id, task in self.tasks.items():
+            if task["state"] not in FINAL_STATES | {"STOPPED", "DELETING", "FROZEN"}:
+                frozen.append(task_id)
+        for task_id in frozen:
+            self._redirect(task_id, [_Step(now, "FREEZING"), _Step(later, "FROZEN")])
+        return frozen
+
+    def _redirect(self, task_id: str, steps: Sequence[_Step]) -> None:
+        """Drop the job's queued steps; apply the ones due now and queue the rest."""
+        life = self._lives[task_id]
+        life.generation += 1
+        now = self._clock()
+        for step in steps:
+            if step.at <= now:
+                self._apply(task_id, step)
+            else:
+                self._queue(task_id, life, step)
+
+    def _queue(self, task_id: str, life: _Life, step: _Step) -> None:
+        self._step_seq += 1
+        heapq.heappush(self._steps, (step.at, self._step_seq, task_id, life.generation, step))
+
+    def _wall(self, at: float) -> float:
+        return self._wall0 + (at - self._mono0)
+
+    def _apply(self, task_id: str, step: _Step) -> None:
+        task = self.tasks.get(task_id)
+        if task is None:
+            return
+        life = self._lives[task_id]
+        if step.gone:
+            if task["state"] != "DELETING":
+                self.vanished.append(task_id)
+            self.gone[task_id] = "deleted" if task["state"] == "DELETING" else "vanished"
+            self._scopes[task["project_id"], task["service_name"]].remove(task_id)
+            del self.tasks[task_id]
+            del self._lives[task_id]
+            return
+        wall = self._wall(step.at)
+        if step.state is not None:
+            task["state"] = step.state
+            task["status"] = _PENDING_STATUS if step.state == "PENDING" else None
+            task["error"] = (
+                None if step.error is None else {"code": step.error[0], "message": step.error[1]}
+            )
+            task["updated_at"] = _stamp(wall)
+            life.updated = wall
+        if step.hosting is not None and life.hosting is not None:
+            life.hosting = step.hosting
+            hosting = task["output"]["hosting"]
+            if step.hosting == "NOT_GENERATED":
+                life.overdue_ms = None
+                hosting.pop("result_json_overdue_at", None)
+            elif step.hosting == "AVAILABLE":
+                life.overdue_ms = int((wall + life.ttl) * 1000)
+                hosting["result_json_overdue_at"] = life.overdue_ms
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -286,6 +595,8 @@ class Emulator:
         item = _TASKS_PATH + "/{task_id}"
         router.add_get(item, self._operation("show", self._show), allow_head=False)
         router.add_delete(item, self._operation("delete", self._delete))
+        router.add_post(item + "/stop", self._operation("stop", self._stop))
+        router.add_post(item + "/start", self._operation("start", self._start))
         router.add_route("*", "/{tail:.*}", _not_found)
         return app
 
@@ -476,11 +787,13 @@ class Emulator:
             raise _Reject(400, "IVA.0003", "The request body must be a JSON object")
         _validate_create(doc)
         faults = self.faults
+        self.refresh()
         if faults.quota and len(self.tasks) >= faults.quota:
             raise _Reject(
                 400,
                 "IVA.0012",
-                f"Over quota: at most {faults.quota} jobs can be saved; delete finished jobs first",
+                f"The number of saved tasks exceeds max quota {faults.quota} (across services); "
+                "delete finished jobs first",
             )
         task_id = self._store(doc, scope)
         rng = self._rng
@@ -499,7 +812,10 @@ class Emulator:
 
     def _store(self, doc: dict[str, Any], scope: tuple[str, str]) -> str:
         task_id = uuid.uuid4().hex
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = self._clock()
+        wall = self._wall(now)
+        stamp = _stamp(wall)
+        output = doc["output"]
         task: dict[str, Any] = {
             "id": task_id,
             "name": doc["name"],
@@ -511,10 +827,10 @@ class Emulator:
             "created_at": stamp,
             "updated_at": stamp,
             "state": "PENDING",
-            "status": None,
+            "status": _PENDING_STATUS,
             "error": None,
             "input": doc["input"],
-            "output": doc["output"],
+            "output": output,
             "service_config": doc.get("service_config"),
             "timing": doc.get("timing"),
         }
@@ -526,20 +842,41 @@ class Emulator:
         if store is None:
             store = self._scopes[scope] = _Scope()
         store.add(task)
+        source = doc["input"]
+        self.sources_of[task_id] = [
+            f"obs://{item['bucket']}/{item['path']}" if source["type"] == "obs" else item["url"]
+            for item in source["data"]
+        ]
+        self.created_total += 1
+        lifecycle = self.faults.jobs
+        hosting = "hosting" in output
+        life = self._lives[task_id] = _Life(
+            self.created_total, wall, hosting, lifecycle.real(lifecycle.hosting_ttl)
+        )
+        u = [self._life_rng.random() for _ in range(_DRAWS)]
+        steps = _plan(lifecycle, now, u, hosting=hosting, restart=False)
+        for step in _vanishing(lifecycle, now, u, steps):
+            self._queue(task_id, life, step)
         return task_id
 
     async def _list(
         self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
     ) -> web.StreamResponse:
+        """VAS's filters, order and paging. ``offset`` counts the jobs skipped (0: the first
+        page; VAS documents 1 to 100000 and is unclear on the first page). Without ``limit``
+        at most 1000 jobs are answered, as VAS does without paging parameters."""
         query = request.query
-        offset = _int_param(query, "offset", 0, 0, None)
-        limit = _int_param(query, "limit", 10, 1, 100)
-        field, _, direction = query.get("order", "created_at:ASC").partition(":")
+        offset = _int_param(query, "offset", 0, 0, 100000)
+        limit = _int_param(query, "limit", 1000, 1, 100) if "limit" in query else 1000
+        field, _, direction = query.get("order", "created_at:DESC").partition(":")
         if field not in _ORDER_FIELDS or direction not in ("ASC", "DESC"):
             raise _invalid("order must be name, created_at or updated_at, then :ASC or :DESC")
         state = query.get("state")
         if state is not None and state not in STATES:
             raise _invalid(f"state {state!r} is not a job state")
+        since = _int_param(query, "created_since", -1, 0, None)
+        until = _int_param(query, "created_until", -1, 0, None)
+        self.refresh()
         store = self._scopes.get(scope) or _Scope()
         name_like = query.get("name_like")
         found = store.named_like(name_like) if name_like else list(store.tasks.values())
@@ -551,27 +888,87 @@ class Emulator:
         id_like = query.get("id_like")
         if id_like:
             found = [task for task in found if id_like in task["id"]]
-        # Ties are broken by creation order, in the direction of the sort.
-        if direction == "DESC":
+        lives = self._lives
+        if since >= 0:
+            found = [task for task in found if lives[task["id"]].created_ms >= since]
+        if until >= 0:
+            found = [task for task in found if lives[task["id"]].created_ms <= until]
+        # Ties are broken by creation order, in the direction of the sort (found is in it).
+        descending = direction == "DESC"
+        if descending:
             found.reverse()
         if field == "name":
-            found.sort(key=lambda task: task["name"], reverse=direction == "DESC")
+            found.sort(key=lambda task: task["name"], reverse=descending)
+        elif field == "updated_at":
+            found.sort(key=lambda task: lives[task["id"]].updated, reverse=descending)
         page = found[offset : offset + limit]
         return self._answer("list", 200, headers, {"count": len(found), "tasks": page})
 
     async def _show(
         self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
     ) -> web.StreamResponse:
+        self.refresh()
         task = self._find(request, scope)
-        return self._answer("show", 200, headers, task)
+        life = self._lives[task["id"]]
+        if life.hosting is None:
+            return self._answer("show", 200, headers, task)
+        shown = {**task, "hosting_result": _hosting_result(task, life)}
+        return self._answer("show", 200, headers, shown)
 
     async def _delete(
         self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
     ) -> web.StreamResponse:
+        """202, then DELETING for ``Lifecycle.deleting``, then gone (the quota counts it till
+        then). A second delete while DELETING is 202 again and changes nothing."""
+        self.refresh()
         task = self._find(request, scope)
-        self._scopes[scope].remove(task["id"])
-        del self.tasks[task["id"]]
-        self.calls["delete", 202] += 1
+        task_id = task["id"]
+        if task["state"] != "DELETING":
+            self.deleted[task_id] = task["state"]
+            now = self._clock()
+            later = now + self.faults.jobs.real(self.faults.jobs.deleting)
+            self._redirect(task_id, [_Step(now, "DELETING"), _Step(later, gone=True)])
+        return self._accepted("delete", headers)
+
+    async def _stop(
+        self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """A pending, starting or running job (or one in a state outside VAS's list) goes
+        STOPPING, then STOPPED; a stopping or stopped one is left as it is; others are 400."""
+        self.refresh()
+        task = self._find(request, scope)
+        state = task["state"]
+        if state in _STOPPABLE or state not in STATES:
+            now = self._clock()
+            later = now + self.faults.jobs.real(self.faults.jobs.stopping)
+            self._redirect(task["id"], [_Step(now, "STOPPING"), _Step(later, "STOPPED")])
+        elif state not in ("STOPPING", "STOPPED"):
+            raise _invalid(f"the job is {state}: only a pending or running job can be stopped")
+        return self._accepted("stop", headers)
+
+    async def _start(
+        self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """A stopped, frozen or finished job runs again: STARTING, RUNNING, then an outcome
+        drawn afresh (a hosting result is generated anew); a started one is left as it is."""
+        self.refresh()
+        task = self._find(request, scope)
+        state = task["state"]
+        if state in _STARTABLE:
+            task_id = task["id"]
+            now = self._clock()
+            lifecycle = self.faults.jobs
+            u = [self._life_rng.random() for _ in range(_DRAWS)]
+            hosting = self._lives[task_id].hosting is not None
+            steps = _plan(lifecycle, now, u, hosting=hosting, restart=True)
+            first = _Step(now, "STARTING", hosting="NOT_GENERATED" if hosting else None)
+            self._redirect(task_id, [first, *steps])
+        elif state not in _STARTED:
+            raise _invalid(f"the job is {state}: it cannot be started")
+        return self._accepted("start", headers)
+
+    def _accepted(self, op: str, headers: dict[str, str]) -> web.Response:
+        self.calls[op, 202] += 1
         del headers["Content-Type"]  # 202 has no body
         return web.Response(status=202, headers=headers)
 
