@@ -6,7 +6,11 @@ Pure apart from reading the one manifest file: listing files are only located he
 
 from __future__ import annotations
 
+import errno
+import math
+import os
 import re
+import stat
 import string
 import tomllib
 from collections.abc import Mapping
@@ -14,9 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from . import vas
 from .errors import ManifestError
 
 __all__ = [
+    "BODY_BYTES_MAX",
+    "BODY_DEPTH_MAX",
     "DESCRIPTION_MAX",
     "NAME_FIELDS",
     "JobTemplate",
@@ -26,9 +35,15 @@ __all__ = [
     "load_manifest",
     "parse_manifest",
     "parse_obs_url",
+    "path_problem",
 ]
 
 DESCRIPTION_MAX = 500
+# [job.body] bounds: VAS bodies are a few levels deep and a few KiB; far beyond is a mistake
+# (and unbounded nesting crashed the TOML parser and the JSON encoder).
+BODY_DEPTH_MAX = 32
+BODY_BYTES_MAX = 64 * 1024
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what a JSON number in the body may hold
 DEFAULT_NAME_TEMPLATE = "{stem}-{hash}"
 # Fields a name or description template may use; see jobs.template_fields().
 NAME_FIELDS = frozenset({"stem", "filename", "ext", "folder", "bucket", "key", "hash"})
@@ -36,12 +51,9 @@ DESCRIPTION_FIELDS = NAME_FIELDS | {"source"}
 # Create-body fields batchsubmit builds itself; [job.body] may not replace them.
 RESERVED_BODY_FIELDS = frozenset({"name", "description", "service_version", "input"})
 
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_REGION = re.compile(r"[a-z]{2,}(-[a-z0-9]+)+")
-_PROJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _ENDPOINT = re.compile(
-    r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?/?"
+    r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?/?",
+    re.IGNORECASE,
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
@@ -111,6 +123,13 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     """Validate a manifest's text; ``path`` locates relative listing files and errors."""
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        line = _most_nested_line(text)
+        raise ManifestError(
+            f"{path}:{line}",
+            f"values nested too deeply to read (batchsubmit takes at most {BODY_DEPTH_MAX} "
+            "levels in job.body)",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         found = _TOML_LINE.search(message)
@@ -121,12 +140,41 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     return _Reader(path, text).manifest(data)
 
 
+def _most_nested_line(text: str) -> int:
+    """The line with the most opening brackets: where a parser's recursion ran out."""
+    lines = text.splitlines() or [""]
+    counts = [line.count("{") + line.count("[") for line in lines]
+    return counts.index(max(counts)) + 1
+
+
+def path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file (None if it can be opened as one): said plainly,
+    a directory or a symlink loop is not "no such file"."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"{path} is a symbolic link to a file that does not exist"
+        return f"no such file: {path}"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{path} is a symbolic link loop (it points back to itself)"
+        return f"{path}: {exc.strerror}"
+    if stat.S_ISDIR(status.st_mode):
+        return f"{path} is a directory, not a file"
+    if not stat.S_ISREG(status.st_mode) and not stat.S_ISFIFO(status.st_mode):
+        return f"{path} is not a regular file"
+    if not os.access(path, os.R_OK):
+        return f"{path}: permission denied"
+    return None
+
+
 def parse_obs_url(url: str) -> tuple[str, str]:
     """Split ``obs://bucket/key`` into bucket and key; ValueError says what is wrong."""
     if not url.startswith("obs://"):
         raise ValueError(f"{url!r} is not an obs:// path")
     bucket, slash, key = url[6:].partition("/")
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+    if not vas.valid_bucket(bucket):
         raise ValueError(
             f"{bucket!r} in {url!r} is not a valid OBS bucket name "
             "(3 to 63 lowercase letters, digits, '-' or '.')"
@@ -215,7 +263,7 @@ class _Reader:
         allowed = {"name", "version", "region", "endpoint", "project_id", "obs_endpoint"}
         table = self.table(data, "service", allowed, {"name", "version"})
         name = self.string(table, "service", "name") or ""
-        if not _SERVICE_NAME.fullmatch(name):
+        if not vas.SERVICE_NAME.fullmatch(name):
             raise self.error(
                 "service.name", f"{name!r} is not a VAS service name (e.g. video-analyze)"
             )
@@ -227,35 +275,33 @@ class _Reader:
         if region and endpoint:
             raise self.error("service.endpoint", "give either region or endpoint, not both")
         if region is not None:
-            if not _REGION.fullmatch(region):
+            if not vas.REGION.fullmatch(region):
                 raise self.error(
                     "service.region", f"{region!r} is not a region id (e.g. cn-north-4)"
                 )
             endpoint = f"https://iva.{region}.myhuaweicloud.com"
         elif endpoint is not None:
-            if not _ENDPOINT.fullmatch(endpoint):
-                raise self.error(
-                    "service.endpoint",
-                    f"{endpoint!r} is not an http(s) URL without a path "
-                    "(e.g. https://iva.cn-north-4.myhuaweicloud.com)",
-                )
-            endpoint = endpoint.rstrip("/")
+            endpoint = self.base_url(
+                endpoint, "service.endpoint", "https://iva.cn-north-4.myhuaweicloud.com"
+            )
         else:
             raise self.error("service.region", "missing: give region (or endpoint)")
         obs_endpoint = self.string(table, "service", "obs_endpoint")
         if obs_endpoint is not None:
-            if not _ENDPOINT.fullmatch(obs_endpoint):
-                raise self.error(
-                    "service.obs_endpoint",
-                    f"{obs_endpoint!r} is not an http(s) URL without a path "
-                    "(e.g. https://obs.cn-north-4.myhuaweicloud.com)",
-                )
-            obs_endpoint = obs_endpoint.rstrip("/")
+            obs_endpoint = self.base_url(
+                obs_endpoint, "service.obs_endpoint", "https://obs.cn-north-4.myhuaweicloud.com"
+            )
         elif region is not None:
             obs_endpoint = f"https://obs.{region}.myhuaweicloud.com"
         project_id = self.string(table, "service", "project_id")
-        if project_id is not None and not _PROJECT_ID.fullmatch(project_id):
-            raise self.error("service.project_id", f"{project_id!r} is not a project id")
+        if project_id is not None:
+            project_id = project_id.strip()
+            if not vas.PROJECT_ID.fullmatch(project_id):
+                raise self.error(
+                    "service.project_id",
+                    f"{project_id[:80]!r} is not a project id (32 lower-case hex digits, as "
+                    "the console's My Credentials page shows it)",
+                )
         return Service(
             name=name,
             version=version,
@@ -295,6 +341,7 @@ class _Reader:
             raise self.error("job.body.output", f"must be a table, not {_kind(extra_output)}")
         if "obs" in extra_output:
             raise self.error("job.body.output.obs", "set the OBS output with job.output instead")
+        self.body(body)
         return JobTemplate(
             output_bucket=bucket,
             output_path=out_path,
@@ -302,6 +349,43 @@ class _Reader:
             description=description,
             body=body,
         )
+
+    def base_url(self, url: str, key: str, example: str) -> str:
+        """An http(s) URL without a path, normalised (scheme and host case, default port)."""
+        try:
+            if _ENDPOINT.fullmatch(url):
+                return vas.normalise_base_url(url)
+        except ValueError:
+            pass
+        raise self.error(key, f"{url!r} is not an http(s) URL without a path (e.g. {example})")
+
+    def body(self, body: dict[str, Any]) -> None:
+        """Bound [job.body]: depth, size and numbers JSON can carry, each error naming its key.
+        Walked with a stack, not recursion: the point is to refuse what recursion cannot take."""
+        stack: list[tuple[str, Any, int]] = [("job.body", body, 1)]
+        while stack:
+            key, value, depth = stack.pop()
+            if isinstance(value, dict | list) and depth > BODY_DEPTH_MAX:
+                shown = key if len(key) <= 120 else key[:100] + "..." + key[-17:]
+                raise self.error(shown, f"nested {depth} levels deep; at most {BODY_DEPTH_MAX}")
+            if isinstance(value, dict):
+                stack.extend((f"{key}.{k}", v, depth + 1) for k, v in value.items())
+            elif isinstance(value, list):
+                stack.extend((f"{key}[{i}]", v, depth + 1) for i, v in enumerate(value))
+            elif isinstance(value, bool):
+                continue
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise self.error(key, f"{value} is not a number JSON can carry")
+            elif isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+                raise self.error(key, f"{value} is out of range (a 64-bit integer)")
+        try:
+            size = len(orjson.dumps(body))
+        except orjson.JSONEncodeError as exc:
+            raise self.error("job.body", f"cannot be sent as JSON: {exc}") from None
+        if size > BODY_BYTES_MAX:
+            raise self.error(
+                "job.body", f"is {size} bytes as JSON; at most {BODY_BYTES_MAX} (64 KiB)"
+            )
 
     def template(self, template: str, key: str, fields: frozenset[str]) -> str:
         """Check a template's placeholders; return its fixed text."""
@@ -357,8 +441,10 @@ class _Reader:
         listing_path = None
         if listing is not None:
             listing_path = self.path.parent / listing
-            if not listing_path.is_file():
-                raise self.error(f"{key}.listing", f"no such listing file: {listing_path}")
+            problem = path_problem(listing_path)
+            if problem is not None:
+                problem = problem.replace("no such file", "no such listing file")
+                raise self.error(f"{key}.listing", problem)
         return Source(
             where=key,
             listing=listing_path,

@@ -102,18 +102,21 @@ def test_region_gives_the_iva_endpoint(tmp_path: Path, region: str) -> None:
         ("http://localhost:8080/", "http://localhost:8080"),
         ("https://[::1]:8443", "https://[::1]:8443"),
         ("http://[fe80::1]/", "http://[fe80::1]"),
+        ("HTTPS://IVA.CN-North-4.myhuaweicloud.com:443/", "https://iva.cn-north-4.myhuaweicloud.com"),
+        ("Http://127.0.0.1:80", "http://127.0.0.1"),
     ],
 )
 def test_endpoint_form(tmp_path: Path, endpoint: str, expected: str) -> None:
-    """service.endpoint (instead of region) is kept without its trailing '/'."""
+    """service.endpoint (instead of region) is normalised: no trailing '/', scheme and host in
+    lower case (they are case-insensitive), no default port."""
     service = SERVICE.replace('region = "cn-north-4"', f'endpoint = "{endpoint}"')
     manifest = load_manifest(write(tmp_path, doc(service=service)))
     assert manifest.service.endpoint == expected
 
 
-@pytest.mark.parametrize("project_id", ["0123456789abcdef0123456789abcdef", "my_project-1"])
+@pytest.mark.parametrize("project_id", ["0123456789abcdef0123456789abcdef"])
 def test_project_id(tmp_path: Path, project_id: str) -> None:
-    """service.project_id is read as given."""
+    """service.project_id is read as given (32 lower-case hex digits, as VAS takes it)."""
     service = SERVICE + f'project_id = "{project_id}"\n'
     assert load_manifest(write(tmp_path, doc(service=service))).service.project_id == project_id
 
@@ -484,16 +487,22 @@ ERRORS = [
                 "https://iva.example.com?x=1",
                 "https://user@iva.example.com",
                 "https://iva.example.com:123456",
+                "https://iva.example.com:99999",
             ]
         )
     ],
-    (
-        "project-id",
-        doc(service=SERVICE + 'project_id = "has space"\n'),
-        "service.project_id",
-        "project_id =",
-        "is not a project id",
-    ),
+    *[
+        (
+            f"project-id-{index}",
+            doc(service=SERVICE + f'project_id = "{bad}"\n'),
+            "service.project_id",
+            "project_id =",
+            "is not a project id (32 lower-case hex digits",
+        )
+        for index, bad in enumerate(
+            ["has space", "my_project-1", "0123456789ABCDEF0123456789ABCDEF", "0" * 33]
+        )
+    ],
     # bad output URL
     *[
         (
@@ -678,3 +687,97 @@ def test_manifest_is_a_directory(tmp_path: Path) -> None:
         load_manifest(tmp_path)
     assert info.value.where == str(tmp_path)
     assert "cannot read" in info.value.what
+
+
+# -- bounds on [job.body] -----------------------------------------------------------------------
+
+
+def nested_tables(depth: int) -> str:
+    return "[job.body." + ".".join(f"k{i}" for i in range(depth)) + "]\nx = 1\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (nested_tables(5000), "nested 33 levels deep; at most 32"),
+        (nested_tables(40), "nested 33 levels deep; at most 32"),
+        ("[job.body]\nx = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n", "nested too deeply"),
+        ("[job.body]\nx = " + "[" * 5000 + "1" + "]" * 5000 + "\n", "nested too deeply"),
+        ("[job.body]\nx = " + "[" * 40 + "1" + "]" * 40 + "\n", "nested 33 levels deep"),
+        ('[job.body]\nblob = "' + "x" * 70_000 + '"\n', "at most 65536"),
+    ],
+)
+def test_job_body_nesting_and_size_are_bounded(tmp_path: Path, body: str, said: str) -> None:
+    """A [job.body] nested thousands of levels deep is a ManifestError naming the manifest
+    (and the key), not a RecursionError traceback; so is one too big to send."""
+    path = write(tmp_path, doc(job=JOB + body))
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(path)
+    assert str(raised.value).startswith(str(path))
+    assert said in str(raised.value)
+    if "levels deep" in said:
+        assert "job.body.k0.k1" in str(raised.value) or "job.body.x[0][0]" in str(raised.value)
+
+
+def test_job_body_within_bounds_is_kept(tmp_path: Path) -> None:
+    """32 levels (far more than any VAS body) are fine."""
+    manifest = load_manifest(write(tmp_path, doc(job=JOB + nested_tables(31))))
+    assert "k0" in manifest.job.body
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "said"),
+    [
+        ("nan", "job.body.service_config.threshold", "not a number JSON can carry"),
+        ("-inf", "job.body.service_config.threshold", "not a number JSON can carry"),
+        ("inf", "job.body.service_config.threshold", "not a number JSON can carry"),
+        ("99999999999999999999", "job.body.service_config.threshold", "out of range"),
+        ("-9223372036854775809", "job.body.service_config.threshold", "out of range"),
+    ],
+)
+def test_job_body_numbers_json_cannot_carry_are_refused(
+    tmp_path: Path, value: str, key: str, said: str
+) -> None:
+    """NaN and infinities would be sent as null by the JSON encoder, integers beyond 64 bits
+    crash it: refused before any request, the key named."""
+    body = f"[job.body.service_config]\nthreshold = {value}\n"
+    path = write(tmp_path, doc(job=JOB + body))
+    with pytest.raises(ManifestError, match=rf"{key}: .*{said}"):
+        load_manifest(path)
+
+
+def test_job_body_numbers_are_passed_through(tmp_path: Path) -> None:
+    """Ordinary numbers, negative ones and the 64-bit extremes included, reach the body."""
+    body = "[job.body.service_config]\na = -1\nb = 0.5\nc = 9223372036854775807\n"
+    manifest = load_manifest(write(tmp_path, doc(job=JOB + body)))
+    assert manifest.job.body["service_config"] == {"a": -1, "b": 0.5, "c": 2**63 - 1}
+
+
+# -- listing paths that are not files -----------------------------------------------------------
+
+
+def test_listing_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    (tmp_path / "listing.txt").mkdir()
+    path = write(tmp_path, doc(source='[[source]]\nlisting = "listing.txt"\n'))
+    with pytest.raises(ManifestError, match=r"source\[0\].listing: .*listing.txt is a directory"):
+        load_manifest(path)
+
+
+def test_listing_that_is_a_symlink_loop_says_so(tmp_path: Path) -> None:
+    (tmp_path / "listing.txt").symlink_to(tmp_path / "listing.txt")
+    path = write(tmp_path, doc(source='[[source]]\nlisting = "listing.txt"\n'))
+    with pytest.raises(ManifestError, match="symbolic link loop"):
+        load_manifest(path)
+
+
+def test_listing_that_is_a_dangling_symlink_says_so(tmp_path: Path) -> None:
+    (tmp_path / "listing.txt").symlink_to(tmp_path / "gone.txt")
+    path = write(tmp_path, doc(source='[[source]]\nlisting = "listing.txt"\n'))
+    with pytest.raises(ManifestError, match="symbolic link to a file that does not exist"):
+        load_manifest(path)
+
+
+def test_missing_listing_still_says_no_such_listing_file(tmp_path: Path) -> None:
+    path = write(tmp_path, doc(source='[[source]]\nlisting = "nope.txt"\n'))
+    with pytest.raises(ManifestError, match="no such listing file"):
+        load_manifest(path)
