@@ -1,0 +1,1184 @@
+"""Follow every job of a results file to its end: states, failures and hosting results, on a
+small, fixed budget of calls, recorded as they are seen (:mod:`record`).
+
+One pass asks about the jobs not yet final, in pages of 100 (VAS's maximum) instead of one show
+per job: a *sweep* lists the service's jobs created in the windows of time around the followed
+jobs' creations (``created_since``/``created_until``, oldest first) and so sees every followed
+job, or learns it is absent; an *incremental* pass lists only what changed since the last pass
+(``order=updated_at:DESC``, stopping at the first job older than the cursor). A show is made
+only where a field is only in show: a SUCCEEDED job's pending ``hosting_result``, a result to
+collect, and a job absent from a sweep that must have listed it (404 there: ``LOST``).
+
+Every call goes through the pool's gate (:meth:`Pool.call`). Returns data (FollowStats); the
+CLI renders it. Exit codes are judged by :func:`exit_code` on the jobs this run followed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, TypeVar
+from urllib.parse import unquote
+
+import anyio
+import orjson
+
+from .answers import Answer, Kind
+from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
+from .errors import StorageError, UsageError
+from .journal import RunLock
+from .pool import Pool, PoolSettings, Stopped
+from .progress import Log, ProgressReporter
+from .record import (
+    HOSTING_PENDING,
+    JobRecord,
+    OffsetIndex,
+    RecordReader,
+    RecordWriter,
+    compact,
+    is_final,
+    iter_lines,
+    record_path,
+)
+from .results import Format, Outcome, utc_now
+
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "DEFAULT_STUCK_AFTER",
+    "REPORT_COLUMNS",
+    "FollowConfig",
+    "FollowStats",
+    "Follower",
+    "default_report_path",
+    "exit_code",
+    "follow",
+    "lock_results",
+    "prepare_follow",
+    "report_format",
+]
+
+DEFAULT_INTERVAL = 15.0  # seconds between passes: Huawei's own demos poll every 10 to 15 s
+DEFAULT_STUCK_AFTER = 6 * 3600.0  # PENDING or ABNORMAL for longer: stuck
+EXPIRING_WITHIN = 6 * 3600.0  # a hosting result this close to its overdue time: warned about
+LIST_LIMIT = 100  # VAS's maximum page
+MAX_OFFSET = 100_000  # VAS documents offset 1 to 100000: a bigger window is split
+SLACK_MS = 10 * 60 * 1000  # around creation times: our clock and the service's may differ
+WINDOW_GAP_MS = 30 * 60 * 1000  # creations further apart than this are listed as two windows
+CURSOR_SLACK = 60.0  # seconds: an incremental pass re-reads jobs updated this long before
+SWEEP_EVERY = 10  # passes: a sweep finds jobs that vanished (an incremental list cannot)
+CHEAP_SWEEP = 3  # list calls: a sweep this cheap is made every pass
+SYNC_EVERY = 1.0  # seconds: the longest a seen change waits before it reaches the disk
+ARREARS = frozenset({"FREEZING", "FROZEN"})
+STUCK_STATES = frozenset({"PENDING", "ABNORMAL"})
+FAILED_FINAL = frozenset({"FAILED", "CREATE_FAILED", "START_FAILED", "LOST"})
+REPORT_COLUMNS = (
+    "source",
+    "name",
+    "job_id",
+    "state",
+    "final",
+    "error_code",
+    "error_msg",
+    "created_at",
+    "updated_at",
+    "hosting_status",
+    "hosting_overdue_at",
+    "checked_at",
+)
+_TASKS_URL = re.compile(r"(https?://[^/?#]+)/v2/([^/]+)/services/([^/]+)/tasks/?")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FollowConfig:
+    """Everything a status run needs, built once by the CLI."""
+
+    results: Path
+    format: Format
+    credentials: Any  # what VasClient takes: Credentials or a provider; None: nothing to follow
+    pool: PoolSettings
+    endpoint: str | None = None  # --endpoint: base URL instead of the rows'
+    follow: bool = False
+    interval: float = DEFAULT_INTERVAL
+    deadline: float | None = None  # seconds from ``started``: no pass starts after it
+    started: float = field(default_factory=time.monotonic)
+    report: Path | None = None
+    collect: Path | None = None
+    stuck_after: float = DEFAULT_STUCK_AFTER
+    timeout: float = DEFAULT_TIMEOUT
+    durable: bool = True
+    only_service: str | None = None  # submit --follow: the service it submitted to
+
+
+@dataclass
+class FollowStats:
+    """What a status run saw; the CLI renders it as the summary and the metrics."""
+
+    videos: int = 0  # report rows
+    followed: int = 0  # jobs not final when the run started (the ones the exit code judges)
+    already_final: int = 0
+    succeeded: int = 0  # of the followed, at the end
+    failed: int = 0  # of the followed: FAILED, CREATE_FAILED, START_FAILED, LOST
+    lost: int = 0
+    not_final: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)  # the followed jobs, at the end
+    unknown_states: dict[str, int] = field(default_factory=dict)
+    arrears: int = 0  # FREEZING / FROZEN
+    stuck: int = 0
+    expiring: int = 0
+    collected: int = 0
+    overdue: int = 0  # hosting results that expired before they were collected
+    oldest_non_final_age: float | None = None  # seconds since creation
+    passes: int = 0
+    sweeps: int = 0
+    list_calls: int = 0
+    show_calls: int = 0
+    calls: int = 0
+    retries: int = 0
+    throttles: int = 0
+    first_errors: dict[str, str] = field(default_factory=dict)
+    stop_reason: str | None = None
+    fatal: str | None = None
+    signal: int | None = None
+    report: str = ""
+    record: str = ""
+    elapsed: float = 0.0
+
+
+def exit_code(stats: FollowStats) -> int:
+    """3 fatal (credentials, forbidden, an account in arrears); 1 some followed job ended and
+    did not succeed; 4 none of those but some still not final; 0 every one SUCCEEDED."""
+    if stats.fatal is not None:
+        return 3
+    if stats.failed:
+        return 1
+    if stats.not_final:
+        return 4
+    return 0
+
+
+def report_format(path: Path) -> Format:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    raise UsageError(f"{path}: cannot tell the report format from {suffix or 'no extension'!r};"
+                     " name it .csv or .jsonl")  # fmt: skip
+
+
+def default_report_path(results: Path, fmt: Format) -> Path:
+    """``nightly.results.csv`` -> ``nightly.results.report.csv``, beside it."""
+    resolved = results.resolve()
+    return resolved.with_name(f"{resolved.stem}.report.{fmt}")
+
+
+# -- the ledger, one row per video ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    source: str
+    name: str
+    job_id: str
+    status: str
+    error_code: str
+    error_msg: str
+    submitted_at: str
+    service_url: str
+
+
+_LEDGER_KEYS = (
+    "source", "name", "job_id", "status", "error_code", "error_msg", "submitted_at", "service_url",
+)  # fmt: skip
+
+
+def iter_ledger(path: Path, fmt: Format, warn: Callable[[str], None]) -> Iterator[LedgerRow]:
+    """The readable rows of a results file, with the columns the follow needs. Lines that
+    cannot be read are skipped and named (the submit that wrote them stops on them)."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such results file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the results file: {exc.strerror}") from None
+    with handle:
+        if fmt == "csv":
+            yield from _csv_ledger(handle, path, warn)
+        else:
+            yield from _jsonl_ledger(handle, path, warn)
+
+
+def _csv_ledger(handle: IO[bytes], path: Path, warn: Callable[[str], None]) -> Iterator[LedgerRow]:
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="")
+    reader = csv.reader(text)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error):
+        return
+    try:
+        at = [header.index(key) for key in _LEDGER_KEYS]
+    except ValueError:
+        raise UsageError(
+            f"{path}: not a batchsubmit results file (its header is {header[:4]}...)"
+        ) from None
+    width = max(at) + 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            warn(f"{path}:{reader.line_num}: unreadable results line skipped")
+            continue
+        if len(fields) < width:
+            if fields:
+                warn(f"{path}:{reader.line_num}: unreadable results line skipped")
+            continue
+        yield LedgerRow(*(fields[i] for i in at))
+
+
+def _jsonl_ledger(
+    handle: IO[bytes], path: Path, warn: Callable[[str], None]
+) -> Iterator[LedgerRow]:
+    for number, line in enumerate(handle, 1):
+        if not line.strip():
+            continue
+        try:
+            data = orjson.loads(line)
+            yield LedgerRow(*(str(data.get(key) or "") for key in _LEDGER_KEYS))
+        except (orjson.JSONDecodeError, AttributeError):
+            warn(f"{path}:{number}: unreadable results line skipped")
+
+
+class Videos:
+    """Which ledger row stands for each video: its latest ``submitted`` row, else its latest
+    row (a video whose create failed still gets its report row). Two offset indexes over the
+    ledger (32 bytes a row), then a second streaming read: no row is held in memory."""
+
+    def __init__(self, path: Path, fmt: Format, warn: Callable[[str], None]) -> None:
+        self._path, self._format = path, fmt
+        self._latest, self._submitted = OffsetIndex(), OffsetIndex()
+        for number, row in enumerate(iter_ledger(path, fmt, warn)):
+            self._latest.add(row.source, number)
+            if row.status == "submitted" and row.job_id:
+                self._submitted.add(row.source, number)
+        self._latest.freeze()
+        self._submitted.freeze()
+
+    def __iter__(self) -> Iterator[LedgerRow]:
+        latest, submitted = self._latest.offset, self._submitted.offset
+        for number, row in enumerate(iter_ledger(self._path, self._format, lambda _m: None)):
+            chosen = submitted(row.source)
+            if chosen is None:
+                chosen = latest(row.source)
+            if chosen == number:
+                yield row
+
+
+# -- services ----------------------------------------------------------------------------------
+
+
+def endpoint_of(service_url: str, override: str | None) -> Endpoint:
+    """The endpoint a results row's ``service_url`` names (``--endpoint`` replaces its base)."""
+    found = _TASKS_URL.fullmatch(service_url.strip())
+    if not found:
+        raise ValueError(f"cannot read the service from {service_url!r}")
+    base = override.rstrip("/") if override else found.group(1)
+    return Endpoint(
+        base_url=base, project_id=unquote(found.group(2)), service_name=unquote(found.group(3))
+    )
+
+
+# -- one followed job ----------------------------------------------------------------------------
+
+
+class _Job:
+    """A followed job: what we know now, what the record holds, and where it lives."""
+
+    __slots__ = ("created_ms", "judged", "now", "recorded", "service")
+
+    def __init__(
+        self,
+        now: JobRecord,
+        recorded: JobRecord | None,
+        service: int,
+        created_ms: int,
+        judged: bool,
+    ) -> None:
+        self.now = now
+        self.recorded = recorded
+        self.service = service
+        self.created_ms = created_ms
+        self.judged = judged  # not final when the run started: the exit code judges it
+
+    def active(self, collecting: bool) -> bool:
+        """Still to ask about: not final, or (collecting) a result available to save."""
+        record = self.now
+        if not record.final:
+            return True
+        return collecting and record.hosting_status == "AVAILABLE"
+
+
+def _epoch(text: str) -> float | None:
+    """Seconds since the epoch of an ISO 8601 UTC time ("2018-06-12T13:00:01Z"), or None."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _iso_ms(value: object) -> str:
+    """An overdue time as VAS gives it (epoch milliseconds, or already a date) as ISO 8601."""
+    if isinstance(value, bool) or value is None or value == "":
+        return ""
+    if isinstance(value, int | float):
+        seconds = value / 1000 if value > 10**11 else float(value)
+        try:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+        except (OverflowError, OSError, ValueError):
+            return str(value)
+    text = str(value)
+    if text.isdigit():
+        return _iso_ms(int(text))
+    return text
+
+
+def _one_line(value: object) -> str:
+    text = "" if value is None else str(value)
+    return " ".join(text.split()) if ("\n" in text or "\r" in text) else text
+
+
+def _hosting_of(task: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the task has a hosting output, and its result's overdue time if it says."""
+    output = task.get("output")
+    if not isinstance(output, dict) or "hosting" not in output:
+        return False, ""
+    hosting = output.get("hosting")
+    overdue = hosting.get("result_json_overdue_at") if isinstance(hosting, dict) else None
+    return True, _iso_ms(overdue)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+class _NullSink:
+    """The pool writes rows only for creates and lookups; status makes neither."""
+
+    def write(self, outcome: Outcome) -> None:  # pragma: no cover - never called
+        raise AssertionError("status writes no results rows")
+
+    def flush(self) -> None:
+        pass
+
+
+def lock_results(results: Path) -> RunLock:
+    """Take the results file's lock, the one submit and prune take: a status while either
+    runs on the same file raises LockedError (exit 75) before reading anything."""
+    from .runner import lock_path  # the runner's name for the lock, shared with submit
+
+    lock = RunLock(lock_path(results))
+    lock.acquire(utc_now())
+    return lock
+
+
+def prepare_follow(config: FollowConfig, warn: Callable[[str], None]) -> Follower:
+    """Read the record and the ledger and choose the jobs to follow; no request is sent. The
+    caller holds the results file's lock. Raises UsageError for a damaged record or report
+    path, before anything is sent."""
+    follower = Follower(config, warn)
+    follower.load()
+    return follower
+
+
+async def follow(
+    follower: Follower, reporter: ProgressReporter, *, watch_signals: bool = True
+) -> FollowStats:
+    """The passes, then the report. SIGINT/SIGTERM (when ``watch_signals``) end the pass
+    under way: the calls in flight finish and are recorded, then the report is written."""
+    try:
+        async with open_session(follower.config.pool.concurrency) as session:
+            await follower.run(session, reporter, watch_signals=watch_signals)
+    except* OSError as failed:
+        raise StorageError(
+            f"the status run stopped: writing {follower.record_file} or the report failed "
+            f"({failed.exceptions[0]}); what was recorded so far is kept"
+        ) from None
+    return follower.stats
+
+
+class Follower:
+    """One status run over one results file: the followed jobs and what happens to them."""
+
+    def __init__(self, config: FollowConfig, warn: Callable[[str], None]) -> None:
+        self.config = config
+        self.reporter = ProgressReporter(Log(io.StringIO()), None)  # run() brings the real one
+        self.notes: list[str] = []
+        self.warn = warn
+        self.stats = FollowStats()
+        self.record_file = record_path(config.results)
+        self.report_file = config.report or default_report_path(config.results, config.format)
+        self.report_format = report_format(self.report_file)
+        self.collecting = config.collect is not None
+        self.jobs: dict[str, _Job] = {}
+        self.services: list[Endpoint] = []
+        self.clients: list[VasClient] = []
+        self.cursor: list[float | None] = []  # per service: updated_at (epoch s) to list from
+        self.videos: Videos | None = None
+        self.index: OffsetIndex | None = None
+        self.writer: RecordWriter | None = None
+        self.pool: Pool | None = None
+        self.stop_event = anyio.Event()
+        self.arrears: dict[str, str] = {}
+        self._unsynced = False
+        self._show_errors = 0
+
+    # -- before any request ------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the record and the ledger; choose the jobs to follow. Everything that can be
+        wrong with the files is found here, before the first request."""
+        config, warn = self.config, self.warn
+        self.stats.record = str(self.record_file)
+        self.stats.report = str(self.report_file)
+        if self.collecting:
+            assert config.collect is not None
+            try:
+                config.collect.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(
+                    f"{config.collect}: cannot create the --collect folder: {exc.strerror}"
+                ) from None
+        dropped = compact(self.record_file, warn, durable=config.durable)
+        if dropped:
+            self.notes.append(f"{self.record_file}: compacted ({dropped} superseded lines)")
+        # One pass over the record: the offset of every job's latest line (for the report)
+        # and the latest record of every job not final (the only ones held in memory).
+        index = OffsetIndex()
+        open_: dict[str, JobRecord] = {}
+        final = OffsetIndex()
+        for at, record in iter_lines(self.record_file, warn):
+            index.add(record.job_id, at)
+            if record.final:
+                final.add(record.job_id, 1)
+                open_.pop(record.job_id, None)
+            else:
+                open_[record.job_id] = record
+        index.freeze()
+        final.freeze()
+        self.index = index
+        self.videos = Videos(config.results, config.format, warn)
+        service_at: dict[str, int] = {}
+        bad_services: set[str] = set()
+        for row in self.videos:
+            self.stats.videos += 1
+            job_id = row.job_id
+            if row.status != "submitted" or not job_id or job_id in self.jobs:
+                continue
+            known = open_.pop(job_id, None)
+            was_final = known is None and final.offset(job_id) is not None
+            if was_final and not self.collecting:
+                self.stats.already_final += 1
+                continue
+            if was_final:  # collecting: a final job may still hold a result to save
+                reader = self._reader()
+                known = reader.get(job_id)
+                if known is None or known.hosting_status != "AVAILABLE":
+                    self.stats.already_final += 1
+                    continue
+            service = service_at.get(row.service_url)
+            if service is None:
+                if row.service_url in bad_services:
+                    continue
+                try:
+                    endpoint = endpoint_of(row.service_url, config.endpoint)
+                except ValueError as exc:
+                    bad_services.add(row.service_url)
+                    warn(f"{config.results}: {exc}; its jobs are not followed")
+                    continue
+                if config.only_service is not None and endpoint.tasks_url != config.only_service:
+                    bad_services.add(row.service_url)
+                    warn(
+                        f"{config.results}: jobs of {row.service_url} are not followed by this "
+                        "submit (another service); follow them with `batchsubmit status`"
+                    )
+                    continue
+                service = service_at[row.service_url] = len(self.services)
+                self.services.append(endpoint)
+                self.cursor.append(None)
+            record = known or JobRecord(
+                job_id=job_id, source=row.source, name=row.name, state="", final=False
+            )
+            created = _epoch(record.created_at) or _epoch(row.submitted_at)
+            created_ms = int(created * 1000) if created is not None else 0
+            judged = not record.final
+            self.jobs[job_id] = _Job(record, known, service, created_ms, judged)
+            if judged:
+                self.stats.followed += 1
+            else:
+                self.stats.already_final += 1
+        del open_
+
+    def _reader(self) -> RecordReader:
+        if not hasattr(self, "_record_reader"):
+            assert self.index is not None
+            self._record_reader = RecordReader(self.record_file, self.index)
+        return self._record_reader
+
+    # -- the passes ----------------------------------------------------------------------------
+
+    async def run(self, session: Any, reporter: ProgressReporter, *, watch_signals: bool) -> None:
+        config = self.config
+        self.reporter = reporter
+        for note in self.notes:
+            reporter.log("info", note)
+        self.clients = [
+            VasClient(session, endpoint, config.credentials, timeout=config.timeout)
+            for endpoint in self.services
+        ]
+        with RecordWriter(self.record_file, self.warn, durable=config.durable) as writer:
+            self.writer = writer
+            try:
+                if self.clients:
+                    await self._passes(watch_signals)
+                self._finish()
+            finally:
+                self._refresh_checked()
+                writer.sync()
+        self.write_report()
+
+    async def _passes(self, watch_signals: bool) -> None:
+        config = self.config
+        self.pool = pool = Pool(
+            self.clients[0],
+            _NullSink(),
+            self.reporter,
+            config.pool,
+            service_url=self.services[0].tasks_url,
+        )
+        active = sum(1 for job in self.jobs.values() if job.active(self.collecting))
+        self.reporter.log(
+            "info",
+            f"following {self.stats.followed} jobs not yet final ({self.stats.already_final} "
+            f"already final, {self.stats.videos} videos in {config.results})"
+            + (f"; {active - self.stats.followed} results to collect" if active > self.stats.followed else ""),  # noqa: E501
+        )
+        async with anyio.create_task_group() as group:
+            if watch_signals:
+                group.start_soon(self._watch_signals)
+            if config.deadline is not None:
+                group.start_soon(self._watch_deadline)
+            group.start_soon(self._sync_often)
+            try:
+                await self._loop(pool)
+            finally:
+                group.cancel_scope.cancel()
+        stats = self.stats
+        stats.calls = pool.stats.calls
+        stats.retries = pool.stats.retries
+        stats.throttles = pool.stats.throttles
+        stats.fatal = stats.fatal or pool.stats.fatal
+        if stats.stop_reason is None:
+            stats.stop_reason = pool.stats.stop_reason
+        stats.signal = pool.stats.signal
+
+    async def _loop(self, pool: Pool) -> None:
+        config = self.config
+        while True:
+            if not any(job.active(self.collecting) for job in self.jobs.values()):
+                return
+            started = time.monotonic()
+            await self._pass(pool)
+            self.stats.passes += 1
+            self._log_pass()
+            assert self.writer is not None
+            self.writer.sync()
+            self._unsynced = False
+            if self.arrears:
+                sample = ", ".join(f"{i} {s}" for i, s in list(self.arrears.items())[:3])
+                self.stats.fatal = (
+                    f"{len(self.arrears)} jobs are FREEZING or FROZEN ({sample}...): the account "
+                    "is in arrears; top it up, then start the jobs again"
+                )
+                pool.stop("the account is in arrears")
+                return
+            if not config.follow or pool.stopping:
+                return
+            if not any(job.active(self.collecting) for job in self.jobs.values()):
+                return
+            wait = config.interval - (time.monotonic() - started)
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await self.stop_event.wait()
+            if pool.stopping:
+                return
+
+    async def _pass(self, pool: Pool) -> None:
+        """One pass: list (a sweep or what changed), then the shows only show can answer."""
+        confirm: list[_Job] = []
+        sweep = self._sweep_due()
+        if sweep:
+            self.stats.sweeps += 1
+        for service in range(len(self.services)):
+            jobs = [j for j in self.jobs.values() if j.service == service and not j.now.final]
+            if not jobs:
+                continue
+            if sweep:
+                confirm += await self._sweep(pool, service, jobs)
+            else:
+                await self._changed(pool, service, jobs)
+        absent = {job.now.job_id for job in confirm}
+        self._collected_already()
+        shows = confirm + [
+            job
+            for job in self.jobs.values()
+            if job.now.job_id not in absent and self._needs_show(job)
+        ]
+        await _each(
+            shows,
+            lambda job: self._show(pool, job, job.now.job_id in absent),
+            self.config.pool.concurrency,
+        )
+
+    def _collected_already(self) -> None:
+        """A result saved by a run killed before it recorded COLLECTED: never fetched twice."""
+        if not self.collecting:
+            return
+        for job in self.jobs.values():
+            record = job.now
+            if record.hosting_status == "AVAILABLE" and self._result_file(record).exists():
+                self._change(job, replace(record, hosting_status="COLLECTED"))
+
+    def _sweep_due(self) -> bool:
+        passes = self.stats.passes
+        if passes % SWEEP_EVERY == 0 or any(c is None for c in self.cursor):
+            return True
+        return self._last_sweep_calls <= CHEAP_SWEEP
+
+    _last_sweep_calls = 0
+
+    def _needs_show(self, job: _Job) -> bool:
+        record = job.now
+        if not record.hosting or record.state != "SUCCEEDED":
+            return False
+        if record.hosting_status in HOSTING_PENDING:
+            return True
+        return self.collecting and record.hosting_status == "AVAILABLE"
+
+    # -- listing ------------------------------------------------------------------------------
+
+    async def _sweep(self, pool: Pool, service: int, jobs: list[_Job]) -> list[_Job]:
+        """List every job created in the windows around ``jobs``' creations; returns the jobs
+        a complete window should have listed and did not (to confirm with a show)."""
+        before = self.stats.list_calls
+        absent: list[_Job] = []
+        seen: set[str] = set()
+        newest = self.cursor[service]
+        for since, until in _windows(sorted(job.created_ms for job in jobs)):
+            complete, updated = await self._list_window(pool, service, since, until, seen)
+            if updated is not None and (newest is None or updated > newest):
+                newest = updated
+            if complete:
+                absent += [
+                    j for j in jobs
+                    if since <= j.created_ms <= until and j.now.job_id not in seen
+                ]  # fmt: skip
+        if not pool.stopping:
+            self.cursor[service] = newest if newest is not None else time.time()
+        self._last_sweep_calls = self.stats.list_calls - before
+        return absent
+
+    async def _list_window(
+        self, pool: Pool, service: int, since: int, until: int, seen: set[str]
+    ) -> tuple[bool, float | None]:
+        """All pages of one window, the first to learn the count, the others at once. Returns
+        whether every page came back, and the newest updated_at seen."""
+        query: dict[str, str | int] = {
+            "created_since": since,
+            "created_until": until,
+            "order": "created_at:ASC",
+            "limit": LIST_LIMIT,
+            "offset": 0,
+        }
+        first = await self._list(pool, service, query, seen)
+        if first is None:
+            return False, None
+        count, newest = first
+        if count > MAX_OFFSET and until - since > 1000:
+            middle = (since + until) // 2
+            a = await self._list_window(pool, service, since, middle, seen)
+            b = await self._list_window(pool, service, middle + 1, until, seen)
+            return a[0] and b[0], _newest(a[1], b[1], newest)
+        offsets = range(LIST_LIMIT, min(count, MAX_OFFSET), LIST_LIMIT)
+        complete = True
+
+        async def page(offset: int) -> None:
+            nonlocal complete, newest
+            found = await self._list(pool, service, {**query, "offset": offset}, seen)
+            if found is None:
+                complete = False
+            else:
+                newest = _newest(newest, found[1])
+
+        await _each(offsets, page, self.config.pool.concurrency)
+        return complete and not pool.stopping, newest
+
+    async def _changed(self, pool: Pool, service: int, jobs: list[_Job]) -> None:
+        """The jobs updated since the cursor, newest first, page by page until one is older."""
+        cursor = self.cursor[service]
+        assert cursor is not None
+        since = max(0, min(job.created_ms for job in jobs) - SLACK_MS)
+        query: dict[str, str | int] = {
+            "created_since": since,
+            "order": "updated_at:DESC",
+            "limit": LIST_LIMIT,
+            "offset": 0,
+        }
+        newest: float | None = None
+        offset = 0
+        while offset < MAX_OFFSET:
+            oldest: list[float] = []
+            found = await self._list(pool, service, {**query, "offset": offset}, None, oldest)
+            if found is None:
+                return  # the cursor stays: the next pass reads this again
+            count, page_newest = found
+            newest = _newest(newest, page_newest)
+            offset += LIST_LIMIT
+            if offset >= count or not oldest or oldest[0] < cursor - CURSOR_SLACK:
+                break
+        if newest is not None and newest > cursor:
+            self.cursor[service] = newest
+
+    async def _list(
+        self,
+        pool: Pool,
+        service: int,
+        query: dict[str, str | int],
+        seen: set[str] | None,
+        oldest: list[float] | None = None,
+    ) -> tuple[int, float | None] | None:
+        """One list page through the gate; applies what it shows to the followed jobs.
+        Returns (count, newest updated_at) or None when the page did not come back."""
+        try:
+            answer = await pool.call(self.clients[service].list_tasks, query)
+        except Stopped:
+            return None
+        self.stats.list_calls += 1
+        data = answer.data
+        if answer.kind is not Kind.OK or not isinstance(data, dict):
+            self._call_failed("list", answer)
+            return None
+        tasks = data.get("tasks")
+        if not isinstance(tasks, list):
+            self._call_failed("list", answer)
+            return None
+        newest: float | None = None
+        least: float | None = None
+        jobs = self.jobs
+        for task in tasks:
+            if not isinstance(task, dict):
+                continue
+            updated = _epoch(str(task.get("updated_at") or ""))
+            if updated is not None:
+                newest = _newest(newest, updated)
+                least = updated if least is None else min(least, updated)
+            job = jobs.get(str(task.get("id") or ""))
+            if job is None or job.service != service:
+                continue
+            if seen is not None:
+                seen.add(job.now.job_id)
+            if not job.now.final:
+                self._apply(job, task, shown=False)
+        if oldest is not None and least is not None:
+            oldest.append(least)
+        count = data.get("count")
+        return (count if isinstance(count, int) else len(tasks)), newest
+
+    # -- show ---------------------------------------------------------------------------------
+
+    async def _show(self, pool: Pool, job: _Job, absent: bool) -> None:
+        try:
+            answer = await pool.call(self.clients[job.service].show, job.now.job_id)
+        except Stopped:
+            return
+        self.stats.show_calls += 1
+        if answer.kind is Kind.OK and isinstance(answer.data, dict):
+            self._apply(job, answer.data, shown=True)
+            return
+        if answer.status == 404:
+            record = job.now
+            if not record.final:
+                self._change(job, replace(record, state="LOST", checked_at=utc_now()))
+                return
+            self.warn(
+                f"{record.job_id} ({record.source}): gone from the service before its hosting "
+                "result was collected; it keeps its recorded state"
+            )
+            self._change(job, replace(record, hosting_status="DELETED", checked_at=utc_now()))
+            return
+        if absent:
+            self.warn(f"{job.now.job_id}: not listed, and show did not answer; asked again")
+        self._call_failed("show", answer)
+
+    def _call_failed(self, what: str, answer: Answer) -> None:
+        if answer.kind is Kind.FATAL:
+            return  # the pool has stopped the run and says why
+        key = f"{what} {answer.error_code or answer.status or answer.kind.value}"
+        if key not in self.stats.first_errors:
+            text = f"HTTP {answer.status} {answer.error_code} {answer.error_msg}".strip()
+            if answer.request_id:
+                text += f" (request id {answer.request_id})"
+            self.stats.first_errors[key] = text
+            self.warn(f"a {what} call failed: {text}; its jobs are asked about again next pass")
+
+    # -- applying what the service says ---------------------------------------------------------
+
+    def _apply(self, job: _Job, task: dict[str, Any], *, shown: bool) -> None:
+        old = job.now
+        state = str(task.get("state") or "") or old.state
+        error = task.get("error")
+        code = message = ""
+        if isinstance(error, dict):
+            code = _one_line(error.get("code") or error.get("error_code") or "")
+            message = _one_line(error.get("message") or error.get("error_msg") or "")
+        hosting, overdue = _hosting_of(task)
+        hosting_status = old.hosting_status
+        result: Any = None
+        if shown and hosting:
+            result = task.get("hosting_result")
+            if isinstance(result, dict):
+                hosting_status = str(result.get("status") or "") or hosting_status
+                overdue = overdue or _iso_ms(result.get("overdue_date"))
+        if old.hosting_status == "COLLECTED" and hosting_status in ("AVAILABLE", "OVERDUE"):
+            hosting_status = "COLLECTED"  # ours is saved: the service's copy no longer matters
+        now = utc_now()
+        record = replace(
+            old,
+            state=state,
+            error_code=code,
+            error_msg=message,
+            created_at=str(task.get("created_at") or old.created_at),
+            updated_at=str(task.get("updated_at") or old.updated_at),
+            hosting=hosting,
+            hosting_status=hosting_status,
+            hosting_overdue_at=overdue or old.hosting_overdue_at,
+            checked_at=now,
+        )
+        if state in ARREARS:
+            self.arrears.setdefault(record.job_id, state)
+        if (
+            self.collecting
+            and hosting_status == "AVAILABLE"
+            and shown
+            and isinstance(result, dict)
+            and "data" in result
+        ):
+            if self._save_result(record, result.get("data")):
+                record = replace(record, hosting_status="COLLECTED")
+        elif hosting_status == "OVERDUE" and old.hosting_status == "AVAILABLE" and self.collecting:
+            self.reporter.log(
+                "error",
+                f"{record.job_id} ({record.source}): its hosting result EXPIRED before it was "
+                f"collected (overdue at {record.hosting_overdue_at or 'an unknown time'})",
+            )
+        self._change(job, record)
+
+    def _change(self, job: _Job, record: JobRecord) -> None:
+        """Recompute final; append to the record if anything but ``checked_at`` changed."""
+        final = is_final(record.state, record.hosting, record.hosting_status)
+        record = replace(
+            record, final=final, final_at=(record.final_at or record.checked_at) if final else ""
+        )
+        became_final = final and not job.now.final
+        job.now = record
+        recorded = job.recorded
+        if recorded is None or replace(recorded, checked_at="") != replace(record, checked_at=""):
+            assert self.writer is not None
+            self.writer.append(record)
+            job.recorded = record
+            self._unsynced = True
+        if became_final and job.judged:
+            self.reporter.outcome(_progress_outcome(record))
+
+    def _save_result(self, record: JobRecord, data: Any) -> bool:
+        """Write a hosting result to ``<collect>/<job name>.json`` (atomically, then synced):
+        the JSON document ``data`` holds (VAS's result.json), or ``data`` itself as JSON."""
+        target = self._result_file(record)
+        if isinstance(data, str):
+            try:
+                orjson.loads(data)
+                content = data.encode()
+            except orjson.JSONDecodeError:
+                content = orjson.dumps(data)
+        else:
+            content = orjson.dumps(data)
+        temporary = target.with_name(f".{target.name}.tmp")
+        with temporary.open("wb") as handle:
+            handle.write(content)
+            if not content.endswith(b"\n"):
+                handle.write(b"\n")
+            handle.flush()
+            if self.config.durable:
+                os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        self.stats.collected += 1
+        return True
+
+    def _result_file(self, record: JobRecord) -> Path:
+        assert self.config.collect is not None
+        return self.config.collect / (_safe_name(record.name or record.job_id) + ".json")
+
+    # -- background tasks -----------------------------------------------------------------------
+
+    async def _watch_signals(self) -> None:
+        """SIGINT/SIGTERM: finish the calls in flight, record them, write the report."""
+        assert self.pool is not None
+        pool = self.pool
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            async for signum in received:
+                if pool.stats.signal is not None:
+                    pool.stop_now()
+                    continue
+                pool.stats.signal = int(signum)
+                self.stop_event.set()
+                pool.stop(f"{signal.Signals(signum).name} received; a second one stops at once")
+
+    async def _watch_deadline(self) -> None:
+        assert self.pool is not None
+        assert self.config.deadline is not None
+        left = self.config.started + self.config.deadline - time.monotonic()
+        await anyio.sleep(max(0.0, left))
+        self.stats.stop_reason = "deadline reached"
+        self.stop_event.set()
+        self.pool.stop("deadline reached")
+
+    async def _sync_often(self) -> None:
+        assert self.writer is not None
+        while True:
+            await anyio.sleep(SYNC_EVERY)
+            if self._unsynced:
+                self._unsynced = False
+                self.writer.sync()
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def _refresh_checked(self) -> None:
+        """One line per job whose only news is that we checked it again (appended once per
+        run, not per pass: the record grows with changes, not with passes)."""
+        writer = self.writer
+        assert writer is not None
+        for job in self.jobs.values():
+            if job.recorded is not None and job.recorded.checked_at != job.now.checked_at:
+                writer.append(job.now)
+                job.recorded = job.now
+
+    def _finish(self) -> None:
+        stats = self.stats
+        by_state: Counter[str] = Counter()
+        unknown: Counter[str] = Counter()
+        now = time.time()
+        oldest: float | None = None
+        for job in self.jobs.values():
+            record = job.now
+            if job.judged:
+                state = record.state or "NOT_SEEN"
+                by_state[state] += 1
+                if record.final:
+                    if record.state == "SUCCEEDED":
+                        stats.succeeded += 1
+                    elif record.state in FAILED_FINAL:
+                        stats.failed += 1
+                        stats.lost += record.state == "LOST"
+                else:
+                    stats.not_final += 1
+                    created = _epoch(record.created_at)
+                    if created is not None:
+                        age = now - created
+                        oldest = age if oldest is None else max(oldest, age)
+            if record.state and record.state not in _KNOWN_STATES:
+                unknown[record.state] += 1
+            if record.state in ARREARS:
+                stats.arrears += 1
+            if record.state in STUCK_STATES and not record.final:
+                since = _epoch(record.updated_at) or _epoch(record.created_at)
+                if since is not None and now - since > self.config.stuck_after:
+                    stats.stuck += 1
+                    if stats.stuck <= 5:
+                        self.warn(
+                            f"{record.job_id} ({record.source}) has been {record.state} for "
+                            f"{(now - since) / 3600:.1f} h: stuck?"
+                        )
+            if record.hosting_status == "AVAILABLE":
+                overdue = _epoch(record.hosting_overdue_at)
+                if overdue is not None and overdue - now < EXPIRING_WITHIN:
+                    stats.expiring += 1
+                    if stats.expiring <= 5:
+                        self.warn(
+                            f"{record.job_id} ({record.source}): its hosting result expires at "
+                            f"{record.hosting_overdue_at}"
+                            + ("" if self.collecting else "; save it with --collect DIR")
+                        )
+            if record.hosting_status == "OVERDUE":
+                stats.overdue += 1
+        stats.by_state = dict(sorted(by_state.items()))
+        stats.unknown_states = dict(sorted(unknown.items()))
+        stats.oldest_non_final_age = None if oldest is None else round(oldest, 3)
+        stats.elapsed = time.monotonic() - self.config.started
+        if stats.overdue and self.collecting:
+            self.reporter.log(
+                "error",
+                f"{stats.overdue} hosting results expired (OVERDUE) before they were collected",
+            )
+
+    def _log_pass(self) -> None:
+        final = sum(1 for job in self.jobs.values() if job.judged and job.now.final)
+        states: Counter[str] = Counter(
+            job.now.state or "NOT_SEEN" for job in self.jobs.values() if not job.now.final
+        )
+        text = ", ".join(f"{n} {s}" for s, n in states.most_common(6))
+        self.reporter.log(
+            "info",
+            f"pass {self.stats.passes}: {final}/{self.stats.followed} final"
+            + (f"; not final: {text}" if text else "")
+            + f" ({self.stats.list_calls} list, {self.stats.show_calls} show calls so far)",
+        )
+
+    # -- the report ----------------------------------------------------------------------------
+
+    def write_report(self) -> None:
+        """One row per video of the ledger, its latest known state; written to a temporary
+        file and renamed, so a reader never sees half a report."""
+        assert self.videos is not None
+        path = self.report_file
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        reader = self._reader()
+        try:
+            with temporary.open("w", encoding="utf-8", newline="") as handle:
+                write = _report_writer(handle, self.report_format)
+                for row in self.videos:
+                    write(self._report_row(row, reader))
+                handle.flush()
+                if self.config.durable:
+                    os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise UsageError(f"{path}: cannot write the report: {exc.strerror}") from None
+        finally:
+            reader.close()
+
+    def _report_row(self, row: LedgerRow, reader: RecordReader) -> tuple[Any, ...]:
+        record: JobRecord | None = None
+        if row.status == "submitted" and row.job_id:
+            job = self.jobs.get(row.job_id)
+            record = job.now if job is not None else reader.get(row.job_id)
+        if record is None:
+            # No job (its create failed or is unknown), or one never seen yet: the ledger's word.
+            return (
+                row.source, row.name, row.job_id, "", False, row.error_code, row.error_msg,
+                "", "", "", "", "",
+            )  # fmt: skip
+        return (
+            row.source, row.name, row.job_id, record.state, record.final, record.error_code,
+            record.error_msg, record.created_at, record.updated_at, record.hosting_status,
+            record.hosting_overdue_at, record.checked_at,
+        )  # fmt: skip
+
+
+_KNOWN_STATES = frozenset(
+    {
+        "PENDING", "RECOVERING", "STARTING", "UPGRADING", "CREATE_FAILED", "START_FAILED",
+        "RUNNING", "STOPPING", "STOPPED", "ABNORMAL", "SUCCEEDED", "FAILED", "DELETING",
+        "FREEZING", "FROZEN", "LOST", "PRUNED",
+    }
+)  # fmt: skip
+
+
+def _report_writer(handle: IO[str], fmt: Format) -> Callable[[tuple[Any, ...]], None]:
+    """Rows in the results file's own conventions: CSV booleans "True"/"False", JSON booleans."""
+    if fmt == "csv":
+        writer = csv.writer(handle, lineterminator="\r\n")
+        writer.writerow(REPORT_COLUMNS)
+
+        def csv_row(values: tuple[Any, ...]) -> None:
+            writer.writerow(["True" if v is True else "False" if v is False else v for v in values])
+
+        return csv_row
+
+    def json_row(values: tuple[Any, ...]) -> None:
+        handle.write(orjson.dumps(dict(zip(REPORT_COLUMNS, values, strict=True))).decode() + "\n")
+
+    return json_row
+
+
+def _progress_outcome(record: JobRecord) -> Outcome:
+    """The progress display counts outcomes: a job that ended is one (succeeded: "submitted",
+    anything else: "failed")."""
+    return Outcome(
+        source=record.source,
+        name=record.name,
+        job_id=record.job_id,
+        status="submitted" if record.state == "SUCCEEDED" else "failed",
+        http_status=0,
+        error_code=record.error_code,
+        error_msg="",
+        attempts=0,
+        request_id="",
+        submitted_at=record.checked_at,
+        service_url="",
+    )
+
+
+def _safe_name(name: str) -> str:
+    """A job name as a file name (VAS names are letters, digits, - and _ already)."""
+    cleaned = re.sub(r"[^\w.-]", "_", name).lstrip(".")
+    return cleaned[:200] or "job"
+
+
+def _newest(*values: float | None) -> float | None:
+    found = [v for v in values if v is not None]
+    return max(found) if found else None
+
+
+def _windows(created: list[int]) -> list[tuple[int, int]]:
+    """Windows of creation times (epoch ms, sorted) to list: each time widened by SLACK_MS,
+    neighbours closer than WINDOW_GAP_MS merged. A job with no known time (0) widens nothing:
+    it gets a window of its own from 0, which only a sweep without a time answers."""
+    windows: list[tuple[int, int]] = []
+    for at in created:
+        since, until = max(0, at - SLACK_MS), at + SLACK_MS
+        if windows and since <= windows[-1][1] + WINDOW_GAP_MS:
+            windows[-1] = (windows[-1][0], max(windows[-1][1], until))
+        else:
+            windows.append((since, until))
+    return windows
+
+
+async def _each(items: Iterable[T], work: Callable[[T], Awaitable[None]], workers: int) -> None:
+    """``work`` on every item, ``workers`` at a time (the pool's gate caps the calls anyway;
+    this caps the tasks, so 100,000 shows are not 100,000 tasks at once)."""
+    iterator = iter(items)
+
+    async def worker() -> None:
+        for item in iterator:  # one shared iterator: each worker takes the next item
+            await work(item)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(max(1, workers)):
+            group.start_soon(worker)
+
