@@ -93,6 +93,7 @@ class Source:
     include: tuple[str, ...]
     exclude: tuple[str, ...]
     prefix: str | None = None
+    listed_from: str | None = None  # the live prefix a spooled listing was listed from
 
 
 @dataclass(frozen=True, kw_only=True)

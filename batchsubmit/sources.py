@@ -4,7 +4,9 @@ Listing files are read line by line; what is kept is decided by pure functions
 (:func:`parse_listing_line`, :class:`ObjectFilter`), so most tests need no files.
 An input listed twice is submitted once: a first pass (:func:`find_repeats`) finds the
 paths named more than once in fixed memory, and the pass that yields objects drops their
-later copies.
+later copies. Every pass of one run reads the same bytes: the first pass copies each listing
+file into a private snapshot as it reads it, and the later passes read the snapshot, so a
+listing that a cron job appends to during the run can never make a video come twice.
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ import fnmatch
 import mmap
 import os
 import re
+import shutil
+import tempfile
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import IO
 
 from .errors import ManifestError
 from .hashes import HashBuckets
-from .manifest import Manifest, Source, parse_obs_url
+from .manifest import Manifest, Source, parse_obs_url, path_problem
+from .vas import OBS_KEY_MAX_BYTES
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -30,6 +37,7 @@ __all__ = [
     "ObjectFilter",
     "ObjectRef",
     "Repeats",
+    "Snapshots",
     "find_repeats",
     "iter_objects",
     "parse_listing_line",
@@ -82,6 +90,7 @@ class ExpandStats:
     filtered: int = 0
     filtered_examples: list[str] = field(default_factory=list)
     truncated_listings: list[str] = field(default_factory=list)
+    empty_prefixes: list[str] = field(default_factory=list)  # live prefixes that listed nothing
 
 
 def parse_listing_line(line: str) -> tuple[LineKind, str]:
@@ -151,13 +160,13 @@ class Repeats:
     A set of every path seen would grow by ~80 bytes an entry. :func:`find_repeats` instead
     marks each path in a Bloom filter of fixed size and keeps the hash of each path the filter
     has (maybe) seen before: every true repeat, plus rare false alarms, which cost nothing but a
-    lookup. The pass that yields objects then only has to track these. Listings are
-    fingerprinted: one that changes between the passes is an error, not a job created twice.
+    lookup. The pass that yields objects then only has to track these. ``snapshots`` holds the
+    bytes the first pass read, for the later passes to read again.
     """
 
-    def __init__(self, hashes: HashBuckets, fingerprints: dict[Path, tuple[int, int]]) -> None:
+    def __init__(self, hashes: HashBuckets, snapshots: Snapshots | None = None) -> None:
         self._sorted = hashes.sorted(unique=True)
-        self.fingerprints = fingerprints
+        self.snapshots = snapshots if snapshots is not None else Snapshots(record=False)
         bits = _QUICK_BITS_MIN
         while bits < len(self._sorted) * 64 and bits < _QUICK_BITS_MAX:
             bits <<= 1
@@ -205,9 +214,9 @@ def find_repeats(
     """
     mask = _FILTER_BITS - 1
     found = HashBuckets()
-    fingerprints: dict[Path, tuple[int, int]] = {}
+    snapshots = Snapshots()
     with mmap.mmap(-1, _FILTER_BITS >> 3) as seen:
-        for url, _bucket, _key in _videos(manifest, stats or ExpandStats(), _ignore, fingerprints):
+        for url, _bucket, _key in _videos(manifest, stats or ExpandStats(), _ignore, snapshots):
             if each is not None:
                 each(url)
             value = hash(url)
@@ -220,7 +229,7 @@ def find_repeats(
             else:
                 seen[low_byte] |= low_bit
                 seen[high_byte] |= high_bit
-    return Repeats(found, fingerprints)
+    return Repeats(found, snapshots)
 
 
 def _ignore(_message: str) -> None:
@@ -242,7 +251,7 @@ def iter_objects(
     if repeats is None:
         repeats = find_repeats(manifest)
     first = repeats.tracker()
-    for url, bucket, key in _videos(manifest, stats, warn, repeats.fingerprints):
+    for url, bucket, key in _videos(manifest, stats, warn, repeats.snapshots):
         if first(url):
             yield ObjectRef(bucket, key)
         else:
@@ -253,7 +262,7 @@ def _videos(
     manifest: Manifest,
     stats: ExpandStats,
     warn: Callable[[str], None],
-    fingerprints: dict[Path, tuple[int, int]],
+    snapshots: Snapshots,
 ) -> Iterator[tuple[str, str, str]]:
     """(url, bucket, key) of every object that passes its source's filter, repeats included."""
     for source in manifest.sources:
@@ -265,11 +274,20 @@ def _videos(
         accepted = ObjectFilter(
             source.include, source.exclude, videos_only=source.listing is not None
         ).accepts
-        for where, url in _source_urls(source, manifest.path, stats, warn, fingerprints):
+        listed = 0
+        for where, url in _source_urls(source, manifest.path, stats, warn, snapshots):
+            listed += 1
             try:
                 bucket, key = parse_obs_url(url)
             except ValueError as exc:
                 raise ManifestError(where, str(exc)) from None
+            size = len(key.encode())
+            if size > OBS_KEY_MAX_BYTES:
+                raise ManifestError(
+                    where,
+                    f"the object key is {size} bytes; an OBS key is at most "
+                    f"{OBS_KEY_MAX_BYTES:,} bytes (UTF-8): {url[:80]!r}...",
+                )
             if not key or key.endswith("/"):
                 stats.folders += 1
                 continue
@@ -280,6 +298,8 @@ def _videos(
                     stats.filtered_examples.append(url)
                 continue
             yield url, bucket, key
+        if source.listed_from is not None and not listed:
+            stats.empty_prefixes.append(source.listed_from)
 
 
 def _source_urls(
@@ -287,37 +307,103 @@ def _source_urls(
     manifest_path: Path,
     stats: ExpandStats,
     warn: Callable[[str], None],
-    fingerprints: dict[Path, tuple[int, int]],
+    snapshots: Snapshots,
 ) -> Iterator[tuple[str, str]]:
     if source.listing is None:
         for index, url in enumerate(source.paths):
             yield f"{manifest_path}: {source.where}.paths[{index}]", url
         return
-    yield from _listing_urls(source.listing, stats, warn, fingerprints)
+    yield from _listing_urls(source.listing, stats, warn, snapshots)
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class Snapshots:
+    """The bytes each listing file held when the first pass read it, copied as it was read
+    into a private directory (removed with this object, or at exit). The later passes of the
+    run read the copies; a listing that changed meanwhile is said once, its new lines left
+    for the next run. ``record=False``: no copies (a caller that makes one pass only)."""
+
+    def __init__(self, *, record: bool = True) -> None:
+        self.record = record
+        self._copies: dict[Path, tuple[Path, int, int]] = {}  # listing -> copy, size, mtime
+        self._changed: set[Path] = set()
+        self._directory: Path | None = None
+
+    def _new_copy(self, listing: Path) -> Path:
+        if self._directory is None:
+            self._directory = Path(tempfile.mkdtemp(prefix="batchsubmit-listings-"))
+            weakref.finalize(self, shutil.rmtree, self._directory, ignore_errors=True)
+        return self._directory / f"{len(self._copies)}-{listing.name}"
+
+    def open(self, listing: Path) -> tuple[IO[bytes], IO[bytes] | None]:
+        """The file to read for ``listing`` and, on the first pass, the copy to write."""
+        copy = self._copies.get(listing)
+        if copy is not None:
+            return copy[0].open("rb"), None
+        try:
+            handle = listing.open("rb")
+        except OSError:
+            problem = path_problem(listing) or "cannot be read"
+            raise ManifestError(str(listing), f"cannot read listing: {problem}") from None
+        if not self.record:
+            return handle, None
+        try:
+            return handle, self._new_copy(listing).open("wb")
+        except OSError as exc:
+            handle.close()
+            raise ManifestError(
+                str(listing), f"cannot copy the listing to a private snapshot: {exc.strerror}"
+            ) from None
+
+    def done(
+        self, listing: Path, handle: IO[bytes], copy: IO[bytes] | None, start: os.stat_result
+    ) -> None:
+        """After a complete read: keep the copy (first pass) or check the listing is unchanged."""
+        if copy is not None:
+            size = copy.tell()
+            copy.close()
+            now = os.stat(handle.fileno())
+            if (now.st_size, now.st_mtime_ns) != (size, start.st_mtime_ns):
+                raise ManifestError(
+                    str(listing),
+                    "the listing changed while batchsubmit was reading it; run again once it "
+                    "is complete (nothing was sent)",
+                )
+            self._copies[listing] = (Path(copy.name), size, start.st_mtime_ns)
+
+    def changed(self, listing: Path) -> bool:
+        """True once, if ``listing`` is no longer what the first pass read."""
+        copy = self._copies.get(listing)
+        if copy is None or listing in self._changed:
+            return False
+        try:
+            now = listing.stat()
+        except OSError:
+            now = None
+        if now is not None and (now.st_size, now.st_mtime_ns) == copy[1:]:
+            return False
+        self._changed.add(listing)
+        return True
 
 
 def _listing_urls(
     path: Path,
     stats: ExpandStats,
     warn: Callable[[str], None],
-    fingerprints: dict[Path, tuple[int, int]],
+    snapshots: Snapshots,
 ) -> Iterator[tuple[str, str]]:
+    handle, copy = snapshots.open(path)
     try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise ManifestError(str(path), f"cannot read listing: {exc.strerror}") from None
-    with handle:
-        status = os.fstat(handle.fileno())
-        fingerprint = (status.st_size, status.st_mtime_ns)
-        if fingerprints.setdefault(path, fingerprint) != fingerprint:
-            raise ManifestError(
-                str(path),
-                "the listing changed while batchsubmit was reading it; run again once it is "
-                "complete (nothing was sent for it)",
-            )
+        start = os.fstat(handle.fileno())
         number = 0
         try:
             for number, raw in enumerate(handle, 1):
+                if copy is not None:
+                    copy.write(raw)
+                if number == 1 and raw.startswith(_BOM):
+                    raw = raw[len(_BOM) :]  # Windows editors start UTF-8 files with one
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -338,3 +424,13 @@ def _listing_urls(
                     )
         except OSError as exc:
             raise ManifestError(f"{path}:{number + 1}", f"read error: {exc.strerror}") from None
+        snapshots.done(path, handle, copy, start)
+        if snapshots.changed(path):
+            warn(
+                f"{path}: the listing changed after this run first read it; this run goes on "
+                "with what it read then, and the next run reads the new lines"
+            )
+    finally:
+        handle.close()
+        if copy is not None:
+            copy.close()

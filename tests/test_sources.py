@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -415,7 +418,7 @@ def test_expansion_streams(tmp_path: Path) -> None:
     """Given the repeats, the listing itself is read lazily: objects come before a later error."""
     source = listing(tmp_path, "obs://bkt/a.mp4\nobs://bkt/b.mp4\ngarbage\n")
     objects = iter_objects(
-        make_manifest(tmp_path, source), ExpandStats(), Warnings(), Repeats(HashBuckets(), {})
+        make_manifest(tmp_path, source), ExpandStats(), Warnings(), Repeats(HashBuckets())
     )
     assert next(objects) == ObjectRef("bkt", "a.mp4")
     assert next(objects) == ObjectRef("bkt", "b.mp4")
@@ -451,17 +454,148 @@ def test_duplicates_exact_when_the_filter_is_saturated(
     assert saturated_stats.duplicates == normal_stats.duplicates == 300
 
 
-def test_listing_changed_between_passes(tmp_path: Path) -> None:
-    """A listing rewritten after the first pass is an error naming it, not a second job."""
+def test_listing_changed_between_passes_reads_what_the_first_pass_read(tmp_path: Path) -> None:
+    """A listing rewritten after the first pass: the later pass reads the first pass's bytes
+    (a snapshot), so no video comes twice, and says the listing changed."""
     source = listing(tmp_path, "obs://bkt/a.mp4\n")
     assert source.listing is not None
     manifest = make_manifest(tmp_path, source)
     repeats = find_repeats(manifest)
     source.listing.write_text("obs://bkt/a.mp4\nobs://bkt/a.mp4\nobs://bkt/b.mp4\n")
+    warn = Warnings()
+    urls = [ref.url for ref in iter_objects(manifest, ExpandStats(), warn, repeats)]
+    assert urls == ["obs://bkt/a.mp4"]
+    assert len(warn.messages) == 1
+    assert "changed after this run first read it" in warn.messages[0]
+
+
+def test_listing_appended_to_during_a_later_pass_yields_nothing_twice(tmp_path: Path) -> None:
+    """The issue's case: a cron job appends to the listing while the submitting pass reads
+    it. The appended line repeats a video the first pass saw once; reading the original, the
+    pass yielded it a second time (a second job); reading the snapshot, never."""
+    source = listing(tmp_path, "".join(f"obs://bkt/{i}.mp4\n" for i in range(3)))
+    assert source.listing is not None
+    manifest = make_manifest(tmp_path, source)
+    repeats = find_repeats(manifest)
+    urls = []
+    for ref in iter_objects(manifest, ExpandStats(), Warnings(), repeats):
+        if not urls:
+            with source.listing.open("a") as handle:
+                handle.write("obs://bkt/0.mp4\nobs://bkt/new.mp4\n")
+        urls.append(ref.url)
+    assert urls == [f"obs://bkt/{i}.mp4" for i in range(3)]
+
+
+def test_every_pass_of_a_run_reads_the_same_bytes(tmp_path: Path) -> None:
+    """However often the listing changes between passes, each pass sees the first pass's
+    listing: the counting pass and the submitting pass agree."""
+    source = listing(tmp_path, "obs://bkt/a.mp4\nobs://bkt/a.mp4\n")
+    assert source.listing is not None
+    manifest = make_manifest(tmp_path, source)
+    repeats = find_repeats(manifest)
+    passes = []
+    for extra in ("obs://bkt/b.mp4\n", "obs://bkt/a.mp4\n"):
+        with source.listing.open("a") as handle:
+            handle.write(extra)
+        passes.append([r.url for r in iter_objects(manifest, ExpandStats(), Warnings(), repeats)])
+    assert passes == [["obs://bkt/a.mp4"], ["obs://bkt/a.mp4"]]
+
+
+def test_listing_growing_while_the_first_pass_reads_it_is_an_error(tmp_path: Path) -> None:
+    """A listing still being written when the first pass reaches its end: an error before
+    anything is sent (its last line may be half written), naming the listing."""
+    source = listing(tmp_path, "obs://bkt/a.mp4\nobs://bkt/b.mp4\n")
+    assert source.listing is not None
+    listing_path = source.listing
+
+    def append_once(_url: str) -> None:
+        if listing_path.stat().st_size < 100:
+            with listing_path.open("a") as handle:
+                handle.write("obs://bkt/c.mp4\n" * 10)
+
     with pytest.raises(ManifestError) as info:
-        list(iter_objects(manifest, ExpandStats(), Warnings(), repeats))
-    assert info.value.where == str(source.listing)
+        find_repeats(make_manifest(tmp_path, source), each=append_once)
+    assert info.value.where == str(listing_path)
     assert "changed while" in info.value.what
+
+
+def test_a_listing_named_twice_reads_one_snapshot(tmp_path: Path) -> None:
+    """Two sources naming one listing file: every path in it is a repeat, yielded once."""
+    first = listing(tmp_path, "obs://bkt/a.mp4\nobs://bkt/b.mp4\n")
+    second = dataclasses.replace(first, where="source[1]")
+    urls, stats, _ = expand(make_manifest(tmp_path, first, second))
+    assert urls == ["obs://bkt/a.mp4", "obs://bkt/b.mp4"]
+    assert stats.duplicates == 2
+
+
+def test_snapshots_are_removed_with_the_run(tmp_path: Path) -> None:
+    """The private copies leave no file behind once the repeats are dropped."""
+    manifest = make_manifest(tmp_path, listing(tmp_path, "obs://bkt/a.mp4\n"))
+    repeats = find_repeats(manifest)
+    directory = repeats.snapshots._directory
+    assert directory is not None
+    assert directory.is_dir()
+    del repeats
+    gc.collect()
+    assert not directory.exists()
+
+
+def test_listing_with_a_bom_is_read(tmp_path: Path) -> None:
+    """A listing saved by a Windows editor starts with a UTF-8 BOM: read, not refused."""
+    source = listing(tmp_path, b"\xef\xbb\xbfobs://bkt/a.mp4\r\nobs://bkt/b.mp4\r\n")
+    urls, _, _ = expand(make_manifest(tmp_path, source))
+    assert urls == ["obs://bkt/a.mp4", "obs://bkt/b.mp4"]
+
+
+def test_key_over_1024_bytes_is_an_error_at_its_line(tmp_path: Path) -> None:
+    """OBS keys are at most 1,024 bytes of UTF-8: a longer one is an error at listing:line."""
+    ok = "obs://bkt/" + "视" * 340 + ".mp4"  # 1,024 bytes
+    long = "obs://bkt/" + "视" * 341 + ".mp4"  # 1,027 bytes
+    source = listing(tmp_path, f"{ok}\n{long}\n")
+    with pytest.raises(ManifestError) as info:
+        expand(make_manifest(tmp_path, source))
+    assert info.value.where == f"{source.listing}:2"
+    assert "1027 bytes" in info.value.what
+    assert "at most 1,024 bytes" in info.value.what
+    urls, _, _ = expand(make_manifest(tmp_path, listing(tmp_path, f"{ok}\n")))
+    assert urls == [ok]
+
+
+def test_explicit_path_over_1024_bytes_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError) as info:
+        expand(make_manifest(tmp_path, explicit("obs://bkt/" + "k" * 1025)))
+    assert info.value.where.endswith("source[1].paths[0]")
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: p.symlink_to(p), "symbolic link loop"),
+    ],
+)
+def test_listing_that_is_not_a_file_says_what_it_is(
+    tmp_path: Path, make: Callable[[Path], object], said: str
+) -> None:
+    """A listing path that became a directory or a symlink loop says so, not "no such file"."""
+    path = tmp_path / "listing.txt"
+    make(path)
+    source = Source(where="source[0]", listing=path, paths=(), include=(), exclude=())
+    with pytest.raises(ManifestError) as info:
+        expand(make_manifest(tmp_path, source))
+    assert said in info.value.what
+
+
+def test_a_spooled_prefix_that_listed_nothing_is_counted(tmp_path: Path) -> None:
+    """A live prefix whose spool file is empty is counted in ``empty_prefixes``."""
+    empty = dataclasses.replace(
+        listing(tmp_path, ""), listed_from="obs://bkt/dir/", where="source[0]"
+    )
+    full = dataclasses.replace(
+        listing(tmp_path, "obs://bkt/a.mp4\n", name="full.txt"), listed_from="obs://bkt/a/"
+    )
+    _, stats, _ = expand(make_manifest(tmp_path, empty, full))
+    assert stats.empty_prefixes == ["obs://bkt/dir/"]
 
 
 def test_listing_gone_before_reading(tmp_path: Path) -> None:
