@@ -477,7 +477,7 @@ def test_listing_appended_to_during_a_later_pass_yields_nothing_twice(tmp_path: 
     assert source.listing is not None
     manifest = make_manifest(tmp_path, source)
     repeats = find_repeats(manifest)
-    urls = []
+    urls: list[str] = []
     for ref in iter_objects(manifest, ExpandStats(), Warnings(), repeats):
         if not urls:
             with source.listing.open("a") as handle:
