@@ -178,43 +178,144 @@ def _parser() -> argparse.ArgumentParser:
     _log_format_option(expand)
     expand.set_defaults(command=_expand)
 
-    emulator = commands.add_parser("emulator", help="run the VAS emulator standalone")
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8080)
+    emulator = commands.add_parser(
+        "emulator",
+        help="run the VAS emulator standalone (and, behind options, a fake IAM and ECS metadata)",
+    )
     emulator.add_argument(
-        "--p503", type=_probability, default=0.0, help="share of calls answered 503 IVA.0010"
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    emulator.add_argument(
+        "--port", type=int, default=8080, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    emulator.add_argument(
+        "--p503",
+        type=_probability,
+        metavar="SHARE",
+        default=0.0,
+        help="share of calls answered 503 IVA.0010 (default: %(default)s)",
     )
     emulator.add_argument(
         "--rate-limit",
-        type=float,
+        type=_rate,
         default=0.0,
         metavar="N",
-        help="calls per second per operation before 429 APIG.0308",
+        help="calls per second per operation before 429 APIG.0308; 0 = no limit "
+        "(default: %(default)s)",
     )
-    emulator.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
+    emulator.add_argument(
+        "--latency",
+        type=_emulator_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay before every call is answered (default: %(default)s)",
+    )
     emulator.add_argument(
         "--lost",
         type=_probability,
+        metavar="SHARE",
         default=0.0,
-        help="share of creates whose answer is lost after the job is created",
+        help="share of creates whose answer is lost after the job is created "
+        "(default: %(default)s)",
     )
     emulator.add_argument(
         "--error-after-create",
         type=_probability,
+        metavar="SHARE",
         default=0.0,
-        help="share of creates answered 500/502/504 after the job is created",
+        help="share of creates answered 500/502/504 after the job is created "
+        "(default: %(default)s)",
     )
     emulator.add_argument(
         "--slow",
         type=_probability,
+        metavar="SHARE",
         default=0.0,
-        help="share of creates answered only after --slow-seconds",
+        help="share of creates answered only after --slow-seconds (default: %(default)s)",
     )
-    emulator.add_argument("--slow-seconds", type=float, default=30.0)
-    emulator.add_argument("--retry-after", type=float, default=None, metavar="SECONDS")
-    emulator.add_argument("--quota", type=int, default=5000, help="saved jobs at most (0: none)")
-    emulator.add_argument("--seed", type=int, default=None)
-    emulator.add_argument("--log-format", choices=("text", "json"), default="text")
+    emulator.add_argument(
+        "--slow-seconds",
+        type=_emulator_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how late a --slow create is answered (default: %(default)s)",
+    )
+    emulator.add_argument(
+        "--retry-after",
+        type=_emulator_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="send Retry-After on 429 and 503 answers (default: none, as the real gateway)",
+    )
+    emulator.add_argument(
+        "--quota",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="saved jobs at most, then 400 IVA.0012; 0 = unlimited (default: %(default)s)",
+    )
+    emulator.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the fault draws, for a reproducible run (default: none, random)",
+    )
+    emulator.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text or JSON (default: %(default)s)",
+    )
+    emulator.add_argument(
+        "--log-requests",
+        action="store_true",
+        help="log one line per request: method, path, status, error code, request id; "
+        "never a header, body or secret (default: off)",
+    )
+    identity = emulator.add_argument_group(
+        "fake IAM and ECS metadata", "served on the same port; tokens and temporary credentials "
+        "are accepted by VAS calls only as issued and until they expire (401 IVA.0001)"
+    )
+    identity.add_argument(
+        "--iam-user",
+        type=_iam_user,
+        action="append",
+        default=[],
+        metavar="NAME:DOMAIN:PASSWORD",
+        help="serve IAM password login (POST /v3/auth/tokens) for this user; repeatable "
+        "(default: no IAM login)",
+    )
+    identity.add_argument(
+        "--token-ttl",
+        type=_emulator_seconds,
+        default=86400.0,
+        metavar="SECONDS",
+        help="lifetime of IAM tokens (default: %(default)s, IAM's 24 h)",
+    )
+    identity.add_argument(
+        "--metadata",
+        action="store_true",
+        help="serve ECS metadata: PUT /meta-data/latest/api/token and GET "
+        "/openstack/latest/securitykey (temporary AK/SK) (default: off)",
+    )
+    identity.add_argument(
+        "--credential-ttl",
+        type=_emulator_seconds,
+        default=3600.0,
+        metavar="SECONDS",
+        help="lifetime of temporary credentials from --metadata (default: %(default)s)",
+    )
+    identity.add_argument(
+        "--no-agency",
+        action="store_true",
+        help="with --metadata: a server without an agency, securitykey answers 401 "
+        "'Please configure Cloud Service Agency first' (default: off)",
+    )
+    identity.add_argument(
+        "--region",
+        default="cn-north-4",
+        help="the project's name in IAM (GET /v3/projects?name=REGION) (default: %(default)s)",
+    )
     emulator.set_defaults(command=_emulator)
     return parser
 
@@ -686,8 +787,32 @@ def _endpoint_from_results(results: Path, fmt: Format, override: str | None) -> 
     return Endpoint(base_url=base, project_id=found.group(2), service_name=found.group(3))
 
 
+def _emulator_seconds(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
+    return value
+
+
+def _iam_user(text: str) -> Any:
+    from .emulator_iam import IamUser
+
+    try:
+        return IamUser.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None  # never echo the password
+
+
 def _emulator(args: argparse.Namespace, log: Log) -> int:
-    from .emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, Emulator, Faults
+    from .emulator import (
+        EMULATOR_AK,
+        EMULATOR_PROJECT_ID,
+        EMULATOR_SK,
+        Emulator,
+        Faults,
+        RequestRecord,
+    )
+    from .emulator_iam import IdentityOptions
 
     faults = Faults(
         p503=args.p503,
@@ -701,20 +826,67 @@ def _emulator(args: argparse.Namespace, log: Log) -> int:
         quota=args.quota,
         seed=args.seed,
     )
+    identity = IdentityOptions(
+        users=tuple(args.iam_user),
+        token_ttl=args.token_ttl,
+        metadata=args.metadata,
+        agency=not args.no_agency,
+        credential_ttl=args.credential_ttl,
+        region=args.region,
+    )
+
+    def log_request(record: RequestRecord) -> None:
+        log.line(
+            "info",
+            f"request {record}",
+            method=record.method,
+            path=record.path,
+            status=record.status,
+            error_code=record.error_code,
+            request_id=record.request_id,
+        )
 
     async def serve() -> None:
-        emulator = Emulator(faults)
+        emulator = Emulator(
+            faults,
+            identity=identity,
+            request_log=log_request if args.log_requests else None,
+        )
         async with emulator.serve(args.host, args.port) as url:
             log.line(
                 "info",
-                f"VAS emulator listening on {url} (project {EMULATOR_PROJECT_ID}); "
-                f"use HUAWEICLOUD_SDK_AK={EMULATOR_AK} HUAWEICLOUD_SDK_SK=<the emulator's "
-                "throwaway SK, see the README>; Ctrl-C stops it",
+                f"VAS emulator listening on {url} (project {EMULATOR_PROJECT_ID}, quota "
+                f"{args.quota or 'unlimited'}); Ctrl-C stops it. Point a run at it with the "
+                "lines on stdout (the SK is a documented throwaway that opens only this emulator)",
             )
+            lines = [
+                f"export HUAWEICLOUD_SDK_AK={EMULATOR_AK} HUAWEICLOUD_SDK_SK={EMULATOR_SK} "
+                f"HUAWEICLOUD_SDK_PROJECT_ID={EMULATOR_PROJECT_ID}",
+                f"# then: batchsubmit submit MANIFEST --endpoint {url}",
+            ]
+            for user in identity.users:
+                lines.append(
+                    f"# IAM login instead of AK/SK: export HUAWEICLOUD_SDK_IAM_ENDPOINT={url} "
+                    f"BATCHSUBMIT_IAM_USER={user.name} BATCHSUBMIT_IAM_DOMAIN={user.domain} "
+                    "BATCHSUBMIT_IAM_PASSWORD=<the password given to --iam-user>"
+                )
+            if identity.metadata:
+                lines.append(
+                    f"# ECS metadata instead of AK/SK: export BATCHSUBMIT_METADATA_URL={url} "
+                    f"HUAWEICLOUD_SDK_IAM_ENDPOINT={url}"
+                )
+            print("\n".join(lines), flush=True)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
                 async for _signum in received:
                     break
-        log.line("info", f"emulator stopped; {len(emulator.tasks)} jobs were created")
+        issued = emulator.identity
+        counts = (
+            f"; IAM tokens issued {issued.tokens_issued}, temporary credentials issued "
+            f"{issued.credentials_issued}, calls refused as expired {issued.refused_expired}"
+            if identity.serves_iam
+            else ""
+        )
+        log.line("info", f"emulator stopped; {len(emulator.tasks)} jobs were created{counts}")
 
     anyio.run(serve)
     return EXIT["ok"]

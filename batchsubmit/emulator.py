@@ -38,8 +38,10 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from batchsubmit.auth import ALGORITHM, canonical_request, parse_authorization
+from batchsubmit.emulator_iam import Identity, IdentityOptions, Refusal
 
 __all__ = [
     "EMULATOR_AK",
@@ -48,6 +50,7 @@ __all__ = [
     "Emulator",
     "Faults",
     "Lifecycle",
+    "RequestRecord",
     "max_in_window",
 ]
 
@@ -195,14 +198,8 @@ def max_in_window(times: Sequence[float], window: float = 1.0) -> int:
     return best
 
 
-class _Reject(Exception):
+class _Reject(Refusal):
     """An error answer; raised anywhere in a call's checks, rendered by the dispatcher."""
-
-    def __init__(self, status: int, code: str, msg: str) -> None:
-        super().__init__(msg)
-        self.status = status
-        self.code = code
-        self.msg = msg
 
 
 def _invalid(msg: str) -> _Reject:
@@ -412,11 +409,18 @@ class Emulator:
         verify_signatures: bool = True,
         clock_skew: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
+        project_id: str = EMULATOR_PROJECT_ID,
+        identity: IdentityOptions | None = None,
+        request_log: Callable[[RequestRecord], None] | None = None,
     ) -> None:
         """``credentials`` maps AK to SK (default: the emulator's throwaway pair);
         ``security_tokens`` maps an AK to the ``X-Security-Token`` it requires (temporary
         credentials); ``services`` are the subscribed service names (None: any well-formed name);
         ``clock`` (monotonic seconds) times job lives: a test can pass one it advances by hand.
+        Every credential belongs to ``project_id``: another well-formed project id is refused
+        400 IVA.0002, as VAS does (not checked when signatures are not verified). ``identity``
+        turns on the fake IAM and metadata (``batchsubmit.emulator_iam``); ``request_log``
+        receives one :class:`RequestRecord` per request, with no secret in it.
         """
         self.faults = faults
         keys = credentials if credentials is not None else {EMULATOR_AK: EMULATOR_SK}
@@ -425,6 +429,9 @@ class Emulator:
         self._services = frozenset(services) if services is not None else None
         self._verify = verify_signatures
         self._clock_skew = clock_skew
+        self.project_id = project_id
+        self.identity = Identity(identity or IdentityOptions(), project_id=project_id)
+        self._request_log = request_log
         self._rng = random.Random(faults.seed)
         self._windows: dict[str, collections.deque[float]] = collections.defaultdict(
             collections.deque
@@ -587,9 +594,12 @@ class Emulator:
     def app(self) -> web.Application:
         """A fresh aiohttp application over this emulator's state (one per event loop)."""
         app = web.Application()
+        if self._request_log is not None:
+            app.middlewares.append(_request_logger(self._request_log))
         app[_CLOSING] = asyncio.Event()
         app.on_shutdown.append(_wake_sleepers)
         router = app.router
+        router.add_routes(self.identity.routes(self._check_signature if self._verify else None))
         router.add_post(_TASKS_PATH, self._operation("create", self._create))
         router.add_get(_TASKS_PATH, self._operation("list", self._list), allow_head=False)
         item = _TASKS_PATH + "/{task_id}"
@@ -597,6 +607,7 @@ class Emulator:
         router.add_delete(item, self._operation("delete", self._delete))
         router.add_post(item + "/stop", self._operation("stop", self._stop))
         router.add_post(item + "/start", self._operation("start", self._start))
+        router.add_put(item, self._operation("update", _not_emulated))
         router.add_route("*", "/{tail:.*}", _not_found)
         return app
 
@@ -667,21 +678,35 @@ class Emulator:
                 # The client went away mid-request (killed, timed out): nothing was created.
                 return web.Response(status=499)
             if self._verify:
-                self._check_signature(request, body)
+                self._authenticate(request, body)
             project = request.match_info["project_id"]
             service = request.match_info["service_name"]
             self._check_target(request, project, service)
+            _check_task_id(request)
             if faults.p503 > 0 and self._rng.random() < faults.p503:
                 _retry_after(headers, faults)
                 raise _Reject(503, "IVA.0010", "Dependent service is unavailable")
             return await action(request, body, (project, service), headers)
-        except _Reject as reject:
+        except Refusal as reject:
             return self._error(op, headers, reject)
         except web.HTTPRequestEntityTooLarge:
             return self._error(op, headers, _invalid("the request body is too large"))
 
+    def _authenticate(self, request: web.Request, body: bytes) -> None:
+        """An ``X-Auth-Token`` the fake IAM issued, else an AK/SK signature."""
+        token = request.headers.get("X-Auth-Token")
+        if token is not None:
+            self.identity.check_token(token)  # scoped to self.project_id: _check_target binds
+        else:
+            self._check_signature(request, body)
+
     def _check_signature(self, request: web.Request, body: bytes) -> None:
-        """Verify SDK-HMAC-SHA256 the way the API gateway does, echoing no secret."""
+        """Verify SDK-HMAC-SHA256 the way the API gateway does, echoing no secret.
+
+        A security token is accepted only with the AK it was issued or configured for:
+        temporary credentials from the metadata service until they expire (then 401 IVA.0001),
+        a configured ``security_tokens`` pair always; a permanent AK takes none.
+        """
         authorization = request.headers.get("Authorization")
         if authorization is None:
             raise _auth_error("the Authorization header is missing")
@@ -693,6 +718,9 @@ class Emulator:
             )
         ak = parts["Access"]
         key = self._keys.get(ak)
+        temporary = self.identity.temporary(ak) if key is None else None
+        if temporary is not None:
+            key = temporary.sk.encode()
         if key is None:
             raise _auth_error("ak not found")
         names = parts["SignedHeaders"].split(";")
@@ -731,11 +759,17 @@ class Emulator:
             if token_sent:  # a credential too: never echo it
                 canonical = canonical.replace(token_sent, "<hidden>")
             raise _auth_error(f"verify aksk signature fail, the canonical request is:\n{canonical}")
+        sent = request.headers.get("X-Security-Token")
+        if temporary is not None:
+            self.identity.check_temporary(temporary, sent or "")
+            return
         token = self._tokens.get(ak)
         if token is not None:
-            sent = request.headers.get("X-Security-Token", "").encode()
-            if not hmac.compare_digest(sent, token):
+            if not hmac.compare_digest((sent or "").encode(), token):
                 raise _auth_error("X-Security-Token is missing or does not match the AK")
+        elif sent is not None:
+            self.identity.refused_unknown += 1
+            raise _auth_error("X-Security-Token was not issued for this AK (a permanent key)")
 
     def _check_target(self, request: web.Request, project: str, service: str) -> None:
         """A well-formed project id that agrees with X-Project-Id, and a subscribed service."""
@@ -750,6 +784,13 @@ class Emulator:
                 "IVA.0002",
                 f"X-Project-Id {header!r} does not match the project id {project!r} of the path",
             )
+        if self._verify and project != self.project_id:
+            raise _Reject(
+                400,
+                "IVA.0002",
+                f"Invalid project id {project!r}: not a project of these credentials "
+                "(the AK/SK or token belongs to another project)",
+            )
         if self._services is None:
             subscribed = _SERVICE_RE.fullmatch(service) is not None
         else:
@@ -757,7 +798,7 @@ class Emulator:
         if not subscribed:
             raise _Reject(403, "IVA.0007", f"The service {service!r} is not subscribed")
 
-    def _error(self, op: str, headers: dict[str, str], reject: _Reject) -> web.Response:
+    def _error(self, op: str, headers: dict[str, str], reject: Refusal) -> web.Response:
         self.calls[op, reject.status] += 1
         body = {"error_code": reject.code, "error_msg": reject.msg,
                 "request_id": headers["X-Request-Id"]}  # fmt: skip
@@ -1044,6 +1085,86 @@ async def _not_found(request: web.Request) -> web.Response:
     )
 
 
+async def _not_emulated(
+    request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
+) -> web.StreamResponse:
+    """update: after the common checks, a plain 'not emulated' in VAS's error format (501:
+    it is the emulator that lacks it, not the request that is wrong)."""
+    raise _Reject(
+        501,
+        "EMU.0501",
+        "Not emulated: the batchsubmit emulator does not emulate update "
+        "(PUT /v2/{project_id}/services/{service_name}/tasks/{task_id}); the real VAS does",
+    )
+
+
+# VAS's pattern for task ids, as its 400 answers quote it.
+_TASK_ID_PATTERN: Final = r"^[0-9a-f]{32}|task\w{8}$"
+_TASK_ID_RE: Final = re.compile(r"[0-9a-f]{32}|task\w{8}", re.ASCII)
+
+
+def _check_task_id(request: web.Request) -> None:
+    """A malformed task id is 400 IVA.0004 quoting the pattern (VAS's answer), not 404."""
+    task_id = request.match_info.get("task_id")
+    if task_id is not None and not _TASK_ID_RE.fullmatch(task_id):
+        raise _invalid(f"task_id {task_id!r} does not match {_TASK_ID_PATTERN}")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request as ``--log-requests`` shows it. Never a header or a body: no secret."""
+
+    method: str
+    path: str
+    """The path and query string, as sent."""
+    status: int
+    """0: the connection was dropped without an answer."""
+    error_code: str
+    """The answer's ``error_code``; empty on success."""
+    request_id: str
+
+    def __str__(self) -> str:
+        status = str(self.status) if self.status else "dropped"
+        return (
+            f"{self.method} {self.path} {status} {self.error_code or '-'} {self.request_id or '-'}"
+        )
+
+
+def _request_logger(sink: Callable[[RequestRecord], None]) -> Middleware:
+    @web.middleware
+    async def log(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            sink(_record(request, exc))
+            raise
+        sink(_record(request, response))
+        return response
+
+    return log
+
+
+def _record(request: web.Request, response: web.StreamResponse) -> RequestRecord:
+    transport = request.transport
+    status = 0 if transport is None or transport.is_closing() else response.status
+    code = ""
+    body = response.body if isinstance(response, web.Response) else None
+    if status >= 400 and isinstance(body, bytes) and body.startswith(b"{"):
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict):
+            code = str(doc.get("error_code") or "")
+    return RequestRecord(
+        method=request.method,
+        path=request.raw_path,
+        status=status,
+        error_code=code,
+        request_id=response.headers.get("X-Request-Id", ""),
+    )
+
+
 # -- the create body, as the API reference describes it ------------------------------------------
 
 
@@ -1110,14 +1231,22 @@ def _validate_output(value: object) -> None:
             _check_text(target.get("stream_name"), f"{where}.stream_name")
         elif kind == "webhook":
             _check_url(target.get("url"), f"{where}.url")
-            if "headers" in target and not isinstance(target["headers"], dict):
-                raise _invalid(f"{where}.headers must be an object")
+            _check_webhook_headers(target.get("headers"), f"{where}.headers")
         elif kind == "localpath":
             _check_text(target.get("mount_source_path"), f"{where}.mount_source_path")
         elif kind != "hosting":
             raise _invalid(
                 f"unknown output type {kind!r}; allowed: obs, dis, webhook, hosting, localpath"
             )
+
+
+def _check_webhook_headers(value: object, where: str) -> None:
+    """VAS requires 1 to 10 headers on a webhook output, names and values strings."""
+    if not isinstance(value, dict) or not 1 <= len(value) <= 10:
+        raise _invalid(f"{where} is required: an object of 1 to 10 header names and values")
+    for name, header in value.items():
+        if not name or not isinstance(header, str):
+            raise _invalid(f"{where}.{name} must be a string (a header value)")
 
 
 def _check_text(value: object, where: str) -> None:

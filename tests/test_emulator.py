@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
+import os
 import re
+import shlex
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -21,6 +27,8 @@ from batchsubmit.emulator import (
     EMULATOR_SK,
     Emulator,
     Faults,
+    Lifecycle,
+    RequestRecord,
     max_in_window,
 )
 
@@ -30,6 +38,8 @@ SERVICE = "c-video-analysis"
 TASKS = f"/v2/{EMULATOR_PROJECT_ID}/services/{SERVICE}/tasks"
 CREDENTIALS = Credentials(EMULATOR_AK, EMULATOR_SK)
 HEX32 = re.compile(r"[0-9a-f]{32}")
+ASC = "created_at:ASC"
+TEN_HEADERS = {f"X-H{i}": str(i) for i in range(10)}
 
 
 def job(name: str = "job-0001", path: str = "videos/a.mp4", **extra: Any) -> dict[str, Any]:
@@ -309,8 +319,10 @@ async def test_project_and_service_are_checked() -> None:
 async def test_unknown_route_is_json_404() -> None:
     """Unknown paths get a JSON error with a request id, so the client's error parsing holds."""
     async with running(Emulator()) as client:
-        reply = await client.call("PUT", f"{TASKS}/abc", doc={})
+        reply = await client.call("PUT", f"{TASKS}/{'a' * 32}/rename", doc={})
+        other = await client.call("GET", f"/v1/{EMULATOR_PROJECT_ID}/services/{SERVICE}/tasks")
     assert_error(reply, 404, "APIG.0101")
+    assert_error(other, 404, "APIG.0101")
 
 
 # -- create body validation ----------------------------------------------------------------------
@@ -342,6 +354,32 @@ async def test_unknown_route_is_json_404() -> None:
         (job(output={}), "IVA.0004", "output"),
         (job(output={"ftp": {}}), "IVA.0004", "ftp"),
         (job(timing={"type": "once"}), "IVA.0004", "timing"),
+        # VAS requires 1 to 10 headers on a webhook output.
+        (job(output={"webhook": {"url": "https://h.example/"}}), "IVA.0004", "1 to 10"),
+        (
+            job(output={"webhook": {"url": "https://h.example/", "headers": {}}}),
+            "IVA.0004",
+            "1 to 10",
+        ),
+        (
+            job(
+                output={
+                    "webhook": {"url": "https://h.example/", "headers": {**TEN_HEADERS, "K": "v"}}
+                }
+            ),
+            "IVA.0004",
+            "output.webhook.headers",
+        ),
+        (
+            job(output={"webhook": {"url": "https://h.example/", "headers": {"X-N": 1}}}),
+            "IVA.0004",
+            "output.webhook.headers.X-N",
+        ),
+        (
+            job(output={"webhook": {"url": "https://h.example/", "headers": ["X-N: 1"]}}),
+            "IVA.0004",
+            "output.webhook.headers",
+        ),
     ],
 )
 async def test_bad_create_body_is_400_naming_the_field(body: object, code: str, field: str) -> None:
@@ -364,7 +402,10 @@ async def test_accepted_variants_of_create_body() -> None:
             input={"type": "url", "data": [{"url": "https://example.com/v.mp4"}]},
             timing={"type": "once"},
         ),
-        job(output={"webhook": {"url": "http://hook.example/x", "headers": {}}, "hosting": {}}),
+        job(output={"webhook": {"url": "http://hook.example/x", "headers": {"X-K": "v"}}}),
+        job(
+            output={"webhook": {"url": "https://h.example/", "headers": TEN_HEADERS}, "hosting": {}}
+        ),
         job(service_config={"common": {"fps": 5}}, resource_order_id="r", edge_pool_id="e"),
     ]
     async with running(Emulator()) as client:
@@ -389,15 +430,18 @@ async def test_list_filters_by_name_like_and_pages_with_count() -> None:
             assert reply.status == 200, reply.raw
             return reply.json["count"], [task["name"] for task in reply.json["tasks"]]
 
-        assert await names(name_like="job-", offset="20", limit="10") == (
+        assert await names(name_like="job-", offset="20", limit="10", order=ASC) == (
             26,
             ["job-20", "job-21", "job-22", "job-23", "job-24", "xjob-07"],
         )
-        count, first_page = await names(name_like="job-")  # default limit 10
+        count, first_page = await names(name_like="job-", limit="10", order=ASC)
         assert (count, first_page) == (26, [f"job-{i:02d}" for i in range(10)])
-        assert await names(name_like="job-1", limit="3") == (10, ["job-10", "job-11", "job-12"])
+        assert await names(name_like="job-1", limit="3", order=ASC) == (
+            10,
+            ["job-10", "job-11", "job-12"],
+        )
         # A query as long as the stored names must still find longer names containing it.
-        assert await names(name_like="job-07") == (2, ["job-07", "xjob-07"])
+        assert await names(name_like="job-07", order=ASC) == (2, ["job-07", "xjob-07"])
         assert await names(name_like="nothing") == (0, [])
         assert await names(order="name:DESC", limit="2") == (27, ["xjob-07", "other-1"])
         assert (await names(order="created_at:DESC", limit="1"))[1] == ["xjob-07"]
@@ -412,7 +456,7 @@ async def test_list_filters_by_name_like_and_pages_with_count() -> None:
 
 async def test_show_and_delete_unknown_task_is_404_and_delete_removes() -> None:
     """show of an unknown id is 404 IVA.0005; delete answers 202 and the job is gone."""
-    emulator = Emulator()
+    emulator = Emulator(Faults(jobs=Lifecycle(deleting=0)))
     async with running(emulator) as client:
         missing = await client.call("GET", f"{TASKS}/{'0' * 32}")
         [created] = (await client.create(job())).json
@@ -546,7 +590,7 @@ async def test_latency_delays_every_call() -> None:
 
 async def test_quota_is_400_iva_0012_and_delete_frees_it() -> None:
     """At the quota a create is refused without a job; deleting one makes room again."""
-    emulator = Emulator(Faults(quota=2))
+    emulator = Emulator(Faults(quota=2, jobs=Lifecycle(deleting=0)))
     async with running(emulator) as client:
         first, _ = [(await client.create(job(name=f"j{i}"))).json for i in range(2)]
         over = await client.create(job(name="j2"))
@@ -578,3 +622,199 @@ def test_max_in_window(times: list[float], expected: int) -> None:
 def test_max_in_window_other_width() -> None:
     """The window width is a parameter."""
     assert max_in_window([0.0, 0.3, 0.6, 0.9], window=0.5) == 2
+
+
+# -- as strict as VAS ----------------------------------------------------------------------------
+
+
+async def test_credentials_are_bound_to_one_project() -> None:
+    """A well-formed project id that is not the credentials' is refused 400 IVA.0002, as VAS
+    refuses it (the client stops the run on it, advising to check the project id)."""
+    other = "f" * 32
+    path = f"/v2/{other}/services/{SERVICE}/tasks"
+    emulator = Emulator()
+    async with running(emulator) as client:
+        created = await client.call("POST", path, doc=job(), extra={"X-Project-Id": other})
+        listed = await client.call("GET", path, extra={"X-Project-Id": other})
+        own = await client.create(job())
+    assert "not a project of these credentials" in assert_error(created, 400, "IVA.0002")
+    assert_error(listed, 400, "IVA.0002")
+    assert own.status == 201
+    assert len(emulator.tasks) == 1
+    # The binding is to the emulator's project, whichever it is.
+    bound = Emulator(project_id=other)
+    async with running(bound) as client:
+        mine = await client.call("POST", path, doc=job(), extra={"X-Project-Id": other})
+        default = await client.create(job())
+    assert mine.status == 201
+    assert_error(default, 400, "IVA.0002")
+
+
+async def test_a_security_token_is_accepted_only_as_issued() -> None:
+    """A permanent AK sent with any X-Security-Token (signed correctly) is refused: the emulator
+    issued none for it. An unknown X-Auth-Token is refused too. Neither is echoed."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+        forged = await client.create(job(), extra={"X-Security-Token": "FORGED-STS-TOKEN"})
+        token = await client.create(
+            job(), credentials=None, extra={"X-Auth-Token": "MIIFORGEDIAMTOKEN"}
+        )
+        plain = await client.create(job())
+    assert "not issued" in assert_error(forged, 401, "APIGW.0301")
+    assert "not issued" in assert_error(token, 401, "APIGW.0301")
+    assert b"FORGED-STS-TOKEN" not in forged.raw
+    assert b"MIIFORGEDIAMTOKEN" not in token.raw
+    assert plain.status == 201
+    assert len(emulator.tasks) == 1
+    assert emulator.identity.refused_unknown == 2
+
+
+@pytest.mark.parametrize(
+    "bad", ["abc", "A" * 32, "0" * 31, "0" * 33, "task-1234567", "task123456789", "tàsk1234567"]
+)
+async def test_malformed_task_id_is_400_quoting_the_pattern(bad: str) -> None:
+    """show (and delete) of an id VAS could never have issued is 400 with VAS's id pattern,
+    not 404: a client that builds ids wrongly learns it at once."""
+    async with running(Emulator()) as client:
+        shown = await client.call("GET", f"{TASKS}/{bad}")
+        deleted = await client.call("DELETE", f"{TASKS}/{bad}")
+    for reply in (shown, deleted):
+        assert r"^[0-9a-f]{32}|task\w{8}$" in assert_error(reply, 400, "IVA.0004")
+
+
+@pytest.mark.parametrize("good", ["0" * 32, "task1234abcd", "task_abc_def"])
+async def test_well_formed_unknown_task_id_is_404(good: str) -> None:
+    async with running(Emulator()) as client:
+        reply = await client.call("GET", f"{TASKS}/{good}")
+    assert_error(reply, 404, "IVA.0005")
+
+
+async def test_timestamps_are_written_as_vas_writes_them() -> None:
+    """created_at / updated_at look like "2018-06-12T13:00:01Z" in create, show and list."""
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+    emulator = Emulator()
+    async with running(emulator) as client:
+        before = time.time()
+        [created] = (await client.create(job())).json
+        shown = await client.call("GET", f"{TASKS}/{created['id']}")
+        listed = await client.call("GET")
+    for raw in (shown.raw, listed.raw):
+        assert b"+00:00" not in raw
+    for task in (shown.json, *listed.json["tasks"]):
+        for key in ("created_at", "updated_at"):
+            assert stamp.fullmatch(task[key]), task[key]
+            moment = datetime.strptime(task[key], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            assert before - 1 <= moment.timestamp() <= time.time()
+
+
+async def test_update_is_refused_plainly_as_not_emulated() -> None:
+    """PUT .../tasks/{id} passes the common checks, then says in VAS's error format that the
+    emulator does not emulate it (not APIG.0101 "does not exist": VAS has it)."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+        [created] = (await client.create(job())).json
+        item = f"{TASKS}/{created['id']}"
+        update = await client.call("PUT", item, doc={"description": "changed"})
+        unsigned = await client.call("PUT", item, doc={}, credentials=None)
+        malformed = await client.call("PUT", f"{TASKS}/abc", doc={})
+    message = assert_error(update, 501, "EMU.0501")
+    assert "does not emulate update" in message
+    assert_error(unsigned, 401, "APIGW.0301")
+    assert_error(malformed, 400, "IVA.0004")
+    assert emulator.tasks[created["id"]]["description"] == ""
+    assert emulator.calls["update", 501] == 1
+
+
+async def test_request_log_has_one_record_per_request_and_no_secret() -> None:
+    """method, path, status, error code and request id, for answered, refused, unknown and
+    dropped calls; never the SK, the signature or the security token."""
+    records: list[RequestRecord] = []
+    token = "STS-SECRET-TOKEN-0123"
+    emulator = Emulator(security_tokens={EMULATOR_AK: token}, request_log=records.append)
+    sts = {"X-Security-Token": token}
+    async with running(emulator) as client:
+        created = await client.create(job(), extra=sts)
+        wrong = await client.create(
+            job(), credentials=Credentials(EMULATOR_AK, "x" * 40), extra=sts
+        )
+        listed = await client.call("GET", query={"name_like": "job", "limit": "5"}, extra=sts)
+        missing = await client.call("GET", f"{TASKS}/{'0' * 32}", extra=sts)
+        unknown = await client.call("GET", "/nowhere")
+        emulator.faults = Faults(p_lost=1.0)
+        with pytest.raises(aiohttp.ClientError):
+            await client.create(job(name="lost"), extra=sts)
+    replies = [created, wrong, listed, missing, unknown]
+    expected = [
+        ("POST", TASKS, 201, ""),
+        ("POST", TASKS, 401, "APIGW.0301"),
+        ("GET", f"{TASKS}?name_like=job&limit=5", 200, ""),
+        ("GET", f"{TASKS}/{'0' * 32}", 404, "IVA.0005"),
+        ("GET", "/nowhere", 404, "APIG.0101"),
+        ("POST", TASKS, 0, ""),
+    ]
+    assert [(r.method, r.path, r.status, r.error_code) for r in records] == expected
+    assert [r.request_id for r in records[:5]] == [r.headers["X-Request-Id"] for r in replies]
+    assert records[5].request_id == ""  # nobody heard an answer, so it has no id
+    text = "\n".join(map(str, records))
+    assert f"POST {TASKS} 401 APIGW.0301 {wrong.headers['X-Request-Id']}" in text
+    assert text.endswith(f"POST {TASKS} dropped - -")
+    for secret in (EMULATOR_SK, token, "x" * 40, "Signature", "Authorization"):
+        assert secret not in text
+
+
+def test_emulator_options_show_their_defaults() -> None:
+    """Every option of `batchsubmit emulator` has a help text that states its default."""
+    from batchsubmit.cli import _parser
+
+    parser = _parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    emulator = commands.choices["emulator"]
+    options = [a for a in emulator._actions if a.dest != "help"]
+    assert len(options) >= 19
+    for action in options:
+        assert "(default: " in (action.help or ""), action.option_strings
+    text = emulator.format_help()
+    assert "0 = unlimited (default: 5000)" in " ".join(text.split())
+    assert "(default: 8080)" in text
+    assert "%(default)" not in text
+
+
+async def test_standalone_banner_is_enough_to_point_a_run_at_it_and_logs_requests() -> None:
+    """`batchsubmit emulator --port 0 --log-requests`: stdout has a copy-paste line with the
+    three HUAWEICLOUD_SDK_* values and the endpoint; a call signed with exactly those works and
+    is logged on stderr, without the SK."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batchsubmit", "emulator", "--port", "0", "--log-requests",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        export = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        then = (await asyncio.wait_for(process.stdout.readline(), 5)).decode()
+        assert export.startswith("export ")
+        env = dict(item.split("=", 1) for item in shlex.split(export)[1:])
+        assert env == {
+            "HUAWEICLOUD_SDK_AK": EMULATOR_AK,
+            "HUAWEICLOUD_SDK_SK": EMULATOR_SK,
+            "HUAWEICLOUD_SDK_PROJECT_ID": EMULATOR_PROJECT_ID,
+        }
+        found = re.search(r"--endpoint (http://127\.0\.0\.1:\d+)$", then.strip())
+        assert found, then
+        credentials = Credentials(env["HUAWEICLOUD_SDK_AK"], env["HUAWEICLOUD_SDK_SK"])
+        tasks = f"/v2/{env['HUAWEICLOUD_SDK_PROJECT_ID']}/services/{SERVICE}/tasks"
+        async with aiohttp.ClientSession() as session:
+            reply = await Client(session, found.group(1)).call(
+                "POST", tasks, doc=job(), credentials=credentials
+            )
+        assert reply.status == 201, reply.raw
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+    log = err.decode()
+    assert process.returncode == 0, log
+    assert f"request POST {tasks} 201 - {reply.headers['X-Request-Id']}" in log
+    assert "1 jobs were created" in log
+    assert EMULATOR_SK not in log
