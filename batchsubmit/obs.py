@@ -33,6 +33,8 @@ __all__ = ["ListPage", "authorization", "list_prefix", "parse_list_result", "spo
 PAGE = 1000
 ATTEMPTS = 4
 TIMEOUT = 30.0
+PAGE_BYTES_MAX = 16 << 20  # a page of 1,000 keys of 1 KiB is about 1.5 MiB of XML
+ERROR_BYTES_MAX = 4096  # of an error answer: its Code and Message come first
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ def list_prefix(
         query = f"prefix={quote(prefix, safe='')}&max-keys={page}"
         if marker:
             query += f"&marker={quote(marker, safe='')}"
-        result = parse_list_result(_get(f"{base}?{query}", bucket, credentials, sleep))
+        where = f"obs://{bucket}/{prefix}"
+        result = parse_list_result(_get(f"{base}?{query}", where, bucket, credentials, sleep))
         yield from result.keys
         if not result.truncated or not result.keys:
             return
@@ -112,8 +115,11 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _get(url: str, bucket: str, credentials: Credentials, sleep: Callable[[float], None]) -> bytes:
-    """One signed GET, retried on 503 and connection failures; other errors stop the run."""
+def _get(
+    url: str, where: str, bucket: str, credentials: Credentials, sleep: Callable[[float], None]
+) -> bytes:
+    """One signed GET, retried on 503 and connection failures; other errors stop the run,
+    naming the prefix (``where``) and the answer's error code and message."""
     problem = ""
     for attempt in range(1, ATTEMPTS + 1):
         date = formatdate(usegmt=True)
@@ -130,26 +136,37 @@ def _get(url: str, bucket: str, credentials: Credentials, sleep: Callable[[float
         try:
             handle: IO[bytes]
             with urllib.request.urlopen(request, timeout=TIMEOUT) as handle:
-                return handle.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read()[:300].decode("utf-8", "replace")
-            code = _xml_code(body)
-            if exc.code not in (429, 500, 502, 503, 504):
+                page = handle.read(PAGE_BYTES_MAX + 1)
+            if len(page) > PAGE_BYTES_MAX:
                 raise UsageError(
-                    f"listing obs://{bucket}/ failed: HTTP {exc.code} {code}".strip()
-                    + _advice(exc.code)
-                ) from None
-            problem = f"HTTP {exc.code} {code}".strip()
+                    f"listing {where} failed: a page of the answer is over "
+                    f"{PAGE_BYTES_MAX >> 20} MiB (is {url.partition('?')[0]} an OBS endpoint?)"
+                )
+            return page
+        except urllib.error.HTTPError as exc:
+            problem = _http_problem(exc.code, exc.read(ERROR_BYTES_MAX))
+            if exc.code not in (429, 500, 502, 503, 504):
+                raise UsageError(f"listing {where} failed: {problem}{_advice(exc.code)}") from None
         except (urllib.error.URLError, OSError) as exc:
             problem = str(getattr(exc, "reason", exc))
         if attempt < ATTEMPTS:
             sleep(min(8.0, 2.0 ** (attempt - 1)))
-    raise UsageError(f"listing obs://{bucket}/ failed {ATTEMPTS} times: {problem}")
+    raise UsageError(f"listing {where} failed {ATTEMPTS} times: {problem}")
 
 
-def _xml_code(body: str) -> str:
-    start, end = body.find("<Code>"), body.find("</Code>")
-    return body[start + 6 : end] if 0 <= start < end else ""
+def _http_problem(status: int, body: bytes) -> str:
+    """``HTTP 403 AccessDenied: Access Denied`` from an OBS error answer (code and message)."""
+    text = body.decode("utf-8", "replace")
+    code, message = _xml_text(text, "Code"), _xml_text(text, "Message")
+    problem = f"HTTP {status} {code}".strip()
+    return f"{problem}: {message}" if message else problem
+
+
+def _xml_text(body: str, tag: str) -> str:
+    start, end = body.find(f"<{tag}>"), body.find(f"</{tag}>")
+    if not 0 <= start < end:
+        return ""
+    return " ".join(body[start + len(tag) + 2 : end].split())[:200]
 
 
 def _advice(status: int) -> str:
@@ -194,5 +211,10 @@ def spool_prefixes(
                 out.write(f"obs://{bucket}/{key}\n")
                 count += 1
         info(f"{source.where}: listed {count} objects under {source.prefix}")
-        sources.append(replace(source, prefix=None, listing=spool))
+        if not count:
+            warn(
+                f"{manifest.path}: {source.where}.prefix: {source.prefix} lists no objects "
+                "(check the bucket and the folder's spelling; OBS keys are case-sensitive)"
+            )
+        sources.append(replace(source, prefix=None, listing=spool, listed_from=source.prefix))
     return replace(manifest, sources=tuple(sources))

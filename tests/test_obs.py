@@ -11,7 +11,16 @@ from aiohttp import web
 
 from batchsubmit.auth import Credentials
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_SK
-from batchsubmit.obs import authorization, list_prefix, parse_list_result, string_to_sign
+from batchsubmit.errors import UsageError
+from batchsubmit.manifest import load_manifest
+from batchsubmit.obs import (
+    authorization,
+    list_prefix,
+    parse_list_result,
+    spool_prefixes,
+    string_to_sign,
+)
+from batchsubmit.sources import ExpandStats, iter_objects
 
 from .helpers import (
     LiveEmulator,
@@ -79,7 +88,10 @@ class FakeObs(ServerThread):
             string_to_sign("GET", request.headers["Date"], f"/{bucket}/", {}),
         )
         if request.headers.get("Authorization") != expected or self.status == 403:
-            return web.Response(status=403, text="<Error><Code>AccessDenied</Code></Error>")
+            return web.Response(
+                status=403,
+                text="<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+            )
         prefix = request.query.get("prefix", "")
         marker = request.query.get("marker", "")
         limit = int(request.query.get("max-keys", "1000"))
@@ -159,3 +171,41 @@ def test_expand_refuses_live_prefixes(tmp_path: Path) -> None:
     done = run_cli("expand", str(write_prefix_manifest(tmp_path)), timeout=60)
     assert done.returncode == 2
     assert "source[0].prefix" in done.stderr
+
+
+def test_listing_error_names_the_whole_prefix_and_the_answer(fake_obs: FakeObs) -> None:
+    """A refused listing names obs://bucket/folder/ (not just the bucket) and OBS's error code
+    and message, with advice."""
+    fake_obs.status = 403
+    credentials = Credentials(EMULATOR_AK, EMULATOR_SK)
+    with pytest.raises(UsageError) as raised:
+        list(list_prefix(fake_obs.url, "in-bucket", "cams/dir/", credentials))
+    message = str(raised.value)
+    assert "listing obs://in-bucket/cams/dir/ failed: HTTP 403 AccessDenied: Access Denied" in (
+        message
+    )
+    assert "check the credentials" in message
+
+
+def test_a_prefix_that_lists_nothing_warns_and_is_counted(
+    tmp_path: Path, fake_obs: FakeObs
+) -> None:
+    """A live prefix with no objects under it (a typo in the folder, most likely) is a warning
+    naming it, and is counted in ExpandStats.empty_prefixes for the summary."""
+    manifest_path = write_prefix_manifest(tmp_path)
+    text = manifest_path.read_text(encoding="utf-8").replace("cams/", "Cams/")
+    manifest_path.write_text(text, encoding="utf-8")
+    warnings: list[str] = []
+    spooled = spool_prefixes(
+        load_manifest(manifest_path),
+        fake_obs.url,
+        Credentials(EMULATOR_AK, EMULATOR_SK),
+        tmp_path,
+        warnings.append,
+        lambda _message: None,
+    )
+    assert len(warnings) == 1
+    assert "source[0].prefix: obs://in-bucket/Cams/ lists no objects" in warnings[0]
+    stats = ExpandStats()
+    assert list(iter_objects(spooled, stats, warnings.append)) == []
+    assert stats.empty_prefixes == ["obs://in-bucket/Cams/"]
