@@ -18,11 +18,16 @@ __all__ = [
     "ALGORITHM",
     "Credentials",
     "RequestSigner",
+    "Secret",
+    "Token",
+    "TokenHeaders",
     "canonical_query",
     "canonical_request",
     "canonical_uri",
     "parse_authorization",
+    "request_signer",
     "sdk_date",
+    "secrets_of",
     "sign",
 ]
 
@@ -41,6 +46,27 @@ class Credentials:
     def __repr__(self) -> str:
         temporary = ", temporary" if self.security_token else ""
         return f"Credentials(ak={self.ak!r}, sk=<hidden>{temporary})"
+
+
+@dataclass(frozen=True)
+class Token:
+    """An IAM token, sent as ``X-Auth-Token`` instead of a signature. Never printed."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Token(<hidden>)"
+
+
+Secret = Credentials | Token
+"""What a credentials provider hands the client for one request."""
+
+
+def secrets_of(secret: Secret) -> tuple[str, ...]:
+    """The parts of a secret that must never be shown (to mask them in echoed messages)."""
+    if isinstance(secret, Token):
+        return (secret.value,)
+    return tuple(x for x in (secret.security_token, secret.sk) if x)
 
 
 def sdk_date(epoch: float | None = None) -> str:
@@ -177,3 +203,29 @@ class RequestSigner:
         headers["X-Sdk-Date"] = date
         headers["Authorization"] = self._auth_prefix + signature
         return headers
+
+
+class TokenHeaders:
+    """The headers of every request of one client under an IAM token: nothing to sign."""
+
+    def __init__(
+        self, token: Token, fixed: Mapping[str, str], unsigned: Mapping[str, str] | None = None
+    ) -> None:
+        self._headers = {**(unsigned or {}), **fixed, "X-Auth-Token": token.value}
+
+    def headers(
+        self, method: str, path: str, query: Mapping[str, str | int] | None, body: bytes
+    ) -> dict[str, str]:
+        return dict(self._headers)
+
+
+def request_signer(
+    secret: Secret, fixed: Mapping[str, str], unsigned: Mapping[str, str] | None = None
+) -> RequestSigner | TokenHeaders:
+    """The per-request header maker for one secret: AK/SK signing (with ``X-Security-Token``
+    signed in for temporary credentials) or an IAM token."""
+    if isinstance(secret, Token):
+        return TokenHeaders(secret, fixed, unsigned)
+    if secret.security_token:
+        fixed = {**fixed, "X-Security-Token": secret.security_token}
+    return RequestSigner(secret, fixed, unsigned)

@@ -18,17 +18,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import anyio
 import orjson
 
 from .auth import Credentials
-from .client import DEFAULT_TIMEOUT, Endpoint
+from .client import DEFAULT_TIMEOUT, Endpoint, open_session
+from .credentials import Choice, CredentialProvider, find_source, open_provider, region_of
 from .errors import BatchSubmitError, CredentialError, UsageError
 from .jobs import JobSpec
 from .journal import journal_services
 from .manifest import Manifest, load_manifest
-from .obs import spool_prefixes
+from .obs import obs_keys, spool_prefixes
 from .pool import PoolSettings, RunStats
 from .progress import Log, make_reporter
 from .results import Format, format_for, iter_rows, read_ledger, utc_now
@@ -172,6 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _pool_options(fix)
     fix.set_defaults(command=_reconcile)
+
+    _check_parser(commands)
 
     expand = commands.add_parser("expand", help="print the job specs as JSONL; no network")
     expand.add_argument("manifest", type=Path, help="the TOML manifest")
@@ -514,9 +518,12 @@ def _submit(args: argparse.Namespace, log: Log) -> int:
         return _dry_run(args, log, manifest, results, fmt)
     if args.emulator:
         return anyio.run(_submit_emulated, args, log, manifest, results, fmt, started)
-    endpoint = _endpoint(args, manifest)
+    credentials = _credentials(
+        log, project_id=manifest.service.project_id, endpoint=manifest.service.endpoint
+    )
+    endpoint = _endpoint(args, manifest, credentials)
     _warn_unknown_region(log, endpoint)
-    config = _config(args, manifest, results, fmt, endpoint, _credentials())
+    config = _config(args, manifest, results, fmt, endpoint, credentials)
     return anyio.run(_run_submit, config, args, log, started)
 
 
@@ -532,12 +539,14 @@ def _default_results(manifest: Path, emulated: bool, fmt: Format) -> Path:
     return manifest.with_name(f"{manifest.stem}{kind}.results.{fmt}")
 
 
-def _endpoint(args: argparse.Namespace, manifest: Manifest) -> Endpoint:
-    project_id = manifest.service.project_id or os.environ.get("HUAWEICLOUD_SDK_PROJECT_ID", "")
-    if not project_id:
-        raise CredentialError(
-            "no project id: set service.project_id in the manifest or HUAWEICLOUD_SDK_PROJECT_ID"
-        )
+def _endpoint(
+    args: argparse.Namespace, manifest: Manifest, credentials: CredentialProvider | None = None
+) -> Endpoint:
+    """``credentials`` know the project id (given or looked up); without them it must be given."""
+    if credentials is not None:
+        project_id = credentials.project_id
+    else:
+        project_id = _offline_project_id(manifest)
     base = _check_endpoint(args.endpoint) if args.endpoint else manifest.service.endpoint
     return Endpoint(base_url=base, project_id=project_id, service_name=manifest.service.name)
 
@@ -569,20 +578,40 @@ def _warn_unknown_region(log: Log, endpoint: Endpoint) -> None:
         )
 
 
-def _credentials() -> Credentials:
-    ak = os.environ.get("HUAWEICLOUD_SDK_AK", "").strip()
-    sk = os.environ.get("HUAWEICLOUD_SDK_SK", "").strip()
-    token = os.environ.get("HUAWEICLOUD_SDK_SECURITY_TOKEN", "").strip() or None
-    missing = [n for n, v in (("HUAWEICLOUD_SDK_AK", ak), ("HUAWEICLOUD_SDK_SK", sk)) if not v]
-    if missing:
+def _credentials(
+    log: Log | None = None, *, project_id: str | None = None, endpoint: str | None = None
+) -> CredentialProvider:
+    """The first credential source found (environment, IAM password, profile file, ECS
+    metadata; see credentials.py), its first credentials fetched, and the project id (given,
+    else looked up in IAM for the endpoint's region). Exit 2 before any VAS request if none."""
+    warn = _warner(log if log is not None else Log(sys.stderr))
+    region = region_of(endpoint)
+    choice = find_source(
+        os.environ, home=Path.home(), warn=warn, project_id=project_id, region=region
+    )
+    return anyio.run(_open_credentials, choice, region, warn)
+
+
+async def _open_credentials(choice: Choice, region: str | None, warn: Any) -> CredentialProvider:
+    async with open_session(2) as session:
+        return await open_provider(choice, session, region=region, warn=warn)
+
+
+def _offline_project_id(manifest: Manifest) -> str:
+    """The project id without asking IAM (a dry run sends nothing): the manifest's, else the
+    environment's or the profile file's."""
+    choice = find_source(
+        os.environ,
+        home=Path.home(),
+        warn=lambda _message: None,
+        project_id=manifest.service.project_id,
+    )
+    if choice.project_id is None:
         raise CredentialError(
-            f"no credentials: set {' and '.join(missing)} (an access key pair; "
-            "add HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary credentials), "
-            "or try --emulator"
+            "no project id: set service.project_id in the manifest or HUAWEICLOUD_SDK_PROJECT_ID "
+            "(a dry run sends nothing, so it cannot look it up in IAM)"
         )
-    if any(c.isspace() for c in ak) or not ak.isascii():
-        raise CredentialError("HUAWEICLOUD_SDK_AK does not look like an access key")
-    return Credentials(ak, sk, token)
+    return choice.project_id
 
 
 def _config(
@@ -591,7 +620,7 @@ def _config(
     results: Path,
     fmt: Format,
     endpoint: Endpoint,
-    credentials: Credentials,
+    credentials: Credentials | CredentialProvider,
 ) -> RunConfig:
     pool = PoolSettings(
         concurrency=args.concurrency,
@@ -682,11 +711,12 @@ def _live(manifest: Manifest) -> bool:
 def _spooled(
     manifest: Manifest,
     args: argparse.Namespace,
-    credentials: Credentials,
+    credentials: Credentials | CredentialProvider,
     directory: Path,
     log: Log,
 ) -> Manifest:
     """List live OBS prefixes now, before any VAS request (errors exit 2)."""
+    credentials = obs_keys(credentials)
     endpoint = _check_endpoint(args.obs_endpoint, "--obs-endpoint") if args.obs_endpoint else None
     return spool_prefixes(
         manifest,
@@ -750,7 +780,8 @@ def _reconcile(args: argparse.Namespace, log: Log) -> int:
         # Nothing to do is success: a nightly `reconcile` must not raise an alarm every night.
         log.line("info", f"{results}: no unknown rows and no open intents; nothing to reconcile")
         return EXIT["ok"]
-    config = _config(args, None, results, fmt, endpoint, _credentials())
+    credentials = _credentials(log, project_id=endpoint.project_id, endpoint=endpoint.base_url)
+    config = _config(args, None, results, fmt, endpoint, credentials)
     prepared = prepare(config, warn)
     try:
         uncertain = prepared.uncertain
@@ -1047,3 +1078,95 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+
+# -- check --------------------------------------------------------------------------------------
+
+
+def _check_parser(commands: Any) -> None:
+    check = commands.add_parser(
+        "check",
+        help="check credentials, endpoint, subscription, quota and buckets; create nothing",
+    )
+    check.add_argument("manifest", type=Path, help="the TOML manifest")
+    check.add_argument(
+        "--endpoint", help="base URL to use instead of the manifest's endpoint/region"
+    )
+    check.add_argument(
+        "--obs-endpoint", help="OBS base URL instead of the manifest's (or the region's)"
+    )
+    check.add_argument(
+        "--results",
+        type=Path,
+        metavar="PATH",
+        help="the results file whose ledger tonight's planned creates are counted against "
+        "(default: beside the manifest)",
+    )
+    check.add_argument("--format", choices=("csv", "jsonl"), help="results format")
+    check.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds each network step may take (default 5)",
+    )
+    _log_format_option(check)
+    check.set_defaults(command=_check)
+
+
+def _check(args: argparse.Namespace, log: Log) -> int:
+    """One line per check on stdout; exit 0 when all pass (warnings allowed), 3 when one fails."""
+    from urllib.request import getproxies, proxy_bypass
+
+    from .check import CheckPlan, run_checks
+
+    manifest = load_manifest(args.manifest)
+    base = _check_endpoint(args.endpoint) if args.endpoint else manifest.service.endpoint
+    obs = (
+        _check_endpoint(args.obs_endpoint, "--obs-endpoint")
+        if args.obs_endpoint
+        else manifest.service.obs_endpoint
+    )
+    fmt = format_for(args.results, args.format) if args.results else (args.format or "csv")
+    results = _real(args.results or _default_results(manifest.path, False, fmt))
+    region = region_of(manifest.service.endpoint)
+    choice: Choice | CredentialError
+    try:
+        choice = find_source(
+            os.environ,
+            home=Path.home(),
+            warn=_warner(log),
+            project_id=manifest.service.project_id,
+            region=region,
+        )
+    except CredentialError as exc:
+        choice = exc
+    host = urlsplit(base).hostname or ""
+    scheme = urlsplit(base).scheme
+    proxy = None if proxy_bypass(host) else getproxies().get(scheme)
+    plan = CheckPlan(
+        manifest=manifest,
+        base_url=base,
+        obs_endpoint=obs,
+        choice=choice,
+        region=region,
+        results=results,
+        format=fmt,
+        proxy=proxy,
+        timeout=args.timeout,
+    )
+
+    async def checks() -> list[Any]:
+        async with open_session(4) as session:
+            return await run_checks(plan, session, _warner(log))
+
+    found = anyio.run(checks)
+    for result in found:
+        print(f"{result.status} {result.name}: {result.detail}", flush=True)
+    failed = [r for r in found if r.status == "FAIL"]
+    if failed:
+        log.line(
+            "error", f"check: {len(failed)} of {len(found)} checks failed; nothing was created"
+        )
+        return EXIT["fatal"]
+    log.line("info", f"check: all {len(found)} checks passed; nothing was created")
+    return EXIT["ok"]

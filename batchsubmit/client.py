@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import quote, urlsplit
 
@@ -14,7 +15,16 @@ from yarl import URL
 
 from . import __version__
 from .answers import Answer, Kind, classify
-from .auth import Credentials, RequestSigner, canonical_query
+from .auth import (
+    Credentials,
+    RequestSigner,
+    Secret,
+    TokenHeaders,
+    canonical_query,
+    request_signer,
+)
+from .credentials import CredentialProvider, static_provider
+from .errors import CredentialError
 
 __all__ = ["DEFAULT_TIMEOUT", "Endpoint", "VasClient", "open_session"]
 
@@ -24,6 +34,8 @@ LIST_PAGE = 100
 RECEIVE_BUFFER_FLOOR = 1 << 20  # bytes: over asyncio's 256 KiB read buffer
 # Sent, not signed (a proxy may rewrite them). Answers are small JSON: asking for them
 # uncompressed saves both ends the work; one that comes compressed anyway is still read.
+Query = Mapping[str, str | int] | None
+Headers = dict[str, str]
 UNSIGNED_HEADERS = {
     "Accept": "application/json",
     "Accept-Encoding": "identity",
@@ -59,12 +71,19 @@ class Endpoint:
 
 
 def open_session(concurrency: int) -> aiohttp.ClientSession:
-    """One session per run: its connection pool is what makes calls cheap."""
+    """One session per run: its connection pool is what makes calls cheap.
+
+    Like curl, requests and Huawei's SDK, it follows ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
+    ``NO_PROXY`` (``trust_env``; ``NO_PROXY`` as urllib reads it: host names, domain suffixes,
+    ``*``), and verifies TLS against OpenSSL's default paths, which ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR`` replace (a corporate CA bundle; aiohttp reads them once, at import). The
+    metadata service is never reached through it (see credentials.py).
+    """
     _raise_mmap_threshold()
     connector = aiohttp.TCPConnector(
         limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300
     )
-    return aiohttp.ClientSession(connector=connector)
+    return aiohttp.ClientSession(connector=connector, trust_env=True)
 
 
 def _raise_mmap_threshold() -> None:
@@ -85,10 +104,12 @@ class VasClient:
         self,
         session: aiohttp.ClientSession,
         endpoint: Endpoint,
-        credentials: Credentials,
+        credentials: Credentials | CredentialProvider,
         *,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
+        """``credentials``: a provider that keeps them valid (IAM tokens, temporary keys from
+        ECS metadata), or plain long-term keys."""
         self._session = session
         self._endpoint = endpoint
         self._path = endpoint.tasks_path
@@ -99,15 +120,55 @@ class VasClient:
         self._timeout = aiohttp.ClientTimeout(
             total=timeout, sock_connect=min(CONNECT_TIMEOUT, timeout / 2)
         )
-        fixed = {
+        self._fixed = {
             "Content-Type": "application/json",
             "Host": endpoint.host,
             "X-Project-Id": endpoint.project_id,
         }
-        if credentials.security_token:
-            fixed["X-Security-Token"] = credentials.security_token
-        self._signer = RequestSigner(credentials, fixed, UNSIGNED_HEADERS)
-        self._secrets = tuple(x for x in (credentials.security_token, credentials.sk) if x)
+        if isinstance(credentials, Credentials):
+            credentials = static_provider(credentials)
+        credentials.bind(session)
+        self._provider = credentials
+        self._secret: Secret | None = None
+        self._signer: RequestSigner | TokenHeaders | None = None
+        self._secrets: tuple[str, ...] = credentials.secrets()
+
+    def _headers(
+        self, secret: Secret, method: str, path: str, query: Query, body: bytes
+    ) -> Headers:
+        """Headers signed with ``secret``; the signer is rebuilt only when the secret changes."""
+        if secret is not self._secret or self._signer is None:
+            self._signer = request_signer(secret, self._fixed, UNSIGNED_HEADERS)
+            self._secret = secret
+            self._secrets = self._provider.secrets()
+        return self._signer.headers(method, path, query, body)
+
+    async def _signed(
+        self, method: str, path: str, query: Query, url: URL, body: bytes, *, create: bool
+    ) -> Answer:
+        """Ask the provider for a valid secret, sign, send. A 401 to a secret that can be
+        renewed (an IAM token, temporary keys) is sent once more with a fresh one: the gateway
+        refused it, so nothing was created; a second 401 stops the run like any other."""
+        provider = self._provider
+        try:
+            secret = provider.fresh() or await provider.current()
+            answer = await self._send(
+                method, url, self._headers(secret, method, path, query, body), body, create=create
+            )
+            if answer.status != 401 or not provider.refreshable:
+                return answer
+            renewed = await provider.rejected(secret)
+        except CredentialError as exc:
+            return Answer(
+                kind=Kind.FATAL,
+                error_code="CREDENTIALS",
+                error_msg=str(exc),
+                advice=f"credentials from {provider.source_name} could not be renewed",
+            )
+        if renewed is None:
+            return answer
+        headers = self._headers(renewed, method, path, query, body)
+        return await self._send(method, url, headers, body, create=create)
 
     def _scrub(self, answer: Answer) -> Answer:
         """The gateway echoes its canonical request on signature errors, security token
@@ -119,36 +180,31 @@ class VasClient:
 
     async def create(self, body: bytes) -> Answer:
         """One create call. A lost answer is AMBIGUOUS: the job may exist."""
-        headers = self._signer.headers("POST", self._path, None, body)
-        return await self._send("POST", self._post_url, headers, body, create=True)
+        return await self._signed("POST", self._path, None, self._post_url, body, create=True)
 
     async def list_page(self, name_like: str, offset: int, limit: int = LIST_PAGE) -> Answer:
         """One page of tasks whose name contains ``name_like``."""
         query: dict[str, str | int] = {"name_like": name_like, "offset": offset, "limit": limit}
-        headers = self._signer.headers("GET", self._path, query, b"")
         url = URL(f"{self._url}?{canonical_query(query)}", encoded=True)
-        return await self._send("GET", url, headers, b"", create=False)
+        return await self._signed("GET", self._path, query, url, b"", create=False)
 
     async def list_tasks(self, query: dict[str, str | int]) -> Answer:
         """One page of tasks matching ``query`` (``state``, ``created_since``, ``order``,
         ``offset``, ``limit``, ``name_like``...): the answer's data is ``{count, tasks}``."""
-        headers = self._signer.headers("GET", self._path, query, b"")
         url = URL(f"{self._url}?{canonical_query(query)}", encoded=True)
-        return await self._send("GET", url, headers, b"", create=False)
+        return await self._signed("GET", self._path, query, url, b"", create=False)
 
     async def show(self, task_id: str) -> Answer:
         """One task's details (the only call that returns ``hosting_result``)."""
         path = f"{self._path}/{quote(task_id)}"
-        headers = self._signer.headers("GET", path, None, b"")
         url = URL(f"{self._url}/{quote(task_id)}", encoded=True)
-        return await self._send("GET", url, headers, b"", create=False)
+        return await self._signed("GET", path, None, url, b"", create=False)
 
     async def delete(self, task_id: str) -> Answer:
         """Delete one task (202, asynchronous; 404 means it is already gone)."""
         path = f"{self._path}/{quote(task_id)}"
-        headers = self._signer.headers("DELETE", path, None, b"")
         url = URL(f"{self._url}/{quote(task_id)}", encoded=True)
-        return await self._send("DELETE", url, headers, b"", create=False)
+        return await self._signed("DELETE", path, None, url, b"", create=False)
 
     async def _send(
         self,

@@ -25,10 +25,19 @@ from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
 from .auth import Credentials
+from .credentials import CredentialProvider
 from .errors import UsageError
 from .manifest import Manifest
 
-__all__ = ["ListPage", "authorization", "list_prefix", "parse_list_result", "spool_prefixes"]
+__all__ = [
+    "ListPage",
+    "authorization",
+    "list_prefix",
+    "obs_keys",
+    "parse_list_result",
+    "signed_headers",
+    "spool_prefixes",
+]
 
 PAGE = 1000
 ATTEMPTS = 4
@@ -53,6 +62,35 @@ def string_to_sign(method: str, date: str, resource: str, obs_headers: dict[str,
 def authorization(credentials: Credentials, to_sign: str) -> str:
     digest = hmac.new(credentials.sk.encode(), to_sign.encode(), hashlib.sha1).digest()
     return f"OBS {credentials.ak}:{base64.b64encode(digest).decode()}"
+
+
+def signed_headers(
+    credentials: Credentials, method: str, resource: str, date: str | None = None
+) -> dict[str, str]:
+    """Date, Authorization and (temporary credentials) ``x-obs-security-token`` for a request
+    without body on ``resource`` (``/bucket/``)."""
+    date = date or formatdate(usegmt=True)
+    obs_headers = {}
+    if credentials.security_token:
+        obs_headers["x-obs-security-token"] = credentials.security_token
+    to_sign = string_to_sign(method, date, resource, obs_headers)
+    return {"Date": date, "Authorization": authorization(credentials, to_sign), **obs_headers}
+
+
+def obs_keys(credentials: Credentials | CredentialProvider) -> Credentials:
+    """The access keys OBS signs with now: OBS takes AK/SK (temporary ones with their security
+    token), not an IAM token."""
+    if isinstance(credentials, Credentials):
+        return credentials
+    secret = credentials.fresh()
+    if not isinstance(secret, Credentials):
+        raise UsageError(
+            f"live OBS prefixes need access keys, and {credentials.source_name} gives an IAM "
+            "token: use a listing file, or AK/SK (environment, profile file or ECS metadata)"
+            if secret is not None
+            else f"the credentials from {credentials.source_name} are due for a refresh"
+        )
+    return secret
 
 
 def parse_list_result(xml: bytes) -> ListPage:

@@ -1,0 +1,438 @@
+"""``batchsubmit check``: is a run set up right? It creates nothing and returns in seconds.
+
+Each check is one :class:`CheckResult` (PASS, WARN, FAIL or SKIP, with what to fix); the CLI
+renders them. Every network step has its own short time limit, so an endpoint that accepts
+connections and never answers costs one limit, not a hang. Checks that need what an earlier
+one could not establish (credentials, the service's answer) are skipped, saying why.
+
+Reads only: credentials and the project id (IAM or metadata when that is the source), the
+endpoint's DNS, TCP and TLS, one VAS list with ``limit=1`` (through the pool's gate), a
+one-key OBS listing per ``prefix`` source and ``HEAD`` of the output bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import anyio
+
+from .answers import Answer, Kind
+from .auth import Credentials
+from .client import Endpoint, VasClient
+from .credentials import Choice, CredentialProvider, open_provider
+from .errors import BatchSubmitError, CredentialError
+from .manifest import Manifest
+from .obs import signed_headers
+from .pool import Pool, PoolSettings
+from .results import Format, read_ledger
+from .retry import RetryPolicy
+from .runner import count_work
+from .vas import REGIONS
+
+__all__ = ["QUOTA", "CheckPlan", "CheckResult", "Status", "run_checks"]
+
+QUOTA = 5000  # saved jobs VAS keeps per user
+DEFAULT_CHECK_TIMEOUT = 5.0  # seconds for each network step
+Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
+
+_LIST_ADVICE = {
+    "APIGW.0301": "the signature was refused: the SK does not belong to the AK (mistyped or "
+    "rotated?); check HUAWEICLOUD_SDK_SK or the profile file's sk",
+    "APIGW.0303": "the request was refused as expired or badly dated: set this machine's clock "
+    "right (NTP)",
+    "IVA.0001": "the token or temporary credentials were refused as expired or invalid: log in "
+    "again, or check the IAM user and the server's agency",
+    "IVA.0002": "the project id is not valid here: check service.project_id (or "
+    "HUAWEICLOUD_SDK_PROJECT_ID) for this region",
+    "IVA.0007": "the account is not subscribed to this service in this region: subscribe in "
+    "the VAS console, or check service.name and service.region",
+    "IVA.0008": "the service is in beta and this account is not admitted: apply in the console",
+    "IVA.0009": "forbidden: the IAM user (or agency) has no VAS permission; add a VAS policy to "
+    "its user group",
+    "IVA.0014": "the account is restricted (arrears or frozen): check billing in the console",
+    "IVA.0015": "an IAM policy denies this call: check the policies of the user or agency",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the check: what was checked, how it went, and what to do."""
+
+    name: str
+    status: Status
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckPlan:
+    """What to check, as the CLI read it from the manifest, the options and the environment."""
+
+    manifest: Manifest
+    base_url: str
+    obs_endpoint: str | None
+    choice: Choice | CredentialError  # the source found, or why none was
+    region: str | None  # the region of the manifest's endpoint, None for a custom endpoint
+    results: Path
+    format: Format
+    proxy: str | None = None  # the proxy the endpoint is reached through, if any
+    timeout: float = DEFAULT_CHECK_TIMEOUT
+    quota: int = QUOTA
+
+
+async def run_checks(
+    plan: CheckPlan,
+    session: aiohttp.ClientSession,
+    warn: Callable[[str], None],
+) -> list[CheckResult]:
+    """Every check, in order; never raises for what it finds."""
+    results: list[CheckResult] = []
+    provider = await _credentials(plan, session, warn, results)
+    results.append(_region(plan))
+    reachable = await _connect(plan, results)
+    answer = None
+    if provider is not None and reachable:
+        answer = await _list_one(plan, session, provider, results)
+    else:
+        why = "no credentials" if provider is None else "the endpoint cannot be reached"
+        results.append(CheckResult("signature and subscription", "SKIP", why))
+    results.append(_quota(plan, provider, answer, warn))
+    for source in plan.manifest.sources:
+        if source.prefix is not None:
+            results.append(await _prefix(plan, session, provider, source.where, source.prefix))
+    results.append(await _output_bucket(plan, session, provider))
+    return results
+
+
+# -- each check -------------------------------------------------------------------------------
+
+
+async def _credentials(
+    plan: CheckPlan,
+    session: aiohttp.ClientSession,
+    warn: Callable[[str], None],
+    results: list[CheckResult],
+) -> CredentialProvider | None:
+    name = "credentials"
+    if isinstance(plan.choice, CredentialError):
+        results.append(CheckResult(name, "FAIL", str(plan.choice)))
+        return None
+    try:
+        with anyio.fail_after(plan.timeout * 2 + 2):
+            provider = await open_provider(
+                plan.choice, session, region=plan.region, warn=warn, timeout=plan.timeout
+            )
+    except CredentialError as exc:
+        results.append(CheckResult(name, "FAIL", str(exc)))
+        return None
+    except TimeoutError:
+        results.append(CheckResult(name, "FAIL", f"{plan.choice.source.name}: no answer in time"))
+        return None
+    origin = plan.choice.project_id_from or "looked up in IAM for the region"
+    results.append(
+        CheckResult(
+            name,
+            "PASS",
+            f"found: {provider.source_name}; project {provider.project_id} ({origin})",
+        )
+    )
+    return provider
+
+
+def _region(plan: CheckPlan) -> CheckResult:
+    name = "region"
+    if plan.region is None:
+        return CheckResult(name, "PASS", f"custom endpoint {plan.base_url} (no region to check)")
+    if plan.region in REGIONS:
+        return CheckResult(name, "PASS", f"{plan.region} is a region Huawei lists for VAS")
+    return CheckResult(
+        name,
+        "WARN",
+        f"{plan.region!r} is not a region Huawei lists for VAS ({', '.join(REGIONS)}): "
+        "check service.region for a typo",
+    )
+
+
+async def _connect(plan: CheckPlan, results: list[CheckResult]) -> bool:
+    """DNS, TCP and (https) TLS to the endpoint, or to the proxy that reaches it."""
+    name = "endpoint"
+    target = plan.proxy or plan.base_url
+    parts = urlsplit(target)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    via = f" through proxy {parts.hostname}:{port}" if plan.proxy else ""
+    limit = plan.timeout
+    loop = asyncio.get_running_loop()
+    try:
+        with anyio.fail_after(limit):
+            await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (TimeoutError, socket.gaierror) as exc:
+        what = "no answer from DNS in time" if isinstance(exc, TimeoutError) else str(exc)
+        results.append(
+            CheckResult(name, "FAIL", f"DNS: cannot resolve {host}{via} ({what}): check the "
+                        "region or endpoint spelling, and this machine's DNS")
+        )  # fmt: skip
+        return False
+    tls = parts.scheme == "https" and not plan.proxy
+    try:
+        with anyio.fail_after(limit):
+            _reader, writer = await asyncio.open_connection(
+                host, port, ssl=ssl.create_default_context() if tls else None,
+                server_hostname=host if tls else None,
+            )  # fmt: skip
+        writer.close()
+        with anyio.move_on_after(1):
+            await writer.wait_closed()
+    except TimeoutError:
+        results.append(
+            CheckResult(name, "FAIL", f"connecting to {host}:{port}{via} timed out after "
+                        f"{limit:g} s: a firewall may drop it; set HTTPS_PROXY if this network "
+                        "needs a proxy")
+        )  # fmt: skip
+        return False
+    except ssl.SSLError as exc:
+        results.append(
+            CheckResult(name, "FAIL", f"TLS with {host}:{port} failed ({exc.reason or exc}): a "
+                        "proxy that inspects TLS needs its CA bundle in SSL_CERT_FILE")
+        )  # fmt: skip
+        return False
+    except OSError as exc:
+        what = "refused" if isinstance(exc, ConnectionRefusedError) else exc.strerror or str(exc)
+        results.append(
+            CheckResult(name, "FAIL", f"connecting to {host}:{port}{via}: {what}: check the "
+                        "endpoint and port")
+        )  # fmt: skip
+        return False
+    done = "resolves, connects" + (", TLS verified" if tls else "")
+    results.append(CheckResult(name, "PASS", f"{host}:{port}{via} {done}"))
+    return True
+
+
+async def _list_one(
+    plan: CheckPlan,
+    session: aiohttp.ClientSession,
+    provider: CredentialProvider,
+    results: list[CheckResult],
+) -> Answer | None:
+    """One list with ``limit=1`` through the pool's gate (no retries: a check reports)."""
+    name = "signature and subscription"
+    service = plan.manifest.service.name
+    endpoint = Endpoint(
+        base_url=plan.base_url, project_id=provider.project_id, service_name=service
+    )
+    client = VasClient(session, endpoint, provider, timeout=plan.timeout)
+    pool = Pool(
+        client,
+        _NoRows(),
+        _NoReports(),
+        PoolSettings(concurrency=1, rate=0.0, retry=RetryPolicy(attempts=1, throttles=1)),
+        service_url=endpoint.tasks_url,
+    )
+    try:
+        with anyio.fail_after(plan.timeout + 2):
+            answer = await pool.call(client.list_tasks, {"offset": 0, "limit": 1})
+    except TimeoutError:
+        answer = Answer(kind=Kind.UNAVAILABLE, error_code="TIMEOUT", error_msg="no answer")
+    if answer.kind is Kind.OK:
+        results.append(
+            CheckResult(name, "PASS", f"the signature is accepted and {service} answers")
+        )
+        return answer
+    code = answer.error_code
+    if code in _LIST_ADVICE:
+        advice = _LIST_ADVICE[code]
+    elif answer.status == 404:
+        advice = f"no service {service!r} here: check service.name and the endpoint"
+    elif answer.kind is Kind.THROTTLED:
+        advice = "throttled: try again in a minute (other runs may be under way)"
+    elif code in ("TIMEOUT", "CONNECTION"):
+        advice = (
+            f"the endpoint accepted the connection but gave no answer within {plan.timeout:g} s: "
+            "is it the VAS endpoint? is a proxy needed (HTTPS_PROXY)?"
+        )
+    else:
+        advice = answer.advice or "see the error above"
+    shown = f"HTTP {answer.status} {code}".strip() if answer.status else code
+    results.append(CheckResult(name, "FAIL", f"{shown}: {advice}"))
+    return None
+
+
+def _quota(
+    plan: CheckPlan,
+    provider: CredentialProvider | None,
+    answer: Answer | None,
+    warn: Callable[[str], None],
+) -> CheckResult:
+    name = "quota"
+    data = answer.data if answer is not None else None
+    count = data.get("count") if isinstance(data, dict) else None
+    if provider is None or not isinstance(count, int):
+        return CheckResult(name, "SKIP", "the saved jobs could not be counted")
+    planned, note = _planned(plan, provider, warn)
+    room = max(0, plan.quota - count)
+    text = (
+        f"{count} saved jobs of {plan.quota} for this service (the quota counts every "
+        f"service of the account), room for {room}; {planned} creates planned{note}"
+    )
+    if room == 0 or planned > room:
+        return CheckResult(
+            name,
+            "FAIL",
+            f"no room: {text}; delete finished jobs (batchsubmit prune) or cap the run "
+            "(--max-jobs)",
+        )
+    return CheckResult(name, "PASS", text)
+
+
+def _planned(
+    plan: CheckPlan, provider: CredentialProvider, warn: Callable[[str], None]
+) -> tuple[int, str]:
+    """Tonight's creates: the listing and path sources not yet in the ledger."""
+    manifest = plan.manifest
+    local = tuple(s for s in manifest.sources if s.prefix is None)
+    note = " (live prefixes not counted)" if len(local) < len(manifest.sources) else ""
+    endpoint = Endpoint(
+        base_url=plan.base_url, project_id=provider.project_id, service_name=manifest.service.name
+    )
+    try:
+        ledger = read_ledger(plan.results, plan.format, endpoint.tasks_url, warn)
+        counted = count_work(replace(manifest, sources=local), ledger, {}, warn)
+    except BatchSubmitError as exc:
+        return 0, f" (not counted: {exc})"
+    return counted.planned, note
+
+
+async def _prefix(
+    plan: CheckPlan,
+    session: aiohttp.ClientSession,
+    provider: CredentialProvider | None,
+    where: str,
+    prefix: str,
+) -> CheckResult:
+    name = f"source {prefix}"
+    keys = _keys(provider)
+    if isinstance(keys, str) or plan.obs_endpoint is None:
+        why = keys if isinstance(keys, str) else "no OBS endpoint (service.obs_endpoint)"
+        return CheckResult(name, "SKIP" if provider is None else "FAIL", why)
+    bucket, _, key_prefix = prefix.removeprefix("obs://").partition("/")
+    url, resource = _obs_url(plan.obs_endpoint, bucket)
+    query = f"?prefix={quote(key_prefix, safe='')}&max-keys=1"
+    status, code = await _obs_call(plan, session, "GET", url + query, resource, keys)
+    if status == 200:
+        return CheckResult(name, "PASS", f"{where}: readable")
+    return CheckResult(name, "FAIL", f"{where}: {_obs_problem(status, code, bucket, 'list')}")
+
+
+async def _output_bucket(
+    plan: CheckPlan, session: aiohttp.ClientSession, provider: CredentialProvider | None
+) -> CheckResult:
+    bucket = plan.manifest.job.output_bucket
+    name = f"output bucket {bucket}"
+    keys = _keys(provider)
+    if isinstance(keys, str) or plan.obs_endpoint is None:
+        why = keys if isinstance(keys, str) else "no OBS endpoint (service.obs_endpoint)"
+        return CheckResult(name, "SKIP", why)
+    url, resource = _obs_url(plan.obs_endpoint, bucket)
+    status, code = await _obs_call(plan, session, "HEAD", url, resource, keys)
+    if status == 200:
+        return CheckResult(name, "PASS", "exists")
+    return CheckResult(name, "FAIL", _obs_problem(status, code, bucket, "reach"))
+
+
+# -- OBS ----------------------------------------------------------------------------------------
+
+
+def _keys(provider: CredentialProvider | None) -> Credentials | str:
+    if provider is None:
+        return "no credentials"
+    secret = provider.fresh()
+    if not isinstance(secret, Credentials):
+        return (
+            f"OBS needs access keys; {provider.source_name} gives an IAM token (use AK/SK, a "
+            "profile file or ECS metadata, or a listing file)"
+        )
+    return secret
+
+
+def _obs_url(endpoint: str, bucket: str) -> tuple[str, str]:
+    """The bucket's URL (path style for an IP address or localhost, else virtual host) and its
+    signed resource."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        path_style = True
+    except ValueError:
+        path_style = host == "localhost"
+    if path_style:
+        return f"{parts.scheme}://{parts.netloc}/{quote(bucket)}", f"/{bucket}/"
+    return f"{parts.scheme}://{bucket}.{parts.netloc}/", f"/{bucket}/"
+
+
+async def _obs_call(
+    plan: CheckPlan,
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    resource: str,
+    keys: Credentials,
+) -> tuple[int, str]:
+    """Status and error code of one signed OBS request (0 and a reason when no answer)."""
+    try:
+        with anyio.fail_after(plan.timeout + 1):
+            async with session.request(
+                method,
+                url,
+                headers=signed_headers(keys, method, resource),
+                timeout=aiohttp.ClientTimeout(total=plan.timeout),
+                allow_redirects=False,
+            ) as response:
+                body = await response.content.read(4096) if method != "HEAD" else b""
+                text = body.decode("utf-8", "replace")
+                start, end = text.find("<Code>"), text.find("</Code>")
+                code = text[start + 6 : end] if 0 <= start < end else ""
+                return response.status, code
+    except TimeoutError:
+        return 0, f"no answer within {plan.timeout:g} s"
+    except (aiohttp.ClientError, OSError) as exc:
+        return 0, f"cannot connect ({type(exc).__name__})"
+
+
+def _obs_problem(status: int, code: str, bucket: str, verb: str) -> str:
+    if status == 0:
+        return f"OBS: {code}: check service.obs_endpoint (or --obs-endpoint)"
+    shown = f"HTTP {status} {code}".strip()
+    if status == 404:
+        return f"{shown}: no bucket {bucket!r} at this OBS endpoint (check the name and region)"
+    if status in (401, 403):
+        return (
+            f"{shown}: these credentials may not {verb} bucket {bucket!r} (grant the user or "
+            "agency OBS read access to it)"
+        )
+    return f"{shown}: OBS refused"
+
+
+class _NoRows:
+    """The check writes no results."""
+
+    def write(self, outcome: object) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+
+class _NoReports:
+    def outcome(self, outcome: object) -> None:
+        return None
+
+    def log(self, level: str, message: str) -> None:
+        return None

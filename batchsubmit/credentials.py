@@ -1,0 +1,782 @@
+"""Where credentials come from, and keeping them valid for a whole run.
+
+Sources, first found wins, in the order of Huawei's own SDK (``huaweicloudsdkcore``):
+
+1. the environment: ``HUAWEICLOUD_SDK_AK`` / ``_SK`` (/ ``_SECURITY_TOKEN``);
+2. an IAM password: ``BATCHSUBMIT_IAM_USER`` / ``_DOMAIN`` / ``_PASSWORD``, exchanged for a
+   project-scoped token (``X-Auth-Token``);
+3. the SDK's profile file: ``HUAWEICLOUD_SDK_CREDENTIALS_FILE`` or ``~/.huaweicloud/credentials``,
+   section ``[basic]``;
+4. the ECS metadata service (an agency on the server): temporary AK/SK and a security token.
+
+:func:`find_source` picks the source from a mapping of the environment (the CLI passes
+``os.environ``; nothing here reads it) without any I/O beyond the profile file;
+:func:`open_provider` fetches the first credentials and the project id. A
+:class:`CredentialProvider` then hands the client a valid secret for every request: tokens and
+temporary credentials are fetched again before ``min(40 min, lifetime / 10)`` remains, one
+refresh at a time, every caller waiting for it, so nothing is ever sent with credentials that
+have expired.
+
+Refreshes use the run's HTTP session (so they follow the same proxy settings as VAS) but not
+the pool's gate: a refresh is triggered inside a call that already holds one of the gate's
+slots, and waiting for a second slot could deadlock a full pool. The metadata service is
+always reached directly, never through a proxy, on a session of its own.
+
+Secrets never appear in a message, a ``repr`` or an exception chain raised from here.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import stat
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+import orjson
+from yarl import URL
+
+from .auth import Credentials, RequestSigner, Secret, Token, canonical_query, secrets_of
+from .errors import CredentialError
+
+__all__ = [
+    "DEFAULT_METADATA_URL",
+    "MARGIN_CAP",
+    "Choice",
+    "CredentialProvider",
+    "EnvKeys",
+    "Found",
+    "IamPassword",
+    "Issued",
+    "Metadata",
+    "Profile",
+    "find_source",
+    "iam_endpoint_for",
+    "open_provider",
+    "parse_profile",
+    "refresh_margin",
+    "region_of",
+    "static_provider",
+    "valid_project_id",
+]
+
+DEFAULT_METADATA_URL = "http://169.254.169.254"
+MARGIN_CAP = 2400.0  # seconds: the SDK refreshes when less than 40 minutes remain
+IAM_TIMEOUT = 15.0  # seconds an IAM call may take in all
+METADATA_CONNECT_TIMEOUT = 1.0  # a laptop has no metadata service: fail fast
+METADATA_TIMEOUT = 5.0
+METADATA_TTL = 21600  # seconds asked for the metadata session token (its maximum, 6 h)
+RETRY_AFTER_FAILED_REFRESH = 30.0  # seconds, at most, before a failed refresh is tried again
+_PROJECT_ID = re.compile(r"[0-9a-f]{32}")
+_REGIONAL = re.compile(r"https?://[a-z0-9-]+\.([a-z]{2}-[a-z]+-\d+)\.myhuaweicloud\.com(?::\d+)?/?")
+_JSON = "application/json"
+
+Warn = Callable[[str], None]
+
+
+# -- what a source gives ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvKeys:
+    """An access key pair from the environment."""
+
+    credentials: Credentials
+    name: str = "environment (HUAWEICLOUD_SDK_AK/SK)"
+
+
+@dataclass(frozen=True)
+class IamPassword:
+    """An IAM user's password login, exchanged for tokens."""
+
+    user: str
+    domain: str
+    password: str = field(repr=False)
+    name: str = "IAM password (BATCHSUBMIT_IAM_USER)"
+
+    def __repr__(self) -> str:
+        return f"IamPassword(user={self.user!r}, domain={self.domain!r}, password=<hidden>)"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The SDK's profile file, section ``[basic]``."""
+
+    path: Path
+    credentials: Credentials
+    project_id: str | None = None
+    iam_endpoint: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"profile file {self.path}"
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """The ECS metadata service: temporary credentials of the server's agency."""
+
+    url: str
+
+    @property
+    def name(self) -> str:
+        return f"ECS metadata ({self.url})"
+
+
+Found = EnvKeys | IamPassword | Profile | Metadata
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The source that will be used, what was looked at before it, and the settings found."""
+
+    source: Found
+    tried: tuple[str, ...]
+    project_id: str | None
+    project_id_from: str
+    iam_endpoint: str | None
+
+
+# -- pure helpers -------------------------------------------------------------------------------
+
+
+def refresh_margin(lifetime: float) -> float:
+    """How long before expiry to fetch anew: the SDK's 40 minutes, or a tenth of the lifetime
+    when that is shorter (so short-lived credentials are not fetched for every call)."""
+    return max(0.0, min(MARGIN_CAP, lifetime / 10.0))
+
+
+def valid_project_id(value: str, where: str) -> str:
+    """The project id, white space stripped, if it is 32 lowercase hex digits."""
+    value = value.strip()
+    if not _PROJECT_ID.fullmatch(value):
+        shown = value if value.isascii() and value.isprintable() and len(value) <= 64 else "..."
+        raise CredentialError(
+            f"{where}: {shown!r} is not a project id (32 hex digits, as the console's "
+            "'My Credentials' page shows for the region)"
+        )
+    return value
+
+
+def region_of(endpoint: str | None) -> str | None:
+    """The region of a Huawei Cloud regional endpoint (``https://iva.cn-north-4....``)."""
+    if not endpoint:
+        return None
+    found = _REGIONAL.fullmatch(endpoint.lower())
+    return found.group(1) if found else None
+
+
+def iam_endpoint_for(region: str | None) -> str | None:
+    return f"https://iam.{region}.myhuaweicloud.com" if region else None
+
+
+def _stripped(env: Mapping[str, str], name: str) -> str:
+    return env.get(name, "").strip()
+
+
+def _access_key(ak: str, where: str) -> str:
+    if not ak.isascii() or not ak.isprintable() or any(c.isspace() for c in ak):
+        raise CredentialError(f"{where} does not look like an access key (letters and digits)")
+    return ak
+
+
+def parse_profile(text: str, path: Path) -> Profile | None:
+    """The ``[basic]`` section of a profile file (CRLF and a BOM work); None if it has none."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_file(text.lstrip("\ufeff").splitlines(), source=str(path))
+    except configparser.Error as exc:
+        line = getattr(exc, "lineno", None)
+        where = f"{path}:{line}" if line else str(path)
+        raise CredentialError(f"{where}: not an INI file ({type(exc).__name__})") from None
+    if not parser.has_section("basic"):
+        return None
+    basic = {k: v.strip() for k, v in parser.items("basic")}
+    ak, sk = basic.get("ak", ""), basic.get("sk", "")
+    missing = [key for key, value in (("ak", ak), ("sk", sk)) if not value]
+    if missing:
+        raise CredentialError(
+            f"{path}: [basic] has no {' and no '.join(missing)}: give both ak and sk "
+            "(and security_token for temporary credentials)"
+        )
+    project = basic.get("project_id") or None
+    if project is not None:
+        project = valid_project_id(project, f"{path}: [basic] project_id")
+    return Profile(
+        path=path,
+        credentials=Credentials(
+            _access_key(ak, f"{path}: [basic] ak"), sk, basic.get("security_token") or None
+        ),
+        project_id=project,
+        iam_endpoint=(basic.get("iam_endpoint") or "").rstrip("/") or None,
+    )
+
+
+def find_source(
+    env: Mapping[str, str],
+    *,
+    home: Path,
+    warn: Warn,
+    project_id: str | None = None,
+    region: str | None = None,
+) -> Choice:
+    """The first credential source present, as the SDK orders them; a half-given one (an AK
+    without SK, a user without password) is an error naming what is missing. No network.
+
+    ``project_id`` is the manifest's (it wins over the environment and the profile);
+    ``region`` is the endpoint's, for the IAM endpoint.
+    """
+    tried: list[str] = []
+    project_from = "service.project_id" if project_id else ""
+    if not project_id and _stripped(env, "HUAWEICLOUD_SDK_PROJECT_ID"):
+        project_id = valid_project_id(
+            env["HUAWEICLOUD_SDK_PROJECT_ID"], "HUAWEICLOUD_SDK_PROJECT_ID"
+        )
+        project_from = "HUAWEICLOUD_SDK_PROJECT_ID"
+    iam_endpoint = _stripped(env, "HUAWEICLOUD_SDK_IAM_ENDPOINT").rstrip("/") or None
+    if iam_endpoint is not None and not re.fullmatch(r"https?://[^/\s?#]+", iam_endpoint):
+        raise CredentialError(
+            f"HUAWEICLOUD_SDK_IAM_ENDPOINT {iam_endpoint!r}: give an http(s) URL without a path"
+        )
+
+    def choice(source: Found, pid: str | None = None, endpoint: str | None = None) -> Choice:
+        nonlocal project_id, project_from
+        if not project_id and pid:
+            project_id, project_from = pid, source.name
+        return Choice(
+            source=source,
+            tried=tuple(tried),
+            project_id=project_id,
+            project_id_from=project_from,
+            iam_endpoint=iam_endpoint or endpoint or iam_endpoint_for(region),
+        )
+
+    ak, sk = _stripped(env, "HUAWEICLOUD_SDK_AK"), _stripped(env, "HUAWEICLOUD_SDK_SK")
+    token = _stripped(env, "HUAWEICLOUD_SDK_SECURITY_TOKEN")
+    if ak or sk or token:
+        _require(
+            (("HUAWEICLOUD_SDK_AK", ak), ("HUAWEICLOUD_SDK_SK", sk)),
+            "an access key pair (add HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary credentials)",
+        )
+        keys = Credentials(_access_key(ak, "HUAWEICLOUD_SDK_AK"), sk, token or None)
+        return choice(EnvKeys(keys))
+    tried.append("environment: HUAWEICLOUD_SDK_AK/SK not set")
+
+    user = _stripped(env, "BATCHSUBMIT_IAM_USER")
+    domain = _stripped(env, "BATCHSUBMIT_IAM_DOMAIN")
+    password = env.get("BATCHSUBMIT_IAM_PASSWORD", "").strip("\r\n")
+    if user or domain or password:
+        _require(
+            (
+                ("BATCHSUBMIT_IAM_USER", user),
+                ("BATCHSUBMIT_IAM_DOMAIN", domain),
+                ("BATCHSUBMIT_IAM_PASSWORD", password),
+            ),
+            "an IAM user name, its account (domain) name and its password",
+        )
+        return choice(IamPassword(user, domain, password))
+    tried.append("IAM password: BATCHSUBMIT_IAM_USER not set")
+
+    named = _stripped(env, "HUAWEICLOUD_SDK_CREDENTIALS_FILE")
+    path = Path(named).expanduser() if named else home / ".huaweicloud" / "credentials"
+    profile = _read_profile(path, explicit=bool(named), warn=warn, tried=tried)
+    if profile is not None:
+        return choice(profile, profile.project_id, profile.iam_endpoint)
+
+    url = _stripped(env, "BATCHSUBMIT_METADATA_URL").rstrip("/") or DEFAULT_METADATA_URL
+    if not re.fullmatch(r"http://[^/\s?#]+", url):
+        raise CredentialError(
+            f"BATCHSUBMIT_METADATA_URL {url!r}: give an http URL without a path, "
+            f"e.g. {DEFAULT_METADATA_URL}"
+        )
+    return choice(Metadata(url))
+
+
+def _require(values: tuple[tuple[str, str], ...], what: str) -> None:
+    missing = [name for name, value in values if not value]
+    if missing:
+        given = [name for name, value in values if value]
+        raise CredentialError(
+            f"{', '.join(given)} set but {' and '.join(missing)} missing: give {what}"
+        )
+
+
+def _read_profile(path: Path, *, explicit: bool, warn: Warn, tried: list[str]) -> Profile | None:
+    try:
+        data = path.read_bytes()
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if explicit:
+            raise CredentialError(
+                f"HUAWEICLOUD_SDK_CREDENTIALS_FILE: {path}: no such file"
+            ) from None
+        tried.append(f"profile file {path}: not found")
+        return None
+    except OSError as exc:
+        raise CredentialError(f"{path}: cannot read the profile file: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CredentialError(f"{path}: not UTF-8 text") from None
+    profile = parse_profile(text, path)
+    if profile is None:
+        if explicit:
+            raise CredentialError(f"{path}: no [basic] section with ak and sk")
+        tried.append(f"profile file {path}: no [basic] section")
+        return None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warn(f"{path} can be read by other users: run chmod 600 {path}")
+    return profile
+
+
+# -- keeping credentials valid ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A secret and when it expires on this machine's clock (None: it does not)."""
+
+    secret: Secret
+    expires_at: float | None = None
+    issued_at: float = 0.0
+
+    @property
+    def refresh_at(self) -> float | None:
+        if self.expires_at is None:
+            return None
+        return self.expires_at - refresh_margin(self.expires_at - self.issued_at)
+
+
+Fetch = Callable[[aiohttp.ClientSession | None], Awaitable[Issued]]
+
+
+class CredentialProvider:
+    """Hands out a valid secret for every request (httpx's Auth, split in two: the client asks
+    for the current secret, then signs with it, purely).
+
+    ``source_name`` says where the credentials came from (never a secret): the summary shows it.
+    """
+
+    def __init__(
+        self,
+        source_name: str,
+        issued: Issued,
+        fetch: Fetch | None = None,
+        *,
+        project_id: str = "",
+        warn: Warn | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.source_name = source_name
+        self.project_id = project_id
+        self._issued = issued
+        self._fetch = fetch
+        self._warn = warn
+        self._clock = clock
+        self._due = issued.refresh_at if fetch is not None else None
+        self._session: aiohttp.ClientSession | None = None
+        self._lock: anyio.Lock | None = None
+        self._seen: list[str] = list(secrets_of(issued.secret))
+        self.refreshes = 0
+
+    def __repr__(self) -> str:
+        return f"CredentialProvider(source={self.source_name!r})"
+
+    @property
+    def refreshable(self) -> bool:
+        return self._fetch is not None
+
+    @property
+    def expires_at(self) -> float | None:
+        return self._issued.expires_at
+
+    def bind(self, session: aiohttp.ClientSession | None) -> None:
+        """Refresh through ``session`` (the run's) from now on, in its event loop."""
+        self._session = session
+        self._lock = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret handed out so far, to mask in echoed messages."""
+        return tuple(self._seen)
+
+    def fresh(self) -> Secret | None:
+        """The current secret if it is not due for a refresh (cheap, synchronous), else None."""
+        due = self._due
+        if due is None or self._clock() < due:
+            return self._issued.secret
+        return None
+
+    async def current(self) -> Secret:
+        """A secret valid for a while yet; refreshes first if it is due (one refresh at a time,
+        every caller waiting for it). Raises CredentialError if none can be had."""
+        secret = self.fresh()
+        if secret is not None:
+            return secret
+        async with self._guard():
+            secret = self.fresh()
+            if secret is not None:
+                return secret
+            await self._renew(forced=False)
+            return self._issued.secret
+
+    async def rejected(self, secret: Secret) -> Secret | None:
+        """The service refused ``secret`` (401): a new one if the source can give one (or
+        another call has already fetched one), else None."""
+        if self._fetch is None:
+            return None
+        if secret != self._issued.secret:
+            return await self.current()
+        due, self._due = self._due, -float("inf")  # nobody signs with it while we fetch
+        try:
+            async with self._guard():
+                if secret != self._issued.secret:
+                    return self._issued.secret
+                await self._renew(forced=True)
+                return self._issued.secret
+        finally:
+            if self._due == -float("inf"):
+                self._due = due
+
+    def _guard(self) -> anyio.Lock:
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        return self._lock
+
+    async def _renew(self, *, forced: bool) -> None:
+        assert self._fetch is not None
+        old = self._issued
+        try:
+            issued = await self._fetch(self._session)
+        except CredentialError as exc:
+            now = self._clock()
+            # A failed refresh with time left on the old credentials: keep them a while.
+            if not forced and old.expires_at is not None and old.refresh_at is not None:
+                margin = old.expires_at - old.refresh_at
+                if now < old.expires_at - margin / 2:
+                    self._due = now + min(RETRY_AFTER_FAILED_REFRESH, margin / 4)
+                    if self._warn is not None:
+                        self._warn(f"refreshing credentials failed, retrying soon: {exc}")
+                    return
+            raise CredentialError(
+                f"credentials from {self.source_name} expired and could not be refreshed: {exc}"
+            ) from None
+        self._issued = issued
+        self._due = issued.refresh_at
+        self._seen.extend(s for s in secrets_of(issued.secret) if s not in self._seen)
+        self.refreshes += 1
+
+
+def static_provider(credentials: Credentials, source_name: str = "given") -> CredentialProvider:
+    """Long-term (or externally managed temporary) credentials: nothing to refresh."""
+    return CredentialProvider(source_name, Issued(credentials))
+
+
+# -- opening a source (I/O) ---------------------------------------------------------------------
+
+
+async def open_provider(
+    choice: Choice,
+    session: aiohttp.ClientSession,
+    *,
+    region: str | None,
+    warn: Warn,
+    timeout: float = IAM_TIMEOUT,
+    metadata_connect_timeout: float = METADATA_CONNECT_TIMEOUT,
+    clock: Callable[[], float] = time.time,
+) -> CredentialProvider:
+    """Fetch the first credentials of ``choice`` and the project id (discovered from the
+    region through IAM when neither the manifest nor the source gives it).
+
+    Raises CredentialError (exit 2) naming what failed; a failed metadata source lists every
+    source tried before it.
+    """
+    source = choice.source
+    project_id = choice.project_id
+    iam = choice.iam_endpoint
+    fetch: Fetch | None = None
+    if isinstance(source, EnvKeys | Profile):
+        issued = Issued(source.credentials)
+    elif isinstance(source, IamPassword):
+        iam = _need_iam(iam, "an IAM password login")
+        if project_id is None and region is None:
+            raise CredentialError(
+                "an IAM token is scoped to a project: set service.project_id or "
+                "HUAWEICLOUD_SDK_PROJECT_ID (no region to look it up by)"
+            )
+        login = _IamLogin(source, iam, region, timeout, clock)
+        issued, found = await login.token(session, project_id)
+        project_id = project_id or found
+        login.project_id = project_id
+        fetch = login.refresh
+    else:
+        meta = _MetadataFetch(source.url, metadata_connect_timeout, clock)
+        try:
+            issued = await meta(None)
+        except CredentialError as exc:
+            tried = "; ".join((*choice.tried, f"{source.name}: {exc}"))
+            raise CredentialError(f"no credentials found. Tried: {tried}") from None
+        fetch = meta
+    if project_id is None:
+        project_id = await _discover_project(
+            session, _need_iam(iam, "finding the project id"), region, issued.secret, timeout
+        )
+    return CredentialProvider(
+        source.name, issued, fetch, project_id=project_id, warn=warn, clock=clock
+    )
+
+
+def _need_iam(iam: str | None, why: str) -> str:
+    if iam is None:
+        raise CredentialError(
+            f"{why} needs IAM: set HUAWEICLOUD_SDK_IAM_ENDPOINT (the endpoint has no region)"
+        )
+    return iam
+
+
+def _expiry(doc: Any, key: str, where: str) -> float:
+    value = doc.get(key) if isinstance(doc, dict) else None
+    if not isinstance(value, str):
+        raise CredentialError(f"{where}: the answer has no {key}")
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise CredentialError(f"{where}: {key} {value[:40]!r} is not a time") from None
+
+
+def _local_expiry(doc: Any, started: float, where: str) -> float:
+    """``expires_at`` on this machine's clock: from the answer's own ``issued_at`` when it has
+    one (so a skewed clock does not shorten or stretch the lifetime), else as given."""
+    expires = _expiry(doc, "expires_at", where)
+    if isinstance(doc, dict) and isinstance(doc.get("issued_at"), str):
+        return started + expires - _expiry(doc, "issued_at", where)
+    return expires
+
+
+def _message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
+    """A short error text from an IAM/metadata answer, with any secret masked first."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    text = ""
+    if isinstance(doc, dict):
+        inner = doc.get("error")
+        inner = inner if isinstance(inner, dict) else {}
+        text = str(doc.get("error_msg") or inner.get("message") or doc.get("message") or "")
+    if not text:
+        text = body[:300].decode("utf-8", "replace")
+    for secret in secrets:
+        text = text.replace(secret, "<hidden>")
+    return " ".join(text.split())[:200]
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+class _IamLogin:
+    """Password login to IAM: a token scoped to the project, fetched again when due."""
+
+    def __init__(
+        self,
+        source: IamPassword,
+        iam: str,
+        region: str | None,
+        timeout: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._source = source
+        self._iam = iam
+        self._region = region
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout))
+        self._clock = clock
+        self.project_id: str | None = None
+
+    async def refresh(self, session: aiohttp.ClientSession | None) -> Issued:
+        if session is None:
+            async with aiohttp.ClientSession(trust_env=True) as own:
+                issued, _ = await self.token(own, self.project_id)
+                return issued
+        issued, _ = await self.token(session, self.project_id)
+        return issued
+
+    async def token(
+        self, session: aiohttp.ClientSession, project_id: str | None
+    ) -> tuple[Issued, str]:
+        source = self._source
+        scope = {"id": project_id} if project_id else {"name": self._region}
+        body = orjson.dumps(
+            {
+                "auth": {
+                    "identity": {
+                        "methods": ["password"],
+                        "password": {
+                            "user": {
+                                "name": source.user,
+                                "password": source.password,
+                                "domain": {"name": source.domain},
+                            }
+                        },
+                    },
+                    "scope": {"project": scope},
+                }
+            }
+        )
+        where = f"IAM login of {source.user!r} at {self._iam}"
+        started = self._clock()
+        try:
+            async with session.post(
+                f"{self._iam}/v3/auth/tokens",
+                data=body,
+                headers={"Content-Type": _JSON, "Accept": _JSON},
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                payload = await response.content.read(1 << 20)
+                value = response.headers.get("X-Subject-Token", "").strip()
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise CredentialError(f"{where}: {_failure(exc)}") from None
+        if status not in (200, 201):
+            hint = ""
+            if status == 401:
+                hint = (
+                    " (check BATCHSUBMIT_IAM_USER, BATCHSUBMIT_IAM_DOMAIN and "
+                    "BATCHSUBMIT_IAM_PASSWORD)"
+                )
+            raise CredentialError(
+                f"{where}: HTTP {status}: {_message(payload, (source.password,))}{hint}"
+            )
+        if not value:
+            raise CredentialError(f"{where}: the answer has no X-Subject-Token")
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            doc = None
+        token = doc.get("token") if isinstance(doc, dict) else None
+        expires = _local_expiry(token, started, where)
+        project = token.get("project") if isinstance(token, dict) else None
+        found = project.get("id") if isinstance(project, dict) else None
+        pid = project_id or (found if isinstance(found, str) else "")
+        if not pid:
+            raise CredentialError(f"{where}: the token names no project")
+        pid = valid_project_id(pid, f"{where}: project id")
+        return Issued(Token(value), expires, started), pid
+
+
+class _MetadataFetch:
+    """Temporary credentials from the ECS metadata service, never through a proxy."""
+
+    def __init__(self, url: str, connect_timeout: float, clock: Callable[[], float]) -> None:
+        self._url = url
+        self._timeout = aiohttp.ClientTimeout(total=METADATA_TIMEOUT, sock_connect=connect_timeout)
+        self._clock = clock
+
+    async def __call__(self, _session: aiohttp.ClientSession | None) -> Issued:
+        started = self._clock()
+        try:
+            async with aiohttp.ClientSession(trust_env=False, timeout=self._timeout) as session:
+                async with session.put(
+                    f"{self._url}/meta-data/latest/api/token",
+                    headers={"X-Metadata-Token-Ttl-Seconds": str(METADATA_TTL)},
+                    allow_redirects=False,
+                ) as response:
+                    payload = await response.content.read(1 << 16)
+                    if response.status != 200:
+                        raise CredentialError(
+                            f"session token: HTTP {response.status}: {_message(payload)}"
+                        )
+                    session_token = payload.decode("utf-8", "replace").strip()
+                async with session.get(
+                    f"{self._url}/openstack/latest/securitykey",
+                    headers={"X-Metadata-Token": session_token},
+                    allow_redirects=False,
+                ) as response:
+                    payload = await response.content.read(1 << 20)
+                    status = response.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise CredentialError(_failure(exc)) from None
+        if status != 200:
+            text = _message(payload, (session_token,))
+            if status == 401 and "agency" in text.lower():
+                text += " (this server has no agency: attach one in the ECS console)"
+            raise CredentialError(f"securitykey: HTTP {status}: {text}")
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            doc = None
+        credential = doc.get("credential") if isinstance(doc, dict) else None
+        if not isinstance(credential, dict):
+            raise CredentialError("securitykey: the answer has no credential")
+        parts = [credential.get(k) for k in ("access", "secret", "securitytoken")]
+        if not all(isinstance(p, str) and p.strip() for p in parts):
+            raise CredentialError("securitykey: access, secret or securitytoken is missing")
+        ak, sk, token = (str(p).strip() for p in parts)
+        expires = _local_expiry(credential, started, "securitykey")
+        keys = Credentials(_access_key(ak, "securitykey access"), sk, token)
+        return Issued(keys, expires, started)
+
+
+async def _discover_project(
+    session: aiohttp.ClientSession,
+    iam: str,
+    region: str | None,
+    secret: Secret,
+    timeout: float,
+) -> str:
+    """The project id of the region, from IAM (``GET /v3/projects?name=``), as the SDK does."""
+    if region is None:
+        raise CredentialError(
+            "no project id: set service.project_id or HUAWEICLOUD_SDK_PROJECT_ID (the endpoint "
+            "has no region to look it up by)"
+        )
+    path = "/v3/projects"
+    query = {"name": region}
+    fixed = {"Content-Type": _JSON, "Host": urlsplit(iam).netloc}
+    if isinstance(secret, Token):
+        headers = {**fixed, "X-Auth-Token": secret.value}
+    else:
+        if secret.security_token:
+            fixed["X-Security-Token"] = secret.security_token
+        headers = RequestSigner(secret, fixed).headers("GET", path, query, b"")
+    where = f"looking up the project id of {region} at {iam}"
+    try:
+        async with session.get(
+            URL(f"{iam}{path}?{canonical_query(query)}", encoded=True),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout)),
+            allow_redirects=False,
+        ) as response:
+            payload = await response.content.read(1 << 20)
+            status = response.status
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise CredentialError(f"{where}: {_failure(exc)}") from None
+    if status != 200:
+        raise CredentialError(
+            f"{where}: HTTP {status}: {_message(payload, secrets_of(secret))}; or set "
+            "service.project_id"
+        )
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        doc = None
+    projects = doc.get("projects") if isinstance(doc, dict) else None
+    ids = [
+        p["id"]
+        for p in projects or ()
+        if isinstance(p, dict) and p.get("name") == region and isinstance(p.get("id"), str)
+    ]
+    if not ids:
+        raise CredentialError(f"{where}: IAM lists no project named {region}")
+    return valid_project_id(ids[0], where)

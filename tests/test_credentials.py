@@ -1,0 +1,559 @@
+"""Credential sources (environment, IAM password, profile file, ECS metadata), their order,
+refreshing tokens and temporary credentials before they expire, and secrets kept out of sight."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import redirect_stderr
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from batchsubmit.auth import Credentials, Token
+from batchsubmit.cli import main
+from batchsubmit.client import Endpoint, VasClient, open_session
+from batchsubmit.credentials import (
+    MARGIN_CAP,
+    Choice,
+    CredentialProvider,
+    EnvKeys,
+    IamPassword,
+    Issued,
+    Metadata,
+    Profile,
+    find_source,
+    open_provider,
+    refresh_margin,
+    region_of,
+)
+from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
+from batchsubmit.emulator_iam import IamUser, IdentityOptions
+from batchsubmit.errors import CredentialError
+
+from .helpers import ServerThread, config_for, rows, run_submit, video_keys, write_manifest
+
+PASSWORD = "pw-DISTINCTIVE-7f3a9c"  # distinctive values: searched for in every output
+SECRET_SK = "sk-DISTINCTIVE-0b5e11d2c4"
+USER = IamUser("nightly", "acme", PASSWORD)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No real credential source, proxy or home directory reaches a test; metadata is a closed
+    local port, never 169.254.169.254."""
+    for name in list(os.environ):
+        if name.startswith(("BATCHSUBMIT_", "HUAWEICLOUD_")) or name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("BATCHSUBMIT_METADATA_URL", f"http://127.0.0.1:{closed_port()}")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def choose(env: dict[str, str], home: Path, **kw: Any) -> Choice:
+    warnings: list[str] = []
+    choice = find_source(env, home=home, warn=warnings.append, **kw)
+    return choice
+
+
+# -- pure parts -----------------------------------------------------------------------------
+
+
+def test_margin_is_forty_minutes_or_a_tenth_of_the_lifetime() -> None:
+    """Refresh 40 minutes early for day-long tokens, a tenth early for short-lived ones."""
+    assert refresh_margin(86400) == MARGIN_CAP == 2400
+    assert refresh_margin(3600) == 360
+    assert refresh_margin(5) == pytest.approx(0.5)
+    assert Issued(Token("t"), expires_at=105.0, issued_at=100.0).refresh_at == pytest.approx(104.5)
+    assert Issued(Token("t")).refresh_at is None
+
+
+def test_sources_are_tried_in_the_sdks_order(tmp_path: Path) -> None:
+    """Environment keys, then IAM password, then the profile file, then metadata."""
+    profile = tmp_path / ".huaweicloud" / "credentials"
+    profile.parent.mkdir()
+    profile.write_text("[basic]\nak = PROFILEAK\nsk = profile-sk\n")
+    profile.chmod(0o600)
+    env = {
+        "HUAWEICLOUD_SDK_AK": "ENVAK",
+        "HUAWEICLOUD_SDK_SK": "env-sk",
+        "BATCHSUBMIT_IAM_USER": "u",
+        "BATCHSUBMIT_IAM_DOMAIN": "d",
+        "BATCHSUBMIT_IAM_PASSWORD": "p",
+    }
+    assert isinstance(choose(env, tmp_path).source, EnvKeys)
+    del env["HUAWEICLOUD_SDK_AK"], env["HUAWEICLOUD_SDK_SK"]
+    assert isinstance(choose(env, tmp_path).source, IamPassword)
+    env = {}
+    found = choose(env, tmp_path).source
+    assert isinstance(found, Profile)
+    assert found.credentials.ak == "PROFILEAK"
+    profile.unlink()
+    last = choose({"BATCHSUBMIT_METADATA_URL": "http://127.0.0.1:9"}, tmp_path)
+    assert last.source == Metadata("http://127.0.0.1:9")
+    starts = ("environment:", "IAM password:", "profile file ")
+    assert len(last.tried) == 3
+    assert all(t.startswith(s) for t, s in zip(last.tried, starts, strict=True)), last.tried
+    assert choose({}, tmp_path).source == Metadata("http://169.254.169.254")
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({"HUAWEICLOUD_SDK_AK": "AK"}, ["HUAWEICLOUD_SDK_SK"]),
+        ({"HUAWEICLOUD_SDK_SK": SECRET_SK}, ["HUAWEICLOUD_SDK_AK"]),
+        ({"HUAWEICLOUD_SDK_SECURITY_TOKEN": "tok"}, ["HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK"]),
+        ({"BATCHSUBMIT_IAM_USER": "u"}, ["BATCHSUBMIT_IAM_DOMAIN", "BATCHSUBMIT_IAM_PASSWORD"]),
+        ({"BATCHSUBMIT_IAM_PASSWORD": PASSWORD}, ["BATCHSUBMIT_IAM_USER"]),
+    ],
+)
+def test_a_half_given_set_names_what_is_missing(
+    env: dict[str, str], missing: list[str], tmp_path: Path
+) -> None:
+    """An AK without SK, a user without password: an error naming the missing part, exit 2."""
+    with pytest.raises(CredentialError) as caught:
+        choose(env, tmp_path)
+    for name in missing:
+        assert name in str(caught.value)
+    assert caught.value.exit_code == 2
+    assert SECRET_SK not in str(caught.value)
+    assert PASSWORD not in str(caught.value)
+
+
+def test_values_are_stripped_and_the_project_id_checked(tmp_path: Path) -> None:
+    """A trailing CR or space (a file saved on Windows) is stripped; a malformed project id
+    is an error before any request."""
+    env = {
+        "HUAWEICLOUD_SDK_AK": " AK123\r",
+        "HUAWEICLOUD_SDK_SK": "sk\r\n",
+        "HUAWEICLOUD_SDK_PROJECT_ID": EMULATOR_PROJECT_ID + "\r",
+    }
+    choice = choose(env, tmp_path)
+    assert choice.source == EnvKeys(Credentials("AK123", "sk"))
+    assert choice.project_id == EMULATOR_PROJECT_ID
+    env["HUAWEICLOUD_SDK_PROJECT_ID"] = "0e0e-not-hex"
+    with pytest.raises(CredentialError, match=r"HUAWEICLOUD_SDK_PROJECT_ID.*not a project id"):
+        choose(env, tmp_path)
+
+
+def test_a_crlf_profile_with_bom_reads_clean(tmp_path: Path) -> None:
+    """A profile file written on Windows: BOM, CRLF, spaces around values."""
+    path = tmp_path / "creds.ini"
+    path.write_bytes(
+        b"\xef\xbb\xbf[basic]\r\nak = PAK0 \r\nsk = " + SECRET_SK.encode() + b"\r\n"
+        b"security_token = st0\r\nproject_id = " + EMULATOR_PROJECT_ID.encode() + b"\r\n"
+    )
+    path.chmod(0o600)
+    choice = choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(path)}, tmp_path)
+    assert choice.source == Profile(
+        path, Credentials("PAK0", SECRET_SK, "st0"), EMULATOR_PROJECT_ID
+    )
+    assert choice.project_id == EMULATOR_PROJECT_ID
+    assert SECRET_SK not in repr(choice)
+
+
+def test_profile_problems_are_named(tmp_path: Path) -> None:
+    """A profile readable by others warns; a named file that is missing, or has no sk, is an
+    error naming the file."""
+    path = tmp_path / "creds.ini"
+    path.write_text("[basic]\nak = PAK0\nsk = s\n")
+    path.chmod(0o644)
+    warnings: list[str] = []
+    find_source(
+        {"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(path)}, home=tmp_path, warn=warnings.append
+    )
+    assert warnings
+    assert "chmod 600" in warnings[0]
+    path.write_text("[basic]\nak = PAK0\n")
+    with pytest.raises(CredentialError, match=r"creds\.ini: \[basic\] has no sk"):
+        choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(path)}, tmp_path)
+    with pytest.raises(CredentialError, match="no such file"):
+        choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(tmp_path / "nope")}, tmp_path)
+
+
+def test_region_of_regional_endpoints() -> None:
+    assert region_of("https://iva.cn-north-4.myhuaweicloud.com") == "cn-north-4"
+    assert region_of("https://IVA.ap-southeast-1.myhuaweicloud.com:443") == "ap-southeast-1"
+    assert region_of("http://127.0.0.1:8080") is None
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    """repr() of every value holding a secret hides it."""
+    values: list[object] = [
+        Credentials("AK", SECRET_SK, "st-DISTINCTIVE"),
+        Token("tok-DISTINCTIVE"),
+        IamPassword("u", "d", PASSWORD),
+        Issued(Token("tok-DISTINCTIVE")),
+        CredentialProvider("x", Issued(Credentials("AK", SECRET_SK))),
+    ]
+    for value in values:
+        text = repr(value)
+        assert "DISTINCTIVE" not in text, text
+
+
+# -- the provider: refresh timing and one refresh at a time ---------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def counting_fetch(clock: FakeClock, lifetime: float, delay: float = 0.0) -> tuple[Any, list[int]]:
+    calls: list[int] = []
+
+    async def fetch(_session: object) -> Issued:
+        calls.append(1)
+        await anyio.sleep(delay)
+        return Issued(Token(f"t{len(calls)}"), clock.now + lifetime, clock.now)
+
+    return fetch, calls
+
+
+@pytest.mark.anyio
+async def test_refreshed_before_the_margin_once_for_many_waiters() -> None:
+    """Before the margin the same token; after it, fifty callers share one refresh and none
+    gets the old token."""
+    clock = FakeClock()
+    fetch, calls = counting_fetch(clock, 100.0, delay=0.05)
+    provider = CredentialProvider(
+        "test", Issued(Token("t0"), clock.now + 100, clock.now), fetch, clock=clock
+    )
+    clock.now += 89.0  # margin 10 s: not yet
+    assert provider.fresh() == Token("t0")
+    clock.now += 2.0
+    assert provider.fresh() is None
+    got: list[object] = []
+
+    async def ask() -> None:
+        got.append(await provider.current())
+
+    async with anyio.create_task_group() as group:
+        for _ in range(50):
+            group.start_soon(ask)
+    assert len(calls) == 1
+    assert got == [Token("t1")] * 50
+
+
+@pytest.mark.anyio
+async def test_a_rejected_token_is_replaced_once() -> None:
+    """A 401 for the current token fetches one new token for all who saw it refused."""
+    clock = FakeClock()
+    fetch, calls = counting_fetch(clock, 1000.0, delay=0.02)
+    provider = CredentialProvider(
+        "test", Issued(Token("t0"), clock.now + 1000, clock.now), fetch, clock=clock
+    )
+    got: list[object] = []
+
+    async def refused() -> None:
+        got.append(await provider.rejected(Token("t0")))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(10):
+            group.start_soon(refused)
+    assert len(calls) == 1
+    assert got == [Token("t1")] * 10
+    static = CredentialProvider("static", Issued(Credentials("AK", "SK")))
+    assert await static.rejected(Credentials("AK", "SK")) is None
+
+
+@pytest.mark.anyio
+async def test_a_failed_refresh_keeps_valid_credentials_then_stops() -> None:
+    """A refresh that fails while the old token has time left keeps it (retried later); once
+    too close to expiry it is an error, never a call with expired credentials."""
+    clock = FakeClock()
+    failing = True
+
+    async def fetch(_session: object) -> Issued:
+        if failing:
+            raise CredentialError("IAM said no")
+        return Issued(Token("t1"), clock.now + 100, clock.now)
+
+    warnings: list[str] = []
+    provider = CredentialProvider(
+        "test",
+        Issued(Token("t0"), clock.now + 100, clock.now),
+        fetch,
+        clock=clock,
+        warn=warnings.append,
+    )
+    clock.now += 91.0
+    assert await provider.current() == Token("t0")
+    assert warnings
+    clock.now += 5.0  # 4 s left, under half the 10 s margin
+    with pytest.raises(CredentialError, match="expired and could not be refreshed"):
+        await provider.current()
+    failing = False
+    assert await provider.current() == Token("t1")
+
+
+# -- end to end against the emulator's IAM and metadata -------------------------------------
+
+
+def keys(count: int) -> list[str]:
+    return video_keys(count)
+
+
+async def open_for(env: dict[str, str], url: str, **kw: Any) -> CredentialProvider:
+    env = {"HUAWEICLOUD_SDK_IAM_ENDPOINT": url, **env}
+    choice = find_source(env, home=Path("/nonexistent"), warn=lambda _m: None, **kw)
+    async with open_session(2) as session:
+        return await open_provider(choice, session, region="cn-north-4", warn=lambda _m: None)
+
+
+def iam_env() -> dict[str, str]:
+    return {
+        "BATCHSUBMIT_IAM_USER": USER.name,
+        "BATCHSUBMIT_IAM_DOMAIN": USER.domain,
+        "BATCHSUBMIT_IAM_PASSWORD": PASSWORD,
+    }
+
+
+async def timed_run(
+    tmp_path: Path, url: str, provider: CredentialProvider, count: int, rate: float
+) -> Any:
+    manifest = write_manifest(tmp_path, keys(count))
+    config = config_for(manifest, url, tmp_path / "out.csv", concurrency=4, rate=rate)
+    config = dataclasses.replace(config, credentials=provider)
+    stats, log = await run_submit(config)
+    return stats, log, tmp_path / "out.csv"
+
+
+@pytest.mark.anyio
+async def test_short_lived_iam_tokens_refresh_and_never_fail_a_call(tmp_path: Path) -> None:
+    """A 2-second token over a 4-second run: refreshed before expiry, no call refused."""
+    emulator = Emulator(identity=IdentityOptions(users=(USER,), token_ttl=2.0))
+    async with emulator.serve() as url:
+        provider = await open_for(iam_env(), url)
+        assert provider.project_id == EMULATOR_PROJECT_ID  # scoped by the region's name
+        assert provider.source_name.startswith("IAM password")
+        stats, log, results = await timed_run(tmp_path, url, provider, 40, rate=10.0)
+    assert stats.submitted == 40, log
+    assert stats.failed == 0, log
+    identity = emulator.identity
+    assert identity.refused_expired == 0
+    assert identity.refused_unknown == 0
+    assert identity.tokens_issued >= 2
+    assert provider.refreshes >= 1
+    assert PASSWORD not in results.read_text()
+    assert PASSWORD not in log
+
+
+@pytest.mark.anyio
+async def test_metadata_credentials_expiring_every_second_never_sign_a_call(
+    tmp_path: Path,
+) -> None:
+    """Temporary credentials living 1.2 s over a 3.5 s run (several expiries): every call is
+    signed with unexpired ones, and the project id is discovered from the region."""
+    emulator = Emulator(identity=IdentityOptions(metadata=True, credential_ttl=1.2))
+    async with emulator.serve() as url:
+        provider = await open_for({"BATCHSUBMIT_METADATA_URL": url}, url)
+        assert provider.project_id == EMULATOR_PROJECT_ID
+        assert provider.source_name == f"ECS metadata ({url})"
+        stats, log, _ = await timed_run(tmp_path, url, provider, 35, rate=10.0)
+    assert stats.submitted == 35, log
+    assert stats.failed == 0, log
+    identity = emulator.identity
+    assert identity.refused_expired == 0
+    assert identity.refused_unknown == 0
+    assert identity.credentials_issued >= 3
+
+
+@pytest.mark.anyio
+async def test_a_token_refused_as_expired_is_renewed_once_then_the_run_stops(
+    tmp_path: Path,
+) -> None:
+    """401 "The token must be updated": one new token and the call again; when the new one is
+    refused too, the run stops (exit 3), and no password or token shows."""
+    emulator = Emulator(identity=IdentityOptions(users=(USER,), token_ttl=3600.0))
+    async with emulator.serve() as url:
+        provider = await open_for(iam_env(), url, project_id=EMULATOR_PROJECT_ID)
+        manifest = write_manifest(tmp_path, keys(3))
+        config = config_for(manifest, url, tmp_path / "out.csv", concurrency=1)
+        config = dataclasses.replace(config, credentials=provider)
+        emulator.identity.clock = lambda: time.time() + 7200  # every issued token has expired
+        emulator.identity.options = dataclasses.replace(
+            emulator.identity.options, token_ttl=10800.0
+        )
+        stats, log = await run_submit(config)
+        assert stats.submitted == 3, log
+        assert emulator.identity.refused_expired_tokens == 1
+        assert provider.refreshes == 1
+        emulator.identity.options = dataclasses.replace(emulator.identity.options, token_ttl=0.0)
+        emulator.identity.clock = lambda: time.time() + 100000
+        more = write_manifest(tmp_path, keys(6))
+        config = dataclasses.replace(
+            config_for(more, url, tmp_path / "out.csv", concurrency=1), credentials=provider
+        )
+        stats, log = await run_submit(config)
+    assert stats.fatal is not None
+    assert "IVA.0001" in stats.fatal
+    assert stats.submitted == 0
+    text = log + (tmp_path / "out.csv").read_text()
+    assert PASSWORD not in text
+    assert all(token not in text for token in provider.secrets())
+
+
+@pytest.mark.anyio
+async def test_a_wrong_password_is_refused_without_showing_it() -> None:
+    """IAM refuses the login: exit 2 before any VAS call, the password nowhere."""
+    emulator = Emulator(identity=IdentityOptions(users=(USER,)))
+    async with emulator.serve() as url:
+        env = {**iam_env(), "BATCHSUBMIT_IAM_PASSWORD": "wrong-" + PASSWORD}
+        with pytest.raises(CredentialError) as caught:
+            await open_for(env, url, project_id=EMULATOR_PROJECT_ID)
+    text = str(caught.value) + repr(caught.value)
+    assert "HTTP 401" in text
+    assert "BATCHSUBMIT_IAM_PASSWORD" in text
+    assert PASSWORD not in text
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None or caught.value.__suppress_context__
+
+
+@pytest.mark.anyio
+async def test_no_metadata_fails_fast_listing_every_source() -> None:
+    """No credentials anywhere and nothing at the metadata address: a fast error naming each
+    source tried."""
+    started = time.monotonic()
+    with pytest.raises(CredentialError) as caught:
+        await open_for({"BATCHSUBMIT_METADATA_URL": f"http://127.0.0.1:{closed_port()}"}, "")
+    assert time.monotonic() - started < 3
+    message = str(caught.value)
+    for part in ("environment", "IAM password", "profile file", "ECS metadata", "connect"):
+        assert part in message, message
+
+
+@pytest.mark.anyio
+async def test_a_server_without_agency_is_told_so() -> None:
+    emulator = Emulator(identity=IdentityOptions(metadata=True, agency=False))
+    async with emulator.serve() as url:
+        with pytest.raises(CredentialError, match="no agency"):
+            await open_for({"BATCHSUBMIT_METADATA_URL": url}, url)
+
+
+@pytest.mark.anyio
+async def test_temporary_keys_sign_list_show_and_delete(tmp_path: Path) -> None:
+    """Every VAS operation, not only creates, goes out with valid temporary credentials."""
+    emulator = Emulator(identity=IdentityOptions(metadata=True, credential_ttl=60.0))
+    async with emulator.serve() as url:
+        provider = await open_for({"BATCHSUBMIT_METADATA_URL": url}, url)
+        endpoint = Endpoint(
+            base_url=url, project_id=provider.project_id, service_name="video-analyze"
+        )
+        async with open_session(2) as session:
+            client = VasClient(session, endpoint, provider)
+            listed = await client.list_tasks({"limit": 1, "offset": 0})
+            shown = await client.show("0" * 32)
+    assert listed.status == 200, listed
+    assert shown.status == 404, shown
+    assert shown.error_code == "IVA.0005", shown
+
+
+# -- through the command line ---------------------------------------------------------------
+
+
+@pytest.fixture
+def iam_emulator() -> Iterator[tuple[Emulator, str]]:
+    emulator = Emulator(
+        Faults(),
+        credentials={EMULATOR_AK: EMULATOR_SK, "PROFILEAK": SECRET_SK},
+        identity=IdentityOptions(users=(USER,), metadata=True),
+    )
+    server = ServerThread(emulator.serve)
+    try:
+        yield emulator, server.url
+    finally:
+        server.close()
+
+
+def run_main(*args: str) -> tuple[int, str]:
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = main(list(args))
+    return code, err.getvalue()
+
+
+def test_cli_discovers_the_project_from_a_crlf_profile(
+    iam_emulator: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CRLF profile without project id: the project is looked up in IAM, jobs are made, the
+    summary names the source, and the SK is nowhere."""
+    emulator, url = iam_emulator
+    path = tmp_path / "home" / ".huaweicloud" / "credentials"
+    path.parent.mkdir()
+    path.write_bytes(b"[basic]\r\nak = PROFILEAK\r\nsk = " + SECRET_SK.encode() + b"\r\n")
+    path.chmod(0o600)
+    monkeypatch.setenv("HUAWEICLOUD_SDK_IAM_ENDPOINT", url)
+    manifest = write_manifest(tmp_path, keys(5))
+    results = tmp_path / "out.csv"
+    summary = tmp_path / "summary.json"
+    code, err = run_main(
+        "submit", str(manifest), "--endpoint", url, "--results", str(results),
+        "--summary", str(summary),
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(emulator.tasks) == 5
+    assert [r[2] for r in rows(results)] == ["submitted"] * 5
+    assert all(EMULATOR_PROJECT_ID in r[3] for r in rows(results))
+    for text in (err, results.read_text(), summary.read_text()):
+        assert SECRET_SK not in text
+
+
+def test_cli_iam_password_source(
+    iam_emulator: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BATCHSUBMIT_IAM_* through the command line: jobs made with a token."""
+    emulator, url = iam_emulator
+    for name, value in iam_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HUAWEICLOUD_SDK_IAM_ENDPOINT", url)
+    manifest = write_manifest(tmp_path, keys(3))
+    code, err = run_main(
+        "submit", str(manifest), "--endpoint", url, "--results", str(tmp_path / "o.csv")
+    )
+    assert code == 0, err
+    assert len(emulator.tasks) == 3
+    assert emulator.identity.tokens_issued == 1
+    assert PASSWORD not in err
+
+
+def test_cli_wrong_sk_in_profile_stops_without_showing_it(
+    iam_emulator: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong SK: the run stops (exit 3) and the SK shows in no output."""
+    emulator, url = iam_emulator
+    path = tmp_path / "p.ini"
+    path.write_text(
+        f"[basic]\nak = PROFILEAK\nsk = wrong-{SECRET_SK}\nproject_id = {EMULATOR_PROJECT_ID}\n"
+    )
+    path.chmod(0o600)
+    monkeypatch.setenv("HUAWEICLOUD_SDK_CREDENTIALS_FILE", str(path))
+    manifest = write_manifest(tmp_path, keys(3))
+    results = tmp_path / "o.csv"
+    summary = tmp_path / "s.json"
+    metrics = tmp_path / "m.prom"
+    code, err = run_main(
+        "submit", str(manifest), "--endpoint", url, "--results", str(results),
+        "--summary", str(summary), "--metrics", str(metrics),
+    )  # fmt: skip
+    assert code == 3, err
+    assert "APIGW.0301" in err
+    assert not emulator.tasks
+    for text in (err, results.read_text(), summary.read_text(), metrics.read_text()):
+        assert SECRET_SK not in text
