@@ -318,7 +318,8 @@ def _parser() -> argparse.ArgumentParser:
     identity.add_argument(
         "--region",
         default="cn-north-4",
-        help="the project's name in IAM (GET /v3/projects?name=REGION) (default: %(default)s)",
+        help="the project's name in IAM: GET /v3/projects?name=REGION (always served) "
+        "answers the emulator's project id (default: %(default)s)",
     )
     emulator.set_defaults(command=_emulator)
     return parser
@@ -859,6 +860,7 @@ def _emulator(args: argparse.Namespace, log: Log) -> int:
     )
     identity = IdentityOptions(
         users=tuple(args.iam_user),
+        projects_api=True,  # GET /v3/projects?name=REGION: project id discovery, as the SDK does
         token_ttl=args.token_ttl,
         metadata=args.metadata,
         agency=not args.no_agency,
@@ -914,7 +916,7 @@ def _emulator(args: argparse.Namespace, log: Log) -> int:
         counts = (
             f"; IAM tokens issued {issued.tokens_issued}, temporary credentials issued "
             f"{issued.credentials_issued}, calls refused as expired {issued.refused_expired}"
-            if identity.serves_iam
+            if identity.users or identity.metadata
             else ""
         )
         log.line("info", f"emulator stopped; {len(emulator.tasks)} jobs were created{counts}")

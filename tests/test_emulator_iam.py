@@ -8,10 +8,15 @@ tested with a clock the test moves (``Identity.clock``), and once in real time.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
 
 from batchsubmit.auth import Credentials
@@ -341,6 +346,45 @@ async def test_official_sdk_reads_the_metadata_credentials() -> None:
     assert emulator.identity.metadata_tokens_issued == 1
 
 
+async def test_official_sdk_discovers_the_project_and_signs_temporary_credentials() -> None:
+    """huaweicloudsdkvas, given temporary credentials and no project id, finds the project with
+    GET /v3/projects?name={region} and lists with X-Security-Token; once the credentials have
+    expired it gets 401 IVA.0001."""
+    vas = pytest.importorskip("huaweicloudsdkvas.v2")
+    core = pytest.importorskip("huaweicloudsdkcore.auth.credentials")
+    region = pytest.importorskip("huaweicloudsdkcore.region.region")
+    exceptions = pytest.importorskip("huaweicloudsdkcore.exceptions.exceptions")
+    clock = Clock()
+    emulator = Emulator(identity=IdentityOptions(metadata=True, credential_ttl=600))
+    emulator.identity.clock = clock
+    async with running(emulator) as client:
+        credential = await securitykey(client)
+        credentials = (
+            core.BasicCredentials(credential["access"], credential["secret"])
+            .with_security_token(credential["securitytoken"])
+            .with_iam_endpoint(client.base)
+        )
+
+        def build() -> Any:
+            return (
+                vas.VasClient.new_builder()
+                .with_credentials(credentials)
+                .with_region(region.Region("cn-north-4", client.base))
+                .build()
+            )
+
+        sdk = await asyncio.to_thread(build)
+        request = vas.ListTasksDetailsRequest(service_name="c-video-analysis", limit=1)
+        listed = await asyncio.to_thread(sdk.list_tasks_details, request)
+        clock.now += 600
+        with pytest.raises(exceptions.ClientRequestException) as expired:
+            await asyncio.to_thread(sdk.list_tasks_details, request)
+    assert credentials.project_id == EMULATOR_PROJECT_ID
+    assert (listed.status_code, listed.count) == (200, 0)
+    assert (expired.value.status_code, expired.value.error_code) == (401, "IVA.0001")
+    assert emulator.identity.refused_expired_credentials == 1
+
+
 # -- the CLI options -----------------------------------------------------------------------------
 
 
@@ -359,6 +403,40 @@ def test_cli_options_build_the_identity() -> None:
     defaults = _parser().parse_args(["emulator"])
     assert (defaults.iam_user, defaults.metadata, defaults.token_ttl) == ([], False, 86400.0)
     assert "pa:ss" not in repr(args.iam_user)
+
+
+async def test_standalone_emulator_serves_iam_and_metadata_behind_options() -> None:
+    """`batchsubmit emulator --iam-user ... --metadata`: the banner names the variables that
+    point a run at its IAM and metadata (never the password); both answer on the one port."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batchsubmit", "emulator", "--port", "0",
+        "--iam-user", f"alice:acme:{PASSWORD}", "--metadata", "--credential-ttl", "30",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        lines = [(await asyncio.wait_for(process.stdout.readline(), 20)).decode() for _ in range(4)]
+        found = re.search(r"BATCHSUBMIT_METADATA_URL=(\S+)", lines[3])
+        assert found, lines
+        url = found.group(1)
+        assert f"HUAWEICLOUD_SDK_IAM_ENDPOINT={url} BATCHSUBMIT_IAM_USER=alice" in lines[2]
+        assert "BATCHSUBMIT_IAM_DOMAIN=acme" in lines[2]
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, url)
+            token = (await login(client)).headers["X-Subject-Token"]
+            created = await with_token(client, token)
+            credential = await securitykey(client)
+            signed = await with_temporary(client, credential, credential["securitytoken"])
+        assert (created.status, signed.status) == (201, 201)
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(process.communicate(), 20)
+    text = "".join(lines) + out.decode() + err.decode()
+    assert process.returncode == 0, text
+    assert PASSWORD not in text
+    assert "IAM tokens issued 1, temporary credentials issued 1" in err.decode()
 
 
 def test_bad_iam_user_is_refused_without_echoing_it(capsys: pytest.CaptureFixture[str]) -> None:
