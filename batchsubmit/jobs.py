@@ -17,10 +17,11 @@ import orjson
 
 from .manifest import DESCRIPTION_MAX, JobTemplate, Service
 from .sources import ObjectRef
+from .vas import JOB_NAME_MAX
 
 __all__ = ["NAME_MAX", "JobSpec", "SpecBuilder", "source_hash", "template_fields"]
 
-NAME_MAX = 100
+NAME_MAX = JOB_NAME_MAX
 HASH_LENGTH = 12  # 60 bits of base32: a collision is unlikely even among millions of videos
 _INVALID_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 

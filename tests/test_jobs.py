@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchsubmit.jobs import NAME_MAX, JobSpec, SpecBuilder, source_hash, template_fields
 from batchsubmit.manifest import DESCRIPTION_MAX, NAME_FIELDS, JobTemplate, Service, load_manifest
@@ -402,3 +404,35 @@ def test_body_bytes_are_orjson_of_the_body_dict(
     }
     expected.update(extra)
     assert spec.body == orjson.dumps(expected)
+
+
+# -- names: a property over every template ------------------------------------------------------
+
+_PIECES = st.one_of(
+    st.sampled_from(sorted("{" + f + "}" for f in NAME_FIELDS)),
+    st.text(alphabet=st.characters(blacklist_characters="{}"), max_size=3),
+    st.sampled_from(["-", "_", ".", " ", "视", "long-literal-text-" * 3]),
+)
+# Templates of many short parts: the case where the hash is the longest part of a name.
+_TEMPLATES = st.one_of(st.lists(_PIECES, max_size=10), st.lists(_PIECES, min_size=30, max_size=120))
+_KEYS = st.text(min_size=1, max_size=300).filter(lambda k: not k.endswith("/"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces=_TEMPLATES, key=_KEYS)
+def test_every_name_is_valid_for_vas_and_keeps_the_whole_hash(pieces: list[str], key: str) -> None:
+    """For any template (many short parts included) and any key: the name is 1 to 100 of
+    VAS's characters and contains the source's full hash, which finds the job again."""
+    spec = SpecBuilder(SERVICE, template(name="".join(pieces))).build(ObjectRef("bkt", key))
+    assert VALID_NAME.fullmatch(spec.name), spec.name
+    assert source_hash(spec.source) in spec.name
+
+
+def test_many_short_parts_never_cut_the_hash() -> None:
+    """The mutation a review found uncaught: 40 three-letter parts and a hash; the hash is the
+    longest part, and the cut must take the short parts, never the hash."""
+    name = "-".join(["{ext}"] * 40 + ["{hash}"])
+    ref = ObjectRef("bkt", "cams/a.mp4")
+    spec = SpecBuilder(SERVICE, template(name=name)).build(ref)
+    assert len(spec.name) == NAME_MAX
+    assert spec.name.endswith("-" + source_hash(ref.url))
