@@ -274,10 +274,14 @@ class _Step:
 
 
 class _Life:
-    """What a job's TaskDetails does not show: its place in time, its hosting result, and the
-    generation that invalidates the steps still queued when a call changes its course."""
+    """What a job's TaskDetails does not show: its place in time, its hosting result, its
+    course (the steps to come; only the next one is queued), and the generation that
+    invalidates the queued step when a call changes that course."""
 
-    __slots__ = ("created_ms", "generation", "hosting", "overdue_ms", "seq", "ttl", "updated")
+    __slots__ = (
+        "created_ms", "generation", "hosting", "next", "overdue_ms", "plan", "seq", "ttl",
+        "updated",
+    )  # fmt: skip
 
     def __init__(self, seq: int, created: float, hosting: bool, ttl: float) -> None:
         self.seq = seq
@@ -285,6 +289,8 @@ class _Life:
         self.updated = created
         self.ttl = ttl  # real seconds a hosting result stays AVAILABLE
         self.generation = 0
+        self.plan: tuple[_Step, ...] = ()
+        self.next = 0  # index in plan of the next step to apply
         self.hosting: str | None = "NOT_GENERATED" if hosting else None
         self.overdue_ms: int | None = None
 
@@ -450,7 +456,7 @@ class Emulator:
         self._wall0 = time.time()
         self._life_rng = random.Random(None if faults.seed is None else f"jobs-{faults.seed}")
         self._lives: dict[str, _Life] = {}
-        self._steps: list[tuple[float, int, str, int, _Step]] = []  # heap
+        self._steps: list[tuple[float, int, str, int]] = []  # heap: (at, seq, id, generation)
         self._step_seq = 0
         self.created_total = 0  # every job ever created (gone ones included)
         self.deleted: dict[str, str] = {}  # job id -> its state when a DELETE first reached it
@@ -485,10 +491,10 @@ class Emulator:
         now = self._clock()
         steps = self._steps
         while steps and steps[0][0] <= now:
-            _, _, task_id, generation, step = heapq.heappop(steps)
+            _, _, task_id, generation = heapq.heappop(steps)
             life = self._lives.get(task_id)
-            if life is not None and life.generation == generation and task_id in self.tasks:
-                self._apply(task_id, step)
+            if life is not None and life.generation == generation:
+                self._advance(task_id, life, now)
 
     def state(self, task_id: str) -> str | None:
         """The job's state now; None once it is gone."""
@@ -540,19 +546,26 @@ class Emulator:
         return frozen
 
     def _redirect(self, task_id: str, steps: Sequence[_Step]) -> None:
-        """Drop the job's queued steps; apply the ones due now and queue the rest."""
+        """Give the job a new course: drop the queued step, apply what is due, queue the next."""
         life = self._lives[task_id]
         life.generation += 1
-        now = self._clock()
-        for step in steps:
-            if step.at <= now:
-                self._apply(task_id, step)
-            else:
-                self._queue(task_id, life, step)
+        life.plan = tuple(steps)
+        life.next = 0
+        self._advance(task_id, life, self._clock())
 
-    def _queue(self, task_id: str, life: _Life, step: _Step) -> None:
-        self._step_seq += 1
-        heapq.heappush(self._steps, (step.at, self._step_seq, task_id, life.generation, step))
+    def _advance(self, task_id: str, life: _Life, now: float) -> None:
+        """Apply the job's steps due by ``now``; queue its next one."""
+        plan = life.plan
+        while life.next < len(plan):
+            step = plan[life.next]
+            if step.at > now:
+                self._step_seq += 1
+                heapq.heappush(self._steps, (step.at, self._step_seq, task_id, life.generation))
+                return
+            life.next += 1
+            self._apply(task_id, step)
+            if task_id not in self.tasks:
+                return
 
     def _wall(self, at: float) -> float:
         return self._wall0 + (at - self._mono0)
@@ -891,13 +904,12 @@ class Emulator:
         self.created_total += 1
         lifecycle = self.faults.jobs
         hosting = "hosting" in output
-        life = self._lives[task_id] = _Life(
+        self._lives[task_id] = _Life(
             self.created_total, wall, hosting, lifecycle.real(lifecycle.hosting_ttl)
         )
         u = [self._life_rng.random() for _ in range(_DRAWS)]
         steps = _plan(lifecycle, now, u, hosting=hosting, restart=False)
-        for step in _vanishing(lifecycle, now, u, steps):
-            self._queue(task_id, life, step)
+        self._redirect(task_id, _vanishing(lifecycle, now, u, steps))
         return task_id
 
     async def _list(
