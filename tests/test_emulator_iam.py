@@ -449,6 +449,7 @@ def test_bad_iam_user_is_refused_without_echoing_it(capsys: pytest.CaptureFixtur
 
 def test_iam_user_parse() -> None:
     assert IamUser.parse("a:b:c:d") == IamUser("a", "b", "c:d")
+    assert PASSWORD not in repr(IdentityOptions(users=(USER,)))
     for bad in ("a:b", "a::c", ":b:c", "a:b:"):
         with pytest.raises(ValueError, match="NAME:DOMAIN:PASSWORD"):
             IamUser.parse(bad)
