@@ -7,6 +7,7 @@ import dataclasses
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ from batchsubmit.results import (
     read_ledger,
     utc_now,
 )
+
+from .helpers import run_cli
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 SERVICE = f"https://iva.cn-north-4.myhuaweicloud.com/v2/{PROJECT}/services/c-video-analysis/tasks"
@@ -782,3 +785,21 @@ def test_mark_done_marks_a_source_done() -> None:
     ledger.mark_done("obs://bkt/a.mp4")
     assert ledger.is_done("obs://bkt/a.mp4")
     assert not ledger.is_done("obs://bkt/b.mp4")
+
+
+def test_quick_start_twice_submits_nothing_the_second_time(tmp_path: Path) -> None:
+    """Issue 12, as a new user sees it: the README's quick start run twice. The in-process
+    emulator listens on a new random port each run; the ledger's identity (project and
+    service) does not depend on it, so the second run submits nothing."""
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    for name in ("nightly.toml", "listing.txt"):
+        shutil.copy(samples / name, tmp_path / name)
+    manifest = tmp_path / "nightly.toml"
+    first = run_cli("submit", str(manifest), "--emulator")
+    assert first.returncode == 0, first.stderr
+    second = run_cli("submit", str(manifest), "--emulator")
+    assert second.returncode == 0, second.stderr
+    assert "0 to submit, 6 already submitted" in second.stderr
+    assert "done: 0 submitted" in second.stderr
+    rows = (tmp_path / "nightly.emulator.results.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 1 + 6
