@@ -33,6 +33,19 @@ from .manifest import Manifest, load_manifest
 from .obs import obs_keys, spool_prefixes
 from .pool import PoolSettings, RunStats
 from .progress import Log, make_reporter
+from .prune import (
+    DEFAULT_OLDER_THAN,
+    DEFAULT_QUOTA,
+    PruneConfig,
+    PruneRules,
+    PruneStats,
+    Room,
+    describe_held,
+    first_service,
+    make_room,
+    plan_prune,
+    prune,
+)
 from .results import Format, format_for, iter_rows, read_ledger, utc_now
 from .runner import (
     ExpandSummary,
@@ -156,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop the run (exit 3) after N failed jobs (default: no limit)",
     )
+    _room_options(run)
     run.set_defaults(command=_submit)
 
     fix = commands.add_parser(
@@ -175,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     _pool_options(fix)
     fix.set_defaults(command=_reconcile)
 
+    _prune_parser(commands)
     _check_parser(commands)
 
     expand = commands.add_parser("expand", help="print the job specs as JSONL; no network")
@@ -687,6 +702,9 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
         ledger = None if config.resubmit else prepared.ledger
         counted = count_work(manifest, ledger, uncertain, lambda _m: None)
         _log_plan(log, counted, len(uncertain), config)
+        room = None
+        if getattr(args, "make_room", False):
+            room, config = await _make_room(config, args, log, counted)
         planned = counted.planned
         if config.pool.max_jobs is not None:
             planned = min(planned, config.pool.max_jobs)
@@ -700,8 +718,12 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
     finally:
         prepared.lock.release()
         spool.cleanup()
+    if room is not None:
+        _room_stats(stats, room)
     code = _exit_code(stats)
     _report(args, log, stats, code, started, config.results, summary)
+    if room is not None:
+        _report_room(args, log, room)
     return code
 
 
@@ -1172,3 +1194,292 @@ def _check(args: argparse.Namespace, log: Log) -> int:
         return EXIT["fatal"]
     log.line("info", f"check: all {len(found)} checks passed; nothing was created")
     return EXIT["ok"]
+
+
+# -- prune and make-room (the saved-jobs quota) -------------------------------------------------
+
+
+def _room_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--make-room",
+        action="store_true",
+        help="before the first create, read the saved-job count and, if tonight's jobs do not "
+        "fit under --quota, prune this ledger's finished, recorded, collected jobs (oldest "
+        "first, only as many as needed); what still does not fit is deferred (exit 0)",
+    )
+    parser.add_argument(
+        "--quota",
+        type=_count,
+        default=DEFAULT_QUOTA,
+        metavar="N",
+        help=f"saved jobs the account may hold, for --make-room (default {DEFAULT_QUOTA})",
+    )
+
+
+def _prune_parser(commands: Any) -> None:
+    prune = commands.add_parser(
+        "prune",
+        help="delete this ledger's jobs that are final, recorded and collected (saved-jobs quota)",
+    )
+    prune.add_argument("results", type=Path, help="the results file (.csv or .jsonl)")
+    prune.add_argument(
+        "--format", choices=("csv", "jsonl"), help="results format (default: from the extension)"
+    )
+    prune.add_argument(
+        "--older-than",
+        type=_age,
+        default=DEFAULT_OLDER_THAN,
+        metavar="DURATION",
+        help="only jobs recorded final at least this long ago (e.g. 24h, 90m, 7d, 0; default 24h)",
+    )
+    prune.add_argument(
+        "--keep",
+        type=_kept,
+        default=0,
+        metavar="N",
+        help="keep the newest N final jobs whatever their age (default 0)",
+    )
+    prune.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be deleted (JSONL) and how much room it frees; send nothing",
+    )
+    prune.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="base URL to use instead of the one in the results rows (default: the rows')",
+    )
+    prune.add_argument("--summary", type=Path, metavar="PATH", help="write a JSON summary")
+    _pool_options(prune)
+    prune.set_defaults(command=_prune)
+
+
+def _age(text: str) -> float:
+    """A minimum age: 0, or a duration (h, m, s, or whole days with d)."""
+    stripped = text.strip()
+    if stripped in ("0", "0s"):
+        return 0.0
+    if stripped.endswith("d") and stripped[:-1].isdigit():
+        days = int(stripped[:-1])
+        if not 0 < days <= 3650:
+            raise argparse.ArgumentTypeError(f"{text!r}: days must be between 1 and 3650")
+        return days * 86400.0
+    found = _DURATION.fullmatch(stripped)
+    if not stripped or not found or not any(found.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 24h, 90m, 7d, 0)")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in found.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def _kept(text: str) -> int:
+    return _whole(text, 0, MAX_COUNT)
+
+
+def _prune(args: argparse.Namespace, log: Log) -> int:
+    started = time.time()
+    results = _real(args.results)
+    fmt = format_for(results, args.format)
+    base_url = _check_endpoint(args.endpoint) if args.endpoint else None
+    first = None if args.dry_run else first_service(results, fmt)
+    credentials = None
+    if first is not None:  # a dry run, or a ledger with no job, needs no credentials
+        found = re.fullmatch(r"(https?://[^/]+)/v2/([^/]+)/services/[^/]+/tasks", first)
+        credentials = _credentials(
+            log,
+            project_id=found.group(2) if found else None,
+            endpoint=base_url or (found.group(1) if found else None),
+        )
+    config = PruneConfig(
+        results=results,
+        format=fmt,
+        credentials=credentials,
+        pool=PoolSettings(concurrency=args.concurrency, rate=args.rate),
+        rules=PruneRules(older_than=args.older_than, keep=args.keep),
+        base_url=base_url,
+        dry_run=args.dry_run,
+        timeout=args.timeout,
+    )
+    warn = _warner(log)
+    say = lambda level, message: log.line(level, message)  # noqa: E731
+    if args.dry_run:
+        stats = _plan_prune_locked(config, warn)
+        _print_jsonl(stats.jobs)
+    else:
+        stats = prune(config, warn, say)
+    code = _prune_exit_code(stats)
+    _report_prune(args, log, stats, code, started, results)
+    return code
+
+
+def _plan_prune_locked(config: PruneConfig, warn: Any) -> PruneStats:
+    """A dry run reads under the lock too: a running `status` may be appending."""
+    from .journal import RunLock
+    from .runner import lock_path
+
+    lock = RunLock(lock_path(config.results))
+    lock.acquire(utc_now())
+    try:
+        return plan_prune(config, warn)
+    finally:
+        lock.release()
+
+
+def _print_jsonl(items: Iterable[dict[str, Any]]) -> None:
+    out = sys.stdout.buffer
+    for item in items:
+        out.write(orjson.dumps(item) + b"\n")
+    out.flush()
+
+
+def _prune_exit_code(stats: PruneStats) -> int:
+    if stats.signal is not None:
+        return EXIT["SIGINT"] if stats.signal == signal.SIGINT else EXIT["SIGTERM"]
+    if stats.fatal is not None:
+        return EXIT["fatal"]
+    if stats.failed:
+        return EXIT["some_failed"]
+    return EXIT["ok"]
+
+
+def _prune_summary(
+    stats: PruneStats, code: int, started: float, results: Path, dry: bool
+) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "command": "prune",
+        "dry_run": dry,
+        "exit_code": code,
+        "started_at": _iso(started),
+        "ended_at": utc_now(),
+        "elapsed_seconds": round(stats.elapsed, 3),
+        "results": str(results),
+        "counts": {
+            "selected": stats.selected,
+            "pruned": stats.pruned,
+            "deleted": stats.deleted,
+            "already_gone": stats.gone,
+            "failed": stats.failed,
+            "redone": stats.resumed,
+            "deferred": stats.deferred,
+            "pruned_before": stats.already,
+        },
+        "room_freed": stats.selected if dry else stats.pruned,
+        "held": stats.held,
+        "calls": stats.calls,
+        "retries": stats.retries,
+        "stop_reason": stats.stop_reason,
+        "fatal": stats.fatal,
+        "first_errors": stats.first_errors,
+        "jobs": stats.jobs,
+    }
+
+
+def _report_prune(
+    args: argparse.Namespace, log: Log, stats: PruneStats, code: int, started: float, results: Path
+) -> None:
+    data = _prune_summary(stats, code, started, results, args.dry_run)
+    if args.summary:
+        _write_atomically(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    held = describe_held(stats.held)
+    if args.dry_run:
+        line = (
+            f"dry run: {stats.selected} jobs would be deleted, freeing room for "
+            f"{stats.selected} saved jobs; kept: {held}; nothing was sent"
+        )
+        if stats.resumed:
+            line += f"; {stats.resumed} deletes of a stopped prune would be redone first"
+        log.line("info", line)
+        return
+    if stats.fatal:
+        log.line("error", f"prune stopped: {stats.fatal}")
+    for kind, message in stats.first_errors.items():
+        log.line("error", f"first {kind} error: {message}")
+    line = (
+        f"pruned {stats.pruned} jobs ({stats.gone} were already gone), {stats.failed} deletes "
+        f"failed, {stats.deferred} not sent; kept: {held}; recorded in "
+        f"{results.name}.follow.jsonl"
+    )
+    if stats.resumed:
+        line += f"; {stats.resumed} deletes of an earlier prune redone"
+    if stats.stop_reason:
+        line += f"; stopped: {stats.stop_reason}"
+    log.line("info" if code == 0 else "error", f"done: {line}", exit_code=code)
+
+
+async def _make_room(
+    config: RunConfig, args: argparse.Namespace, log: Log, counted: ExpandSummary
+) -> tuple[Room, RunConfig]:
+    """--make-room: prune until tonight's creates fit under --quota, else cap them."""
+    # Lookups of earlier uncertain creates may end in creates too: count them as planned.
+    planned = counted.planned + counted.uncertain
+    if config.pool.max_jobs is not None:
+        planned = min(planned, config.pool.max_jobs)
+    prune_config = PruneConfig(
+        results=config.results,
+        format=config.format,
+        credentials=config.credentials,
+        pool=config.pool,
+        durable=config.durable,
+        timeout=config.timeout,
+    )
+    say = lambda level, message: log.line(level, message)  # noqa: E731
+    room = await make_room(
+        prune_config,
+        planned,
+        args.quota,
+        _warner(log),
+        say,
+        service_url=config.endpoint.tasks_url,
+    )
+    if room.prune.signal is not None:  # stopped while pruning: create nothing tonight
+        log.line("error", "make-room was stopped by a signal; nothing was submitted")
+        raise SystemExit(EXIT["SIGINT"] if room.prune.signal == signal.SIGINT else EXIT["SIGTERM"])
+    if room.deferred:
+        pool = replace(config.pool, max_jobs=room.room)
+        config = replace(config, pool=pool)
+    return room, config
+
+
+def _room_stats(stats: RunStats, room: Room) -> None:
+    """The quota, not --max-jobs, is why the rest waits for the next night."""
+    if room.deferred and stats.stop_reason and stats.stop_reason.startswith("--max-jobs"):
+        stats.stop_reason = room.reason
+
+
+def _report_room(args: argparse.Namespace, log: Log, room: Room) -> None:
+    """Add make-room's figures to the summary and the metrics the run just wrote."""
+    data = {
+        "quota": room.quota,
+        "planned": room.planned,
+        "saved_before": room.saved_before,
+        "saved_after": room.saved_after,
+        "pruned": room.prune.pruned,
+        "prune_failed": room.prune.failed,
+        "room": room.room,
+        "deferred": room.deferred,
+        "reason": room.reason,
+    }
+    log.line(
+        "info",
+        f"make-room: {room.saved_before} saved jobs before, {room.prune.pruned} pruned, "
+        f"{room.saved_after} after; room for {room.room} of {room.planned}, "
+        f"{room.deferred} deferred (quota {room.quota})",
+    )
+    if getattr(args, "summary", None) and args.summary.exists():
+        summary = orjson.loads(args.summary.read_bytes())
+        summary["room"] = data
+        _write_atomically(args.summary, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    if getattr(args, "metrics", None) and args.metrics.exists():
+        lines = [args.metrics.read_text()]
+        gauges = [
+            ("saved_jobs", "Saved jobs the service counted before make-room.", room.saved_before),
+            ("quota", "The saved-jobs quota make-room planned for.", room.quota),
+            ("pruned", "Jobs make-room deleted to make room.", room.prune.pruned),
+            ("quota_deferred", "Creates deferred because the quota had no room.", room.deferred),
+        ]
+        for name, help_text, value in gauges:
+            lines.append(
+                f"# HELP batchsubmit_{name} {help_text}\n# TYPE batchsubmit_{name} gauge\n"
+                f"batchsubmit_{name} {value}\n"
+            )
+        _write_atomically(args.metrics, "".join(lines).encode())

@@ -16,13 +16,12 @@ idempotent: 202 or 404), so every deleted job ends up recorded and nothing else 
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ import orjson
 from .answers import Answer, Kind
 from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
+from .credentials import CredentialProvider
 from .errors import ApiError, FatalApiError, StorageError, UsageError
 from .journal import RunLock
 from .pool import Pool, PoolSettings, Stopped
@@ -64,7 +64,8 @@ HOSTING_DONE = frozenset({"COLLECTED", "OVERDUE", "DELETED_MISTAKENLY"})
 # Final, but already gone from the service: nothing to delete, no room to free.
 GONE_STATES = frozenset({PRUNED, "LOST"})
 ROOM_WAIT = 120.0  # seconds make-room waits for deleted jobs to disappear from the count
-ROOM_POLL = 1.0
+ROOM_POLL = 2.0  # seconds between count reads at most; the first comes sooner
+ROOM_FIRST_POLL = 0.05
 _SERVICE_URL = re.compile(r"(https?://[^/]+)/v2/([^/]+)/services/([^/]+)/tasks")
 
 
@@ -85,7 +86,7 @@ class PruneConfig:
 
     results: Path
     format: Format
-    credentials: Credentials | None  # None only for a dry run
+    credentials: Credentials | CredentialProvider | None  # None: a dry run, or nothing to do
     pool: PoolSettings
     rules: PruneRules = field(default_factory=PruneRules)
     base_url: str | None = None  # --endpoint: instead of the one in the results rows
@@ -236,33 +237,65 @@ def job_services(results: Path, fmt: Format, wanted: Iterable[str]) -> dict[str,
     wanted = set(wanted)
     found: dict[str, str] = {}
     try:
-        handle = results.open("rb")
+        if fmt == "jsonl":
+            with results.open("rb") as handle:
+                pairs = list(_jsonl_ids(handle, wanted))
+        else:
+            with results.open(encoding="utf-8", errors="replace", newline="") as text:
+                pairs = list(_csv_ids(text, wanted))
     except FileNotFoundError:
         return found
     except OSError as exc:
         raise UsageError(f"{results}: cannot read the results file: {exc.strerror}") from None
-    with handle:
-        for job_id, service_url in _id_rows(handle, fmt):
-            if job_id in wanted and service_url:
-                found[job_id] = service_url
+    for job_id, service_url in pairs:
+        if service_url:
+            found[job_id] = service_url
     return found
 
 
-def _id_rows(handle: IO[bytes], fmt: Format) -> Iterable[tuple[str, str]]:
-    if fmt == "jsonl":
-        for line in handle:
-            try:
-                data = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue  # a torn last line
-            if isinstance(data, dict) and data.get("status") == "submitted":
-                yield str(data.get("job_id") or ""), str(data.get("service_url") or "")
-        return
-    text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="")
+def first_service(results: Path, fmt: Format) -> str | None:
+    """The ``service_url`` of the first submitted row (for the project id and region of the
+    credentials), or None when no job was ever submitted: nothing to prune, no credentials."""
+    try:
+        if fmt == "jsonl":
+            with results.open("rb") as handle:
+                for line in handle:
+                    try:
+                        data = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(data, dict) and data.get("status") == "submitted":
+                        return str(data.get("service_url") or "") or None
+        else:
+            with results.open(encoding="utf-8", errors="replace", newline="") as text:
+                for row in csv.DictReader(text):
+                    if row.get("status") == "submitted" and row.get("service_url"):
+                        return row["service_url"]
+    except FileNotFoundError:
+        return None
+    except (OSError, csv.Error) as exc:
+        raise UsageError(f"{results}: cannot read the results file: {exc}") from None
+    return None
+
+
+def _jsonl_ids(handle: IO[bytes], wanted: set[str]) -> Iterator[tuple[str, str]]:
+    for line in handle:
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a torn last line
+        if isinstance(data, dict) and data.get("status") == "submitted":
+            job_id = str(data.get("job_id") or "")
+            if job_id in wanted:
+                yield job_id, str(data.get("service_url") or "")
+
+
+def _csv_ids(text: IO[str], wanted: set[str]) -> Iterator[tuple[str, str]]:
     try:
         for row in csv.DictReader(text):
-            if row.get("status") == "submitted":
-                yield row.get("job_id") or "", row.get("service_url") or ""
+            job_id = row.get("job_id") or ""
+            if row.get("status") == "submitted" and job_id in wanted:
+                yield job_id, row.get("service_url") or ""
     except csv.Error:
         return  # a torn last line
 
@@ -453,10 +486,12 @@ async def _prune_locked(
         stats.elapsed = time.monotonic() - started
         return stats
     credentials = config.credentials
-    assert credentials is not None
+    if credentials is None:
+        raise UsageError("prune needs credentials to delete jobs (only --dry-run runs without)")
     try:
         writer = RecordWriter(record_path(config.results), warn, durable=config.durable)
-        journal = _IntentJournal(prune_journal_path(config.results), intents, config.durable)
+        still_open = {c.record.job_id: c.service_url for c in redo}
+        journal = _IntentJournal(prune_journal_path(config.results), still_open, config.durable)
         try:
             async with open_session(config.pool.concurrency) as session:
                 clients: dict[str, VasClient] = {}
@@ -624,7 +659,8 @@ async def make_room(
     prune rules without a minimum age), oldest first, only as many as needed, then wait for
     them to leave the count. What still does not fit is deferred. The caller holds the lock."""
     room = Room(quota=quota, planned=planned)
-    assert config.credentials is not None
+    if planned == 0 or config.credentials is None:
+        return room  # nothing to create tonight: no room to make
     endpoint = endpoint_for(service_url, config.base_url)
     async with open_session(1) as session:
         client = VasClient(session, endpoint, config.credentials, timeout=config.timeout)
@@ -637,11 +673,12 @@ async def make_room(
                 f"make-room: {room.saved_before} saved jobs + {planned} to create is over the "
                 f"quota of {quota}: pruning up to {needed} finished, recorded jobs",
             )
-            rules = PruneRules(older_than=0.0, limit=needed, service_url=service_url)
-            room.prune = await _prune_locked(config, warn, log, rules)
+            room.prune = await _prune_for_room(config, warn, log, needed, service_url)
             if room.prune.fatal:
                 raise FatalApiError(ApiError(0, "", room.prune.fatal), "make-room could not prune")
-            expected = room.saved_before - room.prune.pruned
+            if room.prune.signal is not None:
+                return room
+            expected = room.saved_before - room.prune.deleted
             room.saved_after = await _wait_for_count(gate, client, expected, wait, poll)
     room.room = max(0, min(planned, quota - room.saved_after))
     room.deferred = planned - room.room
@@ -654,6 +691,29 @@ async def make_room(
         )
         log("warning", f"make-room: {room.reason}")
     return room
+
+
+async def _prune_for_room(
+    config: PruneConfig, warn: Warn, log: LogFn, needed: int, service_url: str
+) -> PruneStats:
+    """Prune until ``needed`` deletes were accepted: a job found already gone (404) was not in
+    the count, so it frees no room and the next oldest eligible one goes in its place."""
+    total = PruneStats()
+    while needed > 0:
+        rules = PruneRules(older_than=0.0, limit=needed, service_url=service_url)
+        stats = await _prune_locked(config, warn, log, rules)
+        for name in ("selected", "deleted", "gone", "failed", "resumed", "deferred", "calls"):
+            setattr(total, name, getattr(total, name) + getattr(stats, name))
+        total.retries += stats.retries
+        total.jobs += stats.jobs
+        total.held = stats.held
+        total.first_errors = {**stats.first_errors, **total.first_errors}
+        total.fatal, total.signal = stats.fatal, stats.signal
+        total.already = stats.already
+        needed -= stats.deleted
+        if stats.pruned == 0 or stats.fatal or stats.signal is not None or stats.failed:
+            break
+    return total
 
 
 async def _saved_jobs(gate: Pool, client: VasClient) -> int:
@@ -680,11 +740,13 @@ async def _wait_for_count(
     """Deletes are asynchronous (DELETING, then gone): poll the count until it reaches
     ``expected`` or ``wait`` runs out; the last count read."""
     deadline = time.monotonic() + wait
+    pause = ROOM_FIRST_POLL
     while True:
         count = await _saved_jobs(gate, client)
         if count <= expected or time.monotonic() >= deadline:
             return count
-        await anyio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, poll)
 
 
 def describe_held(held: Mapping[str, int]) -> str:

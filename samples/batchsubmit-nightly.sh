@@ -1,0 +1,34 @@
+#!/bin/sh
+# One night of batchsubmit, as the tool intends it (the crontab line and the systemd unit run this):
+#   1. status --follow: follow last night's jobs until final (at most 1 h); their final states
+#      are recorded in <results>.follow.jsonl
+#   2. prune: delete what is final, recorded (hosting results collected) and final for 24 h
+#   3. submit --make-room: if tonight's videos do not fit under the 5,000 saved-jobs quota, prune
+#      more (oldest first, only as many as needed), then submit what fits; the rest is deferred
+#      to the next night (exit 0, "deferred" and the reason in the summary and the metrics)
+# Exit code: the largest of the three steps' (0 all well, 1 some jobs or deletes failed, 3 fatal,
+# 75 another run holds the results file), so cron mails, and systemd flags, one night once.
+# Metrics: one file, the submit step's (with make-room's saved jobs, pruned and deferred).
+# -q everywhere: nothing is printed when all went well, everything when something did not.
+set -u
+BATCHSUBMIT=${BATCHSUBMIT:-/opt/batchsubmit/bin/batchsubmit}
+MANIFEST=${MANIFEST:-/srv/videos/nightly.toml}
+RESULTS=${RESULTS:-/srv/videos/nightly.results.csv}
+REPORTS=${REPORTS:-/var/log/batchsubmit}
+METRICS=${METRICS:-/var/lib/node_exporter/textfile/batchsubmit.prom}
+QUOTA=${QUOTA:-5000}
+
+worst=0
+step() {
+    "$@"
+    code=$?
+    if [ "$code" -gt "$worst" ]; then worst=$code; fi
+}
+
+if [ -f "$RESULTS" ]; then  # the first night has nothing to follow
+    step $BATCHSUBMIT status "$RESULTS" --follow --deadline 1h -q
+fi
+step $BATCHSUBMIT prune "$RESULTS" --older-than 24h -q --summary "$REPORTS/prune.json"
+step $BATCHSUBMIT submit "$MANIFEST" --results "$RESULTS" --make-room --quota "$QUOTA" -q \
+    --deadline 4h --max-failures 200 --summary "$REPORTS/last.json" --metrics "$METRICS"
+exit "$worst"
