@@ -1,0 +1,137 @@
+"""Enterprise networks: every VAS and IAM call follows HTTP_PROXY / NO_PROXY as curl and the SDK
+do, and the metadata service is never reached through a proxy."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from batchsubmit.client import open_session
+from batchsubmit.credentials import find_source, open_provider
+from batchsubmit.emulator import Emulator
+from batchsubmit.emulator_iam import IdentityOptions
+
+from .helpers import config_for, run_submit, serve_app, video_keys, write_manifest
+
+HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "transfer-encoding", "te"}
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name.startswith("BATCHSUBMIT_"):
+            monkeypatch.delenv(name)
+
+
+class ForwardProxy:
+    """A plain HTTP forward proxy: takes absolute-form requests, forwards them unchanged, and
+    counts what it forwarded by path."""
+
+    def __init__(self) -> None:
+        self.forwarded: Counter[str] = Counter()
+        self.absolute = 0
+
+    @asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        out = aiohttp.ClientSession(trust_env=False, auto_decompress=False)
+        async with out as self._out, serve_app(app) as url:
+            yield url
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        line_target = request._message.url  # the request line's target, as sent
+        if line_target.is_absolute():
+            self.absolute += 1
+        target = f"http://{request.headers['Host']}{request.rel_url}"
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        body = await request.read()
+        self.forwarded[request.rel_url.path] += 1
+        async with self._out.request(
+            request.method,
+            target,
+            headers=headers,
+            data=body or None,
+            allow_redirects=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        ) as answer:
+            payload = await answer.read()
+            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+            kept.pop("Content-Length", None)
+            return web.Response(status=answer.status, body=payload, headers=kept)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.anyio
+async def test_every_vas_call_of_a_run_goes_through_http_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTP_PROXY set, each call of a run reaches the emulator through the proxy, and its
+    signature still verifies there."""
+    emulator = Emulator()
+    proxy = ForwardProxy()
+    async with emulator.serve() as url, proxy.serve() as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        manifest = write_manifest(tmp_path, video_keys(12))
+        stats, log = await run_submit(config_for(manifest, url, tmp_path / "out.csv"))
+    assert stats.submitted == 12, log
+    assert len(emulator.tasks) == 12
+    served = sum(emulator.calls.values())
+    assert served == 12
+    assert sum(proxy.forwarded.values()) == served
+    assert proxy.absolute == served  # absolute-form request lines: real proxy requests
+
+
+@pytest.mark.anyio
+async def test_no_proxy_sends_calls_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host listed in NO_PROXY is reached directly, as curl does."""
+    emulator = Emulator()
+    proxy = ForwardProxy()
+    async with emulator.serve() as url, proxy.serve() as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+        manifest = write_manifest(tmp_path, video_keys(4))
+        stats, log = await run_submit(config_for(manifest, url, tmp_path / "out.csv"))
+    assert stats.submitted == 4, log
+    assert sum(proxy.forwarded.values()) == 0
+
+
+@pytest.mark.anyio
+async def test_metadata_is_never_reached_through_the_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Temporary credentials from metadata come directly; IAM (project lookup) and VAS calls go
+    through the proxy."""
+    emulator = Emulator(identity=IdentityOptions(metadata=True, credential_ttl=600.0))
+    proxy = ForwardProxy()
+    async with emulator.serve() as url, proxy.serve() as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        env = {"BATCHSUBMIT_METADATA_URL": url, "HUAWEICLOUD_SDK_IAM_ENDPOINT": url}
+        choice = find_source(env, home=tmp_path, warn=lambda _m: None)
+        async with open_session(2) as session:
+            provider = await open_provider(
+                choice, session, region="cn-north-4", warn=lambda _m: None
+            )
+        manifest = write_manifest(tmp_path, video_keys(3))
+        config = config_for(manifest, url, tmp_path / "out.csv")
+        stats, log = await run_submit(dataclasses.replace(config, credentials=provider))
+    assert stats.submitted == 3, log
+    assert emulator.identity.metadata_tokens_issued == 1
+    paths = set(proxy.forwarded)
+    assert not any(p.startswith(("/meta-data", "/openstack")) for p in paths), paths
+    assert proxy.forwarded["/v3/projects"] == 1
+    assert sum(n for p, n in proxy.forwarded.items() if p.startswith("/v2/")) == 3
