@@ -7,20 +7,41 @@ the pool decides what to do from ``Answer.kind`` alone. No aiohttp here.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
 import orjson
 
 __all__ = [
+    "ERROR_CAP",
+    "MESSAGE_CAP",
+    "QUOTA",
+    "READ_CAP",
+    "UNREACHABLE",
     "Answer",
     "Kind",
     "classify",
+    "manifest_key_for",
+    "mask",
     "parse_error",
     "parse_rate_hint",
+    "shorten",
+    "tidy",
 ]
+
+# Bounded answers: a 64 MiB HTML 502 page or a 4 MiB error message is never read whole, and
+# what reaches a results row, a log line or the summary is one short line.
+READ_CAP = 1 << 20  # bytes of a success answer read at most (a page of 100 tasks is ~100 KiB)
+ERROR_CAP = 16 << 10  # bytes of an error answer read at most: its code and its message's start
+MESSAGE_CAP = 500  # characters of an error message kept
+CODE_CAP = 64  # characters of an error code or request id kept
+HIDDEN = "<hidden>"
+# A call that never reached the service because the endpoint cannot be reached at all: on the
+# run's first call this stops the run (every call would fail the same way).
+UNREACHABLE = frozenset({"CONNECT", "DNS", "TLS"})
+QUOTA = "IVA.0012"  # the account's saved-job quota is full
 
 
 class Kind(Enum):
@@ -92,8 +113,54 @@ def parse_error(body: bytes) -> tuple[str, str, str]:
         code = data.get("error_code") or data.get("code") or ""
         msg = data.get("error_msg") or data.get("error_message") or data.get("message") or ""
         return str(code), str(msg), str(data.get("request_id") or "")
-    text = body[:200].decode("utf-8", "replace").strip()
+    text = body.decode("utf-8", "replace").strip()
+    if text.startswith("{"):  # JSON cut short by the read cap: take what can be read
+        code = _JSON_FIELD["code"].search(text)
+        msg = _JSON_FIELD["msg"].search(text)
+        rid = _JSON_FIELD["request_id"].search(text)
+        if code or msg:
+            return _group(code), _group(msg), _group(rid)
     return "", text, ""
+
+
+def _group(found: re.Match[str] | None) -> str:
+    return found.group(1) if found else ""
+
+
+_JSON_FIELD = {
+    "code": re.compile(r'"(?:error_code|code)"\s*:\s*"([^"\\]{0,64})"'),
+    "msg": re.compile(r'"(?:error_msg|error_message|message)"\s*:\s*"((?:[^"\\]|\\.)*)'),
+    "request_id": re.compile(r'"request_id"\s*:\s*"([^"\\]{0,128})"'),
+}
+
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by ``<hidden>``."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, HIDDEN)
+    return text
+
+
+def shorten(text: str, cap: int = MESSAGE_CAP) -> str:
+    """One line of at most ``cap`` characters. Mask secrets first: a cut may split one."""
+    if "\n" in text or "\r" in text or "\t" in text:
+        text = " ".join(text.split())
+    return text if len(text) <= cap else text[: cap - 3] + "..."
+
+
+def tidy(answer: Answer, secrets: Iterable[str] = ()) -> Answer:
+    """The answer as rows and logs may carry it: secrets masked, then the message cut short (in
+    that order, so no cut leaves the first characters of a secret)."""
+    msg, code, rid = answer.error_msg, answer.error_code, answer.request_id
+    if not msg and len(code) <= CODE_CAP and len(rid) <= CODE_CAP:
+        return answer
+    new_msg = shorten(mask(msg, secrets))
+    new_code = shorten(mask(code, secrets), CODE_CAP)
+    new_rid = shorten(mask(rid, secrets), CODE_CAP)
+    if (new_msg, new_code, new_rid) == (msg, code, rid):
+        return answer
+    return replace(answer, error_msg=new_msg, error_code=new_code, request_id=new_rid)
 
 
 def parse_rate_hint(message: str, headers: Mapping[str, str]) -> float | None:
@@ -134,8 +201,20 @@ def retry_after_seconds(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def classify(status: int, headers: Mapping[str, str], body: bytes, *, create: bool) -> Answer:
-    """Turn one HTTP answer into an Answer; ``create`` says whether the call may create a job."""
+def classify(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    create: bool,
+    secrets: Iterable[str] = (),
+) -> Answer:
+    """Turn one HTTP answer into an Answer; ``create`` says whether the call may create a job.
+    Its message never holds one of ``secrets`` and is at most ``MESSAGE_CAP`` characters."""
+    return tidy(_classify(status, headers, body, create=create), secrets)
+
+
+def _classify(status: int, headers: Mapping[str, str], body: bytes, *, create: bool) -> Answer:
     request_id = headers.get("X-Request-Id", "")
     if 200 <= status < 300:
         try:
@@ -170,7 +249,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, create: bo
             kind=Kind.AMBIGUOUS,
             status=status,
             request_id=request_id,
-            error_msg=f"created, but the answer has no job id: {body[:200]!r}",
+            error_msg=f"created, but the answer has no job id: {body[:ERROR_CAP]!r}",
         )
     code, msg, body_request_id = parse_error(body)
     request_id = request_id or body_request_id
@@ -207,6 +286,29 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, create: bo
     if 300 <= status < 400:
         return Answer(kind=Kind.FATAL, advice="unexpected redirect: check the endpoint", **common)
     return Answer(kind=Kind.FAILED, **common)
+
+
+# Words in an error message and the manifest key they point to, first match wins.
+_KEY_HINTS = (
+    (re.compile(r"timing|service_config|resource_order|edge_pool|\binput\b"), "job.body"),
+    (re.compile(r"service[_ ]version|\bversion\b"), "service.version"),
+    (re.compile(r"service[_ ]name|\bservice\b.*\b(not (exist|found)|unknown)"), "service.name"),
+    (re.compile(r"\b(output|webhook|dis|hosting|localpath)\b"), "job.output"),
+    (re.compile(r"\bdescription\b"), "job.description"),
+    (re.compile(r"\bname\b"), "job.name"),
+)
+
+
+def manifest_key_for(code: str, message: str) -> str:
+    """The manifest key a failure that every job shares most likely comes from: a guess from
+    the message's words for the run's last line; ``job.body`` when nothing points elsewhere."""
+    if code == "IVA.0003":  # the body is not valid JSON
+        return "job.body"
+    text = message.lower()
+    for pattern, key in _KEY_HINTS:
+        if pattern.search(text):
+            return key
+    return "job.body"
 
 
 def _header_hint(headers: Mapping[str, str]) -> float | None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
 
 from . import __version__
-from .answers import Answer, Kind, classify
+from .answers import ERROR_CAP, READ_CAP, Answer, Kind, classify, tidy
 from .auth import (
     Credentials,
     RequestSigner,
@@ -170,14 +170,6 @@ class VasClient:
         headers = self._headers(renewed, method, path, query, body)
         return await self._send(method, url, headers, body, create=create)
 
-    def _scrub(self, answer: Answer) -> Answer:
-        """The gateway echoes its canonical request on signature errors, security token
-        included: no secret may reach a log line or a results row."""
-        message = answer.error_msg
-        for secret in self._secrets:
-            message = message.replace(secret, "<hidden>")
-        return answer if message == answer.error_msg else replace(answer, error_msg=message)
-
     async def create(self, body: bytes) -> Answer:
         """One create call. A lost answer is AMBIGUOUS: the job may exist."""
         return await self._signed("POST", self._path, None, self._post_url, body, create=True)
@@ -226,25 +218,78 @@ class VasClient:
                 allow_redirects=False,
             ) as response:
                 sent = True
-                payload = await response.read()
-                answer = classify(response.status, response.headers, payload, create=create)
-                if answer.error_msg and self._secrets:
-                    answer = self._scrub(answer)
-                return answer
+                status = response.status
+                cap = READ_CAP if 200 <= status < 300 else ERROR_CAP
+                payload, cut = await _read_capped(response, cap)
+                if cut:
+                    if status < 300:
+                        return _too_large(status, response.headers, cap, create=create)
+                    # A secret straddling the cut would leave its first characters unmasked.
+                    payload = payload[: len(payload) - max(map(len, self._secrets), default=0)]
+                # The gateway echoes its canonical request on signature errors, security token
+                # included: classify masks every secret, then cuts the message short.
+                return classify(
+                    status, response.headers, payload, create=create, secrets=self._secrets
+                )
         except aiohttp.ClientConnectorCertificateError as exc:
             return Answer(
                 kind=Kind.FATAL,
                 error_code="TLS",
-                error_msg=str(exc.certificate_error),
+                error_msg=f"{self._endpoint.host}: {exc.certificate_error}",
                 advice="the endpoint's TLS certificate was not accepted",
             )
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            return Answer(kind=Kind.NOT_SENT, error_code="CONNECT", error_msg=_describe(exc))
+        except aiohttp.ClientConnectorError as exc:
+            # Never connected, so nothing was sent: DNS, TLS handshake, refused, unreachable.
+            if isinstance(exc, aiohttp.ClientConnectorDNSError):
+                code = "DNS"
+            elif isinstance(exc, aiohttp.ClientConnectorSSLError):
+                code = "TLS"
+            else:
+                code = "CONNECT"
+            return tidy(
+                Answer(
+                    kind=Kind.NOT_SENT,
+                    error_code=code,
+                    error_msg=f"cannot reach {self._endpoint.host}: {_describe(exc.os_error)}",
+                )
+            )
+        except aiohttp.ConnectionTimeoutError as exc:
+            return Answer(
+                kind=Kind.NOT_SENT,
+                error_code="CONNECT_TIMEOUT",
+                error_msg=f"connecting to {self._endpoint.host} timed out: {_describe(exc)}",
+            )
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             kind = Kind.AMBIGUOUS if create else Kind.UNAVAILABLE
             code = "TIMEOUT" if isinstance(exc, asyncio.TimeoutError) else "CONNECTION"
             where = "after the answer began" if sent else "after sending"
-            return Answer(kind=kind, error_code=code, error_msg=f"{_describe(exc)} ({where})")
+            return tidy(Answer(kind=kind, error_code=code, error_msg=f"{_describe(exc)} ({where})"))
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """At most ``cap`` bytes of the body, and whether there was more. An answer cut short
+    closes its connection rather than draining a 64 MiB page into the pool's connection."""
+    content = response.content
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.read(cap + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            response.close()
+            return b"".join(chunks)[:cap], True
+    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), False
+
+
+def _too_large(status: int, headers: Mapping[str, str], cap: int, *, create: bool) -> Answer:
+    """A success answer over the cap: a create's job may exist (look it up); a read failed."""
+    return Answer(
+        kind=Kind.AMBIGUOUS if create else Kind.UNAVAILABLE,
+        status=status,
+        error_code="TOO_LARGE",
+        error_msg=f"the answer was larger than {cap >> 10} KiB; not read",
+        request_id=headers.get("X-Request-Id", "")[:64],
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeAlias
 import anyio
 import anyio.abc
 
-from .answers import Answer, Kind
+from .answers import QUOTA, UNREACHABLE, Answer, Kind, manifest_key_for, shorten
 from .errors import BatchSubmitError
 from .jobs import JobSpec
 from .results import Outcome, utc_now
@@ -53,6 +53,7 @@ __all__ = [
 
 NOT_CREATED = "BATCHSUBMIT.NOT_CREATED"
 INTERRUPTED = "BATCHSUBMIT.INTERRUPTED"
+DUPLICATE = "BATCHSUBMIT.DUPLICATE"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,10 +63,22 @@ class PoolSettings:
     retry: RetryPolicy = DEFAULT_RETRY
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     backlog: int = 256  # jobs that may wait out a backoff while others take their place
-    settle: float = 2.0  # wait before looking up a create whose answer was lost
+    # A create whose answer was lost is looked for ``settle`` seconds later, and again every
+    # ``lookup_spacing`` seconds, ``lookup_tries`` times in all, before it is made again: by
+    # default over 15 s, so a create that reached the service late, or a list that shows new
+    # jobs a few seconds late, is found rather than duplicated.
+    settle: float = 5.0
+    lookup_tries: int = 3
+    lookup_spacing: float = 5.0
     grace: float = 30.0  # after a stop, how long in-flight calls may take to finish
-    max_jobs: int | None = None
+    max_jobs: int | None = None  # jobs created at most (submitted or unknown; not failed ones)
     max_failures: int | None = None
+    # The first ``same_failures`` jobs all failing with one 4xx code, none succeeding: the
+    # manifest is wrong for every job, so the run stops (fatal). 0: never.
+    same_failures: int = 10
+    # The account's job quota full mid-run (IVA.0012): the rest is deferred either way; fatal
+    # unless this is set (submit --make-room: tonight's run does what fits).
+    quota_defers: bool = False
     deadline: float | None = None  # seconds after the start: start nothing new after it
     seed: int | None = None
 
@@ -127,6 +140,8 @@ class RunStats:
     learned_rate: float | None = None
     lowest_rate: float | None = None
     pauses: int = 0
+    deferred_reason: str | None = None  # why jobs were deferred, and what to do, when it matters
+    duplicates: list[str] = field(default_factory=list)  # ids of extra jobs found for a video
     signal: int | None = None
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0
@@ -175,11 +190,12 @@ class _Slots:
 class _Job:
     """What a create in progress knows about itself."""
 
-    __slots__ = ("attempts", "uncertain")
+    __slots__ = ("attempts", "row", "uncertain")
 
     def __init__(self) -> None:
         self.attempts = 0
         self.uncertain = False  # a create was sent and its outcome is not known yet
+        self.row = ""  # the status of the row written for it, once written
 
     def sent(self) -> None:
         self.attempts += 1
@@ -232,7 +248,12 @@ class Pool:
         self._opened = asyncio.Event()
         self._probing = False
         self._work_scope: anyio.CancelScope | None = None
-        self._jobs_started = 0
+        # --max-jobs: places taken by jobs under way or created; a failed create gives its back
+        self._jobs_taken = 0
+        self._jobs_created = 0
+        self._jobs_changed = asyncio.Event()
+        self._alike: tuple[str, int] | None = ("", 0)  # the first failures' code, how many
+        self._absent: dict[str, str] = {}  # earlier creates found absent: source -> name
         self._deadline = clock() + settings.deadline if settings.deadline is not None else math.inf
         self.stats = RunStats()
         self.lookup_found: set[str] = set()
@@ -254,6 +275,7 @@ class Pool:
             )
             self._stopping.set()
             self._opened.set()
+            self._jobs_changed.set()
 
     def stop_now(self) -> None:
         """Cancel in-flight calls at once; each gets an ``unknown`` row."""
@@ -327,12 +349,14 @@ class Pool:
                 if self._stopping.is_set():
                     self.stats.deferred += 1
                     continue
-                if max_jobs is not None and isinstance(item, JobSpec):
-                    if self._jobs_started >= max_jobs:
-                        self.stats.stop_reason = f"--max-jobs {max_jobs} reached"
-                        self.stats.deferred += 1
-                        continue
-                    self._jobs_started += 1
+                if (
+                    max_jobs is not None
+                    and isinstance(item, JobSpec)
+                    and self._jobs_created >= max_jobs
+                ):
+                    self.stats.stop_reason = f"--max-jobs {max_jobs} reached"
+                    self.stats.deferred += 1
+                    continue
                 return item
         except BatchSubmitError as exc:
             # A listing that changed under us since the check before the first request.
@@ -420,9 +444,47 @@ class Pool:
     # -- one job ----------------------------------------------------------------------------
 
     async def _create(self, spec: JobSpec) -> None:
+        limit = self._settings.max_jobs
         job = _Job()
+        if limit is not None:
+            try:
+                await self._take_place(limit)
+            except _Stopped:
+                self._forget(spec.source)
+                raise
+        try:
+            await self._create_job(spec, job)
+        finally:
+            if limit is not None:
+                self._give_place(job)
+
+    async def _take_place(self, limit: int) -> None:
+        """--max-jobs counts what costs money: wait while the jobs under way could still
+        reach the limit (one that fails gives its place back); once it is reached, defer."""
+        while self._jobs_taken >= limit:
+            if self._jobs_created >= limit or self._stopping.is_set():
+                self.stats.stop_reason = self.stats.stop_reason or f"--max-jobs {limit} reached"
+                raise _Stopped
+            changed = self._jobs_changed
+            if changed.is_set():
+                changed = self._jobs_changed = asyncio.Event()
+            await changed.wait()
+        self._jobs_taken += 1
+
+    def _give_place(self, job: _Job) -> None:
+        """A job created, or maybe created (unknown), keeps its place under --max-jobs."""
+        if job.row in ("submitted", "unknown"):
+            self._jobs_created += 1
+        else:
+            self._jobs_taken -= 1
+        self._jobs_changed.set()
+
+    async def _create_job(self, spec: JobSpec, job: _Job) -> None:
         failures = throttles = 0
         try:
+            earlier = self._absent.pop(spec.source, None)
+            if earlier is not None and await self._found_before_create(spec, earlier):
+                return
             while True:
                 if self._stopping.is_set():
                     raise _Stopped
@@ -431,16 +493,20 @@ class Pool:
                 )
                 kind = answer.kind
                 if kind is Kind.CREATED:
-                    self._record(spec.source, spec.name, "submitted", answer, job.attempts)
+                    self._record(spec.source, spec.name, "submitted", answer, job.attempts, job=job)
                     return
+                if kind is Kind.FATAL and answer.error_code == QUOTA:
+                    job.uncertain = False  # refused: nothing was created; deferred, no row
+                    raise _Stopped
                 if kind is Kind.FAILED or kind is Kind.FATAL:
-                    self._record(spec.source, spec.name, "failed", answer, job.attempts)
+                    self._record(spec.source, spec.name, "failed", answer, job.attempts, job=job)
                     return
                 if kind is Kind.AMBIGUOUS:
                     self.stats.ambiguous += 1
                     failures += 1
-                    if await self._after_lost_answer(spec, answer, job.attempts):
+                    if await self._after_lost_answer(spec, answer, job):
                         return
+                    # Looked for and not found: created again at once, right after the lookup.
                     wait = 0.0 if failures < self._settings.retry.attempts else None
                 else:
                     if kind is Kind.THROTTLED:
@@ -450,13 +516,15 @@ class Pool:
                     wait = next_wait(self._settings.retry, answer, failures, throttles, self._rng)
                 job.uncertain = False
                 if wait is None:
-                    self._record(spec.source, spec.name, "failed", answer, job.attempts)
+                    self._record(spec.source, spec.name, "failed", answer, job.attempts, job=job)
                     return
                 self.stats.retries += 1
                 await self._rest(wait)
         except (_Stopped, anyio.get_cancelled_exc_class()) as exc:
             if job.uncertain:
-                self._record(spec.source, spec.name, "unknown", _interrupted(), job.attempts)
+                self._record(
+                    spec.source, spec.name, "unknown", _interrupted(), job.attempts, job=job
+                )
                 if isinstance(exc, _Stopped):
                     return
             else:
@@ -465,17 +533,42 @@ class Pool:
                     self.stats.deferred += 1
             raise
 
-    async def _after_lost_answer(self, spec: JobSpec, answer: Answer, attempts: int) -> bool:
+    async def _found_before_create(self, spec: JobSpec, name: str) -> bool:
+        """An earlier run's create of this video was looked for at the start of this run and
+        not found: look once more right before creating it, as a lost create can surface late.
+        True when the row is written (found, or the lookup failed: then nothing is created)."""
+        found, lookup, others = await self._find(name, spec.source)
+        if found == "":
+            return False
+        if found is None:
+            answer = lookup or Answer(kind=Kind.AMBIGUOUS, error_msg="lookup failed")
+            self._record(spec.source, spec.name, "unknown", answer, 0)
+            return True
+        self._record(
+            spec.source,
+            name,
+            "submitted",
+            Answer(kind=Kind.CREATED, job_id=found),
+            0,
+            reconciled=True,
+        )
+        self._record_duplicates(spec.source, name, found, others)
+        return True
+
+    async def _after_lost_answer(self, spec: JobSpec, answer: Answer, job: _Job) -> bool:
         """Look up a create whose answer was lost; True when the job's row has been written."""
+        attempts = job.attempts
         try:
             await self._rest(self._settings.settle)
         except _Stopped:
-            self._record(spec.source, spec.name, "unknown", answer, attempts)
+            self._record(spec.source, spec.name, "unknown", answer, attempts, job=job)
             return True
         try:
-            found, lookup = await self._find(spec.name, spec.source)
+            found, lookup, others = await self._find(
+                spec.name, spec.source, self._settings.lookup_tries
+            )
         except _Stopped:
-            found, lookup = None, _interrupted()
+            found, lookup, others = None, _interrupted(), []
         if found is None:
             failure = lookup or answer
             unknown = Answer(
@@ -486,7 +579,7 @@ class Pool:
                 f"{failure.error_code} {failure.error_msg}".strip(),
                 request_id=answer.request_id,
             )
-            self._record(spec.source, spec.name, "unknown", unknown, attempts)
+            self._record(spec.source, spec.name, "unknown", unknown, attempts, job=job)
             return True
         if found:
             self._record(
@@ -501,13 +594,15 @@ class Pool:
                 ),
                 attempts,
                 reconciled=True,
+                job=job,
             )
+            self._record_duplicates(spec.source, spec.name, found, others)
             return True
         return False
 
     async def _resolve(self, item: Lookup) -> None:
         """An uncertain create from an earlier run: record what the service has."""
-        found, lookup = await self._find(item.name, item.source)
+        found, lookup, others = await self._find(item.name, item.source)
         if found is None:
             self.lookup_failed.add(item.source)
             answer = lookup or Answer(kind=Kind.AMBIGUOUS, error_msg="lookup failed")
@@ -522,18 +617,54 @@ class Pool:
                 0,
                 reconciled=True,
             )
+            self._record_duplicates(item.source, item.name, found, others)
         else:
             self.stats.not_created += 1
+            self._absent[item.source] = item.name
             absent = Answer(
                 kind=Kind.FAILED,
                 error_code=NOT_CREATED,
                 error_msg="an earlier create's answer was lost; no such job exists, "
                 "so it is created again when its source is next submitted",
             )
-            self._record(item.source, item.name, "failed", absent, 0, reconciled=True)
+            self._record(
+                item.source,
+                item.name,
+                "failed",
+                absent,
+                0,
+                reconciled=True,
+            )
 
-    async def _find(self, name: str, source: str) -> tuple[str | None, Answer | None]:
-        """The id of the job called ``name`` reading ``source``: "" if none, None if unknown."""
+    async def _find(
+        self, name: str, source: str, tries: int = 1
+    ) -> tuple[str | None, Answer | None, list[str]]:
+        """The job called ``name`` reading ``source``: its id ("" if none, None if the lookup
+        failed), the failed lookup's answer, and the ids of the other jobs found for it. While
+        it finds none it looks again, ``lookup_spacing`` seconds apart, ``tries`` times in all.
+        Of several, the oldest is the one recorded: the first create, which a rerun of the
+        lookup will find again, whatever else is created later."""
+        for attempt in range(max(1, tries)):
+            if attempt:
+                await self._rest(self._settings.lookup_spacing)
+            matches, failure = await self._matches(name, source)
+            if matches is None:
+                return None, failure, []
+            if matches:
+                ids = [job_id for _created, job_id in sorted(matches)]
+                if len(ids) > 1:
+                    self._reporter.log(
+                        "warning",
+                        f"{source}: {len(ids)} jobs named {name} exist ({', '.join(ids)}); "
+                        f"recording the oldest, {ids[0]}; the others are reported as duplicates",
+                    )
+                return ids[0], None, ids[1:]
+        return "", None, []
+
+    async def _matches(
+        self, name: str, source: str
+    ) -> tuple[list[tuple[str, str]] | None, Answer | None]:
+        """(created_at, id) of every job called ``name`` reading ``source``; None if unknown."""
         bucket, _, key = source.removeprefix("obs://").partition("/")
         offset = 0
         matches: list[tuple[str, str]] = []
@@ -555,13 +686,25 @@ class Pool:
             if not tasks or not isinstance(count, int) or offset >= count:
                 break
         self.stats.lookups += 1
-        if len(matches) > 1:
-            ids = ", ".join(job_id for _, job_id in sorted(matches))
-            self._reporter.log(
-                "warning",
-                f"{source}: {len(matches)} jobs named {name} exist ({ids}); recording the oldest",
+        return matches, None
+
+    def _record_duplicates(self, source: str, name: str, kept: str, others: list[str]) -> None:
+        """A row for each extra job of one video: the ledger never counts it, the operator
+        deletes it (its id is in the row, the summary and the log)."""
+        for job_id in others:
+            self._record(
+                source,
+                name,
+                "duplicate",
+                Answer(
+                    kind=Kind.CREATED,
+                    job_id=job_id,
+                    error_code=DUPLICATE,
+                    error_msg=f"a second job for this video (a lost create that surfaced late); "
+                    f"{kept}, the oldest, is the one recorded: delete this one",
+                ),
+                0,
             )
-        return (min(matches)[1] if matches else ""), None
 
     async def call(self, call: Callable[..., Awaitable[Answer]], *args: Any) -> Answer:
         """The gate for every call that is not a create (show, list, delete, IAM, metadata):
@@ -603,11 +746,12 @@ class Pool:
         A job's first call queues behind every retry and lookup (``first``), so a job that
         waited out a backoff is not made to wait again behind the whole backlog of new ones.
         """
+        probe = False
         if not self._opened.is_set():
             if self._probing:
                 await self._opened.wait()
             else:
-                self._probing = True
+                self._probing = probe = True
         if self._stopping.is_set():
             raise _Stopped
         await self._inflight.acquire(first)
@@ -621,7 +765,7 @@ class Pool:
             answer = await call(*args)
         finally:
             self._inflight.release()
-        self._observe(answer)
+        self._observe(answer, probe)
         if not self._opened.is_set():
             self._opened.set()
         return answer
@@ -643,7 +787,7 @@ class Pool:
                 with anyio.move_on_after(delay):
                     await self._stopping.wait()
 
-    def _observe(self, answer: Answer) -> None:
+    def _observe(self, answer: Answer, probe: bool = False) -> None:
         controller = self._controller
         now = self._clock()
         kind = answer.kind
@@ -655,16 +799,44 @@ class Pool:
         if unavailable:
             self.stats.unavailable += 1
         controller.answered(now, unavailable)
-        if answer.retry_after is not None:
+        # Retry-After on a 429 is about the caller: every call waits. On a 503 it is about
+        # that call (its job waits that long instead of its backoff); only a sustained
+        # majority of 503s slows or holds the pool, by the controller's share rule.
+        if answer.retry_after is not None and kind is Kind.THROTTLED:
             paused = controller.pause(now, answer.retry_after)
             self._reporter.log(
                 "info",
                 f"the service asked to wait (Retry-After "
                 f"{answer.retry_after:g} s): pausing all calls for {paused:g} s",
             )
-        if kind is Kind.FATAL and self.stats.fatal is None:
-            self.stats.fatal = f"{_describe(answer)}; {answer.advice}"
-            self.stop("the service refused in a way every job would repeat")
+        if kind is Kind.FATAL:
+            if answer.error_code == QUOTA:
+                self._quota_full(answer)
+            elif self.stats.fatal is None:
+                self.stats.fatal = f"{_describe(answer)}; {answer.advice}"
+                self.stop("the service refused in a way every job would repeat")
+        elif probe and kind is Kind.NOT_SENT and answer.error_code in UNREACHABLE:
+            # The run's first call could not reach the endpoint at all: neither will the others.
+            if self.stats.fatal is None:
+                self.stats.fatal = (
+                    f"{answer.error_msg}; check the endpoint (--endpoint, or service.region in "
+                    "the manifest) and this machine's network (DNS, proxy, firewall)"
+                )
+            self.stop("the endpoint cannot be reached")
+
+    def _quota_full(self, answer: Answer) -> None:
+        """IVA.0012 mid-run (other tools share the quota): create nothing more, let the calls
+        in flight finish, defer the rest, and say what to do."""
+        stats = self.stats
+        if stats.deferred_reason is None:
+            stats.deferred_reason = (
+                f"the account's job quota is full ({_describe(answer)}): the videos not yet "
+                "created are deferred to the next run; make room with `batchsubmit prune "
+                "RESULTS` (or `submit --make-room`)"
+            )
+            if not self._settings.quota_defers and stats.fatal is None:
+                stats.fatal = stats.deferred_reason
+        self.stop("the account's job quota is full")
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         if seconds > 0:
@@ -684,6 +856,7 @@ class Pool:
         attempts: int,
         *,
         reconciled: bool = False,
+        job: _Job | None = None,
     ) -> None:
         outcome = Outcome(
             source=source,
@@ -692,7 +865,7 @@ class Pool:
             status=status,
             http_status=answer.status,
             error_code=answer.error_code,
-            error_msg=_one_line(answer.error_msg),
+            error_msg=shorten(answer.error_msg),
             attempts=attempts,
             request_id=answer.request_id,
             submitted_at=utc_now(),
@@ -700,12 +873,19 @@ class Pool:
             reconciled=reconciled,
         )
         self._sink.write(outcome)
+        if job is not None:
+            job.row = status
+        stats = self.stats
+        if status == "duplicate":
+            # Not the video's outcome (its own row is written just before): no journal, no tick.
+            stats.duplicates.append(answer.job_id)
+            return
         if self._journal is not None:
             self._journal.settle(source)
-        stats = self.stats
         if status == "submitted":
             stats.submitted += 1
             stats.reconciled += reconciled
+            self._alike = None
         elif status == "unknown":
             stats.unknown += 1
             stats.first_errors.setdefault(answer.error_code or "unknown", _describe(answer))
@@ -718,7 +898,34 @@ class Pool:
             if limit is not None and stats.failed >= limit:
                 self.stop(f"--max-failures {limit} reached")
                 stats.fatal = stats.fatal or f"{stats.failed} jobs failed (--max-failures {limit})"
+            self._count_alike(answer)
         self._reporter.outcome(outcome)
+
+    def _count_alike(self, answer: Answer) -> None:
+        """The first ``same_failures`` jobs all failed with one 4xx code and none succeeded:
+        the manifest is wrong for every job, so stop and name the key it most likely is."""
+        needed = self._settings.same_failures
+        alike = self._alike
+        if not needed or alike is None:
+            return
+        code = answer.error_code or f"HTTP {answer.status}"
+        if (
+            answer.kind is not Kind.FAILED
+            or not 400 <= answer.status < 500
+            or answer.status in (408, 429)
+            or (alike[1] and alike[0] != code)
+        ):
+            self._alike = None  # not a job's own fault, or not all alike: the rule is off
+            return
+        self._alike = alike = (code, alike[1] + 1)
+        if alike[1] >= needed and self.stats.fatal is None:
+            key = manifest_key_for(answer.error_code, answer.error_msg)
+            self.stats.fatal = (
+                f"the first {needed} jobs all failed with {_describe(answer)}, and none "
+                f"succeeded: it most likely comes from {key} in the manifest; fix it and run "
+                "again (the failed videos are submitted again then)"
+            )
+            self.stop(f"the first {needed} jobs failed alike")
 
     def _forget(self, source: str) -> None:
         """A job stopped before any create could have succeeded: no row, no open intent."""
@@ -743,13 +950,9 @@ def _interrupted() -> Answer:
     )
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) if ("\n" in text or "\r" in text) else text
-
-
 def _describe(answer: Answer) -> str:
     parts = [f"HTTP {answer.status}" if answer.status else "", answer.error_code, answer.error_msg]
-    text = " ".join(p for p in parts if p)
+    text = shorten(" ".join(p for p in parts if p))
     if answer.request_id:
         text += f" (request id {answer.request_id})"
     return text or answer.kind.value

@@ -10,6 +10,8 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from batchsubmit.answers import (
+    ERROR_CAP,
+    MESSAGE_CAP,
     Kind,
     classify,
     parse_error,
@@ -265,14 +267,15 @@ def test_client_errors(status: int, code: str, create: bool, kind: Kind, advice:
 
 
 def test_signature_error_keeps_the_server_message() -> None:
-    """APIGW.0301's message (it echoes the canonical request) is kept for the user to compare."""
+    """APIGW.0301's message (it echoes the canonical request) is kept for the user to compare,
+    on one line as rows and logs show it."""
     message = (
         "Incorrect IAM authentication information: verify aksk signature fail, "
         "canonicalRequest: POST\n/v2/x/"
     )
     answer = classify(401, {}, error_body("APIGW.0301", message), create=True)
     assert answer.kind is Kind.FATAL
-    assert answer.error_msg == message
+    assert answer.error_msg == " ".join(message.split())
 
 
 # -- error bodies -------------------------------------------------------------------------------
@@ -310,10 +313,26 @@ def test_parse_error(body: bytes, expected: tuple[str, str, str]) -> None:
     assert parse_error(body) == expected
 
 
-def test_parse_error_cuts_long_text() -> None:
-    """A long non-JSON body is cut to 200 bytes for the message."""
-    _code, message, _rid = parse_error(b"x" * 10_000)
-    assert message == "x" * 200
+def test_long_messages_are_cut_after_secrets_are_masked() -> None:
+    """A long error message is cut to MESSAGE_CAP characters, and a secret is masked before the
+    cut: a token straddling the cut leaves none of its characters behind."""
+    secret = "TOKEN-" + "s" * 60
+    for where in range(MESSAGE_CAP - 70, MESSAGE_CAP + 5):
+        body = b"x" * where + secret.encode() + b"y" * 10_000
+        for payload in (body, error_body("IVA.0004", body.decode())):
+            answer = classify(400, {}, payload, create=True, secrets=[secret])
+            assert len(answer.error_msg) <= MESSAGE_CAP
+            assert "TOKEN" not in answer.error_msg
+            assert "ssssss" not in answer.error_msg
+
+
+def test_a_json_error_cut_by_the_read_cap_keeps_its_code() -> None:
+    """A 4 MiB JSON error read only to its first ERROR_CAP bytes still gives code and message."""
+    body = error_body("IVA.0004", "m" * (4 << 20), request_id="r9")[:ERROR_CAP]
+    answer = classify(400, {}, body, create=True)
+    assert (answer.kind, answer.error_code) == (Kind.FAILED, "IVA.0004")
+    assert answer.error_msg.startswith("mmm")
+    assert len(answer.error_msg) <= MESSAGE_CAP
 
 
 def test_parse_error_never_raises() -> None:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
+import aiohttp.abc
 import pytest
 from aiohttp import web
 
-from batchsubmit.answers import Kind
+from batchsubmit.answers import ERROR_CAP, MESSAGE_CAP, UNREACHABLE, Kind
 from batchsubmit.auth import Credentials
 from batchsubmit.client import Endpoint, VasClient, open_session
 
-from .helpers import serve_app
+from .helpers import ServerThread, serve_app
 
 pytestmark = pytest.mark.anyio
 TOKEN = "temporary-security-token-that-is-a-secret"
@@ -159,3 +162,161 @@ def test_answer_buffers_come_from_the_heap_once_a_session_is_open(session: bool)
     if first == 0:
         pytest.skip("this allocator already serves such buffers from the heap")
     assert (first, then) == ((1, 0) if session else (1, 1))
+
+
+# -- bounded answers ------------------------------------------------------------------------------
+
+HUGE_PAGE = 64 << 20
+_PAGE_CHUNK = b"<p>" + b"x" * (64 * 1024 - 3)
+
+
+async def huge_502(request: web.Request) -> web.StreamResponse:
+    """A 64 MiB HTML 502 page, streamed (the server holds one 64 KiB chunk)."""
+    await request.read()
+    response = web.StreamResponse(status=502, headers={"Content-Type": "text/html"})
+    response.content_length = HUGE_PAGE
+    await response.prepare(request)
+    try:
+        for _ in range(HUGE_PAGE // len(_PAGE_CHUNK)):
+            await response.write(_PAGE_CHUNK)
+    except ConnectionError:
+        pass  # the client hung up: it read what it needed
+    return response
+
+
+_RSS_PROBE = """
+import asyncio, resource, sys
+from batchsubmit.auth import Credentials
+from batchsubmit.client import Endpoint, VasClient, open_session
+async def main():
+    async with open_session(16) as session:
+        endpoint = Endpoint(base_url=sys.argv[1], project_id="p" * 32, service_name="s")
+        client = VasClient(session, endpoint, Credentials("AK", "SK"), timeout=60)
+        answers = await asyncio.gather(*(client.create(b"{}") for _ in range(16)))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+          max(len(a.error_msg) for a in answers), {a.kind.name for a in answers})
+asyncio.run(main())
+"""
+
+
+def test_sixteen_huge_error_pages_in_flight_stay_small() -> None:
+    """16 creates in flight, each answered by a 64 MiB HTML 502: the client reads at most
+    ERROR_CAP bytes of each (peak RSS of a fresh process stays in tens of MB; reading them
+    whole took 1.1 GB), the creates are ambiguous, and each message is one short line."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", huge_502)
+    server = ServerThread(lambda: serve_app(app))
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _RSS_PROBE, server.url],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+    finally:
+        server.close()
+    assert probe.returncode == 0, probe.stderr
+    peak_kib, longest, kinds = probe.stdout.split(maxsplit=2)
+    assert int(peak_kib) < 100 * 1024, f"peak RSS {int(peak_kib) >> 10} MiB"
+    assert int(longest) <= MESSAGE_CAP
+    assert kinds.strip() == "{'AMBIGUOUS'}"
+
+
+async def test_a_read_answer_over_the_cap_is_not_read_whole() -> None:
+    """A success answer larger than READ_CAP: a read is unavailable, a create ambiguous (its
+    job may exist), and neither holds the body."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        status = 201 if request.method == "POST" else 200
+        response = web.StreamResponse(status=status)
+        await response.prepare(request)
+        try:
+            for _ in range(64):
+                await response.write(b" " * (64 * 1024))
+        except ConnectionError:
+            pass
+        return response
+
+    async with serving(handler) as client:
+        read = await client.list_page("x", 0)
+        create = await client.create(b"{}")
+    assert (read.kind, read.error_code) == (Kind.UNAVAILABLE, "TOO_LARGE")
+    assert (create.kind, create.error_code) == (Kind.AMBIGUOUS, "TOO_LARGE")
+
+
+async def test_a_secret_straddling_the_read_cap_is_not_leaked() -> None:
+    """An error body whose message starts just before ERROR_CAP and echoes the security token
+    across the cut: none of the token reaches the answer, wherever the cut falls in it."""
+    for offset in (3, 5, len(TOKEN) // 2, len(TOKEN) - 1):
+
+        async def handler(request: web.Request, offset: int = offset) -> web.Response:
+            head = '{"error_code": "APIGW.0301", "padding": "'
+            tail = '", "error_msg": "x-security-token:'
+            pad = ERROR_CAP - offset - len(head) - len(tail)
+            text = head + "p" * pad + tail + TOKEN + '", "z": "' + "z" * 100 + '"}'
+            return web.Response(status=401, text=text, content_type="application/json")
+
+        async with serving(handler) as client:
+            answer = await client.create(b"{}")
+        assert (answer.kind, answer.error_code) == (Kind.FATAL, "APIGW.0301")
+        assert TOKEN[:3] not in answer.error_msg
+
+
+# -- an endpoint that cannot be reached -----------------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+class NoSuchName(aiohttp.abc.AbstractResolver):
+    """A resolver that fails as the system's does for a mistyped region (no DNS traffic)."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[Any]:
+        raise OSError(socket.EAI_NONAME, "Name or service not known")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_unreachable_endpoints_are_named_and_marked() -> None:
+    """Refused, unresolvable and TLS-failing endpoints: NOT_SENT, with a code in UNREACHABLE and
+    the host named."""
+    refused = Endpoint(
+        base_url=f"http://127.0.0.1:{_closed_port()}", project_id="p", service_name="s"
+    )
+    nowhere = Endpoint(
+        base_url="https://iva.cn-nowhere-9.myhuaweicloud.com", project_id="p", service_name="s"
+    )
+
+    async def plain(request: web.Request) -> web.Response:
+        return web.Response(text="plain http")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", plain)
+    async with serve_app(app) as url:
+        tls = Endpoint(base_url=url.replace("http:", "https:"), project_id="p", service_name="s")
+        found = {}
+        for name, endpoint, resolver in (
+            ("refused", refused, None),
+            ("dns", nowhere, NoSuchName()),
+            ("tls", tls, None),
+        ):
+            connector = aiohttp.TCPConnector(resolver=resolver) if resolver else None
+            async with aiohttp.ClientSession(connector=connector) as session:
+                client = VasClient(session, endpoint, Credentials("AK", "SK"))
+                found[name] = await client.create(b"{}")
+    assert {name: a.error_code for name, a in found.items()} == {
+        "refused": "CONNECT",
+        "dns": "DNS",
+        "tls": "TLS",
+    }
+    for name, endpoint in (("refused", refused), ("dns", nowhere), ("tls", tls)):
+        assert found[name].kind is Kind.NOT_SENT
+        assert found[name].error_code in UNREACHABLE
+        assert endpoint.host in found[name].error_msg

@@ -48,6 +48,7 @@ class FakeService:
     list_fails: bool = False
     latency: float = 0.0
     slow_from: int = 1  # calls from this number on take ``latency`` seconds
+    list_lag: int = 0  # a new job shows in lists only after this many list calls
     ids: itertools.count[int] = field(default_factory=itertools.count)
 
     async def create(self, body: bytes) -> Answer:
@@ -67,6 +68,7 @@ class FakeService:
                         "name": data["name"],
                         "input": data["input"],
                         "created_at": "2026-11-28T00:00:00Z",
+                        "listed_from": self.lists + self.list_lag,
                     }
                 )
                 if fate == "ok":
@@ -80,6 +82,26 @@ class FakeService:
                     kind=Kind.FATAL, status=401, error_code="APIGW.0301", advice="check the SK"
                 ),
                 "dropped": Answer(kind=Kind.AMBIGUOUS, error_code="CONNECTION"),
+                "refused": Answer(kind=Kind.NOT_SENT, error_code="CONNECT", error_msg="refused"),
+                "timing": Answer(
+                    kind=Kind.FAILED,
+                    status=400,
+                    error_code="IVA.0004",
+                    error_msg="Invalid parameter: timing is not allowed with an obs input",
+                ),
+                "over": Answer(kind=Kind.FAILED, status=400, error_code="IVA.0011"),
+                "quota": Answer(
+                    kind=Kind.FATAL,
+                    status=400,
+                    error_code="IVA.0012",
+                    error_msg="The number of saved tasks exceeds max quota",
+                ),
+                "503ra": Answer(
+                    kind=Kind.UNAVAILABLE, status=503, error_code="IVA.0010", retry_after=0.4
+                ),
+                "429ra": Answer(
+                    kind=Kind.THROTTLED, status=429, error_code="APIG.0308", retry_after=0.4
+                ),
             }[fate]
         finally:
             self.in_flight -= 1
@@ -88,7 +110,11 @@ class FakeService:
         self.lists += 1
         if self.list_fails:
             return Answer(kind=Kind.UNAVAILABLE, status=503, error_code="IVA.0010")
-        found = [job for job in self.jobs if name_like in job["name"]]
+        found = [
+            job
+            for job in self.jobs
+            if name_like in job["name"] and self.lists > job.get("listed_from", 0)
+        ]
         return Answer(
             kind=Kind.OK,
             status=200,
@@ -125,6 +151,7 @@ def make_pool(
         "rate": 0.0,
         "retry": FAST_RETRY,
         "settle": 0.0,
+        "lookup_spacing": 0.0,
         "backlog": 16,
     }
     defaults.update(settings)
@@ -140,7 +167,7 @@ async def test_lost_answer_without_a_job_is_created_again() -> None:
     assert rows.rows[0].status == "submitted"
     assert rows.rows[0].job_id == service.jobs[0]["id"]
     assert rows.rows[0].attempts == 2
-    assert stats.lookups == 1
+    assert stats.lookups == 3  # looked lookup_tries times before creating it again
 
 
 async def test_lost_answer_with_a_job_is_found_not_resent() -> None:
@@ -510,3 +537,268 @@ async def test_sources_failing_mid_run_stop_the_run_with_every_row() -> None:
     assert stats.fatal is not None
     assert "could not be read to the end" in stats.fatal
     assert "listing.txt" in stats.fatal
+
+
+class Counting(Rows):
+    """Rows that also count what the progress display is told, as ProgressReporter does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told: list[Outcome] = []
+
+    def outcome(self, outcome: Outcome) -> None:
+        self.told.append(outcome)
+
+
+def _job(job_id: str, created_at: str, i: int = 1) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "name": f"job-{i}",
+        "created_at": created_at,
+        "input": {"type": "obs", "data": [{"bucket": "bkt", "path": f"v{i}.mp4"}]},
+    }
+
+
+# -- an endpoint that cannot be reached (issue 12) -------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["refused", "dns"])
+async def test_an_unreachable_endpoint_stops_the_run_at_the_first_call(failure: str) -> None:
+    """Connection refused or a name that does not resolve on the first call: the run stops at
+    once as fatal, naming the host and the error; nothing is retried, every job deferred."""
+    import aiohttp
+
+    from batchsubmit.auth import Credentials
+    from batchsubmit.client import Endpoint, VasClient
+
+    from .test_client import NoSuchName, _closed_port
+
+    if failure == "refused":
+        base, connector = f"http://127.0.0.1:{_closed_port()}", None
+    else:
+        base, connector = (
+            "https://iva.cn-nowhere-9.myhuaweicloud.com",
+            aiohttp.TCPConnector(resolver=NoSuchName()),
+        )
+    endpoint = Endpoint(base_url=base, project_id="p" * 32, service_name="s")
+    rows = Rows()
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = VasClient(session, endpoint, Credentials("AK", "SK"))
+        settings = PoolSettings(concurrency=4, rate=0, retry=RetryPolicy(base=0.5, cap=0.5))
+        pool = Pool(client, rows, rows, settings, service_url=SERVICE)
+        with anyio.fail_after(2):
+            stats = await pool.run(iter([spec(i) for i in range(50)]))
+    assert stats.fatal is not None
+    assert endpoint.host in stats.fatal
+    assert ("Connect call failed" if failure == "refused" else "not known") in stats.fatal
+    assert (stats.calls, stats.deferred, rows.rows) == (1, 50, [])
+
+
+async def test_connection_failures_after_the_first_call_are_retried() -> None:
+    """Later connection failures (the endpoint answered before) keep the retry rules."""
+    service = FakeService(script=lambda n, body: "refused" if n in (2, 3) else "ok")
+    rows = Rows()
+    stats = await make_pool(service, rows, concurrency=1).run(iter([spec(i) for i in range(5)]))
+    assert stats.fatal is None
+    assert (stats.submitted, stats.retries) == (5, 2)
+
+
+# -- every job failing the same way (issue 12) -----------------------------------------------------
+
+
+async def test_the_first_jobs_all_failing_alike_stop_the_run_naming_the_key() -> None:
+    """The first 10 jobs all rejected with one 4xx code, none succeeded: the run stops as
+    fatal with the error and the manifest key it most likely comes from."""
+    service = FakeService(script=lambda n, body: "timing")
+    rows = Rows()
+    stats = await make_pool(service, rows, concurrency=2).run(iter([spec(i) for i in range(200)]))
+    assert stats.fatal is not None
+    assert "IVA.0004" in stats.fatal
+    assert "timing" in stats.fatal
+    assert "job.body" in stats.fatal
+    assert 10 <= service.creates <= 12
+    assert stats.failed + stats.deferred == 200
+
+
+@pytest.mark.parametrize(
+    ("script", "settings"),
+    [
+        (lambda n, body: "ok" if n == 1 else "timing", {}),  # one succeeded first
+        (lambda n, body: "timing" if n % 2 else "over", {}),  # two codes
+        (lambda n, body: "timing", {"same_failures": 0}),  # the rule switched off
+    ],
+)
+async def test_failures_that_are_not_all_alike_go_on(
+    script: Callable[[int, dict[str, Any]], str], settings: dict[str, Any]
+) -> None:
+    """The rule needs every one of the first N to fail alike and none to succeed."""
+    service = FakeService(script=script)
+    rows = Rows()
+    stats = await make_pool(service, rows, concurrency=1, **settings).run(
+        iter([spec(i) for i in range(30)])
+    )
+    assert stats.fatal is None
+    assert service.creates == 30
+
+
+# -- Retry-After (issue 12) ------------------------------------------------------------------------
+
+
+async def test_retry_after_on_a_503_delays_that_job_only() -> None:
+    """A 503 with Retry-After: that job waits that long, the others go on; no pool pause."""
+    service = FakeService(script=lambda n, body: "503ra" if n == 1 else "ok")
+    rows = Rows()
+    pool = make_pool(service, rows, concurrency=2)
+    started = anyio.current_time()
+    stats = await pool.run(iter([spec(i) for i in range(10)]))
+    assert stats.pauses == 0
+    assert rows.rows[-1].source == spec(0).source  # the 503'd job ends last, after its wait
+    assert anyio.current_time() - started >= 0.4
+    assert all(r.status == "submitted" for r in rows.rows)
+
+
+async def test_retry_after_on_a_429_pauses_every_call() -> None:
+    """A 429 with Retry-After is about the caller: no call starts before it has passed."""
+    service = FakeService(script=lambda n, body: "429ra" if n == 1 else "ok")
+    rows = Rows()
+    pool = make_pool(service, rows, concurrency=1, controller=ControllerSettings(floor=1000.0))
+    started = anyio.current_time()
+    stats = await pool.run(iter([spec(i) for i in range(3)]))
+    assert stats.pauses == 1
+    assert anyio.current_time() - started >= 0.4
+    assert service.creates == 4
+
+
+# -- --max-jobs counts jobs created (issue 12) -----------------------------------------------------
+
+
+async def test_max_jobs_counts_jobs_created_not_failed_calls() -> None:
+    """--max-jobs 3 where the first 3 creates are refused: 3 jobs are still created."""
+    refused = {"job-0", "job-1", "job-2"}
+    service = FakeService(script=lambda n, body: "over" if body["name"] in refused else "ok")
+    rows = Rows()
+    stats = await make_pool(service, rows, concurrency=2, max_jobs=3).run(
+        iter([spec(i) for i in range(20)])
+    )
+    assert (stats.submitted, stats.failed, len(service.jobs)) == (3, 3, 3)
+    assert stats.deferred == 14
+    assert stats.stop_reason == "--max-jobs 3 reached"
+
+
+async def test_an_unknown_create_keeps_its_place_under_max_jobs() -> None:
+    """A create whose outcome is unknown may have made a job: it counts toward --max-jobs."""
+    service = FakeService(script=lambda n, body: "dropped" if n == 1 else "ok", list_fails=True)
+    rows = Rows()
+    stats = await make_pool(service, rows, concurrency=1, max_jobs=2).run(
+        iter([spec(i) for i in range(5)])
+    )
+    assert (stats.unknown, stats.submitted, stats.deferred) == (1, 1, 3)
+    assert service.creates == 2
+
+
+# -- lost creates that surface late, duplicates (issues 11, 13) ------------------------------------
+
+
+async def test_a_lost_create_that_surfaces_late_is_found_not_made_again() -> None:
+    """The list shows the lost create only at the third lookup: found, never created twice."""
+    service = FakeService(script=lambda n, body: "lost", list_lag=2)
+    rows = Rows()
+    stats = await make_pool(service, rows).run(iter([spec(1)]))
+    assert (service.creates, len(service.jobs)) == (1, 1)
+    assert (rows.rows[0].status, rows.rows[0].reconciled) == ("submitted", True)
+    assert stats.lookups == 3
+
+
+async def test_an_earlier_create_found_absent_is_looked_up_again_right_before_it_is_made() -> None:
+    """An earlier run's create the list did not show at the start of this run: the lookup just
+    before creating it again finds it, and nothing is created."""
+    service = FakeService(list_lag=1)
+    await service.create(spec(1).body)  # the earlier run's create, not yet in lists
+    rows = Rows()
+    pool = make_pool(service, rows)
+    await pool.run(iter([Lookup(spec(1).source, "job-1")]))
+    assert rows.rows[0].error_code == NOT_CREATED
+    stats = await pool.run(iter([spec(1)]))
+    assert service.creates == 1
+    assert (rows.rows[-1].status, rows.rows[-1].job_id) == ("submitted", service.jobs[0]["id"])
+    assert stats.submitted == 1
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+async def test_of_several_jobs_for_one_video_the_oldest_is_recorded(newest_first: bool) -> None:
+    """Three jobs for one video (whatever order the list gives): the oldest is the video's
+    row; the others get a `duplicate` row each and their ids are in the stats; only the
+    video's own row reaches the progress display."""
+    service = FakeService()
+    jobs = [
+        _job("old", "2026-11-28T00:00:01Z"),
+        _job("mid", "2026-11-28T00:00:05Z"),
+        _job("new", "2026-11-28T00:00:09Z"),
+    ]
+    service.jobs = list(reversed(jobs)) if newest_first else jobs
+    rows = Counting()
+    stats = await make_pool(service, rows).run(iter([Lookup(spec(1).source, "job-1")]))
+    assert [(r.status, r.job_id) for r in rows.rows] == [
+        ("submitted", "old"),
+        ("duplicate", "mid"),
+        ("duplicate", "new"),
+    ]
+    assert rows.rows[1].error_code == "BATCHSUBMIT.DUPLICATE"
+    assert "old" in rows.rows[1].error_msg
+    assert stats.duplicates == ["mid", "new"]
+    assert (stats.submitted, stats.failed) == (1, 0)
+    assert [r.status for r in rows.told] == ["submitted"]
+
+
+async def test_a_duplicate_found_after_a_lost_create_is_reported() -> None:
+    """A lost create that finds an older job for the video too: the older one is recorded."""
+    service = FakeService(script=lambda n, body: "lost")
+    service.jobs.append(_job("earlier", "2026-11-27T00:00:00Z"))
+    rows = Rows()
+    stats = await make_pool(service, rows).run(iter([spec(1)]))
+    assert [(r.status, r.job_id) for r in rows.rows] == [
+        ("submitted", "earlier"),
+        ("duplicate", service.jobs[1]["id"]),
+    ]
+    assert stats.duplicates == [service.jobs[1]["id"]]
+
+
+# -- the quota full mid-run (issue 15) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("defers", [False, True])
+async def test_a_full_quota_mid_run_defers_the_rest_and_says_what_to_do(defers: bool) -> None:
+    """IVA.0012 after 5 jobs: no new creates, calls in flight finish, the rest is deferred
+    (no row) with the reason; fatal unless quota_defers (submit --make-room)."""
+    service = FakeService(latency=0.01)
+    service.script = lambda n, body: "quota" if len(service.jobs) >= 5 else "ok"
+    rows = Rows()
+    stats = await make_pool(service, rows, concurrency=3, quota_defers=defers).run(
+        iter([spec(i) for i in range(40)])
+    )
+    assert (stats.submitted, stats.failed) == (5, 0)
+    assert service.creates <= 5 + 3  # only calls already in flight got the refusal
+    assert stats.deferred == 35
+    assert all(r.status == "submitted" for r in rows.rows)
+    assert stats.deferred_reason is not None
+    assert "batchsubmit prune" in stats.deferred_reason
+    assert (stats.fatal is None) is defers
+
+
+# -- counts (issue 12) -----------------------------------------------------------------------------
+
+
+async def test_the_progress_display_is_told_each_video_once() -> None:
+    """Lookups of an earlier run (found, absent, failed) then creates: what the progress display
+    is told adds up to the run's stats."""
+    service = FakeService(script=lambda n, body: "over" if n == 2 else "ok")
+    service.jobs.append(_job("earlier", "2026-11-27T00:00:00Z", 1))
+    rows = Counting()
+    pool = make_pool(service, rows, concurrency=1)
+    await pool.run(iter([Lookup(spec(1).source, "job-1"), Lookup(spec(2).source, "job-2")]))
+    stats = await pool.run(iter([spec(i) for i in range(2, 6)]))
+    told = [r.status for r in rows.told if r.error_code != NOT_CREATED]
+    assert told.count("submitted") == stats.submitted == 4
+    assert told.count("failed") == stats.failed == 1
+    assert len(told) == stats.submitted + stats.failed + stats.unknown
+    assert stats.not_created == 1
