@@ -408,10 +408,22 @@ async def test_list_keeps_name_like_lookups_and_returns_at_most_1000_without_lim
         await api.create("xnight-1")
         like = await api.names(name_like="night-1", order="created_at:ASC")
         narrowed = await api.names(name_like="night-", state="PENDING", limit="2")
+        # Unfiltered pages take a shortcut; a filter that matches everything must agree.
+        pages = {
+            (order, offset): (
+                await api.names(order=order, offset=offset, limit="2"),
+                await api.names(order=order, offset=offset, limit="2", service_version="1.0"),
+            )
+            for order in ("created_at:ASC", "created_at:DESC")
+            for offset in ("0", "1", "3", "4")
+        }
         for i in range(1000):
             emulator.set_state(await api.create(f"bulk-{i}"), "SUCCEEDED")
         unpaged = await api.listing()
     assert like == ["night-1", "xnight-1"]
+    assert all(plain == filtered for plain, filtered in pages.values()), pages
+    assert pages["created_at:DESC", "1"][0] == ["night-2", "night-1"]
+    assert pages["created_at:ASC", "3"][0] == ["xnight-1"]
     assert narrowed == ["xnight-1", "night-2"]
     assert (unpaged["count"], len(unpaged["tasks"])) == (1004, 1000)
 
@@ -493,3 +505,26 @@ async def test_delete_goes_deleting_then_gone_and_the_quota_counts_it_till_then(
     assert len(emulator.tasks) == 3
     assert len(emulator.jobs_by_source()) == 3
     assert len(emulator.jobs_by_source(gone=True)) == 4
+
+
+async def test_clear_forgets_every_job_and_frees_the_quota() -> None:
+    """Between benchmark measurements: nothing listed, nothing counted, lives no longer queued."""
+    clock = Clock()
+    emulator = emulated(clock, quota=2)
+    async with running(emulator) as api:
+        first = await api.create("before-1")
+        await api.create("before-2")
+        emulator.clear()
+        clock.advance(100)
+        emulator.refresh()
+        empty = await api.listing()
+        again = await api.create("after-1")
+        await api.create("after-2")
+    assert empty == {"count": 0, "tasks": []}
+    assert first not in emulator.tasks
+    assert emulator.created_total == 2
+    assert list(emulator.jobs_by_source(gone=True)) == [
+        "obs://in-bucket/after-1.mp4",
+        "obs://in-bucket/after-2.mp4",
+    ]
+    assert emulator.state(again) == "PENDING"
