@@ -1133,6 +1133,13 @@ def _check_parser(commands: Any) -> None:
         metavar="SECONDS",
         help="seconds each network step may take (default 5)",
     )
+    check.add_argument(
+        "--quota",
+        type=_count,
+        default=5000,
+        metavar="N",
+        help="saved jobs the account may hold (default 5000, VAS's quota)",
+    )
     _log_format_option(check)
     check.set_defaults(command=_check)
 
@@ -1177,6 +1184,7 @@ def _check(args: argparse.Namespace, log: Log) -> int:
         format=fmt,
         proxy=proxy,
         timeout=args.timeout,
+        quota=args.quota,
     )
 
     async def checks() -> list[Any]:

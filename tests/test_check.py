@@ -1,0 +1,326 @@
+"""`batchsubmit check`: one line per check with what to fix, in seconds, creating nothing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from batchsubmit.cli import main
+from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
+from batchsubmit.obs import string_to_sign
+
+from .helpers import ServerThread, obsutil_listing, serve_app, video_keys
+
+WRONG_SK = "wrong-sk-DISTINCTIVE-93ad"
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The emulator's keys, no proxy, a private home, metadata on a closed local port."""
+    for name in list(os.environ):
+        if name.startswith(("BATCHSUBMIT_", "HUAWEICLOUD_")) or name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("BATCHSUBMIT_METADATA_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("HUAWEICLOUD_SDK_AK", EMULATOR_AK)
+    monkeypatch.setenv("HUAWEICLOUD_SDK_SK", EMULATOR_SK)
+    monkeypatch.setenv("HUAWEICLOUD_SDK_PROJECT_ID", EMULATOR_PROJECT_ID)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FakeObs:
+    """OBS for HEAD bucket and a one-key ListObjects, checking the signature (HMAC-SHA1)."""
+
+    def __init__(self, buckets: set[str], denied: frozenset[str] = frozenset()) -> None:
+        self.buckets = buckets
+        self.denied = denied
+        self.calls: list[tuple[str, str]] = []
+
+    @asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        app = web.Application()
+        app.router.add_route("*", "/{bucket}", self._bucket)
+        async with serve_app(app) as url:
+            yield url
+
+    async def _bucket(self, request: web.Request) -> web.Response:
+        bucket = request.match_info["bucket"]
+        self.calls.append((request.method, bucket))
+        token = request.headers.get("x-obs-security-token")
+        to_sign = string_to_sign(
+            request.method,
+            request.headers.get("Date", ""),
+            f"/{bucket}/",
+            {"x-obs-security-token": token} if token else {},
+        )
+        digest = hmac.new(EMULATOR_SK.encode(), to_sign.encode(), hashlib.sha1).digest()
+        expected = f"OBS {EMULATOR_AK}:{base64.b64encode(digest).decode()}"
+        if request.headers.get("Authorization") != expected:
+            return _xml(403, "SignatureDoesNotMatch")
+        if bucket not in self.buckets:
+            return _xml(404, "NoSuchBucket")
+        if bucket in self.denied:
+            return _xml(403, "AccessDenied")
+        if request.method == "HEAD":
+            return web.Response(status=200)
+        return web.Response(
+            status=200,
+            content_type="application/xml",
+            text="<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>",
+        )
+
+
+def _xml(status: int, code: str) -> web.Response:
+    body = f"<Error><Code>{code}</Code></Error>"
+    return web.Response(status=status, text=body, content_type="application/xml")
+
+
+class Services:
+    """The emulator and the fake OBS, served from a background thread for the CLI."""
+
+    def __init__(self, emulator: Emulator, obs: FakeObs) -> None:
+        self.emulator = emulator
+        self.obs = obs
+        self.vas = ServerThread(emulator.serve)
+        self.obs_server = ServerThread(obs.serve)
+
+    def close(self) -> None:
+        self.vas.close()
+        self.obs_server.close()
+
+
+@pytest.fixture
+def services() -> Iterator[Services]:
+    found = Services(
+        Emulator(Faults()), FakeObs({"in-bucket", "out-bucket", "private"}, frozenset({"private"}))
+    )
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def manifest(tmp: Path, *, region: str = "cn-north-4", prefix: str = "obs://in-bucket/cams/",
+             videos: int = 3) -> Path:  # fmt: skip
+    (tmp / "listing.txt").write_text(obsutil_listing(video_keys(videos)), encoding="utf-8")
+    path = tmp / "nightly.toml"
+    path.write_text(
+        f"""
+[service]
+name = "video-analyze"
+version = "1.0"
+region = "{region}"
+
+[job]
+output = "obs://out-bucket/results/"
+
+[[source]]
+listing = "listing.txt"
+
+[[source]]
+prefix = "{prefix}"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def check(
+    capsys: pytest.CaptureFixture[str], path: Path, vas: str, obs: str, *extra: str
+) -> tuple[int, list[str], str, float]:
+    started = time.monotonic()
+    code = main(
+        ["check", str(path), "--endpoint", vas, "--obs-endpoint", obs, "--timeout", "1", *extra]
+    )
+    elapsed = time.monotonic() - started
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err, elapsed
+
+
+def name_of(entry: str) -> str:
+    """``PASS credentials: found ...`` -> ``credentials``."""
+    return entry.split(" ", 1)[1].partition(": ")[0]
+
+
+def line(lines: list[str], name: str) -> str:
+    found = [entry for entry in lines if name_of(entry).startswith(name)]
+    assert len(found) == 1, lines
+    return found[0]
+
+
+def test_all_pass_and_nothing_is_created(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A good set-up: every line PASS, exit 0, and the service saw only one list call."""
+    code, lines, err, elapsed = check(
+        capsys, manifest(tmp_path), services.vas.url, services.obs_server.url
+    )
+    assert code == 0, [*lines, err]
+    assert all(entry.startswith("PASS ") for entry in lines), lines
+    names = [name_of(entry) for entry in lines]
+    assert names == [
+        "credentials", "region", "endpoint", "signature and subscription", "quota",
+        "source obs://in-bucket/cams/", "output bucket out-bucket",
+    ]  # fmt: skip
+    assert "environment (HUAWEICLOUD_SDK_AK/SK)" in line(lines, "credentials")
+    assert "3 creates planned" in line(lines, "quota")
+    assert not services.emulator.tasks
+    assert set(services.emulator.calls) == {("list", 200)}
+    assert services.obs.calls == [("GET", "in-bucket"), ("HEAD", "out-bucket")]
+    assert elapsed < 5
+
+
+def test_a_wrong_sk_is_named_without_showing_it(
+    services: Services,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HUAWEICLOUD_SDK_SK", WRONG_SK)
+    code, lines, err, _ = check(
+        capsys, manifest(tmp_path), services.vas.url, services.obs_server.url
+    )
+    assert code == 3
+    signature = line(lines, "signature")
+    assert signature.startswith("FAIL")
+    assert "APIGW.0301" in signature
+    assert "SK does not belong to the AK" in signature
+    assert line(lines, "output bucket").startswith("FAIL")  # OBS refuses the same SK
+    assert WRONG_SK not in "\n".join(lines) + err
+    assert not services.emulator.tasks
+
+
+def test_an_unsubscribed_service_is_explained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    found = Services(Emulator(Faults(), services={"another-service"}), FakeObs({"out-bucket"}))
+    try:
+        code, lines, _, _ = check(capsys, manifest(tmp_path), found.vas.url, found.obs_server.url)
+    finally:
+        found.close()
+    assert code == 3
+    signature = line(lines, "signature")
+    assert "IVA.0007" in signature
+    assert "not subscribed" in signature
+    assert line(lines, "quota").startswith("SKIP")
+
+
+def test_an_unreadable_prefix_and_a_missing_bucket(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines, _, _ = check(
+        capsys,
+        manifest(tmp_path, prefix="obs://private/cams/"),
+        services.vas.url,
+        services.obs_server.url,
+    )
+    assert code == 3
+    source = line(lines, "source obs://private/cams/")
+    assert source.startswith("FAIL")
+    assert "AccessDenied" in source
+    assert "may not list" in source
+    code, lines, _, _ = check(
+        capsys,
+        manifest(tmp_path, prefix="obs://nobucket/x/"),
+        services.vas.url,
+        services.obs_server.url,
+    )
+    assert "no bucket 'nobucket'" in line(lines, "source obs://nobucket/x/")
+
+
+def test_no_room_under_the_quota(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tonight's 5 planned creates do not fit in a quota of 4: FAIL saying how to make room."""
+    code, lines, _, _ = check(
+        capsys, manifest(tmp_path, videos=5), services.vas.url, services.obs_server.url,
+        "--quota", "4",
+    )  # fmt: skip
+    assert code == 3
+    quota = line(lines, "quota")
+    assert quota.startswith("FAIL quota: no room")
+    assert "5 creates planned" in quota
+    assert "prune" in quota
+
+
+def test_an_unknown_region_warns(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines, _, _ = check(
+        capsys, manifest(tmp_path, region="cn-nowhere-9"), services.vas.url,
+        services.obs_server.url,
+    )  # fmt: skip
+    region = line(lines, "region")
+    assert region.startswith("WARN")
+    assert "'cn-nowhere-9' is not a region Huawei lists" in region
+    assert code == 0  # a warning alone does not fail the check
+
+
+def test_an_unreachable_endpoint_is_named_in_seconds(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused, and accepted but never answered: each its own message, within seconds."""
+    code, lines, _, elapsed = check(
+        capsys, manifest(tmp_path), f"http://127.0.0.1:{closed_port()}", services.obs_server.url
+    )
+    assert code == 3
+    assert "refused" in line(lines, "endpoint")
+    assert line(lines, "signature").startswith("SKIP")
+    assert elapsed < 5
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel accepts connections; nobody ever answers
+    try:
+        port = silent.getsockname()[1]
+        code, lines, _, elapsed = check(
+            capsys, manifest(tmp_path), f"http://127.0.0.1:{port}", services.obs_server.url
+        )
+    finally:
+        silent.close()
+    assert code == 3
+    assert line(lines, "endpoint").startswith("PASS")
+    signature = line(lines, "signature")
+    assert signature.startswith("FAIL")
+    assert "gave no answer within 1 s" in signature
+    assert elapsed < 6
+
+
+def test_no_credentials_is_a_failed_check_listing_the_sources(
+    services: Services,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK"):
+        monkeypatch.delenv(name)
+    code, lines, _, elapsed = check(
+        capsys, manifest(tmp_path), services.vas.url, services.obs_server.url
+    )
+    assert code == 3
+    credentials = line(lines, "credentials")
+    assert credentials.startswith("FAIL")
+    assert "ECS metadata" in credentials
+    assert "profile file" in credentials
+    assert elapsed < 5
+
+
+def test_a_bad_manifest_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[service]\n")
+    assert main(["check", str(path)]) == 2
