@@ -1442,15 +1442,19 @@ async def _make_room(
     if room.prune.signal is not None:  # stopped while pruning: create nothing tonight
         log.line("error", "make-room was stopped by a signal; nothing was submitted")
         raise SystemExit(EXIT["SIGINT"] if room.prune.signal == signal.SIGINT else EXIT["SIGTERM"])
+    # IVA.0012 mid-run anyway (other tools share the quota): defer the rest, not fatal.
+    pool = replace(config.pool, quota_defers=True)
     if room.deferred:
-        pool = replace(config.pool, max_jobs=room.room)
-        config = replace(config, pool=pool)
-    return room, config
+        pool = replace(pool, max_jobs=room.room)
+    return room, replace(config, pool=pool)
 
 
 def _room_stats(stats: RunStats, room: Room) -> None:
     """The quota, not --max-jobs, is why the rest waits for the next night."""
-    if room.deferred and stats.stop_reason and stats.stop_reason.startswith("--max-jobs"):
+    if not room.deferred:
+        return
+    stats.deferred_reason = stats.deferred_reason or room.reason
+    if stats.stop_reason and stats.stop_reason.startswith("--max-jobs"):
         stats.stop_reason = room.reason
 
 

@@ -344,6 +344,7 @@ class _IntentJournal:
         self.path = path
         self.open: dict[str, str] = dict(inherited)
         self._durable = durable
+        self._rewrite()  # no torn line of a killed run for the next one to glue onto
         self._file: IO[bytes] = path.open("ab")
 
     def intend(self, job_id: str, service_url: str) -> None:
@@ -363,6 +364,10 @@ class _IntentJournal:
         if not self.open:
             self.path.unlink(missing_ok=True)
             return
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        """Replace the file with the open intents, atomically."""
         temporary = self.path.with_name(self.path.name + ".tmp")
         with temporary.open("wb") as handle:
             for job_id, service_url in self.open.items():
@@ -372,6 +377,12 @@ class _IntentJournal:
             if self._durable:
                 os.fsync(handle.fileno())
         os.replace(temporary, self.path)
+        if self._durable:
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
 
 # -- running ------------------------------------------------------------------------------------

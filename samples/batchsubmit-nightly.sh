@@ -7,7 +7,8 @@
 #      more (oldest first, only as many as needed), then submit what fits; the rest is deferred
 #      to the next night (exit 0, "deferred" and the reason in the summary and the metrics)
 # Exit code: the largest of the three steps' (0 all well, 1 some jobs or deletes failed, 3 fatal,
-# 75 another run holds the results file), so cron mails, and systemd flags, one night once.
+# 75 another run holds the results file), so cron mails, and systemd flags, one night once;
+# status's 4 (some of last night's jobs still running) is not a failure of the night.
 # Metrics: one file, the submit step's (with make-room's saved jobs, pruned and deferred).
 # -q everywhere: nothing is printed when all went well, everything when something did not.
 set -u
@@ -19,16 +20,20 @@ METRICS=${METRICS:-/var/lib/node_exporter/textfile/batchsubmit.prom}
 QUOTA=${QUOTA:-5000}
 
 worst=0
-step() {
+step() {  # step NAME COMMAND...
+    name=$1
+    shift
     "$@"
     code=$?
+    # status 4: some of last night's jobs are still running; they are followed again tomorrow
+    if [ "$name" = follow ] && [ "$code" -eq 4 ]; then code=0; fi
     if [ "$code" -gt "$worst" ]; then worst=$code; fi
 }
 
 if [ -f "$RESULTS" ]; then  # the first night has nothing to follow
-    step $BATCHSUBMIT status "$RESULTS" --follow --deadline 1h -q
+    step follow $BATCHSUBMIT status "$RESULTS" --follow --deadline 1h -q
 fi
-step $BATCHSUBMIT prune "$RESULTS" --older-than 24h -q --summary "$REPORTS/prune.json"
-step $BATCHSUBMIT submit "$MANIFEST" --results "$RESULTS" --make-room --quota "$QUOTA" -q \
+step prune $BATCHSUBMIT prune "$RESULTS" --older-than 24h -q --summary "$REPORTS/prune.json"
+step submit $BATCHSUBMIT submit "$MANIFEST" --results "$RESULTS" --make-room --quota "$QUOTA" -q \
     --deadline 4h --max-failures 200 --summary "$REPORTS/last.json" --metrics "$METRICS"
 exit "$worst"
