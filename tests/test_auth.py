@@ -14,11 +14,16 @@ from huaweicloudsdkcore.signer.signer import Signer
 from batchsubmit.auth import (
     ALGORITHM,
     Credentials,
+    RequestSigner,
+    Token,
+    TokenHeaders,
     canonical_query,
     canonical_request,
     canonical_uri,
     parse_authorization,
+    request_signer,
     sdk_date,
+    secrets_of,
     sign,
 )
 
@@ -371,3 +376,37 @@ def test_parse_authorization_tolerates_spacing() -> None:
     """Spaces around the comma-separated parts do not matter."""
     parts = parse_authorization("SDK-HMAC-SHA256 Access=a,SignedHeaders=b;c ,  Signature=d")
     assert parts == {"Access": "a", "SignedHeaders": "b;c", "Signature": "d"}
+
+
+def test_temporary_credentials_sign_their_security_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """request_signer() for temporary keys signs X-Security-Token in: the official DELETE
+    vector, header for header."""
+    monkeypatch.setattr("batchsubmit.auth.time.time", lambda: 1704067200.0)  # 20240101T000000Z
+    fixed = {"Content-Type": "application/json", "Host": HOST, "X-Project-Id": PROJECT}
+    signer = request_signer(Credentials(AK, SK, "STSTOKENEXAMPLE"), fixed)
+    assert isinstance(signer, RequestSigner)
+    headers = signer.headers("DELETE", TASKS + "/task-123", None, b"")
+    assert headers["X-Security-Token"] == "STSTOKENEXAMPLE"
+    assert headers["X-Sdk-Date"] == DATE
+    assert headers["Authorization"] == (
+        f"{ALGORITHM} Access={AK}, SignedHeaders=content-type;host;x-project-id;x-sdk-date;"
+        "x-security-token, Signature="
+        "2cfe32d2aade73d24a1b52257a8fd5ae8a8cd65d5b5c731578806be0a49b368e"
+    )
+
+
+def test_an_iam_token_is_sent_not_signed() -> None:
+    """An IAM token goes in X-Auth-Token; no signature, no SK involved; never in repr()."""
+    token = Token("MIITOKEN-DISTINCTIVE")
+    signer = request_signer(token, {"Host": HOST, "X-Project-Id": PROJECT}, {"Accept": "x"})
+    assert isinstance(signer, TokenHeaders)
+    headers = signer.headers("GET", TASKS, {"limit": 1}, b"")
+    assert headers == {
+        "Accept": "x",
+        "Host": HOST,
+        "X-Project-Id": PROJECT,
+        "X-Auth-Token": "MIITOKEN-DISTINCTIVE",
+    }
+    assert "DISTINCTIVE" not in repr(token)
+    assert secrets_of(token) == ("MIITOKEN-DISTINCTIVE",)
+    assert secrets_of(Credentials(AK, SK, "ST")) == ("ST", SK)
