@@ -183,7 +183,7 @@ async def submit(
             )
             await pool.run(Lookup(s, n) for s, n in uncertain.items())
             for source in pool.lookup_found:
-                prepared.ledger.done.add(hash(source))
+                prepared.ledger.mark_done(source)
         if not pool.stopping:
             await pool.run(plan(manifest, ledger, pool.lookup_failed, summary, warn, repeats))
 
