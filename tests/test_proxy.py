@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import ssl
+import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,10 +19,18 @@ from aiohttp import web
 
 from batchsubmit.client import open_session
 from batchsubmit.credentials import find_source, open_provider
-from batchsubmit.emulator import Emulator
+from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator
 from batchsubmit.emulator_iam import IdentityOptions
 
-from .helpers import config_for, run_submit, serve_app, video_keys, write_manifest
+from .helpers import (
+    ServerThread,
+    cli,
+    config_for,
+    run_submit,
+    serve_app,
+    video_keys,
+    write_manifest,
+)
 
 HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "transfer-encoding", "te"}
 
@@ -135,3 +145,64 @@ async def test_metadata_is_never_reached_through_the_proxy(
     assert not any(p.startswith(("/meta-data", "/openstack")) for p in paths), paths
     assert proxy.forwarded["/v3/projects"] == 1
     assert sum(n for p, n in proxy.forwarded.items() if p.startswith("/v2/")) == 3
+
+
+@asynccontextmanager
+async def tls_emulator(emulator: Emulator, cert: Path, key: Path) -> AsyncIterator[str]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    runner = web.AppRunner(emulator.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    try:
+        yield f"https://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def test_a_corporate_ca_bundle_in_ssl_cert_file_is_trusted(tmp_path: Path) -> None:
+    """A service whose certificate only SSL_CERT_FILE vouches for (a TLS-inspecting proxy's CA):
+    trusted with the variable, refused and named without it."""
+    cert, key = tmp_path / "ca.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    manifest = write_manifest(tmp_path, video_keys(2))
+    emulator = Emulator()
+    server = ServerThread(lambda: tls_emulator(emulator, cert, key))
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HUAWEICLOUD_", "BATCHSUBMIT_", "SSL_CERT"))
+        and "proxy" not in k.lower()
+    }
+    base_env.update(
+        HUAWEICLOUD_SDK_AK=EMULATOR_AK,
+        HUAWEICLOUD_SDK_SK=EMULATOR_SK,
+        HUAWEICLOUD_SDK_PROJECT_ID=EMULATOR_PROJECT_ID,
+        HOME=str(tmp_path),
+        BATCHSUBMIT_METADATA_URL=f"http://127.0.0.1:{closed_port()}",
+    )
+    args = [
+        "check", str(manifest), "--endpoint", server.url, "--timeout", "2",
+        "--obs-endpoint", f"http://127.0.0.1:{closed_port()}",
+    ]  # fmt: skip
+    try:
+        trusted = subprocess.run(
+            cli(*args), env={**base_env, "SSL_CERT_FILE": str(cert)}, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        untrusted = subprocess.run(
+            cli(*args), env=base_env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        server.close()
+    assert "TLS verified" in trusted.stdout, trusted.stdout + trusted.stderr
+    assert "PASS signature and subscription" in trusted.stdout, trusted.stdout
+    assert "FAIL endpoint: TLS with 127.0.0.1" in untrusted.stdout, untrusted.stdout
+    assert "SSL_CERT_FILE" in untrusted.stdout
+    assert not emulator.tasks
