@@ -525,6 +525,8 @@ async def _prune_locked(
         finally:
             writer.close()  # syncs the PRUNED lines: only then may their intents go
             journal.close()
+        if stats.pruned:
+            _refresh_report(config, warn)
     except OSError as exc:
         raise StorageError(
             f"the prune stopped: writing {record_path(config.results)} or its prune journal "
@@ -532,6 +534,23 @@ async def _prune_locked(
         ) from None
     stats.elapsed = time.monotonic() - started
     return stats
+
+
+def _refresh_report(config: PruneConfig, warn: Warn) -> None:
+    """The report ``status`` wrote beside the results file shows each job's latest state:
+    rewrite it from the record, so the pruned jobs read PRUNED there too (sends nothing)."""
+    from .follow import FollowConfig, default_report_path, prepare_follow
+
+    if not default_report_path(config.results, config.format).exists():
+        return
+    follow = FollowConfig(
+        results=config.results,
+        format=config.format,
+        credentials=None,
+        pool=config.pool,
+        durable=config.durable,
+    )
+    prepare_follow(follow, warn).write_report()
 
 
 def _drop_settled_journal(
