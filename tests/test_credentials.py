@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+from aiohttp import web
 
 from batchsubmit.auth import Credentials, Token
 from batchsubmit.cli import main
@@ -37,7 +38,15 @@ from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, 
 from batchsubmit.emulator_iam import IamUser, IdentityOptions
 from batchsubmit.errors import CredentialError
 
-from .helpers import ServerThread, config_for, rows, run_submit, video_keys, write_manifest
+from .helpers import (
+    ServerThread,
+    config_for,
+    rows,
+    run_submit,
+    serve_app,
+    video_keys,
+    write_manifest,
+)
 
 PASSWORD = "pw-DISTINCTIVE-7f3a9c"  # distinctive values: searched for in every output
 SECRET_SK = "sk-DISTINCTIVE-0b5e11d2c4"
@@ -557,3 +566,60 @@ def test_cli_wrong_sk_in_profile_stops_without_showing_it(
     assert not emulator.tasks
     for text in (err, results.read_text(), summary.read_text(), metrics.read_text()):
         assert SECRET_SK not in text
+
+
+@pytest.mark.anyio
+async def test_echoed_tokens_are_masked_before_and_after_a_refresh() -> None:
+    """A service that echoes the token in its error: the token shows in no answer, neither the
+    first one nor the one fetched later."""
+
+    async def echo(request: web.Request) -> web.Response:
+        sent = request.headers.get("X-Auth-Token", "")
+        body = {"error_code": "IVA.0004", "error_msg": f"Invalid parameter near {sent}!"}
+        return web.json_response(body, status=400)
+
+    app = web.Application()
+    app.router.add_get("/v2/{project}/services/{service}/tasks", echo)
+    clock = FakeClock()
+    fetch, _calls = counting_fetch(clock, 100.0)
+    first = Token("tok-DISTINCTIVE-first")
+    provider = CredentialProvider(
+        "test", Issued(first, clock.now + 100, clock.now), fetch, clock=clock
+    )
+    async with serve_app(app) as url, open_session(2) as session:
+        endpoint = Endpoint(base_url=url, project_id=EMULATOR_PROJECT_ID, service_name="s")
+        client = VasClient(session, endpoint, provider)
+        before = await client.list_tasks({"limit": 1})
+        clock.now += 95.0  # due: the next call fetches token t1
+        after = await client.list_tasks({"limit": 1})
+    assert before.error_code == "IVA.0004"
+    assert "DISTINCTIVE" not in before.error_msg
+    assert "<hidden>" in before.error_msg
+    assert provider.refreshes == 1
+    assert "t1!" not in after.error_msg
+    assert "<hidden>" in after.error_msg
+
+
+def test_cli_strips_a_crlf_project_id_and_refuses_a_bad_one(
+    iam_emulator: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project id with a trailing CR works; a malformed one exits 2 before any request and
+    leaves no journal behind."""
+    emulator, url = iam_emulator
+    monkeypatch.setenv("HUAWEICLOUD_SDK_AK", EMULATOR_AK + "\r")
+    monkeypatch.setenv("HUAWEICLOUD_SDK_SK", EMULATOR_SK + "\r\n")
+    monkeypatch.setenv("HUAWEICLOUD_SDK_PROJECT_ID", EMULATOR_PROJECT_ID + "\r")
+    manifest = write_manifest(tmp_path, keys(2))
+    results = tmp_path / "o.csv"
+    code, err = run_main("submit", str(manifest), "--endpoint", url, "--results", str(results))
+    assert code == 0, err
+    assert "%0D" not in results.read_text()
+    monkeypatch.setenv("HUAWEICLOUD_SDK_PROJECT_ID", "0e0e\r")
+    other = tmp_path / "p.csv"
+    code, err = run_main("submit", str(manifest), "--endpoint", url, "--results", str(other))
+    assert code == 2
+    assert "HUAWEICLOUD_SDK_PROJECT_ID" in err
+    assert "not a project id" in err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("p.csv*"))
+    assert len(emulator.tasks) == 2
