@@ -4,7 +4,9 @@ back as the ledger that tells the next run what is already done.
 The columns are a contract (README "Results"); a test pins them. The schema only grows: new
 columns go after the old ones, and a reader keys on the first ``BASE_COLUMNS`` and ignores
 columns it does not know, so old files stay readable and old versions read new files. Each
-row carries its schema version in the ``schema`` column (rows without one are schema 1).
+row carries its schema version in the ``schema`` column (rows without one are schema 1). To
+add a column: append it to COLUMNS (never insert), add it to Outcome and to
+``ResultsWriter.write``, and bump SCHEMA; files with the old header keep their columns.
 
 A row is always one physical line (the writer turns control characters into spaces and caps
 long messages), so the reader can tell exactly which line is damaged. The only damage it
