@@ -1385,9 +1385,17 @@ def _prune_summary(
 def _report_prune(
     args: argparse.Namespace, log: Log, stats: PruneStats, code: int, started: float, results: Path
 ) -> None:
+    from .record import record_path
+
     data = _prune_summary(stats, code, started, results, args.dry_run)
     if args.summary:
         _write_atomically(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    if not record_path(results).exists():
+        log.line(
+            "info",
+            f"no follow record yet ({record_path(results).name}): prune deletes only jobs that "
+            f"`batchsubmit status {results.name}` has recorded final",
+        )
     held = describe_held(stats.held)
     if args.dry_run:
         line = (
