@@ -281,10 +281,6 @@ class SourceHashes:
     def add(self, value: int) -> None:
         self._added.add(value)
 
-    @property
-    def added(self) -> set[int]:
-        return self._added
-
 
 @dataclass
 class Ledger:
@@ -306,11 +302,7 @@ class Ledger:
     bad_lines: int = 0
 
     def is_done(self, source: str) -> bool:
-        if stable_hash(source) in self.done:
-            return True
-        # Compatibility: a caller that still adds ``hash(source)`` (per process) directly.
-        added = self.done.added
-        return bool(added) and hash(source) in added
+        return stable_hash(source) in self.done
 
     def mark_done(self, source: str) -> None:
         """Record a source as submitted during this run (a job found by lookup, say)."""
