@@ -536,7 +536,5 @@ def _jsonl_rows(handle: IO[bytes], path: Path) -> Iterator[tuple[int, Row | None
         if not all(isinstance(value, str) for value in row):
             raise _damaged(path, number, "source, name, status and service_url must be strings")
         if row[2] not in STATUSES:
-            raise _damaged(
-                path, number, f"status {row[2][:40]!r} is none of {', '.join(STATUSES)}"
-            )
+            raise _damaged(path, number, f"status {row[2][:40]!r} is none of {', '.join(STATUSES)}")
         yield number, row

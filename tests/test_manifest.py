@@ -102,7 +102,10 @@ def test_region_gives_the_iva_endpoint(tmp_path: Path, region: str) -> None:
         ("http://localhost:8080/", "http://localhost:8080"),
         ("https://[::1]:8443", "https://[::1]:8443"),
         ("http://[fe80::1]/", "http://[fe80::1]"),
-        ("HTTPS://IVA.CN-North-4.myhuaweicloud.com:443/", "https://iva.cn-north-4.myhuaweicloud.com"),
+        (
+            "HTTPS://IVA.CN-North-4.myhuaweicloud.com:443/",
+            "https://iva.cn-north-4.myhuaweicloud.com",
+        ),
         ("Http://127.0.0.1:80", "http://127.0.0.1"),
     ],
 )

@@ -490,7 +490,9 @@ def test_long_error_messages_are_capped_when_written(tmp_path: Path, fmt: Format
     """The writer never writes a field the reader could not take back: error_msg is cut to
     ERROR_MSG_MAX characters (the pool shortens messages too; this is the backstop)."""
     path = tmp_path / f"r.{fmt}"
-    write_rows(path, fmt, [outcome(status="unknown", error_msg="e" * 300_000), outcome("obs://x/b")])
+    write_rows(
+        path, fmt, [outcome(status="unknown", error_msg="e" * 300_000), outcome("obs://x/b")]
+    )
     assert path.stat().st_size < 3 * ERROR_MSG_MAX
     if fmt == "jsonl":
         message = orjson.loads(path.read_bytes().splitlines()[0])["error_msg"]

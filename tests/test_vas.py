@@ -22,7 +22,10 @@ PROJECT = "0123456789abcdef0123456789abcdef"
     [
         ("https://iva.cn-north-4.myhuaweicloud.com", "https://iva.cn-north-4.myhuaweicloud.com"),
         ("HTTPS://IVA.cn-north-4.MYHUAWEICLOUD.COM/", "https://iva.cn-north-4.myhuaweicloud.com"),
-        ("https://iva.cn-north-4.myhuaweicloud.com:443", "https://iva.cn-north-4.myhuaweicloud.com"),
+        (
+            "https://iva.cn-north-4.myhuaweicloud.com:443",
+            "https://iva.cn-north-4.myhuaweicloud.com",
+        ),
         ("http://127.0.0.1:80/", "http://127.0.0.1"),
         ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
         ("https://host:80", "https://host:80"),
@@ -57,7 +60,9 @@ def test_region_of(url: str, region: str | None) -> None:
 def test_service_identity() -> None:
     """Project and service from the path, the region from a Huawei Cloud host; the key is the
     same for every spelling of one regional endpoint, different for another project."""
-    one = service_identity(f"https://iva.cn-north-4.myhuaweicloud.com/v2/{PROJECT}/services/s/tasks")
+    one = service_identity(
+        f"https://iva.cn-north-4.myhuaweicloud.com/v2/{PROJECT}/services/s/tasks"
+    )
     two = service_identity(
         f"HTTPS://Iva.Cn-North-4.MyHuaweiCloud.com:443/v2/{PROJECT}/services/s/tasks/"
     )
