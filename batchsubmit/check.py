@@ -136,6 +136,16 @@ async def _credentials(
     except TimeoutError:
         results.append(CheckResult(name, "FAIL", f"{plan.choice.source.name}: no answer in time"))
         return None
+    if not provider.project_id:
+        results.append(
+            CheckResult(
+                name,
+                "FAIL",
+                f"found: {provider.source_name}, but no project id: set service.project_id "
+                "(a custom endpoint has no region to look it up by)",
+            )
+        )
+        return None
     origin = plan.choice.project_id_from or "looked up in IAM for the region"
     results.append(
         CheckResult(

@@ -561,6 +561,11 @@ def _endpoint(
     """``credentials`` know the project id (given or looked up); without them it must be given."""
     if credentials is not None:
         project_id = credentials.project_id
+        if not project_id:
+            raise CredentialError(
+                "no project id: set service.project_id in the manifest or "
+                "HUAWEICLOUD_SDK_PROJECT_ID (a custom endpoint has no region to look it up by)"
+            )
     else:
         project_id = _offline_project_id(manifest)
     base = _check_endpoint(args.endpoint) if args.endpoint else manifest.service.endpoint

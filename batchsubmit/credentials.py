@@ -492,7 +492,8 @@ async def open_provider(
     clock: Callable[[], float] = time.time,
 ) -> CredentialProvider:
     """Fetch the first credentials of ``choice`` and the project id (discovered from the
-    region through IAM when neither the manifest nor the source gives it).
+    region through IAM when neither the manifest nor the source gives it; "" when there is
+    no region either).
 
     Raises CredentialError (exit 2) naming what failed; a failed metadata source lists every
     source tried before it.
@@ -523,12 +524,14 @@ async def open_provider(
             tried = "; ".join((*choice.tried, f"{source.name}: {exc}"))
             raise CredentialError(f"no credentials found. Tried: {tried}") from None
         fetch = meta
-    if project_id is None:
+    if project_id is None and region is not None:
         project_id = await _discover_project(
             session, _need_iam(iam, "finding the project id"), region, issued.secret, timeout
         )
+    # Without a region to look it up by, the project id stays unknown (""): callers that
+    # know it from elsewhere (a results file's service URL) pass it in; others refuse.
     return CredentialProvider(
-        source.name, issued, fetch, project_id=project_id, warn=warn, clock=clock
+        source.name, issued, fetch, project_id=project_id or "", warn=warn, clock=clock
     )
 
 

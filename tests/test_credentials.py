@@ -623,3 +623,20 @@ def test_cli_strips_a_crlf_project_id_and_refuses_a_bad_one(
     assert "Traceback" not in err
     assert not list(tmp_path.glob("p.csv*"))
     assert len(emulator.tasks) == 2
+
+
+def test_cli_custom_endpoint_without_project_id_exits_2(
+    iam_emulator: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No project id and no region to look it up by: exit 2 naming the fix, nothing sent."""
+    emulator, url = iam_emulator
+    monkeypatch.setenv("HUAWEICLOUD_SDK_AK", EMULATOR_AK)
+    monkeypatch.setenv("HUAWEICLOUD_SDK_SK", EMULATOR_SK)
+    manifest = write_manifest(tmp_path, keys(2))
+    text = manifest.read_text().replace('region = "cn-north-4"', f'endpoint = "{url}"')
+    manifest.write_text(text)
+    code, err = run_main("submit", str(manifest), "--results", str(tmp_path / "o.csv"))
+    assert code == 2, err
+    assert "no project id" in err
+    assert "service.project_id" in err
+    assert not emulator.calls
