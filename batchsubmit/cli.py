@@ -170,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
         help="stop the run (exit 3) after N failed jobs (default: no limit)",
     )
     _room_options(run)
+    _follow_options(run, submit=True)
     run.set_defaults(command=_submit)
 
     fix = commands.add_parser(
@@ -190,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     fix.set_defaults(command=_reconcile)
 
     _prune_parser(commands)
+    _status_parser(commands)
     _check_parser(commands)
 
     expand = commands.add_parser("expand", help="print the job specs as JSONL; no network")
@@ -720,6 +722,7 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
             stats, summary = await submit(config, prepared, reporter, warn, counted.repeats)
         finally:
             reporter.close()
+        followed = await _follow_after_submit(config, args, log, stats, started)
     finally:
         prepared.lock.release()
         spool.cleanup()
@@ -729,6 +732,8 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
     _report(args, log, stats, code, started, config.results, summary)
     if room is not None:
         _report_room(args, log, room)
+    if followed is not None:
+        code = _report_follow_after_submit(args, log, followed, code)
     return code
 
 
@@ -1508,3 +1513,370 @@ def _report_room(args: argparse.Namespace, log: Log, room: Room) -> None:
                 f"batchsubmit_{name} {value}\n"
             )
         _write_atomically(args.metrics, "".join(lines).encode())
+
+
+# -- status and submit --follow ----------------------------------------------------------------
+
+MIN_INTERVAL = 0.01  # seconds (tests); the rate controller still spaces the calls
+MAX_INTERVAL = 24 * 3600.0
+EXIT_NOT_FINAL = 4  # status: some followed jobs are not final yet
+
+
+def _interval(text: str) -> float:
+    value = _number(text)
+    if not MIN_INTERVAL <= value <= MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} seconds, not {text!r}"
+        )
+    return value
+
+
+def _follow_options(parser: argparse.ArgumentParser, *, submit: bool) -> None:
+    from .follow import DEFAULT_INTERVAL, DEFAULT_STUCK_AFTER
+
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="after the creates, follow every job of the ledger until it is final or "
+        "--deadline (exit 0/1/4 as for status)"
+        if submit
+        else "pass again every --interval until every job is final or --deadline",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_interval,
+        default=DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help=f"seconds between passes with --follow (default {DEFAULT_INTERVAL:g}, as "
+        "Huawei's own samples poll; calls never go faster than --rate)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="PATH",
+        help="the report, one row per video (.csv or .jsonl; default: beside the results "
+        "file, <results>.report.<format>)",
+    )
+    parser.add_argument(
+        "--collect",
+        type=Path,
+        metavar="DIR",
+        help="save each AVAILABLE hosting result to DIR/<job name>.json, once "
+        "(default: not saved)",
+    )
+    parser.add_argument(
+        "--stuck-after",
+        type=_duration,
+        default=DEFAULT_STUCK_AFTER,
+        metavar="DURATION",
+        help="a job PENDING or ABNORMAL longer than this is reported stuck (default 6h)",
+    )
+
+
+def _status_parser(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        help="follow the jobs of a results file to their end and write the report",
+    )
+    status.add_argument("results", type=Path, help="the results file (.csv or .jsonl)")
+    status.add_argument(
+        "--format",
+        choices=("csv", "jsonl"),
+        help="results format (default: from the extension)",
+    )
+    status.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="base URL to use instead of the one in the results rows (default: the rows')",
+    )
+    _follow_options(status, submit=False)
+    status.add_argument(
+        "--deadline",
+        type=_duration,
+        metavar="DURATION",
+        help="with --follow, start no pass after this long (e.g. 2h, 90m; default: none)",
+    )
+    status.add_argument("--summary", type=Path, metavar="PATH", help="write a JSON summary")
+    status.add_argument(
+        "--metrics",
+        type=Path,
+        metavar="PATH",
+        help="write Prometheus metrics (node_exporter textfile collector)",
+    )
+    _pool_options(status)
+    status.set_defaults(command=_status)
+
+
+def _follow_config(
+    args: argparse.Namespace,
+    results: Path,
+    fmt: Format,
+    credentials: Any,
+    **extra: Any,
+) -> Any:
+    from .follow import FollowConfig, report_format
+
+    if args.report is not None:
+        report_format(args.report)  # a bad extension is exit 2 before any request
+    always = extra.pop("always_follow", False)
+    return FollowConfig(
+        results=results,
+        format=fmt,
+        credentials=credentials,
+        pool=PoolSettings(concurrency=args.concurrency, rate=args.rate),
+        follow=args.follow or always,
+        interval=args.interval,
+        report=_real(args.report) if args.report is not None else None,
+        collect=args.collect,
+        stuck_after=args.stuck_after,
+        timeout=args.timeout,
+        **extra,
+    )
+
+
+def _status(args: argparse.Namespace, log: Log) -> int:
+    from .follow import exit_code, follow, iter_ledger, lock_results, prepare_follow
+
+    started = time.time()
+    warn = _warner(log)
+    results = _real(args.results)
+    fmt = format_for(results, args.format)
+    if not results.is_file():
+        raise UsageError(f"{results}: no such results file")
+    endpoint = _check_endpoint(args.endpoint) if args.endpoint else None
+    _follow_config(args, results, fmt, None)  # options first: exit 2 before anything else
+    # The lock before reading: a submit appending to the ledger now would make this run
+    # follow half of tonight's jobs (exit 75 instead; README "Following jobs").
+    lock = lock_results(results)
+    try:
+        first = next(
+            (r.service_url for r in iter_ledger(results, fmt, lambda _m: None) if r.job_id), None
+        )
+        credentials = None
+        if first is not None:  # nothing to follow needs no credentials
+            found = re.fullmatch(r"(https?://[^/]+)/v2/([^/]+)/services/[^/]+/tasks", first)
+            credentials = _credentials(
+                log,
+                project_id=found.group(2) if found else None,
+                endpoint=endpoint or (found.group(1) if found else None),
+            )
+        config = _follow_config(
+            args, results, fmt, credentials, endpoint=endpoint, deadline=args.deadline
+        )
+        follower = prepare_follow(config, warn)
+        reporter = make_reporter(
+            log, follower.stats.followed, sys.stderr, bar=_is_terminal(sys.stderr)
+        )
+        try:
+            stats = anyio.run(follow, follower, reporter)
+        finally:
+            reporter.close()
+    finally:
+        lock.release()
+    code = _follow_exit(stats, exit_code(stats))
+    _report_status(args, log, stats, code, started)
+    return code
+
+
+def _follow_exit(stats: Any, judged: int) -> int:
+    if stats.signal is not None:
+        return EXIT["SIGINT"] if stats.signal == signal.SIGINT else EXIT["SIGTERM"]
+    return judged
+
+
+async def _follow_after_submit(
+    config: RunConfig, args: argparse.Namespace, log: Log, stats: RunStats, started: float
+) -> Any:
+    """``submit --follow``: under the submit's lock, follow every job of the ledger; the
+    submit's --deadline bounds the whole command. None when there is nothing to follow for."""
+    from .follow import follow, prepare_follow
+
+    if not getattr(args, "follow", False):
+        return None
+    if stats.signal is not None or stats.fatal is not None:
+        log.line("warning", "not following the jobs: the submit did not end normally")
+        return None
+    deadline = None
+    if args.deadline is not None:
+        deadline = max(0.0, args.deadline - (time.time() - started))
+    follow_config = _follow_config(
+        args,
+        config.results,
+        config.format,
+        config.credentials,
+        always_follow=True,
+        deadline=deadline,
+        only_service=config.endpoint.tasks_url,
+        durable=config.durable,
+    )
+    follower = prepare_follow(follow_config, _warner(log))
+    reporter = make_reporter(log, follower.stats.followed, sys.stderr, bar=_is_terminal(sys.stderr))
+    try:
+        return await follow(follower, reporter)
+    finally:
+        reporter.close()
+
+
+def _combined_exit(submit_code: int, follow_code: int) -> int:
+    """submit --follow: the worse of the two parts wins, in the order 3, 1, 4, 0 (a signal or
+    a usage error of the submit part first)."""
+    if submit_code not in (0, 1, 3, EXIT_NOT_FINAL):
+        return submit_code
+    if follow_code not in (0, 1, 3, EXIT_NOT_FINAL):
+        return follow_code
+    for code in (3, 1, EXIT_NOT_FINAL):
+        if code in (submit_code, follow_code):
+            return code
+    return 0
+
+
+def _report_follow_after_submit(
+    args: argparse.Namespace, log: Log, stats: Any, submit_code: int
+) -> int:
+    from .follow import exit_code
+
+    follow_code = _follow_exit(stats, exit_code(stats))
+    code = _combined_exit(submit_code, follow_code)
+    data = _status_summary(stats, follow_code, time.time() - stats.elapsed)
+    if getattr(args, "summary", None) and args.summary.exists():
+        summary = orjson.loads(args.summary.read_bytes())
+        summary["follow"] = data
+        summary["exit_code"] = code
+        _write_atomically(args.summary, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    if getattr(args, "metrics", None) and args.metrics.exists():
+        text = args.metrics.read_text()
+        text = re.sub(
+            r"^batchsubmit_last_run_exit_code .*$",
+            f"batchsubmit_last_run_exit_code {code}",
+            text,
+            flags=re.MULTILINE,
+        )
+        _write_atomically(args.metrics, (text + _follow_prometheus(data)).encode())
+    _log_follow(log, stats, follow_code, data)
+    if code != submit_code:
+        log.line("info", f"exit {code}: submit part {submit_code}, follow part {follow_code}")
+    return code
+
+
+def _status_summary(stats: Any, code: int, started: float) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "command": "status",
+        "exit_code": code,
+        "started_at": _iso(started),
+        "ended_at": utc_now(),
+        "elapsed_seconds": round(stats.elapsed, 3),
+        "report": stats.report,
+        "record": stats.record,
+        "counts": {
+            "videos": stats.videos,
+            "followed": stats.followed,
+            "already_final": stats.already_final,
+            "succeeded": stats.succeeded,
+            "failed": stats.failed,
+            "lost": stats.lost,
+            "not_final": stats.not_final,
+            "stuck": stats.stuck,
+            "expiring": stats.expiring,
+            "collected": stats.collected,
+            "overdue": stats.overdue,
+            "arrears": stats.arrears,
+        },
+        "by_state": stats.by_state,
+        "unknown_states": stats.unknown_states,
+        "oldest_non_final_age_seconds": stats.oldest_non_final_age,
+        "passes": stats.passes,
+        "sweeps": stats.sweeps,
+        "calls": stats.calls,
+        "list_calls": stats.list_calls,
+        "show_calls": stats.show_calls,
+        "retries": stats.retries,
+        "throttles": stats.throttles,
+        "stop_reason": stats.stop_reason,
+        "fatal": stats.fatal,
+        "first_errors": stats.first_errors,
+    }
+
+
+def _follow_prometheus(data: dict[str, Any]) -> str:
+    lines = [
+        "# HELP batchsubmit_follow_jobs Followed jobs of the last status run by outcome.",
+        "# TYPE batchsubmit_follow_jobs gauge",
+    ]
+    lines += [f'batchsubmit_follow_jobs{{outcome="{k}"}} {v}' for k, v in data["counts"].items()]
+    lines += [
+        "# HELP batchsubmit_follow_state Followed jobs by their latest VAS state.",
+        "# TYPE batchsubmit_follow_state gauge",
+    ]
+    lines += [
+        f'batchsubmit_follow_state{{state="{_label(k)}"}} {v}' for k, v in data["by_state"].items()
+    ]
+    age = data["oldest_non_final_age_seconds"]
+    gauges = [
+        ("follow_calls", "Calls the status run made (list and show).", data["calls"]),
+        ("follow_list_calls", "List calls of the status run.", data["list_calls"]),
+        ("follow_show_calls", "Show calls of the status run.", data["show_calls"]),
+        ("follow_passes", "Passes of the status run.", data["passes"]),
+        (
+            "follow_oldest_non_final_age_seconds",
+            "Age of the oldest job not final (-1: none).",
+            -1 if age is None else age,
+        ),
+        ("follow_exit_code", "The status part's exit code.", data["exit_code"]),
+    ]
+    for name, help_text, value in gauges:
+        lines += [
+            f"# HELP batchsubmit_{name} {help_text}",
+            f"# TYPE batchsubmit_{name} gauge",
+            f"batchsubmit_{name} {value}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+def _report_status(
+    args: argparse.Namespace, log: Log, stats: Any, code: int, started: float
+) -> None:
+    data = _status_summary(stats, code, started)
+    if args.summary:
+        _write_atomically(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    if args.metrics:
+        text = _follow_prometheus(data) + (
+            "# HELP batchsubmit_last_run_end_timestamp_seconds When the last run ended.\n"
+            "# TYPE batchsubmit_last_run_end_timestamp_seconds gauge\n"
+            f"batchsubmit_last_run_end_timestamp_seconds {round(time.time(), 3)}\n"
+            "# HELP batchsubmit_last_run_exit_code The last run's exit code.\n"
+            "# TYPE batchsubmit_last_run_exit_code gauge\n"
+            f"batchsubmit_last_run_exit_code {code}\n"
+        )
+        _write_atomically(args.metrics, text.encode())
+    _log_follow(log, stats, code, data)
+
+
+def _log_follow(log: Log, stats: Any, code: int, data: dict[str, Any]) -> None:
+    if stats.fatal:
+        log.line("error", f"status stopped: {stats.fatal}")
+    for kind, message in stats.first_errors.items():
+        log.line("error", f"first {kind} error: {message}")
+    if stats.unknown_states:
+        names = ", ".join(f"{n} {s}" for s, n in stats.unknown_states.items())
+        log.line("warning", f"states outside VAS's list (kept verbatim, not final): {names}")
+    counts = data["counts"]
+    line = (
+        f"{counts['followed']} jobs followed: {counts['succeeded']} succeeded, "
+        f"{counts['failed']} failed ({counts['lost']} lost), {counts['not_final']} not final "
+        f"({counts['stuck']} stuck); {counts['already_final']} already final; "
+        f"{stats.passes} passes, {stats.list_calls} list + {stats.show_calls} show calls in "
+        f"{stats.elapsed:.1f} s"
+    )
+    if counts["collected"] or counts["overdue"]:
+        line += f"; {counts['collected']} results collected, {counts['overdue']} overdue"
+    if stats.stop_reason:
+        line += f"; stopped: {stats.stop_reason}"
+    line += f"; report in {stats.report}"
+    level = "info" if code == 0 else ("warning" if code == EXIT_NOT_FINAL else "error")
+    log.line(level, f"done: {line}", exit_code=code)
+
