@@ -220,7 +220,13 @@ def iter_ledger(path: Path, fmt: Format, warn: Callable[[str], None]) -> Iterato
 
 
 def _csv_ledger(handle: IO[bytes], path: Path, warn: Callable[[str], None]) -> Iterator[LedgerRow]:
-    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="")
+    with io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="") as text:
+        yield from _csv_text_ledger(text, path, warn)
+
+
+def _csv_text_ledger(
+    text: IO[str], path: Path, warn: Callable[[str], None]
+) -> Iterator[LedgerRow]:
     reader = csv.reader(text)
     try:
         header = next(reader)
