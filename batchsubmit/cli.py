@@ -612,7 +612,10 @@ def _credentials(
     choice = find_source(
         os.environ, home=Path.home(), warn=warn, project_id=project_id, region=region
     )
-    return anyio.run(_open_credentials, choice, region, warn)
+    provider: CredentialProvider = anyio.run(_open_credentials, choice, region, warn)
+    if log is not None:
+        log.line("info", f"credentials from {provider.source_name}")
+    return provider
 
 
 async def _open_credentials(choice: Choice, region: str | None, warn: Any) -> CredentialProvider:

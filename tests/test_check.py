@@ -324,3 +324,50 @@ def test_a_bad_manifest_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     path = tmp_path / "bad.toml"
     path.write_text("[service]\n")
     assert main(["check", str(path)]) == 2
+
+
+CODES = [
+    (401, "APIGW.0301", "SK does not belong to the AK"),
+    (401, "APIGW.0303", "clock"),
+    (401, "IVA.0001", "expired or invalid"),
+    (400, "IVA.0002", "project id is not valid"),
+    (403, "IVA.0007", "not subscribed"),
+    (403, "IVA.0009", "no VAS permission"),
+    (403, "IVA.0015", "IAM policy denies"),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "advice"), CODES)
+def test_each_refusal_of_the_list_call_is_explained(
+    status: int,
+    code: str,
+    advice: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A gateway or VAS refusal of the one list call: its code and its own advice."""
+
+    async def refuse(_request: web.Request) -> web.Response:
+        return web.json_response({"error_code": code, "error_msg": "refused"}, status=status)
+
+    app = web.Application()
+    app.router.add_get("/v2/{project}/services/{service}/tasks", refuse)
+
+    @asynccontextmanager
+    async def served() -> AsyncIterator[str]:
+        async with serve_app(app) as url:
+            yield url
+
+    vas = ServerThread(served)
+    try:
+        result, lines, _, _ = check(
+            capsys, manifest(tmp_path), vas.url, f"http://127.0.0.1:{closed_port()}"
+        )
+    finally:
+        vas.close()
+    assert result == 3
+    signature = line(lines, "signature")
+    assert signature.startswith(f"FAIL signature and subscription: HTTP {status} {code}: ")
+    assert advice in signature
+    others = [a for _s, c, a in CODES if c != code]
+    assert not any(other in signature for other in others)
