@@ -805,3 +805,9 @@ def test_quick_start_twice_submits_nothing_the_second_time(tmp_path: Path) -> No
     assert "done: 0 submitted" in second.stderr
     rows = (tmp_path / "nightly.emulator.results.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + 6
+
+
+def test_results_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    """A --results that names a directory is a UsageError that says so."""
+    with pytest.raises(UsageError, match="is a directory"):
+        ledger_of(tmp_path, "csv")
