@@ -14,6 +14,7 @@ from batchsubmit.answers import (
     MESSAGE_CAP,
     Kind,
     classify,
+    manifest_key_for,
     parse_error,
     parse_rate_hint,
     retry_after_seconds,
@@ -407,3 +408,31 @@ def test_parse_rate_hint(message: str, headers: dict[str, str], hint: float | No
         assert result is None
     else:
         assert result == pytest.approx(hint)
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "key"),
+    [
+        ("IVA.0004", "Invalid parameter: timing is not allowed with an obs input", "job.body"),
+        ("IVA.0004", "service_config.common is required", "job.body"),
+        ("IVA.0003", "The request body is not a valid JSON", "job.body"),
+        ("IVA.0004", "Invalid parameter: service_version 9.9 does not exist", "service.version"),
+        ("IVA.0004", "the service name is not valid", "service.name"),
+        ("IVA.0004", "output.webhook.headers must have 1 to 10 entries", "job.output"),
+        ("IVA.0004", "description is longer than 500 characters", "job.description"),
+        ("IVA.0004", "Invalid parameter: name", "job.name"),
+        ("IVA.0004", "Invalid parameter", "job.body"),
+        ("", "", "job.body"),
+    ],
+)
+def test_manifest_key_for_a_failure_every_job_shares(code: str, message: str, key: str) -> None:
+    """The key named when every job fails alike: a guess from the message, job.body by default."""
+    assert manifest_key_for(code, message) == key
+
+
+def test_a_huge_error_code_and_request_id_are_cut() -> None:
+    """A hostile or broken gateway's 4 KiB error code or request id is cut short too."""
+    body = error_body("C" * 4096, "m", request_id="r" * 4096)
+    answer = classify(400, {}, body, create=True)
+    assert len(answer.error_code) <= 64
+    assert len(answer.request_id) <= 64

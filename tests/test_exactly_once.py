@@ -208,3 +208,67 @@ def test_reconcile_resolves_a_killed_runs_intents(
     assert fix.returncode == 0, fix.stderr
     assert len(live_emulator.emulator.tasks) == before
     assert set(job_ids(results)) == set(live_emulator.emulator.jobs_by_source())
+
+
+@pytest.mark.anyio
+async def test_a_video_whose_lookup_failed_is_not_created_again_in_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier run's create (its job exists) whose lookup fails in this run: the video is
+    held (an unknown row) and the create pass does not make it again; the others are made."""
+    import aiohttp
+
+    from batchsubmit.answers import Answer, Kind
+    from batchsubmit.auth import Credentials
+    from batchsubmit.client import VasClient
+
+    keys = video_keys(5)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    loaded = load_manifest(manifest)
+    first = SpecBuilder(loaded.service, loaded.job).build(ObjectRef(BUCKET, keys[0]))
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        config = config_for(manifest, url, results)
+        async with aiohttp.ClientSession() as session:
+            client = VasClient(session, config.endpoint, Credentials(*_emulator_keys()))
+            assert (await client.create(first.body)).job_id
+        _journal(results, [(first.source, first.name)])
+
+        async def list_fails(
+            self: VasClient, name_like: str, offset: int, limit: int = 0
+        ) -> Answer:
+            return Answer(kind=Kind.UNAVAILABLE, status=503, error_code="IVA.0010")
+
+        monkeypatch.setattr(VasClient, "list_page", list_fails)
+        stats, _log = await run_submit(config)
+    assert len(emulator.jobs_by_source()[first.source]) == 1
+    assert (stats.unknown, stats.submitted) == (1, 4)
+    statuses = {row[0]: row[COLUMNS.index("status")] for row in _csv(results)[1:]}
+    assert statuses[first.source] == "unknown"
+    assert set(emulator.jobs_by_source()) == set(sources(keys))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("make_room", [False, True])
+async def test_a_full_quota_mid_run_defers_the_rest_to_a_run_with_room(
+    tmp_path: Path, make_room: bool
+) -> None:
+    """The emulator's quota full after 5 jobs: the run creates nothing more, defers the rest
+    with the reason (fatal unless quota_defers); once room is made the next run creates the
+    rest: every video exactly once."""
+    keys = video_keys(12)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator(Faults(quota=5))
+    async with emulator.serve() as url:
+        config = config_for(manifest, url, results, concurrency=4, quota_defers=make_room)
+        stats, _log = await run_submit(config)
+        assert (stats.submitted, stats.failed, stats.deferred) == (5, 0, 7)
+        assert stats.deferred_reason is not None
+        assert "IVA.0012" in stats.deferred_reason
+        assert (stats.fatal is None) is make_room
+        emulator.faults = Faults(quota=0)
+        again, _log = await run_submit(config)
+    assert (again.submitted, again.skipped) == (7, 5)
+    assert_exactly_once(emulator, results, sources(keys))
