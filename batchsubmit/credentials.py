@@ -28,6 +28,8 @@ Secrets never appear in a message, a ``repr`` or an exception chain raised from 
 from __future__ import annotations
 
 import configparser
+import hashlib
+import os
 import re
 import stat
 import time
@@ -100,6 +102,7 @@ class IamPassword:
     domain: str
     password: str = field(repr=False)
     name: str = "IAM password (BATCHSUBMIT_IAM_USER)"
+    cache: Path | None = None  # BATCHSUBMIT_IAM_TOKEN_CACHE: a 0600 file kept between runs
 
     def __repr__(self) -> str:
         return f"IamPassword(user={self.user!r}, domain={self.domain!r}, password=<hidden>)"
@@ -281,7 +284,10 @@ def find_source(
             ),
             "an IAM user name, its account (domain) name and its password",
         )
-        return choice(IamPassword(user, domain, password))
+        cache = _stripped(env, "BATCHSUBMIT_IAM_TOKEN_CACHE")
+        return choice(
+            IamPassword(user, domain, password, cache=Path(cache).expanduser() if cache else None)
+        )
     tried.append("IAM password: BATCHSUBMIT_IAM_USER not set")
 
     named = _stripped(env, "HUAWEICLOUD_SDK_CREDENTIALS_FILE")
@@ -511,7 +517,7 @@ async def open_provider(
                 "an IAM token is scoped to a project: set service.project_id or "
                 "HUAWEICLOUD_SDK_PROJECT_ID (no region to look it up by)"
             )
-        login = _IamLogin(source, iam, region, timeout, clock)
+        login = _IamLogin(source, iam, region, timeout, clock, warn)
         issued, found = await login.token(session, project_id)
         project_id = project_id or found
         login.project_id = project_id
@@ -598,23 +604,44 @@ class _IamLogin:
         region: str | None,
         timeout: float,
         clock: Callable[[], float],
+        warn: Warn,
     ) -> None:
         self._source = source
         self._iam = iam
         self._region = region
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout))
         self._clock = clock
+        self._warn = warn
         self.project_id: str | None = None
 
     async def refresh(self, session: aiohttp.ClientSession | None) -> Issued:
+        """A new token (never the cached one: it is due, or it was just refused)."""
         if session is None:
             async with aiohttp.ClientSession(trust_env=True) as own:
-                issued, _ = await self.token(own, self.project_id)
+                issued, _ = await self.token(own, self.project_id, cached=False)
                 return issued
-        issued, _ = await self.token(session, self.project_id)
+        issued, _ = await self.token(session, self.project_id, cached=False)
         return issued
 
     async def token(
+        self, session: aiohttp.ClientSession, project_id: str | None, *, cached: bool = True
+    ) -> tuple[Issued, str]:
+        source = self._source
+        key = hashlib.sha256(
+            "\0".join(
+                (self._iam, source.domain, source.user, project_id or f"name={self._region}")
+            ).encode()
+        ).hexdigest()
+        if cached and source.cache is not None:
+            found = _read_token_cache(source.cache, key, self._clock(), self._warn)
+            if found is not None:
+                return found
+        issued, pid = await self._login(session, project_id)
+        if source.cache is not None:
+            _write_token_cache(source.cache, key, issued, pid, self._warn)
+        return issued, pid
+
+    async def _login(
         self, session: aiohttp.ClientSession, project_id: str | None
     ) -> tuple[Issued, str]:
         source = self._source
@@ -676,6 +703,61 @@ class _IamLogin:
             raise CredentialError(f"{where}: the token names no project")
         pid = valid_project_id(pid, f"{where}: project id")
         return Issued(Token(value), expires, started), pid
+
+
+def _read_token_cache(path: Path, key: str, now: float, warn: Warn) -> tuple[Issued, str] | None:
+    """A cached token for ``key`` not yet due for a refresh; None otherwise. A file that other
+    users could read is not trusted (and is replaced by the next login)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        warn(f"{path}: token cache not used: {exc.strerror}")
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if info.st_uid != os.getuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warn(f"{path}: token cache not used: other users can read it (it must be 0600)")
+            return None
+        data = handle.read(1 << 16)
+    try:
+        doc = orjson.loads(data)
+        if doc.get("key") != key:
+            return None
+        issued = Issued(Token(str(doc["token"])), float(doc["expires_at"]), float(doc["issued_at"]))
+        project_id = valid_project_id(str(doc["project_id"]), f"{path}: project_id")
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+    except CredentialError:
+        return None
+    refresh_at = issued.refresh_at
+    if refresh_at is None or now >= refresh_at:
+        return None
+    return issued, project_id
+
+
+def _write_token_cache(path: Path, key: str, issued: Issued, project_id: str, warn: Warn) -> None:
+    """Keep the token for the next run in a file only this user can read (0600, written
+    whole and renamed, so a reader never sees half of it)."""
+    assert isinstance(issued.secret, Token)
+    doc = {
+        "key": key,
+        "token": issued.secret.value,
+        "expires_at": issued.expires_at,
+        "issued_at": issued.issued_at,
+        "project_id": project_id,
+    }
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(orjson.dumps(doc))
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        warn(f"{path}: cannot write the token cache: {exc.strerror}")
 
 
 class _MetadataFetch:

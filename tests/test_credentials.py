@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from aiohttp import web
 
@@ -640,3 +641,34 @@ def test_cli_custom_endpoint_without_project_id_exits_2(
     assert "no project id" in err
     assert "service.project_id" in err
     assert not emulator.calls
+
+
+def test_cli_iam_token_cache_is_private_and_reused(
+    iam_emulator: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BATCHSUBMIT_IAM_TOKEN_CACHE: the second run reuses the token (one login for two runs),
+    the file is 0600, and a cache others could read is not trusted."""
+    emulator, url = iam_emulator
+    for name, value in iam_env().items():
+        monkeypatch.setenv(name, value)
+    cache = tmp_path / "cache" / "iam-token.json"
+    monkeypatch.setenv("HUAWEICLOUD_SDK_IAM_ENDPOINT", url)
+    monkeypatch.setenv("BATCHSUBMIT_IAM_TOKEN_CACHE", str(cache))
+    manifest = write_manifest(tmp_path, keys(2))
+    args = ("submit", str(manifest), "--endpoint", url, "--results", str(tmp_path / "o.csv"))
+    code, first = run_main(*args)
+    assert code == 0, first
+    assert cache.stat().st_mode & 0o777 == 0o600
+    code, second = run_main(*args, "--resubmit")
+    assert code == 0, second
+    assert emulator.identity.tokens_issued == 1
+    cache.chmod(0o644)
+    code, third = run_main(*args, "--resubmit")
+    assert code == 0, third
+    assert "other users can read it" in third
+    assert emulator.identity.tokens_issued == 2
+    assert cache.stat().st_mode & 0o777 == 0o600
+    token = orjson.loads(cache.read_bytes())["token"]
+    for text in (first, second, third, (tmp_path / "o.csv").read_text()):
+        assert token not in text
+        assert PASSWORD not in text
