@@ -33,6 +33,7 @@ import hmac
 import itertools
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
@@ -459,7 +460,9 @@ class Emulator:
         self.create_times: list[float] = []  # every create call, throttled or not
         self.accepted_create_times: list[float] = []  # create calls the rate limit let through
         self.calls: collections.Counter[tuple[str, int]] = collections.Counter()  # 0: no answer
-        # Job lives: steps queued by time, applied lazily when a call (or refresh()) looks.
+        # Job lives: steps queued by time, applied lazily when a call (or refresh()) looks. The
+        # lock lets a test thread look (state(), set_state()...) while the server thread serves.
+        self._lock = threading.RLock()
         self._clock = clock
         self._mono0 = clock()
         self._wall0 = time.time()
@@ -494,45 +497,49 @@ class Emulator:
 
     def clear(self) -> None:
         """Forget every job and call (between benchmark measurements); the options stay."""
-        for scope in self._scopes.values():
-            scope.tasks.clear()
-            scope.by_length.clear()
-        self.tasks.clear()
-        self._lives.clear()
-        self._steps.clear()
-        self.sources_of.clear()
-        self.deleted.clear()
-        self.vanished.clear()
-        self.gone.clear()
-        self.created_total = 0
-        self.calls.clear()
-        self.create_times.clear()
-        self.accepted_create_times.clear()
+        with self._lock:
+            for scope in self._scopes.values():
+                scope.tasks.clear()
+                scope.by_length.clear()
+            self.tasks.clear()
+            self._lives.clear()
+            self._steps.clear()
+            self.sources_of.clear()
+            self.deleted.clear()
+            self.vanished.clear()
+            self.gone.clear()
+            self.created_total = 0
+            self.calls.clear()
+            self.create_times.clear()
+            self.accepted_create_times.clear()
 
     # -- job lives ------------------------------------------------------------------------------
-    # Call these from the thread that serves (or while no call is being served).
+    # Safe from any thread; read tasks, deleted, gone... directly only when no call is served.
 
     def refresh(self) -> None:
         """Apply every step of every job's life due by now (each call does this first)."""
-        now = self._clock()
-        steps = self._steps
-        while steps and steps[0][0] <= now:
-            _, _, task_id, generation = heapq.heappop(steps)
-            life = self._lives.get(task_id)
-            if life is not None and life.generation == generation:
-                self._advance(task_id, life, now)
+        with self._lock:
+            now = self._clock()
+            steps = self._steps
+            while steps and steps[0][0] <= now:
+                _, _, task_id, generation = heapq.heappop(steps)
+                life = self._lives.get(task_id)
+                if life is not None and life.generation == generation:
+                    self._advance(task_id, life, now)
 
     def state(self, task_id: str) -> str | None:
         """The job's state now; None once it is gone."""
-        self.refresh()
-        task = self.tasks.get(task_id)
-        return None if task is None else str(task["state"])
+        with self._lock:
+            self.refresh()
+            task = self.tasks.get(task_id)
+            return None if task is None else str(task["state"])
 
     def hosting_status(self, task_id: str) -> str | None:
         """The job's hosting_result status now (None: gone, or no hosting output)."""
-        self.refresh()
-        life = self._lives.get(task_id)
-        return life.hosting if life is not None and task_id in self.tasks else None
+        with self._lock:
+            self.refresh()
+            life = self._lives.get(task_id)
+            return life.hosting if life is not None and task_id in self.tasks else None
 
     def set_state(
         self,
@@ -545,31 +552,34 @@ class Emulator:
         """Force a job into ``state`` (any name, VAS's or not) now, where it then stays;
         ``hosting`` sets its hosting_result status too. FAILED without ``error`` gets the
         lifecycle's ``failure``."""
-        self.refresh()
-        if task_id not in self.tasks:
-            raise KeyError(task_id)
-        if error is None and state == "FAILED":
-            error = self.faults.jobs.failure
-        self._redirect(task_id, [_Step(self._clock(), state, error, hosting)])
+        with self._lock:
+            self.refresh()
+            if task_id not in self.tasks:
+                raise KeyError(task_id)
+            if error is None and state == "FAILED":
+                error = self.faults.jobs.failure
+            self._redirect(task_id, [_Step(self._clock(), state, error, hosting)])
 
     def vanish(self, task_id: str) -> None:
         """Delete a job as someone else would: it is gone at once (show 404, not listed)."""
-        self.refresh()
-        self._apply(task_id, _Step(self._clock(), gone=True))
+        with self._lock:
+            self.refresh()
+            self._apply(task_id, _Step(self._clock(), gone=True))
 
     def freeze(self) -> list[str]:
         """The account falls into arrears: every job not final, stopped or deleting goes
         FREEZING, then FROZEN. Returns the ids it froze."""
-        self.refresh()
-        now = self._clock()
-        later = now + self.faults.jobs.real(self.faults.jobs.freezing)
-        frozen = []
-        for task_id, task in self.tasks.items():
-            if task["state"] not in FINAL_STATES | {"STOPPED", "DELETING", "FROZEN"}:
-                frozen.append(task_id)
-        for task_id in frozen:
-            self._redirect(task_id, [_Step(now, "FREEZING"), _Step(later, "FROZEN")])
-        return frozen
+        with self._lock:
+            self.refresh()
+            now = self._clock()
+            later = now + self.faults.jobs.real(self.faults.jobs.freezing)
+            frozen = []
+            for task_id, task in self.tasks.items():
+                if task["state"] not in FINAL_STATES | {"STOPPED", "DELETING", "FROZEN"}:
+                    frozen.append(task_id)
+            for task_id in frozen:
+                self._redirect(task_id, [_Step(now, "FREEZING"), _Step(later, "FROZEN")])
+            return frozen
 
     def _redirect(self, task_id: str, steps: Sequence[_Step]) -> None:
         """Give the job a new course: drop the queued step, apply what is due, queue the next."""
@@ -626,6 +636,9 @@ class Emulator:
                 hosting.pop("result_json_overdue_at", None)
             elif step.hosting == "AVAILABLE":
                 life.overdue_ms = int((wall + life.ttl) * 1000)
+                hosting["result_json_overdue_at"] = life.overdue_ms
+            elif step.hosting == "OVERDUE" and life.overdue_ms is None:  # forced: expired now
+                life.overdue_ms = int(wall * 1000)
                 hosting["result_json_overdue_at"] = life.overdue_ms
 
     # -- serving -----------------------------------------------------------------------------
@@ -867,15 +880,16 @@ class Emulator:
             raise _Reject(400, "IVA.0003", "The request body must be a JSON object")
         _validate_create(doc)
         faults = self.faults
-        self.refresh()
-        if faults.quota and len(self.tasks) >= faults.quota:
-            raise _Reject(
-                400,
-                "IVA.0012",
-                f"The number of saved tasks exceeds max quota {faults.quota} (across services); "
-                "delete finished jobs first",
-            )
-        task_id = self._store(doc, scope)
+        with self._lock:
+            self.refresh()
+            if faults.quota and len(self.tasks) >= faults.quota:
+                raise _Reject(
+                    400,
+                    "IVA.0012",
+                    f"The number of saved tasks exceeds max quota {faults.quota} "
+                    "(across services); delete finished jobs first",
+                )
+            task_id = self._store(doc, scope)
         rng = self._rng
         if faults.p_lost > 0 and rng.random() < faults.p_lost:
             return self._drop(request, "create")
@@ -955,14 +969,31 @@ class Emulator:
             raise _invalid(f"state {state!r} is not a job state")
         since = _int_param(query, "created_since", -1, 0, None)
         until = _int_param(query, "created_until", -1, 0, None)
+        with self._lock:
+            count, page = self._select(scope, query, offset, limit, field, direction, since, until)
+        return self._answer("list", 200, headers, {"count": count, "tasks": page})
+
+    def _select(
+        self,
+        scope: tuple[str, str],
+        query: Mapping[str, str],
+        offset: int,
+        limit: int,
+        field: str,
+        direction: str,
+        since: int,
+        until: int,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The list's matches (how many, and the page), under the lock."""
         self.refresh()
+        state = query.get("state")
         store = self._scopes.get(scope) or _Scope()
         name_like = query.get("name_like")
         if field == "created_at" and query.keys().isdisjoint(_FILTERS):
             # Every job in creation order: page without copying the store (large benchmarks).
             values = reversed(store.tasks.values()) if direction == "DESC" else store.tasks.values()
             tasks = list(itertools.islice(values, offset, offset + limit))
-            return self._answer("list", 200, headers, {"count": len(store.tasks), "tasks": tasks})
+            return len(store.tasks), tasks
         found = store.named_like(name_like) if name_like else list(store.tasks.values())
         version = query.get("service_version")
         if version is not None:
@@ -985,33 +1016,33 @@ class Emulator:
             found.sort(key=lambda task: task["name"], reverse=descending)
         elif field == "updated_at":
             found.sort(key=lambda task: lives[task["id"]].updated, reverse=descending)
-        page = found[offset : offset + limit]
-        return self._answer("list", 200, headers, {"count": len(found), "tasks": page})
+        return len(found), found[offset : offset + limit]
 
     async def _show(
         self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
     ) -> web.StreamResponse:
-        self.refresh()
-        task = self._find(request, scope)
-        life = self._lives[task["id"]]
-        if life.hosting is None:
-            return self._answer("show", 200, headers, task)
-        shown = {**task, "hosting_result": _hosting_result(task, life)}
-        return self._answer("show", 200, headers, shown)
+        with self._lock:
+            self.refresh()
+            task = self._find(request, scope)
+            life = self._lives[task["id"]]
+            if life.hosting is not None:
+                task = {**task, "hosting_result": _hosting_result(task, life)}
+        return self._answer("show", 200, headers, task)
 
     async def _delete(
         self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
     ) -> web.StreamResponse:
         """202, then DELETING for ``Lifecycle.deleting``, then gone (the quota counts it till
         then). A second delete while DELETING is 202 again and changes nothing."""
-        self.refresh()
-        task = self._find(request, scope)
-        task_id = task["id"]
-        if task["state"] != "DELETING":
-            self.deleted[task_id] = task["state"]
-            now = self._clock()
-            later = now + self.faults.jobs.real(self.faults.jobs.deleting)
-            self._redirect(task_id, [_Step(now, "DELETING"), _Step(later, gone=True)])
+        with self._lock:
+            self.refresh()
+            task = self._find(request, scope)
+            task_id = task["id"]
+            if task["state"] != "DELETING":
+                self.deleted[task_id] = task["state"]
+                now = self._clock()
+                later = now + self.faults.jobs.real(self.faults.jobs.deleting)
+                self._redirect(task_id, [_Step(now, "DELETING"), _Step(later, gone=True)])
         return self._accepted("delete", headers)
 
     async def _stop(
@@ -1019,15 +1050,16 @@ class Emulator:
     ) -> web.StreamResponse:
         """A pending, starting or running job (or one in a state outside VAS's list) goes
         STOPPING, then STOPPED; a stopping or stopped one is left as it is; others are 400."""
-        self.refresh()
-        task = self._find(request, scope)
-        state = task["state"]
-        if state in _STOPPABLE or state not in STATES:
-            now = self._clock()
-            later = now + self.faults.jobs.real(self.faults.jobs.stopping)
-            self._redirect(task["id"], [_Step(now, "STOPPING"), _Step(later, "STOPPED")])
-        elif state not in ("STOPPING", "STOPPED"):
-            raise _invalid(f"the job is {state}: only a pending or running job can be stopped")
+        with self._lock:
+            self.refresh()
+            task = self._find(request, scope)
+            state = task["state"]
+            if state in _STOPPABLE or state not in STATES:
+                now = self._clock()
+                later = now + self.faults.jobs.real(self.faults.jobs.stopping)
+                self._redirect(task["id"], [_Step(now, "STOPPING"), _Step(later, "STOPPED")])
+            elif state not in ("STOPPING", "STOPPED"):
+                raise _invalid(f"the job is {state}: only a pending or running job can be stopped")
         return self._accepted("stop", headers)
 
     async def _start(
@@ -1035,20 +1067,21 @@ class Emulator:
     ) -> web.StreamResponse:
         """A stopped, frozen or finished job runs again: STARTING, RUNNING, then an outcome
         drawn afresh (a hosting result is generated anew); a started one is left as it is."""
-        self.refresh()
-        task = self._find(request, scope)
-        state = task["state"]
-        if state in _STARTABLE:
-            task_id = task["id"]
-            now = self._clock()
-            lifecycle = self.faults.jobs
-            u = [self._life_rng.random() for _ in range(_DRAWS)]
-            hosting = self._lives[task_id].hosting is not None
-            steps = _plan(lifecycle, now, u, hosting=hosting, restart=True)
-            first = _Step(now, "STARTING", hosting="NOT_GENERATED" if hosting else None)
-            self._redirect(task_id, [first, *steps])
-        elif state not in _STARTED:
-            raise _invalid(f"the job is {state}: it cannot be started")
+        with self._lock:
+            self.refresh()
+            task = self._find(request, scope)
+            state = task["state"]
+            if state in _STARTABLE:
+                task_id = task["id"]
+                now = self._clock()
+                lifecycle = self.faults.jobs
+                u = [self._life_rng.random() for _ in range(_DRAWS)]
+                hosting = self._lives[task_id].hosting is not None
+                steps = _plan(lifecycle, now, u, hosting=hosting, restart=True)
+                first = _Step(now, "STARTING", hosting="NOT_GENERATED" if hosting else None)
+                self._redirect(task_id, [first, *steps])
+            elif state not in _STARTED:
+                raise _invalid(f"the job is {state}: it cannot be started")
         return self._accepted("start", headers)
 
     def _accepted(self, op: str, headers: dict[str, str]) -> web.Response:

@@ -318,11 +318,19 @@ async def test_set_state_forces_any_state_and_holds_it() -> None:
         hosted_shown = await api.show(hosted)
         emulator.set_state(plain, "FAILED")
         failed = await api.show(plain)
+        expired = await api.create("expired", hosting=True)
+        emulator.set_state(expired, "SUCCEEDED", hosting="OVERDUE")
+        expired_shown = await api.show(expired)
         emulator.vanish(hosted)
         status, doc = await api.call("GET", f"{tasks_path()}/{hosted}")
     assert plain_shown["state"] == "CREATE_FAIL"
     assert hosted_shown["hosting_result"]["status"] == "AVAILABLE"
     assert failed["error"]["code"] == "ALG.002"
+    # Forced OVERDUE without ever being AVAILABLE: expired now, with a date saying so.
+    assert expired_shown["hosting_result"]["status"] == "OVERDUE"
+    overdue_at = expired_shown["output"]["hosting"]["result_json_overdue_at"]
+    assert overdue_at // 1000 == epoch(expired_shown["hosting_result"]["overdue_date"])
+    assert abs(overdue_at / 1000 - epoch(expired_shown["updated_at"])) <= 1
     assert (status, doc["error_code"]) == (404, "IVA.0005")
     assert emulator.vanished == [hosted]
     assert emulator.gone == {hosted: "vanished"}
