@@ -63,6 +63,9 @@ GONE_CODE = "IVA.0005"  # the job does not exist: a 404 with any other code is n
 HOSTING_DONE = frozenset({"COLLECTED", "OVERDUE", "DELETED_MISTAKENLY"})
 # Final, but already gone from the service: nothing to delete, no room to free.
 GONE_STATES = frozenset({PRUNED, "LOST"})
+# The final states a job may be deleted in (obs-file inputs; VAS-API.md): a record that says
+# final of any other state is not believed.
+DELETABLE_STATES = frozenset({"SUCCEEDED", "FAILED", "CREATE_FAILED", "START_FAILED"})
 ROOM_WAIT = 120.0  # seconds make-room waits for deleted jobs to disappear from the count
 ROOM_POLL = 2.0  # seconds between count reads at most; the first comes sooner
 ROOM_FIRST_POLL = 0.05
@@ -168,7 +171,7 @@ def select(
         if record.state in GONE_STATES:
             gone += 1
             continue
-        if not record.final:
+        if not record.final or record.state not in DELETABLE_STATES:
             held["not final"] += 1
             continue
         final_at = _epoch(record.final_at)

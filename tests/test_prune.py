@@ -661,3 +661,39 @@ def test_quota_full_mid_run_with_make_room_defers(tmp_path: Path, emulator_env: 
         assert len(live.emulator.tasks) == 10
     finally:
         live.close()
+
+
+def test_sigterm_mid_prune_records_what_was_deleted(tmp_path: Path) -> None:
+    """SIGTERM while deleting: exit 143, no new delete starts, the ones in flight finish and
+    are recorded PRUNED, and no intent is left open."""
+    live = LiveEmulator(Faults(jobs=FAST_LIFE, latency=0.02))
+    try:
+        results = submit_videos(live, tmp_path, 60)
+        ids = list(job_ids(results).values())
+        settle(live, ids)
+        record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+        args = ["prune", str(results), "--rate", "0", "--concurrency", "4"]
+        process = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while len(live.emulator.deleted) < 10 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=20)
+        assert process.returncode == 143, err
+        deleted = set(live.emulator.deleted)
+        assert 10 <= len(deleted) < 60
+        assert {i for i, s in states(results).items() if s == PRUNED} == deleted
+        assert not prune_journal_path(results).exists()
+    finally:
+        live.close()
+
+
+def test_a_record_claiming_final_for_a_running_state_is_not_believed() -> None:
+    """final=True beside a state that is not a final one (a damaged or hand-edited record):
+    held as not final."""
+    now = time.time()
+    record = JobRecord(
+        job_id="a", source="s", name="a", state="RUNNING", final=True, final_at=iso(now - 99 * HOUR)
+    )
+    selection = select({"a": record}, {"a": "http://h/v2/p/services/s/tasks"}, PruneRules(), now)
+    assert (selection.chosen, selection.held) == ([], {"not final": 1})
