@@ -46,7 +46,7 @@ from .prune import (
     plan_prune,
     prune,
 )
-from .results import Format, format_for, iter_rows, read_ledger, utc_now
+from .results import Format, Ledger, format_for, iter_rows, read_ledger, utc_now
 from .runner import (
     ExpandSummary,
     RunConfig,
@@ -58,7 +58,7 @@ from .runner import (
     submit,
 )
 from .sources import ExpandStats
-from .vas import REGIONS
+from .vas import REGIONS, service_identity
 
 __all__ = ["EXIT", "main"]
 
@@ -711,7 +711,7 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
         uncertain = prepared.uncertain
         ledger = None if config.resubmit else prepared.ledger
         counted = count_work(manifest, ledger, uncertain, lambda _m: None)
-        _log_plan(log, counted, len(uncertain), config)
+        _log_plan(log, counted, len(uncertain), config, prepared.ledger)
         room = None
         if getattr(args, "make_room", False):
             room, config = await _make_room(config, args, log, counted)
@@ -764,7 +764,9 @@ def _spooled(
     )
 
 
-def _log_plan(log: Log, counted: ExpandSummary, uncertain: int, config: RunConfig) -> None:
+def _log_plan(
+    log: Log, counted: ExpandSummary, uncertain: int, config: RunConfig, ledger: Ledger
+) -> None:
     _log_expand(log, counted.expand)
     log.line(
         "info",
@@ -772,6 +774,24 @@ def _log_plan(log: Log, counted: ExpandSummary, uncertain: int, config: RunConfi
         f"(ledger {config.results}), {uncertain} earlier outcomes to resolve first; "
         f"{config.endpoint.tasks_url}",
     )
+    _log_ledger_services(log, ledger, config.results)
+
+
+def _log_ledger_services(log: Log, ledger: Ledger, results: Path) -> None:
+    """Rows the ledger holds for this service under another endpoint count as done; rows of
+    another project or service count for nothing. Both are said, never silently applied."""
+    if ledger.other_endpoint:
+        log.line(
+            "info",
+            f"{results}: {ledger.other_endpoint} rows name this project and service under "
+            f"another endpoint (e.g. {ledger.other_endpoint_url}); they count as done here",
+        )
+    if ledger.other_services:
+        log.line(
+            "warning",
+            f"{results}: {ledger.other_services} rows belong to another project or service "
+            f"(e.g. {ledger.other_service_url}); they do not count as done for this one",
+        )
 
 
 def _dry_run(
@@ -836,22 +856,31 @@ def _reconcile(args: argparse.Namespace, log: Log) -> int:
 
 def _endpoint_from_results(results: Path, fmt: Format, override: str | None) -> Endpoint | None:
     """The service the unknown rows and open intents belong to, from their ``service_url``;
-    None when there are none (nothing to reconcile)."""
-    urls = {row[3] for row in iter_rows(results, fmt) if row[2] == "unknown"}
-    urls |= journal_services(journal_path(results))
-    if len(urls) > 1:
+    None when there are none (nothing to reconcile). Rows of one project and service reached
+    through several endpoints are one service (the newest endpoint is used)."""
+    urls = [row[3] for row in iter_rows(results, fmt) if row[2] == "unknown"]
+    urls += sorted(journal_services(journal_path(results)))
+    services: dict[tuple[str, str], str] = {}
+    for url in urls:
+        try:
+            identity = service_identity(url)
+        except ValueError:
+            raise UsageError(f"{results}: cannot read the service from {url!r}") from None
+        key = (identity.project_id, identity.service_name)
+        services.pop(key, None)
+        services[key] = f"{identity.endpoint}"
+    if not services:
+        return None
+    if len(services) > 1:
+        names = ", ".join(f"{p}/{n}" for p, n in sorted(services))
         raise UsageError(
-            f"{results}: unknown outcomes for several services ({', '.join(sorted(urls))});"
+            f"{results}: unknown outcomes for several services ({names});"
             " reconcile each with its own results file"
         )
-    url = urls.pop() if urls else ""
-    if not url:
-        return None
-    found = re.fullmatch(r"(https?://[^/]+)/v2/([^/]+)/services/([^/]+)/tasks", url)
-    if not found:
-        raise UsageError(f"{results}: cannot read the service from {url!r}")
-    base = _check_endpoint(override) if override else found.group(1)
-    return Endpoint(base_url=base, project_id=found.group(2), service_name=found.group(3))
+    (project_id, service_name), base = services.popitem()
+    if override:
+        base = _check_endpoint(override)
+    return Endpoint(base_url=base, project_id=project_id, service_name=service_name)
 
 
 def _emulator_seconds(text: str) -> float:

@@ -17,7 +17,8 @@ import pytest
 
 from batchsubmit.cli import _check_endpoint, _duration, _is_terminal, _parser, main
 from batchsubmit.journal import RunLock
-from batchsubmit.results import COLUMNS
+from batchsubmit.emulator import EMULATOR_PROJECT_ID
+from batchsubmit.results import COLUMNS, Outcome, ResultsWriter
 from batchsubmit.runner import lock_path
 
 from .helpers import (
@@ -350,3 +351,34 @@ def test_quick_start_twice_submits_nothing_the_second_time(tmp_path: Path) -> No
     assert results.read_text(encoding="utf-8").count(",submitted,") == 6
     assert "0 submitted" in second.stderr
     assert "6 already submitted" in second.stderr
+
+
+def test_reconcile_takes_two_spellings_of_one_service_as_one(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """Unknown rows written through `localhost` and through `127.0.0.1` name one service:
+    `reconcile` resolves both instead of refusing "several services"."""
+    results = tmp_path / "r.csv"
+    writer = ResultsWriter(results, "csv", lambda _m: None)
+    port = live_emulator.url.rsplit(":", 1)[1]
+    for host, key in (("localhost", "a.mp4"), ("127.0.0.1", "b.mp4")):
+        writer.write(
+            Outcome(
+                source=f"obs://in-bucket/{key}",
+                name=f"{key[0]}-000000000000",
+                job_id="",
+                status="unknown",
+                http_status=0,
+                error_code="TIMEOUT",
+                error_msg="",
+                attempts=1,
+                request_id="",
+                submitted_at="2026-12-01T00:00:00.000Z",
+                service_url=f"http://{host}:{port}/v2/{EMULATOR_PROJECT_ID}/services/"
+                "video-analyze/tasks",
+            )
+        )
+    writer.close()
+    done = run_cli("reconcile", str(results))
+    assert done.returncode == 0, done.stderr
+    assert "2 outcomes to resolve" in done.stderr
