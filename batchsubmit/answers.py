@@ -19,6 +19,7 @@ __all__ = [
     "MESSAGE_CAP",
     "QUOTA",
     "READ_CAP",
+    "SHOW_CAP",
     "UNREACHABLE",
     "Answer",
     "Kind",
@@ -34,6 +35,7 @@ __all__ = [
 # Bounded answers: a 64 MiB HTML 502 page or a 4 MiB error message is never read whole, and
 # what reaches a results row, a log line or the summary is one short line.
 READ_CAP = 1 << 20  # bytes of a success answer read at most (a page of 100 tasks is ~100 KiB)
+SHOW_CAP = 8 << 20  # bytes of a show's answer: its hosting_result.data is result.json itself
 ERROR_CAP = 16 << 10  # bytes of an error answer read at most: its code and its message's start
 MESSAGE_CAP = 500  # characters of an error message kept
 CODE_CAP = 64  # characters of an error code or request id kept

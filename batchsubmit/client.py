@@ -14,7 +14,7 @@ import aiohttp
 from yarl import URL
 
 from . import __version__
-from .answers import ERROR_CAP, READ_CAP, Answer, Kind, classify, tidy
+from .answers import ERROR_CAP, READ_CAP, SHOW_CAP, Answer, Kind, classify, tidy
 from .auth import (
     Credentials,
     RequestSigner,
@@ -219,7 +219,12 @@ class VasClient:
             ) as response:
                 sent = True
                 status = response.status
-                cap = READ_CAP if 200 <= status < 300 else ERROR_CAP
+                if not 200 <= status < 300:
+                    cap = ERROR_CAP
+                elif method == "GET" and url.raw_path != self._path:
+                    cap = SHOW_CAP  # a show: hosting_result.data holds result.json itself
+                else:
+                    cap = READ_CAP
                 payload, cut = await _read_capped(response, cap)
                 if cut:
                     if status < 300:

@@ -518,8 +518,8 @@ class Pool:
                 if wait is None:
                     self._record(spec.source, spec.name, "failed", answer, job.attempts, job=job)
                     return
-                self.stats.retries += 1
                 await self._rest(wait)
+                self.stats.retries += 1  # counted once it is sure to be made (not stopped)
         except (_Stopped, anyio.get_cancelled_exc_class()) as exc:
             if job.uncertain:
                 self._record(
@@ -728,8 +728,8 @@ class Pool:
             wait = next_wait(self._settings.retry, answer, failures, throttles, self._rng)
             if wait is None:
                 return answer
-            self.stats.retries += 1
             await self._rest(wait)
+            self.stats.retries += 1
 
     # -- one call ---------------------------------------------------------------------------
 

@@ -241,8 +241,10 @@ async def test_a_read_answer_over_the_cap_is_not_read_whole() -> None:
     async with serving(handler) as client:
         read = await client.list_page("x", 0)
         create = await client.create(b"{}")
+        show = await client.show("f" * 32)  # up to SHOW_CAP: 4 MiB is read (not JSON here)
     assert (read.kind, read.error_code) == (Kind.UNAVAILABLE, "TOO_LARGE")
     assert (create.kind, create.error_code) == (Kind.AMBIGUOUS, "TOO_LARGE")
+    assert (show.kind, show.error_msg) == (Kind.UNAVAILABLE, "unreadable answer body")
 
 
 async def test_a_secret_straddling_the_read_cap_is_not_leaked() -> None:
