@@ -73,7 +73,8 @@ LIST_LIMIT = 100  # VAS's maximum page
 MAX_OFFSET = 100_000  # VAS documents offset 1 to 100000: a bigger window is split
 SLACK_MS = 10 * 60 * 1000  # around creation times: our clock and the service's may differ
 WINDOW_GAP_MS = 30 * 60 * 1000  # creations further apart than this are listed as two windows
-CURSOR_SLACK = 60.0  # seconds: an incremental pass re-reads jobs updated this long before
+CURSOR_SLACK = 5.0  # seconds: a "changes" pass re-reads jobs updated this long before the
+# newest it saw last time (the service's own clock, to the second: ties and late writers)
 SWEEP_EVERY = 10  # passes: a sweep finds jobs that vanished (an incremental list cannot)
 CHEAP_SWEEP = 3  # list calls: a sweep this cheap is made every pass
 SYNC_EVERY = 1.0  # seconds: the longest a seen change waits before it reaches the disk
@@ -638,6 +639,7 @@ class Follower:
         """One pass: list (a sweep or what changed), then the shows only show can answer."""
         confirm: list[_Job] = []
         sweep = self._sweep_due()
+        self._swept = sweep
         if sweep:
             self.stats.sweeps += 1
         for service in range(len(self.services)):
@@ -677,6 +679,7 @@ class Follower:
         return self._last_sweep_calls <= CHEAP_SWEEP
 
     _last_sweep_calls = 0
+    _swept = False
 
     def _needs_show(self, job: _Job) -> bool:
         record = job.now
@@ -1054,12 +1057,13 @@ class Follower:
     def _log_pass(self) -> None:
         final = sum(1 for job in self.jobs.values() if job.judged and job.now.final)
         states: Counter[str] = Counter(
-            job.now.state or "NOT_SEEN" for job in self.jobs.values() if not job.now.final
+            _pending_label(job.now.state) for job in self.jobs.values() if not job.now.final
         )
         text = ", ".join(f"{n} {s}" for s, n in states.most_common(6))
         self.reporter.log(
             "info",
-            f"pass {self.stats.passes}: {final}/{self.stats.followed} final"
+            f"pass {self.stats.passes} ({'sweep' if self._swept else 'changes'}): "
+            f"{final}/{self.stats.followed} final"
             + (f"; not final: {text}" if text else "")
             + f" ({self.stats.list_calls} list, {self.stats.show_calls} show calls so far)",
         )
@@ -1130,6 +1134,12 @@ def _report_writer(handle: IO[str], fmt: Format) -> Callable[[tuple[Any, ...]], 
         handle.write(orjson.dumps(dict(zip(REPORT_COLUMNS, values, strict=True))).decode() + "\n")
 
     return json_row
+
+
+def _pending_label(state: str) -> str:
+    if state == "SUCCEEDED":
+        return "SUCCEEDED (hosting result pending)"
+    return state or "NOT_SEEN"
 
 
 def _progress_outcome(record: JobRecord) -> Outcome:

@@ -11,13 +11,16 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import orjson
 import pytest
 
+from batchsubmit.answers import Answer, Kind
 from batchsubmit.auth import Credentials
 from batchsubmit.cli import _combined_exit
 from batchsubmit.emulator import (
@@ -40,7 +43,7 @@ from batchsubmit.follow import (
     prepare_follow,
 )
 from batchsubmit.journal import RunLock
-from batchsubmit.pool import PoolSettings
+from batchsubmit.pool import Pool, PoolSettings
 from batchsubmit.progress import LineReporter, Log
 from batchsubmit.record import (
     JobRecord,
@@ -340,6 +343,105 @@ async def test_follow_ends_with_the_emulators_final_states_within_the_budget(
     needless = {job for job in shows if job not in hosting_ids and job not in vanished}
     assert not needless
     assert sum(shows.values()) == followed.show_calls
+
+
+@pytest.mark.anyio
+async def test_passes_between_sweeps_list_only_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between sweeps a pass lists the jobs updated since the last one (newest first) and
+    stops at the first older one: fewer calls than a sweep, the same final report; vanished
+    jobs are found LOST by the next sweep."""
+    monkeypatch.setattr("batchsubmit.follow.CHEAP_SWEEP", 0)  # 300 jobs: sweeps are cheap
+    now = [time.monotonic()]
+    life = Lifecycle(
+        time_scale=1,
+        pending=(10.0, 100.0),
+        starting=(10.0, 50.0),
+        running=(20.0, 150.0),
+        p_failed=0.2,
+        p_unknown_state=0.05,
+        p_vanish=0.02,
+    )
+    emulator = Emulator(Faults(jobs=life, seed=3), clock=lambda: now[0])
+    manifest = write_manifest(tmp_path, video_keys(300))
+    results = tmp_path / "r.csv"
+
+    async def time_flies() -> None:
+        while True:
+            await anyio.sleep(0.01)
+            now[0] += 15.0  # emulated seconds: updated_at moves on, over 100 jobs a pass
+
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        async with anyio.create_task_group() as group:
+            group.start_soon(time_flies)
+            stats, text = await _status(results, interval=0.02)
+            group.cancel_scope.cancel()
+        rows = _report(tmp_path / "r.report.csv")
+        for row in rows:
+            assert row["state"] == _expected_state(emulator, row["job_id"]), row
+    assert exit_code(stats) == 1, text
+    assert stats.lost == len(emulator.vanished) > 0
+    assert stats.sweeps < stats.passes
+    assert stats.list_calls < stats.passes * 3  # a sweep of 300 jobs is 3 calls
+
+
+@pytest.mark.anyio
+async def test_a_changes_pass_pages_until_a_job_older_than_the_cursor(tmp_path: Path) -> None:
+    """The "changes" list (updated_at:DESC) reads page after page while jobs are newer than
+    the cursor, and stops at the first page that reaches older ones: no change is missed,
+    no page beyond is read."""
+    service_url = "http://127.0.0.1:9/v2/p/services/s/tasks"
+    results = tmp_path / "r.jsonl"
+    ids = [f"{n:032x}" for n in range(250)]
+    results.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {"source": f"s{n}", "name": f"n{n}", "job_id": job_id, "status": "submitted",
+                 "submitted_at": "2026-12-01T02:00:00.000Z", "service_url": service_url}
+            ) + b"\n"
+            for n, job_id in enumerate(ids)
+        )
+    )  # fmt: skip
+    cursor = 1_800_000_000.0
+
+    def stamp(moment: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+    # newest first, as updated_at:DESC answers: 150 changed, 100 not
+    tasks: list[dict[str, Any]] = [
+        {"id": job_id, "state": "SUCCEEDED" if n < 150 else "RUNNING",
+         "updated_at": stamp(cursor + 100 if n < 150 else cursor - 100),
+         "created_at": "2026-12-01T02:00:00Z", "output": {"obs": {}}}
+        for n, job_id in enumerate(ids)
+    ]  # fmt: skip
+    offsets: list[int] = []
+
+    async def list_tasks(query: dict[str, Any]) -> Answer:
+        assert query["order"] == "updated_at:DESC"
+        offset = int(query["offset"])
+        offsets.append(offset)
+        page = tasks[offset : offset + int(query["limit"])]
+        return Answer(kind=Kind.OK, status=200, data={"count": len(tasks), "tasks": page})
+
+    config = replace(_follow_config(results, follow=False), format="jsonl")
+    follower = prepare_follow(config, pytest.fail)
+    pool = Pool(
+        object(),  # type: ignore[arg-type]
+        object(),  # type: ignore[arg-type]
+        LineReporter(Log(io.StringIO()), None),
+        PoolSettings(rate=0.0),
+        service_url=service_url,
+    )
+    follower.clients = [SimpleNamespace(list_tasks=list_tasks)]  # type: ignore[list-item]
+    follower.cursor = [cursor]
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
+        await follower._changed(pool, 0, list(follower.jobs.values()))
+    assert offsets == [0, 100]
+    states = Counter(job.now.state for job in follower.jobs.values())
+    assert states == {"SUCCEEDED": 150, "RUNNING": 50, "": 50}  # page 2 reached older ones
+    assert follower.cursor == [cursor + 100]
 
 
 @pytest.mark.anyio
