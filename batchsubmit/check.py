@@ -174,11 +174,11 @@ def _region(plan: CheckPlan) -> CheckResult:
 async def _connect(plan: CheckPlan, results: list[CheckResult]) -> bool:
     """DNS, TCP and (https) TLS to the endpoint, or to the proxy that reaches it."""
     name = "endpoint"
-    target = plan.proxy or plan.base_url
-    parts = urlsplit(target)
+    parts = urlsplit(plan.proxy or plan.base_url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    via = f" through proxy {parts.hostname}:{port}" if plan.proxy else ""
+    endpoint = urlsplit(plan.base_url).netloc
+    via = f" through proxy {host}:{port}" if plan.proxy else ""
     limit = plan.timeout
     loop = asyncio.get_running_loop()
     try:
@@ -222,7 +222,7 @@ async def _connect(plan: CheckPlan, results: list[CheckResult]) -> bool:
         )  # fmt: skip
         return False
     done = "resolves, connects" + (", TLS verified" if tls else "")
-    results.append(CheckResult(name, "PASS", f"{host}:{port}{via} {done}"))
+    results.append(CheckResult(name, "PASS", f"{endpoint}{via}: {done}"))
     return True
 
 

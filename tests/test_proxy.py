@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from batchsubmit.cli import main
 from batchsubmit.client import open_session
 from batchsubmit.credentials import find_source, open_provider
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator
@@ -66,18 +67,21 @@ class ForwardProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = await request.read()
         self.forwarded[request.rel_url.path] += 1
-        async with self._out.request(
-            request.method,
-            target,
-            headers=headers,
-            data=body or None,
-            allow_redirects=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-        ) as answer:
-            payload = await answer.read()
-            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
-            kept.pop("Content-Length", None)
-            return web.Response(status=answer.status, body=payload, headers=kept)
+        try:
+            async with self._out.request(
+                request.method,
+                target,
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            ) as answer:
+                payload = await answer.read()
+                kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+                kept.pop("Content-Length", None)
+                return web.Response(status=answer.status, body=payload, headers=kept)
+        except aiohttp.ClientConnectionError:
+            return web.Response(status=502, text="proxy: cannot connect upstream")
 
 
 def closed_port() -> int:
@@ -206,3 +210,37 @@ def test_a_corporate_ca_bundle_in_ssl_cert_file_is_trusted(tmp_path: Path) -> No
     assert "FAIL endpoint: TLS with 127.0.0.1" in untrusted.stdout, untrusted.stdout
     assert "SSL_CERT_FILE" in untrusted.stdout
     assert not emulator.tasks
+
+
+def test_check_goes_through_the_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check` behind a proxy: it connects to the proxy, says so, and its signed list call
+    reaches the service through it."""
+    emulator = Emulator()
+    proxy = ForwardProxy()
+    vas, forward = ServerThread(emulator.serve), ServerThread(proxy.serve)
+    for name, value in (
+        ("HUAWEICLOUD_SDK_AK", EMULATOR_AK),
+        ("HUAWEICLOUD_SDK_SK", EMULATOR_SK),
+        ("HUAWEICLOUD_SDK_PROJECT_ID", EMULATOR_PROJECT_ID),
+        ("HTTP_PROXY", forward.url),
+        ("HOME", str(tmp_path)),
+    ):
+        monkeypatch.setenv(name, value)
+    manifest = write_manifest(tmp_path, video_keys(2))
+    try:
+        code = main(
+            ["check", str(manifest), "--endpoint", vas.url, "--timeout", "2",
+             "--obs-endpoint", f"http://127.0.0.1:{closed_port()}"]
+        )  # fmt: skip
+    finally:
+        vas.close()
+        forward.close()
+    out = capsys.readouterr().out
+    assert code == 3, out  # the OBS endpoint is closed on purpose
+    proxy_port = forward.url.rsplit(":", 1)[1]
+    vas_port = vas.url.rsplit(":", 1)[1]
+    assert f"PASS endpoint: 127.0.0.1:{vas_port} through proxy 127.0.0.1:{proxy_port}: " in out
+    assert "PASS signature and subscription" in out
+    assert proxy.forwarded[f"/v2/{EMULATOR_PROJECT_ID}/services/video-analyze/tasks"] == 1
