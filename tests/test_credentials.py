@@ -369,9 +369,9 @@ async def test_short_lived_iam_tokens_refresh_and_never_fail_a_call(tmp_path: Pa
 async def test_metadata_credentials_expiring_every_second_never_sign_a_call(
     tmp_path: Path,
 ) -> None:
-    """Temporary credentials living 1.2 s over a 3.5 s run (several expiries): every call is
+    """Temporary credentials living 1.5 s over a 3.5 s run (several expiries): every call is
     signed with unexpired ones, and the project id is discovered from the region."""
-    emulator = Emulator(identity=IdentityOptions(metadata=True, credential_ttl=1.2))
+    emulator = Emulator(identity=IdentityOptions(metadata=True, credential_ttl=1.5))
     async with emulator.serve() as url:
         provider = await open_for({"BATCHSUBMIT_METADATA_URL": url}, url)
         assert provider.project_id == EMULATOR_PROJECT_ID
