@@ -475,6 +475,16 @@ class CredentialProvider:
             ) from None
         self._issued = issued
         self._due = issued.refresh_at
+        now = self._clock()
+        if self._due is not None and self._due <= now:
+            # Due as soon as issued (this machine's clock is off?): ask again at most once a
+            # second rather than before every call.
+            self._due = now + min(1.0, max(0.0, (issued.expires_at or now) - now))
+            if self._warn is not None:
+                self._warn(
+                    f"credentials from {self.source_name} were due for a refresh as soon as "
+                    "they were issued: check this machine's clock (NTP)"
+                )
         self._seen.extend(s for s in secrets_of(issued.secret) if s not in self._seen)
         self.refreshes += 1
 

@@ -672,3 +672,27 @@ def test_cli_iam_token_cache_is_private_and_reused(
     for text in (first, second, third, (tmp_path / "o.csv").read_text()):
         assert token not in text
         assert PASSWORD not in text
+
+
+@pytest.mark.anyio
+async def test_credentials_due_when_issued_are_not_fetched_for_every_call() -> None:
+    """A skewed clock makes new credentials look nearly expired: one fetch a second at most,
+    with a warning, not one per call."""
+    clock = FakeClock()
+    calls: list[int] = []
+
+    async def fetch(_session: object) -> Issued:
+        calls.append(1)
+        return Issued(Token(f"t{len(calls)}"), clock.now + 5.0)  # issued_at unknown: 0
+
+    warnings: list[str] = []
+    provider = CredentialProvider(
+        "test", Issued(Token("t0"), clock.now - 1), fetch, clock=clock, warn=warnings.append
+    )
+    for _ in range(20):
+        await provider.current()
+    assert len(calls) == 1
+    assert "clock" in warnings[0]
+    clock.now += 1.5
+    await provider.current()
+    assert len(calls) == 2
