@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 Format = Literal["csv", "jsonl"]
-STATUSES = ("submitted", "failed", "unknown")
+STATUSES = ("submitted", "failed", "unknown", "duplicate")  # duplicate: never done
 # Schema 1: what every results file starts with, in this order (the reader needs no more).
 BASE_COLUMNS = (
     "source",
