@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from sys import intern
 from typing import IO, Any, TypeVar
 from urllib.parse import unquote
 
@@ -268,28 +269,28 @@ def _jsonl_ledger(
             warn(f"{path}:{number}: unreadable results line skipped")
 
 
+_SUBMITTED_ROW = 1 << 40  # added to a submitted row's number: the index keeps the largest
+
+
 class Videos:
     """Which ledger row stands for each video: its latest ``submitted`` row, else its latest
-    row (a video whose create failed still gets its report row). Two offset indexes over the
-    ledger (32 bytes a row), then a second streaming read: no row is held in memory."""
+    row (a video whose create failed still gets its report row). One offset index over the
+    ledger (16 bytes a row; the largest value per video wins, and a submitted row counts
+    ``_SUBMITTED_ROW`` more), then a second streaming read: no row is held in memory."""
 
     def __init__(self, path: Path, fmt: Format, warn: Callable[[str], None]) -> None:
         self._path, self._format = path, fmt
-        self._latest, self._submitted = OffsetIndex(), OffsetIndex()
+        self._chosen = OffsetIndex()
         for number, row in enumerate(iter_ledger(path, fmt, warn)):
-            self._latest.add(row.source, number)
-            if row.status == "submitted" and row.job_id:
-                self._submitted.add(row.source, number)
-        self._latest.freeze()
-        self._submitted.freeze()
+            submitted = row.status == "submitted" and bool(row.job_id)
+            self._chosen.add(row.source, number + (_SUBMITTED_ROW if submitted else 0))
+        self._chosen.freeze(largest=True)
 
     def __iter__(self) -> Iterator[LedgerRow]:
-        latest, submitted = self._latest.offset, self._submitted.offset
+        chosen = self._chosen.offset
         for number, row in enumerate(iter_ledger(self._path, self._format, lambda _m: None)):
-            chosen = submitted(row.source)
-            if chosen is None:
-                chosen = latest(row.source)
-            if chosen == number:
+            value = chosen(row.source)
+            if value is not None and value % _SUBMITTED_ROW == number:
                 yield row
 
 
@@ -476,18 +477,17 @@ class Follower:
             self.notes.append(f"{self.record_file}: compacted ({dropped} superseded lines)")
         # One pass over the record: the offset of every job's latest line (for the report)
         # and the latest record of every job not final (the only ones held in memory).
+        # A final job's offset is stored as ~offset (negative): one index tells both.
         index = OffsetIndex()
         open_: dict[str, JobRecord] = {}
-        final = OffsetIndex()
         for at, record in iter_lines(self.record_file, warn):
-            index.add(record.job_id, at)
             if record.final:
-                final.add(record.job_id, 1)
+                index.add(record.job_id, ~at)
                 open_.pop(record.job_id, None)
             else:
+                index.add(record.job_id, at)
                 open_[record.job_id] = record
         index.freeze()
-        final.freeze()
         self.index = index
         self.videos = Videos(config.results, config.format, warn)
         service_at: dict[str, int] = {}
@@ -498,7 +498,8 @@ class Follower:
             if row.status != "submitted" or not job_id or job_id in self.jobs:
                 continue
             known = open_.pop(job_id, None)
-            was_final = known is None and final.offset(job_id) is not None
+            offset = index.offset(job_id)
+            was_final = known is None and offset is not None and offset < 0
             if was_final and not self.collecting:
                 self.stats.already_final += 1
                 continue
@@ -799,6 +800,7 @@ class Follower:
         newest: float | None = None
         least: float | None = None
         jobs = self.jobs
+        checked = utc_now()  # one string for the page's jobs
         for task in tasks:
             if not isinstance(task, dict):
                 continue
@@ -812,7 +814,7 @@ class Follower:
             if seen is not None:
                 seen.add(job.now.job_id)
             if not job.now.final:
-                self._apply(job, task, shown=False)
+                self._apply(job, task, shown=False, checked=checked)
         if oldest is not None and least is not None:
             oldest.append(least)
         count = data.get("count")
@@ -857,14 +859,18 @@ class Follower:
 
     # -- applying what the service says ---------------------------------------------------------
 
-    def _apply(self, job: _Job, task: dict[str, Any], *, shown: bool) -> None:
+    def _apply(
+        self, job: _Job, task: dict[str, Any], *, shown: bool, checked: str | None = None
+    ) -> None:
+        """What one task says about a followed job. Strings many jobs share (states, error
+        codes and messages, times to the second) are interned: a job costs ~0.6 KB held."""
         old = job.now
-        state = str(task.get("state") or "") or old.state
+        state = intern(str(task.get("state") or "")) or old.state
         error = task.get("error")
         code = message = ""
         if isinstance(error, dict):
-            code = _one_line(error.get("code") or error.get("error_code") or "")
-            message = _one_line(error.get("message") or error.get("error_msg") or "")
+            code = intern(_one_line(error.get("code") or error.get("error_code") or ""))
+            message = intern(_one_line(error.get("message") or error.get("error_msg") or ""))
         hosting, overdue = _hosting_of(task)
         hosting_status = old.hosting_status
         result: Any = None
@@ -875,18 +881,17 @@ class Follower:
                 overdue = overdue or _iso_ms(result.get("overdue_date"))
         if old.hosting_status == "COLLECTED" and hosting_status in ("AVAILABLE", "OVERDUE"):
             hosting_status = "COLLECTED"  # ours is saved: the service's copy no longer matters
-        now = utc_now()
         record = replace(
             old,
             state=state,
             error_code=code,
             error_msg=message,
-            created_at=str(task.get("created_at") or old.created_at),
-            updated_at=str(task.get("updated_at") or old.updated_at),
+            created_at=intern(str(task.get("created_at") or old.created_at)),
+            updated_at=intern(str(task.get("updated_at") or old.updated_at)),
             hosting=hosting,
-            hosting_status=hosting_status,
-            hosting_overdue_at=overdue or old.hosting_overdue_at,
-            checked_at=now,
+            hosting_status=intern(hosting_status),
+            hosting_overdue_at=intern(overdue) if overdue else old.hosting_overdue_at,
+            checked_at=checked or utc_now(),
         )
         if state in ARREARS:
             self.arrears.setdefault(record.job_id, state)

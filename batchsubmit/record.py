@@ -179,17 +179,25 @@ class OffsetIndex:
         self._offsets[bucket].append(offset)
         self.lines += 1
 
-    def freeze(self) -> None:
-        """Sort each bucket and keep the last offset of each hash (the latest line)."""
+    def freeze(self, *, largest: bool = False) -> None:
+        """Sort each bucket and keep, for each hash, the value added last (the latest line),
+        or with ``largest`` the largest value added."""
         for index in range(256):
-            pairs = sorted(zip(self._hashes[index], self._offsets[index], strict=True))
+            keys, values = self._hashes[index], self._offsets[index]
+            if largest:  # sorted by (key, value): the last of a key is its largest
+                pairs = sorted(zip(keys, values, strict=True))
+            else:  # sorted by (key, position): the last of a key was added last
+                pairs = [
+                    (key, values[at])
+                    for key, at in sorted(zip(keys, range(len(keys)), strict=True))
+                ]
             hashes, offsets = array("q"), array("q")
-            for key, offset in pairs:
+            for key, value in pairs:
                 if hashes and hashes[-1] == key:
-                    offsets[-1] = offset
+                    offsets[-1] = value
                 else:
                     hashes.append(key)
-                    offsets.append(offset)
+                    offsets.append(value)
             self._hashes[index], self._offsets[index] = hashes, offsets
 
     def __len__(self) -> int:
@@ -225,6 +233,8 @@ class RecordReader:
         offset = self._index.offset(job_id)
         if offset is None:
             return None
+        if offset < 0:  # an index may mark some lines by storing ~offset
+            offset = ~offset
         if self._handle is None:
             self._handle = self._path.open("rb")
         self._handle.seek(offset)

@@ -206,13 +206,19 @@ def test_compact_keeps_one_line_per_job_and_the_streaming_reader_agrees(tmp_path
 
 
 def test_offset_index_keeps_the_last_offset_per_key() -> None:
+    """The latest line of a job wins (values may be negative: the follow marks final ones)."""
     index = OffsetIndex()
-    for offset, key in enumerate(["a", "b", "a", "c", "a"]):
+    for offset, key in zip([4, 1, -3, 3, 2], ["a", "b", "a", "c", "a"], strict=True):
         index.add(key, offset)
     index.freeze()
-    assert (index.offset("a"), index.offset("b"), index.offset("c")) == (4, 1, 3)
+    assert (index.offset("a"), index.offset("b"), index.offset("c")) == (2, 1, 3)
     assert index.offset("d") is None
     assert len(index) == 3
+    largest = OffsetIndex()
+    for key, value in [("a", 5), ("a", -9), ("b", 2), ("a", 3)]:
+        largest.add(key, value)
+    largest.freeze(largest=True)
+    assert (largest.offset("a"), largest.offset("b")) == (5, 2)
 
 
 def test_record_sits_beside_the_resolved_results_file(tmp_path: Path) -> None:
@@ -625,6 +631,32 @@ def test_status_killed_twice_then_resumed_reports_every_video_once(
         assert row["state"] == _expected_state(emulator, row["job_id"]), row
     finals_after = {k for k, v in read_record(record, pytest.fail).items() if v.final}
     assert finals_before <= finals_after
+
+
+def test_sigterm_ends_the_follow_cleanly_with_its_report(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """SIGTERM during `status --follow`: the pass under way ends, what was seen is recorded,
+    the report is written (every video once), exit 143."""
+    live_emulator.emulator.faults = Faults(jobs=Lifecycle(time_scale=1, running=(600.0, 600.0)))
+    manifest = write_manifest(tmp_path, video_keys(30))
+    results = tmp_path / "r.csv"
+    anyio.run(run_submit, config_for(manifest, live_emulator.url, results))
+    process = subprocess.Popen(
+        cli(*_status_cli(results, "--follow")), env=cli_env(), stderr=subprocess.PIPE, text=True
+    )
+    record = record_path(results)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (record.exists() and record.stat().st_size):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 143, err[-2000:]
+    rows = _report(tmp_path / "r.report.csv")
+    assert len({row["source"] for row in rows}) == len(rows) == 30
+    recorded = read_record(record, pytest.fail)
+    assert len(recorded) == 30
+    assert all(row["state"] == recorded[row["job_id"]].state for row in rows)
 
 
 def test_submit_follow_and_a_jsonl_report_with_json_booleans(
