@@ -272,3 +272,39 @@ async def test_a_full_quota_mid_run_defers_the_rest_to_a_run_with_room(
         again, _log = await run_submit(config)
     assert (again.submitted, again.skipped) == (7, 5)
     assert_exactly_once(emulator, results, sources(keys))
+
+
+@pytest.mark.anyio
+async def test_two_jobs_for_one_video_the_oldest_is_recorded_and_the_next_run_reads_on(
+    tmp_path: Path,
+) -> None:
+    """A killed run's create made twice (a lost create that surfaced late): the lookup records
+    the oldest, writes a `duplicate` row for the other (its id in the stats), and the next run
+    reads that file back (the row is neither damage nor done) and creates nothing more."""
+    import aiohttp
+
+    from batchsubmit.auth import Credentials
+    from batchsubmit.client import VasClient
+
+    keys = video_keys(3)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    loaded = load_manifest(manifest)
+    first = SpecBuilder(loaded.service, loaded.job).build(ObjectRef(BUCKET, keys[0]))
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        config = config_for(manifest, url, results)
+        async with aiohttp.ClientSession() as session:
+            client = VasClient(session, config.endpoint, Credentials(*_emulator_keys()))
+            older = (await client.create(first.body)).job_id
+            emulator.tasks[older]["created_at"] = "2026-01-01T00:00:00Z"
+            newer = (await client.create(first.body)).job_id
+        _journal(results, [(first.source, first.name)])
+        stats, _log = await run_submit(config)
+        again, _log = await run_submit(config)
+    assert stats.duplicates == [newer]
+    assert (stats.submitted, stats.reconciled) == (3, 1)
+    rows = {(row[0], row[COLUMNS.index("status")]): row[2] for row in _csv(results)[1:]}
+    assert rows[(first.source, "submitted")] == older
+    assert rows[(first.source, "duplicate")] == newer
+    assert (again.submitted, again.skipped, again.fatal) == (0, 3, None)
