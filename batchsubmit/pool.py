@@ -11,10 +11,17 @@ interfaces (an :class:`Api`, a :class:`Sink`, a journal, a :class:`Reporter`), n
 classes.
 
 Exactly once: an intent is journalled, and synced, before the job can be taken; a create whose
-answer is lost is looked up by name (after ``settle`` seconds) before it is ever sent again; a
-run stopped while calls are in flight writes an ``unknown`` row for each, and the journal
-keeps its intent. The ready queue holds fewer than ``2 * concurrency`` jobs, so a killed run
-leaves fewer than ``3 * concurrency`` open intents to look up.
+answer is lost is looked up by name (after ``settle`` seconds, ``lookup_tries`` times) before it
+is ever sent again, and an earlier run's create found absent is looked up once more right
+before it is made again; of several jobs found for one video the oldest is recorded and the
+others get ``duplicate`` rows; a run stopped while calls are in flight writes an ``unknown``
+row for each, and the journal keeps its intent. The ready queue holds fewer than
+``2 * concurrency`` jobs, so a killed run leaves fewer than ``3 * concurrency`` open intents to
+look up.
+
+Stop rules besides the operator's (--max-failures, --max-jobs, --deadline, signals): a fatal
+answer (credentials, permissions, a full quota), an endpoint the run's first call cannot reach
+at all, and the first ``same_failures`` jobs all failing alike with none succeeding.
 """
 
 from __future__ import annotations
