@@ -89,13 +89,14 @@ def _pending(
 def _tally(
     url: str, ledger: Ledger | None, uncertain: Collection[str], summary: ExpandSummary
 ) -> bool:
-    """Count one video as skipped (done, or its outcome unknown) or planned; True if planned."""
+    """Count one video as skipped (done before this run), held (its outcome is unknown, or
+    this run's lookup already recorded it) or planned; True if planned."""
     if ledger is not None:
-        if ledger.is_done(url):
-            summary.skipped += 1
-            return False
         if url in uncertain:
             summary.uncertain += 1
+            return False
+        if ledger.is_done(url):
+            summary.skipped += 1
             return False
     summary.planned += 1
     return True
@@ -182,10 +183,12 @@ async def submit(
                 "is unknown, by looking them up by name",
             )
             await pool.run(Lookup(s, n) for s, n in uncertain.items())
-            for source in pool.lookup_found:
-                prepared.ledger.mark_done(source)
         if not pool.stopping:
-            await pool.run(plan(manifest, ledger, pool.lookup_failed, summary, warn, repeats))
+            # Held: a lookup that failed (the job may exist: never create it blind) and one
+            # that found the job (its row is written; counting it as skipped too would count
+            # it twice). A lookup that found no job leaves its source to be created.
+            held = pool.lookup_failed | pool.lookup_found
+            await pool.run(plan(manifest, ledger, held, summary, warn, repeats))
 
     stats = await _with_pool(config, reporter, warn, uncertain, passes)
     stats.skipped = summary.skipped
