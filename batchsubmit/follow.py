@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from sys import intern
 from typing import IO, Any, TypeVar
@@ -46,8 +47,9 @@ from .record import (
     RecordReader,
     RecordWriter,
     compact,
+    from_json,
     is_final,
-    iter_lines,
+    iter_raw,
     record_path,
 )
 from .results import Format, Outcome, utc_now
@@ -78,6 +80,7 @@ CURSOR_SLACK = 5.0  # seconds: a "changes" pass re-reads jobs updated this long 
 # newest it saw last time (the service's own clock, to the second: ties and late writers)
 SWEEP_EVERY = 10  # passes: a sweep finds jobs that vanished (an incremental list cannot)
 CHEAP_SWEEP = 3  # list calls: a sweep this cheap is made every pass
+COMPACT_MIN = 1000  # superseded lines: fewer are not worth a rewrite
 SYNC_EVERY = 1.0  # seconds: the longest a seen change waits before it reaches the disk
 ARREARS = frozenset({"FREEZING", "FROZEN"})
 STUCK_STATES = frozenset({"PENDING", "ABNORMAL"})
@@ -241,6 +244,7 @@ def _csv_text_ledger(
             f"{path}: not a batchsubmit results file (its header is {header[:4]}...)"
         ) from None
     width = max(at) + 1
+    pick = itemgetter(*at)
     while True:
         try:
             fields = next(reader)
@@ -253,7 +257,7 @@ def _csv_text_ledger(
             if fields:
                 warn(f"{path}:{reader.line_num}: unreadable results line skipped")
             continue
-        yield LedgerRow(*(fields[i] for i in at))
+        yield LedgerRow(*pick(fields))
 
 
 def _jsonl_ledger(
@@ -472,22 +476,11 @@ class Follower:
                 raise UsageError(
                     f"{config.collect}: cannot create the --collect folder: {exc.strerror}"
                 ) from None
-        dropped = compact(self.record_file, warn, durable=config.durable)
-        if dropped:
+        index, open_ = self._read_record()
+        if index.lines - len(index) > max(len(index), COMPACT_MIN):
+            dropped = compact(self.record_file, warn, durable=config.durable)
             self.notes.append(f"{self.record_file}: compacted ({dropped} superseded lines)")
-        # One pass over the record: the offset of every job's latest line (for the report)
-        # and the latest record of every job not final (the only ones held in memory).
-        # A final job's offset is stored as ~offset (negative): one index tells both.
-        index = OffsetIndex()
-        open_: dict[str, JobRecord] = {}
-        for at, record in iter_lines(self.record_file, warn):
-            if record.final:
-                index.add(record.job_id, ~at)
-                open_.pop(record.job_id, None)
-            else:
-                index.add(record.job_id, at)
-                open_[record.job_id] = record
-        index.freeze()
+            index, open_ = self._read_record()
         self.index = index
         self.videos = Videos(config.results, config.format, warn)
         service_at: dict[str, int] = {}
@@ -541,6 +534,28 @@ class Follower:
             else:
                 self.stats.already_final += 1
         del open_
+
+    def _read_record(self) -> tuple[OffsetIndex, dict[str, JobRecord]]:
+        """One pass over the record: where every job's latest line starts (for the report;
+        a final job's as ~offset, negative, so one index tells both) and the latest record of
+        every job not final (the only ones held in memory)."""
+        index = OffsetIndex()
+        open_: dict[str, JobRecord] = {}
+        for at, number, data in iter_raw(self.record_file, self.warn):
+            job_id = data["job_id"]
+            if data["final"]:
+                index.add(job_id, ~at)
+                open_.pop(job_id, None)
+                continue
+            try:
+                open_[job_id] = from_json(data)
+            except ValueError as exc:
+                raise UsageError(
+                    f"{self.record_file}:{number}: not a follow record line ({exc})"
+                ) from None
+            index.add(job_id, at)
+        index.freeze()
+        return index, open_
 
     def _reader(self) -> RecordReader:
         if not hasattr(self, "_record_reader"):

@@ -38,6 +38,7 @@ __all__ = [
     "is_final",
     "iter_latest",
     "iter_lines",
+    "iter_raw",
     "read_record",
     "record_path",
 ]
@@ -125,6 +126,18 @@ def iter_lines(
     """Every record line, in order, as (byte offset, record). A missing file has none. A torn
     last line (no newline at the end: a crash mid-write) is skipped with a warning; any other
     unreadable line is damage: UsageError naming ``file:line``, before anything is sent."""
+    for at, number, data in iter_raw(path, warn):
+        try:
+            record = from_json(data)
+        except ValueError as exc:
+            raise _damaged(path, number, exc) from None
+        yield at, record
+
+
+def iter_raw(path: Path, warn: Callable[[str], None]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """Every record line as (byte offset, line number, parsed object) with a string
+    ``job_id`` and a boolean ``final`` (the rest is checked by :func:`from_json`): for readers
+    that need only those two of most lines."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -137,7 +150,14 @@ def iter_lines(
             at = offset
             offset += len(line)
             try:
-                record = from_json(orjson.loads(line))
+                data = orjson.loads(line)
+                if (
+                    type(data) is not dict
+                    or type(data.get("job_id")) is not str
+                    or not data["job_id"]
+                    or type(data.get("final")) is not bool
+                ):
+                    raise ValueError("not a record (job_id and final are required)")
             except (orjson.JSONDecodeError, ValueError) as exc:
                 if not line.endswith(b"\n"):
                     warn(
@@ -145,11 +165,15 @@ def iter_lines(
                         "ignored (it is rewritten when that job is next seen)"
                     )
                     return
-                raise UsageError(
-                    f"{path}:{number}: not a follow record line ({exc}); the file is damaged: "
-                    "move it aside to rebuild it from the service with `batchsubmit status`"
-                ) from None
-            yield at, record
+                raise _damaged(path, number, exc) from None
+            yield at, number, data
+
+
+def _damaged(path: Path, number: int, exc: Exception) -> UsageError:
+    return UsageError(
+        f"{path}:{number}: not a follow record line ({exc}); the file is damaged: "
+        "move it aside to rebuild it from the service with `batchsubmit status`"
+    )
 
 
 def read_record(path: Path, warn: Callable[[str], None]) -> dict[str, JobRecord]:
@@ -238,7 +262,12 @@ class RecordReader:
         if self._handle is None:
             self._handle = self._path.open("rb")
         self._handle.seek(offset)
-        record = from_json(orjson.loads(self._handle.readline()))
+        try:
+            record = from_json(orjson.loads(self._handle.readline()))
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            raise UsageError(
+                f"{self._path}: not a follow record line at byte {offset} ({exc})"
+            ) from None
         if record.job_id == job_id:
             return record
         return self._scan(job_id)  # two job ids share a hash: rare enough to read it all
