@@ -33,6 +33,7 @@ from .errors import BatchSubmitError, CredentialError
 from .manifest import Manifest
 from .obs import signed_headers
 from .pool import Pool, PoolSettings
+from .proxies import proxy_for
 from .results import Format, read_ledger
 from .retry import RetryPolicy
 from .runner import count_work
@@ -396,6 +397,7 @@ async def _obs_call(
     keys: Credentials,
 ) -> tuple[int, str]:
     """Status and error code of one signed OBS request (0 and a reason when no answer)."""
+    proxy = proxy_for(url)
     try:
         with anyio.fail_after(plan.timeout + 1):
             async with session.request(
@@ -404,6 +406,8 @@ async def _obs_call(
                 headers=signed_headers(keys, method, resource),
                 timeout=aiohttp.ClientTimeout(total=plan.timeout),
                 allow_redirects=False,
+                proxy=proxy.url,
+                proxy_auth=proxy.auth,
             ) as response:
                 body = await response.content.read(4096) if method != "HEAD" else b""
                 text = body.decode("utf-8", "replace")

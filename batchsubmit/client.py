@@ -25,6 +25,7 @@ from .auth import (
 )
 from .credentials import CredentialProvider, static_provider
 from .errors import CredentialError
+from .proxies import proxy_for
 
 __all__ = ["DEFAULT_TIMEOUT", "Endpoint", "VasClient", "open_session"]
 
@@ -73,17 +74,18 @@ class Endpoint:
 def open_session(concurrency: int) -> aiohttp.ClientSession:
     """One session per run: its connection pool is what makes calls cheap.
 
-    Like curl, requests and Huawei's SDK, it follows ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
-    ``NO_PROXY`` (``trust_env``; ``NO_PROXY`` as urllib reads it: host names, domain suffixes,
-    ``*``), and verifies TLS against OpenSSL's default paths, which ``SSL_CERT_FILE`` and
-    ``SSL_CERT_DIR`` replace (a corporate CA bundle; aiohttp reads them once, at import). The
-    metadata service is never reached through it (see credentials.py).
+    Like curl, requests and Huawei's SDK, calls follow ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
+    ``NO_PROXY`` (each client looks its proxy up once: proxies.py; ``NO_PROXY`` as urllib
+    reads it: host names, domain suffixes, ``*``), and the session verifies TLS against
+    OpenSSL's default paths, which ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` replace (a corporate
+    CA bundle; aiohttp reads them once, at import). The metadata service is never reached
+    through it (see credentials.py).
     """
     _raise_mmap_threshold()
     connector = aiohttp.TCPConnector(
         limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300
     )
-    return aiohttp.ClientSession(connector=connector, trust_env=True)
+    return aiohttp.ClientSession(connector=connector)
 
 
 def _raise_mmap_threshold() -> None:
@@ -115,6 +117,8 @@ class VasClient:
         self._path = endpoint.tasks_path
         self._url = endpoint.tasks_url
         self._post_url = URL(self._url, encoded=True)
+        proxy = proxy_for(self._url)
+        self._proxy, self._proxy_auth = proxy.url, proxy.auth
         # One timer a call (a sock_read limit re-arms one for every chunk read); connecting
         # has its own, shorter limit, so that a call that never connected is known unsent.
         self._timeout = aiohttp.ClientTimeout(
@@ -216,6 +220,8 @@ class VasClient:
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
+                proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
             ) as response:
                 sent = True
                 status = response.status

@@ -47,6 +47,7 @@ from yarl import URL
 
 from .auth import Credentials, RequestSigner, Secret, Token, canonical_query, secrets_of
 from .errors import CredentialError
+from .proxies import proxy_for
 
 __all__ = [
     "DEFAULT_METADATA_URL",
@@ -627,7 +628,7 @@ class _IamLogin:
     async def refresh(self, session: aiohttp.ClientSession | None) -> Issued:
         """A new token (never the cached one: it is due, or it was just refused)."""
         if session is None:
-            async with aiohttp.ClientSession(trust_env=True) as own:
+            async with aiohttp.ClientSession() as own:
                 issued, _ = await self.token(own, self.project_id, cached=False)
                 return issued
         issued, _ = await self.token(session, self.project_id, cached=False)
@@ -675,6 +676,7 @@ class _IamLogin:
         )
         where = f"IAM login of {source.user!r} at {self._iam}"
         started = self._clock()
+        proxy = proxy_for(self._iam)
         try:
             async with session.post(
                 f"{self._iam}/v3/auth/tokens",
@@ -682,6 +684,8 @@ class _IamLogin:
                 headers={"Content-Type": _JSON, "Accept": _JSON},
                 timeout=self._timeout,
                 allow_redirects=False,
+                proxy=proxy.url,
+                proxy_auth=proxy.auth,
             ) as response:
                 payload = await response.content.read(1 << 20)
                 value = response.headers.get("X-Subject-Token", "").strip()
@@ -846,12 +850,15 @@ async def _discover_project(
             fixed["X-Security-Token"] = secret.security_token
         headers = RequestSigner(secret, fixed).headers("GET", path, query, b"")
     where = f"looking up the project id of {region} at {iam}"
+    proxy = proxy_for(iam)
     try:
         async with session.get(
             URL(f"{iam}{path}?{canonical_query(query)}", encoded=True),
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(10.0, timeout)),
             allow_redirects=False,
+            proxy=proxy.url,
+            proxy_auth=proxy.auth,
         ) as response:
             payload = await response.content.read(1 << 20)
             status = response.status
