@@ -18,6 +18,7 @@ import anyio
 
 from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
+from .credentials import CredentialProvider
 from .errors import StorageError
 from .jobs import JobSpec, SpecBuilder
 from .journal import Journal, RunLock, read_intents
@@ -39,7 +40,7 @@ class RunConfig:
 
     manifest: Manifest | None
     endpoint: Endpoint
-    credentials: Credentials
+    credentials: Credentials | CredentialProvider
     results: Path
     format: Format
     pool: PoolSettings

@@ -103,6 +103,7 @@ def config_for(
         "rate": 0.0,
         "retry": FAST_RETRY,
         "settle": 0.0,
+        "lookup_spacing": 0.0,
         "grace": 5.0,
     }
     defaults.update(settings)

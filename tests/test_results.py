@@ -104,7 +104,7 @@ def test_columns_are_pinned() -> None:
         "service_url",
         "reconciled",
     )
-    assert STATUSES == ("submitted", "failed", "unknown")
+    assert STATUSES == ("submitted", "failed", "unknown", "duplicate")
 
 
 def test_outcome_fields_follow_the_columns() -> None:

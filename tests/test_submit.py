@@ -61,8 +61,9 @@ async def test_wrong_sk_stops_after_one_call(tmp_path: Path) -> None:
         from dataclasses import replace
 
         from batchsubmit.auth import Credentials
+        from batchsubmit.emulator import EMULATOR_AK
 
-        bad = replace(config, credentials=Credentials(config.credentials.ak, "wrong-secret"))
+        bad = replace(config, credentials=Credentials(EMULATOR_AK, "wrong-secret"))
         stats, log = await run_submit(bad)
     assert stats.fatal is not None
     assert "HUAWEICLOUD_SDK_SK" in stats.fatal
@@ -73,12 +74,14 @@ async def test_wrong_sk_stops_after_one_call(tmp_path: Path) -> None:
 
 
 async def test_failed_job_does_not_stop_the_others(tmp_path: Path) -> None:
-    """A 400 for one job (invalid parameter) fails that job only."""
+    """A 400 (invalid parameter) fails its job only and the run goes on, with the stop for
+    "the first jobs all fail alike" turned off (it has tests of its own in test_pool)."""
     keys = video_keys(20)
     manifest = write_manifest(tmp_path, keys, extra="[job.body]\nedge_pool_id = 42")
     emulator = Emulator()
     async with emulator.serve() as url:
-        stats, _log = await run_submit(config_for(manifest, url, tmp_path / "r.csv"))
+        config = config_for(manifest, url, tmp_path / "r.csv", same_failures=0)
+        stats, _log = await run_submit(config)
     assert stats.failed == 20
     assert stats.fatal is None
     assert "IVA.0004" in stats.first_errors
