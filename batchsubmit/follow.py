@@ -80,6 +80,7 @@ CURSOR_SLACK = 5.0  # seconds: a "changes" pass re-reads jobs updated this long 
 # newest it saw last time (the service's own clock, to the second: ties and late writers)
 SWEEP_EVERY = 10  # passes: a sweep finds jobs that vanished (an incremental list cannot)
 CHEAP_SWEEP = 3  # list calls: a sweep this cheap is made every pass
+TRUST_MISSES = 3  # jobs a filtered sweep missed and show found: stop filtering by time
 COMPACT_MIN = 1000  # superseded lines: fewer are not worth a rewrite
 SYNC_EVERY = 1.0  # seconds: the longest a seen change waits before it reaches the disk
 ARREARS = frozenset({"FREEZING", "FROZEN"})
@@ -673,11 +674,21 @@ class Follower:
             for job in self.jobs.values()
             if job.now.job_id not in absent and self._needs_show(job)
         ]
+        self._there = 0
         await _each(
             shows,
             lambda job: self._show(pool, job, job.now.job_id in absent),
             self.config.pool.concurrency,
         )
+        if self.time_filters and self._there >= max(TRUST_MISSES, len(absent) // 2):
+            # Jobs a window did not list, yet show has them: the service does not read
+            # created_since/created_until as epoch milliseconds (VAS-API.md: unconfirmed).
+            self.time_filters = False
+            self.cursor = [None] * len(self.cursor)  # the next pass sweeps, unfiltered
+            self.warn(
+                f"{self._there} jobs missing from lists filtered by creation time exist: "
+                "listing without created_since/created_until from now on (more list calls)"
+            )
 
     def _collected_already(self) -> None:
         """A result saved by a run killed before it recorded COLLECTED: never fetched twice."""
@@ -696,6 +707,8 @@ class Follower:
 
     _last_sweep_calls = 0
     _swept = False
+    _there = 0  # this pass: jobs absent from a sweep that show found
+    time_filters = True  # list with created_since/created_until (epoch ms)
 
     def _needs_show(self, job: _Job) -> bool:
         record = job.now
@@ -714,7 +727,10 @@ class Follower:
         absent: list[_Job] = []
         seen: set[str] = set()
         newest = self.cursor[service]
-        for since, until in _windows(sorted(job.created_ms for job in jobs)):
+        windows = _windows(sorted(job.created_ms for job in jobs))
+        if not self.time_filters:
+            windows = [(0, 1 << 62)]
+        for since, until in windows:
             complete, updated = await self._list_window(pool, service, since, until, seen)
             if updated is not None and (newest is None or updated > newest):
                 newest = updated
@@ -733,18 +749,14 @@ class Follower:
     ) -> tuple[bool, float | None]:
         """All pages of one window, the first to learn the count, the others at once. Returns
         whether every page came back, and the newest updated_at seen."""
-        query: dict[str, str | int] = {
-            "created_since": since,
-            "created_until": until,
-            "order": "created_at:ASC",
-            "limit": LIST_LIMIT,
-            "offset": 0,
-        }
+        query: dict[str, str | int] = {"order": "created_at:ASC", "limit": LIST_LIMIT, "offset": 0}
+        if self.time_filters:
+            query.update(created_since=since, created_until=until)
         first = await self._list(pool, service, query, seen)
         if first is None:
             return False, None
         count, newest = first
-        if count > MAX_OFFSET and until - since > 1000:
+        if count > MAX_OFFSET and until - since > 1000 and self.time_filters:
             middle = (since + until) // 2
             a = await self._list_window(pool, service, since, middle, seen)
             b = await self._list_window(pool, service, middle + 1, until, seen)
@@ -768,12 +780,9 @@ class Follower:
         cursor = self.cursor[service]
         assert cursor is not None
         since = max(0, min(job.created_ms for job in jobs) - SLACK_MS)
-        query: dict[str, str | int] = {
-            "created_since": since,
-            "order": "updated_at:DESC",
-            "limit": LIST_LIMIT,
-            "offset": 0,
-        }
+        query: dict[str, str | int] = {"order": "updated_at:DESC", "limit": LIST_LIMIT, "offset": 0}
+        if self.time_filters:
+            query["created_since"] = since
         newest: float | None = None
         offset = 0
         while offset < MAX_OFFSET:
@@ -844,6 +853,7 @@ class Follower:
             return
         self.stats.show_calls += 1
         if answer.kind is Kind.OK and isinstance(answer.data, dict):
+            self._there += absent
             self._apply(job, answer.data, shown=True)
             return
         if answer.status == 404:
@@ -855,7 +865,7 @@ class Follower:
                 f"{record.job_id} ({record.source}): gone from the service before its hosting "
                 "result was collected; it keeps its recorded state"
             )
-            self._change(job, replace(record, hosting_status="DELETED", checked_at=utc_now()))
+            self._change(job, replace(record, hosting_status="LOST", checked_at=utc_now()))
             return
         if absent:
             self.warn(f"{job.now.job_id}: not listed, and show did not answer; asked again")

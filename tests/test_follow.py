@@ -451,6 +451,65 @@ async def test_a_changes_pass_pages_until_a_job_older_than_the_cursor(tmp_path: 
 
 
 @pytest.mark.anyio
+async def test_a_service_that_reads_creation_times_otherwise_is_listed_unfiltered(
+    tmp_path: Path,
+) -> None:
+    """If created_since/created_until are not epoch milliseconds on the real service (not
+    confirmed), filtered lists come back empty; show finds the jobs, and from the next pass
+    on the lists go without time filters: correct, then cheap again."""
+    service_url = "http://127.0.0.1:9/v2/p/services/s/tasks"
+    results = tmp_path / "r.jsonl"
+    ids = [f"{n:032x}" for n in range(30)]
+    results.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {"source": f"s{n}", "name": f"n{n}", "job_id": job_id, "status": "submitted",
+                 "submitted_at": "2026-12-01T02:00:00.000Z", "service_url": service_url}
+            ) + b"\n"
+            for n, job_id in enumerate(ids)
+        )
+    )  # fmt: skip
+    tasks = {
+        job_id: {"id": job_id, "state": "RUNNING", "updated_at": "2026-12-01T02:00:05Z",
+                 "created_at": "2026-12-01T02:00:00Z", "output": {"obs": {}}}
+        for job_id in ids
+    }  # fmt: skip
+    queries: list[dict[str, Any]] = []
+
+    async def list_tasks(query: dict[str, Any]) -> Answer:
+        queries.append(query)
+        found = [] if "created_since" in query else list(tasks.values())
+        offset = int(query["offset"])
+        page = found[offset : offset + int(query["limit"])]
+        return Answer(kind=Kind.OK, status=200, data={"count": len(found), "tasks": page})
+
+    async def show(job_id: str) -> Answer:
+        return Answer(kind=Kind.OK, status=200, data=tasks[job_id])
+
+    config = replace(_follow_config(results, follow=False), format="jsonl")
+    warnings: list[str] = []
+    follower = prepare_follow(config, warnings.append)
+    pool = Pool(
+        object(),  # type: ignore[arg-type]
+        object(),  # type: ignore[arg-type]
+        LineReporter(Log(io.StringIO()), None),
+        PoolSettings(rate=0.0),
+        service_url=service_url,
+    )
+    follower.clients = [SimpleNamespace(list_tasks=list_tasks, show=show)]  # type: ignore[list-item]
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
+        await follower._pass(pool)
+        assert follower.stats.show_calls == 30  # each confirmed: none is LOST
+        assert {job.now.state for job in follower.jobs.values()} == {"RUNNING"}
+        assert not follower.time_filters
+        assert any("without created_since" in w for w in warnings)
+        follower.stats.passes += 1
+        await follower._pass(pool)
+    assert follower.stats.show_calls == 30  # the second pass needed no show
+    assert "created_since" not in queries[-1]
+
+
+@pytest.mark.anyio
 async def test_unknown_states_are_kept_verbatim_and_frozen_stops_with_exit_3(
     tmp_path: Path,
 ) -> None:
