@@ -7,6 +7,7 @@ unique per source through a hash of the path that no sanitising or truncation re
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import string
@@ -35,24 +36,11 @@ class JobSpec:
     body: bytes
 
 
-_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
-_PAIRS = [a + b for a in _BASE32 for b in _BASE32]  # 10 bits -> two base32 characters
-
-
 def source_hash(url: str) -> str:
     """A short, stable, name-safe hash of an ``obs://`` path: the first 60 bits of its SHA-256
-    as 12 characters of lower-case RFC 4648 base32 (``b32encode(digest[:8]).lower()[:12]``,
-    without base64's slow pure-Python encoder: it is on the per-job path)."""
-    bits = int.from_bytes(hashlib.sha256(url.encode()).digest()[:8], "big") >> 4
-    pairs = _PAIRS
-    return (
-        pairs[bits >> 50]
-        + pairs[(bits >> 40) & 1023]
-        + pairs[(bits >> 30) & 1023]
-        + pairs[(bits >> 20) & 1023]
-        + pairs[(bits >> 10) & 1023]
-        + pairs[bits & 1023]
-    )
+    as 12 characters of lower-case RFC 4648 base32."""
+    digest = hashlib.sha256(url.encode()).digest()[:8]
+    return base64.b32encode(digest).decode("ascii").lower()[:HASH_LENGTH]
 
 
 def template_fields(ref: ObjectRef) -> dict[str, str]:
@@ -75,8 +63,7 @@ def template_fields(ref: ObjectRef) -> dict[str, str]:
 
 
 class SpecBuilder:
-    """Builds JobSpecs for one service and template; the template is parsed, and the fixed
-    parts of the body serialised, once (this is on the per-job path)."""
+    """Builds JobSpecs for one service and template; the template is parsed once."""
 
     def __init__(self, service: Service, job: JobTemplate) -> None:
         pieces = list(_pieces(job.name))
@@ -84,37 +71,24 @@ class SpecBuilder:
             pieces.append(("-", "hash"))
         self._name_pieces = [(_sanitise(text), field) for text, field in pieces]
         self._description = job.description
-        extra = dict(job.body)
-        output = {
+        self._version = service.version
+        self._extra = dict(job.body)
+        self._output = {
             "obs": {"bucket": job.output_bucket, "path": job.output_path},
-            **extra.pop("output", {}),
+            **self._extra.pop("output", {}),
         }
-        # The body is {"name", "service_version", ["description"], "input", "output", extras...}
-        # (the manifest refuses extras under the first four names): the bytes orjson.dumps would
-        # write for that dict, spliced around the per-job values.
-        self._after_name = b',"service_version":' + orjson.dumps(service.version)
-        self._input = b',"input":{"type":"obs","data":[{"bucket":'
-        extras = orjson.dumps(extra)[1:-1] if extra else b""
-        self._tail = (
-            b',"output":' + orjson.dumps(output) + (b"," + extras if extras else b"") + b"}"
-        )
 
     def build(self, ref: ObjectRef) -> JobSpec:
         fields = template_fields(ref)
         name = self.name(fields)
-        parts = [b'{"name":', orjson.dumps(name), self._after_name]
+        # The manifest refuses extras under the names batchsubmit builds, so none is lost.
+        body: dict[str, object] = {"name": name, "service_version": self._version}
         if self._description is not None:
-            description = self._description.format_map(fields)[:DESCRIPTION_MAX]
-            parts += (b',"description":', orjson.dumps(description))
-        parts += (
-            self._input,
-            orjson.dumps(ref.bucket),
-            b',"path":',
-            orjson.dumps(ref.key),
-            b"}]}",
-            self._tail,
-        )
-        return JobSpec(source=fields["source"], name=name, body=b"".join(parts))
+            body["description"] = self._description.format_map(fields)[:DESCRIPTION_MAX]
+        body["input"] = {"type": "obs", "data": [{"bucket": ref.bucket, "path": ref.key}]}
+        body["output"] = self._output
+        body.update(self._extra)
+        return JobSpec(source=fields["source"], name=name, body=orjson.dumps(body))
 
     def name(self, fields: dict[str, str]) -> str:
         """Render the name template: invalid characters become ``_``, long parts are cut."""
