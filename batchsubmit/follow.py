@@ -660,13 +660,20 @@ class Follower:
         if sweep:
             self.stats.sweeps += 1
         for service in range(len(self.services)):
-            jobs = [j for j in self.jobs.values() if j.service == service and not j.now.final]
+            # A SUCCEEDED job waiting for its hosting result: only show can say more of it.
+            jobs = [
+                j
+                for j in self.jobs.values()
+                if j.service == service and not j.now.final and not self._needs_show(j)
+            ]
             if not jobs:
                 continue
             if sweep:
                 confirm += await self._sweep(pool, service, jobs)
             else:
+                before = self.stats.list_calls
                 await self._changed(pool, service, jobs)
+                self._last_changes_calls = self.stats.list_calls - before
         absent = {job.now.job_id for job in confirm}
         self._collected_already()
         shows = confirm + [
@@ -700,12 +707,17 @@ class Follower:
                 self._change(job, replace(record, hosting_status="COLLECTED"))
 
     def _sweep_due(self) -> bool:
+        """A sweep on the first pass, every SWEEP_EVERY-th, and whenever it costs no more than
+        listing the changes did (it also finds the jobs that vanished)."""
         passes = self.stats.passes
         if passes % SWEEP_EVERY == 0 or any(c is None for c in self.cursor):
             return True
-        return self._last_sweep_calls <= CHEAP_SWEEP
+        last, changes = self._last_sweep_calls, self._last_changes_calls
+        self._last_changes_calls = 0  # after one sweep, the changes are tried again
+        return last <= CHEAP_SWEEP or changes >= last
 
     _last_sweep_calls = 0
+    _last_changes_calls = 0
     _swept = False
     _there = 0  # this pass: jobs absent from a sweep that show found
     time_filters = True  # list with created_since/created_until (epoch ms)
