@@ -459,7 +459,7 @@ class Follower:
         self.stop_event = anyio.Event()
         self.arrears: dict[str, str] = {}
         self._unsynced = False
-        self._show_errors = 0
+        self._expiring: dict[str, JobRecord] = {}  # final, result AVAILABLE, overdue soon
 
     # -- before any request ------------------------------------------------------------------
 
@@ -481,6 +481,7 @@ class Follower:
         if index.lines - len(index) > max(len(index), COMPACT_MIN):
             dropped = compact(self.record_file, warn, durable=config.durable)
             self.notes.append(f"{self.record_file}: compacted ({dropped} superseded lines)")
+            self._expiring.clear()
             index, open_ = self._read_record()
         self.index = index
         self.videos = Videos(config.results, config.format, warn)
@@ -544,9 +545,14 @@ class Follower:
         open_: dict[str, JobRecord] = {}
         for at, number, data in iter_raw(self.record_file, self.warn):
             job_id = data["job_id"]
+            self._expiring.pop(job_id, None)
             if data["final"]:
                 index.add(job_id, ~at)
                 open_.pop(job_id, None)
+                if data.get("hosting_status") == "AVAILABLE" and not self.collecting:
+                    overdue = _epoch(str(data.get("hosting_overdue_at") or ""))
+                    if overdue is not None and overdue - time.time() < EXPIRING_WITHIN:
+                        self._expiring[job_id] = from_json(data)
                 continue
             try:
                 open_[job_id] = from_json(data)
@@ -1044,9 +1050,12 @@ class Follower:
         unknown: Counter[str] = Counter()
         now = time.time()
         oldest: float | None = None
-        for job in self.jobs.values():
-            record = job.now
-            if job.judged:
+        # The followed jobs, and final ones whose hosting result expires soon (not collected)
+        records = [job.now for job in self.jobs.values()]
+        records += [r for r in self._expiring.values() if r.job_id not in self.jobs]
+        for record in records:
+            job = self.jobs.get(record.job_id)
+            if job is not None and job.judged:
                 state = record.state or "NOT_SEEN"
                 by_state[state] += 1
                 if record.final:

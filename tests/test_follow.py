@@ -610,6 +610,25 @@ async def test_collect_saves_each_result_once_and_an_expired_one_is_overdue_loud
 
 
 @pytest.mark.anyio
+async def test_a_hosting_result_about_to_expire_is_warned_about_every_run(tmp_path: Path) -> None:
+    """A result AVAILABLE within 6 h of its overdue time is counted and warned about, also on
+    later runs that ask the service nothing (the job is final)."""
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1, hosting_ttl=3600.0)))
+    manifest = write_manifest(tmp_path, video_keys(2), extra=HOSTING)
+    results = tmp_path / "r.csv"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        for job_id in list(emulator.tasks):
+            emulator.set_state(job_id, "SUCCEEDED", hosting="AVAILABLE")
+        stats, text = await _status(results, follow=False)
+        assert (stats.succeeded, stats.expiring) == (2, 2)
+        stats, text = await _status(results, follow=False)
+    assert (stats.calls, stats.followed, stats.expiring) == (0, 0, 2)
+    assert "expires at" in text
+    assert "--collect" in text
+
+
+@pytest.mark.anyio
 async def test_deadline_ends_the_follow_with_exit_4_and_stuck_jobs_are_counted(
     tmp_path: Path,
 ) -> None:
