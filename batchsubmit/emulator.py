@@ -26,6 +26,7 @@ No printing, no environment, no exit: the CLI does those.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import hashlib
 import heapq
@@ -36,7 +37,15 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,9 +100,6 @@ _CREATE_KEYS: Final = frozenset(
     }
 )  # fmt: skip
 _ORDER_FIELDS: Final = frozenset({"name", "created_at", "updated_at"})
-_FILTERS: Final = frozenset(
-    {"name_like", "id_like", "service_version", "state", "created_since", "created_until"}
-)
 _JSON: Final = "application/json"
 _INT_RE: Final = re.compile(r"-?[0-9]{1,18}")
 
@@ -217,30 +223,57 @@ def _invalid(msg: str) -> _Reject:
 
 
 class _Scope:
-    """The jobs of one project and service, in creation order, with a name index.
+    """The jobs of one project and service, in creation order, with the indexes list needs.
 
-    The index groups names by length: a ``name_like`` query can only match names at least as
-    long, and among names of exactly its length only itself. Job names of one run usually share a
-    length, so the lookup after a lost create is a dict access, not a scan of the store.
+    The name index groups names by length: a ``name_like`` query can only match names at least
+    as long, and among names of exactly its length only itself. Job names of one run usually
+    share a length, so the lookup after a lost create is a dict access, not a scan of the store.
+    ``ids``/``created`` (creation order, created_ms never decreasing along it) answer a
+    ``created_since``/``created_until`` window by bisection; ``by_updated`` keeps the jobs in
+    the order of their last state change. Pages of large stores then cost the page, not the
+    store.
     """
 
-    __slots__ = ("by_length", "tasks")
+    __slots__ = ("by_length", "by_updated", "created", "ids", "tasks")
 
     def __init__(self) -> None:
         self.tasks: dict[str, dict[str, Any]] = {}
         self.by_length: dict[int, dict[str, list[str]]] = {}
+        self.ids: list[str] = []
+        self.created: list[int] = []
+        self.by_updated: dict[str, None] = {}
 
-    def add(self, task: dict[str, Any]) -> None:
+    def add(self, task: dict[str, Any], created_ms: int) -> None:
         name: str = task["name"]
-        self.tasks[task["id"]] = task
-        self.by_length.setdefault(len(name), {}).setdefault(name, []).append(task["id"])
+        task_id: str = task["id"]
+        self.tasks[task_id] = task
+        self.by_length.setdefault(len(name), {}).setdefault(name, []).append(task_id)
+        self.ids.append(task_id)
+        self.created.append(created_ms)
+        self.by_updated[task_id] = None
 
-    def remove(self, task_id: str) -> None:
+    def remove(self, task_id: str, created_ms: int) -> None:
         name: str = self.tasks.pop(task_id)["name"]
         names = self.by_length[len(name)]
         names[name].remove(task_id)
         if not names[name]:
             del names[name]
+        low = bisect.bisect_left(self.created, created_ms)
+        where = self.ids.index(task_id, low, bisect.bisect_right(self.created, created_ms))
+        del self.ids[where]
+        del self.created[where]
+        del self.by_updated[task_id]
+
+    def touch(self, task_id: str) -> None:
+        """The job's state just changed: it is now the last updated."""
+        del self.by_updated[task_id]
+        self.by_updated[task_id] = None
+
+    def window(self, since: int, until: int) -> tuple[int, int]:
+        """The slice of ``ids`` created within [since, until] (a negative bound: none)."""
+        low = bisect.bisect_left(self.created, since) if since >= 0 else 0
+        high = bisect.bisect_right(self.created, until) if until >= 0 else len(self.ids)
+        return low, max(low, high)
 
     def named_like(self, fragment: str) -> list[dict[str, Any]]:
         """Jobs whose name contains ``fragment``, in creation order."""
@@ -498,9 +531,7 @@ class Emulator:
     def clear(self) -> None:
         """Forget every job and call (between benchmark measurements); the options stay."""
         with self._lock:
-            for scope in self._scopes.values():
-                scope.tasks.clear()
-                scope.by_length.clear()
+            self._scopes.clear()
             self.tasks.clear()
             self._lives.clear()
             self._steps.clear()
@@ -522,10 +553,14 @@ class Emulator:
             now = self._clock()
             steps = self._steps
             while steps and steps[0][0] <= now:
+                # One step a pop, so steps apply in time order across jobs (by_updated's order).
                 _, _, task_id, generation = heapq.heappop(steps)
                 life = self._lives.get(task_id)
                 if life is not None and life.generation == generation:
-                    self._advance(task_id, life, now)
+                    self._apply(task_id, life.plan[life.next])
+                    life.next += 1
+                    if task_id in self.tasks and life.next < len(life.plan):
+                        self._queue(task_id, life, life.plan[life.next].at)
 
     def state(self, task_id: str) -> str | None:
         """The job's state now; None once it is gone."""
@@ -595,13 +630,16 @@ class Emulator:
         while life.next < len(plan):
             step = plan[life.next]
             if step.at > now:
-                self._step_seq += 1
-                heapq.heappush(self._steps, (step.at, self._step_seq, task_id, life.generation))
+                self._queue(task_id, life, step.at)
                 return
             life.next += 1
             self._apply(task_id, step)
             if task_id not in self.tasks:
                 return
+
+    def _queue(self, task_id: str, life: _Life, at: float) -> None:
+        self._step_seq += 1
+        heapq.heappush(self._steps, (at, self._step_seq, task_id, life.generation))
 
     def _wall(self, at: float) -> float:
         return self._wall0 + (at - self._mono0)
@@ -615,7 +653,7 @@ class Emulator:
             if task["state"] != "DELETING":
                 self.vanished.append(task_id)
             self.gone[task_id] = "deleted" if task["state"] == "DELETING" else "vanished"
-            self._scopes[task["project_id"], task["service_name"]].remove(task_id)
+            self._scopes[task["project_id"], task["service_name"]].remove(task_id, life.created_ms)
             del self.tasks[task_id]
             del self._lives[task_id]
             return
@@ -628,6 +666,7 @@ class Emulator:
             )
             task["updated_at"] = _stamp(wall)
             life.updated = wall
+            self._scopes[task["project_id"], task["service_name"]].touch(task_id)
         if step.hosting is not None and life.hosting is not None:
             life.hosting = step.hosting
             hosting = task["output"]["hosting"]
@@ -935,7 +974,7 @@ class Emulator:
         store = self._scopes.get(scope)
         if store is None:
             store = self._scopes[scope] = _Scope()
-        store.add(task)
+        store.add(task, int(wall) * 1000)
         source = doc["input"]
         self.sources_of[task_id] = [
             f"obs://{item['bucket']}/{item['path']}" if source["type"] == "obs" else item["url"]
@@ -984,38 +1023,63 @@ class Emulator:
         since: int,
         until: int,
     ) -> tuple[int, list[dict[str, Any]]]:
-        """The list's matches (how many, and the page), under the lock."""
+        """The list's matches (how many, and the page), under the lock. Without filters other
+        than the created window, pages in created or updated order cost the page."""
         self.refresh()
-        state = query.get("state")
         store = self._scopes.get(scope) or _Scope()
-        name_like = query.get("name_like")
-        if field == "created_at" and query.keys().isdisjoint(_FILTERS):
-            # Every job in creation order: page without copying the store (large benchmarks).
-            values = reversed(store.tasks.values()) if direction == "DESC" else store.tasks.values()
-            tasks = list(itertools.islice(values, offset, offset + limit))
-            return len(store.tasks), tasks
-        found = store.named_like(name_like) if name_like else list(store.tasks.values())
-        version = query.get("service_version")
-        if version is not None:
-            found = [task for task in found if task["service_version"] == version]
-        if state is not None:
-            found = [task for task in found if task["state"] == state]
-        id_like = query.get("id_like")
-        if id_like:
-            found = [task for task in found if id_like in task["id"]]
-        lives = self._lives
-        if since >= 0:
-            found = [task for task in found if lives[task["id"]].created_ms >= since]
-        if until >= 0:
-            found = [task for task in found if lives[task["id"]].created_ms <= until]
-        # Ties are broken by creation order, in the direction of the sort (found is in it).
+        tasks, lives = store.tasks, self._lives
         descending = direction == "DESC"
+        low, high = store.window(since, until)
+        windowed = (low, high) != (0, len(store.ids))
+        keep: list[Callable[[dict[str, Any]], bool]] = []
+        if (version := query.get("service_version")) is not None:
+            keep.append(lambda task: task["service_version"] == version)
+        if (state := query.get("state")) is not None:
+            keep.append(lambda task: task["state"] == state)
+        if id_like := query.get("id_like"):
+            keep.append(lambda task: id_like in task["id"])
+        name_like = query.get("name_like")
+        if not keep and not name_like and field != "name":
+            # Only the created window (if any) filters: count it by bisection, page directly.
+            if field == "created_at":
+                first = high - offset - limit if descending else low + offset
+                ids = store.ids[max(low, first) : max(low, min(high, first + limit))]
+                if descending:
+                    ids.reverse()
+                return high - low, [tasks[task_id] for task_id in ids]
+            ordered: Iterable[str] = (
+                reversed(store.by_updated) if descending else iter(store.by_updated)
+            )
+            if windowed:
+                ordered = (i for i in ordered if since <= lives[i].created_ms and (
+                    until < 0 or lives[i].created_ms <= until))  # fmt: skip
+            ids = list(itertools.islice(ordered, offset, offset + limit))
+            return high - low, [tasks[task_id] for task_id in ids]
+        if windowed:
+            keep.append(lambda task: since <= lives[task["id"]].created_ms and (
+                until < 0 or lives[task["id"]].created_ms <= until))  # fmt: skip
+        candidates: Iterable[dict[str, Any]]
+        if name_like:
+            candidates = store.named_like(name_like)  # creation order
+            if field == "updated_at":
+                position = {task_id: i for i, task_id in enumerate(store.by_updated)}
+                candidates.sort(key=lambda task: position[task["id"]])
+        elif field == "updated_at":
+            candidates = (tasks[task_id] for task_id in store.by_updated)
+        elif windowed:
+            candidates = (tasks[task_id] for task_id in store.ids[low:high])
+            keep.pop()  # the slice is the window
+        else:
+            candidates = tasks.values()  # creation order
+        if len(keep) == 1:
+            found = list(filter(keep[0], candidates))
+        else:
+            found = [task for task in candidates if all(test(task) for test in keep)]
+        # Ties (names) are broken by creation order, in the direction of the sort.
         if descending:
             found.reverse()
         if field == "name":
             found.sort(key=lambda task: task["name"], reverse=descending)
-        elif field == "updated_at":
-            found.sort(key=lambda task: lives[task["id"]].updated, reverse=descending)
         return len(found), found[offset : offset + limit]
 
     async def _show(

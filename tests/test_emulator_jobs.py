@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchsubmit.auth import Credentials, sdk_date, sign
 from batchsubmit.emulator import (
@@ -406,6 +408,23 @@ async def test_list_filters_orders_pages_and_counts() -> None:
         assert (status, doc["error_code"]) == (400, "IVA.0004"), query
 
 
+async def test_updated_order_follows_step_times_when_one_look_applies_many() -> None:
+    """Steps due since the last call apply in time order across jobs: a job that started first
+    but finished last is the last updated."""
+    clock = Clock()
+    emulator = emulated(clock, Lifecycle(pending=(10, 10), starting=(5, 5), running=(100, 100)))
+    async with running(emulator) as api:
+        slow = await api.create("slow")  # final at 115
+        emulator.faults = Faults(jobs=FIXED)
+        clock.advance(1)
+        quick = await api.create("quick")  # final at 1 + 45
+        clock.advance(1000)
+        newest_first = [
+            task["id"] for task in (await api.listing(order="updated_at:DESC"))["tasks"]
+        ]
+    assert newest_first == [slow, quick]
+
+
 async def test_list_keeps_name_like_lookups_and_returns_at_most_1000_without_limit() -> None:
     """The pool's lookup after a lost create (name_like) still works with the new filters."""
     clock = Clock()
@@ -536,3 +555,123 @@ async def test_clear_forgets_every_job_and_frees_the_quota() -> None:
         "obs://in-bucket/after-2.mp4",
     ]
     assert emulator.state(again) == "PENDING"
+
+
+# -- list against a plain reference --------------------------------------------------------------
+
+NAMES = ("a1", "a2", "b1", "ab", "ba")
+CREATES = st.lists(
+    st.tuples(
+        st.sampled_from(NAMES), st.sampled_from((SERVICE, SERVICE, "other")), st.floats(0.05, 6.0)
+    ),
+    min_size=3,
+    max_size=14,
+)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("create"), st.sampled_from(NAMES), st.just(SERVICE)),
+        st.tuples(st.just("advance"), st.floats(0.05, 30.0)),
+        st.tuples(st.just("set"), st.integers(0, 20), st.sampled_from(("RUNNING", "FAILED"))),
+        st.tuples(st.just("delete"), st.integers(0, 20)),
+        st.tuples(st.just("vanish"), st.integers(0, 20)),
+        st.tuples(st.just("stop"), st.integers(0, 20)),
+    ),
+    max_size=24,
+)
+QUERIES = st.lists(
+    st.fixed_dictionaries(
+        {
+            "order": st.sampled_from(
+                [f"{f}:{d}" for f in ("name", "created_at", "updated_at") for d in ("ASC", "DESC")]
+            ),
+            "offset": st.integers(0, 5).map(str),
+            "limit": st.integers(1, 4).map(str),
+        },
+        optional={
+            "state": st.sampled_from(("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "DELETING")),
+            "name_like": st.sampled_from(("a", "b1", "ab", "zz")),
+            "since": st.integers(0, 12),  # a job's position: its created_at becomes the bound
+            "until": st.integers(0, 12),
+        },
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def reference(emulator: Emulator, query: dict[str, str]) -> tuple[int, list[str]]:
+    """What list should answer, computed the plain way from the jobs the emulator holds."""
+    found = [task for task in emulator.tasks.values() if task["service_name"] == SERVICE]
+    if "state" in query:
+        found = [task for task in found if task["state"] == query["state"]]
+    if "name_like" in query:
+        found = [task for task in found if query["name_like"] in task["name"]]
+    if "created_since" in query:
+        found = [t for t in found if epoch(t["created_at"]) * 1000 >= int(query["created_since"])]
+    if "created_until" in query:
+        found = [t for t in found if epoch(t["created_at"]) * 1000 <= int(query["created_until"])]
+    field, _, direction = query["order"].partition(":")
+    descending = direction == "DESC"
+    if descending:
+        found.reverse()  # creation order, reversed: ties of a sort keep it
+    if field == "name":
+        found.sort(key=lambda task: task["name"], reverse=descending)
+    elif field == "updated_at":  # the precise time (updated_at shows whole seconds)
+        found.sort(key=lambda task: emulator._lives[task["id"]].updated, reverse=descending)
+    offset, limit = int(query["offset"]), int(query["limit"])
+    return len(found), [task["id"] for task in found[offset : offset + limit]]
+
+
+@settings(max_examples=50, deadline=None)
+@given(creates=CREATES, ops=OPS, queries=QUERIES)
+def test_list_pages_agree_with_a_plain_reference(
+    creates: list[tuple[str, str, float]], ops: list[tuple[Any, ...]], queries: list[dict[str, Any]]
+) -> None:
+    """Whatever the creates, state changes, deletes and vanishings, every filtered and ordered
+    page (the indexed shortcuts included) is the plain filter-sort-slice of the jobs."""
+
+    async def scenario() -> list[tuple[tuple[int, list[str]], tuple[int, list[str]]]]:
+        clock = Clock()
+        lifecycle = Lifecycle(pending=(1, 9), starting=(1, 9), running=(5, 30), deleting=3.0)
+        emulator = Emulator(Faults(jobs=lifecycle, seed=5, quota=0), clock=clock)
+        created: list[str] = []
+        async with running(emulator) as api:
+            for name, service, pause in creates:
+                created.append(await api.create(name, service=service))
+                clock.advance(pause)
+            for op in ops:
+                live = [task_id for task_id in created if task_id in emulator.tasks]
+                if op[0] == "create":
+                    created.append(await api.create(op[1], service=op[2]))
+                elif op[0] == "advance":
+                    clock.advance(op[1])
+                elif live:
+                    task_id = live[op[1] % len(live)]
+                    if op[0] == "set":
+                        emulator.set_state(task_id, op[2])
+                    elif op[0] == "vanish":
+                        emulator.vanish(task_id)
+                    else:
+                        method = "DELETE" if op[0] == "delete" else "POST"
+                        path = f"{tasks_path()}/{task_id}" + ("/stop" if op[0] == "stop" else "")
+                        await api.call(method, path)
+                clock.advance(0.001)  # no two changes at one instant
+            emulator.refresh()
+            stamps = [epoch(t["created_at"]) * 1000 for t in emulator.tasks.values()] or [0]
+            answers = []
+            for drawn in queries:
+                query = {k: v for k, v in drawn.items() if k not in ("since", "until")}
+                for bound in ("since", "until"):
+                    if bound in drawn:
+                        query[f"created_{bound}"] = str(stamps[drawn[bound] % len(stamps)])
+                paging = {k: query[k] for k in ("order", "offset", "limit")}
+                window = {k: v for k, v in query.items() if k.startswith("created_")}
+                # The drawn query, and its shapes that take the shortcuts: no filter, window only.
+                for shape in (query, paging, {**paging, **window}):
+                    listed = await api.listing(**shape)
+                    got = (listed["count"], [task["id"] for task in listed["tasks"]])
+                    answers.append((got, reference(emulator, shape)))
+        return answers
+
+    for got, expected in asyncio.run(scenario()):
+        assert got == expected
