@@ -158,9 +158,27 @@ class Lifecycle:
     hosting_ttl: float = 48 * 3600.0
     """How long a hosting result stays AVAILABLE before it is OVERDUE (VAS: 48 h)."""
 
+    def __post_init__(self) -> None:
+        """Refuse settings no job could live by (ValueError names the field)."""
+        if not self.time_scale > 0:
+            raise ValueError(f"time_scale must be > 0, not {self.time_scale}")
+        for name in ("pending", "starting", "running", "unknown", "hosting_late"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"{name} must be (low, high) with 0 <= low <= high")
+        for name in ("stopping", "deleting", "freezing", "hosting_ttl"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0")
+        shares = ("p_failed", "p_create_failed", "p_start_failed", "p_frozen")
+        for name in (*shares, "p_unknown_state", "p_vanish", "p_hosting_late"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if sum(getattr(self, name) for name in shares) > 1:
+            raise ValueError(f"{', '.join(shares)} are shares of one fate: their sum must be <= 1")
+
     def real(self, seconds: float) -> float:
         """Real seconds of ``seconds`` emulated ones."""
-        return seconds / self.time_scale if self.time_scale > 0 else seconds
+        return seconds / self.time_scale
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -322,12 +340,10 @@ class _Life:
     invalidates the queued step when a call changes that course."""
 
     __slots__ = (
-        "created_ms", "generation", "hosting", "next", "overdue_ms", "plan", "seq", "ttl",
-        "updated",
+        "created_ms", "generation", "hosting", "next", "overdue_ms", "plan", "ttl", "updated",
     )  # fmt: skip
 
-    def __init__(self, seq: int, created: float, hosting: bool, ttl: float) -> None:
-        self.seq = seq
+    def __init__(self, created: float, hosting: bool, ttl: float) -> None:
         self.created_ms = int(created) * 1000  # what created_at shows, to the second
         self.updated = created
         self.ttl = ttl  # real seconds a hosting result stays AVAILABLE
@@ -379,7 +395,7 @@ def _plan(
         steps.append(_Step(t, "FREEZING"))
         return [*steps, _Step(t + life.real(life.freezing), "FROZEN")]
     t += run
-    if fate == "FAILED" or (fate == "CREATE_FAILED" and restart):
+    if fate == "FAILED" or fate == "CREATE_FAILED":  # a restart cannot fail to be created
         return [*steps, _Step(t, "FAILED", life.failure)]
     if not hosting:
         return [*steps, _Step(t, "SUCCEEDED")]
@@ -983,9 +999,7 @@ class Emulator:
         self.created_total += 1
         lifecycle = self.faults.jobs
         hosting = "hosting" in output
-        self._lives[task_id] = _Life(
-            self.created_total, wall, hosting, lifecycle.real(lifecycle.hosting_ttl)
-        )
+        self._lives[task_id] = _Life(wall, hosting, lifecycle.real(lifecycle.hosting_ttl))
         u = [self._life_rng.random() for _ in range(_DRAWS)]
         steps = _plan(lifecycle, now, u, hosting=hosting, restart=False)
         self._redirect(task_id, _vanishing(lifecycle, now, u, steps))

@@ -675,3 +675,22 @@ def test_list_pages_agree_with_a_plain_reference(
 
     for got, expected in asyncio.run(scenario()):
         assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"time_scale": 0.0}, "time_scale"),
+        ({"running": (5.0, 1.0)}, "running"),
+        ({"pending": (-1.0, 1.0)}, "pending"),
+        ({"deleting": -1.0}, "deleting"),
+        ({"p_vanish": 1.5}, "p_vanish"),
+        ({"p_failed": 0.6, "p_start_failed": 0.5}, "sum"),
+    ],
+)
+def test_lifecycle_refuses_settings_no_job_could_live_by(
+    settings: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        Lifecycle(**settings)
+    assert Lifecycle(p_failed=0.5, p_start_failed=0.5).p_failed == 0.5  # a sum of 1 is fine
