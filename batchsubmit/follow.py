@@ -230,9 +230,7 @@ def _csv_ledger(handle: IO[bytes], path: Path, warn: Callable[[str], None]) -> I
         yield from _csv_text_ledger(text, path, warn)
 
 
-def _csv_text_ledger(
-    text: IO[str], path: Path, warn: Callable[[str], None]
-) -> Iterator[LedgerRow]:
+def _csv_text_ledger(text: IO[str], path: Path, warn: Callable[[str], None]) -> Iterator[LedgerRow]:
     reader = csv.reader(text)
     try:
         header = next(reader)
@@ -602,11 +600,12 @@ class Follower:
             service_url=self.services[0].tasks_url,
         )
         active = sum(1 for job in self.jobs.values() if job.active(self.collecting))
+        to_collect = active - self.stats.followed
         self.reporter.log(
             "info",
             f"following {self.stats.followed} jobs not yet final ({self.stats.already_final} "
             f"already final, {self.stats.videos} videos in {config.results})"
-            + (f"; {active - self.stats.followed} results to collect" if active > self.stats.followed else ""),  # noqa: E501
+            + (f"; {to_collect} results to collect" if to_collect > 0 else ""),
         )
         async with anyio.create_task_group() as group:
             if watch_signals:
@@ -1248,4 +1247,3 @@ async def _each(items: Iterable[T], work: Callable[[T], Awaitable[None]], worker
     async with anyio.create_task_group() as group:
         for _ in range(max(1, workers)):
             group.start_soon(worker)
-

@@ -43,9 +43,7 @@ __all__ = [
     "record_path",
 ]
 
-FINAL_STATES = frozenset(
-    {"SUCCEEDED", "FAILED", "CREATE_FAILED", "START_FAILED", "LOST", "PRUNED"}
-)
+FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CREATE_FAILED", "START_FAILED", "LOST", "PRUNED"})
 HOSTING_PENDING = frozenset({"", "NOT_GENERATED"})  # "": not seen yet (only show returns it)
 WRITE_BUFFER = 1 << 20
 
@@ -120,9 +118,7 @@ def from_json(data: Any) -> JobRecord:
     return JobRecord(**values)
 
 
-def iter_lines(
-    path: Path, warn: Callable[[str], None]
-) -> Iterator[tuple[int, JobRecord]]:
+def iter_lines(path: Path, warn: Callable[[str], None]) -> Iterator[tuple[int, JobRecord]]:
     """Every record line, in order, as (byte offset, record). A missing file has none. A torn
     last line (no newline at the end: a crash mid-write) is skipped with a warning; any other
     unreadable line is damage: UsageError naming ``file:line``, before anything is sent."""

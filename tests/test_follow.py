@@ -266,9 +266,7 @@ def _follow_config(results: Path, **settings: Any) -> FollowConfig:
 async def _status(results: Path, **settings: Any) -> tuple[FollowStats, str]:
     stream = io.StringIO()
     log = Log(stream)
-    follower = prepare_follow(
-        _follow_config(results, **settings), lambda m: log.line("warning", m)
-    )
+    follower = prepare_follow(_follow_config(results, **settings), lambda m: log.line("warning", m))
     stats = await follow(follower, LineReporter(log, None), watch_signals=False)
     return stats, stream.getvalue()
 
@@ -633,12 +631,17 @@ async def test_deadline_ends_the_follow_with_exit_4_and_stuck_jobs_are_counted(
     tmp_path: Path,
 ) -> None:
     """Jobs still running at --deadline: exit 4; PENDING longer than --stuck-after: stuck."""
-    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1, pending=(3600.0, 3600.0))))
+    behind = [10.0]  # the emulator's clock: its jobs are created 10 s in the past
+    emulator = Emulator(
+        Faults(jobs=Lifecycle(time_scale=1, pending=(3600.0, 3600.0))),
+        clock=lambda: time.monotonic() - behind[0],
+    )
+    behind[0] = 20.0
     manifest = write_manifest(tmp_path, video_keys(4))
     results = tmp_path / "r.csv"
     async with emulator.serve() as url:
         await run_submit(config_for(manifest, url, results))
-        await anyio.sleep(1.1)  # updated_at has a second's grain
+        behind[0] = 10.0
         started = time.monotonic()
         stats, text = await _status(results, deadline=0.4, stuck_after=1.0, started=started)
         assert time.monotonic() - started < 3
@@ -679,7 +682,7 @@ def test_status_killed_twice_then_resumed_reports_every_video_once(
     report, one row per video, and the record never lost a final state."""
     emulator = live_emulator.emulator
     emulator.faults = Faults(
-        jobs=Lifecycle(time_scale=20, p_failed=0.2, p_vanish=0.02, running=(20.0, 60.0))
+        jobs=Lifecycle(time_scale=40, p_failed=0.2, p_vanish=0.02, running=(20.0, 60.0))
     )
     manifest = write_manifest(tmp_path, video_keys(120))
     results = tmp_path / "r.csv"

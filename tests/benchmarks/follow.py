@@ -89,9 +89,10 @@ def _add_final_rows(ledger: Path, rows: int, service_url: str) -> None:
     from batchsubmit.record import JobRecord, RecordWriter, record_path
 
     stamp = "2026-11-01T02:00:00.000Z"
-    with ledger.open("a", encoding="utf-8", newline="") as out, RecordWriter(
-        record_path(ledger), durable=False
-    ) as writer:
+    with (
+        ledger.open("a", encoding="utf-8", newline="") as out,
+        RecordWriter(record_path(ledger), durable=False) as writer,
+    ):
         for i in range(rows):
             job_id = uuid.uuid4().hex
             out.write(
@@ -100,9 +101,15 @@ def _add_final_rows(ledger: Path, rows: int, service_url: str) -> None:
             )
             writer.append(
                 JobRecord(
-                    job_id=job_id, source=f"obs://old/v/{i}.mp4", name=f"old_{i:07d}",
-                    state="SUCCEEDED", final=True, created_at="2026-11-01T02:00:00Z",
-                    updated_at="2026-11-01T03:00:00Z", checked_at=stamp, final_at=stamp,
+                    job_id=job_id,
+                    source=f"obs://old/v/{i}.mp4",
+                    name=f"old_{i:07d}",
+                    state="SUCCEEDED",
+                    final=True,
+                    created_at="2026-11-01T02:00:00Z",
+                    updated_at="2026-11-01T03:00:00Z",
+                    checked_at=stamp,
+                    final_at=stamp,
                 )
             )
 
@@ -151,9 +158,7 @@ def _measure(ledger: Path, passes: int, interval: float, concurrency: int) -> No
     last_list = last_show = 0
     last_final = 0
     for line in lines:
-        found = re.match(
-            r"pass (\d+) \((\w+)\): (\d+)/(\d+) final.*\((\d+) list, (\d+) show", line
-        )
+        found = re.match(r"pass (\d+) \((\w+)\): (\d+)/(\d+) final.*\((\d+) list, (\d+) show", line)
         assert found, line
         final, lists, shows = (int(found.group(i)) for i in (3, 5, 6))
         open_at_start = followed - last_final
