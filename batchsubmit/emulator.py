@@ -151,6 +151,11 @@ class Lifecycle:
     p_frozen: float = 0.0
     """Share that go FREEZING then FROZEN midway through RUNNING (``Emulator.freeze`` does it to
     the whole account)."""
+    p_abnormal: float = 0.0
+    """Share (of those that run to an outcome) that turn ABNORMAL midway through RUNNING for
+    ``abnormal``, then RECOVERING for ``recovering``, then run on."""
+    abnormal: Span = (30.0, 120.0)
+    recovering: float = 5.0
     p_hosting_late: float = 0.0
     """Share of SUCCEEDED ``hosting`` jobs whose result stays NOT_GENERATED for ``hosting_late``;
     the others' result is AVAILABLE as they succeed."""
@@ -162,15 +167,15 @@ class Lifecycle:
         """Refuse settings no job could live by (ValueError names the field)."""
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be > 0, not {self.time_scale}")
-        for name in ("pending", "starting", "running", "unknown", "hosting_late"):
+        for name in ("pending", "starting", "running", "unknown", "hosting_late", "abnormal"):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
                 raise ValueError(f"{name} must be (low, high) with 0 <= low <= high")
-        for name in ("stopping", "deleting", "freezing", "hosting_ttl"):
+        for name in ("stopping", "deleting", "freezing", "recovering", "hosting_ttl"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0")
         shares = ("p_failed", "p_create_failed", "p_start_failed", "p_frozen")
-        for name in (*shares, "p_unknown_state", "p_vanish", "p_hosting_late"):
+        for name in (*shares, "p_unknown_state", "p_vanish", "p_hosting_late", "p_abnormal"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1")
         if sum(getattr(self, name) for name in shares) > 1:
@@ -321,6 +326,7 @@ _PENDING_STATUS: Final = "Waiting for available computing resource."
 _CREATE_FAILURE: Final = ("EMU.0001", "The job could not be created (emulated CREATE_FAILED)")
 _START_FAILURE: Final = ("EMU.0002", "The job could not be started (emulated START_FAILED)")
 _DRAWS: Final = 10  # uniform draws per life: a fixed number, so one share never shifts another
+_LATER_DRAWS: Final = 2  # from a stream of their own: options added later shift no earlier draw
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +400,14 @@ def _plan(
         t += run / 2
         steps.append(_Step(t, "FREEZING"))
         return [*steps, _Step(t + life.real(life.freezing), "FROZEN")]
+    if u[10] < life.p_abnormal:
+        t += run / 2
+        steps.append(_Step(t, "ABNORMAL"))
+        t += _span(life, life.abnormal, u[11])
+        steps.append(_Step(t, "RECOVERING"))
+        t += life.real(life.recovering)
+        steps.append(_Step(t, "RUNNING"))
+        run /= 2
     t += run
     if fate == "FAILED" or fate == "CREATE_FAILED":  # a restart cannot fail to be created
         return [*steps, _Step(t, "FAILED", life.failure)]
@@ -516,6 +530,7 @@ class Emulator:
         self._mono0 = clock()
         self._wall0 = time.time()
         self._life_rng = random.Random(None if faults.seed is None else f"jobs-{faults.seed}")
+        self._later_rng = random.Random(None if faults.seed is None else f"later-{faults.seed}")
         self._lives: dict[str, _Life] = {}
         self._steps: list[tuple[float, int, str, int]] = []  # heap: (at, seq, id, generation)
         self._step_seq = 0
@@ -652,6 +667,11 @@ class Emulator:
             self._apply(task_id, step)
             if task_id not in self.tasks:
                 return
+
+    def _draws(self) -> list[float]:
+        """One life's uniform draws (``_plan`` reads them by position)."""
+        first = [self._life_rng.random() for _ in range(_DRAWS)]
+        return first + [self._later_rng.random() for _ in range(_LATER_DRAWS)]
 
     def _queue(self, task_id: str, life: _Life, at: float) -> None:
         self._step_seq += 1
@@ -1000,7 +1020,7 @@ class Emulator:
         lifecycle = self.faults.jobs
         hosting = "hosting" in output
         self._lives[task_id] = _Life(wall, hosting, lifecycle.real(lifecycle.hosting_ttl))
-        u = [self._life_rng.random() for _ in range(_DRAWS)]
+        u = self._draws()
         steps = _plan(lifecycle, now, u, hosting=hosting, restart=False)
         self._redirect(task_id, _vanishing(lifecycle, now, u, steps))
         return task_id
@@ -1153,7 +1173,7 @@ class Emulator:
                 task_id = task["id"]
                 now = self._clock()
                 lifecycle = self.faults.jobs
-                u = [self._life_rng.random() for _ in range(_DRAWS)]
+                u = self._draws()
                 hosting = self._lives[task_id].hosting is not None
                 steps = _plan(lifecycle, now, u, hosting=hosting, restart=True)
                 first = _Step(now, "STARTING", hosting="NOT_GENERATED" if hosting else None)

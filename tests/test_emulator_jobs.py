@@ -232,6 +232,22 @@ async def test_fates_come_in_their_shares_with_errors_and_unknown_states() -> No
     assert histories[0] == histories[1]
 
 
+async def test_an_abnormal_job_recovers_and_runs_on() -> None:
+    """p_abnormal: ABNORMAL midway through RUNNING, RECOVERING, RUNNING again, then the outcome."""
+    clock = Clock()
+    lifecycle = Lifecycle(
+        pending=(10, 10), starting=(5, 5), running=(30, 30), p_abnormal=1.0,
+        abnormal=(20, 20), recovering=5.0,
+    )  # fmt: skip
+    async with running(emulated(clock, lifecycle)) as api:
+        task_id = await api.create("wobbly")
+        seen = []
+        for moment in (16, 31, 51, 56, 69, 71):
+            clock.advance(moment - (clock.now - 1000))
+            seen.append(await api.state(task_id))
+    assert seen == ["RUNNING", "ABNORMAL", "RECOVERING", "RUNNING", "RUNNING", "SUCCEEDED"]
+
+
 async def test_hosting_result_arrives_late_then_expires() -> None:
     """SUCCEEDED with NOT_GENERATED, then AVAILABLE with data, size and overdue date (and
     output.hosting.result_json_overdue_at in epoch ms), then OVERDUE; list never carries it."""
