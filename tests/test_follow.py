@@ -254,10 +254,10 @@ def _follow_config(results: Path, **settings: Any) -> FollowConfig:
     defaults: dict[str, Any] = {"follow": True, "interval": 0.05, "durable": False}
     defaults["deadline"] = 10.0
     defaults.update(settings)
+    defaults.setdefault("credentials", Credentials(EMULATOR_AK, EMULATOR_SK))
     return FollowConfig(
         results=results,
         format="csv",
-        credentials=Credentials(EMULATOR_AK, EMULATOR_SK),
         pool=PoolSettings(concurrency=16, rate=0.0, retry=FAST_RETRY, grace=5.0),
         **defaults,
     )
@@ -627,6 +627,26 @@ async def test_a_hosting_result_about_to_expire_is_warned_about_every_run(tmp_pa
 
 
 @pytest.mark.anyio
+async def test_credentials_the_service_refuses_stop_the_follow_with_exit_3(
+    tmp_path: Path,
+) -> None:
+    """A 401 on the first list is fatal: no further call, exit 3, the report still written."""
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1)))
+    manifest = write_manifest(tmp_path, video_keys(3))
+    results = tmp_path / "r.csv"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        before = sum(emulator.calls.values())
+        stats, _text = await _status(
+            results, credentials=Credentials(EMULATOR_AK, "not-the-emulators-sk")
+        )
+        assert sum(emulator.calls.values()) - before == 1
+    assert exit_code(stats) == 3
+    assert "HUAWEICLOUD_SDK_SK" in (stats.fatal or "")
+    assert len(_report(tmp_path / "r.report.csv")) == 3
+
+
+@pytest.mark.anyio
 async def test_deadline_ends_the_follow_with_exit_4_and_stuck_jobs_are_counted(
     tmp_path: Path,
 ) -> None:
@@ -763,6 +783,25 @@ def test_submit_follow_and_a_jsonl_report_with_json_booleans(
     data = orjson.loads(summary.read_bytes())
     assert data["follow"]["counts"]["succeeded"] == 20
     assert data["exit_code"] == 0
+
+
+def test_submit_follow_deadline_bounds_the_whole_command(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """`submit --follow --deadline`: after it the follow ends too; jobs still running: exit 4."""
+    live_emulator.emulator.faults = Faults(jobs=Lifecycle(time_scale=1, pending=(600.0, 600.0)))
+    manifest = write_manifest(tmp_path, video_keys(10))
+    results = tmp_path / "r.csv"
+    started = time.monotonic()
+    done = run_cli(
+        "submit", str(manifest), "--endpoint", live_emulator.url, "--results", str(results),
+        "--rate", "0", "--follow", "--interval", "0.05", "--deadline", "1s",
+    )  # fmt: skip
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert time.monotonic() - started < 6
+    assert "deadline reached" in done.stderr
+    rows = _report(tmp_path / "r.report.csv")
+    assert {row["state"] for row in rows} == {"PENDING"}
 
 
 def test_status_with_nothing_to_follow_needs_no_credentials(tmp_path: Path) -> None:
