@@ -913,7 +913,10 @@ class Follower:
         if isinstance(error, dict):
             code = intern(_one_line(error.get("code") or error.get("error_code") or ""))
             message = intern(_one_line(error.get("message") or error.get("error_msg") or ""))
-        hosting, overdue = _hosting_of(task)
+        if "output" in task:
+            hosting, overdue = _hosting_of(task)
+        else:  # an answer without the output: what we knew stands
+            hosting, overdue = old.hosting, ""
         hosting_status = old.hosting_status
         result: Any = None
         if shown and hosting:
