@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 import anyio
@@ -59,6 +59,9 @@ from .runner import (
 )
 from .sources import ExpandStats
 from .vas import REGIONS, service_identity
+
+if TYPE_CHECKING:
+    from .emulator import Faults
 
 __all__ = ["EXIT", "main"]
 
@@ -281,6 +284,30 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="seed of the fault draws, for a reproducible run (default: none, random)",
     )
+    jobs = emulator.add_argument_group(
+        "how jobs live", "after a create, jobs go PENDING, STARTING, RUNNING, then a final state"
+    )
+    jobs.add_argument(
+        "--time-scale",
+        type=_emulator_positive,
+        default=1.0,
+        metavar="X",
+        help="emulated seconds per real second: 60 runs a job's 7 to 27 s life in well under "
+        "a second (default: 1.0)",
+    )
+    for option, fate in (
+        ("--p-failed", "end FAILED (error ALG.002)"),
+        ("--p-create-failed", "end CREATE_FAILED"),
+        ("--p-start-failed", "end START_FAILED"),
+        ("--p-unknown-state", "pass through SCHEDULING, a state outside VAS's list"),
+        ("--p-vanish", "vanish (deleted by someone else: show answers 404)"),
+        ("--p-hosting-late", "with a hosting output: a result that arrives late"),
+        ("--p-frozen", "end FROZEN (the account in arrears)"),
+    ):
+        jobs.add_argument(
+            option, type=_probability, default=0.0, metavar="SHARE",
+            help=f"share of jobs that {fate} (default: 0.0)",
+        )  # fmt: skip
     emulator.add_argument(
         "--log-format",
         choices=("text", "json"),
@@ -883,6 +910,41 @@ def _endpoint_from_results(results: Path, fmt: Format, override: str | None) -> 
     return Endpoint(base_url=base, project_id=project_id, service_name=service_name)
 
 
+def _emulator_faults(args: argparse.Namespace) -> Faults:
+    """The emulator's faults and job lives from its options (ValueError if they conflict)."""
+    from .emulator import Faults, Lifecycle
+
+    return Faults(
+        p503=args.p503,
+        rate_limit=args.rate_limit,
+        latency=args.latency,
+        p_lost=args.lost,
+        p_5xx_after_create=args.error_after_create,
+        p_slow=args.slow,
+        slow_seconds=args.slow_seconds,
+        retry_after=args.retry_after,
+        quota=args.quota,
+        seed=args.seed,
+        jobs=Lifecycle(
+            time_scale=args.time_scale,
+            p_failed=args.p_failed,
+            p_create_failed=args.p_create_failed,
+            p_start_failed=args.p_start_failed,
+            p_unknown_state=args.p_unknown_state,
+            p_vanish=args.p_vanish,
+            p_hosting_late=args.p_hosting_late,
+            p_frozen=args.p_frozen,
+        ),
+    )
+
+
+def _emulator_positive(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1e6, not {text!r}")
+    return value
+
+
 def _emulator_seconds(text: str) -> float:
     value = _number(text)
     if value < 0:
@@ -905,23 +967,14 @@ def _emulator(args: argparse.Namespace, log: Log) -> int:
         EMULATOR_PROJECT_ID,
         EMULATOR_SK,
         Emulator,
-        Faults,
         RequestRecord,
     )
     from .emulator_iam import IdentityOptions
 
-    faults = Faults(
-        p503=args.p503,
-        rate_limit=args.rate_limit,
-        latency=args.latency,
-        p_lost=args.lost,
-        p_5xx_after_create=args.error_after_create,
-        p_slow=args.slow,
-        slow_seconds=args.slow_seconds,
-        retry_after=args.retry_after,
-        quota=args.quota,
-        seed=args.seed,
-    )
+    try:
+        faults = _emulator_faults(args)
+    except ValueError as exc:  # e.g. fate shares that add up to more than 1
+        raise UsageError(f"emulator: {exc}") from None
     identity = IdentityOptions(
         users=tuple(args.iam_user),
         projects_api=True,  # GET /v3/projects?name=REGION: project id discovery, as the SDK does
@@ -1144,106 +1197,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
-
-# -- check --------------------------------------------------------------------------------------
-
-
-def _check_parser(commands: Any) -> None:
-    check = commands.add_parser(
-        "check",
-        help="check credentials, endpoint, subscription, quota and buckets; create nothing",
-    )
-    check.add_argument("manifest", type=Path, help="the TOML manifest")
-    check.add_argument(
-        "--endpoint", help="base URL to use instead of the manifest's endpoint/region"
-    )
-    check.add_argument(
-        "--obs-endpoint", help="OBS base URL instead of the manifest's (or the region's)"
-    )
-    check.add_argument(
-        "--results",
-        type=Path,
-        metavar="PATH",
-        help="the results file whose ledger tonight's planned creates are counted against "
-        "(default: beside the manifest)",
-    )
-    check.add_argument("--format", choices=("csv", "jsonl"), help="results format")
-    check.add_argument(
-        "--timeout",
-        type=_timeout,
-        default=5.0,
-        metavar="SECONDS",
-        help="seconds each network step may take (default 5)",
-    )
-    check.add_argument(
-        "--quota",
-        type=_count,
-        default=5000,
-        metavar="N",
-        help="saved jobs the account may hold (default 5000, VAS's quota)",
-    )
-    _log_format_option(check)
-    check.set_defaults(command=_check)
-
-
-def _check(args: argparse.Namespace, log: Log) -> int:
-    """One line per check on stdout; exit 0 when all pass (warnings allowed), 3 when one fails."""
-    from urllib.request import getproxies, proxy_bypass
-
-    from .check import CheckPlan, run_checks
-
-    manifest = load_manifest(args.manifest)
-    base = _check_endpoint(args.endpoint) if args.endpoint else manifest.service.endpoint
-    obs = (
-        _check_endpoint(args.obs_endpoint, "--obs-endpoint")
-        if args.obs_endpoint
-        else manifest.service.obs_endpoint
-    )
-    fmt = format_for(args.results, args.format) if args.results else (args.format or "csv")
-    results = _real(args.results or _default_results(manifest.path, False, fmt))
-    region = region_of(manifest.service.endpoint)
-    choice: Choice | CredentialError
-    try:
-        choice = find_source(
-            os.environ,
-            home=Path.home(),
-            warn=_warner(log),
-            project_id=manifest.service.project_id,
-            region=region,
-        )
-    except CredentialError as exc:
-        choice = exc
-    host = urlsplit(base).hostname or ""
-    scheme = urlsplit(base).scheme
-    proxy = None if proxy_bypass(host) else getproxies().get(scheme)
-    plan = CheckPlan(
-        manifest=manifest,
-        base_url=base,
-        obs_endpoint=obs,
-        choice=choice,
-        region=region,
-        results=results,
-        format=fmt,
-        proxy=proxy,
-        timeout=args.timeout,
-        quota=args.quota,
-    )
-
-    async def checks() -> list[Any]:
-        async with open_session(4) as session:
-            return await run_checks(plan, session, _warner(log))
-
-    found = anyio.run(checks)
-    for result in found:
-        print(f"{result.status} {result.name}: {result.detail}", flush=True)
-    failed = [r for r in found if r.status == "FAIL"]
-    if failed:
-        log.line(
-            "error", f"check: {len(failed)} of {len(found)} checks failed; nothing was created"
-        )
-        return EXIT["fatal"]
-    log.line("info", f"check: all {len(found)} checks passed; nothing was created")
-    return EXIT["ok"]
 
 
 # -- prune and make-room (the saved-jobs quota) -------------------------------------------------
@@ -1912,3 +1865,103 @@ def _log_follow(log: Log, stats: Any, code: int, data: dict[str, Any]) -> None:
     level = "info" if code == 0 else ("warning" if code == EXIT_NOT_FINAL else "error")
     log.line(level, f"done: {line}", exit_code=code)
 
+
+# -- check --------------------------------------------------------------------------------------
+
+
+def _check_parser(commands: Any) -> None:
+    check = commands.add_parser(
+        "check",
+        help="check credentials, endpoint, subscription, quota and buckets; create nothing",
+    )
+    check.add_argument("manifest", type=Path, help="the TOML manifest")
+    check.add_argument(
+        "--endpoint", help="base URL to use instead of the manifest's endpoint/region"
+    )
+    check.add_argument(
+        "--obs-endpoint", help="OBS base URL instead of the manifest's (or the region's)"
+    )
+    check.add_argument(
+        "--results",
+        type=Path,
+        metavar="PATH",
+        help="the results file whose ledger tonight's planned creates are counted against "
+        "(default: beside the manifest)",
+    )
+    check.add_argument("--format", choices=("csv", "jsonl"), help="results format")
+    check.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds each network step may take (default 5)",
+    )
+    check.add_argument(
+        "--quota",
+        type=_count,
+        default=5000,
+        metavar="N",
+        help="saved jobs the account may hold (default 5000, VAS's quota)",
+    )
+    _log_format_option(check)
+    check.set_defaults(command=_check)
+
+
+def _check(args: argparse.Namespace, log: Log) -> int:
+    """One line per check on stdout; exit 0 when all pass (warnings allowed), 3 when one fails."""
+    from urllib.request import getproxies, proxy_bypass
+
+    from .check import CheckPlan, run_checks
+
+    manifest = load_manifest(args.manifest)
+    base = _check_endpoint(args.endpoint) if args.endpoint else manifest.service.endpoint
+    obs = (
+        _check_endpoint(args.obs_endpoint, "--obs-endpoint")
+        if args.obs_endpoint
+        else manifest.service.obs_endpoint
+    )
+    fmt = format_for(args.results, args.format) if args.results else (args.format or "csv")
+    results = _real(args.results or _default_results(manifest.path, False, fmt))
+    region = region_of(manifest.service.endpoint)
+    choice: Choice | CredentialError
+    try:
+        choice = find_source(
+            os.environ,
+            home=Path.home(),
+            warn=_warner(log),
+            project_id=manifest.service.project_id,
+            region=region,
+        )
+    except CredentialError as exc:
+        choice = exc
+    host = urlsplit(base).hostname or ""
+    scheme = urlsplit(base).scheme
+    proxy = None if proxy_bypass(host) else getproxies().get(scheme)
+    plan = CheckPlan(
+        manifest=manifest,
+        base_url=base,
+        obs_endpoint=obs,
+        choice=choice,
+        region=region,
+        results=results,
+        format=fmt,
+        proxy=proxy,
+        timeout=args.timeout,
+        quota=args.quota,
+    )
+
+    async def checks() -> list[Any]:
+        async with open_session(4) as session:
+            return await run_checks(plan, session, _warner(log))
+
+    found = anyio.run(checks)
+    for result in found:
+        print(f"{result.status} {result.name}: {result.detail}", flush=True)
+    failed = [r for r in found if r.status == "FAIL"]
+    if failed:
+        log.line(
+            "error", f"check: {len(failed)} of {len(found)} checks failed; nothing was created"
+        )
+        return EXIT["fatal"]
+    log.line("info", f"check: all {len(found)} checks passed; nothing was created")
+    return EXIT["ok"]

@@ -15,7 +15,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchsubmit.cli import _check_endpoint, _duration, _is_terminal, _parser, main
+from batchsubmit.cli import (
+    _check_endpoint,
+    _duration,
+    _emulator_faults,
+    _is_terminal,
+    _parser,
+    main,
+)
 from batchsubmit.journal import RunLock
 from batchsubmit.emulator import EMULATOR_PROJECT_ID
 from batchsubmit.results import COLUMNS, Outcome, ResultsWriter
@@ -382,3 +389,14 @@ def test_reconcile_takes_two_spellings_of_one_service_as_one(
     done = run_cli("reconcile", str(results))
     assert done.returncode == 0, done.stderr
     assert "2 outcomes to resolve" in done.stderr
+
+
+def test_emulator_runs_jobs_with_the_lives_its_options_give(tmp_path: Path) -> None:
+    """`batchsubmit emulator --time-scale --p-failed` set the lives of the standalone
+    emulator's jobs; fate shares that add up to more than 1 are refused (exit 2), no traceback."""
+    done = run_cli("emulator", "--p-failed", "0.7", "--p-frozen", "0.5", "--port", "0")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    parsed = _parser().parse_args(["emulator", "--time-scale", "1000", "--p-failed", "1"])
+    faults = _emulator_faults(parsed)
+    assert (faults.jobs.time_scale, faults.jobs.p_failed) == (1000.0, 1.0)
