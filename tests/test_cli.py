@@ -23,8 +23,8 @@ from batchsubmit.cli import (
     _parser,
     main,
 )
-from batchsubmit.journal import RunLock
 from batchsubmit.emulator import EMULATOR_PROJECT_ID
+from batchsubmit.journal import RunLock
 from batchsubmit.results import COLUMNS, Outcome, ResultsWriter
 from batchsubmit.runner import lock_path
 
