@@ -321,8 +321,9 @@ def _parser() -> argparse.ArgumentParser:
         "never a header, body or secret (default: off)",
     )
     identity = emulator.add_argument_group(
-        "fake IAM and ECS metadata", "served on the same port; tokens and temporary credentials "
-        "are accepted by VAS calls only as issued and until they expire (401 IVA.0001)"
+        "fake IAM and ECS metadata",
+        "served on the same port; tokens and temporary credentials "
+        "are accepted by VAS calls only as issued and until they expire (401 IVA.0001)",
     )
     identity.add_argument(
         "--iam-user",
@@ -759,7 +760,7 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
     if room is not None:
         _room_stats(stats, room)
     code = _exit_code(stats)
-    _report(args, log, stats, code, started, config.results, summary)
+    _report(args, log, stats, code, started, config.results, summary, _source_name(config))
     if room is not None:
         _report_room(args, log, room)
     if followed is not None:
@@ -877,7 +878,7 @@ def _reconcile(args: argparse.Namespace, log: Log) -> int:
     finally:
         prepared.lock.release()
     code = _exit_code(stats)
-    _report(args, log, stats, code, started, results, None)
+    _report(args, log, stats, code, started, results, None, _source_name(config))
     return code
 
 
@@ -1071,8 +1072,18 @@ def _exit_code(stats: RunStats) -> int:
     return EXIT["ok"]
 
 
+def _source_name(config: RunConfig) -> str | None:
+    """Where the run's credentials came from (never a secret), for the summary."""
+    return getattr(config.credentials, "source_name", None)
+
+
 def _summary_data(
-    stats: RunStats, code: int, started: float, results: Path, summary: ExpandSummary | None
+    stats: RunStats,
+    code: int,
+    started: float,
+    results: Path,
+    summary: ExpandSummary | None,
+    credentials: str | None = None,
 ) -> dict[str, Any]:
     return {
         "version": 1,
@@ -1089,7 +1100,11 @@ def _summary_data(
             "deferred": stats.deferred,
             "reconciled": stats.reconciled,
             "not_created": stats.not_created,
+            "duplicates": len(stats.duplicates),
         },
+        "duplicates": list(stats.duplicates),
+        "deferred_reason": _deferred_reason(stats, results),
+        "credentials": credentials,
         "calls": stats.calls,
         "retries": stats.retries,
         "throttles": stats.throttles,
@@ -1110,8 +1125,15 @@ def _summary_data(
             "duplicates": summary.expand.duplicates,
             "folders": summary.expand.folders,
             "truncated_listings": summary.expand.truncated_listings,
+            "empty_prefixes": list(summary.expand.empty_prefixes),
         },
     }
+
+
+def _deferred_reason(stats: RunStats, results: Path) -> str | None:
+    """Why jobs were deferred, with the real results path in the advice."""
+    reason = stats.deferred_reason
+    return reason.replace("RESULTS", str(results)) if reason else None
 
 
 def _iso(epoch: float) -> str:
@@ -1126,8 +1148,9 @@ def _report(
     started: float,
     results: Path,
     summary: ExpandSummary | None,
+    credentials: str | None = None,
 ) -> None:
-    data = _summary_data(stats, code, started, results, summary)
+    data = _summary_data(stats, code, started, results, summary, credentials)
     if getattr(args, "summary", None):
         _write_atomically(args.summary, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
     if getattr(args, "metrics", None):
@@ -1145,8 +1168,17 @@ def _report(
             f"; {counts['not_created']} earlier creates were looked up and found never made"
             " (submitted again when their source comes up)"
         )
+    if stats.duplicates:
+        line += (
+            f"; {len(stats.duplicates)} duplicate jobs found for videos already recorded "
+            f"(delete them: {', '.join(stats.duplicates[:10])}"
+            + (", ..." if len(stats.duplicates) > 10 else "")
+            + "; every id is in the summary and in the results' duplicate rows)"
+        )
     if stats.stop_reason:
         line += f"; stopped: {stats.stop_reason}"
+    if data["deferred_reason"] and data["deferred_reason"] != stats.stop_reason:
+        line += f"; deferred: {data['deferred_reason']}"
     level = "info" if code == 0 else "error"
     if stats.fatal:
         log.line("error", f"run stopped: {stats.fatal}")
@@ -1546,8 +1578,7 @@ def _follow_options(parser: argparse.ArgumentParser, *, submit: bool) -> None:
         "--collect",
         type=Path,
         metavar="DIR",
-        help="save each AVAILABLE hosting result to DIR/<job name>.json, once "
-        "(default: not saved)",
+        help="save each AVAILABLE hosting result to DIR/<job name>.json, once (default: not saved)",
     )
     parser.add_argument(
         "--stuck-after",

@@ -9,15 +9,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import anyio
 from aiohttp import web
 
 from batchsubmit.auth import Credentials
-from batchsubmit.client import Endpoint
+from batchsubmit.client import Endpoint, VasClient
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
 from batchsubmit.manifest import load_manifest
 from batchsubmit.pool import PoolSettings, RunStats
@@ -282,3 +284,21 @@ def count_lines(path: Path) -> int:
         return path.read_bytes().count(b"\n")
     except FileNotFoundError:
         return 0
+
+
+@contextmanager
+def emulator_client(url: str) -> Iterator[Callable[[bytes], str]]:
+    """A blocking ``create(body) -> job id`` against an emulator served elsewhere (a thread),
+    for tests that set up jobs on it before a run."""
+
+    async def create(body: bytes) -> str:
+        async with aiohttp.ClientSession() as session:
+            endpoint = Endpoint(
+                base_url=url, project_id=EMULATOR_PROJECT_ID, service_name="video-analyze"
+            )
+            client = VasClient(session, endpoint, Credentials(EMULATOR_AK, EMULATOR_SK))
+            answer = await client.create(body)
+        assert answer.job_id, answer
+        return answer.job_id
+
+    yield lambda body: anyio.run(create, body)

@@ -23,15 +23,19 @@ from batchsubmit.cli import (
     _parser,
     main,
 )
-from batchsubmit.emulator import EMULATOR_PROJECT_ID
+from batchsubmit.emulator import EMULATOR_PROJECT_ID, EMULATOR_SK
+from batchsubmit.jobs import SpecBuilder
 from batchsubmit.journal import RunLock
+from batchsubmit.manifest import load_manifest
 from batchsubmit.results import COLUMNS, Outcome, ResultsWriter
 from batchsubmit.runner import lock_path
+from batchsubmit.sources import ObjectRef
 
 from .helpers import (
     LiveEmulator,
     cli,
     cli_env,
+    emulator_client,
     run_cli,
     submit_args,
     video_keys,
@@ -400,3 +404,38 @@ def test_emulator_runs_jobs_with_the_lives_its_options_give(tmp_path: Path) -> N
     parsed = _parser().parse_args(["emulator", "--time-scale", "1000", "--p-failed", "1"])
     faults = _emulator_faults(parsed)
     assert (faults.jobs.time_scale, faults.jobs.p_failed) == (1000.0, 1.0)
+
+
+def test_duplicates_and_the_credential_source_reach_every_report(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """Two jobs for one video (a lost create that surfaced late): the final line names the
+    extra one to delete, the summary lists its id and counts it, the metrics count it, and the
+    summary says where the credentials came from (never what they are)."""
+    keys = video_keys(2)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    loaded = load_manifest(manifest)
+    spec = SpecBuilder(loaded.service, loaded.job).build(ObjectRef("in-bucket", keys[0]))
+    emulator = live_emulator.emulator
+    with emulator_client(live_emulator.url) as create:
+        older = create(spec.body)
+        emulator.tasks[older]["created_at"] = "2026-01-01T00:00:00Z"
+        newer = create(spec.body)
+    journal = results.with_name(results.name + ".journal")
+    journal.write_bytes(orjson.dumps({"source": spec.source, "name": spec.name}) + b"\n")
+    summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
+    done = run_cli(
+        *submit_args(manifest, live_emulator.url, results),
+        "--summary",
+        str(summary),
+        "--metrics",
+        str(metrics),
+    )
+    assert done.returncode == 0, done.stderr
+    data = orjson.loads(summary.read_bytes())
+    assert (data["counts"]["duplicates"], data["duplicates"]) == (1, [newer])
+    assert data["credentials"].startswith("environment")
+    assert EMULATOR_SK not in summary.read_text() + done.stderr
+    assert f"delete them: {newer}" in done.stderr.splitlines()[-1]
+    assert 'batchsubmit_jobs{outcome="duplicates"} 1\n' in metrics.read_text()
