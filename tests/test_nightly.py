@@ -217,6 +217,7 @@ def test_summary_and_metrics_files(tmp_path: Path, live_emulator: LiveEmulator) 
         "deferred": 0,
         "reconciled": 0,
         "not_created": 0,
+        "duplicates": 0,
     }
     text = metrics.read_text()
     assert 'batchsubmit_jobs{outcome="skipped"} 12' in text
