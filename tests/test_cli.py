@@ -350,20 +350,6 @@ def test_unknown_region_is_warned_about(tmp_path: Path) -> None:
     assert "cn-north-4" in done.stderr.split("cn-nowhere-9", 1)[1]
 
 
-def test_quick_start_twice_submits_nothing_the_second_time(tmp_path: Path) -> None:
-    """The README's demo run twice: the embedded emulator gets a new port each time, yet the
-    second run is what a nightly run is when nothing is new: 0 submitted, 6 already done."""
-    results = tmp_path / "r.csv"
-    args = ("submit", str(ROOT / "samples" / "nightly.toml"), "--emulator", "--results")
-    first = run_cli(*args, str(results))
-    assert first.returncode == 0, first.stderr
-    second = run_cli(*args, str(results))
-    assert second.returncode == 0, second.stderr
-    assert results.read_text(encoding="utf-8").count(",submitted,") == 6
-    assert "0 submitted" in second.stderr
-    assert "6 already submitted" in second.stderr
-
-
 def test_reconcile_takes_two_spellings_of_one_service_as_one(
     tmp_path: Path, live_emulator: LiveEmulator
 ) -> None:
