@@ -84,6 +84,8 @@ MAX_RATE = 10_000.0
 MAX_COUNT = 100_000_000  # --max-jobs, --max-failures
 TIMEOUT_RANGE = (0.1, 3600.0)  # seconds
 MAX_DEADLINE = 7 * 24 * 3600.0  # seconds
+DEFAULT_SETTLE, MAX_SETTLE = PoolSettings.settle, 600.0  # seconds
+DEFAULT_LOOKUPS, MAX_LOOKUPS = PoolSettings.lookup_tries, 20
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 
 
@@ -128,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("manifest", type=Path, help="the TOML manifest")
     _results_options(run)
     _pool_options(run)
+    _lookup_options(run)
     run.add_argument(
         "--endpoint",
         metavar="URL",
@@ -191,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
         help="base URL to use instead of the one in the results rows (default: the rows')",
     )
     _pool_options(fix)
+    _lookup_options(fix)
     fix.set_defaults(command=_reconcile)
 
     _prune_parser(commands)
@@ -433,6 +437,27 @@ def _pool_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _lookup_options(parser: argparse.ArgumentParser) -> None:
+    """How a create whose answer was lost is looked up (submit and reconcile)."""
+    parser.add_argument(
+        "--settle",
+        type=_settle,
+        default=DEFAULT_SETTLE,
+        metavar="SECONDS",
+        help="after a create whose answer was lost, wait this long before looking the job up "
+        f"by name, and between lookups (0 to {MAX_SETTLE:g}; default {DEFAULT_SETTLE:g}): "
+        "long enough for the service to list a job it just made",
+    )
+    parser.add_argument(
+        "--lookups",
+        type=_lookups,
+        default=DEFAULT_LOOKUPS,
+        metavar="N",
+        help=f"lookups of a lost create before it may be made again (1 to {MAX_LOOKUPS}; "
+        f"default {DEFAULT_LOOKUPS})",
+    )
+
+
 def _log_format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format",
@@ -477,6 +502,17 @@ def _rate(text: str) -> float:
             f"must be 0 (no limit) or a positive number up to {MAX_RATE:g}, not {text!r}"
         )
     return value
+
+
+def _settle(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= MAX_SETTLE:
+        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_SETTLE:g} seconds, not {text!r}")
+    return value
+
+
+def _lookups(text: str) -> int:
+    return _whole(text, 1, MAX_LOOKUPS)
 
 
 def _timeout(text: str) -> float:
@@ -679,6 +715,9 @@ def _config(
     pool = PoolSettings(
         concurrency=args.concurrency,
         rate=args.rate,
+        settle=getattr(args, "settle", DEFAULT_SETTLE),
+        lookup_spacing=getattr(args, "settle", DEFAULT_SETTLE),
+        lookup_tries=getattr(args, "lookups", DEFAULT_LOOKUPS),
         max_jobs=getattr(args, "max_jobs", None),
         max_failures=getattr(args, "max_failures", None),
         deadline=getattr(args, "deadline", None),

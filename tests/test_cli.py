@@ -15,14 +15,17 @@ from pathlib import Path
 import orjson
 import pytest
 
+from batchsubmit.auth import Credentials
 from batchsubmit.cli import (
     _check_endpoint,
+    _config,
     _duration,
     _emulator_faults,
     _is_terminal,
     _parser,
     main,
 )
+from batchsubmit.client import Endpoint
 from batchsubmit.emulator import EMULATOR_PROJECT_ID, EMULATOR_SK
 from batchsubmit.jobs import SpecBuilder
 from batchsubmit.journal import RunLock
@@ -425,3 +428,15 @@ def test_duplicates_and_the_credential_source_reach_every_report(
     assert EMULATOR_SK not in summary.read_text() + done.stderr
     assert f"delete them: {newer}" in done.stderr.splitlines()[-1]
     assert 'batchsubmit_jobs{outcome="duplicates"} 1\n' in metrics.read_text()
+
+
+def test_the_lookup_wait_is_configurable_and_bounded() -> None:
+    """`--settle` and `--lookups` set how long a lost create is looked for before it may be
+    made again (a service that lists new jobs late needs more); absurd values are refused."""
+    parsed = _parser().parse_args(["submit", "m.toml", "--settle", "20", "--lookups", "5"])
+    endpoint = Endpoint(base_url="http://x", project_id=EMULATOR_PROJECT_ID, service_name="s")
+    pool = _config(parsed, None, Path("r.csv"), "csv", endpoint, Credentials("ak", "sk")).pool
+    assert (pool.settle, pool.lookup_spacing, pool.lookup_tries) == (20.0, 20.0, 5)
+    for bad in (["--settle", "-1"], ["--settle", "1e9"], ["--lookups", "0"]):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["submit", "m.toml", *bad])
