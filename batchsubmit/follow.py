@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from operator import itemgetter
 from pathlib import Path
 from sys import intern
 from typing import IO, Any, TypeVar
@@ -52,7 +51,7 @@ from .record import (
     iter_raw,
     record_path,
 )
-from .results import Format, Outcome, utc_now
+from .results import Format, Outcome, ResultRow, iter_results, utc_now
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -192,84 +191,14 @@ def default_report_path(results: Path, fmt: Format) -> Path:
 # -- the ledger, one row per video ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerRow:
-    source: str
-    name: str
-    job_id: str
-    status: str
-    error_code: str
-    error_msg: str
-    submitted_at: str
-    service_url: str
-
-
-_LEDGER_KEYS = (
-    "source", "name", "job_id", "status", "error_code", "error_msg", "submitted_at", "service_url",
-)  # fmt: skip
+LedgerRow = ResultRow  # the results file's row, as results.py reads it (strictly)
 
 
 def iter_ledger(path: Path, fmt: Format, warn: Callable[[str], None]) -> Iterator[LedgerRow]:
-    """The readable rows of a results file, with the columns the follow needs. Lines that
-    cannot be read are skipped and named (the submit that wrote them stops on them)."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such results file") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the results file: {exc.strerror}") from None
-    with handle:
-        if fmt == "csv":
-            yield from _csv_ledger(handle, path, warn)
-        else:
-            yield from _jsonl_ledger(handle, path, warn)
-
-
-def _csv_ledger(handle: IO[bytes], path: Path, warn: Callable[[str], None]) -> Iterator[LedgerRow]:
-    with io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="") as text:
-        yield from _csv_text_ledger(text, path, warn)
-
-
-def _csv_text_ledger(text: IO[str], path: Path, warn: Callable[[str], None]) -> Iterator[LedgerRow]:
-    reader = csv.reader(text)
-    try:
-        header = next(reader)
-    except (StopIteration, csv.Error):
-        return
-    try:
-        at = [header.index(key) for key in _LEDGER_KEYS]
-    except ValueError:
-        raise UsageError(
-            f"{path}: not a batchsubmit results file (its header is {header[:4]}...)"
-        ) from None
-    width = max(at) + 1
-    pick = itemgetter(*at)
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error:
-            warn(f"{path}:{reader.line_num}: unreadable results line skipped")
-            continue
-        if len(fields) < width:
-            if fields:
-                warn(f"{path}:{reader.line_num}: unreadable results line skipped")
-            continue
-        yield LedgerRow(*pick(fields))
-
-
-def _jsonl_ledger(
-    handle: IO[bytes], path: Path, warn: Callable[[str], None]
-) -> Iterator[LedgerRow]:
-    for number, line in enumerate(handle, 1):
-        if not line.strip():
-            continue
-        try:
-            data = orjson.loads(line)
-            yield LedgerRow(*(str(data.get(key) or "") for key in _LEDGER_KEYS))
-        except (orjson.JSONDecodeError, AttributeError):
-            warn(f"{path}:{number}: unreadable results line skipped")
+    """The rows of a results file, read as strictly as a submit reads its ledger: a damaged
+    line (other than a torn last one) stops with an error naming it."""
+    del warn  # a torn last line is the only damage, and the submit that wrote it cuts it
+    return iter_results(path, fmt)
 
 
 _SUBMITTED_ROW = 1 << 40  # added to a submitted row's number: the index keeps the largest

@@ -15,13 +15,12 @@ idempotent: 202 or 404), so every deleted job ends up recorded and nothing else 
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +37,7 @@ from .errors import ApiError, FatalApiError, StorageError, UsageError
 from .journal import RunLock
 from .pool import Pool, PoolSettings, Stopped
 from .record import JobRecord, RecordWriter, read_record, record_path
-from .results import Format, Outcome, utc_now
+from .results import Format, Outcome, iter_results, utc_now
 
 __all__ = [
     "DEFAULT_OLDER_THAN",
@@ -236,71 +235,27 @@ def _epoch(text: str) -> float | None:
 
 
 def job_services(results: Path, fmt: Format, wanted: Iterable[str]) -> dict[str, str]:
-    """job id -> ``service_url`` from the submitted rows of the results file, for ``wanted``."""
+    """job id -> ``service_url`` from the submitted rows of the results file, for ``wanted``
+    (read as strictly as a submit reads its ledger; no file yet: nothing)."""
     wanted = set(wanted)
     found: dict[str, str] = {}
-    try:
-        if fmt == "jsonl":
-            with results.open("rb") as handle:
-                pairs = list(_jsonl_ids(handle, wanted))
-        else:
-            with results.open(encoding="utf-8", errors="replace", newline="") as text:
-                pairs = list(_csv_ids(text, wanted))
-    except FileNotFoundError:
+    if not results.exists():
         return found
-    except OSError as exc:
-        raise UsageError(f"{results}: cannot read the results file: {exc.strerror}") from None
-    for job_id, service_url in pairs:
-        if service_url:
-            found[job_id] = service_url
+    for row in iter_results(results, fmt):
+        if row.status == "submitted" and row.job_id in wanted and row.service_url:
+            found[row.job_id] = row.service_url
     return found
 
 
 def first_service(results: Path, fmt: Format) -> str | None:
     """The ``service_url`` of the first submitted row (for the project id and region of the
     credentials), or None when no job was ever submitted: nothing to prune, no credentials."""
-    try:
-        if fmt == "jsonl":
-            with results.open("rb") as handle:
-                for line in handle:
-                    try:
-                        data = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(data, dict) and data.get("status") == "submitted":
-                        return str(data.get("service_url") or "") or None
-        else:
-            with results.open(encoding="utf-8", errors="replace", newline="") as text:
-                for row in csv.DictReader(text):
-                    if row.get("status") == "submitted" and row.get("service_url"):
-                        return row["service_url"]
-    except FileNotFoundError:
+    if not results.exists():
         return None
-    except (OSError, csv.Error) as exc:
-        raise UsageError(f"{results}: cannot read the results file: {exc}") from None
+    for row in iter_results(results, fmt):
+        if row.status == "submitted" and row.service_url:
+            return row.service_url
     return None
-
-
-def _jsonl_ids(handle: IO[bytes], wanted: set[str]) -> Iterator[tuple[str, str]]:
-    for line in handle:
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue  # a torn last line
-        if isinstance(data, dict) and data.get("status") == "submitted":
-            job_id = str(data.get("job_id") or "")
-            if job_id in wanted:
-                yield job_id, str(data.get("service_url") or "")
-
-
-def _csv_ids(text: IO[str], wanted: set[str]) -> Iterator[tuple[str, str]]:
-    try:
-        for row in csv.DictReader(text):
-            job_id = row.get("job_id") or ""
-            if row.get("status") == "submitted" and job_id in wanted:
-                yield job_id, row.get("service_url") or ""
-    except csv.Error:
-        return  # a torn last line
 
 
 def endpoint_for(service_url: str, base_url: str | None) -> Endpoint:

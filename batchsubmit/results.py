@@ -23,7 +23,7 @@ import os
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -42,9 +42,11 @@ __all__ = [
     "STATUSES",
     "Ledger",
     "Outcome",
+    "ResultRow",
     "ResultsWriter",
     "SourceHashes",
     "format_for",
+    "iter_results",
     "iter_rows",
     "read_ledger",
     "utc_now",
@@ -296,18 +298,53 @@ class Ledger:
         self.done.add(stable_hash(source))
 
 
-Row = tuple[str, str, str, str]
+Row = tuple[str, str, str, str]  # source, name, status, service_url: what the ledger needs
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """The columns of a results row that follow and prune read (all text, as written)."""
+
+    source: str
+    name: str
+    job_id: str
+    status: str
+    error_code: str
+    error_msg: str
+    submitted_at: str
+    service_url: str
+
+
+_LEDGER_FIELDS = ("source", "name", "status", "service_url")
+_RESULT_FIELDS = tuple(f.name for f in fields(ResultRow))
 
 
 def iter_rows(path: Path, fmt: Format) -> Iterator[Row]:
     """The rows of a results file as (source, name, status, service_url); a damaged line
     (other than a torn last one) raises UsageError naming it."""
+    for values in _iter_fields(path, fmt, _LEDGER_FIELDS):
+        yield values[0], values[1], values[2], values[3]
+
+
+def iter_results(path: Path, fmt: Format) -> Iterator[ResultRow]:
+    """Every row of a results file, with its job id and error (for follow and prune), read as
+    strictly as the ledger: a damaged line (other than a torn last one) raises UsageError
+    naming it, and a missing file says so."""
+    for values in _iter_fields(path, fmt, _RESULT_FIELDS):
+        yield ResultRow(*values)
+
+
+def _iter_fields(path: Path, fmt: Format, names: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
     try:
         handle = path.open("rb")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such results file") from None
     except OSError as exc:
+        if os.path.isdir(path):
+            raise UsageError(f"{path}: the results path is a directory; name a file") from None
         raise UsageError(f"{path}: cannot read the results file: {exc.strerror}") from None
     with handle:
-        for _number, row in _rows(handle, path, fmt):
+        for _number, row in _rows(handle, path, fmt, names):
             if row is not None:
                 yield row
 
@@ -431,9 +468,13 @@ def _lines(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
         yield number, raw
 
 
-def _rows(handle: IO[bytes], path: Path, fmt: Format) -> Iterator[tuple[int, Row | None]]:
-    """(line number, row) of each row; None for a torn last line."""
-    return _csv_rows(handle, path) if fmt == "csv" else _jsonl_rows(handle, path)
+def _rows(
+    handle: IO[bytes], path: Path, fmt: Format, names: tuple[str, ...] = _LEDGER_FIELDS
+) -> Iterator[tuple[int, tuple[str, ...] | None]]:
+    """(line number, the ``names`` columns) of each row; None for a torn last line."""
+    if fmt == "csv":
+        return _csv_rows(handle, path, names)
+    return _jsonl_rows(handle, path, names)
 
 
 def _text(raw: bytes, path: Path, number: int) -> str:
@@ -460,17 +501,19 @@ def _csv_header(raw: bytes, path: Path) -> list[str]:
 
 
 _STATUS_AT = BASE_COLUMNS.index("status")
-_SERVICE_AT = BASE_COLUMNS.index("service_url")
 
 
-def _csv_rows(handle: IO[bytes], path: Path) -> Iterator[tuple[int, Row | None]]:
+def _csv_rows(
+    handle: IO[bytes], path: Path, names: tuple[str, ...]
+) -> Iterator[tuple[int, tuple[str, ...] | None]]:
     lines = _lines(handle, path)
     for _number, raw in lines:
         if raw:
             _csv_header(raw, path)
         break
     width = len(BASE_COLUMNS)
-    status_at, service_at = _STATUS_AT, _SERVICE_AT
+    status_at = _STATUS_AT
+    at = [BASE_COLUMNS.index(name) for name in names]
     for number, raw in lines:
         if not raw:
             yield number, None
@@ -485,7 +528,7 @@ def _csv_rows(handle: IO[bytes], path: Path) -> Iterator[tuple[int, Row | None]]
         status = fields[status_at]
         if status not in STATUSES:
             raise _damaged(path, number, f"status {status[:40]!r} is none of {', '.join(STATUSES)}")
-        yield number, (fields[0], fields[1], status, fields[service_at])
+        yield number, tuple(fields[i] for i in at)
 
 
 def _csv_line(text: str, path: Path, number: int) -> list[str]:
@@ -502,7 +545,9 @@ def _csv_line(text: str, path: Path, number: int) -> list[str]:
     return fields[0] if fields else []
 
 
-def _jsonl_rows(handle: IO[bytes], path: Path) -> Iterator[tuple[int, Row | None]]:
+def _jsonl_rows(
+    handle: IO[bytes], path: Path, names: tuple[str, ...]
+) -> Iterator[tuple[int, tuple[str, ...] | None]]:
     for number, raw in _lines(handle, path):
         if not raw:
             yield number, None
@@ -517,11 +562,13 @@ def _jsonl_rows(handle: IO[bytes], path: Path) -> Iterator[tuple[int, Row | None
         if not isinstance(data, dict):
             raise _damaged(path, number, f"a JSON {type(data).__name__}, not an object")
         try:
-            row = (data["source"], data["name"], data["status"], data["service_url"])
+            # The ledger's four keys must be there; the others read as empty when absent.
+            row = tuple(data[n] if n in _LEDGER_FIELDS else data.get(n, "") for n in names)
+            status = data["status"]
         except KeyError as exc:
             raise _damaged(path, number, f"no {exc.args[0]!r} key") from None
         if not all(isinstance(value, str) for value in row):
-            raise _damaged(path, number, "source, name, status and service_url must be strings")
-        if row[2] not in STATUSES:
-            raise _damaged(path, number, f"status {row[2][:40]!r} is none of {', '.join(STATUSES)}")
+            raise _damaged(path, number, f"{', '.join(names)} must be strings")
+        if status not in STATUSES:
+            raise _damaged(path, number, f"status {status!s:.40} is none of {', '.join(STATUSES)}")
         yield number, row

@@ -811,3 +811,30 @@ def test_results_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
     """A --results that names a directory is a UsageError that says so."""
     with pytest.raises(UsageError, match="is a directory"):
         ledger_of(tmp_path, "csv")
+
+
+@pytest.mark.parametrize("command", ["status", "prune", "reconcile"])
+def test_every_command_reads_the_results_file_as_strictly_as_submit(
+    tmp_path: Path, command: str
+) -> None:
+    """status, prune and reconcile read the results file through the same reader as the
+    ledger: a damaged line in the middle stops them (exit 2, file:line), never skipped."""
+    results = tmp_path / "r.csv"
+    good = "obs://in-bucket/a.mp4,a,0123,submitted,201,,,1,,2026-01-01T00:00:00Z,u,False,2\r\n"
+    results.write_text(
+        ",".join(COLUMNS) + "\r\n" + good + 'obs://in-bucket/b.mp4,"b,broken\r\n' + good,
+        encoding="utf-8",
+    )
+    done = run_cli(command, str(results))
+    assert done.returncode == 2, done.stderr
+    assert f"{results}:3:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_prune_refuses_a_file_that_is_not_a_results_file(tmp_path: Path) -> None:
+    """`prune listing.txt --format csv` is a usage error, not "nothing to prune"."""
+    listing = tmp_path / "listing.txt"
+    listing.write_text("obs://in-bucket/a.mp4\n", encoding="utf-8")
+    done = run_cli("prune", str(listing), "--format", "csv")
+    assert done.returncode == 2, done.stderr
+    assert "not a batchsubmit results file" in done.stderr
