@@ -330,7 +330,7 @@ async def test_max_failures_stops_the_run() -> None:
 
 async def test_retries_go_before_new_jobs_for_a_free_slot() -> None:
     """An in-flight slot freed while both wait goes to the job already under way."""
-    from batchsubmit.pool import _Slots
+    from batchsubmit.engine.gate import Slots as _Slots
 
     slots = _Slots(1)
     await slots.acquire(first=True)
@@ -353,7 +353,7 @@ async def test_retries_go_before_new_jobs_for_a_free_slot() -> None:
 
 async def test_a_cancelled_waiter_does_not_lose_a_slot() -> None:
     """Cancelling a waiter never leaks or doubles a slot."""
-    from batchsubmit.pool import _Slots
+    from batchsubmit.engine.gate import Slots as _Slots
 
     slots = _Slots(1)
     await slots.acquire(first=True)
@@ -514,7 +514,7 @@ async def test_helpers_take_the_place_of_waiting_jobs_up_to_the_backlog() -> Non
     assert all(r.status == "submitted" and r.reconciled for r in rows.rows)
     assert service.creates == 8
     assert service.most_in_flight == 2
-    assert pool._workers == 0
+    assert pool.busy == 0
 
 
 async def test_sources_failing_mid_run_stop_the_run_with_every_row() -> None:
