@@ -21,6 +21,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
+from .durable import sync_dir
 from .errors import LockedError, UsageError
 
 __all__ = ["CHECKPOINT", "Journal", "RunLock", "journal_services", "read_intents"]
@@ -97,7 +98,7 @@ class Journal:
             if self._durable:
                 os.fsync(handle.fileno())
         os.replace(temporary, self.path)
-        _sync_dir(self.path.parent, self._durable)
+        sync_dir(self.path.parent, self._durable)
         return self.path.open("ab")
 
     def intend(self, intents: list[tuple[str, str]]) -> None:
@@ -155,16 +156,6 @@ class Journal:
         self._file.close()
         if not self._open:
             self.path.unlink(missing_ok=True)
-
-
-def _sync_dir(directory: Path, durable: bool) -> None:
-    if not durable:
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RunLock:

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import orjson
 
+from .durable import drop_torn_tail, sync_dir
 from .errors import UsageError
 
 __all__ = [
@@ -307,7 +308,7 @@ def compact(path: Path, warn: Callable[[str], None], *, durable: bool = True) ->
         if durable:
             os.fsync(out.fileno())
     os.replace(temporary, path)
-    _sync_dir(path.parent, durable)
+    sync_dir(path.parent, durable)
     return index.lines - live
 
 
@@ -331,10 +332,10 @@ class RecordWriter:
             self._file: IO[bytes] = path.open("a+b", buffering=WRITE_BUFFER)
         except OSError as exc:
             raise UsageError(f"{path}: cannot open the follow record: {exc.strerror}") from None
-        _drop_torn_tail(self._file, path, warn or (lambda _m: None))
+        drop_torn_tail(self._file, path, warn or (lambda _m: None))
         self._file.seek(0, os.SEEK_END)
         if created:
-            _sync_dir(path.parent, durable)
+            sync_dir(path.parent, durable)
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -363,31 +364,3 @@ class RecordWriter:
             self._file.close()
 
 
-def _drop_torn_tail(handle: IO[bytes], path: Path, warn: Callable[[str], None]) -> None:
-    size = handle.seek(0, os.SEEK_END)
-    if size == 0:
-        return
-    handle.seek(size - 1)
-    if handle.read(1) == b"\n":
-        return
-    keep, end = 0, size
-    while end > 0:  # back in 64 KiB steps to the last newline
-        start = max(0, end - 65536)
-        handle.seek(start)
-        cut = handle.read(end - start).rfind(b"\n")
-        if cut >= 0:
-            keep = start + cut + 1
-            break
-        end = start
-    warn(f"{path}: the last line was cut short by an earlier crash; dropped ({size - keep} bytes)")
-    handle.truncate(keep)
-
-
-def _sync_dir(directory: Path, durable: bool) -> None:
-    if not durable:
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -30,6 +30,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
+from .durable import drop_torn_tail
 from .errors import UsageError
 from .hashes import HashBuckets, stable_hash
 from .vas import ServiceIdentity, service_identity
@@ -139,7 +140,7 @@ class ResultsWriter:
         except OSError as exc:
             raise UsageError(f"{path}: cannot open the results file: {exc.strerror}") from None
         try:
-            self._drop_torn_tail(warn)
+            drop_torn_tail(self._file, path, warn)
             self._columns = self._header_columns() if fmt == "csv" else None
         except BaseException:
             self._file.close()
@@ -161,34 +162,6 @@ class ResultsWriter:
         if tuple(header) == COLUMNS:
             return None
         return [COLUMNS.index(name) if name in COLUMNS else -1 for name in header]
-
-    def _drop_torn_tail(self, warn: Callable[[str], None]) -> None:
-        handle = self._file
-        size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return
-        # Look back in 64 KiB steps for the last newline: a torn line longer than one step
-        # must not take the complete rows before it along.
-        keep = 0
-        end = size
-        while end > 0:
-            start = max(0, end - 65536)
-            handle.seek(start)
-            cut = handle.read(end - start).rfind(b"\n")
-            if cut >= 0:
-                keep = start + cut + 1
-                break
-            end = start
-        handle.seek(keep)
-        torn = handle.read(120)
-        warn(
-            f"{self.path}: the last line was cut short by an earlier crash; set aside "
-            f"({size - keep} bytes): {torn!r}"
-        )
-        handle.truncate(keep)
 
     def write(self, outcome: Outcome) -> None:
         if len(outcome.error_msg) > ERROR_MSG_MAX:

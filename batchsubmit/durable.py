@@ -1,0 +1,52 @@
+"""Append-only files that survive a crash: the results file, the follow record and the
+journals share these two rules. Plain file I/O, nothing else."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+__all__ = ["drop_torn_tail", "sync_dir"]
+
+_STEP = 65536  # bytes looked back at a time for the last complete line
+
+
+def drop_torn_tail(handle: IO[bytes], path: Path, warn: Callable[[str], None]) -> None:
+    """Cut a last line that a crash left without its newline (the only damage an append-only
+    file of whole lines can take), saying so. Looks back in 64 KiB steps, so a torn line
+    longer than one step does not take the complete lines before it along."""
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    handle.seek(size - 1)
+    if handle.read(1) == b"\n":
+        return
+    keep, end = 0, size
+    while end > 0:
+        start = max(0, end - _STEP)
+        handle.seek(start)
+        cut = handle.read(end - start).rfind(b"\n")
+        if cut >= 0:
+            keep = start + cut + 1
+            break
+        end = start
+    handle.seek(keep)
+    torn = handle.read(120)
+    warn(
+        f"{path}: the last line was cut short by an earlier crash; set aside "
+        f"({size - keep} bytes): {torn!r}"
+    )
+    handle.truncate(keep)
+
+
+def sync_dir(directory: Path, durable: bool = True) -> None:
+    """Make a rename or a new file in ``directory`` durable (fsync the directory itself)."""
+    if not durable:
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
