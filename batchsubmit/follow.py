@@ -19,7 +19,6 @@ import csv
 import io
 import os
 import re
-import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -538,7 +537,9 @@ class Follower:
         )
         async with anyio.create_task_group() as group:
             if watch_signals:
-                group.start_soon(self._watch_signals)
+                from .runner import watch_signals as stop_on_signals
+
+                group.start_soon(stop_on_signals, pool, lambda _signum: self.stop_event.set())
             if config.deadline is not None:
                 group.start_soon(self._watch_deadline)
             group.start_soon(self._sync_often)
@@ -932,19 +933,6 @@ class Follower:
         return self.config.collect / (_safe_name(record.name or record.job_id) + ".json")
 
     # -- background tasks -----------------------------------------------------------------------
-
-    async def _watch_signals(self) -> None:
-        """SIGINT/SIGTERM: finish the calls in flight, record them, write the report."""
-        assert self.pool is not None
-        pool = self.pool
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-            async for signum in received:
-                if pool.stats.signal is not None:
-                    pool.stop_now()
-                    continue
-                pool.stats.signal = int(signum)
-                self.stop_event.set()
-                pool.stop(f"{signal.Signals(signum).name} received; a second one stops at once")
 
     async def _watch_deadline(self) -> None:
         assert self.pool is not None

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -476,7 +476,9 @@ async def _prune_locked(
                     service_url=next(iter(clients)),
                 )
                 async with anyio.create_task_group() as group:
-                    group.start_soon(_watch_signals, pool, stats)
+                    from .runner import watch_signals
+
+                    group.start_soon(watch_signals, pool, partial(setattr, stats, "signal"))
                     await _delete_all(pool, clients, work, writer, journal, stats, config)
                     group.cancel_scope.cancel()
                 _take_pool_stats(stats, pool)
@@ -616,15 +618,6 @@ def _describe(answer: Answer) -> str:
     if answer.request_id:
         text += f" (request id {answer.request_id})"
     return text
-
-
-async def _watch_signals(pool: Pool, stats: PruneStats) -> None:
-    """SIGINT/SIGTERM: no new delete starts; the ones in flight finish and are recorded."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-        async for signum in received:
-            stats.signal = int(signum)
-            pool.stats.signal = int(signum)
-            pool.stop(f"{signal.Signals(signum).name} received")
 
 
 # -- make-room ----------------------------------------------------------------------------------

@@ -243,7 +243,7 @@ async def _with_pool(
                     journal=journal,
                 )
                 async with anyio.create_task_group() as group:
-                    group.start_soon(_watch_signals, pool)
+                    group.start_soon(watch_signals, pool)
                     group.start_soon(_flush_rows, writer)
                     await passes(pool)
                     group.cancel_scope.cancel()
@@ -273,12 +273,16 @@ async def _flush_rows(writer: ResultsWriter) -> None:
         writer.flush()
 
 
-async def _watch_signals(pool: Pool) -> None:
-    """SIGINT/SIGTERM: the first stops the pool gently, the second at once."""
+async def watch_signals(pool: Pool, on_signal: Callable[[int], None] | None = None) -> None:
+    """SIGINT/SIGTERM, for every command that runs a pool: the first stops it gently (nothing
+    new starts, calls in flight finish and are recorded), the second at once (calls cut off
+    are resolved next time). ``on_signal`` hears the first, for the command's own stats."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
         async for signum in received:
             if pool.stats.signal is not None:
                 pool.stop_now()
                 continue
             pool.stats.signal = int(signum)
+            if on_signal is not None:
+                on_signal(int(signum))
             pool.stop(f"{signal.Signals(signum).name} received; a second one stops at once")
