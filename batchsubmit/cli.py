@@ -30,7 +30,7 @@ from .errors import BatchSubmitError, CredentialError, UsageError
 from .jobs import JobSpec
 from .journal import journal_services
 from .manifest import Manifest, load_manifest
-from .obs import obs_keys, spool_prefixes
+from .obs import spool_prefixes
 from .pool import PoolSettings, RunStats
 from .progress import Log, make_reporter
 from .prune import (
@@ -773,7 +773,9 @@ async def _run_submit(config: RunConfig, args: argparse.Namespace, log: Log, sta
     spool = tempfile.TemporaryDirectory(prefix="batchsubmit-")
     try:
         if _live(manifest):
-            manifest = _spooled(manifest, args, config.credentials, Path(spool.name), log)
+            manifest = await _spooled(
+                manifest, args, config.credentials, Path(spool.name), log, config.pool
+            )
             config = replace(config, manifest=manifest)
         uncertain = prepared.uncertain
         ledger = None if config.resubmit else prepared.ledger
@@ -811,23 +813,26 @@ def _live(manifest: Manifest) -> bool:
     return any(source.prefix is not None for source in manifest.sources)
 
 
-def _spooled(
+async def _spooled(
     manifest: Manifest,
     args: argparse.Namespace,
     credentials: Credentials | CredentialProvider,
     directory: Path,
     log: Log,
+    settings: PoolSettings,
 ) -> Manifest:
-    """List live OBS prefixes now, before any VAS request (errors exit 2)."""
-    credentials = obs_keys(credentials)
+    """List live OBS prefixes now, before any VAS request (errors exit 2), each page through
+    a gate with the run's in-flight cap, rate and retry policy."""
     endpoint = _check_endpoint(args.obs_endpoint, "--obs-endpoint") if args.obs_endpoint else None
-    return spool_prefixes(
+    return await spool_prefixes(
         manifest,
         endpoint or manifest.service.obs_endpoint,
         credentials,
         directory,
         _warner(log),
         lambda message: log.line("info", message),
+        settings=settings,
+        log=log.line,
     )
 
 
@@ -882,7 +887,10 @@ def _dry_run(
     summary = ExpandSummary(ExpandStats())
     with tempfile.TemporaryDirectory(prefix="batchsubmit-") as spool:
         if _live(manifest):
-            manifest = _spooled(manifest, args, _credentials(), Path(spool), log)
+            settings = PoolSettings(concurrency=args.concurrency, rate=args.rate)
+            manifest = anyio.run(
+                _spooled, manifest, args, _credentials(), Path(spool), log, settings
+            )
         _print_specs(plan(manifest, ledger, (), summary, warn), endpoint.tasks_url)
     _log_expand(log, summary.expand)
     log.line(

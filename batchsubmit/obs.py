@@ -2,37 +2,50 @@
 OBS's header signature (HMAC-SHA1 over the StringToSign, ``Authorization: OBS AK:signature``).
 
 A prefix is listed once, before the first VAS request, into a spool file of plain ``obs://``
-lines that the run then reads like any listing: memory stays flat however large the prefix,
-and a listing error stops the run (exit 2) before anything is created. Listing is blocking
-I/O on purpose: nothing else runs yet.
+lines that the run then reads like any listing: memory stays flat however large the prefix
+(one page at a time), and a listing error stops the run (exit 2) before anything is created.
+
+Every page is a call through a :class:`~batchsubmit.pool.Pool`'s gate, like every call to
+Huawei Cloud: the run's in-flight cap and rate, the one retry policy (backoff, Retry-After,
+throttle learning on OBS's ``SlowDown``). :class:`ObsClient` sends one page and turns what
+happened into an :class:`~batchsubmit.answers.Answer` (:func:`classify`); it never retries.
+The listing runs before the run's own pool exists, so it has a pool of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import ipaddress
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 from pathlib import Path
-from typing import IO
-from urllib.parse import quote, urlsplit
+from typing import Any
 from xml.etree import ElementTree
 
-from .auth import Credentials
-from .credentials import CredentialProvider
-from .errors import UsageError
+import aiohttp
+from yarl import URL
+
+from .answers import Answer, Kind, retry_after_seconds, tidy
+from .auth import Credentials, Secret, canonical_query
+from .client import open_session
+from .credentials import CredentialProvider, static_provider
+from .errors import CredentialError, UsageError
 from .manifest import Manifest
+from .pool import Pool, PoolSettings, Stopped
+from .proxies import proxy_for
 
 __all__ = [
     "ListPage",
+    "ObsClient",
     "authorization",
-    "list_prefix",
+    "classify",
+    "list_pages",
+    "listing_pool",
     "obs_keys",
     "parse_list_result",
     "signed_headers",
@@ -40,10 +53,14 @@ __all__ = [
 ]
 
 PAGE = 1000
-ATTEMPTS = 4
-TIMEOUT = 30.0
+TIMEOUT = 30.0  # seconds without a byte of the answer (a socket timeout, as before)
+CONNECT_TIMEOUT = 10.0
 PAGE_BYTES_MAX = 16 << 20  # a page of 1,000 keys of 1 KiB is about 1.5 MiB of XML
 ERROR_BYTES_MAX = 4096  # of an error answer: its Code and Message come first
+# OBS's throttling answer (503, or 429 behind some gateways): slow down, like VAS's 429.
+SLOW_DOWN = "SlowDown"
+
+LogFn = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -82,24 +99,33 @@ def obs_keys(credentials: Credentials | CredentialProvider) -> Credentials:
     token), not an IAM token."""
     if isinstance(credentials, Credentials):
         return credentials
-    secret = credentials.fresh()
+    return _access_keys(credentials.fresh(), credentials)
+
+
+def _access_keys(secret: Secret | None, provider: CredentialProvider) -> Credentials:
     if not isinstance(secret, Credentials):
         raise UsageError(
-            f"live OBS prefixes need access keys, and {credentials.source_name} gives an IAM "
+            f"live OBS prefixes need access keys, and {provider.source_name} gives an IAM "
             "token: use a listing file, or AK/SK (environment, profile file or ECS metadata)"
             if secret is not None
-            else f"the credentials from {credentials.source_name} are due for a refresh"
+            else f"the credentials from {provider.source_name} are due for a refresh"
         )
     return secret
 
 
 def parse_list_result(xml: bytes) -> ListPage:
-    """Keys, IsTruncated and NextMarker of a ListBucketResult (namespace or not)."""
-    root = ElementTree.fromstring(xml)
+    """Keys, IsTruncated and NextMarker of a ListBucketResult (namespace or not). Raises
+    ValueError for an answer that is not one."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError as exc:
+        raise ValueError(f"the answer is not XML ({exc})") from None
 
     def local(tag: str) -> str:
         return tag.rpartition("}")[2]
 
+    if local(root.tag) != "ListBucketResult":
+        raise ValueError(f"the answer is <{local(root.tag)[:40]}>, not a ListBucketResult")
     keys: list[str] = []
     truncated = False
     next_marker = ""
@@ -116,31 +142,205 @@ def parse_list_result(xml: bytes) -> ListPage:
     return ListPage(tuple(keys), truncated, next_marker)
 
 
-def list_prefix(
-    endpoint: str,
-    bucket: str,
-    prefix: str,
-    credentials: Credentials,
+# -- what an OBS answer means -------------------------------------------------------------------
+
+
+def classify(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
     *,
-    page: int = PAGE,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[str]:
-    """Every key under ``prefix``, page after page, following NextMarker (or the last key)."""
-    parts = urlsplit(endpoint)
-    path_style = _is_address(parts.hostname or "")
-    host = parts.netloc if path_style else f"{bucket}.{parts.netloc}"
-    base = f"{parts.scheme}://{host}/" + (f"{quote(bucket)}" if path_style else "")
-    marker = ""
-    while True:
-        query = f"prefix={quote(prefix, safe='')}&max-keys={page}"
+    cut: bool = False,
+    secrets: Iterable[str] = (),
+) -> Answer:
+    """One ListObjects answer as an Answer: 200 with a ListBucketResult is OK (``data``: the
+    :class:`ListPage`); ``SlowDown`` and 429 are throttles, another 5xx is transient (a read);
+    the rest (403 ``AccessDenied``, ``SignatureDoesNotMatch``, 404 ``NoSuchBucket``, a page over
+    the cap, an answer that is not a listing) fails the listing. ``cut``: ``body`` is only the
+    start of a longer answer."""
+    request_id = headers.get("x-obs-request-id", "") or headers.get("x-amz-request-id", "")
+    if 200 <= status < 300:
+        if cut:
+            return Answer(
+                kind=Kind.FAILED,
+                status=status,
+                error_code="TOO_LARGE",
+                error_msg=f"a page of the answer is over {PAGE_BYTES_MAX >> 20} MiB",
+                request_id=request_id,
+            )
+        try:
+            page = parse_list_result(body)
+        except ValueError as exc:
+            return Answer(
+                kind=Kind.FAILED,
+                status=status,
+                error_code="NOT_A_LISTING",
+                error_msg=str(exc),
+                request_id=request_id,
+            )
+        return Answer(kind=Kind.OK, status=status, data=page, request_id=request_id)
+    text = body.decode("utf-8", "replace")
+    code, message = _xml_text(text, "Code"), _xml_text(text, "Message")
+    request_id = request_id or _xml_text(text, "RequestId")
+    common: dict[str, Any] = {
+        "status": status,
+        "error_code": code,
+        "error_msg": message,
+        "request_id": request_id,
+    }
+    retry_after = retry_after_seconds(headers.get("Retry-After"))
+    if status == 429 or code == SLOW_DOWN:
+        kind = Kind.THROTTLED
+    elif status >= 500 or status == 408:
+        kind = Kind.UNAVAILABLE
+    else:
+        return tidy(Answer(kind=Kind.FAILED, advice=_advice(status), **common), secrets)
+    return tidy(Answer(kind=kind, retry_after=retry_after, **common), secrets)
+
+
+def _xml_text(body: str, tag: str) -> str:
+    start, end = body.find(f"<{tag}>"), body.find(f"</{tag}>")
+    if not 0 <= start < end:
+        return ""
+    return " ".join(body[start + len(tag) + 2 : end].split())[:200]
+
+
+def _advice(status: int) -> str:
+    if status in (401, 403):
+        return "check the credentials (HUAWEICLOUD_SDK_AK/SK) and that they may list the bucket"
+    if status == 404:
+        return "no such bucket at this OBS endpoint (check service.obs_endpoint or region)"
+    if 300 <= status < 400:
+        return "OBS redirected: the bucket is in another region (check service.obs_endpoint)"
+    return ""
+
+
+def problem(answer: Answer) -> str:
+    """``HTTP 403 AccessDenied: Access Denied`` (an OBS answer), or what went wrong without
+    one."""
+    if answer.status and not 200 <= answer.status < 300:
+        shown = f"HTTP {answer.status} {answer.error_code}".strip()
+        return f"{shown}: {answer.error_msg}" if answer.error_msg else shown
+    return answer.error_msg or answer.error_code or "no answer"
+
+
+# -- sending ------------------------------------------------------------------------------------
+
+
+class ObsClient:
+    """Signed ListObjects pages on one OBS endpoint; never raises for what happened, never
+    retries (the gate does). Asks the credentials provider for valid keys before every page, so
+    a long listing never signs with temporary keys that have expired."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        endpoint: str,
+        credentials: Credentials | CredentialProvider,
+        *,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self._session = session
+        self._endpoint = endpoint
+        if isinstance(credentials, Credentials):
+            credentials = static_provider(credentials)
+        credentials.bind(session)
+        self._provider = credentials
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(CONNECT_TIMEOUT, timeout), sock_read=timeout
+        )
+        self.calls = 0  # pages asked for, retries included
+        self.last: Answer | None = None  # the latest page's answer
+
+    def bucket_url(self, bucket: str) -> URL:
+        """The bucket's URL: path style for an IP address or localhost, else virtual host."""
+        endpoint = URL(self._endpoint)
+        host, port = endpoint.host or "", endpoint.explicit_port
+        if _is_address(host):
+            return URL.build(scheme=endpoint.scheme, host=host, port=port, path=f"/{bucket}")
+        return URL.build(scheme=endpoint.scheme, host=f"{bucket}.{host}", port=port, path="/")
+
+    async def list_page(self, bucket: str, prefix: str, marker: str, limit: int = PAGE) -> Answer:
+        """One page of the keys under ``prefix`` after ``marker``."""
+        self.calls += 1
+        self.last = answer = await self._list_page(bucket, prefix, marker, limit)
+        return answer
+
+    async def _list_page(self, bucket: str, prefix: str, marker: str, limit: int) -> Answer:
+        provider = self._provider
+        try:
+            keys = _access_keys(provider.fresh() or await provider.current(), provider)
+        except (CredentialError, UsageError) as exc:
+            return Answer(kind=Kind.FAILED, error_code="CREDENTIALS", error_msg=str(exc))
+        base = self.bucket_url(bucket)
+        query: dict[str, str | int] = {"prefix": prefix, "max-keys": limit}
         if marker:
-            query += f"&marker={quote(marker, safe='')}"
-        where = f"obs://{bucket}/{prefix}"
-        result = parse_list_result(_get(f"{base}?{query}", where, bucket, credentials, sleep))
-        yield from result.keys
-        if not result.truncated or not result.keys:
-            return
-        marker = result.next_marker or result.keys[-1]
+            query["marker"] = marker
+        proxy = proxy_for(base)
+        headers = signed_headers(keys, "GET", f"/{bucket}/")
+        host = base.raw_authority
+        try:
+            async with self._session.get(
+                URL(f"{base}?{canonical_query(query)}", encoded=True),
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=proxy.url,
+                proxy_auth=proxy.auth,
+            ) as response:
+                ok = 200 <= response.status < 300
+                body, cut = await _read_capped(response, PAGE_BYTES_MAX if ok else ERROR_BYTES_MAX)
+                return classify(
+                    response.status,
+                    response.headers,
+                    body,
+                    cut=cut and ok,
+                    secrets=provider.secrets(),
+                )
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return Answer(
+                kind=Kind.FAILED, error_code="TLS", error_msg=f"{host}: {exc.certificate_error}"
+            )
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc, aiohttp.ClientConnectorDNSError):
+                code = "DNS"
+            elif isinstance(exc, aiohttp.ClientConnectorSSLError):
+                code = "TLS"
+            else:
+                code = "CONNECT"
+            return Answer(
+                kind=Kind.NOT_SENT,
+                error_code=code,
+                error_msg=f"cannot reach {host}: {_describe(exc.os_error)}",
+            )
+        except aiohttp.ConnectionTimeoutError as exc:
+            return Answer(
+                kind=Kind.NOT_SENT,
+                error_code="CONNECT_TIMEOUT",
+                error_msg=f"connecting to {host} timed out: {_describe(exc)}",
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            code = "TIMEOUT" if isinstance(exc, asyncio.TimeoutError) else "CONNECTION"
+            return Answer(kind=Kind.UNAVAILABLE, error_code=code, error_msg=_describe(exc))
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """At most ``cap`` bytes of the body, and whether there was more (then the connection is
+    closed rather than drained)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await response.content.read(cap + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            response.close()
+            return b"".join(chunks)[:cap], True
+    return b"".join(chunks), False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 
 
 def _is_address(host: str) -> bool:
@@ -153,106 +353,140 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _get(
-    url: str, where: str, bucket: str, credentials: Credentials, sleep: Callable[[float], None]
-) -> bytes:
-    """One signed GET, retried on 503 and connection failures; other errors stop the run,
-    naming the prefix (``where``) and the answer's error code and message."""
-    problem = ""
-    for attempt in range(1, ATTEMPTS + 1):
-        date = formatdate(usegmt=True)
-        obs_headers = {}
-        if credentials.security_token:
-            obs_headers["x-obs-security-token"] = credentials.security_token
-        to_sign = string_to_sign("GET", date, f"/{bucket}/", obs_headers)
-        headers = {
-            "Date": date,
-            "Authorization": authorization(credentials, to_sign),
-            **obs_headers,
-        }
-        request = urllib.request.Request(url, headers=headers, method="GET")
+# -- listing through the gate -------------------------------------------------------------------
+
+
+class _NoRows:
+    """The listing pool makes no creates, so it writes no results rows."""
+
+    def write(self, outcome: object) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+
+class _LogReporter:
+    def __init__(self, log: LogFn) -> None:
+        self.log = log
+
+    def outcome(self, outcome: object) -> None:
+        return None
+
+
+class _NoCreates:
+    """The listing pool's ``api``: it runs no pass, only :meth:`Pool.call`."""
+
+    async def create(self, body: bytes) -> Answer:
+        return Answer(kind=Kind.FAILED, error_msg="the OBS listing pool creates nothing")
+
+    async def list_page(self, name_like: str, offset: int, limit: int = 0) -> Answer:
+        return Answer(kind=Kind.FAILED, error_msg="the OBS listing pool lists no VAS tasks")
+
+
+def listing_pool(settings: PoolSettings, log: LogFn, service_url: str) -> Pool:
+    """A pool for the listing alone, with the run's in-flight cap, rate and retry policy (it
+    runs before the run's pool exists): no results, no journal, no deadline or job limits."""
+    own = PoolSettings(
+        concurrency=settings.concurrency,
+        rate=settings.rate,
+        retry=settings.retry,
+        controller=settings.controller,
+        seed=settings.seed,
+    )
+    return Pool(_NoCreates(), _NoRows(), _LogReporter(log), own, service_url=service_url)
+
+
+async def list_pages(
+    pool: Pool, client: ObsClient, bucket: str, prefix: str, *, page: int = PAGE
+) -> AsyncIterator[tuple[str, ...]]:
+    """The keys under ``prefix``, a page at a time, following NextMarker (or the last key).
+    Raises UsageError naming ``obs://bucket/prefix`` and OBS's code and message when a page
+    cannot be had."""
+    where = f"obs://{bucket}/{prefix}"
+    marker = ""
+    while True:
+        before = client.calls
         try:
-            handle: IO[bytes]
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as handle:
-                page = handle.read(PAGE_BYTES_MAX + 1)
-            if len(page) > PAGE_BYTES_MAX:
-                raise UsageError(
-                    f"listing {where} failed: a page of the answer is over "
-                    f"{PAGE_BYTES_MAX >> 20} MiB (is {url.partition('?')[0]} an OBS endpoint?)"
-                )
-            return page
-        except urllib.error.HTTPError as exc:
-            problem = _http_problem(exc.code, exc.read(ERROR_BYTES_MAX))
-            if exc.code not in (429, 500, 502, 503, 504):
-                raise UsageError(f"listing {where} failed: {problem}{_advice(exc.code)}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            problem = str(getattr(exc, "reason", exc))
-        if attempt < ATTEMPTS:
-            sleep(min(8.0, 2.0 ** (attempt - 1)))
-    raise UsageError(f"listing {where} failed {ATTEMPTS} times: {problem}")
+            answer = await pool.call(client.list_page, bucket, prefix, marker, page)
+        except Stopped:  # the endpoint cannot be reached at all (the gate's first-call rule)
+            answer = client.last or Answer(kind=Kind.FAILED, error_msg="stopped")
+            raise UsageError(
+                f"listing {where} failed: {problem(answer)}; check service.obs_endpoint (or "
+                "--obs-endpoint) and this machine's network (DNS, proxy, firewall)"
+            ) from None
+        if answer.kind is not Kind.OK:
+            tries = client.calls - before
+            if answer.kind is Kind.FAILED or tries == 1:
+                advice = answer.advice
+                if answer.error_code in ("TOO_LARGE", "NOT_A_LISTING"):
+                    advice = f"is {client.bucket_url(bucket)} an OBS endpoint?"
+                tail = f"; {advice}" if advice else ""
+                raise UsageError(f"listing {where} failed: {problem(answer)}{tail}")
+            raise UsageError(f"listing {where} failed {tries} times: {problem(answer)}")
+        result: ListPage = answer.data
+        yield result.keys
+        if not result.truncated or not result.keys:
+            return
+        marker = result.next_marker or result.keys[-1]
 
 
-def _http_problem(status: int, body: bytes) -> str:
-    """``HTTP 403 AccessDenied: Access Denied`` from an OBS error answer (code and message)."""
-    text = body.decode("utf-8", "replace")
-    code, message = _xml_text(text, "Code"), _xml_text(text, "Message")
-    problem = f"HTTP {status} {code}".strip()
-    return f"{problem}: {message}" if message else problem
-
-
-def _xml_text(body: str, tag: str) -> str:
-    start, end = body.find(f"<{tag}>"), body.find(f"</{tag}>")
-    if not 0 <= start < end:
-        return ""
-    return " ".join(body[start + len(tag) + 2 : end].split())[:200]
-
-
-def _advice(status: int) -> str:
-    if status in (401, 403):
-        return "; check the credentials (HUAWEICLOUD_SDK_AK/SK) and that they may list the bucket"
-    if status == 404:
-        return "; no such bucket at this OBS endpoint (check service.obs_endpoint or region)"
-    return ""
-
-
-def spool_prefixes(
+async def spool_prefixes(
     manifest: Manifest,
     endpoint: str | None,
-    credentials: Credentials | None,
+    credentials: Credentials | CredentialProvider | None,
     directory: Path,
     warn: Callable[[str], None],
     info: Callable[[str], None],
+    *,
+    settings: PoolSettings | None = None,
+    log: LogFn | None = None,
+    session: aiohttp.ClientSession | None = None,
+    pool: Pool | None = None,
 ) -> Manifest:
-    """List every ``prefix`` source into a spool file and read it as a listing from then on."""
-    sources = []
-    for index, source in enumerate(manifest.sources):
-        if source.prefix is None:
-            sources.append(source)
-            continue
-        if endpoint is None or credentials is None:
-            raise UsageError(
-                f"{manifest.path}: {source.where}.prefix: live OBS prefixes need an OBS endpoint "
-                "and credentials (set service.region or service.obs_endpoint, or use "
-                "--obs-endpoint)"
-            )
-        bucket, _, prefix = source.prefix.removeprefix("obs://").partition("/")
-        spool = directory / f"prefix-{index}.txt"
-        count = 0
-        with spool.open("w", encoding="utf-8") as out:
-            for key in list_prefix(endpoint, bucket, prefix, credentials):
-                if "\n" in key or "\r" in key:
-                    warn(
-                        f"obs://{bucket}/{key!r}: a key with a line break cannot be submitted; "
-                        "skipped"
-                    )
-                    continue
-                out.write(f"obs://{bucket}/{key}\n")
-                count += 1
-        info(f"{source.where}: listed {count} objects under {source.prefix}")
-        if not count:
-            warn(
-                f"{manifest.path}: {source.where}.prefix: {source.prefix} lists no objects "
-                "(check the bucket and the folder's spelling; OBS keys are case-sensitive)"
-            )
-        sources.append(replace(source, prefix=None, listing=spool, listed_from=source.prefix))
+    """List every ``prefix`` source into a spool file and read it as a listing from then on.
+    Prefixes are listed one after another, each page after the one before (marker paging),
+    through ``pool`` (by default a :func:`listing_pool` of ``settings``)."""
+    if not any(source.prefix is not None for source in manifest.sources):
+        return manifest
+    if endpoint is None or credentials is None:
+        where = next(s.where for s in manifest.sources if s.prefix is not None)
+        raise UsageError(
+            f"{manifest.path}: {where}.prefix: live OBS prefixes need an OBS endpoint "
+            "and credentials (set service.region or service.obs_endpoint, or use "
+            "--obs-endpoint)"
+        )
+    settings = settings or PoolSettings()
+    if pool is None:
+        pool = listing_pool(settings, log or (lambda _level, _message: None), endpoint)
+    async with AsyncExitStack() as stack:
+        if session is None:
+            session = await stack.enter_async_context(open_session(settings.concurrency))
+        client = ObsClient(session, endpoint, credentials)
+        sources = []
+        for index, source in enumerate(manifest.sources):
+            if source.prefix is None:
+                sources.append(source)
+                continue
+            bucket, _, prefix = source.prefix.removeprefix("obs://").partition("/")
+            spool = directory / f"prefix-{index}.txt"
+            count = 0
+            with spool.open("w", encoding="utf-8") as out:
+                async for keys in list_pages(pool, client, bucket, prefix):
+                    for key in keys:
+                        if "\n" in key or "\r" in key:
+                            warn(
+                                f"obs://{bucket}/{key!r}: a key with a line break cannot be "
+                                "submitted; skipped"
+                            )
+                            continue
+                        out.write(f"obs://{bucket}/{key}\n")
+                        count += 1
+            info(f"{source.where}: listed {count} objects under {source.prefix}")
+            if not count:
+                warn(
+                    f"{manifest.path}: {source.where}.prefix: {source.prefix} lists no objects "
+                    "(check the bucket and the folder's spelling; OBS keys are case-sensitive)"
+                )
+            sources.append(replace(source, prefix=None, listing=spool, listed_from=source.prefix))
     return replace(manifest, sources=tuple(sources))

@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ast
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+import batchsubmit.obs
+from batchsubmit.answers import Kind
 from batchsubmit.auth import Credentials
+from batchsubmit.client import open_session
+from batchsubmit.credentials import CredentialProvider, Issued
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_SK
 from batchsubmit.errors import UsageError
 from batchsubmit.manifest import load_manifest
 from batchsubmit.obs import (
+    ObsClient,
     authorization,
-    list_prefix,
+    classify,
+    list_pages,
+    listing_pool,
     parse_list_result,
     spool_prefixes,
     string_to_sign,
 )
+from batchsubmit.pool import Pool, PoolSettings
+from batchsubmit.retry import RetryPolicy
 from batchsubmit.sources import ExpandStats, iter_objects
 
 from .helpers import (
@@ -32,6 +44,7 @@ from .helpers import (
     submit_args,
     video_keys,
 )
+from .test_proxy import ForwardProxy, closed_port
 
 NS = "http://obs.myhwclouds.com/doc/2015-06-30/"
 
@@ -70,28 +83,50 @@ def test_parse_list_result_with_namespace() -> None:
 
 
 class FakeObs(ServerThread):
-    """A bucket in a thread: ListObjects with prefix, marker and max-keys; checks signatures."""
+    """A bucket in a thread: ListObjects with prefix, marker and max-keys; checks signatures
+    (security token included) against the keys it knows, and counts calls."""
 
     def __init__(self, keys: list[str], *, status: int = 200) -> None:
         self.keys = sorted(keys)
         self.status = status
         self.calls = 0
+        self.valid = {EMULATOR_AK: Credentials(EMULATOR_AK, EMULATOR_SK)}
+        self.seen_aks: list[str] = []
+        # call number -> (status, OBS code, message) answered instead, with Retry-After: 0
+        self.faults: dict[int, tuple[int, str, str]] = {}
+        self.after_call: Callable[[], None] = lambda: None
         app = web.Application()
         app.router.add_get("/{bucket}", self._handle)
         super().__init__(lambda: serve_app(app))
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.calls += 1
+        try:
+            return self._answer(request)
+        finally:
+            self.after_call()
+
+    def _answer(self, request: web.Request) -> web.Response:
+        if self.calls in self.faults:
+            status, code, message = self.faults[self.calls]
+            return error(status, code, message, {"Retry-After": "0"})
         bucket = request.path.strip("/")
+        ak = request.headers.get("Authorization", "").removeprefix("OBS ").partition(":")[0]
+        self.seen_aks.append(ak)
+        keys = self.valid.get(ak)
+        token = request.headers.get("x-obs-security-token")
+        signed = {"x-obs-security-token": token} if token else {}
+        if keys is None or token != keys.security_token:
+            return error(403, "InvalidAccessKeyId", "The AK does not exist or has expired.")
         expected = authorization(
-            Credentials(EMULATOR_AK, EMULATOR_SK),
-            string_to_sign("GET", request.headers["Date"], f"/{bucket}/", {}),
+            keys, string_to_sign("GET", request.headers["Date"], f"/{bucket}/", signed)
         )
-        if request.headers.get("Authorization") != expected or self.status == 403:
-            return web.Response(
-                status=403,
-                text="<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
-            )
+        if request.headers.get("Authorization") != expected:
+            return error(403, "SignatureDoesNotMatch", "The request signature does not match.")
+        if self.status == 403:
+            return error(403, "AccessDenied", "Access Denied")
+        if self.status == 404:
+            return error(404, "NoSuchBucket", "The specified bucket does not exist")
         prefix = request.query.get("prefix", "")
         marker = request.query.get("marker", "")
         limit = int(request.query.get("max-keys", "1000"))
@@ -105,6 +140,17 @@ class FakeObs(ServerThread):
         return web.Response(text=xml, content_type="application/xml")
 
 
+def error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        text=f"<Error><Code>{code}</Code><Message>{message}</Message></Error>",
+        content_type="application/xml",
+        headers=headers,
+    )
+
+
 @pytest.fixture
 def fake_obs() -> Iterator[FakeObs]:
     keys = [f"cams/{k}" for k in video_keys(2500)] + ["cams/readme.txt", "other/x.mp4"]
@@ -113,16 +159,39 @@ def fake_obs() -> Iterator[FakeObs]:
     obs.close()
 
 
-def test_list_prefix_pages_through_everything(fake_obs: FakeObs) -> None:
-    """Every key under the prefix, across pages, in order; nothing outside it."""
-    keys = list(
-        list_prefix(
-            fake_obs.url, "in-bucket", "cams/", Credentials(EMULATOR_AK, EMULATOR_SK), page=1000
-        )
+KEYS = Credentials(EMULATOR_AK, EMULATOR_SK)
+
+
+async def list_all(
+    obs: FakeObs,
+    prefix: str = "cams/",
+    credentials: Credentials | CredentialProvider = KEYS,
+    *,
+    settings: PoolSettings | None = None,
+    logs: list[str] | None = None,
+) -> tuple[list[str], Pool]:
+    """Every key under ``prefix`` through a listing pool (returned, for its stats)."""
+    pool = listing_pool(
+        settings or PoolSettings(),
+        lambda _level, message: (logs if logs is not None else []).append(message),
+        obs.url,
     )
+    async with open_session(4) as session:
+        client = ObsClient(session, obs.url, credentials)
+        keys = [key async for page in list_pages(pool, client, "in-bucket", prefix) for key in page]
+    return keys, pool
+
+
+@pytest.mark.anyio
+async def test_list_prefix_pages_through_everything(fake_obs: FakeObs) -> None:
+    """Every key under the prefix, across pages, in order; nothing outside it; one gated call
+    per page."""
+    keys, pool = await list_all(fake_obs)
     assert len(keys) == 2501
     assert keys == sorted(keys)
     assert fake_obs.calls == 3
+    assert pool.stats.calls == 3
+    assert pool.stats.retries == 0
 
 
 def write_prefix_manifest(directory: Path) -> Path:
@@ -162,7 +231,11 @@ def test_obs_refusal_stops_before_any_vas_request(
         *submit_args(manifest, live_emulator.url, results, "--obs-endpoint", fake_obs.url)
     )
     assert done.returncode == 2
-    assert "AccessDenied" in done.stderr
+    assert (
+        "listing obs://in-bucket/cams/ failed: HTTP 403 AccessDenied: Access Denied; check the "
+        "credentials"
+    ) in done.stderr
+    assert "Traceback" not in done.stderr
     assert sum(live_emulator.emulator.calls.values()) == 0
 
 
@@ -173,21 +246,188 @@ def test_expand_refuses_live_prefixes(tmp_path: Path) -> None:
     assert "source[0].prefix" in done.stderr
 
 
-def test_listing_error_names_the_whole_prefix_and_the_answer(fake_obs: FakeObs) -> None:
+@pytest.mark.anyio
+async def test_listing_error_names_the_whole_prefix_and_the_answer(fake_obs: FakeObs) -> None:
     """A refused listing names obs://bucket/folder/ (not just the bucket) and OBS's error code
-    and message, with advice."""
+    and message, with advice; a refusal is not retried."""
     fake_obs.status = 403
-    credentials = Credentials(EMULATOR_AK, EMULATOR_SK)
     with pytest.raises(UsageError) as raised:
-        list(list_prefix(fake_obs.url, "in-bucket", "cams/dir/", credentials))
+        await list_all(fake_obs, "cams/dir/")
     message = str(raised.value)
     assert "listing obs://in-bucket/cams/dir/ failed: HTTP 403 AccessDenied: Access Denied" in (
         message
     )
     assert "check the credentials" in message
+    assert fake_obs.calls == 1
 
 
-def test_a_prefix_that_lists_nothing_warns_and_is_counted(
+@pytest.mark.anyio
+async def test_wrong_secret_and_missing_bucket_name_code_and_message(fake_obs: FakeObs) -> None:
+    """A wrong SK is OBS's SignatureDoesNotMatch; a missing bucket its NoSuchBucket; both name
+    the prefix, the code and the message."""
+    with pytest.raises(UsageError) as raised:
+        await list_all(fake_obs, credentials=Credentials(EMULATOR_AK, "wrong"))
+    assert (
+        "listing obs://in-bucket/cams/ failed: HTTP 403 SignatureDoesNotMatch: "
+        "The request signature does not match."
+    ) in str(raised.value)
+    fake_obs.status = 404
+    with pytest.raises(UsageError) as raised:
+        await list_all(fake_obs)
+    assert (
+        "listing obs://in-bucket/cams/ failed: HTTP 404 NoSuchBucket: "
+        "The specified bucket does not exist; no such bucket"
+    ) in str(raised.value)
+
+
+@pytest.mark.anyio
+async def test_a_page_answered_503_twice_is_retried_through_the_gate(fake_obs: FakeObs) -> None:
+    """The second page is answered 503 SlowDown, then 503: the gate retries it (Retry-After
+    0), the listing goes on from the same marker, and the pool's stats count both retries."""
+    fake_obs.faults = {
+        2: (503, "SlowDown", "Please reduce your request rate."),
+        3: (503, "ServiceUnavailable", "Service is busy."),
+    }
+    keys, pool = await list_all(fake_obs)
+    assert len(keys) == len(set(keys)) == 2501
+    assert fake_obs.calls == 5
+    assert pool.stats.calls == 5
+    assert pool.stats.retries == 2
+    assert pool.stats.unavailable == 1  # the plain 503; SlowDown is a throttle
+    assert pool._gate.controller.throttles == 1
+
+
+@pytest.mark.anyio
+async def test_a_page_that_stays_unavailable_fails_after_the_policys_tries(
+    fake_obs: FakeObs,
+) -> None:
+    """Transient answers are retried only as often as the retry policy allows; then the
+    listing stops, naming the prefix, the tries and OBS's answer."""
+    fake_obs.faults = {
+        n: (500, "InternalError", "We encountered an internal error.") for n in (1, 2, 3)
+    }
+    settings = PoolSettings(retry=RetryPolicy(attempts=3))
+    with pytest.raises(UsageError) as raised:
+        await list_all(fake_obs, settings=settings)
+    assert (
+        "listing obs://in-bucket/cams/ failed 3 times: HTTP 500 InternalError: We encountered"
+        in (str(raised.value))
+    )
+    assert fake_obs.calls == 3
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_obs_endpoint_stops_at_once(tmp_path: Path) -> None:
+    """Nothing listens at the OBS endpoint: the first page's connection failure stops the
+    listing (the gate's first-call rule), naming the prefix and what to check."""
+    manifest = load_manifest(write_prefix_manifest(tmp_path))
+    with pytest.raises(UsageError) as raised:
+        await spool_prefixes(
+            manifest,
+            f"http://127.0.0.1:{closed_port()}",
+            KEYS,
+            tmp_path,
+            lambda _m: None,
+            lambda _m: None,
+        )
+    message = str(raised.value)
+    assert message.startswith("listing obs://in-bucket/cams/ failed: cannot reach 127.0.0.1:")
+    assert "check service.obs_endpoint" in message
+
+
+@pytest.mark.anyio
+async def test_listing_goes_through_the_http_proxy(
+    tmp_path: Path, fake_obs: FakeObs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTP_PROXY set, every page reaches OBS through the proxy (absolute-form requests)
+    and its signature still verifies there."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    proxy = ForwardProxy()
+    async with proxy.serve() as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        spooled = await spool_prefixes(
+            load_manifest(write_prefix_manifest(tmp_path)),
+            fake_obs.url,
+            KEYS,
+            tmp_path,
+            lambda _m: None,
+            lambda _m: None,
+        )
+    assert fake_obs.calls == 3
+    assert proxy.forwarded["/in-bucket"] == 3
+    assert proxy.absolute == 3
+    listing = spooled.sources[0].listing
+    assert listing is not None
+    assert len(listing.read_text(encoding="utf-8").splitlines()) == 2501
+
+
+@pytest.mark.anyio
+async def test_temporary_credentials_are_renewed_between_pages(fake_obs: FakeObs) -> None:
+    """Temporary keys due for a refresh mid-listing are renewed before the next page; every
+    page is signed with the keys (and security token) valid when it is sent, and OBS forgets
+    the old ones."""
+    now = [0.0]
+    issued: list[Credentials] = []
+
+    def issue() -> Issued:
+        n = len(issued)
+        keys = Credentials(f"TEMPAK{n}", f"tempsk{n}", f"token{n}")
+        issued.append(keys)
+        fake_obs.valid = {keys.ak: keys}  # the previous keys have expired
+        return Issued(keys, expires_at=now[0] + 100, issued_at=now[0])
+
+    async def fetch(_session: aiohttp.ClientSession | None) -> Issued:
+        return issue()
+
+    first = issue()
+    provider = CredentialProvider("ECS metadata", first, fetch, clock=lambda: now[0])
+    fake_obs.after_call = lambda: now.__setitem__(0, now[0] + 100)  # 100 s per page
+    keys, _pool = await list_all(fake_obs, credentials=provider)
+    assert len(keys) == 2501
+    assert fake_obs.seen_aks == ["TEMPAK0", "TEMPAK1", "TEMPAK2"]
+    assert provider.refreshes == 2
+
+
+def test_classify_obs_answers() -> None:
+    """What each OBS answer means for the gate."""
+    ok = classify(200, {}, f'<ListBucketResult xmlns="{NS}"></ListBucketResult>'.encode())
+    assert ok.kind is Kind.OK
+    assert ok.data.keys == ()
+    slow = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+    assert classify(503, {"Retry-After": "2"}, slow).kind is Kind.THROTTLED
+    assert classify(503, {"Retry-After": "2"}, slow).retry_after == 2.0
+    assert classify(429, {}, b"").kind is Kind.THROTTLED
+    assert classify(502, {}, b"<html>bad gateway</html>").kind is Kind.UNAVAILABLE
+    denied = classify(403, {}, b"<Error><Code>AccessDenied</Code><Message>No</Message></Error>")
+    assert (denied.kind, denied.error_code, denied.error_msg) == (Kind.FAILED, "AccessDenied", "No")
+    html = classify(200, {}, b"<html><body>captive portal</body></html>")
+    assert (html.kind, html.error_code) == (Kind.FAILED, "NOT_A_LISTING")
+    assert classify(200, {}, b"not xml").kind is Kind.FAILED
+    assert classify(200, {}, b"<ListBucketResult/>", cut=True).error_code == "TOO_LARGE"
+
+
+def test_obs_sends_nothing_through_urllib() -> None:
+    """One HTTP client: obs.py imports nothing from urllib (no blocking urlopen, no second
+    retry loop)."""
+    tree = ast.parse(Path(batchsubmit.obs.__file__).read_text(encoding="utf-8"))
+    imported = [
+        name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+        )
+    ]
+    assert imported
+    assert not [name for name in imported if name.split(".")[0] in ("urllib", "http")]
+
+
+@pytest.mark.anyio
+async def test_a_prefix_that_lists_nothing_warns_and_is_counted(
     tmp_path: Path, fake_obs: FakeObs
 ) -> None:
     """A live prefix with no objects under it (a typo in the folder, most likely) is a warning
@@ -196,10 +436,10 @@ def test_a_prefix_that_lists_nothing_warns_and_is_counted(
     text = manifest_path.read_text(encoding="utf-8").replace("cams/", "Cams/")
     manifest_path.write_text(text, encoding="utf-8")
     warnings: list[str] = []
-    spooled = spool_prefixes(
+    spooled = await spool_prefixes(
         load_manifest(manifest_path),
         fake_obs.url,
-        Credentials(EMULATOR_AK, EMULATOR_SK),
+        KEYS,
         tmp_path,
         warnings.append,
         lambda _message: None,
