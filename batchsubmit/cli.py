@@ -182,17 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     fix = commands.add_parser(
         "reconcile", help="resolve unknown outcomes in a results file; create nothing"
     )
-    fix.add_argument("results", type=Path, help="the results file (.csv or .jsonl)")
-    fix.add_argument(
-        "--format",
-        choices=("csv", "jsonl"),
-        help="results format (default: from the extension)",
-    )
-    fix.add_argument(
-        "--endpoint",
-        metavar="URL",
-        help="base URL to use instead of the one in the results rows (default: the rows')",
-    )
+    _ledger_arguments(fix)
     _pool_options(fix)
     _lookup_options(fix)
     fix.set_defaults(command=_reconcile)
@@ -381,6 +371,21 @@ class _Version(argparse.Action):
         from . import __version__
 
         parser.exit(message=f"batchsubmit {__version__}\n")
+
+
+def _ledger_arguments(parser: argparse.ArgumentParser) -> None:
+    """RESULTS, --format and --endpoint: the commands that work from a ledger, no manifest."""
+    parser.add_argument("results", type=Path, help="the results file (.csv or .jsonl)")
+    parser.add_argument(
+        "--format",
+        choices=("csv", "jsonl"),
+        help="results format (default: from the extension)",
+    )
+    parser.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="base URL to use instead of the one in the results rows (default: the rows')",
+    )
 
 
 def _results_options(parser: argparse.ArgumentParser) -> None:
@@ -1303,10 +1308,7 @@ def _prune_parser(commands: Any) -> None:
         "prune",
         help="delete this ledger's jobs that are final, recorded and collected (saved-jobs quota)",
     )
-    prune.add_argument("results", type=Path, help="the results file (.csv or .jsonl)")
-    prune.add_argument(
-        "--format", choices=("csv", "jsonl"), help="results format (default: from the extension)"
-    )
+    _ledger_arguments(prune)
     prune.add_argument(
         "--older-than",
         type=_age,
@@ -1325,11 +1327,6 @@ def _prune_parser(commands: Any) -> None:
         "--dry-run",
         action="store_true",
         help="print what would be deleted (JSONL) and how much room it frees; send nothing",
-    )
-    prune.add_argument(
-        "--endpoint",
-        metavar="URL",
-        help="base URL to use instead of the one in the results rows (default: the rows')",
     )
     prune.add_argument("--summary", type=Path, metavar="PATH", help="write a JSON summary")
     _pool_options(prune)
@@ -1641,17 +1638,7 @@ def _status_parser(commands: Any) -> None:
         "status",
         help="follow the jobs of a results file to their end and write the report",
     )
-    status.add_argument("results", type=Path, help="the results file (.csv or .jsonl)")
-    status.add_argument(
-        "--format",
-        choices=("csv", "jsonl"),
-        help="results format (default: from the extension)",
-    )
-    status.add_argument(
-        "--endpoint",
-        metavar="URL",
-        help="base URL to use instead of the one in the results rows (default: the rows')",
-    )
+    _ledger_arguments(status)
     _follow_options(status, submit=False)
     status.add_argument(
         "--deadline",
@@ -1954,10 +1941,14 @@ def _check_parser(commands: Any) -> None:
     )
     check.add_argument("manifest", type=Path, help="the TOML manifest")
     check.add_argument(
-        "--endpoint", help="base URL to use instead of the manifest's endpoint/region"
+        "--endpoint",
+        metavar="URL",
+        help="base URL to use instead of the manifest's endpoint/region (default: the manifest's)",
     )
     check.add_argument(
-        "--obs-endpoint", help="OBS base URL instead of the manifest's (or the region's)"
+        "--obs-endpoint",
+        metavar="URL",
+        help="OBS base URL (default: the manifest's, else the region's)",
     )
     check.add_argument(
         "--results",
