@@ -31,8 +31,9 @@ from .client import Endpoint, VasClient
 from .credentials import Choice, CredentialProvider, open_provider
 from .errors import BatchSubmitError, CredentialError
 from .manifest import Manifest
-from .obs import signed_headers
-from .pool import Pool, PoolSettings
+from .obs import ObsClient, listing_pool, signed_headers
+from .obs import problem as obs_problem
+from .pool import Pool, PoolSettings, Stopped
 from .proxies import proxy_for
 from .results import Format, read_ledger
 from .retry import RetryPolicy
@@ -328,17 +329,30 @@ async def _prefix(
     where: str,
     prefix: str,
 ) -> CheckResult:
+    """One ListObjects page of one key, through a gate like the run's listing (no retries: a
+    check reports)."""
     name = f"source {prefix}"
     keys = _keys(provider)
-    if isinstance(keys, str) or plan.obs_endpoint is None:
+    if provider is None or isinstance(keys, str) or plan.obs_endpoint is None:
         why = keys if isinstance(keys, str) else "no OBS endpoint (service.obs_endpoint)"
         return CheckResult(name, "SKIP" if provider is None else "FAIL", why)
     bucket, _, key_prefix = prefix.removeprefix("obs://").partition("/")
-    url, resource = _obs_url(plan.obs_endpoint, bucket)
-    query = f"?prefix={quote(key_prefix, safe='')}&max-keys=1"
-    status, code = await _obs_call(plan, session, "GET", url + query, resource, keys)
-    if status == 200:
+    client = ObsClient(session, plan.obs_endpoint, provider, timeout=plan.timeout)
+    once = PoolSettings(concurrency=1, rate=0.0, retry=RetryPolicy(attempts=1, throttles=1))
+    pool = listing_pool(once, lambda _level, _message: None, plan.obs_endpoint)
+    try:
+        with anyio.fail_after(plan.timeout + 2):
+            answer = await pool.call(client.list_page, bucket, key_prefix, "", 1)
+    except TimeoutError:
+        answer = Answer(kind=Kind.UNAVAILABLE, error_msg=f"no answer within {plan.timeout:g} s")
+    except Stopped:
+        answer = client.last or Answer(kind=Kind.FAILED, error_msg="stopped")
+    if answer.kind is Kind.OK:
         return CheckResult(name, "PASS", f"{where}: readable")
+    if answer.status and not 200 <= answer.status < 300:
+        status, code = answer.status, answer.error_code
+    else:  # no answer, or one that is not a listing
+        status, code = 0, obs_problem(answer)
     return CheckResult(name, "FAIL", f"{where}: {_obs_problem(status, code, bucket, 'list')}")
 
 

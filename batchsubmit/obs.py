@@ -48,6 +48,7 @@ __all__ = [
     "listing_pool",
     "obs_keys",
     "parse_list_result",
+    "problem",
     "signed_headers",
     "spool_prefixes",
 ]

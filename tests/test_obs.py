@@ -220,6 +220,19 @@ def test_submit_from_a_live_prefix(
     )
 
 
+def test_dry_run_lists_a_live_prefix(tmp_path: Path, fake_obs: FakeObs) -> None:
+    """submit --dry-run lists the prefix live too (and sends nothing to VAS)."""
+    manifest = write_prefix_manifest(tmp_path)
+    done = run_cli(
+        "submit", str(manifest), "--dry-run", "--obs-endpoint", fake_obs.url,
+        "--results", str(tmp_path / "r.csv"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "listed 2501 objects" in done.stderr
+    assert "dry run: 2500 jobs would be submitted" in done.stderr
+    assert fake_obs.calls == 3
+
+
 def test_obs_refusal_stops_before_any_vas_request(
     tmp_path: Path, fake_obs: FakeObs, live_emulator: LiveEmulator
 ) -> None:
@@ -288,13 +301,16 @@ async def test_a_page_answered_503_twice_is_retried_through_the_gate(fake_obs: F
         2: (503, "SlowDown", "Please reduce your request rate."),
         3: (503, "ServiceUnavailable", "Service is busy."),
     }
-    keys, pool = await list_all(fake_obs)
+    logs: list[str] = []
+    keys, pool = await list_all(fake_obs, logs=logs)
     assert len(keys) == len(set(keys)) == 2501
     assert fake_obs.calls == 5
     assert pool.stats.calls == 5
     assert pool.stats.retries == 2
-    assert pool.stats.unavailable == 1  # the plain 503; SlowDown is a throttle
-    assert pool._gate.controller.throttles == 1
+    assert pool.stats.unavailable == 1  # the plain 503; SlowDown is a throttle:
+    assert [m for m in logs if "pausing all calls" in m] == [
+        "the service asked to wait (Retry-After 0 s): pausing all calls for 0 s"
+    ]
 
 
 @pytest.mark.anyio
