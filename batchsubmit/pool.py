@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .answers import Answer
+from .engine.each import Each
 from .engine.gate import Gate, Stopped
 from .engine.run import Engine
 from .engine.stats import RunStats
@@ -45,6 +46,8 @@ __all__ = [
     "Stopped",
     "Work",
 ]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +92,7 @@ class Pool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         s = settings
+        self._settings = settings
         self.stats = RunStats()
         self._gate = gate = Gate(
             self.stats,
@@ -101,10 +105,9 @@ class Pool:
             clock=clock,
             seed=s.seed,
         )
-        deadline = clock() + s.deadline if s.deadline is not None else math.inf
-        self._engine: Engine[Work] = Engine(
-            gate, concurrency=s.concurrency, backlog=s.backlog, grace=s.grace, deadline=deadline
-        )
+        self._deadline = clock() + s.deadline if s.deadline is not None else math.inf
+        self._engine: Engine[Work] = self._new_engine()
+        self._passes: set[Engine[Any]] = {self._engine}
         self._rows = Rows(
             sink,
             reporter,
@@ -122,6 +125,16 @@ class Pool:
         )
         self._once = Once(api, gate, self._engine.rest, self._rows, journal, timing, limit)
 
+    def _new_engine(self) -> Engine[Any]:
+        s = self._settings
+        return Engine(
+            self._gate,
+            concurrency=s.concurrency,
+            backlog=s.backlog,
+            grace=s.grace,
+            deadline=self._deadline,
+        )
+
     def _refused(self, answer: Answer) -> None:
         self._rows.refused(answer)
 
@@ -138,7 +151,8 @@ class Pool:
     def stop_now(self) -> None:
         """Cancel in-flight calls at once; each create among them gets an ``unknown`` row."""
         self._gate.stop("stopped at once")
-        self._engine.stop_now()
+        for engine in list(self._passes):
+            engine.stop_now()
 
     @property
     def lookup_found(self) -> set[str]:
@@ -172,3 +186,16 @@ class Pool:
         transient answers and stop rules as creates. Raises :class:`Stopped` when the run
         stops before the call is sent."""
         return await self._gate.call(call, *args, rest=self._engine.rest)
+
+    async def each(self, items: Iterable[T], handle: Callable[[T], Awaitable[None]]) -> list[T]:
+        """``handle`` on every item, ``concurrency`` at a time, on the engine's workers (100,000
+        shows are not 100,000 tasks); ``handle`` calls through :meth:`call`. Returns the items
+        not started because the run stopped."""
+        engine: Engine[T] = self._new_engine()
+        work = Each(handle)
+        self._passes.add(engine)
+        try:
+            await engine.run(iter(items), work)
+        finally:
+            self._passes.discard(engine)
+        return work.skipped

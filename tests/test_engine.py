@@ -226,3 +226,33 @@ async def test_calls_from_outside_a_pass_share_the_in_flight_cap() -> None:
             group.start_soon(work.run, f"id{i}")
     assert len(work.deleted) == 20
     assert work.most_in_flight == 3
+
+
+async def test_pool_each_runs_a_handler_per_item_under_the_gate() -> None:
+    """Pool.each: shows (any calls) for many items, ``concurrency`` tasks at a time, through
+    the pool's gate; once the run stops, the items not started come back."""
+    service = FakeService(latency=0.002)
+    rows = Rows()
+    pool = make_pool(service, rows, concurrency=3)
+    shown: list[int] = []
+    running = [0, 0]  # now, at most
+
+    async def show(i: int) -> None:
+        running[0] += 1
+        running[1] = max(running)
+        try:
+            answer = await pool.call(service.list_page, f"job-{i}", 0)
+            await anyio.sleep(0.002)
+        finally:
+            running[0] -= 1
+        assert answer.kind is Kind.OK
+        shown.append(i)
+        if len(shown) == 10:
+            pool.stop("enough")
+
+    skipped = await pool.each(range(40), show)
+    assert sorted(shown + skipped) == list(range(40))
+    assert 10 <= len(shown) <= 13  # those under way when it stopped finish
+    assert skipped[-1] == 39
+    assert pool.stats.calls == len(shown)
+    assert running[1] == 3
