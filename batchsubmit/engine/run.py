@@ -147,18 +147,20 @@ class Engine(Generic[T]):
         """Every item of ``items`` run, deferred, or (stopped at once) handed back."""
         ready = Ready[T](self._size)
         self._pass = (work, ready)
-        async with anyio.create_task_group() as services:
-            services.start_soon(self._watch_stop)
-            if self._deadline != math.inf:
-                services.start_soon(self._watch_deadline)
-            with anyio.CancelScope() as scope:
-                self._scope = scope
-                async with anyio.create_task_group() as self._group:
-                    self._group.start_soon(self._produce, items, work, ready)
-                    for _ in range(self._size):
-                        self._start_worker()
-            services.cancel_scope.cancel()
-        self._group = self._pass = None
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(self._watch_stop)
+                if self._deadline != math.inf:
+                    services.start_soon(self._watch_deadline)
+                with anyio.CancelScope() as scope:
+                    self._scope = scope
+                    async with anyio.create_task_group() as self._group:
+                        self._group.start_soon(self._produce, items, work, ready)
+                        for _ in range(self._size):
+                            self._start_worker()
+                services.cancel_scope.cancel()
+        finally:
+            self._group = self._pass = self._scope = None
         if scope.cancel_called:  # stopped at once: what was readied was never sent
             for item in [*self._unready, *ready.drain(), *items]:
                 work.defer(item)
