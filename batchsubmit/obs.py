@@ -60,6 +60,9 @@ PAGE_BYTES_MAX = 16 << 20  # a page of 1,000 keys of 1 KiB is about 1.5 MiB of X
 ERROR_BYTES_MAX = 4096  # of an error answer: its Code and Message come first
 # OBS's throttling answer (503, or 429 behind some gateways): slow down, like VAS's 429.
 SLOW_DOWN = "SlowDown"
+# OBS's refusals of keys that a credential source can replace (temporary keys that expired or
+# were revoked): asked for once more with fresh keys, as VAS's 401.
+RENEWABLE = frozenset({"InvalidAccessKeyId", "ExpiredToken", "InvalidToken"})
 
 LogFn = Callable[[str, str], None]
 
@@ -268,21 +271,33 @@ class ObsClient:
         return answer
 
     async def _list_page(self, bucket: str, prefix: str, marker: str, limit: int) -> Answer:
+        """Keys from the provider, sign, send. OBS refusing temporary keys as expired or unknown
+        (revoked, or this machine's clock is off) is sent once more with fresh ones."""
         provider = self._provider
-        try:
-            keys = _access_keys(provider.fresh() or await provider.current(), provider)
-        except (CredentialError, UsageError) as exc:
-            return Answer(kind=Kind.FAILED, error_code="CREDENTIALS", error_msg=str(exc))
         base = self.bucket_url(bucket)
         query: dict[str, str | int] = {"prefix": prefix, "max-keys": limit}
         if marker:
             query["marker"] = marker
-        proxy = proxy_for(base)
+        url = URL(f"{base}?{canonical_query(query)}", encoded=True)
+        try:
+            keys = _access_keys(provider.fresh() or await provider.current(), provider)
+            answer = await self._send(url, bucket, keys)
+            if answer.error_code not in RENEWABLE or not provider.refreshable:
+                return answer
+            renewed = await provider.rejected(keys)
+        except (CredentialError, UsageError) as exc:
+            return Answer(kind=Kind.FAILED, error_code="CREDENTIALS", error_msg=str(exc))
+        if not isinstance(renewed, Credentials):
+            return answer
+        return await self._send(url, bucket, renewed)
+
+    async def _send(self, url: URL, bucket: str, keys: Credentials) -> Answer:
+        proxy = proxy_for(url)
         headers = signed_headers(keys, "GET", f"/{bucket}/")
-        host = base.raw_authority
+        host = url.raw_authority
         try:
             async with self._session.get(
-                URL(f"{base}?{canonical_query(query)}", encoded=True),
+                url,
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
@@ -296,7 +311,7 @@ class ObsClient:
                     response.headers,
                     body,
                     cut=cut and ok,
-                    secrets=provider.secrets(),
+                    secrets=self._provider.secrets(),
                 )
         except aiohttp.ClientConnectorCertificateError as exc:
             return Answer(

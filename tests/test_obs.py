@@ -406,6 +406,29 @@ async def test_temporary_credentials_are_renewed_between_pages(fake_obs: FakeObs
     assert provider.refreshes == 2
 
 
+@pytest.mark.anyio
+async def test_revoked_temporary_keys_are_renewed_once(fake_obs: FakeObs) -> None:
+    """OBS says InvalidAccessKeyId to temporary keys not yet due for a refresh (revoked, or a
+    clock off): the page is sent once more with fresh keys; long-term keys are not retried."""
+    issued: list[Credentials] = []
+
+    async def fetch(_session: aiohttp.ClientSession | None) -> Issued:
+        keys = Credentials(f"TEMPAK{len(issued)}", "tempsk", "token")
+        issued.append(keys)
+        fake_obs.valid = {keys.ak: keys}
+        return Issued(keys, expires_at=10_000.0, issued_at=0.0)
+
+    revoked = Issued(Credentials("OLDAK", "oldsk", "oldtoken"), expires_at=10_000.0)
+    provider = CredentialProvider("ECS metadata", revoked, fetch, clock=lambda: 0.0)
+    keys, pool = await list_all(fake_obs, credentials=provider)
+    assert len(keys) == 2501
+    assert fake_obs.seen_aks == ["OLDAK", "TEMPAK0", "TEMPAK0", "TEMPAK0"]
+    assert provider.refreshes == 1
+    assert pool.stats.calls == 3
+    with pytest.raises(UsageError, match="HTTP 403 InvalidAccessKeyId"):
+        await list_all(fake_obs, credentials=Credentials("OLDAK", "oldsk"))
+
+
 def test_classify_obs_answers() -> None:
     """What each OBS answer means for the gate."""
     ok = classify(200, {}, f'<ListBucketResult xmlns="{NS}"></ListBucketResult>'.encode())
