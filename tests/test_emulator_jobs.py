@@ -656,6 +656,7 @@ def test_list_pages_agree_with_a_plain_reference(
                 created.append(await api.create(name, service=service))
                 clock.advance(pause)
             for op in ops:
+                emulator.refresh()  # tasks is current only after a refresh (or any call)
                 live = [task_id for task_id in created if task_id in emulator.tasks]
                 if op[0] == "create":
                     created.append(await api.create(op[1], service=op[2]))
