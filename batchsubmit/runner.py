@@ -185,8 +185,7 @@ async def submit(
             # Held: a lookup that failed (the job may exist: never create it blind) and one
             # that found the job (its row is written; counting it as skipped too would count
             # it twice). A lookup that found no job leaves its source to be created.
-            held = pool.lookup_failed | pool.lookup_found
-            await pool.run(plan(manifest, ledger, held, summary, warn, repeats))
+            await pool.run(plan(manifest, ledger, pool.held, summary, warn, repeats))
 
     stats = await _with_pool(config, reporter, warn, uncertain, passes)
     stats.skipped = summary.skipped
