@@ -156,7 +156,7 @@ def test_reconcile_command_resolves_unknown_rows_only(
         writer.writerow(_unknown_row(rows[1][0], rows[1][1], service_url))
         writer.writerow(_unknown_row(ghost, "never-created-aaaaaaaaaaaa", service_url))
     before = live_emulator.settled_tasks()
-    fix = run_cli("reconcile", str(results))
+    fix = run_cli("reconcile", str(results), "--rate", "0")
     assert fix.returncode == 0, fix.stderr
     assert len(live_emulator.emulator.tasks) == before
     with results.open(newline="", encoding="utf-8") as handle:
@@ -204,7 +204,7 @@ def test_reconcile_resolves_a_killed_runs_intents(
 ) -> None:
     """After SIGKILL, `reconcile` alone (no manifest) resolves the journal's intents."""
     _keys, results, _args, before = killed_run(tmp_path, live_emulator, 400, 100)
-    fix = run_cli("reconcile", str(results))
+    fix = run_cli("reconcile", str(results), "--rate", "0")
     assert fix.returncode == 0, fix.stderr
     assert len(live_emulator.emulator.tasks) == before
     assert set(job_ids(results)) == set(live_emulator.emulator.jobs_by_source())
