@@ -21,10 +21,10 @@ import csv
 import io
 import os
 import re
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -94,10 +94,19 @@ class Outcome:
     reconciled: bool = False
 
 
+_second: list[tuple[int, str]] = [(-1, "")]  # the last second formatted, and its text
+
+
 def utc_now() -> str:
-    """Now, as ``2026-11-28T02:30:00.123Z``."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    """Now, as ``2026-11-28T02:30:00.123Z``. The seconds part is formatted once a second:
+    with the CSV fast path below, that is ~5% of a create's CPU (benchmark, this round)."""
+    now = time.time()
+    second = int(now)
+    cached, text = _second[0]
+    if second != cached:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second[0] = (second, text)
+    return f"{text}.{int((now - second) * 1000):03d}Z"
 
 
 def format_for(path: Path, explicit: str | None) -> Format:
@@ -189,11 +198,15 @@ class ResultsWriter:
                 fields = [fields[i] if i >= 0 else "" for i in self._columns]
             if _CONTROL.search(",".join(fields)):  # a row is one line, whatever a message holds
                 fields = [_CONTROL.sub(" ", f) for f in fields]
-            buffer = self._buffer
-            buffer.seek(0)
-            buffer.truncate()
-            self._csv.writerow(fields)
-            line = buffer.getvalue().encode()
+            text = ",".join(fields)
+            if '"' not in text and text.count(",") == len(fields) - 1:
+                line = (text + "\r\n").encode()  # nothing to quote: the csv module's output
+            else:  # a field with a comma or a quote: the csv module quotes it
+                buffer = self._buffer
+                buffer.seek(0)
+                buffer.truncate()
+                self._csv.writerow(fields)
+                line = buffer.getvalue().encode()
         self._file.write(line)
         self.rows += 1
 

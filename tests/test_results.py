@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchsubmit.errors import UsageError
 from batchsubmit.results import (
@@ -838,3 +840,37 @@ def test_prune_refuses_a_file_that_is_not_a_results_file(tmp_path: Path) -> None
     done = run_cli("prune", str(listing), "--format", "csv")
     assert done.returncode == 2, done.stderr
     assert "not a batchsubmit results file" in done.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet='ab,"\r\n é'), min_size=3, max_size=3))
+def test_a_csv_row_is_what_the_csv_module_writes(texts: list[str]) -> None:
+    """The writer joins rows that need no quoting itself (a benchmark-backed shortcut): every
+    row, quoted or not, reads back with the csv module as the fields it was given (control
+    characters as spaces: a row is one line)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "r.csv"
+        writer = ResultsWriter(path, "csv", lambda _m: None)
+        outcome = Outcome(
+            source=f"obs://in-bucket/{texts[0]}",
+            name=texts[1],
+            job_id="",
+            status="failed",
+            http_status=400,
+            error_code="IVA.0004",
+            error_msg=texts[2],
+            attempts=1,
+            request_id="",
+            submitted_at="2026-01-01T00:00:00.000Z",
+            service_url=SERVICE,
+        )
+        writer.write(outcome)
+        writer.close()
+        lines = path.read_bytes().split(b"\r\n")
+        assert len(lines) == 3  # the header, one row, and nothing after its line end
+        assert lines[2] == b""
+        row = next(csv.reader([lines[1].decode()]))
+        clean = [t.replace("\r", " ").replace("\n", " ") for t in texts]
+        assert (row[0], row[1], row[6]) == (f"obs://in-bucket/{clean[0]}", clean[1], clean[2])
