@@ -58,6 +58,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from batchsubmit.auth import ALGORITHM, canonical_request, parse_authorization
 from batchsubmit.emulator_iam import Identity, IdentityOptions, Refusal
+from batchsubmit.vas import PROJECT_ID, TASK_ID, TASK_ID_PATTERN, valid_bucket
 
 __all__ = [
     "EMULATOR_AK",
@@ -84,15 +85,12 @@ STATES: Final = frozenset(
 )  # fmt: skip
 
 _TASKS_PATH: Final = "/v2/{project_id}/services/{service_name}/tasks"
-_PROJECT_RE: Final = re.compile(r"[0-9a-f]{32}")
 _SERVICE_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_\-\u4e00-\u9fff]{1,100}")
 # The SDK's model: "two integers between 0 and 999 separated by a dot", e.g. "1.0".
 _VERSION_RE: Final = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
 # OBS bucket names: 3-63 characters, lowercase letters, digits, '-' and '.', starting and ending
 # with a letter or digit, no '..', '.-' or '-.', not shaped like an IP address.
-_BUCKET_RE: Final = re.compile(r"(?!.*(?:\.\.|\.-|-\.))[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_IP_RE: Final = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _CREATE_KEYS: Final = frozenset(
     {
         "name", "description", "service_version", "input", "output", "service_config",
@@ -900,7 +898,7 @@ class Emulator:
 
     def _check_target(self, request: web.Request, project: str, service: str) -> None:
         """A well-formed project id that agrees with X-Project-Id, and a subscribed service."""
-        if not _PROJECT_RE.fullmatch(project):
+        if not PROJECT_ID.fullmatch(project):
             raise _Reject(
                 400, "IVA.0002", f"Invalid project id {project!r}: expected 32 hex digits"
             )
@@ -1273,15 +1271,13 @@ async def _not_emulated(
 
 
 # VAS's pattern for task ids, as its 400 answers quote it.
-_TASK_ID_PATTERN: Final = r"^[0-9a-f]{32}|task\w{8}$"
-_TASK_ID_RE: Final = re.compile(r"[0-9a-f]{32}|task\w{8}", re.ASCII)
 
 
 def _check_task_id(request: web.Request) -> None:
     """A malformed task id is 400 IVA.0004 quoting the pattern (VAS's answer), not 404."""
     task_id = request.match_info.get("task_id")
-    if task_id is not None and not _TASK_ID_RE.fullmatch(task_id):
-        raise _invalid(f"task_id {task_id!r} does not match {_TASK_ID_PATTERN}")
+    if task_id is not None and not TASK_ID.fullmatch(task_id):
+        raise _invalid(f"task_id {task_id!r} does not match {TASK_ID_PATTERN}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1429,7 +1425,7 @@ def _check_text(value: object, where: str) -> None:
 
 
 def _check_bucket(value: object, where: str) -> None:
-    if not isinstance(value, str) or not _BUCKET_RE.fullmatch(value) or _IP_RE.fullmatch(value):
+    if not isinstance(value, str) or not valid_bucket(value):
         raise _invalid(
             f"{where} must be an OBS bucket name: 3 to 63 lowercase letters, digits, "
             f"'-' or '.', not {value!r}"

@@ -18,6 +18,7 @@ __all__ = [
     "REGIONS",
     "SERVICE_NAME",
     "TASK_ID",
+    "TASK_ID_PATTERN",
     "ServiceIdentity",
     "normalise_base_url",
     "region_of",
@@ -42,13 +43,15 @@ PROJECT_ID = re.compile(r"[0-9a-f]{32}")  # IAM project ids: 32 lower-case hex d
 SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # e.g. c-video-analysis
 REGION = re.compile(r"[a-z]{2,}(-[a-z0-9]+)+")  # e.g. cn-north-4
 # What show answers 400 for (VAS's own pattern): a 32-hex id or "task" and 8 word characters.
-TASK_ID = re.compile(r"[0-9a-f]{32}|task\w{8}")
+TASK_ID_PATTERN = r"^[0-9a-f]{32}|task\w{8}$"  # as VAS's 400 quotes it
+TASK_ID = re.compile(r"[0-9a-f]{32}|task\w{8}", re.ASCII)
 JOB_NAME_MAX = 100
 # Job names as batchsubmit makes them (VAS also takes CJK characters; we never write them).
 JOB_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 # OBS bucket names: 3-63 characters, lowercase letters, digits, '-' and '.', starting and ending
-# with a letter or digit, no '..'.
-BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# with a letter or digit, no '..', '.-' or '-.', not shaped like an IP address.
+BUCKET = re.compile(r"(?!.*(?:\.\.|\.-|-\.))[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 OBS_KEY_MAX_BYTES = 1024  # an OBS object key is at most 1,024 bytes of UTF-8
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -60,7 +63,8 @@ _REGIONAL_HOST = re.compile(
 
 
 def valid_bucket(name: str) -> bool:
-    return bool(BUCKET.fullmatch(name)) and ".." not in name
+    """An OBS bucket name, as OBS (and so the emulator) accepts it."""
+    return bool(BUCKET.fullmatch(name)) and not _IP_ADDRESS.fullmatch(name)
 
 
 def normalise_base_url(url: str) -> str:

@@ -265,6 +265,9 @@ def test_parse_obs_url(url: str, bucket: str, key: str) -> None:
         "obs://my..bucket/a.mp4",
         "obs://my_bucket/a.mp4",
         "obs://" + "b" * 64 + "/a.mp4",
+        "obs://my.-bucket/a.mp4",  # OBS's rules, as the emulator checks them (vas.valid_bucket)
+        "obs://my-.bucket/a.mp4",
+        "obs://192.168.1.1/a.mp4",
     ],
 )
 def test_parse_obs_url_rejects(url: str) -> None:
