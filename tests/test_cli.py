@@ -16,16 +16,12 @@ import orjson
 import pytest
 
 from batchsubmit.auth import Credentials
-from batchsubmit.cli import (
-    _check_endpoint,
-    _config,
-    _duration,
-    _emulator_faults,
-    _is_terminal,
-    _parser,
-    main,
-)
+from batchsubmit.cli import _duration, _parser, main
 from batchsubmit.client import Endpoint
+from batchsubmit.commands.common import check_endpoint as _check_endpoint
+from batchsubmit.commands.common import config as _config
+from batchsubmit.commands.common import is_terminal as _is_terminal
+from batchsubmit.commands.emulator import faults as _emulator_faults
 from batchsubmit.emulator import EMULATOR_PROJECT_ID, EMULATOR_SK
 from batchsubmit.jobs import SpecBuilder
 from batchsubmit.journal import RunLock

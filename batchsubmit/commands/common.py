@@ -1,0 +1,277 @@
+"""What several commands share: the process environment as cli.py hands it in, endpoints,
+credentials, the run's config and the plan lines logged before the first request."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+import anyio
+
+from ..auth import Credentials
+from ..client import Endpoint, open_session
+from ..credentials import Choice, CredentialProvider, find_source, open_provider, region_of
+from ..errors import CredentialError, UsageError
+from ..manifest import Manifest
+from ..obs import spool_prefixes
+from ..pool import PoolSettings
+from ..progress import Log, ProgressReporter, make_reporter
+from ..render import expand_line
+from ..results import Format, Ledger
+from ..runner import ExpandSummary, RunConfig
+from ..vas import REGIONS
+
+DEFAULT_SETTLE = PoolSettings.settle
+DEFAULT_LOOKUPS = PoolSettings.lookup_tries
+
+
+@dataclass(frozen=True)
+class Env:
+    """What a command may take from the process, read by cli.py and handed in: the
+    environment variables, the home directory (looked up only when needed), stderr for the
+    progress bar, stdout (looked up when written), and the proxy for a URL (from the
+    *_proxy variables)."""
+
+    environ: Mapping[str, str]
+    home: Callable[[], Path]
+    stderr: TextIO
+    stdout: Callable[[], BinaryIO]
+    print: Callable[[str], None]
+    proxy_for: Callable[[str], str | None]
+
+    def write(self, chunks: Iterable[bytes]) -> None:
+        out = self.stdout()
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
+
+    def reporter(self, log: Log, total: int | None) -> ProgressReporter:
+        return make_reporter(log, total, self.stderr, bar=is_terminal(self.stderr))
+
+
+def warner(log: Log) -> Any:
+    return lambda message: log.line("warning", message)
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """A terminal with a size: a 0x0 one (some cron wrappers, `script` without a size) shows
+    no bar, so it gets progress lines instead."""
+    try:
+        if not stream.isatty():
+            return False
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False
+    return size.columns > 0
+
+
+def real(path: Path) -> Path:
+    """The results file itself, not the spelling typed: a symlink or another path to the same
+    file must share its lock and journal, or two runs could submit the same videos at once."""
+    return path.resolve()
+
+
+def default_results(manifest: Path, emulated: bool, fmt: Format) -> Path:
+    """Beside the manifest, so cron's working directory does not matter."""
+    kind = ".emulator" if emulated else ""
+    return manifest.with_name(f"{manifest.stem}{kind}.results.{fmt}")
+
+
+def check_endpoint(url: str, option: str = "--endpoint") -> str:
+    """An http(s) base URL without a path; scheme and host are case-insensitive, so they are
+    written in lower case (the same service must always be spelled the same way)."""
+    found = re.fullmatch(r"(https?)://([^/\s?#@]+)/?", url.strip(), re.IGNORECASE)
+    if not found:
+        raise UsageError(
+            f"{option} {url!r}: give an http(s) URL without a path, query or user name, "
+            "e.g. https://iva.cn-north-4.myhuaweicloud.com"
+        )
+    return f"{found.group(1).lower()}://{found.group(2).lower()}"
+
+
+def endpoint(
+    args: argparse.Namespace,
+    manifest: Manifest,
+    env: Env,
+    credentials: CredentialProvider | None = None,
+) -> Endpoint:
+    """``credentials`` know the project id (given or looked up); without them it must be given."""
+    if credentials is not None:
+        project_id = credentials.project_id
+        if not project_id:
+            raise CredentialError(
+                "no project id: set service.project_id in the manifest or "
+                "HUAWEICLOUD_SDK_PROJECT_ID (a custom endpoint has no region to look it up by)"
+            )
+    else:
+        project_id = offline_project_id(manifest, env)
+    base = check_endpoint(args.endpoint) if args.endpoint else manifest.service.endpoint
+    return Endpoint(base_url=base, project_id=project_id, service_name=manifest.service.name)
+
+
+_REGION_HOST = re.compile(r"https?://iva\.([a-z0-9-]+)\.myhuaweicloud\.com(?::443)?", re.I)
+
+
+def warn_unknown_region(log: Log, endpoint: Endpoint) -> None:
+    """A region name outside the SDK's list is most likely a typo (cn-nowhere-9): say so
+    before the run spends its first call finding out."""
+    found = _REGION_HOST.fullmatch(endpoint.base_url)
+    if found and found.group(1).lower() not in REGIONS:
+        log.line(
+            "warning",
+            f"region {found.group(1)!r} is not one the official SDK knows "
+            f"({', '.join(REGIONS)}); check service.region if the endpoint cannot be reached",
+        )
+
+
+def credentials(
+    env: Env,
+    log: Log | None = None,
+    *,
+    project_id: str | None = None,
+    endpoint: str | None = None,
+) -> CredentialProvider:
+    """The first credential source found (environment, IAM password, profile file, ECS
+    metadata; see credentials.py), its first credentials fetched, and the project id (given,
+    else looked up in IAM for the endpoint's region). Exit 2 before any VAS request if none."""
+    warn = warner(log if log is not None else Log(env.stderr))
+    region = region_of(endpoint)
+    choice = find_source(
+        env.environ, home=env.home(), warn=warn, project_id=project_id, region=region
+    )
+    provider: CredentialProvider = anyio.run(_open_credentials, choice, region, warn)
+    if log is not None:
+        log.line("info", f"credentials from {provider.source_name}")
+    return provider
+
+
+async def _open_credentials(choice: Choice, region: str | None, warn: Any) -> CredentialProvider:
+    async with open_session(2) as session:
+        return await open_provider(choice, session, region=region, warn=warn)
+
+
+def offline_project_id(manifest: Manifest, env: Env) -> str:
+    """The project id without asking IAM (a dry run sends nothing): the manifest's, else the
+    environment's or the profile file's."""
+    choice = find_source(
+        env.environ,
+        home=env.home(),
+        warn=lambda _message: None,
+        project_id=manifest.service.project_id,
+    )
+    if choice.project_id is None:
+        raise CredentialError(
+            "no project id: set service.project_id in the manifest or HUAWEICLOUD_SDK_PROJECT_ID "
+            "(a dry run sends nothing, so it cannot look it up in IAM)"
+        )
+    return choice.project_id
+
+
+def ledger_credentials(
+    env: Env, log: Log, service_url: str, base_url: str | None
+) -> CredentialProvider:
+    """Credentials for the service a ledger row names (its project id and region)."""
+    found = re.fullmatch(r"(https?://[^/]+)/v2/([^/]+)/services/[^/]+/tasks", service_url)
+    return credentials(
+        env,
+        log,
+        project_id=found.group(2) if found else None,
+        endpoint=base_url or (found.group(1) if found else None),
+    )
+
+
+def config(
+    args: argparse.Namespace,
+    manifest: Manifest | None,
+    results: Path,
+    fmt: Format,
+    endpoint: Endpoint,
+    credentials: Credentials | CredentialProvider,
+) -> RunConfig:
+    pool = PoolSettings(
+        concurrency=args.concurrency,
+        rate=args.rate,
+        settle=getattr(args, "settle", DEFAULT_SETTLE),
+        lookup_spacing=getattr(args, "settle", DEFAULT_SETTLE),
+        lookup_tries=getattr(args, "lookups", DEFAULT_LOOKUPS),
+        max_jobs=getattr(args, "max_jobs", None),
+        max_failures=getattr(args, "max_failures", None),
+        deadline=getattr(args, "deadline", None),
+    )
+    return RunConfig(
+        manifest=manifest,
+        endpoint=endpoint,
+        credentials=credentials,
+        results=results,
+        format=fmt,
+        pool=pool,
+        resubmit=getattr(args, "resubmit", False),
+        timeout=args.timeout,
+    )
+
+
+def source_name(config: RunConfig) -> str | None:
+    """Where the run's credentials came from (never a secret), for the summary."""
+    return getattr(config.credentials, "source_name", None)
+
+
+def live(manifest: Manifest) -> bool:
+    return any(source.prefix is not None for source in manifest.sources)
+
+
+async def spooled(
+    manifest: Manifest,
+    args: argparse.Namespace,
+    credentials: Credentials | CredentialProvider,
+    directory: Path,
+    log: Log,
+    settings: PoolSettings,
+) -> Manifest:
+    """List live OBS prefixes now, before any VAS request (errors exit 2), each page through
+    a gate with the run's in-flight cap, rate and retry policy."""
+    endpoint = check_endpoint(args.obs_endpoint, "--obs-endpoint") if args.obs_endpoint else None
+    return await spool_prefixes(
+        manifest,
+        endpoint or manifest.service.obs_endpoint,
+        credentials,
+        directory,
+        warner(log),
+        lambda message: log.line("info", message),
+        settings=settings,
+        log=log.line,
+    )
+
+
+def log_plan(
+    log: Log, counted: ExpandSummary, uncertain: int, config: RunConfig, ledger: Ledger
+) -> None:
+    log.line("info", expand_line(counted.expand))
+    log.line(
+        "info",
+        f"{counted.planned} to submit, {counted.skipped} already submitted "
+        f"(ledger {config.results}), {uncertain} earlier outcomes to resolve first; "
+        f"{config.endpoint.tasks_url}",
+    )
+    log_ledger_services(log, ledger, config.results)
+
+
+def log_ledger_services(log: Log, ledger: Ledger, results: Path) -> None:
+    """Rows the ledger holds for this service under another endpoint count as done; rows of
+    another project or service count for nothing. Both are said, never silently applied."""
+    if ledger.other_endpoint:
+        log.line(
+            "info",
+            f"{results}: {ledger.other_endpoint} rows name this project and service under "
+            f"another endpoint (e.g. {ledger.other_endpoint_url}); they count as done here",
+        )
+    if ledger.other_services:
+        log.line(
+            "warning",
+            f"{results}: {ledger.other_services} rows belong to another project or service "
+            f"(e.g. {ledger.other_service_url}); they do not count as done for this one",
+        )

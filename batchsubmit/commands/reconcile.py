@@ -1,0 +1,85 @@
+"""``batchsubmit reconcile``: resolve the unknown outcomes of a results file; create nothing."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from ..client import Endpoint
+from ..errors import UsageError
+from ..journal import journal_services
+from ..pool import RunStats
+from ..progress import Log
+from ..results import Format, format_for, iter_rows
+from ..runner import ExpandSummary, journal_path, prepare, reconcile
+from ..vas import service_identity
+from .common import Env, check_endpoint, config, credentials, real, source_name, warner
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A submit or reconcile run: its stats (None: nothing to do), for the summary and metrics."""
+
+    results: Path
+    started: float
+    stats: RunStats | None
+    expanded: ExpandSummary | None = None
+    credentials: str | None = None
+
+
+def run(args: argparse.Namespace, log: Log, env: Env) -> RunResult:
+    started = time.time()
+    warn = warner(log)
+    results = real(args.results)
+    fmt = format_for(results, args.format)
+    endpoint = endpoint_from_results(results, fmt, args.endpoint)
+    if endpoint is None:
+        # Nothing to do is success: a nightly `reconcile` must not raise an alarm every night.
+        return RunResult(results, started, None)
+    provider = credentials(env, log, project_id=endpoint.project_id, endpoint=endpoint.base_url)
+    run_config = config(args, None, results, fmt, endpoint, provider)
+    prepared = prepare(run_config, warn)
+    try:
+        uncertain = prepared.uncertain
+        log.line("info", f"{len(uncertain)} outcomes to resolve in {results}")
+        reporter = env.reporter(log, len(uncertain))
+        try:
+            stats = anyio.run(reconcile, run_config, prepared, reporter, warn)
+        finally:
+            reporter.close()
+    finally:
+        prepared.lock.release()
+    return RunResult(results, started, stats, None, source_name(run_config))
+
+
+def endpoint_from_results(results: Path, fmt: Format, override: str | None) -> Endpoint | None:
+    """The service the unknown rows and open intents belong to, from their ``service_url``;
+    None when there are none (nothing to reconcile). Rows of one project and service reached
+    through several endpoints are one service (the newest endpoint is used)."""
+    urls = [row[3] for row in iter_rows(results, fmt) if row[2] == "unknown"]
+    urls += sorted(journal_services(journal_path(results)))
+    services: dict[tuple[str, str], str] = {}
+    for url in urls:
+        try:
+            identity = service_identity(url)
+        except ValueError:
+            raise UsageError(f"{results}: cannot read the service from {url!r}") from None
+        key = (identity.project_id, identity.service_name)
+        services.pop(key, None)
+        services[key] = f"{identity.endpoint}"
+    if not services:
+        return None
+    if len(services) > 1:
+        names = ", ".join(f"{p}/{n}" for p, n in sorted(services))
+        raise UsageError(
+            f"{results}: unknown outcomes for several services ({names});"
+            " reconcile each with its own results file"
+        )
+    (project_id, service_name), base = services.popitem()
+    if override:
+        base = check_endpoint(override)
+    return Endpoint(base_url=base, project_id=project_id, service_name=service_name)

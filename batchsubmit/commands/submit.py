@@ -1,0 +1,276 @@
+"""``batchsubmit submit``: the nightly command, with its dry run, the embedded emulator,
+--make-room (the saved-jobs quota) and --follow after the creates."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..auth import Credentials
+from ..client import Endpoint
+from ..errors import UsageError
+from ..manifest import Manifest, load_manifest
+from ..pool import PoolSettings, RunStats
+from ..progress import Log
+from ..prune import PruneConfig, Room, make_room
+from ..render import expand_line, spec_lines
+from ..results import Format, format_for, read_ledger
+from ..runner import ExpandSummary, RunConfig, count_work, plan, prepare, submit
+from ..sources import ExpandStats
+from .common import (
+    Env,
+    config,
+    credentials,
+    default_results,
+    endpoint,
+    live,
+    log_plan,
+    real,
+    source_name,
+    spooled,
+    warn_unknown_region,
+    warner,
+)
+from .reconcile import RunResult
+from .status import follow_config
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a dry run planned (the specs are already on stdout)."""
+
+    summary: ExpandSummary
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """The run, make-room's figures and the follow's stats when asked for, and what to say
+    after the report (the embedded emulator's jobs vanish with it)."""
+
+    run: RunResult
+    stats: RunStats
+    room: Room | None
+    followed: Any
+    epilogue: str | None = None
+
+
+class RoomStopped(Exception):
+    """--make-room was stopped by a signal: nothing was submitted."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def run(args: argparse.Namespace, log: Log, env: Env) -> SubmitResult | DryRun:
+    started = time.time()
+    manifest = load_manifest(args.manifest)
+    fmt = format_for(args.results, args.format) if args.results else (args.format or "csv")
+    results = real(args.results or default_results(manifest.path, args.emulator, fmt))
+    if args.emulator and live(manifest):
+        raise UsageError(
+            f"{manifest.path}: live OBS prefixes cannot be listed with --emulator "
+            "(it has no OBS); use a listing file, or run against real OBS"
+        )
+    if args.dry_run:
+        return dry_run(args, log, env, manifest, results, fmt)
+    if args.emulator:
+        emulated: SubmitResult = anyio.run(
+            submit_emulated, args, log, env, manifest, results, fmt, started
+        )
+        return emulated
+    provider = credentials(
+        env, log, project_id=manifest.service.project_id, endpoint=manifest.service.endpoint
+    )
+    found = endpoint(args, manifest, env, provider)
+    warn_unknown_region(log, found)
+    run_config = config(args, manifest, results, fmt, found, provider)
+    done: SubmitResult = anyio.run(run_submit, run_config, args, log, env, started)
+    return done
+
+
+async def submit_emulated(
+    args: argparse.Namespace,
+    log: Log,
+    env: Env,
+    manifest: Manifest,
+    results: Path,
+    fmt: Format,
+    started: float,
+) -> SubmitResult:
+    from ..emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
+
+    emulator = Emulator(Faults())
+    async with emulator.serve() as url:
+        log.line(
+            "warning",
+            f"EMULATOR: submitting to the built-in VAS emulator at {url}; "
+            "no real job is created and nothing leaves this machine",
+        )
+        emulated = Endpoint(
+            base_url=url, project_id=EMULATOR_PROJECT_ID, service_name=manifest.service.name
+        )
+        run_config = config(
+            args, manifest, results, fmt, emulated, Credentials(EMULATOR_AK, EMULATOR_SK)
+        )
+        done = await run_submit(run_config, args, log, env, started)
+        jobs = len(emulator.tasks)
+        epilogue = f"EMULATOR: {jobs} jobs exist on the emulator; they vanish with it"
+        return replace(done, epilogue=epilogue)
+
+
+async def run_submit(
+    config: RunConfig, args: argparse.Namespace, log: Log, env: Env, started: float
+) -> SubmitResult:
+    manifest = config.manifest
+    assert manifest is not None
+    warn = warner(log)
+    prepared = prepare(config, warn)
+    spool = tempfile.TemporaryDirectory(prefix="batchsubmit-")
+    try:
+        if live(manifest):
+            manifest = await spooled(
+                manifest, args, config.credentials, Path(spool.name), log, config.pool
+            )
+            config = replace(config, manifest=manifest)
+        uncertain = prepared.uncertain
+        ledger = None if config.resubmit else prepared.ledger
+        counted = count_work(manifest, ledger, uncertain, lambda _m: None)
+        log_plan(log, counted, len(uncertain), config, prepared.ledger)
+        room = None
+        if getattr(args, "make_room", False):
+            room, config = await _make_room(config, args, log, counted)
+        planned = counted.planned
+        if config.pool.max_jobs is not None:
+            planned = min(planned, config.pool.max_jobs)
+        reporter = env.reporter(log, planned + len(uncertain))
+        try:
+            stats, summary = await submit(config, prepared, reporter, warn, counted.repeats)
+        finally:
+            reporter.close()
+        followed = await _follow_after_submit(config, args, log, env, stats, started)
+    finally:
+        prepared.lock.release()
+        spool.cleanup()
+    if room is not None:
+        _room_stats(stats, room)
+    done = RunResult(config.results, started, stats, summary, source_name(config))
+    return SubmitResult(done, stats, room, followed)
+
+
+def dry_run(
+    args: argparse.Namespace, log: Log, env: Env, manifest: Manifest, results: Path, fmt: Format
+) -> DryRun:
+    warn = warner(log)
+    if args.emulator:
+        from ..emulator import EMULATOR_PROJECT_ID
+
+        target = Endpoint(
+            base_url="http://127.0.0.1:0",
+            project_id=EMULATOR_PROJECT_ID,
+            service_name=manifest.service.name,
+        )
+    else:
+        target = endpoint(args, manifest, env)
+        warn_unknown_region(log, target)
+    ledger = None
+    if not args.resubmit:
+        ledger = read_ledger(results, fmt, target.tasks_url, warn)
+    summary = ExpandSummary(ExpandStats())
+    with tempfile.TemporaryDirectory(prefix="batchsubmit-") as spool:
+        if live(manifest):
+            settings = PoolSettings(concurrency=args.concurrency, rate=args.rate)
+            manifest = anyio.run(
+                spooled, manifest, args, credentials(env), Path(spool), log, settings
+            )
+        env.write(spec_lines(plan(manifest, ledger, (), summary, warn), target.tasks_url))
+    log.line("info", expand_line(summary.expand))
+    return DryRun(summary)
+
+
+async def _make_room(
+    config: RunConfig, args: argparse.Namespace, log: Log, counted: ExpandSummary
+) -> tuple[Room, RunConfig]:
+    """--make-room: prune until tonight's creates fit under --quota, else cap them."""
+    # Lookups of earlier uncertain creates may end in creates too: count them as planned.
+    planned = counted.planned + counted.uncertain
+    if config.pool.max_jobs is not None:
+        planned = min(planned, config.pool.max_jobs)
+    prune_config = PruneConfig(
+        results=config.results,
+        format=config.format,
+        credentials=config.credentials,
+        pool=config.pool,
+        durable=config.durable,
+        timeout=config.timeout,
+    )
+    say = lambda level, message: log.line(level, message)  # noqa: E731
+    room = await make_room(
+        prune_config,
+        planned,
+        args.quota,
+        warner(log),
+        say,
+        service_url=config.endpoint.tasks_url,
+    )
+    if room.prune.signal is not None:  # stopped while pruning: create nothing tonight
+        log.line("error", "make-room was stopped by a signal; nothing was submitted")
+        raise RoomStopped(room.prune.signal)
+    # IVA.0012 mid-run anyway (other tools share the quota): defer the rest, not fatal.
+    pool = replace(config.pool, quota_defers=True)
+    if room.deferred:
+        pool = replace(pool, max_jobs=room.room)
+    return room, replace(config, pool=pool)
+
+
+def _room_stats(stats: RunStats, room: Room) -> None:
+    """The quota, not --max-jobs, is why the rest waits for the next night."""
+    if not room.deferred:
+        return
+    stats.deferred_reason = stats.deferred_reason or room.reason
+    if stats.stop_reason and stats.stop_reason.startswith("--max-jobs"):
+        stats.stop_reason = room.reason
+
+
+async def _follow_after_submit(
+    config: RunConfig,
+    args: argparse.Namespace,
+    log: Log,
+    env: Env,
+    stats: RunStats,
+    started: float,
+) -> Any:
+    """``submit --follow``: under the submit's lock, follow every job of the ledger; the
+    submit's --deadline bounds the whole command. None when there is nothing to follow for."""
+    from ..follow import follow, prepare_follow
+
+    if not getattr(args, "follow", False):
+        return None
+    if stats.signal is not None or stats.fatal is not None:
+        log.line("warning", "not following the jobs: the submit did not end normally")
+        return None
+    deadline = None
+    if args.deadline is not None:
+        deadline = max(0.0, args.deadline - (time.time() - started))
+    settings = follow_config(
+        args,
+        config.results,
+        config.format,
+        config.credentials,
+        always_follow=True,
+        deadline=deadline,
+        only_service=config.endpoint.tasks_url,
+        durable=config.durable,
+    )
+    follower = prepare_follow(settings, warner(log))
+    reporter = env.reporter(log, follower.stats.followed)
+    try:
+        return await follow(follower, reporter)
+    finally:
+        reporter.close()
