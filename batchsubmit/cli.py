@@ -124,11 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     _results_options(run)
     _pool_options(run)
     _lookup_options(run)
-    run.add_argument(
-        "--endpoint",
-        metavar="URL",
-        help="base URL to use instead of the manifest's endpoint/region (default: the manifest's)",
-    )
+    _endpoint_option(run)
     run.add_argument(
         "--obs-endpoint",
         metavar="URL",
@@ -366,12 +362,24 @@ def _results_options(parser: argparse.ArgumentParser) -> None:
         choices=("csv", "jsonl"),
         help="results format (default: from the extension, else csv)",
     )
+    _output_options(parser)
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", type=Path, metavar="PATH", help="write a JSON summary")
     parser.add_argument(
         "--metrics",
         type=Path,
         metavar="PATH",
         help="write Prometheus metrics (node_exporter textfile collector)",
+    )
+
+
+def _endpoint_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="base URL to use instead of the manifest's endpoint/region (default: the manifest's)",
     )
 
 
@@ -680,13 +688,7 @@ def _status_parser(commands: Any) -> None:
         metavar="DURATION",
         help="with --follow, start no pass after this long (e.g. 2h, 90m; default: none)",
     )
-    status.add_argument("--summary", type=Path, metavar="PATH", help="write a JSON summary")
-    status.add_argument(
-        "--metrics",
-        type=Path,
-        metavar="PATH",
-        help="write Prometheus metrics (node_exporter textfile collector)",
-    )
+    _output_options(status)
     _pool_options(status)
     status.set_defaults(command=_status)
 
@@ -700,11 +702,7 @@ def _check_parser(commands: Any) -> None:
         help="check credentials, endpoint, subscription, quota and buckets; create nothing",
     )
     check.add_argument("manifest", type=Path, help="the TOML manifest")
-    check.add_argument(
-        "--endpoint",
-        metavar="URL",
-        help="base URL to use instead of the manifest's endpoint/region (default: the manifest's)",
-    )
+    _endpoint_option(check)
     check.add_argument(
         "--obs-endpoint",
         metavar="URL",
