@@ -231,7 +231,7 @@ class VasClient:
                     cap = SHOW_CAP  # a show: hosting_result.data holds result.json itself
                 else:
                     cap = READ_CAP
-                payload, cut = await _read_capped(response, cap)
+                payload, cut = await read_capped(response, cap)
                 if cut:
                     if status < 300:
                         return _too_large(status, response.headers, cap, create=create)
@@ -249,35 +249,40 @@ class VasClient:
                 error_msg=f"{self._endpoint.host}: {exc.certificate_error}",
                 advice="the endpoint's TLS certificate was not accepted",
             )
-        except aiohttp.ClientConnectorError as exc:
-            # Never connected, so nothing was sent: DNS, TLS handshake, refused, unreachable.
-            if isinstance(exc, aiohttp.ClientConnectorDNSError):
-                code = "DNS"
-            elif isinstance(exc, aiohttp.ClientConnectorSSLError):
-                code = "TLS"
-            else:
-                code = "CONNECT"
-            return tidy(
-                Answer(
-                    kind=Kind.NOT_SENT,
-                    error_code=code,
-                    error_msg=f"cannot reach {self._endpoint.host}: {_describe(exc.os_error)}",
-                )
-            )
-        except aiohttp.ConnectionTimeoutError as exc:
-            return Answer(
-                kind=Kind.NOT_SENT,
-                error_code="CONNECT_TIMEOUT",
-                error_msg=f"connecting to {self._endpoint.host} timed out: {_describe(exc)}",
-            )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            return tidy(not_connected(exc, self._endpoint.host))
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             kind = Kind.AMBIGUOUS if create else Kind.UNAVAILABLE
             code = "TIMEOUT" if isinstance(exc, asyncio.TimeoutError) else "CONNECTION"
             where = "after the answer began" if sent else "after sending"
-            return tidy(Answer(kind=kind, error_code=code, error_msg=f"{_describe(exc)} ({where})"))
+            return tidy(Answer(kind=kind, error_code=code, error_msg=f"{describe(exc)} ({where})"))
 
 
-async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+def not_connected(
+    exc: aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError, host: str
+) -> Answer:
+    """A call that never connected, so nothing was sent (safe to retry; fatal as a run's first
+    call): DNS, a TLS handshake, refused or unreachable, or the connect timeout."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return Answer(
+            kind=Kind.NOT_SENT,
+            error_code="CONNECT_TIMEOUT",
+            error_msg=f"connecting to {host} timed out: {describe(exc)}",
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        code = "DNS"
+    elif isinstance(exc, aiohttp.ClientConnectorSSLError):
+        code = "TLS"
+    else:
+        code = "CONNECT"
+    return Answer(
+        kind=Kind.NOT_SENT,
+        error_code=code,
+        error_msg=f"cannot reach {host}: {describe(exc.os_error)}",
+    )
+
+
+async def read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
     """At most ``cap`` bytes of the body, and whether there was more. An answer cut short
     closes its connection rather than draining a 64 MiB page into the pool's connection."""
     content = response.content
@@ -303,6 +308,7 @@ def _too_large(status: int, headers: Mapping[str, str], cap: int, *, create: boo
     )
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """An exception as a short message: its type and text."""
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

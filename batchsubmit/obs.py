@@ -32,7 +32,7 @@ from yarl import URL
 
 from .answers import Answer, Kind, retry_after_seconds, tidy
 from .auth import Credentials, Secret, canonical_query
-from .client import open_session
+from .client import describe, not_connected, open_session, read_capped
 from .credentials import CredentialProvider, static_provider
 from .errors import CredentialError, UsageError
 from .manifest import Manifest
@@ -305,7 +305,7 @@ class ObsClient:
                 proxy_auth=proxy.auth,
             ) as response:
                 ok = 200 <= response.status < 300
-                body, cut = await _read_capped(response, PAGE_BYTES_MAX if ok else ERROR_BYTES_MAX)
+                body, cut = await read_capped(response, PAGE_BYTES_MAX if ok else ERROR_BYTES_MAX)
                 return classify(
                     response.status,
                     response.headers,
@@ -317,46 +317,11 @@ class ObsClient:
             return Answer(
                 kind=Kind.FAILED, error_code="TLS", error_msg=f"{host}: {exc.certificate_error}"
             )
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc, aiohttp.ClientConnectorDNSError):
-                code = "DNS"
-            elif isinstance(exc, aiohttp.ClientConnectorSSLError):
-                code = "TLS"
-            else:
-                code = "CONNECT"
-            return Answer(
-                kind=Kind.NOT_SENT,
-                error_code=code,
-                error_msg=f"cannot reach {host}: {_describe(exc.os_error)}",
-            )
-        except aiohttp.ConnectionTimeoutError as exc:
-            return Answer(
-                kind=Kind.NOT_SENT,
-                error_code="CONNECT_TIMEOUT",
-                error_msg=f"connecting to {host} timed out: {_describe(exc)}",
-            )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            return not_connected(exc, host)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             code = "TIMEOUT" if isinstance(exc, asyncio.TimeoutError) else "CONNECTION"
-            return Answer(kind=Kind.UNAVAILABLE, error_code=code, error_msg=_describe(exc))
-
-
-async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
-    """At most ``cap`` bytes of the body, and whether there was more (then the connection is
-    closed rather than drained)."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await response.content.read(cap + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > cap:
-            response.close()
-            return b"".join(chunks)[:cap], True
-    return b"".join(chunks), False
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+            return Answer(kind=Kind.UNAVAILABLE, error_code=code, error_msg=describe(exc))
 
 
 def _is_address(host: str) -> bool:
