@@ -1,7 +1,8 @@
 """The command line: argparse, the environment, calling a command, rendering, exit codes.
 
 The only module that reads the environment, prints or exits. Each command (commands/) takes
-the parsed options and an ``Env`` and returns a result value; render.py turns it into the
+its frozen options (built here from the parsed arguments, one function per command, so no
+command sees argparse) and an ``Env`` and returns a result value; render.py turns it into the
 summary, the metrics and the final lines. ``main()`` maps the error tree to the documented
 exit codes; anything else is a bug and keeps its traceback.
 """
@@ -27,7 +28,14 @@ from .commands import prune as prune_command
 from .commands import reconcile as reconcile_command
 from .commands import status as status_command
 from .commands import submit as submit_command
-from .commands.common import Env
+from .commands.check import CheckOptions
+from .commands.common import DEFAULT_CONCURRENCY, DEFAULT_RATE, Env, PoolOptions, RunOptions
+from .commands.emulator import EmulatorOptions
+from .commands.expand import ExpandOptions
+from .commands.prune import PruneOptions
+from .commands.reconcile import ReconcileOptions
+from .commands.status import FollowOptions, StatusOptions
+from .commands.submit import SubmitOptions
 from .errors import BatchSubmitError
 from .pool import PoolSettings, RunStats
 from .progress import Log
@@ -46,8 +54,6 @@ EXIT = {
     "SIGTERM": 143,
     "SIGPIPE": 141,
 }
-DEFAULT_CONCURRENCY = 8
-DEFAULT_RATE = 10.0
 # Bounds on every number an operator types: a typo must be refused, not obeyed (10**9
 # workers, a timeout of "never"). Each is far beyond what VAS's gateway (~200 calls/s) allows.
 MAX_CONCURRENCY = 1024
@@ -197,46 +203,50 @@ def _parser() -> argparse.ArgumentParser:
 def _emulator_options(emulator: argparse.ArgumentParser) -> None:
     """The emulator's address, faults, job lives and fake identity services."""
     default = " (default: %(default)s)"
-    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on" + default)
+    named = EmulatorOptions  # the defaults, named once
+    emulator.add_argument("--host", default=named.host, help="address to listen on" + default)
     emulator.add_argument(
-        "--port", type=int, default=8080, help="port; 0 picks a free one" + default
+        "--port", type=int, default=named.port, help="port; 0 picks a free one" + default
     )
     faults: list[tuple[str, Any, object, str | None, str]] = [
-        ("--p503", _probability, 0.0, "SHARE", "share of calls answered 503 IVA.0010" + default),
         (
-            "--rate-limit", _rate, 0.0, "N",
+            "--p503", _probability, named.p503, "SHARE",
+            "share of calls answered 503 IVA.0010" + default,
+        ),
+        (
+            "--rate-limit", _rate, named.rate_limit, "N",
             "calls per second per operation before 429 APIG.0308; 0 = no limit" + default,
         ),
         (
-            "--latency", _emulator_seconds, 0.0, "SECONDS",
+            "--latency", _emulator_seconds, named.latency, "SECONDS",
             "delay before every call is answered" + default,
         ),
         (
-            "--lost", _probability, 0.0, "SHARE",
+            "--lost", _probability, named.lost, "SHARE",
             "share of creates whose answer is lost after the job is created" + default,
         ),
         (
-            "--error-after-create", _probability, 0.0, "SHARE",
+            "--error-after-create", _probability, named.error_after_create, "SHARE",
             "share of creates answered 500/502/504 after the job is created" + default,
         ),
         (
-            "--slow", _probability, 0.0, "SHARE",
+            "--slow", _probability, named.slow, "SHARE",
             "share of creates answered only after --slow-seconds" + default,
         ),
         (
-            "--slow-seconds", _emulator_seconds, 30.0, "SECONDS",
+            "--slow-seconds", _emulator_seconds, named.slow_seconds, "SECONDS",
             "how late a --slow create is answered" + default,
         ),
         (
-            "--retry-after", _emulator_seconds, None, "SECONDS",
+            "--retry-after", _emulator_seconds, named.retry_after, "SECONDS",
             "send Retry-After on 429 and 503 answers (default: none, as the real gateway)",
         ),
         (
-            "--quota", int, 5000, "N",
+            "--quota", int, named.quota, "N",
             "saved jobs at most, then 400 IVA.0012; 0 = unlimited" + default,
         ),
         (
-            "--seed", int, None, None,
+            "--seed", int, named.seed, None,
             "seed of the fault draws, for a reproducible run (default: none, random)",
         ),
     ]  # fmt: skip
@@ -248,7 +258,7 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
     jobs.add_argument(
         "--time-scale",
         type=_emulator_positive,
-        default=1.0,
+        default=named.time_scale,
         metavar="X",
         help="emulated seconds per real second: 60 runs a job's 7 to 27 s life in well under "
         "a second (default: 1.0)",
@@ -263,7 +273,8 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
         ("--p-frozen", "end FROZEN (the account in arrears)"),
     ):
         jobs.add_argument(
-            option, type=_probability, default=0.0, metavar="SHARE",
+            option, type=_probability, default=getattr(named, option[2:].replace("-", "_")),
+            metavar="SHARE",
             help=f"share of jobs that {fate} (default: 0.0)",
         )  # fmt: skip
     emulator.add_argument(
@@ -295,7 +306,7 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
     identity.add_argument(
         "--token-ttl",
         type=_emulator_seconds,
-        default=86400.0,
+        default=named.token_ttl,
         metavar="SECONDS",
         help="lifetime of IAM tokens (default: %(default)s, IAM's 24 h)",
     )
@@ -308,7 +319,7 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
     identity.add_argument(
         "--credential-ttl",
         type=_emulator_seconds,
-        default=3600.0,
+        default=named.credential_ttl,
         metavar="SECONDS",
         help="lifetime of temporary credentials from --metadata" + default,
     )
@@ -320,7 +331,7 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
     )
     identity.add_argument(
         "--region",
-        default="cn-north-4",
+        default=named.region,
         help="the project's name in IAM: GET /v3/projects?name=REGION (always served) "
         "answers the emulator's project id (default: %(default)s)",
     )
@@ -719,14 +730,14 @@ def _check_parser(commands: Any) -> None:
     check.add_argument(
         "--timeout",
         type=_timeout,
-        default=5.0,
+        default=check_command.DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help="seconds each network step may take (default 5)",
     )
     check.add_argument(
         "--quota",
         type=_count,
-        default=5000,
+        default=check_command.DEFAULT_QUOTA,
         metavar="N",
         help="saved jobs the account may hold (default 5000, VAS's quota)",
     )
@@ -734,18 +745,139 @@ def _check_parser(commands: Any) -> None:
     check.set_defaults(command=_check)
 
 
+# -- options: each command's settings from the parsed arguments, in one place each ------------
+
+
+def _pool_settings(args: argparse.Namespace) -> PoolOptions:
+    return PoolOptions(concurrency=args.concurrency, rate=args.rate, timeout=args.timeout)
+
+
+def _follow_settings(args: argparse.Namespace) -> FollowOptions:
+    return FollowOptions(
+        follow=args.follow,
+        interval=args.interval,
+        report=args.report,
+        collect=args.collect,
+        stuck_after=args.stuck_after,
+    )
+
+
+def _submit_options(args: argparse.Namespace) -> SubmitOptions:
+    return SubmitOptions(
+        manifest=args.manifest,
+        results=args.results,
+        format=args.format,
+        endpoint=args.endpoint,
+        obs_endpoint=args.obs_endpoint,
+        dry_run=args.dry_run,
+        emulator=args.emulator,
+        run=RunOptions(
+            pool=_pool_settings(args),
+            settle=args.settle,
+            lookups=args.lookups,
+            max_jobs=args.max_jobs,
+            max_failures=args.max_failures,
+            deadline=args.deadline,
+            resubmit=args.resubmit,
+        ),
+        make_room=args.make_room,
+        quota=args.quota,
+        follow=_follow_settings(args),
+    )
+
+
+def _reconcile_options(args: argparse.Namespace) -> ReconcileOptions:
+    return ReconcileOptions(
+        results=args.results,
+        format=args.format,
+        endpoint=args.endpoint,
+        run=RunOptions(pool=_pool_settings(args), settle=args.settle, lookups=args.lookups),
+    )
+
+
+def _prune_options(args: argparse.Namespace) -> PruneOptions:
+    return PruneOptions(
+        results=args.results,
+        format=args.format,
+        endpoint=args.endpoint,
+        older_than=args.older_than,
+        keep=args.keep,
+        dry_run=args.dry_run,
+        pool=_pool_settings(args),
+    )
+
+
+def _status_options(args: argparse.Namespace) -> StatusOptions:
+    return StatusOptions(
+        results=args.results,
+        format=args.format,
+        endpoint=args.endpoint,
+        deadline=args.deadline,
+        follow=_follow_settings(args),
+        pool=_pool_settings(args),
+    )
+
+
+def _check_options(args: argparse.Namespace) -> CheckOptions:
+    return CheckOptions(
+        manifest=args.manifest,
+        endpoint=args.endpoint,
+        obs_endpoint=args.obs_endpoint,
+        results=args.results,
+        format=args.format,
+        timeout=args.timeout,
+        quota=args.quota,
+    )
+
+
+def _expand_options(args: argparse.Namespace) -> ExpandOptions:
+    return ExpandOptions(manifest=args.manifest)
+
+
+def _emulator_settings(args: argparse.Namespace) -> EmulatorOptions:
+    return EmulatorOptions(
+        host=args.host,
+        port=args.port,
+        p503=args.p503,
+        rate_limit=args.rate_limit,
+        latency=args.latency,
+        lost=args.lost,
+        error_after_create=args.error_after_create,
+        slow=args.slow,
+        slow_seconds=args.slow_seconds,
+        retry_after=args.retry_after,
+        quota=args.quota,
+        seed=args.seed,
+        time_scale=args.time_scale,
+        p_failed=args.p_failed,
+        p_create_failed=args.p_create_failed,
+        p_start_failed=args.p_start_failed,
+        p_unknown_state=args.p_unknown_state,
+        p_vanish=args.p_vanish,
+        p_hosting_late=args.p_hosting_late,
+        p_frozen=args.p_frozen,
+        log_requests=args.log_requests,
+        iam_users=tuple(args.iam_user),
+        token_ttl=args.token_ttl,
+        metadata=args.metadata,
+        credential_ttl=args.credential_ttl,
+        agency=not args.no_agency,
+        region=args.region,
+    )
+
+
 # -- commands: call, render, map to an exit code ------------------------------------------------
 
 
 def _expand(args: argparse.Namespace, log: Log, env: Env) -> int:
-    stats = expand_command.run(args.manifest, log, env)
+    stats = expand_command.run(_expand_options(args), log, env)
     log.line("info", render.expand_line(stats))
     return EXIT["ok"]
 
 
 def _submit(args: argparse.Namespace, log: Log, env: Env) -> int:
     try:
-        done = submit_command.run(args, log, env)
+        done = submit_command.run(_submit_options(args), log, env)
     except submit_command.RoomStopped as stop:  # stopped while pruning: nothing was submitted
         raise SystemExit(_signal_exit(stop.signum)) from None
     if isinstance(done, submit_command.DryRun):
@@ -768,7 +900,7 @@ def _submit(args: argparse.Namespace, log: Log, env: Env) -> int:
 
 
 def _reconcile(args: argparse.Namespace, log: Log, env: Env) -> int:
-    done = reconcile_command.run(args, log, env)
+    done = reconcile_command.run(_reconcile_options(args), log, env)
     if done.stats is None:
         log.line("info", render.nothing_to_reconcile_line(done.results))
         return EXIT["ok"]
@@ -790,7 +922,7 @@ def _outputs(args: argparse.Namespace) -> Outputs:
 
 
 def _prune(args: argparse.Namespace, log: Log, env: Env) -> int:
-    done = prune_command.run(args, log, env)
+    done = prune_command.run(_prune_options(args), log, env)
     if done.dry_run:
         env.write(render.jsonl_lines(done.stats.jobs))
     code = _prune_exit_code(done.stats)
@@ -801,7 +933,7 @@ def _prune(args: argparse.Namespace, log: Log, env: Env) -> int:
 
 
 def _status(args: argparse.Namespace, log: Log, env: Env) -> int:
-    done = status_command.run(args, log, env)
+    done = status_command.run(_status_options(args), log, env)
     code = _follow_exit(done.stats, done.judged)
     render.report_status(_outputs(args), log, done.stats, code, done.started)
     return code
@@ -809,7 +941,7 @@ def _status(args: argparse.Namespace, log: Log, env: Env) -> int:
 
 def _check(args: argparse.Namespace, log: Log, env: Env) -> int:
     """One line per check on stdout; exit 0 when all pass (warnings allowed), 3 when one fails."""
-    done = check_command.run(args, log, env)
+    done = check_command.run(_check_options(args), log, env)
     for result in done.found:
         env.print(render.check_line(result))
     failed = done.failed
@@ -821,7 +953,7 @@ def _check(args: argparse.Namespace, log: Log, env: Env) -> int:
 
 
 def _emulator(args: argparse.Namespace, log: Log, env: Env) -> int:
-    done = emulator_command.run(args, log, env)
+    done = emulator_command.run(_emulator_settings(args), log, env)
     log.line("info", render.emulator_stopped_line(done))
     return EXIT["ok"]
 

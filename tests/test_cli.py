@@ -9,19 +9,37 @@ import pty
 import struct
 import subprocess
 import termios
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from batchsubmit.auth import Credentials
-from batchsubmit.cli import _duration, _parser, main
+from batchsubmit.cli import (
+    _check_options,
+    _duration,
+    _emulator_settings,
+    _expand_options,
+    _parser,
+    _prune_options,
+    _reconcile_options,
+    _status_options,
+    _submit_options,
+    main,
+)
 from batchsubmit.client import Endpoint
+from batchsubmit.commands.check import CheckOptions
 from batchsubmit.commands.common import check_endpoint as _check_endpoint
 from batchsubmit.commands.common import config as _config
 from batchsubmit.commands.common import is_terminal as _is_terminal
+from batchsubmit.commands.emulator import EmulatorOptions
 from batchsubmit.commands.emulator import faults as _emulator_faults
+from batchsubmit.commands.expand import ExpandOptions
+from batchsubmit.commands.prune import PruneOptions
+from batchsubmit.commands.reconcile import ReconcileOptions
+from batchsubmit.commands.status import StatusOptions
+from batchsubmit.commands.submit import SubmitOptions
 from batchsubmit.emulator import EMULATOR_PROJECT_ID, EMULATOR_SK
 from batchsubmit.jobs import SpecBuilder
 from batchsubmit.journal import RunLock
@@ -387,7 +405,7 @@ def test_emulator_runs_jobs_with_the_lives_its_options_give(tmp_path: Path) -> N
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     parsed = _parser().parse_args(["emulator", "--time-scale", "1000", "--p-failed", "1"])
-    faults = _emulator_faults(parsed)
+    faults = _emulator_faults(_emulator_settings(parsed))
     assert (faults.jobs.time_scale, faults.jobs.p_failed) == (1000.0, 1.0)
 
 
@@ -431,8 +449,31 @@ def test_the_lookup_wait_is_configurable_and_bounded() -> None:
     made again (a service that lists new jobs late needs more); absurd values are refused."""
     parsed = _parser().parse_args(["submit", "m.toml", "--settle", "20", "--lookups", "5"])
     endpoint = Endpoint(base_url="http://x", project_id=EMULATOR_PROJECT_ID, service_name="s")
-    pool = _config(parsed, None, Path("r.csv"), "csv", endpoint, Credentials("ak", "sk")).pool
+    options = _submit_options(parsed).run
+    pool = _config(options, None, Path("r.csv"), "csv", endpoint, Credentials("ak", "sk")).pool
     assert (pool.settle, pool.lookup_spacing, pool.lookup_tries) == (20.0, 20.0, 5)
     for bad in (["--settle", "-1"], ["--settle", "1e9"], ["--lookups", "0"]):
         with pytest.raises(SystemExit):
             _parser().parse_args(["submit", "m.toml", *bad])
+
+
+def test_each_commands_options_default_as_its_command_line_does() -> None:
+    """The options each command takes are built from the parsed arguments in cli.py; with
+    nothing typed they equal the settings' named defaults, so a default changed in one place
+    and not the other fails here."""
+    given = Path("m.toml")
+    cases: list[tuple[list[str], Callable[[argparse.Namespace], object], object]] = [
+        (["submit", "m.toml"], _submit_options, SubmitOptions(manifest=given)),
+        (["reconcile", "m.toml"], _reconcile_options, ReconcileOptions(results=given)),
+        (["prune", "m.toml"], _prune_options, PruneOptions(results=given)),
+        (["status", "m.toml"], _status_options, StatusOptions(results=given)),
+        (["check", "m.toml"], _check_options, CheckOptions(manifest=given)),
+        (["expand", "m.toml"], _expand_options, ExpandOptions(manifest=given)),
+        (["emulator"], _emulator_settings, EmulatorOptions()),
+    ]
+    for argv, build, expected in cases:
+        assert build(_parser().parse_args(argv)) == expected, argv
+    typed = _submit_options(
+        _parser().parse_args(["submit", "m.toml", "--max-jobs", "3", "--follow", "--quota", "9"])
+    )
+    assert (typed.run.max_jobs, typed.follow.follow, typed.quota) == (3, True, 9)

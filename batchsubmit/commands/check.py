@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -13,8 +13,26 @@ from ..credentials import Choice, find_source, region_of
 from ..errors import CredentialError
 from ..manifest import load_manifest
 from ..progress import Log
-from ..results import format_for
+from ..results import Format, format_for
 from .common import Env, check_endpoint, default_results, real, warner
+
+DEFAULT_TIMEOUT = 5.0  # seconds each network step may take
+DEFAULT_QUOTA = 5000  # saved jobs: VAS's quota
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckOptions:
+    """``batchsubmit check``: the manifest, the endpoints to use instead of the manifest's
+    (None: the manifest's), the results file whose ledger is counted (None: beside the
+    manifest) and its format, the seconds each step may take, and the account's quota."""
+
+    manifest: Path
+    endpoint: str | None = None
+    obs_endpoint: str | None = None
+    results: Path | None = None
+    format: Format | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    quota: int = DEFAULT_QUOTA
 
 
 @dataclass(frozen=True)
@@ -28,18 +46,22 @@ class CheckResult:
         return [r for r in self.found if r.status == "FAIL"]
 
 
-def run(args: argparse.Namespace, log: Log, env: Env) -> CheckResult:
+def run(options: CheckOptions, log: Log, env: Env) -> CheckResult:
     from ..check import CheckPlan, run_checks
 
-    manifest = load_manifest(args.manifest)
-    base = check_endpoint(args.endpoint) if args.endpoint else manifest.service.endpoint
+    manifest = load_manifest(options.manifest)
+    base = check_endpoint(options.endpoint) if options.endpoint else manifest.service.endpoint
     obs = (
-        check_endpoint(args.obs_endpoint, "--obs-endpoint")
-        if args.obs_endpoint
+        check_endpoint(options.obs_endpoint, "--obs-endpoint")
+        if options.obs_endpoint
         else manifest.service.obs_endpoint
     )
-    fmt = format_for(args.results, args.format) if args.results else (args.format or "csv")
-    results = real(args.results or default_results(manifest.path, False, fmt))
+    fmt: Format = (
+        format_for(options.results, options.format)
+        if options.results
+        else (options.format or "csv")
+    )
+    results = real(options.results or default_results(manifest.path, False, fmt))
     region = region_of(manifest.service.endpoint)
     choice: Choice | CredentialError
     try:
@@ -61,8 +83,8 @@ def run(args: argparse.Namespace, log: Log, env: Env) -> CheckResult:
         results=results,
         format=fmt,
         proxy=env.proxy_for(base),
-        timeout=args.timeout,
-        quota=args.quota,
+        timeout=options.timeout,
+        quota=options.quota,
     )
 
     async def checks() -> list[Any]:

@@ -1,20 +1,20 @@
-"""What several commands share: the process environment as cli.py hands it in, endpoints,
-credentials, the run's config and the plan lines logged before the first request."""
+"""What several commands share: the process environment as cli.py hands it in, the pool and
+run settings, endpoints, credentials, the run's config and the plan lines logged before the
+first request."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import anyio
 
 from ..auth import Credentials
-from ..client import Endpoint, open_session
+from ..client import DEFAULT_TIMEOUT, Endpoint, open_session
 from ..credentials import Choice, CredentialProvider, find_source, open_provider, region_of
 from ..errors import CredentialError, UsageError
 from ..manifest import Manifest
@@ -26,8 +26,34 @@ from ..results import Format, Ledger
 from ..runner import ExpandSummary, RunConfig
 from ..vas import REGIONS
 
+DEFAULT_CONCURRENCY = 8
+DEFAULT_RATE = 10.0
 DEFAULT_SETTLE = PoolSettings.settle
 DEFAULT_LOOKUPS = PoolSettings.lookup_tries
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolOptions:
+    """How hard a command may call the service: calls in flight, calls started per second
+    (0: no limit) and the seconds one call may take in all."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    rate: float = DEFAULT_RATE
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """A submit's or reconcile's settings beyond the pool: how a lost create is looked up, the
+    run's limits (None: none), and whether the ledger is ignored."""
+
+    pool: PoolOptions = field(default_factory=PoolOptions)
+    settle: float = DEFAULT_SETTLE
+    lookups: int = DEFAULT_LOOKUPS
+    max_jobs: int | None = None
+    max_failures: int | None = None
+    deadline: float | None = None
+    resubmit: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,12 +121,13 @@ def check_endpoint(url: str, option: str = "--endpoint") -> str:
 
 
 def endpoint(
-    args: argparse.Namespace,
+    override: str | None,
     manifest: Manifest,
     env: Env,
     credentials: CredentialProvider | None = None,
 ) -> Endpoint:
-    """``credentials`` know the project id (given or looked up); without them it must be given."""
+    """``override`` is --endpoint (None: the manifest's). ``credentials`` know the project id
+    (given or looked up); without them it must be given."""
     if credentials is not None:
         project_id = credentials.project_id
         if not project_id:
@@ -110,7 +137,7 @@ def endpoint(
             )
     else:
         project_id = offline_project_id(manifest, env)
-    base = check_endpoint(args.endpoint) if args.endpoint else manifest.service.endpoint
+    base = check_endpoint(override) if override else manifest.service.endpoint
     return Endpoint(base_url=base, project_id=project_id, service_name=manifest.service.name)
 
 
@@ -186,7 +213,7 @@ def ledger_credentials(
 
 
 def config(
-    args: argparse.Namespace,
+    options: RunOptions,
     manifest: Manifest | None,
     results: Path,
     fmt: Format,
@@ -194,14 +221,14 @@ def config(
     credentials: Credentials | CredentialProvider,
 ) -> RunConfig:
     pool = PoolSettings(
-        concurrency=args.concurrency,
-        rate=args.rate,
-        settle=getattr(args, "settle", DEFAULT_SETTLE),
-        lookup_spacing=getattr(args, "settle", DEFAULT_SETTLE),
-        lookup_tries=getattr(args, "lookups", DEFAULT_LOOKUPS),
-        max_jobs=getattr(args, "max_jobs", None),
-        max_failures=getattr(args, "max_failures", None),
-        deadline=getattr(args, "deadline", None),
+        concurrency=options.pool.concurrency,
+        rate=options.pool.rate,
+        settle=options.settle,
+        lookup_spacing=options.settle,
+        lookup_tries=options.lookups,
+        max_jobs=options.max_jobs,
+        max_failures=options.max_failures,
+        deadline=options.deadline,
     )
     return RunConfig(
         manifest=manifest,
@@ -210,8 +237,8 @@ def config(
         results=results,
         format=fmt,
         pool=pool,
-        resubmit=getattr(args, "resubmit", False),
-        timeout=args.timeout,
+        resubmit=options.resubmit,
+        timeout=options.pool.timeout,
     )
 
 
@@ -226,15 +253,16 @@ def live(manifest: Manifest) -> bool:
 
 async def spooled(
     manifest: Manifest,
-    args: argparse.Namespace,
+    obs_endpoint: str | None,
     credentials: Credentials | CredentialProvider,
     directory: Path,
     log: Log,
     settings: PoolSettings,
 ) -> Manifest:
     """List live OBS prefixes now, before any VAS request (errors exit 2), each page through
-    a gate with the run's in-flight cap, rate and retry policy."""
-    endpoint = check_endpoint(args.obs_endpoint, "--obs-endpoint") if args.obs_endpoint else None
+    a gate with the run's in-flight cap, rate and retry policy. ``obs_endpoint`` is
+    --obs-endpoint (None: the manifest's)."""
+    endpoint = check_endpoint(obs_endpoint, "--obs-endpoint") if obs_endpoint else None
     return await spool_prefixes(
         manifest,
         endpoint or manifest.service.obs_endpoint,

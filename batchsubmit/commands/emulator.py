@@ -3,7 +3,6 @@ ECS metadata) until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
-import argparse
 import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,6 +15,44 @@ from .common import Env
 
 if TYPE_CHECKING:
     from ..emulator import Faults
+    from ..emulator_iam import IamUser
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmulatorOptions:
+    """``batchsubmit emulator``: where it listens (port 0 picks a free one); its faults (shares
+    of calls, seconds, calls per second per operation, 0 = none; quota 0 = unlimited; seed
+    None = random); how its jobs live (emulated seconds per real second, fate shares); the
+    fake IAM users, token and temporary-credential lifetimes, ECS metadata with or without an
+    agency, the region's project name; and whether each request is logged."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    p503: float = 0.0
+    rate_limit: float = 0.0
+    latency: float = 0.0
+    lost: float = 0.0
+    error_after_create: float = 0.0
+    slow: float = 0.0
+    slow_seconds: float = 30.0
+    retry_after: float | None = None
+    quota: int = 5000
+    seed: int | None = None
+    time_scale: float = 1.0
+    p_failed: float = 0.0
+    p_create_failed: float = 0.0
+    p_start_failed: float = 0.0
+    p_unknown_state: float = 0.0
+    p_vanish: float = 0.0
+    p_hosting_late: float = 0.0
+    p_frozen: float = 0.0
+    log_requests: bool = False
+    iam_users: tuple[IamUser, ...] = ()
+    token_ttl: float = 86400.0  # IAM's 24 h
+    metadata: bool = False
+    credential_ttl: float = 3600.0
+    agency: bool = True
+    region: str = "cn-north-4"
 
 
 @dataclass(frozen=True)
@@ -29,35 +66,35 @@ class EmulatorResult:
     refused_expired: int = 0
 
 
-def faults(args: argparse.Namespace) -> Faults:
+def faults(options: EmulatorOptions) -> Faults:
     """The emulator's faults and job lives from its options (ValueError if they conflict)."""
     from ..emulator import Faults, Lifecycle
 
     return Faults(
-        p503=args.p503,
-        rate_limit=args.rate_limit,
-        latency=args.latency,
-        p_lost=args.lost,
-        p_5xx_after_create=args.error_after_create,
-        p_slow=args.slow,
-        slow_seconds=args.slow_seconds,
-        retry_after=args.retry_after,
-        quota=args.quota,
-        seed=args.seed,
+        p503=options.p503,
+        rate_limit=options.rate_limit,
+        latency=options.latency,
+        p_lost=options.lost,
+        p_5xx_after_create=options.error_after_create,
+        p_slow=options.slow,
+        slow_seconds=options.slow_seconds,
+        retry_after=options.retry_after,
+        quota=options.quota,
+        seed=options.seed,
         jobs=Lifecycle(
-            time_scale=args.time_scale,
-            p_failed=args.p_failed,
-            p_create_failed=args.p_create_failed,
-            p_start_failed=args.p_start_failed,
-            p_unknown_state=args.p_unknown_state,
-            p_vanish=args.p_vanish,
-            p_hosting_late=args.p_hosting_late,
-            p_frozen=args.p_frozen,
+            time_scale=options.time_scale,
+            p_failed=options.p_failed,
+            p_create_failed=options.p_create_failed,
+            p_start_failed=options.p_start_failed,
+            p_unknown_state=options.p_unknown_state,
+            p_vanish=options.p_vanish,
+            p_hosting_late=options.p_hosting_late,
+            p_frozen=options.p_frozen,
         ),
     )
 
 
-def run(args: argparse.Namespace, log: Log, env: Env) -> EmulatorResult:
+def run(options: EmulatorOptions, log: Log, env: Env) -> EmulatorResult:
     from ..emulator import (
         EMULATOR_AK,
         EMULATOR_PROJECT_ID,
@@ -68,17 +105,17 @@ def run(args: argparse.Namespace, log: Log, env: Env) -> EmulatorResult:
     from ..emulator_iam import IdentityOptions
 
     try:
-        chosen = faults(args)
+        chosen = faults(options)
     except ValueError as exc:  # e.g. fate shares that add up to more than 1
         raise UsageError(f"emulator: {exc}") from None
     identity = IdentityOptions(
-        users=tuple(args.iam_user),
+        users=options.iam_users,
         projects_api=True,  # GET /v3/projects?name=REGION: project id discovery, as the SDK does
-        token_ttl=args.token_ttl,
-        metadata=args.metadata,
-        agency=not args.no_agency,
-        credential_ttl=args.credential_ttl,
-        region=args.region,
+        token_ttl=options.token_ttl,
+        metadata=options.metadata,
+        agency=options.agency,
+        credential_ttl=options.credential_ttl,
+        region=options.region,
     )
 
     def log_request(record: RequestRecord) -> None:
@@ -96,13 +133,13 @@ def run(args: argparse.Namespace, log: Log, env: Env) -> EmulatorResult:
         emulator = Emulator(
             chosen,
             identity=identity,
-            request_log=log_request if args.log_requests else None,
+            request_log=log_request if options.log_requests else None,
         )
-        async with emulator.serve(args.host, args.port) as url:
+        async with emulator.serve(options.host, options.port) as url:
             log.line(
                 "info",
                 f"VAS emulator listening on {url} (project {EMULATOR_PROJECT_ID}, quota "
-                f"{args.quota or 'unlimited'}); Ctrl-C stops it. Point a run at it with the "
+                f"{options.quota or 'unlimited'}); Ctrl-C stops it. Point a run at it with the "
                 "lines on stdout (the SK is a documented throwaway that opens only this emulator)",
             )
             lines = [

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..pool import PoolSettings
 from ..progress import Log
-from ..prune import PruneConfig, PruneRules, PruneStats, first_service, plan_prune, prune
-from ..results import format_for, utc_now
-from .common import Env, check_endpoint, ledger_credentials, real, warner
+from ..prune import (
+    DEFAULT_OLDER_THAN,
+    PruneConfig,
+    PruneRules,
+    PruneStats,
+    first_service,
+    plan_prune,
+    prune,
+)
+from ..results import Format, format_for, utc_now
+from .common import Env, PoolOptions, check_endpoint, ledger_credentials, real, warner
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneOptions:
+    """``batchsubmit prune``: the results file, its format (None: from the extension), the
+    endpoint to use instead of the rows' (None: the rows'), which final jobs go (recorded
+    final at least ``older_than`` seconds ago, the newest ``keep`` kept), and whether this is
+    a dry run that sends nothing."""
+
+    results: Path
+    format: Format | None = None
+    endpoint: str | None = None
+    older_than: float = DEFAULT_OLDER_THAN
+    keep: int = 0
+    dry_run: bool = False
+    pool: PoolOptions = field(default_factory=PoolOptions)
 
 
 @dataclass(frozen=True)
@@ -23,12 +46,12 @@ class PruneResult:
     dry_run: bool
 
 
-def run(args: argparse.Namespace, log: Log, env: Env) -> PruneResult:
+def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
     started = time.time()
-    results = real(args.results)
-    fmt = format_for(results, args.format)
-    base_url = check_endpoint(args.endpoint) if args.endpoint else None
-    first = None if args.dry_run else first_service(results, fmt)
+    results = real(options.results)
+    fmt = format_for(results, options.format)
+    base_url = check_endpoint(options.endpoint) if options.endpoint else None
+    first = None if options.dry_run else first_service(results, fmt)
     credentials = None
     if first is not None:  # a dry run, or a ledger with no job, needs no credentials
         credentials = ledger_credentials(env, log, first, base_url)
@@ -36,16 +59,16 @@ def run(args: argparse.Namespace, log: Log, env: Env) -> PruneResult:
         results=results,
         format=fmt,
         credentials=credentials,
-        pool=PoolSettings(concurrency=args.concurrency, rate=args.rate),
-        rules=PruneRules(older_than=args.older_than, keep=args.keep),
+        pool=PoolSettings(concurrency=options.pool.concurrency, rate=options.pool.rate),
+        rules=PruneRules(older_than=options.older_than, keep=options.keep),
         base_url=base_url,
-        dry_run=args.dry_run,
-        timeout=args.timeout,
+        dry_run=options.dry_run,
+        timeout=options.pool.timeout,
     )
     warn = warner(log)
     say = lambda level, message: log.line(level, message)  # noqa: E731
-    stats = plan_locked(config, warn) if args.dry_run else prune(config, warn, say)
-    return PruneResult(stats, started, results, args.dry_run)
+    stats = plan_locked(config, warn) if options.dry_run else prune(config, warn, say)
+    return PruneResult(stats, started, results, options.dry_run)
 
 
 def plan_locked(config: PruneConfig, warn: Any) -> PruneStats:

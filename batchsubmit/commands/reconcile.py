@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -17,7 +16,27 @@ from ..progress import Log
 from ..results import Format, format_for, iter_rows
 from ..runner import ExpandSummary, journal_path, prepare, reconcile
 from ..vas import service_identity
-from .common import Env, check_endpoint, config, credentials, real, source_name, warner
+from .common import (
+    Env,
+    RunOptions,
+    check_endpoint,
+    config,
+    credentials,
+    real,
+    source_name,
+    warner,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconcileOptions:
+    """``batchsubmit reconcile``: the results file, its format (None: from the extension), the
+    endpoint to use instead of the rows' (None: the rows'), and how the lookups run."""
+
+    results: Path
+    format: Format | None = None
+    endpoint: str | None = None
+    run: RunOptions = field(default_factory=RunOptions)
 
 
 @dataclass(frozen=True)
@@ -31,17 +50,17 @@ class RunResult:
     credentials: str | None = None
 
 
-def run(args: argparse.Namespace, log: Log, env: Env) -> RunResult:
+def run(options: ReconcileOptions, log: Log, env: Env) -> RunResult:
     started = time.time()
     warn = warner(log)
-    results = real(args.results)
-    fmt = format_for(results, args.format)
-    endpoint = endpoint_from_results(results, fmt, args.endpoint)
+    results = real(options.results)
+    fmt = format_for(results, options.format)
+    endpoint = endpoint_from_results(results, fmt, options.endpoint)
     if endpoint is None:
         # Nothing to do is success: a nightly `reconcile` must not raise an alarm every night.
         return RunResult(results, started, None)
     provider = credentials(env, log, project_id=endpoint.project_id, endpoint=endpoint.base_url)
-    run_config = config(args, None, results, fmt, endpoint, provider)
+    run_config = config(options.run, None, results, fmt, endpoint, provider)
     prepared = prepare(run_config, warn)
     try:
         uncertain = prepared.uncertain

@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from ..errors import UsageError
+from ..follow import DEFAULT_INTERVAL, DEFAULT_STUCK_AFTER
 from ..pool import PoolSettings
 from ..progress import Log
 from ..results import Format, format_for
-from .common import Env, check_endpoint, ledger_credentials, real, warner
+from .common import Env, PoolOptions, check_endpoint, ledger_credentials, real, warner
+
+
+@dataclass(frozen=True, kw_only=True)
+class FollowOptions:
+    """How jobs are followed (status, and submit --follow): pass again every ``interval``
+    seconds until every job is final (``follow``), where the report goes (None: beside the
+    results file), where hosting results are saved (None: not saved), and when a job counts
+    as stuck."""
+
+    follow: bool = False
+    interval: float = DEFAULT_INTERVAL
+    report: Path | None = None
+    collect: Path | None = None
+    stuck_after: float = DEFAULT_STUCK_AFTER
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusOptions:
+    """``batchsubmit status``: the results file, its format (None: from the extension), the
+    endpoint to use instead of the rows' (None: the rows'), and --deadline (None: none)."""
+
+    results: Path
+    format: Format | None = None
+    endpoint: str | None = None
+    deadline: float | None = None
+    follow: FollowOptions = field(default_factory=FollowOptions)
+    pool: PoolOptions = field(default_factory=PoolOptions)
 
 
 @dataclass(frozen=True)
@@ -27,7 +54,8 @@ class StatusResult:
 
 
 def follow_config(
-    args: argparse.Namespace,
+    options: FollowOptions,
+    pool: PoolOptions,
     results: Path,
     fmt: Format,
     credentials: Any,
@@ -35,35 +63,36 @@ def follow_config(
 ) -> Any:
     from ..follow import FollowConfig, report_format
 
-    if args.report is not None:
-        report_format(args.report)  # a bad extension is exit 2 before any request
+    if options.report is not None:
+        report_format(options.report)  # a bad extension is exit 2 before any request
     always = extra.pop("always_follow", False)
     return FollowConfig(
         results=results,
         format=fmt,
         credentials=credentials,
-        pool=PoolSettings(concurrency=args.concurrency, rate=args.rate),
-        follow=args.follow or always,
-        interval=args.interval,
-        report=real(args.report) if args.report is not None else None,
-        collect=args.collect,
-        stuck_after=args.stuck_after,
-        timeout=args.timeout,
+        pool=PoolSettings(concurrency=pool.concurrency, rate=pool.rate),
+        follow=options.follow or always,
+        interval=options.interval,
+        report=real(options.report) if options.report is not None else None,
+        collect=options.collect,
+        stuck_after=options.stuck_after,
+        timeout=pool.timeout,
         **extra,
     )
 
 
-def run(args: argparse.Namespace, log: Log, env: Env) -> StatusResult:
+def run(options: StatusOptions, log: Log, env: Env) -> StatusResult:
     from ..follow import exit_code, follow, iter_ledger, lock_results, prepare_follow
 
     started = time.time()
     warn = warner(log)
-    results = real(args.results)
-    fmt = format_for(results, args.format)
+    results = real(options.results)
+    fmt = format_for(results, options.format)
     if not results.is_file():
         raise UsageError(f"{results}: no such results file")
-    endpoint = check_endpoint(args.endpoint) if args.endpoint else None
-    follow_config(args, results, fmt, None)  # options first: exit 2 before anything else
+    endpoint = check_endpoint(options.endpoint) if options.endpoint else None
+    # The options first: exit 2 before anything else.
+    follow_config(options.follow, options.pool, results, fmt, None)
     # The lock before reading: a submit appending to the ledger now would make this run
     # follow half of tonight's jobs (exit 75 instead; README "Following jobs").
     lock = lock_results(results)
@@ -75,7 +104,13 @@ def run(args: argparse.Namespace, log: Log, env: Env) -> StatusResult:
         if first is not None:  # nothing to follow needs no credentials
             credentials = ledger_credentials(env, log, first, endpoint)
         config = follow_config(
-            args, results, fmt, credentials, endpoint=endpoint, deadline=args.deadline
+            options.follow,
+            options.pool,
+            results,
+            fmt,
+            credentials,
+            endpoint=endpoint,
+            deadline=options.deadline,
         )
         follower = prepare_follow(config, warn)
         reporter = env.reporter(log, follower.stats.followed)

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,14 @@ from ..errors import UsageError
 from ..manifest import Manifest, load_manifest
 from ..pool import PoolSettings, RunStats
 from ..progress import Log
-from ..prune import PruneConfig, Room, make_room
+from ..prune import DEFAULT_QUOTA, PruneConfig, Room, make_room
 from ..render import expand_line, spec_lines
 from ..results import Format, format_for, read_ledger
 from ..runner import ExpandSummary, RunConfig, count_work, plan, prepare, submit
 from ..sources import ExpandStats
 from .common import (
     Env,
+    RunOptions,
     config,
     credentials,
     default_results,
@@ -38,7 +38,27 @@ from .common import (
     warner,
 )
 from .reconcile import RunResult
-from .status import follow_config
+from .status import FollowOptions, follow_config
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmitOptions:
+    """``batchsubmit submit``: the manifest; the results file (None: beside the manifest) and
+    its format (None: from the extension, else csv); the endpoints to use instead of the
+    manifest's (None: the manifest's); a dry run, the built-in emulator; the run's settings;
+    --make-room under ``quota``; and the follow after the creates (``follow.follow``)."""
+
+    manifest: Path
+    results: Path | None = None
+    format: Format | None = None
+    endpoint: str | None = None
+    obs_endpoint: str | None = None
+    dry_run: bool = False
+    emulator: bool = False
+    run: RunOptions = field(default_factory=RunOptions)
+    make_room: bool = False
+    quota: int = DEFAULT_QUOTA
+    follow: FollowOptions = field(default_factory=FollowOptions)
 
 
 @dataclass(frozen=True)
@@ -68,35 +88,39 @@ class RoomStopped(Exception):
         self.signum = signum
 
 
-def run(args: argparse.Namespace, log: Log, env: Env) -> SubmitResult | DryRun:
+def run(options: SubmitOptions, log: Log, env: Env) -> SubmitResult | DryRun:
     started = time.time()
-    manifest = load_manifest(args.manifest)
-    fmt = format_for(args.results, args.format) if args.results else (args.format or "csv")
-    results = real(args.results or default_results(manifest.path, args.emulator, fmt))
-    if args.emulator and live(manifest):
+    manifest = load_manifest(options.manifest)
+    fmt: Format = (
+        format_for(options.results, options.format)
+        if options.results
+        else (options.format or "csv")
+    )
+    results = real(options.results or default_results(manifest.path, options.emulator, fmt))
+    if options.emulator and live(manifest):
         raise UsageError(
             f"{manifest.path}: live OBS prefixes cannot be listed with --emulator "
             "(it has no OBS); use a listing file, or run against real OBS"
         )
-    if args.dry_run:
-        return dry_run(args, log, env, manifest, results, fmt)
-    if args.emulator:
+    if options.dry_run:
+        return dry_run(options, log, env, manifest, results, fmt)
+    if options.emulator:
         emulated: SubmitResult = anyio.run(
-            submit_emulated, args, log, env, manifest, results, fmt, started
+            submit_emulated, options, log, env, manifest, results, fmt, started
         )
         return emulated
     provider = credentials(
         env, log, project_id=manifest.service.project_id, endpoint=manifest.service.endpoint
     )
-    found = endpoint(args, manifest, env, provider)
+    found = endpoint(options.endpoint, manifest, env, provider)
     warn_unknown_region(log, found)
-    run_config = config(args, manifest, results, fmt, found, provider)
-    done: SubmitResult = anyio.run(run_submit, run_config, args, log, env, started)
+    run_config = config(options.run, manifest, results, fmt, found, provider)
+    done: SubmitResult = anyio.run(run_submit, run_config, options, log, env, started)
     return done
 
 
 async def submit_emulated(
-    args: argparse.Namespace,
+    options: SubmitOptions,
     log: Log,
     env: Env,
     manifest: Manifest,
@@ -117,16 +141,16 @@ async def submit_emulated(
             base_url=url, project_id=EMULATOR_PROJECT_ID, service_name=manifest.service.name
         )
         run_config = config(
-            args, manifest, results, fmt, emulated, Credentials(EMULATOR_AK, EMULATOR_SK)
+            options.run, manifest, results, fmt, emulated, Credentials(EMULATOR_AK, EMULATOR_SK)
         )
-        done = await run_submit(run_config, args, log, env, started)
+        done = await run_submit(run_config, options, log, env, started)
         jobs = len(emulator.tasks)
         epilogue = f"EMULATOR: {jobs} jobs exist on the emulator; they vanish with it"
         return replace(done, epilogue=epilogue)
 
 
 async def run_submit(
-    config: RunConfig, args: argparse.Namespace, log: Log, env: Env, started: float
+    config: RunConfig, options: SubmitOptions, log: Log, env: Env, started: float
 ) -> SubmitResult:
     manifest = config.manifest
     assert manifest is not None
@@ -136,7 +160,12 @@ async def run_submit(
     try:
         if live(manifest):
             manifest = await spooled(
-                manifest, args, config.credentials, Path(spool.name), log, config.pool
+                manifest,
+                options.obs_endpoint,
+                config.credentials,
+                Path(spool.name),
+                log,
+                config.pool,
             )
             config = replace(config, manifest=manifest)
         uncertain = prepared.uncertain
@@ -144,8 +173,8 @@ async def run_submit(
         counted = count_work(manifest, ledger, uncertain, lambda _m: None)
         log_plan(log, counted, len(uncertain), config, prepared.ledger)
         room = None
-        if getattr(args, "make_room", False):
-            room, config = await _make_room(config, args, log, counted)
+        if options.make_room:
+            room, config = await _make_room(config, options.quota, log, counted)
         planned = counted.planned
         if config.pool.max_jobs is not None:
             planned = min(planned, config.pool.max_jobs)
@@ -154,7 +183,7 @@ async def run_submit(
             stats, summary = await submit(config, prepared, reporter, warn, counted.repeats)
         finally:
             reporter.close()
-        followed = await _follow_after_submit(config, args, log, env, stats, started)
+        followed = await _follow_after_submit(config, options, log, env, stats, started)
     finally:
         prepared.lock.release()
         spool.cleanup()
@@ -165,10 +194,10 @@ async def run_submit(
 
 
 def dry_run(
-    args: argparse.Namespace, log: Log, env: Env, manifest: Manifest, results: Path, fmt: Format
+    options: SubmitOptions, log: Log, env: Env, manifest: Manifest, results: Path, fmt: Format
 ) -> DryRun:
     warn = warner(log)
-    if args.emulator:
+    if options.emulator:
         from ..emulator import EMULATOR_PROJECT_ID
 
         target = Endpoint(
@@ -177,17 +206,24 @@ def dry_run(
             service_name=manifest.service.name,
         )
     else:
-        target = endpoint(args, manifest, env)
+        target = endpoint(options.endpoint, manifest, env)
         warn_unknown_region(log, target)
     ledger = None
-    if not args.resubmit:
+    if not options.run.resubmit:
         ledger = read_ledger(results, fmt, target.tasks_url, warn)
     summary = ExpandSummary(ExpandStats())
     with tempfile.TemporaryDirectory(prefix="batchsubmit-") as spool:
         if live(manifest):
-            settings = PoolSettings(concurrency=args.concurrency, rate=args.rate)
+            pool = options.run.pool
+            settings = PoolSettings(concurrency=pool.concurrency, rate=pool.rate)
             manifest = anyio.run(
-                spooled, manifest, args, credentials(env), Path(spool), log, settings
+                spooled,
+                manifest,
+                options.obs_endpoint,
+                credentials(env),
+                Path(spool),
+                log,
+                settings,
             )
         env.write(spec_lines(plan(manifest, ledger, (), summary, warn), target.tasks_url))
     log.line("info", expand_line(summary.expand))
@@ -195,7 +231,7 @@ def dry_run(
 
 
 async def _make_room(
-    config: RunConfig, args: argparse.Namespace, log: Log, counted: ExpandSummary
+    config: RunConfig, quota: int, log: Log, counted: ExpandSummary
 ) -> tuple[Room, RunConfig]:
     """--make-room: prune until tonight's creates fit under --quota, else cap them."""
     # Lookups of earlier uncertain creates may end in creates too: count them as planned.
@@ -214,7 +250,7 @@ async def _make_room(
     room = await make_room(
         prune_config,
         planned,
-        args.quota,
+        quota,
         warner(log),
         say,
         service_url=config.endpoint.tasks_url,
@@ -240,7 +276,7 @@ def _room_stats(stats: RunStats, room: Room) -> None:
 
 async def _follow_after_submit(
     config: RunConfig,
-    args: argparse.Namespace,
+    options: SubmitOptions,
     log: Log,
     env: Env,
     stats: RunStats,
@@ -250,16 +286,17 @@ async def _follow_after_submit(
     submit's --deadline bounds the whole command. None when there is nothing to follow for."""
     from ..follow import follow, prepare_follow
 
-    if not getattr(args, "follow", False):
+    if not options.follow.follow:
         return None
     if stats.signal is not None or stats.fatal is not None:
         log.line("warning", "not following the jobs: the submit did not end normally")
         return None
     deadline = None
-    if args.deadline is not None:
-        deadline = max(0.0, args.deadline - (time.time() - started))
+    if options.run.deadline is not None:
+        deadline = max(0.0, options.run.deadline - (time.time() - started))
     settings = follow_config(
-        args,
+        options.follow,
+        options.run.pool,
         config.results,
         config.format,
         config.credentials,
