@@ -9,8 +9,12 @@ job, or learns it is absent; an *incremental* pass lists only what changed since
 only where a field is only in show: a SUCCEEDED job's pending ``hosting_result``, a result to
 collect, and a job absent from a sweep that must have listed it (404 there: ``LOST``).
 
-Every call goes through the pool's gate (:meth:`Pool.call`). Returns data (FollowStats); the
-CLI renders it. Exit codes are judged by :func:`exit_code` on the jobs this run followed.
+Every call goes through the pool's gate (:meth:`Pool.call`); the shows and a window's pages
+after its first are kinds of work on the pool's workers (:meth:`Pool.each`), with no scheduler
+here. What stays sequential is so by nature: a window's first page tells how many pages follow
+(and whether to split it), and a changes pass reads one page to know if the next is needed.
+Returns data (FollowStats); the CLI renders it. Exit codes are judged by :func:`exit_code` on
+the jobs this run followed.
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from sys import intern
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 from urllib.parse import unquote
 
 import anyio
@@ -99,8 +103,6 @@ REPORT_COLUMNS = (
     "checked_at",
 )
 _TASKS_URL = re.compile(r"(https?://[^/?#]+)/v2/([^/]+)/services/([^/]+)/tasks/?")
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -617,11 +619,8 @@ class Follower:
             if job.now.job_id not in absent and self._needs_show(job)
         ]
         self._there = 0
-        await _each(
-            shows,
-            lambda job: self._show(pool, job, job.now.job_id in absent),
-            self.config.pool.concurrency,
-        )
+        # Shows not started because the run stopped are asked about next pass (or next run).
+        await pool.each(shows, lambda job: self._show(pool, job, job.now.job_id in absent))
         if self.time_filters and self._there >= max(TRUST_MISSES, len(absent) // 2):
             # Jobs a window did not list, yet show has them: the service does not read
             # created_since/created_until as epoch milliseconds (VAS-API.md: unconfirmed).
@@ -719,8 +718,8 @@ class Follower:
             else:
                 newest = _newest(newest, found[1])
 
-        await _each(offsets, page, self.config.pool.concurrency)
-        return complete and not pool.stopping, newest
+        not_listed = await pool.each(offsets, page)
+        return complete and not not_listed and not pool.stopping, newest
 
     async def _changed(self, pool: Pool, service: int, jobs: list[_Job]) -> None:
         """The jobs updated since the cursor, newest first, page by page until one is older."""
@@ -1153,17 +1152,3 @@ def _windows(created: list[int]) -> list[tuple[int, int]]:
         else:
             windows.append((since, until))
     return windows
-
-
-async def _each(items: Iterable[T], work: Callable[[T], Awaitable[None]], workers: int) -> None:
-    """``work`` on every item, ``workers`` at a time (the pool's gate caps the calls anyway;
-    this caps the tasks, so 100,000 shows are not 100,000 tasks at once)."""
-    iterator = iter(items)
-
-    async def worker() -> None:
-        for item in iterator:  # one shared iterator: each worker takes the next item
-            await work(item)
-
-    async with anyio.create_task_group() as group:
-        for _ in range(max(1, workers)):
-            group.start_soon(worker)

@@ -479,7 +479,7 @@ async def _prune_locked(
                     from .runner import watch_signals
 
                     group.start_soon(watch_signals, pool, partial(setattr, stats, "signal"))
-                    await _delete_all(pool, clients, work, writer, journal, stats, config)
+                    await _delete_all(pool, clients, work, writer, journal, stats)
                     group.cancel_scope.cancel()
                 _take_pool_stats(stats, pool)
         finally:
@@ -538,23 +538,16 @@ async def _delete_all(
     writer: RecordWriter,
     journal: _IntentJournal,
     stats: PruneStats,
-    config: PruneConfig,
 ) -> None:
-    """``concurrency`` workers take the jobs oldest first; every call goes through the gate."""
-    queue = iter(work)
+    """The deletes, oldest first, as a kind of work on the pool's workers (``concurrency`` at
+    a time, every call through the gate). A job not started because the prune stopped is
+    deferred: its intent was never written, so nothing is left to redo for it."""
 
-    async def worker() -> None:
-        for candidate in queue:
-            if pool.stopping:
-                stats.deferred += 1
-                continue
-            await _delete_one(
-                pool, clients[candidate.service_url], candidate, writer, journal, stats
-            )
+    async def delete(candidate: Candidate) -> None:
+        client = clients[candidate.service_url]
+        await _delete_one(pool, client, candidate, writer, journal, stats)
 
-    async with anyio.create_task_group() as group:
-        for _ in range(min(config.pool.concurrency, len(work))):
-            group.start_soon(worker)
+    stats.deferred += len(await pool.each(work, delete))
 
 
 async def _delete_one(

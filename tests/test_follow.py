@@ -508,6 +508,64 @@ async def test_a_service_that_reads_creation_times_otherwise_is_listed_unfiltere
 
 
 @pytest.mark.anyio
+async def test_shows_run_concurrency_at_a_time_and_a_stop_at_once_cuts_them(
+    tmp_path: Path,
+) -> None:
+    """The shows of a pass are a kind of work on the pool's workers: ``concurrency`` of them at
+    a time (not one task per job), and stopping at once (a second signal) cuts the ones that
+    hang and starts no other; a job cut off keeps what was known of it."""
+    service_url = "http://127.0.0.1:9/v2/p/services/s/tasks"
+    results = tmp_path / "r.jsonl"
+    ids = [f"{n:032x}" for n in range(30)]
+    results.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {"source": f"s{n}", "name": f"n{n}", "job_id": job_id, "status": "submitted",
+                 "submitted_at": "2026-12-01T02:00:00.000Z", "service_url": service_url}
+            ) + b"\n"
+            for n, job_id in enumerate(ids)
+        )
+    )  # fmt: skip
+    shown: list[str] = []
+    hanging = anyio.Event()
+
+    async def list_tasks(query: dict[str, Any]) -> Answer:
+        return Answer(kind=Kind.OK, status=200, data={"count": 0, "tasks": []})  # all absent
+
+    async def show(job_id: str) -> Answer:
+        shown.append(job_id)
+        if len(shown) == 4:
+            hanging.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    config = replace(_follow_config(results, follow=False), format="jsonl")
+    follower = prepare_follow(config, lambda _m: None)
+    pool = Pool(
+        object(),  # type: ignore[arg-type]
+        object(),  # type: ignore[arg-type]
+        LineReporter(Log(io.StringIO()), None),
+        PoolSettings(concurrency=4, rate=0.0, grace=60.0),
+        service_url=service_url,
+    )
+    follower.clients = [SimpleNamespace(list_tasks=list_tasks, show=show)]  # type: ignore[list-item]
+
+    async def stop_at_once() -> None:
+        await hanging.wait()
+        await anyio.sleep(0.05)  # were the cap not kept, a fifth show would start meanwhile
+        pool.stop_now()
+
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
+        with anyio.fail_after(5):  # not the grace's 60 s: cut at once
+            async with anyio.create_task_group() as group:
+                group.start_soon(stop_at_once)
+                await follower._pass(pool)
+    assert len(shown) == 4
+    assert follower.stats.show_calls == 0
+    assert {job.now.state for job in follower.jobs.values()} == {""}  # none taken for LOST
+
+
+@pytest.mark.anyio
 async def test_unknown_states_are_kept_verbatim_and_frozen_stops_with_exit_3(
     tmp_path: Path,
 ) -> None:

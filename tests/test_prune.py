@@ -688,6 +688,53 @@ def test_sigterm_mid_prune_records_what_was_deleted(tmp_path: Path) -> None:
         live.close()
 
 
+def test_a_second_sigterm_cuts_a_hanging_delete_and_the_next_prune_redoes_it(
+    tmp_path: Path,
+) -> None:
+    """A delete that hangs, then SIGTERM twice: the second cuts it off at once (the deletes run
+    on the pool's workers, which a stop at once cancels), its intent stays, and the next prune
+    sends it again first; the deletes never started are deferred, not intended."""
+    live = LiveEmulator(Faults(jobs=FAST_LIFE))
+    process: subprocess.Popen[str] | None = None
+    try:
+        results = submit_videos(live, tmp_path, 6)
+        ids = list(job_ids(results).values())
+        settle(live, ids)
+        record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+        live.emulator.faults = Faults(jobs=FAST_LIFE, latency=60.0)  # every call hangs
+        args = ["prune", str(results), "--rate", "0", "--concurrency", "2"]
+        process = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
+        journal = prune_journal_path(results)
+        deadline = time.monotonic() + 20
+        while not (journal.exists() and journal.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.2)  # the first delete is on the wire, waiting for the emulator
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        cut_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=20)
+        assert time.monotonic() - cut_at < 10, err  # not the emulator's 60 s, nor the grace
+        assert process.returncode == 143, err
+        assert not live.emulator.deleted
+        assert "PRUNED" not in set(states(results).values())
+        intents = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert 1 <= len(intents) <= 2  # on the wire when cut; the others were never sent
+        assert {i["job_id"] for i in intents} <= set(ids)
+        live.emulator.faults = Faults(jobs=FAST_LIFE)
+        again = run_prune(results, older_than=1000 * HOUR)  # only the journal selects now
+        assert (again.resumed, again.deleted, again.deferred) == (len(intents), len(intents), 0)
+        assert {i for i, s in states(results).items() if s == PRUNED} == {
+            i["job_id"] for i in intents
+        }
+        assert not journal.exists()
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()  # a broken rule: the prune would hang on the emulator's latency
+            process.communicate()
+        live.close()
+
+
 def test_a_record_claiming_final_for_a_running_state_is_not_believed() -> None:
     """final=True beside a state that is not a final one (a damaged or hand-edited record):
     held as not final."""
