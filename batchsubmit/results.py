@@ -196,9 +196,10 @@ class ResultsWriter:
             )
             if self._columns is not None:
                 fields = [fields[i] if i >= 0 else "" for i in self._columns]
-            if _CONTROL.search(",".join(fields)):  # a row is one line, whatever a message holds
-                fields = [_CONTROL.sub(" ", f) for f in fields]
             text = ",".join(fields)
+            if _CONTROL.search(text):  # a row is one line, whatever a message holds
+                fields = [_CONTROL.sub(" ", f) for f in fields]
+                text = ",".join(fields)
             if '"' not in text and text.count(",") == len(fields) - 1:
                 line = (text + "\r\n").encode()  # nothing to quote: the csv module's output
             else:  # a field with a comma or a quote: the csv module quotes it
