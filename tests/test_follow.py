@@ -87,6 +87,22 @@ def _record(job_id: str, state: str = "PENDING", **fields: Any) -> JobRecord:
 # -- rules ------------------------------------------------------------------------------------
 
 
+def _submitted_ledger(results: Path, ids: list[str], service_url: str) -> None:
+    """A JSONL results file with one submitted row per job id (video ``s{n}``, job ``n{n}``)."""
+    rows = (
+        {
+            "source": f"s{n}",
+            "name": f"n{n}",
+            "job_id": job_id,
+            "status": "submitted",
+            "submitted_at": "2026-12-01T02:00:00.000Z",
+            "service_url": service_url,
+        }
+        for n, job_id in enumerate(ids)
+    )
+    results.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+
+
 @pytest.mark.parametrize(
     ("state", "hosting", "hosting_status", "final"),
     [
@@ -399,15 +415,7 @@ async def test_a_changes_pass_pages_until_a_job_older_than_the_cursor(tmp_path: 
     service_url = "http://127.0.0.1:9/v2/p/services/s/tasks"
     results = tmp_path / "r.jsonl"
     ids = [f"{n:032x}" for n in range(250)]
-    results.write_bytes(
-        b"".join(
-            orjson.dumps(
-                {"source": f"s{n}", "name": f"n{n}", "job_id": job_id, "status": "submitted",
-                 "submitted_at": "2026-12-01T02:00:00.000Z", "service_url": service_url}
-            ) + b"\n"
-            for n, job_id in enumerate(ids)
-        )
-    )  # fmt: skip
+    _submitted_ledger(results, ids, service_url)
     cursor = 1_800_000_000.0
 
     def stamp(moment: float) -> str:
@@ -458,15 +466,7 @@ async def test_a_service_that_reads_creation_times_otherwise_is_listed_unfiltere
     service_url = "http://127.0.0.1:9/v2/p/services/s/tasks"
     results = tmp_path / "r.jsonl"
     ids = [f"{n:032x}" for n in range(30)]
-    results.write_bytes(
-        b"".join(
-            orjson.dumps(
-                {"source": f"s{n}", "name": f"n{n}", "job_id": job_id, "status": "submitted",
-                 "submitted_at": "2026-12-01T02:00:00.000Z", "service_url": service_url}
-            ) + b"\n"
-            for n, job_id in enumerate(ids)
-        )
-    )  # fmt: skip
+    _submitted_ledger(results, ids, service_url)
     tasks = {
         job_id: {"id": job_id, "state": "RUNNING", "updated_at": "2026-12-01T02:00:05Z",
                  "created_at": "2026-12-01T02:00:00Z", "output": {"obs": {}}}
@@ -517,15 +517,7 @@ async def test_shows_run_concurrency_at_a_time_and_a_stop_at_once_cuts_them(
     service_url = "http://127.0.0.1:9/v2/p/services/s/tasks"
     results = tmp_path / "r.jsonl"
     ids = [f"{n:032x}" for n in range(30)]
-    results.write_bytes(
-        b"".join(
-            orjson.dumps(
-                {"source": f"s{n}", "name": f"n{n}", "job_id": job_id, "status": "submitted",
-                 "submitted_at": "2026-12-01T02:00:00.000Z", "service_url": service_url}
-            ) + b"\n"
-            for n, job_id in enumerate(ids)
-        )
-    )  # fmt: skip
+    _submitted_ledger(results, ids, service_url)
     shown: list[str] = []
     hanging = anyio.Event()
 
