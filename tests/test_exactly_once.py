@@ -15,6 +15,7 @@ from batchsubmit.emulator import Emulator, Faults
 from batchsubmit.jobs import SpecBuilder
 from batchsubmit.manifest import load_manifest
 from batchsubmit.results import COLUMNS
+from batchsubmit.runner import RunConfig
 from batchsubmit.sources import ObjectRef
 
 from .helpers import (
@@ -75,6 +76,20 @@ def _journal(results: Path, entries: list[tuple[str, str]]) -> None:
     )
 
 
+async def _create(config: RunConfig, body: bytes) -> str:
+    """Create a job on the emulator as an earlier run would have; its id."""
+    import aiohttp
+
+    from batchsubmit.auth import Credentials
+    from batchsubmit.client import VasClient
+
+    async with aiohttp.ClientSession() as session:
+        client = VasClient(session, config.endpoint, Credentials(*_emulator_keys()))
+        answer = await client.create(body)
+    assert answer.job_id, answer
+    return answer.job_id
+
+
 @pytest.mark.anyio
 async def test_intent_without_a_job_is_created_and_with_a_job_is_recorded(tmp_path: Path) -> None:
     """Left-over intents: a job truly not created is created; one that exists gets its row."""
@@ -86,18 +101,11 @@ async def test_intent_without_a_job_is_created_and_with_a_job_is_recorded(tmp_pa
     emulator = Emulator()
     async with emulator.serve() as url:
         # A killed run: it created the first job (no row) and had sent nothing for the second.
-        import aiohttp
-
-        from batchsubmit.auth import Credentials
-        from batchsubmit.client import VasClient
-
         config = config_for(manifest, url, results)
-        async with aiohttp.ClientSession() as session:
-            client = VasClient(session, config.endpoint, Credentials(*_emulator_keys()))
-            created = await client.create(specs[0].body)
+        created = await _create(config, specs[0].body)
         _journal(results, [(specs[0].source, specs[0].name), (specs[1].source, specs[1].name)])
         stats, _log = await run_submit(config)
-    assert created.job_id
+    assert created
     assert stats.reconciled == 1
     assert stats.not_created == 1
     assert stats.submitted == 6
@@ -216,10 +224,8 @@ async def test_a_video_whose_lookup_failed_is_not_created_again_in_the_same_run(
 ) -> None:
     """An earlier run's create (its job exists) whose lookup fails in this run: the video is
     held (an unknown row) and the create pass does not make it again; the others are made."""
-    import aiohttp
 
     from batchsubmit.answers import Answer, Kind
-    from batchsubmit.auth import Credentials
     from batchsubmit.client import VasClient
 
     keys = video_keys(5)
@@ -230,9 +236,7 @@ async def test_a_video_whose_lookup_failed_is_not_created_again_in_the_same_run(
     emulator = Emulator()
     async with emulator.serve() as url:
         config = config_for(manifest, url, results)
-        async with aiohttp.ClientSession() as session:
-            client = VasClient(session, config.endpoint, Credentials(*_emulator_keys()))
-            assert (await client.create(first.body)).job_id
+        assert await _create(config, first.body)
         _journal(results, [(first.source, first.name)])
 
         async def list_fails(
@@ -281,10 +285,6 @@ async def test_two_jobs_for_one_video_the_oldest_is_recorded_and_the_next_run_re
     """A killed run's create made twice (a lost create that surfaced late): the lookup records
     the oldest, writes a `duplicate` row for the other (its id in the stats), and the next run
     reads that file back (the row is neither damage nor done) and creates nothing more."""
-    import aiohttp
-
-    from batchsubmit.auth import Credentials
-    from batchsubmit.client import VasClient
 
     keys = video_keys(3)
     manifest = write_manifest(tmp_path, keys)
@@ -294,11 +294,9 @@ async def test_two_jobs_for_one_video_the_oldest_is_recorded_and_the_next_run_re
     emulator = Emulator()
     async with emulator.serve() as url:
         config = config_for(manifest, url, results)
-        async with aiohttp.ClientSession() as session:
-            client = VasClient(session, config.endpoint, Credentials(*_emulator_keys()))
-            older = (await client.create(first.body)).job_id
-            emulator.tasks[older]["created_at"] = "2026-01-01T00:00:00Z"
-            newer = (await client.create(first.body)).job_id
+        older = await _create(config, first.body)
+        emulator.tasks[older]["created_at"] = "2026-01-01T00:00:00Z"
+        newer = await _create(config, first.body)
         _journal(results, [(first.source, first.name)])
         stats, _log = await run_submit(config)
         again, _log = await run_submit(config)
