@@ -5,8 +5,6 @@ The data flows one way: ``manifest`` → ``sources`` → ``jobs`` → ``pool`` (
 environment, prints or exits.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .errors import (
     ApiError,
     BatchSubmitError,
@@ -17,10 +15,9 @@ from .errors import (
     UsageError,
 )
 
-try:
-    __version__ = version("batchsubmit")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
+# The one place the version is written (pyproject reads it from here): importlib.metadata
+# would cost every start-up ~25 ms of imports and a scan of the installed distributions.
+__version__ = "0.1.0"
 
 __all__ = [
     "ApiError",

@@ -338,12 +338,13 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
 
 
 class _Version(argparse.Action):
-    """--version, looked up only when asked for (importlib.metadata is slow to import)."""
+    """--version, with the event loop this machine runs commands on."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
         from . import __version__
+        from .engine.loop import loop_name
 
-        parser.exit(message=f"batchsubmit {__version__}\n")
+        parser.exit(message=f"batchsubmit {__version__} (event loop: {loop_name()})\n")
 
 
 def _ledger_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,7 @@ from .answers import Answer, Kind
 from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
 from .credentials import CredentialProvider
+from .engine.loop import run as run_loop
 from .errors import ApiError, FatalApiError, StorageError, UsageError
 from .journal import RunLock
 from .pool import Pool, PoolSettings, Stopped
@@ -380,7 +381,7 @@ def prune(config: PruneConfig, warn: Warn, log: LogFn) -> PruneStats:
     try:
         if config.dry_run:
             return plan_prune(config, warn)
-        return anyio.run(_prune_locked, config, warn, log, None)
+        return run_loop(_prune_locked, config, warn, log, None)
     finally:
         lock.release()
 

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from ..client import open_session
 from ..credentials import Choice, find_source, region_of
+from ..engine.loop import run as run_loop
 from ..errors import CredentialError
 from ..manifest import load_manifest
 from ..progress import Log
@@ -91,4 +90,4 @@ def run(options: CheckOptions, log: Log, env: Env) -> CheckResult:
         async with open_session(4) as session:
             return await run_checks(plan, session, warner(log))
 
-    return CheckResult(tuple(anyio.run(checks)))
+    return CheckResult(tuple(run_loop(checks)))

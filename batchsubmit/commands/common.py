@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-import anyio
-
 from ..auth import Credentials
 from ..client import DEFAULT_TIMEOUT, Endpoint, open_session
 from ..credentials import Choice, CredentialProvider, find_source, open_provider, region_of
+from ..engine.loop import run as run_loop
 from ..errors import CredentialError, UsageError
 from ..manifest import Manifest
 from ..obs import spool_prefixes
@@ -171,7 +170,7 @@ def credentials(
     choice = find_source(
         env.environ, home=env.home(), warn=warn, project_id=project_id, region=region
     )
-    provider: CredentialProvider = anyio.run(_open_credentials, choice, region, warn)
+    provider: CredentialProvider = run_loop(_open_credentials, choice, region, warn)
     if log is not None:
         log.line("info", f"credentials from {provider.source_name}")
     return provider

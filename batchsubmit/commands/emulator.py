@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from ..engine.loop import run as run_loop
 from ..errors import UsageError
 from ..progress import Log
 from .common import Env
@@ -171,5 +172,5 @@ def run(options: EmulatorOptions, log: Log, env: Env) -> EmulatorResult:
             refused_expired=issued.refused_expired,
         )
 
-    result: EmulatorResult = anyio.run(serve)
+    result: EmulatorResult = run_loop(serve)
     return result

@@ -6,9 +6,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import anyio
-
 from ..client import Endpoint
+from ..engine.loop import run as run_loop
 from ..errors import UsageError
 from ..journal import journal_services
 from ..pool import RunStats
@@ -67,7 +66,7 @@ def run(options: ReconcileOptions, log: Log, env: Env) -> RunResult:
         log.line("info", f"{len(uncertain)} outcomes to resolve in {results}")
         reporter = env.reporter(log, len(uncertain))
         try:
-            stats = anyio.run(reconcile, run_config, prepared, reporter, warn)
+            stats = run_loop(reconcile, run_config, prepared, reporter, warn)
         finally:
             reporter.close()
     finally:

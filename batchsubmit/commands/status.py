@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
-
+from ..engine.loop import run as run_loop
 from ..errors import UsageError
 from ..follow import DEFAULT_INTERVAL, DEFAULT_STUCK_AFTER
 from ..pool import PoolSettings
@@ -115,7 +114,7 @@ def run(options: StatusOptions, log: Log, env: Env) -> StatusResult:
         follower = prepare_follow(config, warn)
         reporter = env.reporter(log, follower.stats.followed)
         try:
-            stats = anyio.run(follow, follower, reporter)
+            stats = run_loop(follow, follower, reporter)
         finally:
             reporter.close()
     finally:

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from ..auth import Credentials
 from ..client import Endpoint
+from ..engine.loop import run as run_loop
 from ..errors import UsageError
 from ..manifest import Manifest, load_manifest
 from ..pool import PoolSettings, RunStats
@@ -105,7 +104,7 @@ def run(options: SubmitOptions, log: Log, env: Env) -> SubmitResult | DryRun:
     if options.dry_run:
         return dry_run(options, log, env, manifest, results, fmt)
     if options.emulator:
-        emulated: SubmitResult = anyio.run(
+        emulated: SubmitResult = run_loop(
             submit_emulated, options, log, env, manifest, results, fmt, started
         )
         return emulated
@@ -115,7 +114,7 @@ def run(options: SubmitOptions, log: Log, env: Env) -> SubmitResult | DryRun:
     found = endpoint(options.endpoint, manifest, env, provider)
     warn_unknown_region(log, found)
     run_config = config(options.run, manifest, results, fmt, found, provider)
-    done: SubmitResult = anyio.run(run_submit, run_config, options, log, env, started)
+    done: SubmitResult = run_loop(run_submit, run_config, options, log, env, started)
     return done
 
 
@@ -216,7 +215,7 @@ def dry_run(
         if live(manifest):
             pool = options.run.pool
             settings = PoolSettings(concurrency=pool.concurrency, rate=pool.rate)
-            manifest = anyio.run(
+            manifest = run_loop(
                 spooled,
                 manifest,
                 options.obs_endpoint,

@@ -1,0 +1,49 @@
+"""The event-loop seam: uvloop when installed, asyncio's loop otherwise, for every command."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+
+import pytest
+
+from batchsubmit.engine import loop
+
+HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+
+async def _loop_module(tag: str) -> tuple[str, str]:
+    await asyncio.sleep(0)
+    return tag, type(asyncio.get_running_loop()).__module__
+
+
+def test_run_passes_arguments_and_returns_the_result() -> None:
+    tag, _module = loop.run(_loop_module, "x")
+    assert tag == "x"
+
+
+@pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not installed (the `fast` extra)")
+def test_uvloop_runs_the_command_when_installed() -> None:
+    _tag, module = loop.run(_loop_module, "x")
+    assert module.startswith("uvloop")
+    assert loop.loop_name() == "uvloop"
+
+
+def test_asyncio_runs_it_when_uvloop_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a)
+    )
+    _tag, module = loop.run(_loop_module, "x")
+    assert module.startswith("asyncio")
+    assert loop.loop_name() == "asyncio"
+
+
+def test_version_names_the_event_loop(capsys: pytest.CaptureFixture[str]) -> None:
+    from batchsubmit import __version__, cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    said = capsys.readouterr().err  # argparse's exit message goes to stderr
+    assert said == f"batchsubmit {__version__} (event loop: {loop.loop_name()})\n"
