@@ -1,8 +1,9 @@
 """Exactly once: each video's job created once and recorded once. The rules, top to bottom.
 
 1. **Intent.** Before a worker may take a create, its intent (source, name) is journalled and
-   the batch synced (:meth:`Once.prepare`, one sync for ``concurrency`` jobs). A run killed at
-   any moment leaves, for every create that might have happened without a row, an intent.
+   the batch synced (:meth:`Once.prepare`, one sync a batch, sized by
+   :func:`~batchsubmit.pool.intent_batch`). A run killed at any moment leaves, for every
+   create that might have happened without a row, an intent.
 2. **Create.** A created job gets its ``submitted`` row; a refusal its ``failed`` row; a 429
    or 503 is retried after its backoff (no row yet).
 3. **Lost answer.** An ambiguous answer (a timeout, a reset, a 5xx after the create) means the

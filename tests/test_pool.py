@@ -427,18 +427,49 @@ class SpyJournal:
 
 
 async def test_intents_are_written_only_a_little_ahead() -> None:
-    """A killed run leaves fewer than 3 x --concurrency intents without their row in the
-    file (in flight, and fewer than twice as many journalled ahead, rows flushed before each
-    batch), not one per queued job."""
+    """A killed run leaves fewer than concurrency + 2 batches of intents without their row in
+    the file (in flight, and fewer than two batches journalled ahead, rows flushed before each
+    batch), not one per queued job. At 30 calls/s a batch is one per worker (3)."""
+    assert pool_module.intent_batch(3, 30.0) == 3
     service = FakeService(latency=0.01)
     rows = Rows()
     journal = SpyJournal(rows=rows)
-    pool = make_pool(service, rows, journal, concurrency=3, backlog=64)
-    await pool.run(iter([spec(i) for i in range(60)]))
-    assert len(rows.rows) == 60
+    pool = make_pool(service, rows, journal, concurrency=3, backlog=64, rate=30.0)
+    await pool.run(iter([spec(i) for i in range(24)]))
+    assert len(rows.rows) == 24
     assert 6 <= journal.most_open < 9
     assert 6 <= journal.most_without_row < 9
     assert not journal.open
+
+
+def test_one_sync_covers_a_tenth_of_a_second_of_calls() -> None:
+    """The batch one journal sync covers: a worker each at low rates, ~0.1 s of calls at high
+    ones, 256 at most (and with no rate limit)."""
+    batch = pool_module.intent_batch
+    assert batch(8, 10.0) == 8  # the defaults: unchanged
+    assert batch(64, 200.0) == 64
+    assert batch(8, 1000.0) == 100
+    assert batch(64, 5000.0) == 256
+    assert batch(64, 0.0) == 256  # no limit
+    assert batch(1024, 0.0) == 1024  # never fewer than one per worker
+
+
+async def test_without_a_rate_limit_one_sync_serves_256_jobs() -> None:
+    """Fast calls, no limit: 600 creates cost 3 syncs, and each intent was durable first."""
+    journal = SpyJournal()
+    early: list[str] = []
+
+    def check(n: int, body: dict[str, Any]) -> str:
+        if f"obs://bkt/{body['input']['data'][0]['path']}" not in journal.durable:
+            early.append(body["name"])
+        return "ok"
+
+    service = FakeService(script=check)
+    rows = Rows()
+    await make_pool(service, rows, journal, concurrency=4).run(iter([spec(i) for i in range(600)]))
+    assert (service.creates, early) == (600, [])
+    assert journal.commits == 3
+    assert journal.most_open <= 4 + 2 * 256
 
 
 @pytest.mark.parametrize("sync_time", [0.0, 0.005])
@@ -477,11 +508,11 @@ async def test_stop_now_while_a_batch_is_being_synced_loses_nothing() -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
             group.start_soon(stop_soon)
-            stats = await pool.run(iter([spec(i) for i in range(10)]))
+            stats = await pool.run(iter([spec(i) for i in range(300)]))
     assert service.creates == 0
     assert rows.rows == []
-    assert stats.deferred == 10
-    assert journal.most_open == 2
+    assert stats.deferred == 300
+    assert journal.most_open == 256  # the first batch only (no rate limit: 256 jobs)
     assert not journal.open
 
 
@@ -523,17 +554,17 @@ async def test_sources_failing_mid_run_stop_the_run_with_every_row() -> None:
     the next run, nothing is lost or sent twice."""
 
     def work() -> Iterator[JobSpec]:
-        yield from (spec(i) for i in range(5))
+        yield from (spec(i) for i in range(300))  # past the first batch (256, no rate limit)
         raise ManifestError("listing.txt", "the listing changed while batchsubmit was reading it")
 
-    service = FakeService(latency=0.01)
+    service = FakeService(latency=0.001)
     rows = Rows()
     pool = make_pool(service, rows)
     stats = await pool.run(work())
     assert rows.rows
     assert all(r.status == "submitted" for r in rows.rows)
     assert service.creates == len(rows.rows)
-    assert len(rows.rows) + stats.deferred == 5
+    assert len(rows.rows) + stats.deferred == 300
     assert stats.fatal is not None
     assert "could not be read to the end" in stats.fatal
     assert "listing.txt" in stats.fatal

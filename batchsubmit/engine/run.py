@@ -1,7 +1,8 @@
 """The engine: a producer feeding a bounded stream to workers in one task group.
 
     work (an iterator, read lazily)
-      → producer: takes a batch of ``concurrency`` items it may start (:meth:`Work.admit`),
+      → producer: takes a batch of ``batch`` items it may start (:meth:`Work.admit`;
+        ``concurrency`` unless the kind of work asks for more),
         readies them together (:meth:`Work.prepare`: the exactly-once rules journal and sync
         the batch's intents there, one sync a batch), sends them into the stream
       → a bounded stream (:class:`Ready`): refilled a batch at a time once it holds fewer
@@ -12,8 +13,8 @@
 An item that must wait (a backoff, the settle wait before a lookup) waits by :meth:`rest`,
 which lends its worker's place: a helper worker starts, up to ``backlog`` of them, and the
 gate's in-flight cap keeps the calls honest. A worker whose place is no longer needed ends.
-So a killed run leaves fewer than ``3 * concurrency`` items readied and not finished, plus the
-items resting.
+So a killed run leaves fewer than ``concurrency + 2 * batch`` items readied and not finished,
+plus the items resting.
 
 Stops: the gate's (fatal answers, the operator's stop) start nothing new; ``grace`` seconds
 later, or at once with :meth:`stop_now`, the calls still in flight are cancelled. An item never
@@ -119,10 +120,18 @@ class Engine(Generic[T]):
     """Runs the items of one pass through a :class:`Work`; reusable for several passes."""
 
     def __init__(
-        self, gate: Gate, *, concurrency: int, backlog: int, grace: float, deadline: float
+        self,
+        gate: Gate,
+        *,
+        concurrency: int,
+        backlog: int,
+        grace: float,
+        deadline: float,
+        batch: int | None = None,
     ) -> None:
         self._gate = gate
         self._size = concurrency
+        self._batch_size = max(batch or concurrency, concurrency)
         self._backlog = backlog
         self._grace = grace
         self._deadline = deadline  # on the gate's clock; inf: none
@@ -200,7 +209,7 @@ class Engine(Generic[T]):
             ready.close()
 
     def _batch(self, items: Iterator[T], work: Work[T]) -> list[T]:
-        """Up to ``concurrency`` items that may start; the others are deferred."""
+        """Up to ``batch`` items that may start; the others are deferred."""
         batch: list[T] = []
         try:
             for item in items:
@@ -208,7 +217,7 @@ class Engine(Generic[T]):
                     work.defer(item)
                     continue
                 batch.append(item)
-                if len(batch) >= self._size:
+                if len(batch) >= self._batch_size:
                     break
         except BatchSubmitError as exc:
             # A listing that changed under us since the check before the first request.
