@@ -60,9 +60,15 @@ class Slots:
         self._urgent: deque[asyncio.Event] = deque()
         self._new: deque[asyncio.Event] = deque()
 
-    async def acquire(self, first: bool) -> None:
+    def take(self) -> bool:
+        """A free slot at once, if there is one and nobody is queued for it."""
         if self.free > 0 and not self._urgent and not self._new:
             self.free -= 1
+            return True
+        return False
+
+    async def acquire(self, first: bool) -> None:
+        if self.take():
             return
         event = asyncio.Event()  # aiohttp ties us to asyncio; its Event is 7x cheaper to make
         queue = self._new if first else self._urgent
@@ -201,11 +207,16 @@ class Gate:
             raise Stopped
         slots = self.slots
         try:
-            await slots.acquire(first)
+            if not slots.take():
+                await slots.acquire(first)
             try:
                 if self.stopped.is_set():
                     raise Stopped
-                await self._start_allowed()
+                controller = self.controller
+                if controller.unlimited:
+                    controller.started(self.clock())
+                else:
+                    await self._paced()
                 self.stats.calls += 1
                 if sent is not None:
                     sent()
@@ -218,11 +229,9 @@ class Gate:
                 self._opened.set()  # answered, stopped or cancelled: the others may go
         return answer
 
-    async def _start_allowed(self) -> None:
+    async def _paced(self) -> None:
+        """Wait for the start the rate controller allows (one waiter at a time, in order)."""
         controller = self.controller
-        if controller.unlimited:
-            controller.started(self.clock())
-            return
         async with self._rate_lock:
             while True:
                 if self.stopped.is_set():
