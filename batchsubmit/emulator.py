@@ -56,6 +56,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from batchsubmit import vas
 from batchsubmit.auth import ALGORITHM, canonical_request, parse_authorization
 from batchsubmit.emulator_iam import Identity, IdentityOptions, Refusal
 from batchsubmit.vas import PROJECT_ID, TASK_ID, TASK_ID_PATTERN, valid_bucket
@@ -85,10 +86,6 @@ STATES: Final = frozenset(
 )  # fmt: skip
 
 _TASKS_PATH: Final = "/v2/{project_id}/services/{service_name}/tasks"
-_SERVICE_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9_\-\u4e00-\u9fff]{1,100}")
-# The SDK's model: "two integers between 0 and 999 separated by a dot", e.g. "1.0".
-_VERSION_RE: Final = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
 # OBS bucket names: 3-63 characters, lowercase letters, digits, '-' and '.', starting and ending
 # with a letter or digit, no '..', '.-' or '-.', not shaped like an IP address.
 _CREATE_KEYS: Final = frozenset(
@@ -917,7 +914,7 @@ class Emulator:
                 "(the AK/SK or token belongs to another project)",
             )
         if self._services is None:
-            subscribed = _SERVICE_RE.fullmatch(service) is not None
+            subscribed = vas.SERVICE_NAME.fullmatch(service) is not None
         else:
             subscribed = service in self._services
         if not subscribed:
@@ -1344,10 +1341,10 @@ def _validate_create(doc: dict[str, Any]) -> None:
     if unknown:
         raise _invalid(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(_CREATE_KEYS))}")
     name = doc.get("name")
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not vas.JOB_NAME_SERVED.fullmatch(name):
         raise _invalid("name must be 1 to 100 letters, digits, '-', '_' or Chinese characters")
     version = doc.get("service_version")
-    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+    if not isinstance(version, str) or not vas.SERVICE_VERSION.fullmatch(version):
         raise _invalid("service_version must be two integers 0-999 joined by a dot, e.g. '1.0'")
     if "description" in doc:
         description = doc["description"]

@@ -271,6 +271,12 @@ class _Reader:
         version = self.string(table, "service", "version") or ""
         if not version.strip():
             raise self.error("service.version", 'must not be empty (e.g. "1.0")')
+        if not vas.SERVICE_VERSION.fullmatch(version):
+            raise self.error(
+                "service.version",
+                f"{version!r} is not a VAS service version: two numbers 0-999 joined by a dot "
+                '(e.g. "1.0"); VAS would refuse every job',
+            )
         region = self.string(table, "service", "region")
         endpoint = self.string(table, "service", "endpoint")
         if region and endpoint:

@@ -12,11 +12,13 @@ __all__ = [
     "BUCKET",
     "JOB_NAME",
     "JOB_NAME_MAX",
+    "JOB_NAME_SERVED",
     "OBS_KEY_MAX_BYTES",
     "PROJECT_ID",
     "REGION",
     "REGIONS",
     "SERVICE_NAME",
+    "SERVICE_VERSION",
     "TASK_ID",
     "TASK_ID_PATTERN",
     "ServiceIdentity",
@@ -41,6 +43,8 @@ REGIONS = (
 
 PROJECT_ID = re.compile(r"[0-9a-f]{32}")  # IAM project ids: 32 lower-case hex digits
 SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # e.g. c-video-analysis
+# The SDK's model: "two integers between 0 and 999 separated by a dot", e.g. "1.0".
+SERVICE_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
 REGION = re.compile(r"[a-z]{2,}(-[a-z0-9]+)+")  # e.g. cn-north-4
 # What show answers 400 for (VAS's own pattern): a 32-hex id or "task" and 8 word characters.
 TASK_ID_PATTERN = r"^[0-9a-f]{32}|task\w{8}$"  # as VAS's 400 quotes it
@@ -48,6 +52,7 @@ TASK_ID = re.compile(r"[0-9a-f]{32}|task\w{8}", re.ASCII)
 JOB_NAME_MAX = 100
 # Job names as batchsubmit makes them (VAS also takes CJK characters; we never write them).
 JOB_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
+JOB_NAME_SERVED = re.compile(r"[A-Za-z0-9_\-\u4e00-\u9fff]{1,100}")  # what VAS takes
 # OBS bucket names: 3-63 characters, lowercase letters, digits, '-' and '.', starting and ending
 # with a letter or digit, no '..', '.-' or '-.', not shaped like an IP address.
 BUCKET = re.compile(r"(?!.*(?:\.\.|\.-|-\.))[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

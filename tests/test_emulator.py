@@ -316,6 +316,22 @@ async def test_project_and_service_are_checked() -> None:
     assert len(emulator.tasks) == 1
 
 
+async def test_without_a_service_list_every_name_the_manifest_takes_is_subscribed() -> None:
+    """No ``services`` given: the emulator takes what vas.SERVICE_NAME (the manifest's rule)
+    takes, and refuses the rest as unsubscribed; one rule, not two."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+
+        async def status(service: str) -> int:
+            path = f"/v2/{EMULATOR_PROJECT_ID}/services/{service}/tasks"
+            return (await client.call("POST", path, doc=job())).status
+
+        taken = [await status(name) for name in ("Video_Analyze", "c-video-analysis", "v2")]
+        refused = [await status(name) for name in ("-video", "x" * 65)]
+    assert taken == [201, 201, 201]
+    assert refused == [403, 403]
+
+
 async def test_unknown_route_is_json_404() -> None:
     """Unknown paths get a JSON error with a request id, so the client's error parsing holds."""
     async with running(Emulator()) as client:

@@ -461,6 +461,16 @@ ERRORS = [
     ),
     *[
         (
+            f"version-{bad}",
+            doc(service=SERVICE.replace('"1.0"', f'"{bad}"')),
+            "service.version",
+            f'version = "{bad}"',
+            "is not a VAS service version",
+        )
+        for bad in ["v1", "1", "1.0.0", "1000.0", " 1.0", "1,0"]
+    ],
+    *[
+        (
             f"region-{bad}",
             doc(service=SERVICE.replace("cn-north-4", bad)),
             "service.region",
