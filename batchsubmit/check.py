@@ -13,14 +13,13 @@ one-key OBS listing per ``prefix`` source and ``HEAD`` of the output bucket.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
@@ -31,10 +30,9 @@ from .client import Endpoint, VasClient
 from .credentials import Choice, CredentialProvider, open_provider
 from .errors import BatchSubmitError, CredentialError
 from .manifest import Manifest
-from .obs import ObsClient, listing_pool, signed_headers
+from .obs import ObsClient, listing_pool
 from .obs import problem as obs_problem
 from .pool import Pool, PoolSettings, Stopped
-from .proxies import proxy_for
 from .results import Format, read_ledger
 from .retry import RetryPolicy
 from .runner import count_work
@@ -329,8 +327,7 @@ async def _prefix(
     where: str,
     prefix: str,
 ) -> CheckResult:
-    """One ListObjects page of one key, through a gate like the run's listing (no retries: a
-    check reports)."""
+    """One ListObjects page of one key."""
     name = f"source {prefix}"
     keys = _keys(provider)
     if provider is None or isinstance(keys, str) or plan.obs_endpoint is None:
@@ -338,38 +335,50 @@ async def _prefix(
         return CheckResult(name, "SKIP" if provider is None else "FAIL", why)
     bucket, _, key_prefix = prefix.removeprefix("obs://").partition("/")
     client = ObsClient(session, plan.obs_endpoint, provider, timeout=plan.timeout)
-    once = PoolSettings(concurrency=1, rate=0.0, retry=RetryPolicy(attempts=1, throttles=1))
-    pool = listing_pool(once, lambda _level, _message: None, plan.obs_endpoint)
-    try:
-        with anyio.fail_after(plan.timeout + 2):
-            answer = await pool.call(client.list_page, bucket, key_prefix, "", 1)
-    except TimeoutError:
-        answer = Answer(kind=Kind.UNAVAILABLE, error_msg=f"no answer within {plan.timeout:g} s")
-    except Stopped:
-        answer = client.last or Answer(kind=Kind.FAILED, error_msg="stopped")
+    answer = await _obs_once(plan, client, client.list_page, bucket, key_prefix, "", 1)
     if answer.kind is Kind.OK:
         return CheckResult(name, "PASS", f"{where}: readable")
-    if answer.status and not 200 <= answer.status < 300:
-        status, code = answer.status, answer.error_code
-    else:  # no answer, or one that is not a listing
-        status, code = 0, obs_problem(answer)
-    return CheckResult(name, "FAIL", f"{where}: {_obs_problem(status, code, bucket, 'list')}")
+    return CheckResult(name, "FAIL", f"{where}: {_obs_failure(answer, bucket, 'list')}")
 
 
 async def _output_bucket(
     plan: CheckPlan, session: aiohttp.ClientSession, provider: CredentialProvider | None
 ) -> CheckResult:
+    """HEAD of the output bucket."""
     bucket = plan.manifest.job.output_bucket
     name = f"output bucket {bucket}"
     keys = _keys(provider)
-    if isinstance(keys, str) or plan.obs_endpoint is None:
+    if provider is None or isinstance(keys, str) or plan.obs_endpoint is None:
         why = keys if isinstance(keys, str) else "no OBS endpoint (service.obs_endpoint)"
         return CheckResult(name, "SKIP", why)
-    url, resource = _obs_url(plan.obs_endpoint, bucket)
-    status, code = await _obs_call(plan, session, "HEAD", url, resource, keys)
-    if status == 200:
+    client = ObsClient(session, plan.obs_endpoint, provider, timeout=plan.timeout)
+    answer = await _obs_once(plan, client, client.head_bucket, bucket)
+    if answer.kind is Kind.OK:
         return CheckResult(name, "PASS", "exists")
-    return CheckResult(name, "FAIL", _obs_problem(status, code, bucket, "reach"))
+    return CheckResult(name, "FAIL", _obs_failure(answer, bucket, "reach"))
+
+
+async def _obs_once(
+    plan: CheckPlan, client: ObsClient, call: Callable[..., Awaitable[Answer]], *args: object
+) -> Answer:
+    """One OBS call through a gate like the run's listing has (its first-call and stop rules);
+    no retries: a check reports what it got."""
+    assert plan.obs_endpoint is not None
+    once = PoolSettings(concurrency=1, rate=0.0, retry=RetryPolicy(attempts=1, throttles=1))
+    pool = listing_pool(once, lambda _level, _message: None, plan.obs_endpoint)
+    try:
+        with anyio.fail_after(plan.timeout + 2):
+            return await pool.call(call, *args)
+    except TimeoutError:
+        return Answer(kind=Kind.UNAVAILABLE, error_msg=f"no answer within {plan.timeout:g} s")
+    except Stopped:
+        return client.last or Answer(kind=Kind.FAILED, error_msg="stopped")
+
+
+def _obs_failure(answer: Answer, bucket: str, verb: str) -> str:
+    if answer.status and not 200 <= answer.status < 300:
+        return _obs_problem(answer.status, answer.error_code, bucket, verb)
+    return _obs_problem(0, obs_problem(answer), bucket, verb)  # no answer, or not a listing
 
 
 # -- OBS ----------------------------------------------------------------------------------------
@@ -385,53 +394,6 @@ def _keys(provider: CredentialProvider | None) -> Credentials | str:
             "profile file or ECS metadata, or a listing file)"
         )
     return secret
-
-
-def _obs_url(endpoint: str, bucket: str) -> tuple[str, str]:
-    """The bucket's URL (path style for an IP address or localhost, else virtual host) and its
-    signed resource."""
-    parts = urlsplit(endpoint)
-    host = parts.hostname or ""
-    try:
-        ipaddress.ip_address(host)
-        path_style = True
-    except ValueError:
-        path_style = host == "localhost"
-    if path_style:
-        return f"{parts.scheme}://{parts.netloc}/{quote(bucket)}", f"/{bucket}/"
-    return f"{parts.scheme}://{bucket}.{parts.netloc}/", f"/{bucket}/"
-
-
-async def _obs_call(
-    plan: CheckPlan,
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    resource: str,
-    keys: Credentials,
-) -> tuple[int, str]:
-    """Status and error code of one signed OBS request (0 and a reason when no answer)."""
-    proxy = proxy_for(url)
-    try:
-        with anyio.fail_after(plan.timeout + 1):
-            async with session.request(
-                method,
-                url,
-                headers=signed_headers(keys, method, resource),
-                timeout=aiohttp.ClientTimeout(total=plan.timeout),
-                allow_redirects=False,
-                proxy=proxy.url,
-                proxy_auth=proxy.auth,
-            ) as response:
-                body = await response.content.read(4096) if method != "HEAD" else b""
-                text = body.decode("utf-8", "replace")
-                start, end = text.find("<Code>"), text.find("</Code>")
-                code = text[start + 6 : end] if 0 <= start < end else ""
-                return response.status, code
-    except TimeoutError:
-        return 0, f"no answer within {plan.timeout:g} s"
-    except (aiohttp.ClientError, OSError) as exc:
-        return 0, f"cannot connect ({type(exc).__name__})"
 
 
 def _obs_problem(status: int, code: str, bucket: str, verb: str) -> str:

@@ -232,9 +232,9 @@ def problem(answer: Answer) -> str:
 
 
 class ObsClient:
-    """Signed ListObjects pages on one OBS endpoint; never raises for what happened, never
-    retries (the gate does). Asks the credentials provider for valid keys before every page, so
-    a long listing never signs with temporary keys that have expired."""
+    """Signed ListObjects pages (and a bucket's HEAD) on one OBS endpoint; never raises for what
+    happened, never retries (the gate does). Asks the credentials provider for valid keys before
+    every call, so a long listing never signs with temporary keys that have expired."""
 
     def __init__(
         self,
@@ -270,18 +270,27 @@ class ObsClient:
         self.last = answer = await self._list_page(bucket, prefix, marker, limit)
         return answer
 
+    async def head_bucket(self, bucket: str) -> Answer:
+        """HEAD of the bucket: OK when it exists and these keys may reach it (``check``)."""
+        self.calls += 1
+        self.last = answer = await self._signed("HEAD", self.bucket_url(bucket), bucket)
+        return answer
+
     async def _list_page(self, bucket: str, prefix: str, marker: str, limit: int) -> Answer:
-        """Keys from the provider, sign, send. OBS refusing temporary keys as expired or unknown
-        (revoked, or this machine's clock is off) is sent once more with fresh ones."""
-        provider = self._provider
         base = self.bucket_url(bucket)
         query: dict[str, str | int] = {"prefix": prefix, "max-keys": limit}
         if marker:
             query["marker"] = marker
         url = URL(f"{base}?{canonical_query(query)}", encoded=True)
+        return await self._signed("GET", url, bucket)
+
+    async def _signed(self, method: str, url: URL, bucket: str) -> Answer:
+        """Keys from the provider, sign, send. OBS refusing temporary keys as expired or unknown
+        (revoked, or this machine's clock is off) is sent once more with fresh ones."""
+        provider = self._provider
         try:
             keys = _access_keys(provider.fresh() or await provider.current(), provider)
-            answer = await self._send(url, bucket, keys)
+            answer = await self._send(method, url, bucket, keys)
             if answer.error_code not in RENEWABLE or not provider.refreshable:
                 return answer
             renewed = await provider.rejected(keys)
@@ -289,14 +298,15 @@ class ObsClient:
             return Answer(kind=Kind.FAILED, error_code="CREDENTIALS", error_msg=str(exc))
         if not isinstance(renewed, Credentials):
             return answer
-        return await self._send(url, bucket, renewed)
+        return await self._send(method, url, bucket, renewed)
 
-    async def _send(self, url: URL, bucket: str, keys: Credentials) -> Answer:
+    async def _send(self, method: str, url: URL, bucket: str, keys: Credentials) -> Answer:
         proxy = proxy_for(url)
-        headers = signed_headers(keys, "GET", f"/{bucket}/")
+        headers = signed_headers(keys, method, f"/{bucket}/")
         host = url.raw_authority
         try:
-            async with self._session.get(
+            async with self._session.request(
+                method,
                 url,
                 headers=headers,
                 timeout=self._timeout,
@@ -305,6 +315,8 @@ class ObsClient:
                 proxy_auth=proxy.auth,
             ) as response:
                 ok = 200 <= response.status < 300
+                if ok and method == "HEAD":  # no body: its status is the answer
+                    return Answer(kind=Kind.OK, status=response.status)
                 body, cut = await read_capped(response, PAGE_BYTES_MAX if ok else ERROR_BYTES_MAX)
                 return classify(
                     response.status,

@@ -116,7 +116,7 @@ def services() -> Iterator[Services]:
 
 
 def manifest(tmp: Path, *, region: str = "cn-north-4", prefix: str = "obs://in-bucket/cams/",
-             videos: int = 3) -> Path:  # fmt: skip
+             videos: int = 3, output: str = "out-bucket") -> Path:  # fmt: skip
     (tmp / "listing.txt").write_text(obsutil_listing(video_keys(videos)), encoding="utf-8")
     path = tmp / "nightly.toml"
     path.write_text(
@@ -127,7 +127,7 @@ version = "1.0"
 region = "{region}"
 
 [job]
-output = "obs://out-bucket/results/"
+output = "obs://{output}/results/"
 
 [[source]]
 listing = "listing.txt"
@@ -241,6 +241,28 @@ def test_an_unreadable_prefix_and_a_missing_bucket(
         services.obs_server.url,
     )
     assert "no bucket 'nobucket'" in line(lines, "source obs://nobucket/x/")
+
+
+def test_the_output_bucket_is_one_head_through_the_gate(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing or forbidden output bucket is named; each is one signed HEAD, sent by the
+    OBS client through a gate like the listing's (a refusal is not retried: a check reports)."""
+    code, lines, _, _ = check(
+        capsys, manifest(tmp_path, output="nobucket"), services.vas.url, services.obs_server.url
+    )
+    assert code == 3
+    missing = line(lines, "output bucket nobucket")
+    assert missing.startswith("FAIL")
+    assert "no bucket 'nobucket'" in missing
+    code, lines, _, _ = check(
+        capsys, manifest(tmp_path, output="private"), services.vas.url, services.obs_server.url
+    )
+    forbidden = line(lines, "output bucket private")
+    assert forbidden.startswith("FAIL")
+    assert "may not reach" in forbidden
+    assert services.obs.calls.count(("HEAD", "nobucket")) == 1
+    assert services.obs.calls.count(("HEAD", "private")) == 1
 
 
 def test_no_room_under_the_quota(
