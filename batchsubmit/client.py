@@ -24,6 +24,7 @@ from .auth import (
     request_signer,
 )
 from .credentials import CredentialProvider, static_provider
+from .engine.gate import Stopped
 from .errors import CredentialError
 from .proxies import proxy_for
 
@@ -169,10 +170,17 @@ class VasClient:
                 error_msg=str(exc),
                 advice=f"credentials from {provider.source_name} could not be renewed",
             )
+        except Stopped:  # the run stopped before the credentials could be renewed
+            return _stopped_unsent()
         if renewed is None:
             return answer
         headers = self._headers(renewed, method, path, query, body)
         return await self._send(method, url, headers, body, create=create)
+
+    @property
+    def provider(self) -> CredentialProvider:
+        """Where this client's secrets come from (the pool routes its refreshes)."""
+        return self._provider
 
     async def create(self, body: bytes) -> Answer:
         """One create call. A lost answer is AMBIGUOUS: the job may exist."""
@@ -256,6 +264,14 @@ class VasClient:
             code = "TIMEOUT" if isinstance(exc, asyncio.TimeoutError) else "CONNECTION"
             where = "after the answer began" if sent else "after sending"
             return tidy(Answer(kind=kind, error_code=code, error_msg=f"{describe(exc)} ({where})"))
+
+
+def _stopped_unsent() -> Answer:
+    return Answer(
+        kind=Kind.NOT_SENT,
+        error_code="STOPPED",
+        error_msg="the run stopped before the credentials could be renewed; nothing was sent",
+    )
 
 
 def not_connected(

@@ -362,6 +362,9 @@ class Issued:
 
 
 Fetch = Callable[[aiohttp.ClientSession | None], Awaitable[Issued]]
+# How a refresh reaches the service: ``(fetch, holding)`` -> its result; ``holding``: the caller
+# already holds an in-flight slot (a call that found its secret expired, or refused with 401).
+Route = Callable[[Callable[[], Awaitable[Issued]], bool], Awaitable[Issued]]
 
 
 class CredentialProvider:
@@ -389,6 +392,7 @@ class CredentialProvider:
         self._clock = clock
         self._due = issued.refresh_at if fetch is not None else None
         self._session: aiohttp.ClientSession | None = None
+        self._route: Route | None = None
         self._lock: anyio.Lock | None = None
         self._seen: list[str] = list(secrets_of(issued.secret))
         self.refreshes = 0
@@ -409,6 +413,22 @@ class CredentialProvider:
         self._session = session
         self._lock = None
 
+    def route(self, route: Route | None) -> None:
+        """Send refreshes through ``route`` (the run's gate: its stop rule, rate controller and
+        in-flight cap) from now on; None: directly."""
+        self._route = route
+
+    async def ensure(self) -> None:
+        """Refresh now if due, before a call takes its in-flight slot (the gate asks), so the
+        refresh takes a slot of its own like any call and no call holds one while it waits.
+        A failed refresh is left for the call itself to meet and report."""
+        if self._fetch is None or self.fresh() is not None:
+            return
+        try:
+            await self._current(holding=False)
+        except CredentialError:
+            return
+
     def secrets(self) -> tuple[str, ...]:
         """Every secret handed out so far, to mask in echoed messages."""
         return tuple(self._seen)
@@ -422,7 +442,11 @@ class CredentialProvider:
 
     async def current(self) -> Secret:
         """A secret valid for a while yet; refreshes first if it is due (one refresh at a time,
-        every caller waiting for it). Raises CredentialError if none can be had."""
+        every caller waiting for it). Raises CredentialError if none can be had. Called by a
+        call that holds its in-flight slot: a refresh made here takes that slot's place."""
+        return await self._current(holding=True)
+
+    async def _current(self, *, holding: bool) -> Secret:
         secret = self.fresh()
         if secret is not None:
             return secret
@@ -430,7 +454,7 @@ class CredentialProvider:
             secret = self.fresh()
             if secret is not None:
                 return secret
-            await self._renew(forced=False)
+            await self._renew(forced=False, holding=holding)
             return self._issued.secret
 
     async def rejected(self, secret: Secret) -> Secret | None:
@@ -445,7 +469,7 @@ class CredentialProvider:
             async with self._guard():
                 if secret != self._issued.secret:
                     return self._issued.secret
-                await self._renew(forced=True)
+                await self._renew(forced=True, holding=True)
                 return self._issued.secret
         finally:
             if self._due == -float("inf"):
@@ -456,11 +480,16 @@ class CredentialProvider:
             self._lock = anyio.Lock()
         return self._lock
 
-    async def _renew(self, *, forced: bool) -> None:
-        assert self._fetch is not None
+    async def _renew(self, *, forced: bool, holding: bool) -> None:
+        fetch = self._fetch
+        assert fetch is not None
         old = self._issued
+        session = self._session
         try:
-            issued = await self._fetch(self._session)
+            if self._route is None:
+                issued = await fetch(session)
+            else:
+                issued = await self._route(lambda: fetch(session), holding)
         except CredentialError as exc:
             now = self._clock()
             # A failed refresh with time left on the old credentials: keep them a while.

@@ -256,6 +256,10 @@ class ObsClient:
         self.calls = 0  # pages asked for, retries included
         self.last: Answer | None = None  # the latest page's answer
 
+    @property
+    def provider(self) -> CredentialProvider:
+        return self._provider
+
     def bucket_url(self, bucket: str) -> URL:
         """The bucket's URL: path style for an IP address or localhost, else virtual host."""
         endpoint = URL(self._endpoint)
@@ -296,6 +300,8 @@ class ObsClient:
             renewed = await provider.rejected(keys)
         except (CredentialError, UsageError) as exc:
             return Answer(kind=Kind.FAILED, error_code="CREDENTIALS", error_msg=str(exc))
+        except Stopped:  # the run stopped before the keys could be renewed: nothing was sent
+            return Answer(kind=Kind.NOT_SENT, error_code="STOPPED", error_msg="stopped")
         if not isinstance(renewed, Credentials):
             return answer
         return await self._send(method, url, bucket, renewed)
@@ -456,6 +462,7 @@ async def spool_prefixes(
         if session is None:
             session = await stack.enter_async_context(open_session(settings.concurrency))
         client = ObsClient(session, endpoint, credentials)
+        pool.route_credentials(client.provider)
         sources = []
         for index, source in enumerate(manifest.sources):
             if source.prefix is None:

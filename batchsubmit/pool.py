@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .answers import Answer
 from .engine.each import Each
@@ -48,6 +48,18 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class Refreshing(Protocol):
+    """Credentials that renew themselves (:class:`~batchsubmit.credentials.CredentialProvider`)."""
+
+    @property
+    def refreshable(self) -> bool: ...
+
+    def route(self, route: Callable[[Callable[[], Awaitable[Any]], bool], Awaitable[Any]]) -> None:
+        ...
+
+    async def ensure(self) -> None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +206,13 @@ class Pool:
         self.stats.elapsed = time.monotonic() - self.stats.started
         self._gate.finish()
         return self.stats
+
+    def route_credentials(self, provider: Refreshing) -> None:
+        """Refreshes of ``provider`` (IAM tokens, ECS metadata keys) go through this pool's gate
+        from now on: renewed before a call takes its slot, each refresh a call of its own."""
+        if provider.refreshable:
+            provider.route(self._gate.other)
+            self._gate.prepare = provider.ensure
 
     async def call(self, call: Callable[..., Awaitable[Answer]], *args: Any) -> Answer:
         """The gate for every call that is not a create (show, list, delete, IAM, metadata):

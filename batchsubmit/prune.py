@@ -476,6 +476,7 @@ async def _prune_locked(
                     config.pool,
                     service_url=next(iter(clients)),
                 )
+                pool.route_credentials(first.provider)
                 async with anyio.create_task_group() as group:
                     from .runner import watch_signals
 
@@ -640,6 +641,7 @@ async def make_room(
     async with open_session(1) as session:
         client = VasClient(session, endpoint, config.credentials, timeout=config.timeout)
         gate = Pool(client, _NoSink(), _Reporter(log), config.pool, service_url=service_url)
+        gate.route_credentials(client.provider)
         room.saved_before = room.saved_after = await _saved_jobs(gate, client)
         needed = room.saved_before + planned - quota
         if needed > 0:

@@ -244,6 +244,7 @@ async def _with_pool(
                     service_url=config.endpoint.tasks_url,
                     journal=journal,
                 )
+                pool.route_credentials(client.provider)
                 with fewer_collections():
                     async with anyio.create_task_group() as group:
                         group.start_soon(watch_signals, pool)

@@ -366,6 +366,23 @@ async def test_short_lived_iam_tokens_refresh_and_never_fail_a_call(tmp_path: Pa
 
 
 @pytest.mark.anyio
+async def test_refreshes_during_a_run_are_calls_through_its_gate(tmp_path: Path) -> None:
+    """Each IAM login made while the run goes is one of the run's gated calls (counted, paced
+    by the same rate controller), made before the call that needs it takes its slot."""
+    emulator = Emulator(identity=IdentityOptions(users=(USER,), token_ttl=1.0))
+    async with emulator.serve() as url:
+        provider = await open_for(iam_env(), url)
+        issued_before = emulator.identity.tokens_issued
+        stats, log, _results = await timed_run(tmp_path, url, provider, 20, rate=20.0)
+    assert stats.submitted == 20, log
+    refreshes = emulator.identity.tokens_issued - issued_before
+    assert refreshes >= 1
+    assert provider.refreshes == refreshes
+    assert stats.calls == 20 + refreshes
+    assert emulator.identity.refused_expired == 0
+
+
+@pytest.mark.anyio
 async def test_metadata_credentials_expiring_every_second_never_sign_a_call(
     tmp_path: Path,
 ) -> None:

@@ -256,3 +256,55 @@ async def test_pool_each_runs_a_handler_per_item_under_the_gate() -> None:
     assert skipped[-1] == 39
     assert pool.stats.calls == len(shown)
     assert running[1] == 3
+
+
+# -- calls that are not the service's: credential refreshes ------------------------------------
+
+
+async def test_a_refresh_is_a_gated_call_that_a_stopped_run_never_starts() -> None:
+    """Gate.other: a start from the rate controller and a count like any call; once the run
+    stops, nothing new starts, a refresh included."""
+    stats = RunStats()
+    gate = _gate(stats, concurrency=2, rate=50.0)
+    made: list[int] = []
+
+    async def refresh() -> str:
+        made.append(1)
+        return "token"
+
+    assert await gate.other(refresh, False) == "token"
+    assert (stats.calls, made) == (1, [1])
+    assert len(gate.controller._starts) == 1  # paced like a create
+    gate.stop("the operator asked")
+    with pytest.raises(Stopped):
+        await gate.other(refresh, False)
+    with pytest.raises(Stopped):
+        await gate.other(refresh, True)
+    assert made == [1]
+
+
+async def test_a_refresh_takes_its_callers_slot_or_waits_for_one() -> None:
+    """Made for a call that holds its slot (a 401, an expired secret), a refresh takes that
+    slot's place: with every slot taken it still runs (no deadlock). Made before a call took
+    its slot (the gate's prepare), it waits for a free slot like any call."""
+    stats = RunStats()
+    gate = _gate(stats, concurrency=1)
+    assert gate.slots.take()  # the only slot, held by "the call"
+
+    async def refresh() -> str:
+        return "token"
+
+    with anyio.fail_after(1):
+        assert await gate.other(refresh, True) == "token"
+    done: list[str] = []
+
+    async def waiting() -> None:
+        done.append(await gate.other(refresh, False))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiting)
+        await anyio.sleep(0.05)
+        assert done == []  # no free slot yet
+        gate.slots.release()
+    assert done == ["token"]
+    assert gate.slots.free == 1

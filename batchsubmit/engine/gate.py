@@ -25,7 +25,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -37,6 +37,7 @@ from .stats import RunStats
 
 __all__ = ["Gate", "Rest", "Stopped"]
 
+T = TypeVar("T")
 Rest = Callable[[float], Awaitable[None]]
 Log = Callable[[str, str], None]
 
@@ -122,6 +123,8 @@ class Gate:
         self._opened = asyncio.Event()  # the first call has been answered
         self._probing = False
         self.on_stop: list[Callable[[], None]] = []  # what else must wake when the run stops
+        # Before a call takes its slot: renew credentials that are due (through :meth:`other`).
+        self.prepare: Callable[[], Awaitable[None]] | None = None
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -207,6 +210,8 @@ class Gate:
             raise Stopped
         slots = self.slots
         try:
+            if self.prepare is not None:
+                await self.prepare()
             if not slots.take():
                 await slots.acquire(first)
             try:
@@ -228,6 +233,31 @@ class Gate:
             if probe:
                 self._opened.set()  # answered, stopped or cancelled: the others may go
         return answer
+
+    async def other(self, call: Callable[[], Awaitable[T]], holding: bool) -> T:
+        """A call that is not one of the service's (a credentials refresh from IAM or the ECS
+        metadata service): the same stop rule, start from the rate controller and in-flight
+        cap. ``holding``: it is made for a call that holds its slot already, and takes that
+        slot's place (a refresh never waits for a slot its own caller holds). No retries here:
+        a failed refresh is its caller's to handle."""
+        if self.stopped.is_set():
+            raise Stopped
+        slots = self.slots
+        if not holding and not slots.take():
+            await slots.acquire(False)
+        try:
+            if self.stopped.is_set():
+                raise Stopped
+            controller = self.controller
+            if controller.unlimited:
+                controller.started(self.clock())
+            else:
+                await self._paced()
+            self.stats.calls += 1
+            return await call()
+        finally:
+            if not holding:
+                slots.release()
 
     async def _paced(self) -> None:
         """Wait for the start the rate controller allows (one waiter at a time, in order)."""
