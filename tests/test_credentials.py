@@ -383,6 +383,36 @@ async def test_refreshes_during_a_run_are_calls_through_its_gate(tmp_path: Path)
 
 
 @pytest.mark.anyio
+async def test_a_renewal_the_stop_prevents_leaves_the_call_unsent() -> None:
+    """Credentials due while the run is stopping: no renewal starts, and the call answers
+    NOT_SENT (its job is deferred to the next run, not recorded unknown); nothing is sent."""
+    from batchsubmit.engine.gate import Gate
+    from batchsubmit.engine.stats import RunStats
+    from batchsubmit.retry import DEFAULT_RETRY
+    from batchsubmit.throttle import ControllerSettings
+
+    clock = FakeClock()
+    fetch, calls = counting_fetch(clock, 100.0)
+    provider = CredentialProvider(
+        "test", Issued(Token("t0"), clock.now + 100, clock.now), fetch, clock=clock
+    )
+    gate = Gate(RunStats(), lambda _level, _message: None, concurrency=2, rate=0.0,
+                retry=DEFAULT_RETRY, controller=ControllerSettings(),
+                refused=lambda _answer: None, clock=time.monotonic)  # fmt: skip
+    provider.route(gate.other)
+    emulator = Emulator()
+    async with emulator.serve() as url, open_session(2) as session:
+        endpoint = Endpoint(base_url=url, project_id=EMULATOR_PROJECT_ID, service_name="video")
+        client = VasClient(session, endpoint, provider)
+        clock.now += 95.0  # due for renewal (margin 10 s)
+        gate.stop("the operator asked")
+        answer = await client.create(b'{"name": "x"}')
+    assert (answer.kind.name, answer.error_code) == ("NOT_SENT", "STOPPED")
+    assert calls == []
+    assert emulator.tasks == {}
+
+
+@pytest.mark.anyio
 async def test_metadata_credentials_expiring_every_second_never_sign_a_call(
     tmp_path: Path,
 ) -> None:
