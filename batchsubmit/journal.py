@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -28,10 +27,6 @@ from .errors import LockedError, UsageError
 __all__ = ["CHECKPOINT", "Journal", "RunLock", "journal_services", "read_intents"]
 
 CHECKPOINT = 10_000
-# Kept on the benchmark's word (this round's engine, 0 ms, 64 in flight): inline syncs while
-# fast cost 6% less CPU per job than always syncing in a thread, and 5% more jobs/s.
-INLINE_SYNC_MAX = 0.002  # seconds: while fdatasync takes less on average, it runs inline
-SYNC_WEIGHT = 0.2  # of the newest fdatasync in that running average
 
 
 def journal_services(path: Path) -> set[str]:
@@ -81,7 +76,6 @@ class Journal:
         inherited: dict[str, str] | None = None,
         service_url: str = "",
         before_checkpoint: Callable[[], None] | None = None,
-        inline_sync: bool = True,
     ) -> None:
         self.path = path
         self._durable = durable
@@ -92,8 +86,6 @@ class Journal:
         ) + b"}\n"
         self._before_checkpoint = before_checkpoint
         self._syncing = False
-        # running average of fdatasync, seconds; starting at the limit means starting in a thread
-        self._sync_time = 0.0 if inline_sync else INLINE_SYNC_MAX
         self._since_checkpoint = 0
         self._file: IO[bytes] = self._rewrite()
 
@@ -123,23 +115,16 @@ class Journal:
         self._since_checkpoint += len(lines)
 
     async def commit(self) -> None:
-        """Sync what :meth:`intend` wrote. On the event loop while fdatasync takes under
-        ``INLINE_SYNC_MAX`` on average: a thread hand-off costs more CPU than such a sync, and
-        GIL hand-offs with a busy loop cost more still. In a thread while syncs are slower
-        (storage that stalls), so that calls in flight are not held up; one slow sync among
-        fast ones does not move it, and syncs that turn fast again bring it back."""
+        """Sync what :meth:`intend` wrote, in a thread: storage that stalls must not stall the
+        calls in flight. (Syncing on the event loop while syncs are fast bought nothing
+        measurable once one sync covered a batch of up to 256 jobs, so it went.)"""
         if not self._durable:
             return
-        fd = self._file.fileno()
-        if self._sync_time < INLINE_SYNC_MAX:
-            took = _timed_sync(fd)
-        else:
-            self._syncing = True  # no checkpoint may swap the file under the thread
-            try:
-                took = await anyio.to_thread.run_sync(_timed_sync, fd)
-            finally:
-                self._syncing = False
-        self._sync_time += SYNC_WEIGHT * (took - self._sync_time)
+        self._syncing = True  # no checkpoint may swap the file under the thread
+        try:
+            await anyio.to_thread.run_sync(os.fdatasync, self._file.fileno())
+        finally:
+            self._syncing = False
 
     def _line(self, source: str, name: str) -> bytes:
         return (
@@ -172,12 +157,6 @@ class Journal:
         self._file.close()
         if not self._open:
             self.path.unlink(missing_ok=True)
-
-
-def _timed_sync(fd: int) -> float:
-    started = time.perf_counter()
-    os.fdatasync(fd)
-    return time.perf_counter() - started
 
 
 class RunLock:

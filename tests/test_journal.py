@@ -66,13 +66,16 @@ async def test_commit_waits_for_the_sync(tmp_path: Path, monkeypatch: pytest.Mon
     synced: list[bytes] = []
     real_sync = os.fdatasync
 
+    in_thread: list[bool] = []
+
     def slow_sync(fd: int) -> None:
         synced.append((tmp_path / "j").read_bytes())
+        in_thread.append(threading.current_thread() is not threading.main_thread())
         gate.wait(5)
         real_sync(fd)
 
     monkeypatch.setattr(os, "fdatasync", slow_sync)
-    journal = Journal(tmp_path / "j", inline_sync=False)
+    journal = Journal(tmp_path / "j")
     returned = anyio.Event()
 
     async def commit() -> None:
@@ -93,6 +96,7 @@ async def test_commit_waits_for_the_sync(tmp_path: Path, monkeypatch: pytest.Mon
                 await returned.wait()
     finally:
         gate.set()
+    assert in_thread == [True]  # the event loop went on meanwhile
     journal.close()
 
 
@@ -343,26 +347,3 @@ def test_lock_in_a_missing_directory(tmp_path: Path) -> None:
         RunLock(tmp_path / "missing" / "r.lock").acquire("x")
 
 
-@pytest.mark.anyio
-async def test_syncs_run_inline_while_fast_on_average_and_in_a_thread_while_slow(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A thread hand-off costs more than a fast fdatasync, so syncs run on the event loop;
-    one slow sync among fast ones does not change that, a run of slow ones moves them to a
-    thread (slow storage must not stall the calls in flight), and fast ones bring them back."""
-    fast, slow = 0.0001, journal_module.INLINE_SYNC_MAX * 3
-    durations = iter([fast] * 3 + [slow] + [fast] * 2 + [slow] * 3 + [fast] * 4)
-    in_thread: list[bool] = []
-
-    def timed_sync(fd: int) -> float:
-        in_thread.append(threading.current_thread() is not threading.main_thread())
-        return next(durations)
-
-    monkeypatch.setattr(journal_module, "_timed_sync", timed_sync)
-    journal = Journal(tmp_path / "j")
-    for i in range(13):
-        await write(journal, f"obs://bkt/{i}.mp4")
-    # The average before each sync, in ms: 0, .02, .04, .05, 1.24 (after the lone slow one),
-    # 1.01, .83, 1.86, 2.69 (over 2: a thread), 3.35, 2.70, 2.18, 1.77 (back on the loop).
-    assert in_thread == [False] * 8 + [True] * 4 + [False]
-    journal.close()
