@@ -215,14 +215,7 @@ class Gate:
             if not slots.take():
                 await slots.acquire(first)
             try:
-                if self.stopped.is_set():
-                    raise Stopped
-                controller = self.controller
-                if controller.unlimited:
-                    controller.started(self.clock())
-                else:
-                    await self._paced()
-                self.stats.calls += 1
+                await self._start()
                 if sent is not None:
                     sent()
                 answer = await call(*args)
@@ -246,18 +239,23 @@ class Gate:
         if not holding and not slots.take():
             await slots.acquire(False)
         try:
-            if self.stopped.is_set():
-                raise Stopped
-            controller = self.controller
-            if controller.unlimited:
-                controller.started(self.clock())
-            else:
-                await self._paced()
-            self.stats.calls += 1
+            await self._start()
             return await call()
         finally:
             if not holding:
                 slots.release()
+
+    async def _start(self) -> None:
+        """Once a call holds its slot: the stop rule, then its start from the rate controller
+        (waiting only when it paces), counted."""
+        if self.stopped.is_set():
+            raise Stopped
+        controller = self.controller
+        if controller.unlimited:
+            controller.started(self.clock())
+        else:
+            await self._paced()
+        self.stats.calls += 1
 
     async def _paced(self) -> None:
         """Wait for the start the rate controller allows (one waiter at a time, in order)."""
