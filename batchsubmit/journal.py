@@ -81,9 +81,7 @@ class Journal:
         self._durable = durable
         self._open: dict[str, str] = dict(inherited or {})
         # Each line names its service, so `reconcile` can resolve intents without a manifest.
-        self._suffix = (
-            b',"service_url":' + orjson.dumps(service_url) if service_url else b""
-        ) + b"}\n"
+        self._service = {"service_url": service_url} if service_url else {}
         self._before_checkpoint = before_checkpoint
         self._syncing = False
         self._since_checkpoint = 0
@@ -127,9 +125,7 @@ class Journal:
             self._syncing = False
 
     def _line(self, source: str, name: str) -> bytes:
-        return (
-            b'{"source":' + orjson.dumps(source) + b',"name":' + orjson.dumps(name) + self._suffix
-        )
+        return orjson.dumps({"source": source, "name": name, **self._service}) + b"\n"
 
     def settle(self, source: str) -> None:
         """The row of ``source`` is written: its intent may go at the next checkpoint, which
