@@ -270,6 +270,7 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
         ("--p-unknown-state", "pass through SCHEDULING, a state outside VAS's list"),
         ("--p-vanish", "vanish (deleted by someone else: show answers 404)"),
         ("--p-hosting-late", "with a hosting output: a result that arrives late"),
+        ("--p-hosting-too-large", "with a hosting output: a result too large to host"),
         ("--p-frozen", "end FROZEN (the account in arrears)"),
     ):
         jobs.add_argument(
@@ -856,6 +857,7 @@ def _emulator_settings(args: argparse.Namespace) -> EmulatorOptions:
         p_unknown_state=args.p_unknown_state,
         p_vanish=args.p_vanish,
         p_hosting_late=args.p_hosting_late,
+        p_hosting_too_large=args.p_hosting_too_large,
         p_frozen=args.p_frozen,
         log_requests=args.log_requests,
         iam_users=tuple(args.iam_user),

@@ -155,6 +155,9 @@ class Lifecycle:
     """Share of SUCCEEDED ``hosting`` jobs whose result stays NOT_GENERATED for ``hosting_late``;
     the others' result is AVAILABLE as they succeed."""
     hosting_late: Span = (10.0, 60.0)
+    p_hosting_too_large: float = 0.0
+    """Share of SUCCEEDED ``hosting`` jobs whose result is too large to host: EXCEED_IN_SIZE,
+    with no data and no overdue date (a job is late or too large, not both)."""
     hosting_ttl: float = 48 * 3600.0
     """How long a hosting result stays AVAILABLE before it is OVERDUE (VAS: 48 h)."""
 
@@ -170,9 +173,12 @@ class Lifecycle:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0")
         shares = ("p_failed", "p_create_failed", "p_start_failed", "p_frozen")
-        for name in (*shares, "p_unknown_state", "p_vanish", "p_hosting_late", "p_abnormal"):
+        others = ("p_unknown_state", "p_vanish", "p_hosting_late", "p_hosting_too_large")
+        for name in (*shares, *others, "p_abnormal"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if self.p_hosting_late + self.p_hosting_too_large > 1:
+            raise ValueError("p_hosting_late and p_hosting_too_large: their sum must be <= 1")
         if sum(getattr(self, name) for name in shares) > 1:
             raise ValueError(f"{', '.join(shares)} are shares of one fate: their sum must be <= 1")
 
@@ -320,6 +326,7 @@ _PENDING_STATUS: Final = "Waiting for available computing resource."
 # The codes of jobs that never ran are not published: these say plainly they are the emulator's.
 _CREATE_FAILURE: Final = ("EMU.0001", "The job could not be created (emulated CREATE_FAILED)")
 _START_FAILURE: Final = ("EMU.0002", "The job could not be started (emulated START_FAILED)")
+TOO_LARGE: Final = "EXCEED_IN_SIZE"  # a hosting result too large for VAS to keep
 _DRAWS: Final = 10  # uniform draws per life: a fixed number, so one share never shifts another
 _LATER_DRAWS: Final = 2  # from a stream of their own: options added later shift no earlier draw
 
@@ -412,6 +419,8 @@ def _plan(
         steps.append(_Step(t, "SUCCEEDED"))
         t += _span(life, life.hosting_late, u[7])
         steps.append(_Step(t, hosting="AVAILABLE"))
+    elif u[6] < life.p_hosting_late + life.p_hosting_too_large:  # the same draw: one or other
+        return [*steps, _Step(t, "SUCCEEDED", hosting=TOO_LARGE)]
     else:
         steps.append(_Step(t, "SUCCEEDED", hosting="AVAILABLE"))
     return [*steps, _Step(t + life.real(life.hosting_ttl), hosting="OVERDUE")]

@@ -73,6 +73,7 @@ __all__ = [
 
 DEFAULT_INTERVAL = 15.0  # seconds between passes: Huawei's own demos poll every 10 to 15 s
 DEFAULT_STUCK_AFTER = 6 * 3600.0  # PENDING or ABNORMAL for longer: stuck
+TOO_LARGE = "EXCEED_IN_SIZE"  # a hosting result VAS did not keep
 EXPIRING_WITHIN = 6 * 3600.0  # a hosting result this close to its overdue time: warned about
 LIST_LIMIT = 100  # VAS's maximum page
 MAX_OFFSET = 100_000  # VAS documents offset 1 to 100000: a bigger window is split
@@ -144,6 +145,7 @@ class FollowStats:
     expiring: int = 0
     collected: int = 0
     overdue: int = 0  # hosting results that expired before they were collected
+    too_large: int = 0  # hosting results VAS did not keep: EXCEED_IN_SIZE
     oldest_non_final_age: float | None = None  # seconds since creation
     passes: int = 0
     sweeps: int = 0
@@ -1014,6 +1016,14 @@ class Follower:
                         )
             if record.hosting_status == "OVERDUE":
                 stats.overdue += 1
+            if record.hosting_status == TOO_LARGE:
+                stats.too_large += 1
+                if stats.too_large <= 5:
+                    self.warn(
+                        f"{record.job_id} ({record.source}): its result was too large for VAS "
+                        "to host (EXCEED_IN_SIZE): nothing to collect; give the job an obs "
+                        "output (job.output) for results this large"
+                    )
         stats.by_state = dict(sorted(by_state.items()))
         stats.unknown_states = dict(sorted(unknown.items()))
         stats.oldest_non_final_age = None if oldest is None else round(oldest, 3)

@@ -59,8 +59,9 @@ DEFAULT_QUOTA = 5000
 PRUNED = "PRUNED"
 PRUNING = "PRUNING"
 GONE_CODE = "IVA.0005"  # the job does not exist: a 404 with any other code is not "gone"
-# The hosting result is no longer on the service, or we have it: deleting loses nothing.
-HOSTING_DONE = frozenset({"COLLECTED", "OVERDUE", "DELETED_MISTAKENLY"})
+# The hosting result is no longer on the service, never was (too large to host), or we have
+# it: deleting the job loses nothing.
+HOSTING_DONE = frozenset({"COLLECTED", "OVERDUE", "DELETED_MISTAKENLY", "EXCEED_IN_SIZE"})
 # Final, but already gone from the service: nothing to delete, no room to free.
 GONE_STATES = frozenset({PRUNED, "LOST"})
 # The final states a job may be deleted in (obs-file inputs; VAS-API.md): a record that says

@@ -435,6 +435,7 @@ def status_summary(stats: Any, code: int, started: float) -> dict[str, Any]:
             "expiring": stats.expiring,
             "collected": stats.collected,
             "overdue": stats.overdue,
+            "too_large": stats.too_large,
             "arrears": stats.arrears,
         },
         "by_state": stats.by_state,
@@ -504,8 +505,11 @@ def follow_line(stats: Any, data: dict[str, Any]) -> str:
         f"{stats.passes} passes, {stats.list_calls} list + {stats.show_calls} show calls in "
         f"{stats.elapsed:.1f} s"
     )
-    if counts["collected"] or counts["overdue"]:
-        line += f"; {counts['collected']} results collected, {counts['overdue']} overdue"
+    if counts["collected"] or counts["overdue"] or counts["too_large"]:
+        line += (
+            f"; {counts['collected']} results collected, {counts['overdue']} overdue, "
+            f"{counts['too_large']} too large to host"
+        )
     if stats.stop_reason:
         line += f"; stopped: {stats.stop_reason}"
     line += f"; report in {stats.report}"

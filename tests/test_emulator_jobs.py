@@ -248,6 +248,28 @@ async def test_an_abnormal_job_recovers_and_runs_on() -> None:
     assert seen == ["RUNNING", "ABNORMAL", "RECOVERING", "RUNNING", "RUNNING", "SUCCEEDED"]
 
 
+async def test_a_hosting_result_too_large_to_host_is_exceed_in_size() -> None:
+    """SUCCEEDED with hosting_result EXCEED_IN_SIZE: no data, no size, no overdue date, and
+    it stays so; the share and p_hosting_late are one draw (their sum at most 1)."""
+    clock = Clock()
+    lifecycle = Lifecycle(
+        pending=(10, 10), starting=(5, 5), running=(30, 30), p_hosting_too_large=1.0,
+        hosting_ttl=100.0,
+    )  # fmt: skip
+    async with running(emulated(clock, lifecycle)) as api:
+        task_id = await api.create("hosted", hosting=True)
+        clock.advance(46)
+        succeeded = await api.show(task_id)
+        clock.advance(500)
+        later = await api.show(task_id)
+    assert succeeded["state"] == "SUCCEEDED"
+    assert succeeded["hosting_result"] == {"status": "EXCEED_IN_SIZE"}
+    assert "result_json_overdue_at" not in succeeded["output"]["hosting"]
+    assert later["hosting_result"] == {"status": "EXCEED_IN_SIZE"}
+    with pytest.raises(ValueError, match="p_hosting_too_large"):
+        Lifecycle(p_hosting_late=0.6, p_hosting_too_large=0.5)
+
+
 async def test_hosting_result_arrives_late_then_expires() -> None:
     """SUCCEEDED with NOT_GENERATED, then AVAILABLE with data, size and overdue date (and
     output.hosting.result_json_overdue_at in epoch ms), then OVERDUE; list never carries it."""

@@ -658,6 +658,28 @@ async def test_collect_saves_each_result_once_and_an_expired_one_is_overdue_loud
 
 
 @pytest.mark.anyio
+async def test_a_result_too_large_to_host_is_final_named_and_never_collected(
+    tmp_path: Path,
+) -> None:
+    """EXCEED_IN_SIZE (the emulator's p_hosting_too_large share): the job is final, nothing
+    is collected, each is counted and warned about with what to do, and the summary says so."""
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1000, p_hosting_too_large=1.0)))
+    manifest = write_manifest(tmp_path, video_keys(2), extra=HOSTING)
+    results = tmp_path / "r.csv"
+    collect = tmp_path / "collected"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        stats, text = await _status(results, collect=collect)
+    assert (stats.succeeded, stats.not_final, stats.collected) == (2, 0, 0)
+    assert stats.too_large == 2
+    assert text.count("too large for VAS to host (EXCEED_IN_SIZE)") == 2
+    assert "job.output" in text
+    rows = _report(tmp_path / "r.report.csv")
+    assert [row["hosting_status"] for row in rows] == ["EXCEED_IN_SIZE"] * 2
+    assert not collect.exists() or not any(collect.iterdir())
+
+
+@pytest.mark.anyio
 async def test_a_hosting_result_about_to_expire_is_warned_about_every_run(tmp_path: Path) -> None:
     """A result AVAILABLE within 6 h of its overdue time is counted and warned about, also on
     later runs that ask the service nothing (the job is final)."""

@@ -205,6 +205,7 @@ def test_jobs_of_another_ledger_are_never_deleted(live: LiveEmulator, tmp_path: 
         ("AVAILABLE", -HOUR, True),  # expired on the service: nothing left to lose
         ("COLLECTED", None, True),
         ("OVERDUE", None, True),
+        ("EXCEED_IN_SIZE", None, True),  # too large to host: there never was one to lose
     ],
 )
 def test_a_hosting_result_not_collected_keeps_its_job(

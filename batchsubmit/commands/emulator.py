@@ -46,6 +46,7 @@ class EmulatorOptions:
     p_unknown_state: float = 0.0
     p_vanish: float = 0.0
     p_hosting_late: float = 0.0
+    p_hosting_too_large: float = 0.0
     p_frozen: float = 0.0
     log_requests: bool = False
     iam_users: tuple[IamUser, ...] = ()
@@ -90,6 +91,7 @@ def faults(options: EmulatorOptions) -> Faults:
             p_unknown_state=options.p_unknown_state,
             p_vanish=options.p_vanish,
             p_hosting_late=options.p_hosting_late,
+            p_hosting_too_large=options.p_hosting_too_large,
             p_frozen=options.p_frozen,
         ),
     )
