@@ -362,9 +362,8 @@ class Issued:
 
 
 Fetch = Callable[[aiohttp.ClientSession | None], Awaitable[Issued]]
-# How a refresh reaches the service: ``(fetch, holding)`` -> its result; ``holding``: the caller
-# already holds an in-flight slot (a call that found its secret expired, or refused with 401).
-Route = Callable[[Callable[[], Awaitable[Issued]], bool], Awaitable[Issued]]
+# How a refresh reaches the service: ``route(fetch)`` -> its result (the run's gate).
+Route = Callable[[Callable[[], Awaitable[Issued]]], Awaitable[Issued]]
 
 
 class CredentialProvider:
@@ -419,13 +418,13 @@ class CredentialProvider:
         self._route = route
 
     async def ensure(self) -> None:
-        """Refresh now if due, before a call takes its in-flight slot (the gate asks), so the
-        refresh takes a slot of its own like any call and no call holds one while it waits.
-        A failed refresh is left for the call itself to meet and report."""
+        """Refresh now if due, before a call takes its in-flight slot (the gate asks), so calls
+        do not hold slots while they wait for it. A failed refresh is left for the call itself
+        to meet and report."""
         if self._fetch is None or self.fresh() is not None:
             return
         try:
-            await self._current(holding=False)
+            await self.current()
         except CredentialError:
             return
 
@@ -442,11 +441,7 @@ class CredentialProvider:
 
     async def current(self) -> Secret:
         """A secret valid for a while yet; refreshes first if it is due (one refresh at a time,
-        every caller waiting for it). Raises CredentialError if none can be had. Called by a
-        call that holds its in-flight slot: a refresh made here takes that slot's place."""
-        return await self._current(holding=True)
-
-    async def _current(self, *, holding: bool) -> Secret:
+        every caller waiting for it). Raises CredentialError if none can be had."""
         secret = self.fresh()
         if secret is not None:
             return secret
@@ -454,7 +449,7 @@ class CredentialProvider:
             secret = self.fresh()
             if secret is not None:
                 return secret
-            await self._renew(forced=False, holding=holding)
+            await self._renew(forced=False)
             return self._issued.secret
 
     async def rejected(self, secret: Secret) -> Secret | None:
@@ -469,7 +464,7 @@ class CredentialProvider:
             async with self._guard():
                 if secret != self._issued.secret:
                     return self._issued.secret
-                await self._renew(forced=True, holding=True)
+                await self._renew(forced=True)
                 return self._issued.secret
         finally:
             if self._due == -float("inf"):
@@ -480,7 +475,7 @@ class CredentialProvider:
             self._lock = anyio.Lock()
         return self._lock
 
-    async def _renew(self, *, forced: bool, holding: bool) -> None:
+    async def _renew(self, *, forced: bool) -> None:
         fetch = self._fetch
         assert fetch is not None
         old = self._issued
@@ -489,7 +484,7 @@ class CredentialProvider:
             if self._route is None:
                 issued = await fetch(session)
             else:
-                issued = await self._route(lambda: fetch(session), holding)
+                issued = await self._route(lambda: fetch(session))
         except CredentialError as exc:
             now = self._clock()
             # A failed refresh with time left on the old credentials: keep them a while.

@@ -272,21 +272,18 @@ async def test_a_refresh_is_a_gated_call_that_a_stopped_run_never_starts() -> No
         made.append(1)
         return "token"
 
-    assert await gate.other(refresh, False) == "token"
+    assert await gate.other(refresh) == "token"
     assert (stats.calls, made) == (1, [1])
     assert len(gate.controller._starts) == 1  # paced like a create
     gate.stop("the operator asked")
     with pytest.raises(Stopped):
-        await gate.other(refresh, False)
-    with pytest.raises(Stopped):
-        await gate.other(refresh, True)
+        await gate.other(refresh)
     assert made == [1]
 
 
-async def test_a_refresh_takes_its_callers_slot_or_waits_for_one() -> None:
-    """Made for a call that holds its slot (a 401, an expired secret), a refresh takes that
-    slot's place: with every slot taken it still runs (no deadlock). Made before a call took
-    its slot (the gate's prepare), it waits for a free slot like any call."""
+async def test_a_refresh_never_waits_for_an_in_flight_slot() -> None:
+    """Every slot held (by calls that may be waiting for the renewal itself): the renewal still
+    runs, so it can never deadlock with them."""
     stats = RunStats()
     gate = _gate(stats, concurrency=1)
     assert gate.slots.take()  # the only slot, held by "the call"
@@ -295,16 +292,5 @@ async def test_a_refresh_takes_its_callers_slot_or_waits_for_one() -> None:
         return "token"
 
     with anyio.fail_after(1):
-        assert await gate.other(refresh, True) == "token"
-    done: list[str] = []
-
-    async def waiting() -> None:
-        done.append(await gate.other(refresh, False))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(waiting)
-        await anyio.sleep(0.05)
-        assert done == []  # no free slot yet
-        gate.slots.release()
-    assert done == ["token"]
-    assert gate.slots.free == 1
+        assert await gate.other(refresh) == "token"
+    assert gate.slots.free == 0

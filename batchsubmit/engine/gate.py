@@ -227,23 +227,15 @@ class Gate:
                 self._opened.set()  # answered, stopped or cancelled: the others may go
         return answer
 
-    async def other(self, call: Callable[[], Awaitable[T]], holding: bool) -> T:
-        """A call that is not one of the service's (a credentials refresh from IAM or the ECS
-        metadata service): the same stop rule, start from the rate controller and in-flight
-        cap. ``holding``: it is made for a call that holds its slot already, and takes that
-        slot's place (a refresh never waits for a slot its own caller holds). No retries here:
-        a failed refresh is its caller's to handle."""
-        if self.stopped.is_set():
-            raise Stopped
-        slots = self.slots
-        if not holding and not slots.take():
-            await slots.acquire(False)
-        try:
-            await self._start()
-            return await call()
-        finally:
-            if not holding:
-                slots.release()
+    async def other(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A call that is not one of the service's (a credentials renewal from IAM or the ECS
+        metadata service): the same stop rule and start from the rate controller, counted. It
+        takes no in-flight slot: calls that hold one may be waiting for it (a 401, a secret
+        that fell due after the gate's ``prepare``), and there is one renewal at a time, so it
+        is at most one call beyond the cap, to another host. No retries here: a failed
+        renewal is its caller's to handle (the provider keeps valid credentials meanwhile)."""
+        await self._start()
+        return await call()
 
     async def _start(self) -> None:
         """Once a call holds its slot: the stop rule, then its start from the rate controller
