@@ -413,8 +413,8 @@ class CredentialProvider:
         self._lock = None
 
     def route(self, route: Route | None) -> None:
-        """Send refreshes through ``route`` (the run's gate: its stop rule, rate controller and
-        in-flight cap) from now on; None: directly."""
+        """Send refreshes through ``route`` (the run's gate: its stop rule and rate controller,
+        counted; see :meth:`~batchsubmit.engine.gate.Gate.other`) from now on; None: directly."""
         self._route = route
 
     async def ensure(self) -> None:
