@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from batchsubmit.emulator import Emulator, Faults
-from batchsubmit.jobs import SpecBuilder
+from batchsubmit.jobs import JobSpec, SpecBuilder
 from batchsubmit.manifest import load_manifest
 from batchsubmit.results import COLUMNS
 from batchsubmit.runner import RunConfig
@@ -74,6 +74,14 @@ def _journal(results: Path, entries: list[tuple[str, str]]) -> None:
     journal.write_bytes(
         b"".join(orjson.dumps({"source": s, "name": n}) + b"\n" for s, n in entries)
     )
+
+
+def _videos_and_first_spec(tmp_path: Path, count: int) -> tuple[list[str], Path, JobSpec]:
+    """A manifest of ``count`` videos, and the spec a run makes for the first of them."""
+    keys = video_keys(count)
+    manifest = write_manifest(tmp_path, keys)
+    loaded = load_manifest(manifest)
+    return keys, manifest, SpecBuilder(loaded.service, loaded.job).build(ObjectRef(BUCKET, keys[0]))
 
 
 async def _create(config: RunConfig, body: bytes) -> str:
@@ -228,11 +236,8 @@ async def test_a_video_whose_lookup_failed_is_not_created_again_in_the_same_run(
     from batchsubmit.answers import Answer, Kind
     from batchsubmit.client import VasClient
 
-    keys = video_keys(5)
-    manifest = write_manifest(tmp_path, keys)
+    keys, manifest, first = _videos_and_first_spec(tmp_path, 5)
     results = tmp_path / "r.csv"
-    loaded = load_manifest(manifest)
-    first = SpecBuilder(loaded.service, loaded.job).build(ObjectRef(BUCKET, keys[0]))
     emulator = Emulator()
     async with emulator.serve() as url:
         config = config_for(manifest, url, results)
@@ -286,11 +291,8 @@ async def test_two_jobs_for_one_video_the_oldest_is_recorded_and_the_next_run_re
     the oldest, writes a `duplicate` row for the other (its id in the stats), and the next run
     reads that file back (the row is neither damage nor done) and creates nothing more."""
 
-    keys = video_keys(3)
-    manifest = write_manifest(tmp_path, keys)
+    _keys, manifest, first = _videos_and_first_spec(tmp_path, 3)
     results = tmp_path / "r.csv"
-    loaded = load_manifest(manifest)
-    first = SpecBuilder(loaded.service, loaded.job).build(ObjectRef(BUCKET, keys[0]))
     emulator = Emulator()
     async with emulator.serve() as url:
         config = config_for(manifest, url, results)
