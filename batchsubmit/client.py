@@ -173,7 +173,7 @@ class VasClient:
                 advice=f"credentials from {provider.source_name} could not be renewed",
             )
         except Stopped:  # the run stopped before the credentials could be renewed
-            return _stopped_unsent()
+            return stopped_unsent()
         if renewed is None:
             return answer
         headers = self._headers(renewed, method, path, query, body)
@@ -268,7 +268,8 @@ class VasClient:
             return tidy(Answer(kind=kind, error_code=code, error_msg=f"{describe(exc)} ({where})"))
 
 
-def _stopped_unsent() -> Answer:
+def stopped_unsent() -> Answer:
+    """The run stopped before a call's credentials could be renewed: nothing was sent."""
     return Answer(
         kind=Kind.NOT_SENT,
         error_code="STOPPED",

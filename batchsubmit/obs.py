@@ -32,7 +32,7 @@ from yarl import URL
 
 from .answers import Answer, Kind, retry_after_seconds, tidy
 from .auth import Credentials, Secret, canonical_query
-from .client import describe, not_connected, open_session, read_capped
+from .client import describe, not_connected, open_session, read_capped, stopped_unsent
 from .credentials import CredentialProvider, static_provider
 from .errors import CredentialError, UsageError
 from .manifest import Manifest
@@ -301,7 +301,7 @@ class ObsClient:
         except (CredentialError, UsageError) as exc:
             return Answer(kind=Kind.FAILED, error_code="CREDENTIALS", error_msg=str(exc))
         except Stopped:  # the run stopped before the keys could be renewed: nothing was sent
-            return Answer(kind=Kind.NOT_SENT, error_code="STOPPED", error_msg="stopped")
+            return stopped_unsent()
         if not isinstance(renewed, Credentials):
             return answer
         return await self._send(method, url, bucket, renewed)
