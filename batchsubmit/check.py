@@ -245,6 +245,7 @@ async def _list_one(
         _NoReports(),
         PoolSettings(concurrency=1, rate=0.0, retry=RetryPolicy(attempts=1, throttles=1)),
         service_url=endpoint.tasks_url,
+        credentials=provider,
     )
     try:
         with anyio.fail_after(plan.timeout + 2):
@@ -365,7 +366,7 @@ async def _obs_once(
     no retries: a check reports what it got."""
     assert plan.obs_endpoint is not None
     once = PoolSettings(concurrency=1, rate=0.0, retry=RetryPolicy(attempts=1, throttles=1))
-    pool = listing_pool(once, lambda _level, _message: None, plan.obs_endpoint)
+    pool = listing_pool(once, lambda _level, _message: None, plan.obs_endpoint, client.provider)
     try:
         with anyio.fail_after(plan.timeout + 2):
             return await pool.call(call, *args)

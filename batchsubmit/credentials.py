@@ -17,10 +17,11 @@ temporary credentials are fetched again before ``min(40 min, lifetime / 10)`` re
 refresh at a time, every caller waiting for it, so nothing is ever sent with credentials that
 have expired.
 
-Refreshes use the run's HTTP session (so they follow the same proxy settings as VAS) but not
-the pool's gate: a refresh is triggered inside a call that already holds one of the gate's
-slots, and waiting for a second slot could deadlock a full pool. The metadata service is
-always reached directly, never through a proxy, on a session of its own.
+Refreshes use the run's HTTP session (so they follow the same proxy settings as VAS) and go
+through the run's gate (:meth:`~batchsubmit.engine.gate.Gate.other`: its stop rule and rate
+controller, counted, but no in-flight slot, since a refresh can be awaited by calls that hold
+one). The metadata service is always reached directly, never through a proxy, on a session of
+its own.
 
 Secrets never appear in a message, a ``repr`` or an exception chain raised from here.
 """

@@ -530,8 +530,8 @@ class Follower:
             self.reporter,
             config.pool,
             service_url=self.services[0].tasks_url,
+            credentials=self.clients[0].provider,
         )
-        pool.route_credentials(self.clients[0].provider)
         active = sum(1 for job in self.jobs.values() if job.active(self.collecting))
         to_collect = active - self.stats.followed
         self.reporter.log(

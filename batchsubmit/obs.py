@@ -383,9 +383,12 @@ class _NoCreates:
         return Answer(kind=Kind.FAILED, error_msg="the OBS listing pool lists no VAS tasks")
 
 
-def listing_pool(settings: PoolSettings, log: LogFn, service_url: str) -> Pool:
+def listing_pool(
+    settings: PoolSettings, log: LogFn, service_url: str, credentials: CredentialProvider | None
+) -> Pool:
     """A pool for the listing alone, with the run's in-flight cap, rate and retry policy (it
-    runs before the run's pool exists): no results, no journal, no deadline or job limits."""
+    runs before the run's pool exists): no results, no journal, no deadline or job limits.
+    ``credentials``' renewals go through its gate too."""
     own = PoolSettings(
         concurrency=settings.concurrency,
         rate=settings.rate,
@@ -393,7 +396,14 @@ def listing_pool(settings: PoolSettings, log: LogFn, service_url: str) -> Pool:
         controller=settings.controller,
         seed=settings.seed,
     )
-    return Pool(_NoCreates(), _NoRows(), _LogReporter(log), own, service_url=service_url)
+    return Pool(
+        _NoCreates(),
+        _NoRows(),
+        _LogReporter(log),
+        own,
+        service_url=service_url,
+        credentials=credentials,
+    )
 
 
 async def list_pages(
@@ -456,13 +466,13 @@ async def spool_prefixes(
             "--obs-endpoint)"
         )
     settings = settings or PoolSettings()
-    if pool is None:
-        pool = listing_pool(settings, log or (lambda _level, _message: None), endpoint)
     async with AsyncExitStack() as stack:
         if session is None:
             session = await stack.enter_async_context(open_session(settings.concurrency))
         client = ObsClient(session, endpoint, credentials)
-        pool.route_credentials(client.provider)
+        if pool is None:
+            logged = log or (lambda _level, _message: None)
+            pool = listing_pool(settings, logged, endpoint, client.provider)
         sources = []
         for index, source in enumerate(manifest.sources):
             if source.prefix is None:

@@ -113,9 +113,14 @@ class Pool:
         settings: PoolSettings,
         *,
         service_url: str,
+        credentials: Refreshing | None,
         journal: Journal | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``credentials``: the provider the clients sign with (None: plain keys), so that its
+        renewals (IAM tokens, ECS metadata keys) are calls through this pool's gate too: renewed
+        before a call takes its slot, each renewal a call of its own. Required, so that no site
+        can forget it and let renewals go around the gate."""
         s = settings
         self._settings = settings
         self.stats = RunStats()
@@ -149,6 +154,9 @@ class Pool:
             settle=s.settle, lookup_tries=s.lookup_tries, lookup_spacing=s.lookup_spacing
         )
         self._once = Once(api, gate, self._engine.rest, self._rows, journal, timing, limit)
+        if credentials is not None and credentials.refreshable:
+            credentials.route(gate.other)
+            gate.prepare = credentials.ensure
 
     def _new_engine(self, batch: int | None = None) -> Engine[Any]:
         s = self._settings
@@ -205,13 +213,6 @@ class Pool:
         self.stats.elapsed = time.monotonic() - self.stats.started
         self._gate.finish()
         return self.stats
-
-    def route_credentials(self, provider: Refreshing) -> None:
-        """Refreshes of ``provider`` (IAM tokens, ECS metadata keys) go through this pool's gate
-        from now on: renewed before a call takes its slot, each refresh a call of its own."""
-        if provider.refreshable:
-            provider.route(self._gate.other)
-            self._gate.prepare = provider.ensure
 
     async def call(self, call: Callable[..., Awaitable[Answer]], *args: Any) -> Answer:
         """The gate for every call that is not a create (show, list, delete, IAM, metadata):

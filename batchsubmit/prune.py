@@ -476,8 +476,8 @@ async def _prune_locked(
                     _Reporter(log),
                     config.pool,
                     service_url=next(iter(clients)),
+                    credentials=first.provider,
                 )
-                pool.route_credentials(first.provider)
                 async with anyio.create_task_group() as group:
                     from .runner import watch_signals
 
@@ -641,8 +641,14 @@ async def make_room(
     endpoint = endpoint_for(service_url, config.base_url)
     async with open_session(1) as session:
         client = VasClient(session, endpoint, config.credentials, timeout=config.timeout)
-        gate = Pool(client, _NoSink(), _Reporter(log), config.pool, service_url=service_url)
-        gate.route_credentials(client.provider)
+        gate = Pool(
+            client,
+            _NoSink(),
+            _Reporter(log),
+            config.pool,
+            service_url=service_url,
+            credentials=client.provider,
+        )
         room.saved_before = room.saved_after = await _saved_jobs(gate, client)
         needed = room.saved_before + planned - quota
         if needed > 0:

@@ -362,5 +362,3 @@ class RecordWriter:
             self.sync()
         finally:
             self._file.close()
-
-

@@ -242,9 +242,9 @@ async def _with_pool(
                     reporter,
                     config.pool,
                     service_url=config.endpoint.tasks_url,
+                    credentials=client.provider,
                     journal=journal,
                 )
-                pool.route_credentials(client.provider)
                 with fewer_collections():
                     async with anyio.create_task_group() as group:
                         group.start_soon(watch_signals, pool)

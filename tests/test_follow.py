@@ -445,6 +445,7 @@ async def test_a_changes_pass_pages_until_a_job_older_than_the_cursor(tmp_path: 
         LineReporter(Log(io.StringIO()), None),
         PoolSettings(rate=0.0),
         service_url=service_url,
+        credentials=None,
     )
     follower.clients = [SimpleNamespace(list_tasks=list_tasks)]  # type: ignore[list-item]
     follower.cursor = [cursor]
@@ -493,6 +494,7 @@ async def test_a_service_that_reads_creation_times_otherwise_is_listed_unfiltere
         LineReporter(Log(io.StringIO()), None),
         PoolSettings(rate=0.0),
         service_url=service_url,
+        credentials=None,
     )
     follower.clients = [SimpleNamespace(list_tasks=list_tasks, show=show)]  # type: ignore[list-item]
     with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
@@ -539,6 +541,7 @@ async def test_shows_run_concurrency_at_a_time_and_a_stop_at_once_cuts_them(
         LineReporter(Log(io.StringIO()), None),
         PoolSettings(concurrency=4, rate=0.0, grace=60.0),
         service_url=service_url,
+        credentials=None,
     )
     follower.clients = [SimpleNamespace(list_tasks=list_tasks, show=show)]  # type: ignore[list-item]
 

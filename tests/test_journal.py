@@ -345,5 +345,3 @@ def test_lock_in_a_missing_directory(tmp_path: Path) -> None:
     """A lock file that cannot be created is a UsageError, not an OSError."""
     with pytest.raises(UsageError, match="cannot create the lock file"):
         RunLock(tmp_path / "missing" / "r.lock").acquire("x")
-
-

@@ -171,13 +171,14 @@ async def list_all(
     logs: list[str] | None = None,
 ) -> tuple[list[str], Pool]:
     """Every key under ``prefix`` through a listing pool (returned, for its stats)."""
-    pool = listing_pool(
-        settings or PoolSettings(),
-        lambda _level, message: (logs if logs is not None else []).append(message),
-        obs.url,
-    )
     async with open_session(4) as session:
         client = ObsClient(session, obs.url, credentials)
+        pool = listing_pool(
+            settings or PoolSettings(),
+            lambda _level, message: (logs if logs is not None else []).append(message),
+            obs.url,
+            client.provider,
+        )
         keys = [key async for page in list_pages(pool, client, "in-bucket", prefix) for key in page]
     return keys, pool
 
@@ -424,7 +425,7 @@ async def test_revoked_temporary_keys_are_renewed_once(fake_obs: FakeObs) -> Non
     assert len(keys) == 2501
     assert fake_obs.seen_aks == ["OLDAK", "TEMPAK0", "TEMPAK0", "TEMPAK0"]
     assert provider.refreshes == 1
-    assert pool.stats.calls == 3
+    assert pool.stats.calls == 4  # three pages and the renewal, each through the gate
     with pytest.raises(UsageError, match="HTTP 403 InvalidAccessKeyId"):
         await list_all(fake_obs, credentials=Credentials("OLDAK", "oldsk"))
 

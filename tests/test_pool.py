@@ -155,7 +155,15 @@ def make_pool(
         "backlog": 16,
     }
     defaults.update(settings)
-    return Pool(service, rows, rows, PoolSettings(**defaults), service_url=SERVICE, journal=journal)
+    return Pool(
+        service,
+        rows,
+        rows,
+        PoolSettings(**defaults),
+        service_url=SERVICE,
+        credentials=None,
+        journal=journal,
+    )
 
 
 async def test_lost_answer_without_a_job_is_created_again() -> None:
@@ -616,7 +624,7 @@ async def test_an_unreachable_endpoint_stops_the_run_at_the_first_call(failure: 
     async with aiohttp.ClientSession(connector=connector) as session:
         client = VasClient(session, endpoint, Credentials("AK", "SK"))
         settings = PoolSettings(concurrency=4, rate=0, retry=RetryPolicy(base=0.5, cap=0.5))
-        pool = Pool(client, rows, rows, settings, service_url=SERVICE)
+        pool = Pool(client, rows, rows, settings, service_url=SERVICE, credentials=None)
         with anyio.fail_after(2):
             stats = await pool.run(iter([spec(i) for i in range(50)]))
     assert stats.fatal is not None

@@ -112,6 +112,7 @@ async def _pool(
             NullReporter(),
             PoolSettings(concurrency=concurrency, rate=0),
             service_url=workload.tasks_url("http://127.0.0.1:9"),
+            credentials=None,
             journal=journal,
         )
         await pool.run(_specs(manifest))
