@@ -32,7 +32,7 @@ from .errors import BatchSubmitError, CredentialError
 from .manifest import Manifest
 from .obs import ObsClient, listing_pool
 from .obs import problem as obs_problem
-from .pool import Pool, PoolSettings, Stopped
+from .pool import Pool, PoolSettings, RunStats, Stopped, new_gate
 from .results import Format, read_ledger
 from .retry import RetryPolicy
 from .runner import count_work
@@ -43,6 +43,10 @@ __all__ = ["QUOTA", "CheckPlan", "CheckResult", "Status", "run_checks"]
 QUOTA = 5000  # saved jobs VAS keeps per user
 DEFAULT_CHECK_TIMEOUT = 5.0  # seconds for each network step
 Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
+
+# Each check's calls go through a gate of their own, one at a time and never retried: a check
+# reports what it got.
+_ONCE = PoolSettings(concurrency=1, rate=0.0, retry=RetryPolicy(attempts=1, throttles=1))
 
 _LIST_ADVICE = {
     "APIGW.0301": "the signature was refused: the SK does not belong to the AK (mistyped or "
@@ -125,10 +129,16 @@ async def _credentials(
     if isinstance(plan.choice, CredentialError):
         results.append(CheckResult(name, "FAIL", str(plan.choice)))
         return None
+    gate = new_gate(_ONCE, RunStats(), lambda _level, _message: None)
     try:
         with anyio.fail_after(plan.timeout * 2 + 2):
             provider = await open_provider(
-                plan.choice, session, region=plan.region, warn=warn, timeout=plan.timeout
+                plan.choice,
+                session,
+                region=plan.region,
+                warn=warn,
+                timeout=plan.timeout,
+                route=gate.other,
             )
     except CredentialError as exc:
         results.append(CheckResult(name, "FAIL", str(exc)))
@@ -243,7 +253,7 @@ async def _list_one(
         client,
         _NoRows(),
         _NoReports(),
-        PoolSettings(concurrency=1, rate=0.0, retry=RetryPolicy(attempts=1, throttles=1)),
+        _ONCE,
         service_url=endpoint.tasks_url,
         credentials=provider,
     )
@@ -365,8 +375,7 @@ async def _obs_once(
     """One OBS call through a gate like the run's listing has (its first-call and stop rules);
     no retries: a check reports what it got."""
     assert plan.obs_endpoint is not None
-    once = PoolSettings(concurrency=1, rate=0.0, retry=RetryPolicy(attempts=1, throttles=1))
-    pool = listing_pool(once, lambda _level, _message: None, plan.obs_endpoint, client.provider)
+    pool = listing_pool(_ONCE, lambda _level, _message: None, plan.obs_endpoint, client.provider)
     try:
         with anyio.fail_after(plan.timeout + 2):
             return await pool.call(call, *args)

@@ -46,8 +46,9 @@ import anyio
 import orjson
 from yarl import URL
 
+from .answers import retry_after_seconds
 from .auth import Credentials, RequestSigner, Secret, Token, canonical_query, secrets_of
-from .errors import CredentialError
+from .errors import CredentialError, CredentialsUnavailable
 from .proxies import proxy_for
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "Issued",
     "Metadata",
     "Profile",
+    "Route",
     "find_source",
     "iam_endpoint_for",
     "open_provider",
@@ -363,8 +365,13 @@ class Issued:
 
 
 Fetch = Callable[[aiohttp.ClientSession | None], Awaitable[Issued]]
-# How a refresh reaches the service: ``route(fetch)`` -> its result (the run's gate).
-Route = Callable[[Callable[[], Awaitable[Issued]]], Awaitable[Issued]]
+# How a call to IAM or the metadata service is made: ``route(call)`` -> its result (a gate's
+# :meth:`~batchsubmit.engine.gate.Gate.other`: stop rule, rate, retries).
+Route = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+async def _direct(call: Callable[[], Awaitable[Any]]) -> Any:
+    return await call()
 
 
 class CredentialProvider:
@@ -532,13 +539,16 @@ async def open_provider(
     timeout: float = IAM_TIMEOUT,
     metadata_connect_timeout: float = METADATA_CONNECT_TIMEOUT,
     clock: Callable[[], float] = time.time,
+    route: Route = _direct,
 ) -> CredentialProvider:
     """Fetch the first credentials of ``choice`` and the project id (discovered from the
     region through IAM when neither the manifest nor the source gives it; "" when there is
-    no region either).
+    no region either). Each call to IAM or the metadata service goes through ``route`` (the
+    CLI's: a gate with the run's rate and retry policy).
 
-    Raises CredentialError (exit 2) naming what failed; a failed metadata source lists every
-    source tried before it.
+    Raises CredentialError (exit 2) naming what failed, CredentialsUnavailable (exit 3) when
+    the service did not answer usefully after the retries; a failed metadata source lists
+    every source tried before it.
     """
     source = choice.source
     project_id = choice.project_id
@@ -554,22 +564,24 @@ async def open_provider(
                 "HUAWEICLOUD_SDK_PROJECT_ID (no region to look it up by)"
             )
         login = _IamLogin(source, iam, region, timeout, clock, warn)
-        issued, found = await login.token(session, project_id)
+        issued, found = await login.token(session, project_id, route=route)
         project_id = project_id or found
         login.project_id = project_id
         fetch = login.refresh
     else:
         meta = _MetadataFetch(source.url, metadata_connect_timeout, clock)
         try:
-            issued = await meta(None)
+            issued = await route(lambda: meta(None))
+        except CredentialsUnavailable as exc:
+            raise CredentialsUnavailable(f"{source.name} did not answer: {exc}") from None
         except CredentialError as exc:
             tried = "; ".join((*choice.tried, f"{source.name}: {exc}"))
             raise CredentialError(f"no credentials found. Tried: {tried}") from None
         fetch = meta
     if project_id is None and region is not None:
-        project_id = await _discover_project(
-            session, _need_iam(iam, "finding the project id"), region, issued.secret, timeout
-        )
+        iam = _need_iam(iam, "finding the project id")
+        secret = issued.secret
+        project_id = await route(lambda: _discover_project(session, iam, region, secret, timeout))
     # Without a region to look it up by, the project id stays unknown (""): callers that
     # know it from elsewhere (a results file's service URL) pass it in; others refuse.
     return CredentialProvider(
@@ -630,6 +642,26 @@ def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
+def _lost(where: str, exc: BaseException) -> CredentialError:
+    """A call to IAM or the metadata service that raised. One that never connected is not
+    retried (like a run's first VAS call: the others would not connect either, and a machine
+    off ECS learns at once that no source is left); one that connected and then timed out or
+    broke is worth another try."""
+    message = f"{where}: {_failure(exc)}" if where else _failure(exc)
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return CredentialError(message)
+    return CredentialsUnavailable(message)
+
+
+def _refused(message: str, status: int, headers: Mapping[str, str]) -> CredentialError:
+    """A non-success answer from IAM or the metadata service: 429 and 5xx are worth another
+    try (honouring Retry-After), anything else is final."""
+    if status == 429 or status >= 500:
+        retry_after = retry_after_seconds(headers.get("Retry-After"))
+        return CredentialsUnavailable(message, throttled=status == 429, retry_after=retry_after)
+    return CredentialError(message)
+
+
 class _IamLogin:
     """Password login to IAM: a token scoped to the project, fetched again when due."""
 
@@ -660,8 +692,15 @@ class _IamLogin:
         return issued
 
     async def token(
-        self, session: aiohttp.ClientSession, project_id: str | None, *, cached: bool = True
+        self,
+        session: aiohttp.ClientSession,
+        project_id: str | None,
+        *,
+        cached: bool = True,
+        route: Route = _direct,
     ) -> tuple[Issued, str]:
+        """A token for the project (from the cache file when one is there and not due), the
+        login itself through ``route``."""
         source = self._source
         key = hashlib.sha256(
             "\0".join(
@@ -672,7 +711,7 @@ class _IamLogin:
             found = _read_token_cache(source.cache, key, self._clock(), self._warn)
             if found is not None:
                 return found
-        issued, pid = await self._login(session, project_id)
+        issued, pid = await route(lambda: self._login(session, project_id))
         if source.cache is not None:
             _write_token_cache(source.cache, key, issued, pid, self._warn)
         return issued, pid
@@ -715,8 +754,9 @@ class _IamLogin:
                 payload = await response.content.read(1 << 20)
                 value = response.headers.get("X-Subject-Token", "").strip()
                 status = response.status
+                headers = response.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise CredentialError(f"{where}: {_failure(exc)}") from None
+            raise _lost(where, exc) from None
         if status not in (200, 201):
             hint = ""
             if status == 401:
@@ -724,9 +764,8 @@ class _IamLogin:
                     " (check BATCHSUBMIT_IAM_USER, BATCHSUBMIT_IAM_DOMAIN and "
                     "BATCHSUBMIT_IAM_PASSWORD)"
                 )
-            raise CredentialError(
-                f"{where}: HTTP {status}: {_message(payload, (source.password,))}{hint}"
-            )
+            text = _message(payload, (source.password,))
+            raise _refused(f"{where}: HTTP {status}: {text}{hint}", status, headers)
         if not value:
             raise CredentialError(f"{where}: the answer has no X-Subject-Token")
         try:
@@ -818,8 +857,10 @@ class _MetadataFetch:
                 ) as response:
                     payload = await response.content.read(1 << 16)
                     if response.status != 200:
-                        raise CredentialError(
-                            f"session token: HTTP {response.status}: {_message(payload)}"
+                        raise _refused(
+                            f"session token: HTTP {response.status}: {_message(payload)}",
+                            response.status,
+                            response.headers,
                         )
                     session_token = payload.decode("utf-8", "replace").strip()
                 async with session.get(
@@ -829,13 +870,14 @@ class _MetadataFetch:
                 ) as response:
                     payload = await response.content.read(1 << 20)
                     status = response.status
+                    headers = response.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise CredentialError(_failure(exc)) from None
+            raise _lost("", exc) from None
         if status != 200:
             text = _message(payload, (session_token,))
             if status == 401 and "agency" in text.lower():
                 text += " (this server has no agency: attach one in the ECS console)"
-            raise CredentialError(f"securitykey: HTTP {status}: {text}")
+            raise _refused(f"securitykey: HTTP {status}: {text}", status, headers)
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -887,12 +929,13 @@ async def _discover_project(
         ) as response:
             payload = await response.content.read(1 << 20)
             status = response.status
+            answered = response.headers
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise CredentialError(f"{where}: {_failure(exc)}") from None
+        raise _lost(where, exc) from None
     if status != 200:
-        raise CredentialError(
-            f"{where}: HTTP {status}: {_message(payload, secrets_of(secret))}; or set "
-            "service.project_id"
+        text = _message(payload, secrets_of(secret))
+        raise _refused(
+            f"{where}: HTTP {status}: {text}; or set service.project_id", status, answered
         )
     try:
         doc = orjson.loads(payload)

@@ -109,6 +109,9 @@ class IdentityOptions:
     """Seconds temporary credentials from metadata live."""
     region: str = "cn-north-4"
     """The region, which is the project's name in IAM (``GET /v3/projects?name=``)."""
+    outage: int = 0
+    """A fault: the first ``outage`` calls to IAM and the metadata service answer 503 (an
+    outage that ends, so a client that retries succeeds)."""
 
     @property
     def serves_iam(self) -> bool:
@@ -166,6 +169,8 @@ class Identity:
         self.refused_expired_credentials = 0
         self.refused_unknown = 0
         """Calls with a token or security token the emulator never issued."""
+        self.unavailable = 0
+        """Calls answered 503 by the ``outage`` fault."""
 
     @property
     def refused_expired(self) -> int:
@@ -228,15 +233,31 @@ class Identity:
         """The IAM and metadata routes the options enable; ``verify`` checks AK/SK signatures
         (None: signatures are not checked)."""
         options = self.options
+        faulty = self._faulty
         found: list[web.RouteDef] = []
         if options.users:
-            found.append(web.post(IAM_TOKEN_PATH, self._login))
+            found.append(web.post(IAM_TOKEN_PATH, faulty(self._login)))
         if options.serves_iam:
-            found.append(web.get(IAM_PROJECTS_PATH, self._projects(verify), allow_head=False))
+            projects = faulty(self._projects(verify))
+            found.append(web.get(IAM_PROJECTS_PATH, projects, allow_head=False))
         if options.metadata:
-            found.append(web.put(METADATA_TOKEN_PATH, self._metadata_token))
-            found.append(web.get(METADATA_SECURITYKEY_PATH, self._securitykey, allow_head=False))
+            found.append(web.put(METADATA_TOKEN_PATH, faulty(self._metadata_token)))
+            securitykey = faulty(self._securitykey)
+            found.append(web.get(METADATA_SECURITYKEY_PATH, securitykey, allow_head=False))
         return found
+
+    def _faulty(self, handler: _Handler) -> _Handler:
+        """``handler`` behind the ``outage`` fault: its first calls answer 503."""
+
+        async def handle(request: web.Request) -> web.Response:
+            if self.unavailable < self.options.outage:
+                self.unavailable += 1
+                await request.read()
+                doc = {"error": {"code": 503, "title": "Service Unavailable", "message": _BUSY}}
+                return _json(503, doc)
+            return await handler(request)
+
+        return handle
 
     async def _login(self, request: web.Request) -> web.Response:
         try:
@@ -353,6 +374,10 @@ def _password_login(doc: object) -> tuple[str, str, str, tuple[str, str]] | str:
 
 def _get(doc: object, key: str) -> object:
     return doc.get(key) if isinstance(doc, dict) else None
+
+
+_Handler = Callable[[web.Request], Awaitable[web.Response]]
+_BUSY = "The service is temporarily unavailable. Try again later."
 
 
 def _unauthorized(detail: str) -> Refusal:

@@ -4,6 +4,7 @@
     ├── UsageError                   exit 2: bad command line or environment
     │   ├── ManifestError            exit 2: the manifest or a listing file is wrong
     │   └── CredentialError          exit 2: credentials missing or malformed
+    │       └── CredentialsUnavailable  exit 3: IAM or ECS metadata did not answer (retried)
     ├── LockedError                  exit 75: another run holds the results file
     ├── FatalApiError                exit 3: every further call would fail the same way
     ├── StorageError                 exit 3: the results file or journal cannot be written
@@ -18,6 +19,7 @@ __all__ = [
     "ApiError",
     "BatchSubmitError",
     "CredentialError",
+    "CredentialsUnavailable",
     "FatalApiError",
     "LockedError",
     "ManifestError",
@@ -49,6 +51,20 @@ class ManifestError(UsageError):
 
 class CredentialError(UsageError):
     """Credentials are missing or unusable."""
+
+
+class CredentialsUnavailable(CredentialError):
+    """IAM or the ECS metadata service answered 429 or 5xx, or stopped answering once
+    connected: worth trying again, and the gate does (:meth:`~batchsubmit.engine.gate.Gate.other`,
+    the run's retry policy). Raised out of the retries it means the service, not the
+    configuration: exit 3, like any other outage that stops a run before it creates."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, throttled: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.throttled = throttled
+        self.retry_after = retry_after
 
 
 class LockedError(BatchSubmitError):

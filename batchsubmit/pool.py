@@ -45,6 +45,7 @@ __all__ = [
     "Sink",
     "Stopped",
     "Work",
+    "new_gate",
 ]
 
 T = TypeVar("T")
@@ -102,6 +103,29 @@ def intent_batch(concurrency: int, rate: float) -> int:
     return max(concurrency, min(INTENT_BATCH_MAX, wanted))
 
 
+def new_gate(
+    settings: PoolSettings,
+    stats: RunStats,
+    log: Callable[[str, str], None],
+    refused: Callable[[Answer], None] = lambda _answer: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Gate:
+    """A gate with ``settings``' in-flight cap, rate, retry policy and controller: a pool's,
+    or one of its own for the calls made before the run's pool exists (the first credentials
+    and the project id, from IAM or the ECS metadata service)."""
+    return Gate(
+        stats,
+        log,
+        concurrency=settings.concurrency,
+        rate=settings.rate,
+        retry=settings.retry,
+        controller=settings.controller,
+        refused=refused,
+        clock=clock,
+        seed=settings.seed,
+    )
+
+
 class Pool:
     """Runs work through the service; one Pool per run, reusable for several passes."""
 
@@ -124,17 +148,7 @@ class Pool:
         s = settings
         self._settings = settings
         self.stats = RunStats()
-        self._gate = gate = Gate(
-            self.stats,
-            reporter.log,
-            concurrency=s.concurrency,
-            rate=s.rate,
-            retry=s.retry,
-            controller=s.controller,
-            refused=self._refused,
-            clock=clock,
-            seed=s.seed,
-        )
+        self._gate = gate = new_gate(s, self.stats, reporter.log, self._refused, clock)
         self._deadline = clock() + s.deadline if s.deadline is not None else math.inf
         self._engine: Engine[Work] = self._new_engine(intent_batch(s.concurrency, s.rate))
         self._passes: set[Engine[Any]] = {self._engine}

@@ -30,6 +30,7 @@ from batchsubmit.credentials import (
     Issued,
     Metadata,
     Profile,
+    Route,
     find_source,
     open_provider,
     refresh_margin,
@@ -37,9 +38,13 @@ from batchsubmit.credentials import (
 )
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
 from batchsubmit.emulator_iam import IamUser, IdentityOptions
-from batchsubmit.errors import CredentialError
+from batchsubmit.engine.gate import Gate
+from batchsubmit.errors import CredentialError, CredentialsUnavailable
+from batchsubmit.pool import PoolSettings, RunStats, new_gate
+from batchsubmit.retry import RetryPolicy
 
 from .helpers import (
+    FAST_RETRY,
     ServerThread,
     config_for,
     rows,
@@ -320,11 +325,26 @@ def keys(count: int) -> list[str]:
     return video_keys(count)
 
 
-async def open_for(env: dict[str, str], url: str, **kw: Any) -> CredentialProvider:
+async def open_for(
+    env: dict[str, str], url: str, *, route: Route | None = None, **kw: Any
+) -> CredentialProvider:
     env = {"HUAWEICLOUD_SDK_IAM_ENDPOINT": url, **env}
     choice = find_source(env, home=Path("/nonexistent"), warn=lambda _m: None, **kw)
     async with open_session(2) as session:
-        return await open_provider(choice, session, region="cn-north-4", warn=lambda _m: None)
+        if route is None:
+            return await open_provider(choice, session, region="cn-north-4", warn=lambda _m: None)
+        return await open_provider(
+            choice, session, region="cn-north-4", warn=lambda _m: None, route=route
+        )
+
+
+def opening_gate(retry: RetryPolicy = FAST_RETRY) -> Gate:
+    """A gate like the CLI's for the first credentials (fast retries for the tests)."""
+    return new_gate(PoolSettings(concurrency=2, rate=0.0, retry=retry), RunStats(), _quiet)
+
+
+def _quiet(_level: str, _message: str) -> None:
+    pass
 
 
 def iam_env() -> dict[str, str]:
@@ -522,6 +542,101 @@ async def test_temporary_keys_sign_list_show_and_delete(tmp_path: Path) -> None:
     assert shown.error_code == "IVA.0005", shown
 
 
+# -- IAM and the metadata service through the gate ---------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("source", ["iam", "metadata"])
+async def test_an_outage_at_the_start_is_waited_out_through_the_gate(source: str) -> None:
+    """IAM (or the metadata service) answering 503 for a moment when the run opens: each try
+    is one of the gate's counted calls, retried with its backoff, and the run gets its
+    credentials. Without the gate's retries, the same outage is an error that says so."""
+    if source == "iam":
+        identity = IdentityOptions(users=(USER,), outage=2)
+        env = iam_env()
+    else:
+        identity = IdentityOptions(metadata=True, outage=2)
+        env = {}
+    emulator = Emulator(identity=identity)
+    async with emulator.serve() as url:
+        if source == "metadata":
+            env = {"BATCHSUBMIT_METADATA_URL": url}
+        gate = opening_gate()
+        provider = await open_for(env, url, route=gate.other)
+        assert provider.project_id == EMULATOR_PROJECT_ID
+        assert emulator.identity.unavailable == 2
+        issued = emulator.identity.tokens_issued + emulator.identity.credentials_issued
+        assert issued == 1
+        # the metadata source discovers the project id: one more call, through the gate too
+        assert (gate.stats.calls, gate.stats.retries) == (3 if source == "iam" else 4, 2)
+        emulator.identity.unavailable = 0
+        with pytest.raises(CredentialsUnavailable, match="HTTP 503") as caught:
+            await open_for(env, url)
+    assert caught.value.exit_code == 3
+
+
+@pytest.mark.anyio
+async def test_an_outage_that_outlasts_the_retries_exits_3_naming_iam() -> None:
+    """Every try refused with 503: the run's retry budget is spent, then the error names IAM,
+    the answer and the tries; exit 3 (the service, not the configuration), no password."""
+    emulator = Emulator(identity=IdentityOptions(users=(USER,), outage=1000))
+    async with emulator.serve() as url:
+        gate = opening_gate(RetryPolicy(attempts=3, base=0.01, cap=0.01))
+        with pytest.raises(CredentialsUnavailable) as caught:
+            await open_for(iam_env(), url, route=gate.other)
+    message = str(caught.value)
+    assert "IAM login" in message, message
+    assert "HTTP 503" in message, message
+    assert "tried 3 times" in message, message
+    assert PASSWORD not in message + repr(caught.value)
+    assert caught.value.exit_code == 3
+    assert emulator.identity.unavailable == 3
+    assert gate.stats.calls == 3
+
+
+@pytest.mark.anyio
+async def test_an_iam_that_cannot_be_reached_is_not_retried() -> None:
+    """A login that never connected fails at once (like a run's first VAS call: the others
+    would not connect either): one call, exit 2, the address named."""
+    gate = opening_gate()
+    with pytest.raises(CredentialError) as caught:
+        await open_for(iam_env(), f"http://127.0.0.1:{closed_port()}", route=gate.other)
+    assert not isinstance(caught.value, CredentialsUnavailable)
+    assert "cannot connect" in str(caught.value)
+    assert (gate.stats.calls, gate.stats.retries) == (1, 0)
+
+
+@pytest.mark.anyio
+async def test_a_renewal_refused_503_is_retried_and_honours_retry_after() -> None:
+    """A token the service refused (401) mid-run, and IAM busy for a moment when it is
+    renewed: the renewal is retried by the gate (a 429's Retry-After waited out) instead of
+    stopping the run; a renewal that keeps failing is the caller's to report."""
+    tries: list[float] = []
+    refusals = [
+        CredentialsUnavailable("IAM login: HTTP 429: slow down", throttled=True, retry_after=0.2),
+        CredentialsUnavailable("IAM login: HTTP 503: busy"),
+    ]
+
+    async def fetch(_session: object) -> Issued:
+        tries.append(time.monotonic())
+        if refusals:
+            raise refusals.pop(0)
+        return Issued(Token("t1"), time.time() + 3600, time.time())
+
+    provider = CredentialProvider("IAM password", Issued(Token("t0"), time.time() + 3600), fetch)
+    gate = opening_gate()
+    provider.route(gate.other)
+    renewed = await provider.rejected(Token("t0"))
+    assert renewed == Token("t1")
+    assert len(tries) == 3
+    assert tries[1] - tries[0] >= 0.2  # the 429's Retry-After, not the 10 ms backoff
+    assert (gate.stats.calls, gate.stats.retries) == (3, 2)
+    refusals.extend(CredentialsUnavailable("IAM login: HTTP 503: busy") for _ in range(20))
+    provider.route(opening_gate(RetryPolicy(attempts=2, base=0.01, cap=0.01)).other)
+    with pytest.raises(CredentialError, match=r"could not be refreshed.*HTTP 503"):
+        await provider.rejected(Token("t1"))
+
+
 # -- through the command line ---------------------------------------------------------------
 
 
@@ -588,6 +703,28 @@ def test_cli_iam_password_source(
     assert len(emulator.tasks) == 3
     assert emulator.identity.tokens_issued == 1
     assert PASSWORD not in err
+
+
+def test_cli_waits_out_an_iam_outage_at_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line opens its credentials through a gate with the run's retry policy: an
+    IAM answering 503 once is retried, and the run goes on."""
+    emulator = Emulator(Faults(), identity=IdentityOptions(users=(USER,), outage=1))
+    server = ServerThread(emulator.serve)
+    try:
+        for name, value in iam_env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("HUAWEICLOUD_SDK_IAM_ENDPOINT", server.url)
+        manifest = write_manifest(tmp_path, keys(2))
+        code, err = run_main(
+            "submit", str(manifest), "--endpoint", server.url, "--results", str(tmp_path / "o.csv")
+        )
+    finally:
+        server.close()
+    assert code == 0, err
+    assert len(emulator.tasks) == 2
+    assert (emulator.identity.unavailable, emulator.identity.tokens_issued) == (1, 1)
 
 
 def test_cli_wrong_sk_in_profile_stops_without_showing_it(

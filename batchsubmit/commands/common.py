@@ -13,12 +13,19 @@ from typing import Any, BinaryIO, TextIO
 
 from ..auth import Credentials
 from ..client import DEFAULT_TIMEOUT, Endpoint, open_session
-from ..credentials import Choice, CredentialProvider, find_source, open_provider, region_of
+from ..credentials import (
+    Choice,
+    CredentialProvider,
+    Route,
+    find_source,
+    open_provider,
+    region_of,
+)
 from ..engine.loop import run as run_loop
 from ..errors import CredentialError, UsageError
 from ..manifest import Manifest
 from ..obs import spool_prefixes
-from ..pool import PoolSettings
+from ..pool import PoolSettings, RunStats, new_gate
 from ..progress import Log, ProgressReporter, make_reporter
 from ..render import expand_line
 from ..results import Format, Ledger
@@ -161,24 +168,34 @@ def credentials(
     *,
     project_id: str | None = None,
     endpoint: str | None = None,
+    pool: PoolOptions | None = None,
 ) -> CredentialProvider:
     """The first credential source found (environment, IAM password, profile file, ECS
     metadata; see credentials.py), its first credentials fetched, and the project id (given,
-    else looked up in IAM for the endpoint's region). Exit 2 before any VAS request if none."""
-    warn = warner(log if log is not None else Log(env.stderr))
+    else looked up in IAM for the endpoint's region). Those calls go through a gate with the
+    command's in-flight cap and rate and the run's retry policy: an IAM answering 503 for a
+    moment is waited out, not a failed night. Exit 2 before any VAS request if there are no
+    usable credentials, 3 if IAM or the metadata service did not answer after the retries."""
+    shown = log if log is not None else Log(env.stderr)
+    warn = warner(shown)
     region = region_of(endpoint)
     choice = find_source(
         env.environ, home=env.home(), warn=warn, project_id=project_id, region=region
     )
-    provider: CredentialProvider = run_loop(_open_credentials, choice, region, warn)
+    pool = pool or PoolOptions()
+    settings = PoolSettings(concurrency=pool.concurrency, rate=pool.rate)
+    gate = new_gate(settings, RunStats(), shown.line)
+    provider: CredentialProvider = run_loop(_open_credentials, choice, region, warn, gate.other)
     if log is not None:
         log.line("info", f"credentials from {provider.source_name}")
     return provider
 
 
-async def _open_credentials(choice: Choice, region: str | None, warn: Any) -> CredentialProvider:
+async def _open_credentials(
+    choice: Choice, region: str | None, warn: Any, route: Route
+) -> CredentialProvider:
     async with open_session(2) as session:
-        return await open_provider(choice, session, region=region, warn=warn)
+        return await open_provider(choice, session, region=region, warn=warn, route=route)
 
 
 def offline_project_id(manifest: Manifest, env: Env) -> str:
@@ -199,7 +216,7 @@ def offline_project_id(manifest: Manifest, env: Env) -> str:
 
 
 def ledger_credentials(
-    env: Env, log: Log, service_url: str, base_url: str | None
+    env: Env, log: Log, service_url: str, base_url: str | None, pool: PoolOptions
 ) -> CredentialProvider:
     """Credentials for the service a ledger row names (its project id and region)."""
     found = re.fullmatch(r"(https?://[^/]+)/v2/([^/]+)/services/[^/]+/tasks", service_url)
@@ -208,6 +225,7 @@ def ledger_credentials(
         log,
         project_id=found.group(2) if found else None,
         endpoint=base_url or (found.group(1) if found else None),
+        pool=pool,
     )
 
 

@@ -54,7 +54,7 @@ def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
     first = None if options.dry_run else first_service(results, fmt)
     credentials = None
     if first is not None:  # a dry run, or a ledger with no job, needs no credentials
-        credentials = ledger_credentials(env, log, first, base_url)
+        credentials = ledger_credentials(env, log, first, base_url, options.pool)
     config = PruneConfig(
         results=results,
         format=fmt,

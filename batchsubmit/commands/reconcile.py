@@ -58,7 +58,13 @@ def run(options: ReconcileOptions, log: Log, env: Env) -> RunResult:
     if endpoint is None:
         # Nothing to do is success: a nightly `reconcile` must not raise an alarm every night.
         return RunResult(results, started, None)
-    provider = credentials(env, log, project_id=endpoint.project_id, endpoint=endpoint.base_url)
+    provider = credentials(
+        env,
+        log,
+        project_id=endpoint.project_id,
+        endpoint=endpoint.base_url,
+        pool=options.run.pool,
+    )
     run_config = config(options.run, None, results, fmt, endpoint, provider)
     prepared = prepare(run_config, warn)
     try:

@@ -101,7 +101,7 @@ def run(options: StatusOptions, log: Log, env: Env) -> StatusResult:
         )
         credentials = None
         if first is not None:  # nothing to follow needs no credentials
-            credentials = ledger_credentials(env, log, first, endpoint)
+            credentials = ledger_credentials(env, log, first, endpoint, options.pool)
         config = follow_config(
             options.follow,
             options.pool,

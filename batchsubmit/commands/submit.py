@@ -109,7 +109,11 @@ def run(options: SubmitOptions, log: Log, env: Env) -> SubmitResult | DryRun:
         )
         return emulated
     provider = credentials(
-        env, log, project_id=manifest.service.project_id, endpoint=manifest.service.endpoint
+        env,
+        log,
+        project_id=manifest.service.project_id,
+        endpoint=manifest.service.endpoint,
+        pool=options.run.pool,
     )
     found = endpoint(options.endpoint, manifest, env, provider)
     warn_unknown_region(log, found)
@@ -219,7 +223,7 @@ def dry_run(
                 spooled,
                 manifest,
                 options.obs_endpoint,
-                credentials(env),
+                credentials(env, pool=pool),
                 Path(spool),
                 log,
                 settings,

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..answers import UNREACHABLE, Answer, Kind
-from ..errors import ApiError, FatalApiError
+from ..errors import ApiError, CredentialsUnavailable, FatalApiError
 from ..retry import RetryPolicy, next_wait
 from ..throttle import ControllerSettings, RateController
 from .stats import RunStats
@@ -228,14 +228,34 @@ class Gate:
         return answer
 
     async def other(self, call: Callable[[], Awaitable[T]]) -> T:
-        """A call that is not one of the service's (a credentials renewal from IAM or the ECS
-        metadata service): the same stop rule and start from the rate controller, counted. It
-        takes no in-flight slot: calls that hold one may be waiting for it (a 401, a secret
-        that fell due after the gate's ``prepare``), and there is one renewal at a time, so it
-        is at most one call beyond the cap, to another host. No retries here: a failed
-        renewal is its caller's to handle (the provider keeps valid credentials meanwhile)."""
-        await self._start()
-        return await call()
+        """A call that is not one of the service's (credentials from IAM or the ECS metadata
+        service): the same stop rule, start from the rate controller and retry policy, each
+        try counted. It takes no in-flight slot: calls that hold one may be waiting for it (a
+        401, a secret that fell due after the gate's ``prepare``), and there is one renewal at
+        a time, so it is at most one call beyond the cap, to another host. What it retries is
+        :class:`~batchsubmit.errors.CredentialsUnavailable` (a 429, a 5xx, an answer lost
+        after connecting), with the backoff (or Retry-After) of a read; once the tries are
+        spent, or on any other error, the error is its caller's."""
+        failures = throttles = 0
+        while True:
+            await self._start()
+            try:
+                return await call()
+            except CredentialsUnavailable as exc:
+                if exc.throttled:
+                    throttles += 1
+                else:
+                    failures += 1
+                kind = Kind.THROTTLED if exc.throttled else Kind.UNAVAILABLE
+                answer = Answer(kind=kind, retry_after=exc.retry_after)
+                wait = self.next_wait(answer, failures, throttles)
+                if wait is None:
+                    tries = failures + throttles
+                    if tries == 1:
+                        raise
+                    raise CredentialsUnavailable(f"{exc} (tried {tries} times)") from None
+            await self.sleep(wait)
+            self.stats.retries += 1
 
     async def _start(self) -> None:
         """Once a call holds its slot: the stop rule, then its start from the rate controller
