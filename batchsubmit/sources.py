@@ -319,6 +319,29 @@ def _source_urls(
 _BOM = b"\xef\xbb\xbf"
 
 
+_SNAPSHOT_PREFIX = "batchsubmit-listings-"
+
+
+def sweep_abandoned_snapshots() -> None:
+    """Remove the snapshot directories of runs that died without removing their own (SIGKILL,
+    a power cut): each is named after its process, and that process no longer exists. Another
+    user's, or a live process's, are left alone."""
+    try:
+        entries = list(Path(tempfile.gettempdir()).glob(f"{_SNAPSHOT_PREFIX}*-*"))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(_SNAPSHOT_PREFIX) :].partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except (OSError, OverflowError):
+            continue  # alive (another user's), or no such pid at all
+
+
 class Snapshots:
     """The bytes each listing file held when the first pass read it, copied as it was read
     into a private directory (removed with this object, or at exit). The later passes of the
@@ -333,7 +356,9 @@ class Snapshots:
 
     def _new_copy(self, listing: Path) -> Path:
         if self._directory is None:
-            self._directory = Path(tempfile.mkdtemp(prefix="batchsubmit-listings-"))
+            sweep_abandoned_snapshots()
+            prefix = f"{_SNAPSHOT_PREFIX}{os.getpid()}-"
+            self._directory = Path(tempfile.mkdtemp(prefix=prefix))
             weakref.finalize(self, shutil.rmtree, self._directory, ignore_errors=True)
         return self._directory / f"{len(self._copies)}-{listing.name}"
 

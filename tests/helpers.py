@@ -267,10 +267,12 @@ def run_cli(
     )
 
 
-def signal_after_rows(args: list[str], results: Path, rows: int, signum: int) -> tuple[int, str]:
+def signal_after_rows(
+    args: list[str], results: Path, rows: int, signum: int, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """Start ``batchsubmit``, send ``signum`` once ``results`` has ``rows`` lines; return its
     exit code and stderr."""
-    process = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(cli(*args), env=env or cli_env(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while count_lines(results) < rows and time.monotonic() < deadline:
         time.sleep(0.01)

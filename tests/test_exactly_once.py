@@ -200,6 +200,30 @@ def killed_run(
     return keys, results, args, live_emulator.settled_tasks()
 
 
+def test_sigkill_leaves_nothing_in_tmpdir_after_the_next_run(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """A run killed with SIGKILL cannot clean up after itself (a nightly run left two
+    directories in /tmp each time): no spool directory unless a live prefix needs one, and
+    the listing snapshots it left are removed by the next run."""
+    live_emulator.emulator.faults = Faults(latency=0.02)
+    manifest = write_manifest(tmp_path, video_keys(300))
+    results = tmp_path / "r.csv"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "8")
+    code, _err = signal_after_rows(
+        args, results, 20, signal.SIGKILL, env={**cli_env(), "TMPDIR": str(scratch)}
+    )
+    assert code == -signal.SIGKILL
+    left = [path.name for path in scratch.iterdir()]
+    assert len(left) == 1, left
+    assert left[0].startswith("batchsubmit-listings-"), left
+    again = run_cli(*args, env={**cli_env(), "TMPDIR": str(scratch)})
+    assert again.returncode == 0, again.stderr
+    assert list(scratch.iterdir()) == []
+
+
 def test_sigkill_mid_run_then_rerun(tmp_path: Path, live_emulator: LiveEmulator) -> None:
     """SIGKILL in a 1,500-video run, then a rerun: every video exactly once, every row present."""
     keys, results, args, created_before_rerun = killed_run(tmp_path, live_emulator, 1500, 400)

@@ -632,3 +632,30 @@ def test_many_lines_stream_in_constant_memory(tmp_path: Path) -> None:
     assert stats.objects == 20_000
     assert stats.filtered == sum(1 for line in lines if line.endswith(".txt"))
     assert stats.duplicates == sum(1 for line in lines if line.endswith(".mp4")) - len(expected)
+
+
+def test_snapshots_of_dead_runs_are_swept_and_no_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed run's snapshot directory is removed by the next run; a live process's (this
+    one's, pid 1's) and anything not named like a snapshot stay."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    names = {
+        "dead": f"batchsubmit-listings-{dead.stdout.strip()}-abc",
+        "self": f"batchsubmit-listings-{os.getpid()}-abc",
+        "init": "batchsubmit-listings-1-abc",
+        "other": "batchsubmit-listings-abc",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0-listing.txt").write_text("obs://b/k.mp4\n")
+    sources.sweep_abandoned_snapshots()
+    left = {path.name for path in tmp_path.iterdir()}
+    assert left == {names["self"], names["init"], names["other"]}

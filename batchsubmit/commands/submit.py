@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -159,9 +160,11 @@ async def run_submit(
     assert manifest is not None
     warn = warner(log)
     prepared = prepare(config, warn)
-    spool = tempfile.TemporaryDirectory(prefix="batchsubmit-")
+    # Only for live prefixes: a run killed by SIGKILL cannot remove it, and a nightly run must
+    # not leave an empty directory in /tmp every time.
+    spool = tempfile.TemporaryDirectory(prefix="batchsubmit-") if live(manifest) else None
     try:
-        if live(manifest):
+        if spool is not None:
             manifest = await spooled(
                 manifest,
                 options.obs_endpoint,
@@ -189,7 +192,8 @@ async def run_submit(
         followed = await _follow_after_submit(config, options, log, env, stats, started)
     finally:
         prepared.lock.release()
-        spool.cleanup()
+        if spool is not None:
+            spool.cleanup()
     if room is not None:
         _room_stats(stats, room)
     done = RunResult(config.results, started, stats, summary, source_name(config))
@@ -215,8 +219,9 @@ def dry_run(
     if not options.run.resubmit:
         ledger = read_ledger(results, fmt, target.tasks_url, warn)
     summary = ExpandSummary(ExpandStats())
-    with tempfile.TemporaryDirectory(prefix="batchsubmit-") as spool:
+    with ExitStack() as stack:
         if live(manifest):
+            spool = stack.enter_context(tempfile.TemporaryDirectory(prefix="batchsubmit-"))
             pool = options.run.pool
             settings = PoolSettings(concurrency=pool.concurrency, rate=pool.rate)
             manifest = run_loop(
