@@ -338,13 +338,11 @@ async def open_for(
         )
 
 
-def opening_gate(retry: RetryPolicy = FAST_RETRY) -> Gate:
+def opening_gate(retry: RetryPolicy = FAST_RETRY, logs: list[str] | None = None) -> Gate:
     """A gate like the CLI's for the first credentials (fast retries for the tests)."""
-    return new_gate(PoolSettings(concurrency=2, rate=0.0, retry=retry), RunStats(), _quiet)
-
-
-def _quiet(_level: str, _message: str) -> None:
-    pass
+    seen = logs if logs is not None else []
+    settings = PoolSettings(concurrency=2, rate=0.0, retry=retry)
+    return new_gate(settings, RunStats(), lambda level, message: seen.append(f"{level}: {message}"))
 
 
 def iam_env() -> dict[str, str]:
@@ -561,8 +559,11 @@ async def test_an_outage_at_the_start_is_waited_out_through_the_gate(source: str
     async with emulator.serve() as url:
         if source == "metadata":
             env = {"BATCHSUBMIT_METADATA_URL": url}
-        gate = opening_gate()
+        logs: list[str] = []
+        gate = opening_gate(logs=logs)
         provider = await open_for(env, url, route=gate.other)
+        assert len(logs) == 2, logs  # each retry says why the run waits
+        assert all(line.startswith("warning: ") and "HTTP 503" in line for line in logs), logs
         assert provider.project_id == EMULATOR_PROJECT_ID
         assert emulator.identity.unavailable == 2
         issued = emulator.identity.tokens_issued + emulator.identity.credentials_issued
@@ -725,6 +726,9 @@ def test_cli_waits_out_an_iam_outage_at_the_start(
     assert code == 0, err
     assert len(emulator.tasks) == 2
     assert (emulator.identity.unavailable, emulator.identity.tokens_issued) == (1, 1)
+    assert "HTTP 503" in err, err  # the log says why the run waited
+    assert "trying again" in err, err
+    assert PASSWORD not in err
 
 
 def test_cli_wrong_sk_in_profile_stops_without_showing_it(

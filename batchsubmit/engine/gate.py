@@ -254,6 +254,8 @@ class Gate:
                     if tries == 1:
                         raise
                     raise CredentialsUnavailable(f"{exc} (tried {tries} times)") from None
+                # rare (IAM or metadata busy), and the operator should see why a run waited
+                self.log("warning", f"{exc}; trying again in {wait:.1f} s")
             await self.sleep(wait)
             self.stats.retries += 1
 
