@@ -120,6 +120,9 @@ def test_overlapping_run_exits_75_at_once(tmp_path: Path, live_emulator: LiveEmu
         deadline = time.monotonic() + 20
         while count_lines(results) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
+        # The first run is held (a second a create) while the second starts, however long a
+        # loaded machine takes to start a process, then let go.
+        live_emulator.emulator.faults = Faults(latency=1.0)
         started = time.monotonic()
         second = subprocess.run(
             cli(*args), env=cli_env(), capture_output=True, text=True, timeout=30
@@ -127,6 +130,7 @@ def test_overlapping_run_exits_75_at_once(tmp_path: Path, live_emulator: LiveEmu
         took = time.monotonic() - started
         created_by_now = len(live_emulator.emulator.tasks)
     finally:
+        live_emulator.emulator.faults = Faults()
         first.communicate(timeout=60)
     assert second.returncode == 75, second.stderr
     assert f"pid {first.pid}" in second.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -35,9 +36,23 @@ LIFE = Lifecycle(
 )  # fmt: skip
 
 
+# The transitions a test reads right after its call (STOPPING, STARTING, DELETING) last 0.4 s
+# of real time, not 5 ms: a loaded machine (a parallel test run) must not skip past them.
+STEPS = replace(LIFE, starting=(400, 400), stopping=400.0, deleting=400.0)
+
+
 @pytest.fixture
 def live() -> Iterator[LiveEmulator]:
     server = LiveEmulator(Faults(jobs=LIFE, seed=3))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def stepping() -> Iterator[LiveEmulator]:
+    server = LiveEmulator(Faults(jobs=STEPS, seed=3))
     try:
         yield server
     finally:
@@ -136,9 +151,10 @@ def test_sdk_parses_create_list_and_show_with_hosting_result(live: LiveEmulator)
     assert (pending.count, pending.tasks) == (0, [])
 
 
-def test_sdk_stops_starts_and_deletes(live: LiveEmulator) -> None:
+def test_sdk_stops_starts_and_deletes(stepping: LiveEmulator) -> None:
     """stop: 202, STOPPING then STOPPED; start: 202, runs to SUCCEEDED; delete: 202, DELETING,
     then the SDK raises the emulator's 404 IVA.0005 with its request id."""
+    live = stepping
     client = sdk_client(live.url)
     output = vas.TaskOutput(obs=vas.TaskOutputObs(bucket="out-bucket", path="r/"))
     task_id = create(client, "stoppable", output)
@@ -151,14 +167,23 @@ def test_sdk_stops_starts_and_deletes(live: LiveEmulator) -> None:
     wait_for(lambda: show(client, task_id).state == "SUCCEEDED")
     deleted = client.delete_task(vas.DeleteTaskRequest(service_name=SERVICE, task_id=task_id))
     deleting = show(client, task_id).state
-    time.sleep(0.02)  # DELETING lasts 5 emulated seconds: 5 ms
-    with pytest.raises(exceptions.ClientRequestException) as gone:
-        show(client, task_id)
+    refused: list[Any] = []  # the SDK's ClientRequestException
+
+    def gone() -> bool:
+        try:
+            show(client, task_id)
+        except exceptions.ClientRequestException as exc:
+            refused.append(exc)
+            return True
+        return False
+
+    wait_for(gone)  # DELETING lasts 400 emulated seconds: 0.4 s
     assert (stopped.status_code, started.status_code, deleted.status_code) == (202, 202, 202)
     assert stopping == "STOPPING"
     assert starting in ("STARTING", "RUNNING")
     assert deleting == "DELETING"
-    assert (gone.value.status_code, gone.value.error_code) == (404, "IVA.0005")
-    assert gone.value.request_id
+    [error] = refused
+    assert (error.status_code, error.error_code) == (404, "IVA.0005")
+    assert error.request_id
     assert live.emulator.deleted == {task_id: "SUCCEEDED"}
     assert live.emulator.calls["stop", 202] == live.emulator.calls["start", 202] == 1
