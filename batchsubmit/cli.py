@@ -331,6 +331,14 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
         "'Please configure Cloud Service Agency first' (default: off)",
     )
     identity.add_argument(
+        "--iam-outage",
+        type=_kept,
+        default=0,
+        metavar="N",
+        help="a fault: the first N calls to IAM and ECS metadata answer 503 (an outage that "
+        "ends; batchsubmit retries them) (default: %(default)s)",
+    )
+    identity.add_argument(
         "--region",
         default=named.region,
         help="the project's name in IAM: GET /v3/projects?name=REGION (always served) "
@@ -629,6 +637,7 @@ def _age(text: str) -> float:
 
 
 def _kept(text: str) -> int:
+    """A count that may be 0."""
     return _whole(text, 0, MAX_COUNT)
 
 
@@ -865,6 +874,7 @@ def _emulator_settings(args: argparse.Namespace) -> EmulatorOptions:
         metadata=args.metadata,
         credential_ttl=args.credential_ttl,
         agency=not args.no_agency,
+        iam_outage=args.iam_outage,
         region=args.region,
     )
 

@@ -395,22 +395,27 @@ def test_cli_options_build_the_identity() -> None:
         [
             *("emulator", "--iam-user", "bob:acme:pa:ss", "--iam-user", "eve:x:y", "--metadata"),
             *("--credential-ttl", "5", "--token-ttl", "7", "--no-agency", "--region", "cn-east-3"),
+            *("--iam-outage", "3"),
         ]
     )
+    assert args.iam_outage == 3
     assert args.iam_user == [IamUser("bob", "acme", "pa:ss"), IamUser("eve", "x", "y")]
     assert (args.metadata, args.no_agency, args.region) == (True, True, "cn-east-3")
     assert (args.credential_ttl, args.token_ttl) == (5.0, 7.0)
     defaults = _parser().parse_args(["emulator"])
     assert (defaults.iam_user, defaults.metadata, defaults.token_ttl) == ([], False, 86400.0)
+    assert defaults.iam_outage == 0
     assert "pa:ss" not in repr(args.iam_user)
 
 
 async def test_standalone_emulator_serves_iam_and_metadata_behind_options() -> None:
     """`batchsubmit emulator --iam-user ... --metadata`: the banner names the variables that
-    point a run at its IAM and metadata (never the password); both answer on the one port."""
+    point a run at its IAM and metadata (never the password); both answer on the one port,
+    the first call 503 with `--iam-outage 1`."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "batchsubmit", "emulator", "--port", "0",
         "--iam-user", f"alice:acme:{PASSWORD}", "--metadata", "--credential-ttl", "30",
+        "--iam-outage", "1",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -425,11 +430,12 @@ async def test_standalone_emulator_serves_iam_and_metadata_behind_options() -> N
         assert "BATCHSUBMIT_IAM_DOMAIN=acme" in lines[2]
         async with aiohttp.ClientSession() as session:
             client = Client(session, url)
+            busy = await login(client)
             token = (await login(client)).headers["X-Subject-Token"]
             created = await with_token(client, token)
             credential = await securitykey(client)
             signed = await with_temporary(client, credential, credential["securitytoken"])
-        assert (created.status, signed.status) == (201, 201)
+        assert (busy.status, created.status, signed.status) == (503, 201, 201)
     finally:
         process.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(process.communicate(), 20)

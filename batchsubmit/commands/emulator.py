@@ -54,6 +54,7 @@ class EmulatorOptions:
     metadata: bool = False
     credential_ttl: float = 3600.0
     agency: bool = True
+    iam_outage: int = 0
     region: str = "cn-north-4"
 
 
@@ -118,6 +119,7 @@ def run(options: EmulatorOptions, log: Log, env: Env) -> EmulatorResult:
         metadata=options.metadata,
         agency=options.agency,
         credential_ttl=options.credential_ttl,
+        outage=options.iam_outage,
         region=options.region,
     )
 
