@@ -41,22 +41,22 @@ LIFE = Lifecycle(
 STEPS = replace(LIFE, starting=(400, 400), stopping=400.0, deleting=400.0)
 
 
-@pytest.fixture
-def live() -> Iterator[LiveEmulator]:
-    server = LiveEmulator(Faults(jobs=LIFE, seed=3))
+def serving(life: Lifecycle) -> Iterator[LiveEmulator]:
+    server = LiveEmulator(Faults(jobs=life, seed=3))
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def live() -> Iterator[LiveEmulator]:
+    yield from serving(LIFE)
 
 
 @pytest.fixture
 def stepping() -> Iterator[LiveEmulator]:
-    server = LiveEmulator(Faults(jobs=STEPS, seed=3))
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from serving(STEPS)
 
 
 def sdk_client(url: str) -> Any:
