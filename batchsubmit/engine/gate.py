@@ -255,7 +255,7 @@ class Gate:
                         raise
                     raise CredentialsUnavailable(f"{exc} (tried {tries} times)") from None
                 # rare (IAM or metadata busy), and the operator should see why a run waited
-                self.log("warning", f"{exc}; trying again in {wait:.1f} s")
+                self.log("warning", f"{str(exc).rstrip('.')}; trying again in {wait:.1f} s")
             await self.sleep(wait)
             self.stats.retries += 1
 
