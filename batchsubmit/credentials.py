@@ -403,6 +403,8 @@ class CredentialProvider:
         self._lock: anyio.Lock | None = None
         self._seen: list[str] = list(secrets_of(issued.secret))
         self.refreshes = 0
+        self._attempts = 0  # refreshes tried, failed ones included
+        self._failure: str | None = None  # why the last one failed, if it did
 
     def __repr__(self) -> str:
         return f"CredentialProvider(source={self.source_name!r})"
@@ -449,16 +451,26 @@ class CredentialProvider:
 
     async def current(self) -> Secret:
         """A secret valid for a while yet; refreshes first if it is due (one refresh at a time,
-        every caller waiting for it). Raises CredentialError if none can be had."""
+        every caller waiting for it, and sharing its outcome). Raises CredentialError if none
+        can be had."""
         secret = self.fresh()
         if secret is not None:
             return secret
+        attempts = self._attempts
         async with self._guard():
             secret = self.fresh()
             if secret is not None:
                 return secret
+            self._raise_if_failed_since(attempts)
             await self._renew(forced=False)
             return self._issued.secret
+
+    def _raise_if_failed_since(self, attempts: int) -> None:
+        """A caller that waited while a refresh failed gets that failure, rather than a refresh
+        of its own: with every retry of the gate in each, 64 calls queued behind an IAM outage
+        would otherwise each wait out a whole round before the run could stop."""
+        if self._attempts != attempts and self._failure is not None:
+            raise CredentialError(self._failure)
 
     async def rejected(self, secret: Secret) -> Secret | None:
         """The service refused ``secret`` (401): a new one if the source can give one (or
@@ -468,10 +480,12 @@ class CredentialProvider:
         if secret != self._issued.secret:
             return await self.current()
         due, self._due = self._due, -float("inf")  # nobody signs with it while we fetch
+        attempts = self._attempts
         try:
             async with self._guard():
                 if secret != self._issued.secret:
                     return self._issued.secret
+                self._raise_if_failed_since(attempts)
                 await self._renew(forced=True)
                 return self._issued.secret
         finally:
@@ -488,6 +502,7 @@ class CredentialProvider:
         assert fetch is not None
         old = self._issued
         session = self._session
+        self._attempts += 1
         try:
             if self._route is None:
                 issued = await fetch(session)
@@ -503,9 +518,11 @@ class CredentialProvider:
                     if self._warn is not None:
                         self._warn(f"refreshing credentials failed, retrying soon: {exc}")
                     return
-            raise CredentialError(
+            self._failure = (
                 f"credentials from {self.source_name} expired and could not be refreshed: {exc}"
-            ) from None
+            )
+            raise CredentialError(self._failure) from None
+        self._failure = None
         self._issued = issued
         self._due = issued.refresh_at
         now = self._clock()

@@ -318,6 +318,45 @@ async def test_a_failed_refresh_keeps_valid_credentials_then_stops() -> None:
     assert await provider.current() == Token("t1")
 
 
+@pytest.mark.anyio
+async def test_callers_queued_behind_a_failed_refresh_share_its_failure() -> None:
+    """Eight calls find the token expired while IAM is down: one refresh is tried, and the
+    seven that waited for it get its failure at once (each trying its own, with the gate's
+    retries in each, would hold the run for eight rounds before it could stop). A call after
+    that tries afresh."""
+    clock = FakeClock()
+    fetches: list[int] = []
+    failing = True
+
+    async def fetch(_session: object) -> Issued:
+        fetches.append(1)
+        await anyio.sleep(0.05)
+        if failing:
+            raise CredentialError("IAM login: HTTP 503: busy")
+        return Issued(Token("t1"), clock.now + 100, clock.now)
+
+    provider = CredentialProvider("test", Issued(Token("t0"), clock.now + 10, clock.now), fetch,
+                                  clock=clock)  # fmt: skip
+    clock.now += 20.0  # expired
+    failures: list[str] = []
+
+    async def call() -> None:
+        try:
+            await provider.current()
+        except CredentialError as exc:
+            failures.append(str(exc))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(8):
+            group.start_soon(call)
+    assert len(fetches) == 1
+    assert len(failures) == 8
+    assert all("HTTP 503" in text for text in failures), failures
+    failing = False
+    assert await provider.current() == Token("t1")
+    assert len(fetches) == 2
+
+
 # -- end to end against the emulator's IAM and metadata -------------------------------------
 
 
