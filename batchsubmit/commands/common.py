@@ -47,6 +47,10 @@ class PoolOptions:
     rate: float = DEFAULT_RATE
     timeout: float = DEFAULT_TIMEOUT
 
+    def settings(self) -> PoolSettings:
+        """The pool (or gate) settings these give: the cap and the rate, the rest default."""
+        return PoolSettings(concurrency=self.concurrency, rate=self.rate)
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
@@ -182,9 +186,7 @@ def credentials(
     choice = find_source(
         env.environ, home=env.home(), warn=warn, project_id=project_id, region=region
     )
-    pool = pool or PoolOptions()
-    settings = PoolSettings(concurrency=pool.concurrency, rate=pool.rate)
-    gate = new_gate(settings, RunStats(), shown.line)
+    gate = new_gate((pool or PoolOptions()).settings(), RunStats(), shown.line)
     provider: CredentialProvider = run_loop(_open_credentials, choice, region, warn, gate.other)
     if log is not None:
         log.line("info", f"credentials from {provider.source_name}")

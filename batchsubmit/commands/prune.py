@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..pool import PoolSettings
 from ..progress import Log
 from ..prune import (
     DEFAULT_OLDER_THAN,
@@ -59,7 +58,7 @@ def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
         results=results,
         format=fmt,
         credentials=credentials,
-        pool=PoolSettings(concurrency=options.pool.concurrency, rate=options.pool.rate),
+        pool=options.pool.settings(),
         rules=PruneRules(older_than=options.older_than, keep=options.keep),
         base_url=base_url,
         dry_run=options.dry_run,

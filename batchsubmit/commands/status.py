@@ -10,7 +10,6 @@ from typing import Any
 from ..engine.loop import run as run_loop
 from ..errors import UsageError
 from ..follow import DEFAULT_INTERVAL, DEFAULT_STUCK_AFTER
-from ..pool import PoolSettings
 from ..progress import Log
 from ..results import Format, format_for
 from .common import Env, PoolOptions, check_endpoint, ledger_credentials, real, warner
@@ -69,7 +68,7 @@ def follow_config(
         results=results,
         format=fmt,
         credentials=credentials,
-        pool=PoolSettings(concurrency=pool.concurrency, rate=pool.rate),
+        pool=pool.settings(),
         follow=options.follow or always,
         interval=options.interval,
         report=real(options.report) if options.report is not None else None,

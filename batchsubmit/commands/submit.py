@@ -15,7 +15,7 @@ from ..client import Endpoint
 from ..engine.loop import run as run_loop
 from ..errors import UsageError
 from ..manifest import Manifest, load_manifest
-from ..pool import PoolSettings, RunStats
+from ..pool import RunStats
 from ..progress import Log
 from ..prune import DEFAULT_QUOTA, PruneConfig, Room, make_room
 from ..render import expand_line, spec_lines
@@ -223,7 +223,6 @@ def dry_run(
         if live(manifest):
             spool = stack.enter_context(tempfile.TemporaryDirectory(prefix="batchsubmit-"))
             pool = options.run.pool
-            settings = PoolSettings(concurrency=pool.concurrency, rate=pool.rate)
             manifest = run_loop(
                 spooled,
                 manifest,
@@ -231,7 +230,7 @@ def dry_run(
                 credentials(env, pool=pool),
                 Path(spool),
                 log,
-                settings,
+                pool.settings(),
             )
         env.write(spec_lines(plan(manifest, ledger, (), summary, warn), target.tasks_url))
     log.line("info", expand_line(summary.expand))
