@@ -24,6 +24,7 @@ __all__ = [
     "Answer",
     "Kind",
     "classify",
+    "credentials_failed",
     "manifest_key_for",
     "mask",
     "parse_error",
@@ -163,6 +164,17 @@ def tidy(answer: Answer, secrets: Iterable[str] = ()) -> Answer:
     if (new_msg, new_code, new_rid) == (msg, code, rid):
         return answer
     return replace(answer, error_msg=new_msg, error_code=new_code, request_id=new_rid)
+
+
+def credentials_failed(source: str, error: Exception) -> Answer:
+    """The answer for a call that could not get valid credentials (a renewal failed after its
+    retries): nothing was sent, and every further call would fail alike."""
+    return Answer(
+        kind=Kind.FATAL,
+        error_code="CREDENTIALS",
+        error_msg=str(error),
+        advice=f"credentials from {source} could not be renewed",
+    )
 
 
 def parse_rate_hint(message: str, headers: Mapping[str, str]) -> float | None:

@@ -14,7 +14,16 @@ import aiohttp
 from yarl import URL
 
 from . import __version__
-from .answers import ERROR_CAP, READ_CAP, SHOW_CAP, Answer, Kind, classify, tidy
+from .answers import (
+    ERROR_CAP,
+    READ_CAP,
+    SHOW_CAP,
+    Answer,
+    Kind,
+    classify,
+    credentials_failed,
+    tidy,
+)
 from .auth import (
     Credentials,
     RequestSigner,
@@ -166,12 +175,7 @@ class VasClient:
                 return answer
             renewed = await provider.rejected(secret)
         except CredentialError as exc:
-            return Answer(
-                kind=Kind.FATAL,
-                error_code="CREDENTIALS",
-                error_msg=str(exc),
-                advice=f"credentials from {provider.source_name} could not be renewed",
-            )
+            return credentials_failed(provider.source_name, exc)
         except Stopped:  # the run stopped before the credentials could be renewed
             return stopped_unsent()
         if renewed is None:

@@ -429,14 +429,11 @@ class CredentialProvider:
 
     async def ensure(self) -> None:
         """Refresh now if due, before a call takes its in-flight slot (the gate asks), so calls
-        do not hold slots while they wait for it. A failed refresh is left for the call itself
-        to meet and report."""
+        do not hold slots while they wait for it. Raises CredentialError like :meth:`current`
+        (the pool stops the run there, rather than let the call try a round of its own)."""
         if self._fetch is None or self.fresh() is not None:
             return
-        try:
-            await self.current()
-        except CredentialError:
-            return
+        await self.current()
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret handed out so far, to mask in echoed messages."""

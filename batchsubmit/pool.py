@@ -22,11 +22,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .answers import Answer
+from .answers import Answer, credentials_failed
 from .engine.each import Each
 from .engine.gate import Gate, Stopped
 from .engine.run import Engine
 from .engine.stats import RunStats
+from .errors import CredentialError
 from .exactly_once import Api, Lookup, Once, Timing, Work
 from .outcomes import DUPLICATE, NOT_CREATED, JobLimit, Journal, Reporter, Rows, Sink
 from .retry import DEFAULT_RETRY, RetryPolicy
@@ -56,6 +57,9 @@ class Refreshing(Protocol):
 
     @property
     def refreshable(self) -> bool: ...
+
+    @property
+    def source_name(self) -> str: ...
 
     def route(self, route: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]) -> None: ...
 
@@ -170,7 +174,7 @@ class Pool:
         self._once = Once(api, gate, self._engine.rest, self._rows, journal, timing, limit)
         if credentials is not None and credentials.refreshable:
             credentials.route(gate.other)
-            gate.prepare = credentials.ensure
+            gate.prepare = self._renewer(credentials)
 
     def _new_engine(self, batch: int | None = None) -> Engine[Any]:
         s = self._settings
@@ -185,6 +189,21 @@ class Pool:
 
     def _refused(self, answer: Answer) -> None:
         self._rows.refused(answer)
+
+    def _renewer(self, credentials: Refreshing) -> Callable[[], Awaitable[None]]:
+        """The gate's ``prepare``: credentials that are due renewed before a call takes its
+        slot. A renewal that failed after its retries stops the run as fatal there and the
+        call is not sent (:class:`Stopped`): letting it try would be a second round of the
+        same retries before the same stop."""
+
+        async def renew_due() -> None:
+            try:
+                await credentials.ensure()
+            except CredentialError as exc:
+                self._refused(credentials_failed(credentials.source_name, exc))
+                raise Stopped from None
+
+        return renew_due
 
     # -- the public API -------------------------------------------------------------------
 

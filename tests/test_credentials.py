@@ -440,6 +440,38 @@ async def test_refreshes_during_a_run_are_calls_through_its_gate(tmp_path: Path)
 
 
 @pytest.mark.anyio
+async def test_a_renewal_that_keeps_failing_mid_run_stops_after_one_round(tmp_path: Path) -> None:
+    """IAM goes down mid-run and stays down; the token falls due. One round of retries (the
+    policy's three tries) and the run stops as fatal, naming IAM: the call waiting for the
+    renewal is not sent and does not try a second round of its own. Nothing is lost: every
+    video is submitted or deferred, none unknown, and no password shows."""
+    emulator = Emulator(identity=IdentityOptions(users=(USER,)))
+    # the provider's clock: after 10 creates its token looks long expired (VAS still takes it)
+    clock = lambda: time.time() + (0.0 if len(emulator.tasks) < 10 else 10**5)  # noqa: E731
+    async with emulator.serve() as url:
+        env = {"HUAWEICLOUD_SDK_IAM_ENDPOINT": url, **iam_env()}
+        choice = find_source(env, home=Path("/nonexistent"), warn=lambda _m: None)
+        async with open_session(2) as session:
+            provider = await open_provider(
+                choice, session, region="cn-north-4", warn=lambda _m: None, clock=clock
+            )
+        manifest = write_manifest(tmp_path, keys(30))
+        config = config_for(manifest, url, tmp_path / "out.csv", concurrency=2, rate=20.0,
+                            retry=RetryPolicy(attempts=3, base=0.01, cap=0.01))  # fmt: skip
+        config = dataclasses.replace(config, credentials=provider)
+        # every IAM call from now on answers 503
+        emulator.identity.options = dataclasses.replace(emulator.identity.options, outage=10**6)
+        stats, log = await run_submit(config)
+    assert emulator.identity.unavailable == 3, log
+    assert stats.fatal is not None
+    assert "HTTP 503" in stats.fatal, log
+    assert 0 < stats.submitted < 30
+    assert stats.submitted + stats.deferred == 30, log
+    assert (stats.unknown, stats.failed) == (0, 0), log
+    assert PASSWORD not in log + (tmp_path / "out.csv").read_text()
+
+
+@pytest.mark.anyio
 async def test_a_renewal_the_stop_prevents_leaves_the_call_unsent() -> None:
     """Credentials due while the run is stopping: no renewal starts, and the call answers
     NOT_SENT (its job is deferred to the next run, not recorded unknown); nothing is sent."""
