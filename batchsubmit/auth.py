@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
@@ -84,17 +84,23 @@ def canonical_uri(path: str) -> str:
     return uri if uri.endswith("/") else uri + "/"
 
 
-def canonical_query(query: Mapping[str, str | int] | None) -> str:
-    """Sorted ``k=v`` pairs, both percent-encoded."""
+Query = Mapping[str, str | int] | Sequence[tuple[str, str]]
+
+
+def canonical_query(query: Query | None) -> str:
+    """Sorted ``k=v`` pairs, both percent-encoded. A sequence of pairs may repeat a key (a
+    server's view of ``?a=1&a=2``): every pair is signed, sorted by key, then value, as the
+    SDK's signer sorts a list value."""
     if not query:
         return ""
-    return "&".join(f"{_encode(k)}={_encode(str(v))}" for k, v in sorted(query.items()))
+    pairs = sorted(query.items()) if isinstance(query, Mapping) else sorted(query)
+    return "&".join(f"{_encode(k)}={_encode(str(v))}" for k, v in pairs)
 
 
 def canonical_request(
     method: str,
     path: str,
-    query: Mapping[str, str | int] | None,
+    query: Query | None,
     headers: Mapping[str, str],
     body: bytes,
 ) -> tuple[str, str]:
@@ -114,7 +120,7 @@ def sign(
     credentials: Credentials,
     method: str,
     path: str,
-    query: Mapping[str, str | int] | None,
+    query: Query | None,
     headers: Mapping[str, str],
     body: bytes,
 ) -> str:

@@ -86,15 +86,8 @@ STATES: Final = frozenset(
 )  # fmt: skip
 
 _TASKS_PATH: Final = "/v2/{project_id}/services/{service_name}/tasks"
-# OBS bucket names: 3-63 characters, lowercase letters, digits, '-' and '.', starting and ending
-# with a letter or digit, no '..', '.-' or '-.', not shaped like an IP address.
-_CREATE_KEYS: Final = frozenset(
-    {
-        "name", "description", "service_version", "input", "output", "service_config",
-        "resource_order_id", "edge_pool_id", "timing",
-    }
-)  # fmt: skip
 _ORDER_FIELDS: Final = frozenset({"name", "created_at", "updated_at"})
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _JSON: Final = "application/json"
 _INT_RE: Final = re.compile(r"-?[0-9]{1,18}")
 
@@ -854,9 +847,16 @@ class Emulator:
             key = temporary.sk.encode()
         if key is None:
             raise _auth_error("ak not found")
-        names = parts["SignedHeaders"].split(";")
+        declared = parts["SignedHeaders"]
+        names = declared.split(";")
+        if declared != ";".join(sorted({name.lower() for name in names})):
+            # the gateway builds its canonical request from the list as declared: a signer
+            # that did not sort, lower-case and de-duplicate it signed something else
+            raise _auth_error(f"SignedHeaders {declared!r} is not lower-case, sorted and unique")
         if "host" not in names or "x-sdk-date" not in names:
             raise _auth_error("SignedHeaders must include host and x-sdk-date")
+        if not _HEX64.fullmatch(parts["Signature"]):
+            raise _auth_error("the Signature is not 64 hexadecimal digits")
         date = request.headers.get("X-Sdk-Date", "")
         epoch = _sdk_date_epoch(date)
         if epoch is None:
@@ -879,9 +879,14 @@ class Emulator:
             value = request.headers.get(name)
             if value is None:
                 raise _auth_error(f"signed header {name!r} is missing from the request")
+            if not _is_utf8(value):  # aiohttp hands undecodable bytes on as surrogates
+                raise _auth_error(f"signed header {name!r} is not valid UTF-8")
             signed[name] = value
+        if "x-security-token" not in signed and "X-Security-Token" in request.headers:
+            raise _auth_error("X-Security-Token must be signed (listed in SignedHeaders)")
+        query = list(request.query.items())  # every pair: a repeated key is signed each time
         canonical, _ = canonical_request(
-            request.method, request.rel_url.raw_path, dict(request.query), signed, body
+            request.method, request.rel_url.raw_path, query, signed, body
         )
         to_sign = f"{ALGORITHM}\n{date}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
@@ -890,7 +895,7 @@ class Emulator:
             if token_sent:  # a credential too: never echo it
                 canonical = canonical.replace(token_sent, "<hidden>")
             raise _auth_error(f"verify aksk signature fail, the canonical request is:\n{canonical}")
-        sent = request.headers.get("X-Security-Token")
+        sent = signed.get("x-security-token")
         if temporary is not None:
             self.identity.check_temporary(temporary, sent or "")
             return
@@ -1346,9 +1351,9 @@ def _record(request: web.Request, response: web.StreamResponse) -> RequestRecord
 
 def _validate_create(doc: dict[str, Any]) -> None:
     """Raise 400 IVA.0004 naming the first wrong field of a create body."""
-    unknown = sorted(doc.keys() - _CREATE_KEYS)
-    if unknown:
-        raise _invalid(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(_CREATE_KEYS))}")
+    problem = vas.body_problem(doc)  # every field VAS's models have, of its type; no other
+    if problem is not None:
+        raise _invalid(f"{problem[0]} {problem[1]}")
     name = doc.get("name")
     if not isinstance(name, str) or not vas.JOB_NAME_SERVED.fullmatch(name):
         raise _invalid("name must be 1 to 100 letters, digits, '-', '_' or Chinese characters")
@@ -1359,12 +1364,6 @@ def _validate_create(doc: dict[str, Any]) -> None:
         description = doc["description"]
         if not isinstance(description, str) or len(description) > 500:
             raise _invalid("description must be a string of at most 500 characters")
-    for optional in ("resource_order_id", "edge_pool_id"):
-        if optional in doc and not isinstance(doc[optional], str):
-            raise _invalid(f"{optional} must be a string")
-    for optional in ("service_config", "timing"):
-        if optional in doc and not isinstance(doc[optional], dict):
-            raise _invalid(f"{optional} must be an object")
     _validate_input(doc.get("input"))
     if "timing" in doc and doc["input"]["type"] == "obs":
         raise _invalid("timing is not allowed with an obs input")
@@ -1423,6 +1422,14 @@ def _check_webhook_headers(value: object, where: str) -> None:
     for name, header in value.items():
         if not name or not isinstance(header, str):
             raise _invalid(f"{where}.{name} must be a string (a header value)")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_text(value: object, where: str) -> None:

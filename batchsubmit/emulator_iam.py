@@ -313,7 +313,9 @@ class Identity:
 
     async def _metadata_token(self, request: web.Request) -> web.Response:
         raw = request.headers.get("X-Metadata-Token-Ttl-Seconds", "")
-        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= _METADATA_TTL_MAX):
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not (
+            1 <= int(raw) <= _METADATA_TTL_MAX
+        ):
             return _text(
                 400,
                 f"X-Metadata-Token-Ttl-Seconds must be an integer from 1 to {_METADATA_TTL_MAX}",

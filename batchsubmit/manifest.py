@@ -349,6 +349,9 @@ class _Reader:
         if "obs" in extra_output:
             raise self.error("job.body.output.obs", "set the OBS output with job.output instead")
         self.body(body)
+        problem = vas.body_problem(body, "job.body")
+        if problem is not None:  # each create would be refused (400), or run without it
+            raise self.error(*problem)
         return JobTemplate(
             output_bucket=bucket,
             output_path=out_path,

@@ -5,11 +5,14 @@ Pure: no I/O."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final, TypeAlias, Union
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "BUCKET",
+    "CREATE_BODY",
     "JOB_NAME",
     "JOB_NAME_MAX",
     "JOB_NAME_SERVED",
@@ -22,6 +25,8 @@ __all__ = [
     "TASK_ID",
     "TASK_ID_PATTERN",
     "ServiceIdentity",
+    "Shape",
+    "body_problem",
     "normalise_base_url",
     "region_of",
     "service_identity",
@@ -58,6 +63,114 @@ JOB_NAME_SERVED = re.compile(r"[A-Za-z0-9_\-\u4e00-\u9fff]{1,100}")  # what VAS 
 BUCKET = re.compile(r"(?!.*(?:\.\.|\.-|-\.))[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_ADDRESS = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 OBS_KEY_MAX_BYTES = 1024  # an OBS object key is at most 1,024 bytes of UTF-8
+
+# The create body's shape: every object's fields and their JSON types, as the request models
+# of huaweicloudsdkvas (3.1.219) have them (tests/test_sdk_oracle.py holds the two equal). The
+# SDK can send nothing else, so these are the fields VAS is known to take; "object" is free
+# (a service's own settings, webhook headers). A field outside them, or of another type, is a
+# mistake that would otherwise cost one failed create per video, or a job run without it.
+Shape: TypeAlias = Union[str, list["Shape"], Mapping[str, "Shape"]]  # noqa: UP007 (recursive)
+_OUTPUT_TYPE: Final[Shape] = ["string"]  # data_category: the data kinds this output receives
+_TIMING: Final[Mapping[str, Shape]] = {
+    "type": "string",
+    "timezone": "string",
+    "days_of_week": ["integer"],
+    "days_of_month": ["integer"],
+    "date": "string",
+    "periods": [{"begin_at": "string", "end_at": "string"}],
+    "frequency": {
+        "interval": "integer",
+        "duration": "integer",
+        "begin_at": "string",
+        "end_at": "string",
+    },
+}
+_INPUT_DATA: Final[Mapping[str, Shape]] = {
+    "stream_name": "string",
+    "bucket": "string",
+    "path": "string",
+    "url": "string",
+    "headers": "object",
+    "certificate_check": "boolean",
+    "rtsp_path_in_response": "string",
+    "node_id": "string",
+    "device_id": "string",
+    "stream_type": "integer",
+    "id": "string",
+}
+CREATE_BODY: Final[Mapping[str, Shape]] = {
+    "name": "string",
+    "description": "string",
+    "service_version": "string",
+    "edge_pool_id": "string",
+    "resource_order_id": "string",
+    "timing": _TIMING,
+    "input": {
+        "type": "string",
+        "data": [_INPUT_DATA],
+        "vcn": {"ip": "string", "port": "integer", "username": "string", "password": "string"},
+    },
+    "output": {
+        "obs": {"bucket": "string", "path": "string", "data_category": _OUTPUT_TYPE},
+        "dis": {"stream_name": "string", "data_category": _OUTPUT_TYPE},
+        "webhook": {"url": "string", "headers": "object", "data_category": _OUTPUT_TYPE},
+        "hosting": {"data_category": _OUTPUT_TYPE},
+        "localpath": {"mount_source_path": "string", "data_category": _OUTPUT_TYPE},
+    },
+    "service_config": {"common": "object"},
+}
+_JSON_TYPES: Final = {"string": str, "integer": int, "boolean": bool, "object": dict}
+
+
+def body_problem(
+    value: object, where: str = "", shape: Shape = CREATE_BODY
+) -> tuple[str, str] | None:
+    """The first field of ``value`` outside ``shape`` or of the wrong type, as (its key,
+    what is wrong), keys spelled from ``where``; None if it fits. Required fields and the
+    values' own rules (names, buckets) are the caller's."""
+    if isinstance(shape, str):
+        expected = _JSON_TYPES[shape]
+        fits = isinstance(value, expected) and (shape != "integer" or not isinstance(value, bool))
+        return None if fits else (where, f"must be {_article(shape)}, not {_json_kind(value)}")
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return where, f"must be a list, not {_json_kind(value)}"
+        for index, item in enumerate(value):
+            found = body_problem(item, f"{where}[{index}]", shape[0])
+            if found is not None:
+                return found
+        return None
+    if not isinstance(value, dict):
+        return where, f"must be an object, not {_json_kind(value)}"
+    for key, item in value.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in shape:
+            return path, f"is not a field VAS takes here; allowed: {', '.join(sorted(shape))}"
+        found = body_problem(item, path, shape[key])
+        if found is not None:
+            return found
+    return None
+
+
+def _article(kind: str) -> str:
+    return f"an {kind}" if kind in ("integer", "object") else f"a {kind}"
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TASKS_PATH = re.compile(r"/v2/([^/]+)/services/([^/]+)/tasks/?")

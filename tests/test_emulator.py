@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from yarl import URL
 
 from batchsubmit.auth import Credentials, sdk_date, sign
 from batchsubmit.emulator import (
@@ -40,6 +41,8 @@ CREDENTIALS = Credentials(EMULATOR_AK, EMULATOR_SK)
 HEX32 = re.compile(r"[0-9a-f]{32}")
 ASC = "created_at:ASC"
 TEN_HEADERS = {f"X-H{i}": str(i) for i in range(10)}
+IN = {"bucket": "my-bucket", "path": "videos/a.mp4"}
+OUT = {"bucket": "out-bucket", "path": "results/"}
 
 
 def job(name: str = "job-0001", path: str = "videos/a.mp4", **extra: Any) -> dict[str, Any]:
@@ -291,6 +294,81 @@ async def test_temporary_credentials_need_their_security_token() -> None:
     assert len(emulator.tasks) == 1
 
 
+async def send_raw(base: str, head: bytes) -> Reply:
+    """A request written byte by byte (what no HTTP client library would send)."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    top, _, raw = answer.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return Reply(int(lines[0].split()[1]), headers, raw)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "token added after signing",
+        "SignedHeaders unsorted",
+        "a repeated query key sent, one signed",
+        "a header byte that is not UTF-8",
+    ],
+)
+async def test_what_a_careless_signer_sends_is_401_not_accepted_or_a_crash(case: str) -> None:
+    """The gateway verifies what was sent, as declared: a security token must be signed, the
+    SignedHeaders list is taken as written, every query pair is signed; bytes that are not
+    UTF-8 are refused like any bad signature (not a 500)."""
+    emulator = Emulator(security_tokens={EMULATOR_AK: "STSTOKEN"})
+    async with running(emulator) as client:
+        headers = {
+            "Content-Type": "application/json",
+            "Host": client.host,
+            "X-Sdk-Date": sdk_date(),
+            "X-Project-Id": EMULATOR_PROJECT_ID,
+        }
+        token = {"X-Security-Token": "STSTOKEN"}
+        url = client.base + TASKS
+        if case == "token added after signing":
+            headers["Authorization"] = sign(CREDENTIALS, "GET", TASKS, None, headers, b"")
+            headers.update(token)
+        elif case == "SignedHeaders unsorted":
+            headers.update(token)
+            headers["Authorization"] = sign(CREDENTIALS, "GET", TASKS, None, headers, b"").replace(
+                "content-type;host", "host;content-type"
+            )
+        elif case == "a repeated query key sent, one signed":
+            headers.update(token)
+            headers["Authorization"] = sign(CREDENTIALS, "GET", TASKS, {"limit": 1}, headers, b"")
+            url += "?limit=1&limit=100"
+        if case != "a header byte that is not UTF-8":
+            async with client.session.get(URL(url, encoded=True), headers=headers) as response:
+                reply = Reply(response.status, response.headers, await response.read())
+        else:
+            headers.update(token)
+            headers["Authorization"] = sign(CREDENTIALS, "GET", TASKS, None, headers, b"")
+            headers["Content-Type"] = "application/json\udcff"  # sent as the byte 0xff
+            lines = [f"GET {TASKS} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+            text = "\r\n".join([*lines, "Connection: close", "", ""])
+            reply = await send_raw(client.base, text.encode("utf-8", "surrogateescape"))
+    assert_error(reply, 401, "APIGW.0301")
+    assert b"STSTOKEN" not in reply.raw
+
+
+async def test_a_repeated_query_key_signed_as_sent_is_accepted() -> None:
+    """The other side of the rule: both pairs signed (sorted, as the SDK signs a list value)."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+        headers = {"Host": client.host, "X-Sdk-Date": sdk_date()}
+        pairs = [("limit", "100"), ("limit", "1")]
+        headers["Authorization"] = sign(CREDENTIALS, "GET", TASKS, pairs, headers, b"")
+        url = URL(client.base + TASKS + "?limit=100&limit=1", encoded=True)
+        async with client.session.get(url, headers=headers) as response:
+            assert response.status == 200, await response.text()
+
+
 async def test_signatures_can_be_turned_off() -> None:
     """verify_signatures=False accepts unsigned calls (for tools that cannot sign)."""
     async with running(Emulator(verify_signatures=False)) as client:
@@ -370,6 +448,27 @@ async def test_unknown_route_is_json_404() -> None:
         (job(output={}), "IVA.0004", "output"),
         (job(output={"ftp": {}}), "IVA.0004", "ftp"),
         (job(timing={"type": "once"}), "IVA.0004", "timing"),
+        # Nested fields as the SDK's request models have them, and no others: a body the
+        # service would refuse, or echo back in a form the SDK cannot parse.
+        (
+            job(output={"obs": OUT, "hosting": {"result_json_overdue_at": "soon"}}),
+            "IVA.0004",
+            "output.hosting.result_json_overdue_at",
+        ),
+        (
+            job(input={"type": "obs", "data": [{**IN, "stream_type": "abc"}]}),
+            "IVA.0004",
+            "input.data[0].stream_type must be an integer",
+        ),
+        (job(input={"type": "obs", "data": [IN], "extra": 1}), "IVA.0004", "input.extra"),
+        (job(service_config={"common": 5}), "IVA.0004", "service_config.common must be an object"),
+        (job(service_config={"fps": 5}), "IVA.0004", "service_config.fps"),
+        (
+            job(output={"obs": {**OUT, "data_category": "person"}}),
+            "IVA.0004",
+            "output.obs.data_category must be a list",
+        ),
+        (job(resource_order_id=7), "IVA.0004", "resource_order_id must be a string"),
         # VAS requires 1 to 10 headers on a webhook output.
         (job(output={"webhook": {"url": "https://h.example/"}}), "IVA.0004", "1 to 10"),
         (
@@ -423,6 +522,10 @@ async def test_accepted_variants_of_create_body() -> None:
             output={"webhook": {"url": "https://h.example/", "headers": TEN_HEADERS}, "hosting": {}}
         ),
         job(service_config={"common": {"fps": 5}}, resource_order_id="r", edge_pool_id="e"),
+        job(
+            input={"type": "obs", "data": [{**IN, "stream_type": 1, "certificate_check": True}]},
+            output={"obs": {**OUT, "data_category": ["person"]}, "hosting": {"data_category": []}},
+        ),
     ]
     async with running(Emulator()) as client:
         replies = [await client.create(body) for body in bodies]

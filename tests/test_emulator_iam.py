@@ -297,6 +297,9 @@ async def test_metadata_session_token_is_required_and_bounded() -> None:
         too_long = await raw(
             client, "PUT", METADATA_TOKEN_PATH, {"X-Metadata-Token-Ttl-Seconds": "21601"}
         )
+        huge = await raw(  # past Python's int() digit limit: a 400, not a 500
+            client, "PUT", METADATA_TOKEN_PATH, {"X-Metadata-Token-Ttl-Seconds": "9" * 5000}
+        )
         session = await raw(
             client, "PUT", METADATA_TOKEN_PATH, {"X-Metadata-Token-Ttl-Seconds": "10"}
         )
@@ -306,7 +309,7 @@ async def test_metadata_session_token_is_required_and_bounded() -> None:
         valid = await raw(client, "GET", METADATA_SECURITYKEY_PATH, headers)
         clock.now += 10
         stale = await raw(client, "GET", METADATA_SECURITYKEY_PATH, headers)
-    assert (no_ttl.status, too_long.status, session.status) == (400, 400, 200)
+    assert (no_ttl.status, too_long.status, huge.status, session.status) == (400, 400, 400, 200)
     assert valid.status == 200
     for refused in (without, forged, stale):
         assert refused.status == 401

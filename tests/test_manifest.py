@@ -708,8 +708,8 @@ def test_manifest_is_a_directory(tmp_path: Path) -> None:
 # -- bounds on [job.body] -----------------------------------------------------------------------
 
 
-def nested_tables(depth: int) -> str:
-    return "[job.body." + ".".join(f"k{i}" for i in range(depth)) + "]\nx = 1\n"
+def nested_tables(depth: int, root: str = "job.body") -> str:
+    return f"[{root}." + ".".join(f"k{i}" for i in range(depth)) + "]\nx = 1\n"
 
 
 @pytest.mark.parametrize(
@@ -736,9 +736,10 @@ def test_job_body_nesting_and_size_are_bounded(tmp_path: Path, body: str, said: 
 
 
 def test_job_body_within_bounds_is_kept(tmp_path: Path) -> None:
-    """32 levels (far more than any VAS body) are fine."""
-    manifest = load_manifest(write(tmp_path, doc(job=JOB + nested_tables(31))))
-    assert "k0" in manifest.job.body
+    """32 levels (far more than any VAS body) are fine, in a service's own settings."""
+    body = nested_tables(29, "job.body.service_config.common")
+    manifest = load_manifest(write(tmp_path, doc(job=JOB + body)))
+    assert "k28" in str(manifest.job.body)
 
 
 @pytest.mark.parametrize(
@@ -764,9 +765,45 @@ def test_job_body_numbers_json_cannot_carry_are_refused(
 
 def test_job_body_numbers_are_passed_through(tmp_path: Path) -> None:
     """Ordinary numbers, negative ones and the 64-bit extremes included, reach the body."""
-    body = "[job.body.service_config]\na = -1\nb = 0.5\nc = 9223372036854775807\n"
+    body = "[job.body.service_config.common]\na = -1\nb = 0.5\nc = 9223372036854775807\n"
     manifest = load_manifest(write(tmp_path, doc(job=JOB + body)))
-    assert manifest.job.body["service_config"] == {"a": -1, "b": 0.5, "c": 2**63 - 1}
+    assert manifest.job.body["service_config"]["common"] == {"a": -1, "b": 0.5, "c": 2**63 - 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (
+            '[job.body.output.hosting]\ndata_catgory = ["person"]\n',
+            "job.body.output.hosting.data_catgory: is not a field VAS takes here; "
+            "allowed: data_category",
+        ),
+        (
+            '[job.body.output.webhook]\nurl = "https://h.example/"\nheaders = "X-K: v"\n',
+            "job.body.output.webhook.headers: must be an object, not a string",
+        ),
+        ("[job.body]\npriority = 1\n", "job.body.priority: is not a field VAS takes here"),
+        (
+            "[job.body.service_config]\nfps = 5\n",
+            "job.body.service_config.fps: is not a field VAS takes here; allowed: common",
+        ),
+        ("[job.body]\nresource_order_id = 7\n", "must be a string, not an integer"),
+        (
+            '[job.body.timing]\ndays_of_week = ["mon"]\n',
+            "job.body.timing.days_of_week[0]: must be an integer, not a string",
+        ),
+    ],
+)
+def test_job_body_fields_outside_vas_models_are_refused(
+    tmp_path: Path, body: str, said: str
+) -> None:
+    """A misspelt field (VAS would refuse every create, or run every job without it) or one
+    of the wrong type: an error naming the key and its line, before any request."""
+    path = write(tmp_path, doc(job=JOB + body))
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(path)
+    assert said in str(raised.value)
+    assert raised.value.where.startswith(f"{path}:")
 
 
 # -- listing paths that are not files -----------------------------------------------------------

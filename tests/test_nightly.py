@@ -13,6 +13,7 @@ import pytest
 from batchsubmit.emulator import Emulator, Faults
 
 from .helpers import (
+    REFUSED_BODY,
     LiveEmulator,
     assert_exactly_once,
     cli,
@@ -51,7 +52,7 @@ async def test_second_run_submits_only_the_new_videos(tmp_path: Path) -> None:
 async def test_failed_rows_are_retried_next_run(tmp_path: Path) -> None:
     """A job that failed (400) is submitted again by the next run once the cause is gone."""
     keys = video_keys(10)
-    manifest = write_manifest(tmp_path, keys, extra="[job.body]\nedge_pool_id = 7")
+    manifest = write_manifest(tmp_path, keys, extra=REFUSED_BODY)
     results = tmp_path / "r.csv"
     emulator = Emulator()
     async with emulator.serve() as url:
@@ -97,7 +98,7 @@ async def test_deadline_defers_what_is_left(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_max_failures_stops_the_run(tmp_path: Path) -> None:
     """--max-failures 5: the run stops early instead of failing every job the same way."""
-    manifest = write_manifest(tmp_path, video_keys(200), extra="[job.body]\nedge_pool_id = 7")
+    manifest = write_manifest(tmp_path, video_keys(200), extra=REFUSED_BODY)
     emulator = Emulator()
     async with emulator.serve() as url:
         stats, _ = await run_submit(

@@ -187,3 +187,24 @@ def test_sdk_stops_starts_and_deletes(stepping: LiveEmulator) -> None:
     assert error.request_id
     assert live.emulator.deleted == {task_id: "SUCCEEDED"}
     assert live.emulator.calls["stop", 202] == live.emulator.calls["start", 202] == 1
+
+
+_SDK_TYPES = {"str": "string", "int": "integer", "bool": "boolean", "object": "object"}
+
+
+def sdk_shape(type_name: str) -> Any:
+    """A request model of the SDK as the shape batchsubmit.vas spells it."""
+    if type_name in _SDK_TYPES:
+        return _SDK_TYPES[type_name]
+    if type_name.startswith("list[") and type_name.endswith("]"):
+        return [sdk_shape(type_name[5:-1])]
+    model = getattr(vas, type_name)
+    return {field: sdk_shape(kind) for field, kind in model.openapi_types.items()}
+
+
+def test_the_create_body_shape_is_the_sdks_request_model() -> None:
+    """The fields (and their types) the emulator takes and the manifest allows in [job.body]
+    are exactly those the SDK's CreateTasksRequestBody can send, nested models included."""
+    from batchsubmit.vas import CREATE_BODY
+
+    assert sdk_shape("CreateTasksRequestBody") == CREATE_BODY

@@ -9,7 +9,15 @@ import pytest
 from batchsubmit.emulator import Emulator, Faults, max_in_window
 from batchsubmit.results import Format
 
-from .helpers import BUCKET, assert_exactly_once, config_for, run_submit, video_keys, write_manifest
+from .helpers import (
+    BUCKET,
+    REFUSED_BODY,
+    assert_exactly_once,
+    config_for,
+    run_submit,
+    video_keys,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +85,7 @@ async def test_failed_job_does_not_stop_the_others(tmp_path: Path) -> None:
     """A 400 (invalid parameter) fails its job only and the run goes on, with the stop for
     "the first jobs all fail alike" turned off (it has tests of its own in test_pool)."""
     keys = video_keys(20)
-    manifest = write_manifest(tmp_path, keys, extra="[job.body]\nedge_pool_id = 42")
+    manifest = write_manifest(tmp_path, keys, extra=REFUSED_BODY)
     emulator = Emulator()
     async with emulator.serve() as url:
         config = config_for(manifest, url, tmp_path / "r.csv", same_failures=0)
