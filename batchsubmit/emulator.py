@@ -1386,6 +1386,8 @@ def _validate_input(value: object) -> None:
         if kind == "obs":
             _check_bucket(item.get("bucket"), f"{where}.bucket")
             _check_text(item.get("path"), f"{where}.path")
+            if len(item["path"].encode()) > vas.OBS_KEY_MAX_BYTES:
+                raise _invalid(f"{where}.path is longer than an OBS key (1,024 bytes)")
         else:
             _check_url(item.get("url"), f"{where}.url")
 

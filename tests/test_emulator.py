@@ -461,6 +461,7 @@ async def test_unknown_route_is_json_404() -> None:
             "input.data[0].stream_type must be an integer",
         ),
         (job(input={"type": "obs", "data": [IN], "extra": 1}), "IVA.0004", "input.extra"),
+        (job(path="é" * 513), "IVA.0004", "input.data[0].path is longer than an OBS key"),
         (job(service_config={"common": 5}), "IVA.0004", "service_config.common must be an object"),
         (job(service_config={"fps": 5}), "IVA.0004", "service_config.fps"),
         (
