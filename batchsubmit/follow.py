@@ -55,6 +55,7 @@ from .record import (
     record_path,
 )
 from .results import Format, Outcome, ResultRow, iter_results, utc_now
+from .vas import service_of
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -208,25 +209,46 @@ _SUBMITTED_ROW = 1 << 40  # added to a submitted row's number: the index keeps t
 
 
 class Videos:
-    """Which ledger row stands for each video: its latest ``submitted`` row, else its latest
-    row (a video whose create failed still gets its report row). One offset index over the
-    ledger (16 bytes a row; the largest value per video wins, and a submitted row counts
-    ``_SUBMITTED_ROW`` more), then a second streaming read: no row is held in memory."""
+    """Which ledger row stands for each video of each service (the report's rows): its latest
+    ``submitted`` row, else its latest row (a video whose create failed still gets its report
+    row). One offset index over the ledger (16 bytes a row; the largest value per video wins,
+    and a submitted row counts ``_SUBMITTED_ROW`` more), then a second streaming read: no row
+    is held in memory. The jobs followed are every submitted row's, not only these."""
 
     def __init__(self, path: Path, fmt: Format, warn: Callable[[str], None]) -> None:
         self._path, self._format = path, fmt
         self._chosen = OffsetIndex()
+        service = _ServiceKeys()
         for number, row in enumerate(iter_ledger(path, fmt, warn)):
             submitted = row.status == "submitted" and bool(row.job_id)
-            self._chosen.add(row.source, number + (_SUBMITTED_ROW if submitted else 0))
+            key = service(row.service_url) + row.source
+            self._chosen.add(key, number + (_SUBMITTED_ROW if submitted else 0))
         self._chosen.freeze(largest=True)
+
+    def __len__(self) -> int:
+        return len(self._chosen)
 
     def __iter__(self) -> Iterator[LedgerRow]:
         chosen = self._chosen.offset
+        service = _ServiceKeys()
         for number, row in enumerate(iter_ledger(self._path, self._format, lambda _m: None)):
-            value = chosen(row.source)
+            value = chosen(service(row.service_url) + row.source)
             if value is not None and value % _SUBMITTED_ROW == number:
                 yield row
+
+
+class _ServiceKeys:
+    """A row's service as a key prefix (``project/service`` and a separator no source holds),
+    cached: a ledger names few services."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, str] = {}
+
+    def __call__(self, service_url: str) -> str:
+        key = self._keys.get(service_url)
+        if key is None:
+            key = self._keys[service_url] = service_of(service_url) + "\n"
+        return key
 
 
 # -- services ----------------------------------------------------------------------------------
@@ -415,10 +437,13 @@ class Follower:
             index, open_ = self._read_record()
         self.index = index
         self.videos = Videos(config.results, config.format, warn)
+        self.stats.videos = len(self.videos)
         service_at: dict[str, int] = {}
         bad_services: set[str] = set()
-        for row in self.videos:
-            self.stats.videos += 1
+        # Every job the ledger created is followed, not only each video's latest: a video's
+        # job in another service, or the job a --resubmit replaced, fills the quota alike and
+        # is pruned only once it is recorded final.
+        for row in iter_ledger(config.results, config.format, warn):
             job_id = row.job_id
             if row.status != "submitted" or not job_id or job_id in self.jobs:
                 continue

@@ -30,6 +30,7 @@ __all__ = [
     "normalise_base_url",
     "region_of",
     "service_identity",
+    "service_of",
     "valid_bucket",
 ]
 
@@ -245,3 +246,14 @@ def service_identity(service_url: str) -> ServiceIdentity:
         region=region_of(endpoint),
         endpoint=endpoint,
     )
+
+
+def service_of(service_url: str) -> str:
+    """``project/service`` of a results row's ``service_url``: one string for every spelling
+    of one service's endpoint (what :meth:`ServiceIdentity.same_service` compares); the URL
+    itself, stripped, when it is not a VAS tasks URL."""
+    try:
+        identity = service_identity(service_url)
+    except ValueError:
+        return service_url.strip()
+    return f"{identity.project_id}/{identity.service_name}"

@@ -591,6 +591,49 @@ async def test_unknown_states_are_kept_verbatim_and_frozen_stops_with_exit_3(
         assert record[ids[3]].state == "SUCCEEDED"
 
 
+def test_every_job_the_ledger_created_is_followed_and_then_pruned(tmp_path: Path) -> None:
+    """One results file, three videos: submitted to one service, then to another, then to the
+    first again with --resubmit. All nine jobs fill the quota, so all nine are followed and
+    recorded final, and prune deletes all nine (it deletes only what is recorded); the report
+    has a row per video per service, the newest job's."""
+    from batchsubmit.prune import PruneConfig, PruneRules, prune
+
+    live = LiveEmulator(Faults(jobs=Lifecycle(time_scale=1000)))
+    try:
+        emulator = live.emulator
+        manifest = write_manifest(tmp_path, video_keys(3))
+        results = tmp_path / "r.csv"
+        first = config_for(manifest, live.url, results)
+        other = replace(first, endpoint=replace(first.endpoint, service_name="face-detect"))
+        for config in (first, other, replace(first, resubmit=True)):
+            stats, log = anyio.run(run_submit, config)
+            assert stats.submitted == 3, log
+        created = set(emulator.tasks)
+        assert len(created) == 9
+        followed, _text = anyio.run(_status, results)
+        assert followed.followed == 9
+        recorded = read_record(record_path(results), pytest.fail)
+        assert set(recorded) == created
+        assert all(record.final for record in recorded.values())
+        rows = _report(tmp_path / "r.report.csv")
+        assert len(rows) == 6
+        assert len({row["job_id"] for row in rows}) == 6
+        assert {row["job_id"] for row in rows} < created
+        config = PruneConfig(
+            results=results,
+            format="csv",
+            credentials=Credentials(EMULATOR_AK, EMULATOR_SK),
+            pool=PoolSettings(concurrency=8, rate=0.0, retry=FAST_RETRY),
+            rules=PruneRules(older_than=0.0),
+            durable=False,
+        )
+        pruned = prune(config, lambda _m: None, lambda _l, _m: None)
+        assert pruned.deleted == 9
+        assert emulator.deleted.keys() == created
+    finally:
+        live.close()
+
+
 @pytest.mark.anyio
 async def test_a_final_job_is_not_asked_about_again_and_keeps_its_state(tmp_path: Path) -> None:
     """Once recorded final, a job costs no call; if it later vanishes it stays as recorded.
