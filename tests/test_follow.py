@@ -619,7 +619,7 @@ def test_every_job_the_ledger_created_is_followed_and_then_pruned(tmp_path: Path
         assert len(rows) == 6
         assert len({row["job_id"] for row in rows}) == 6
         assert {row["job_id"] for row in rows} < created
-        config = PruneConfig(
+        pruning = PruneConfig(
             results=results,
             format="csv",
             credentials=Credentials(EMULATOR_AK, EMULATOR_SK),
@@ -627,7 +627,7 @@ def test_every_job_the_ledger_created_is_followed_and_then_pruned(tmp_path: Path
             rules=PruneRules(older_than=0.0),
             durable=False,
         )
-        pruned = prune(config, lambda _m: None, lambda _l, _m: None)
+        pruned = prune(pruning, lambda _m: None, lambda _l, _m: None)
         assert pruned.deleted == 9
         assert emulator.deleted.keys() == created
     finally:
