@@ -469,7 +469,9 @@ class Follower:
                     bad_services.add(row.service_url)
                     warn(f"{config.results}: {exc}; its jobs are not followed")
                     continue
-                if config.only_service is not None and endpoint.tasks_url != config.only_service:
+                if config.only_service is not None and service_of(row.service_url) != service_of(
+                    config.only_service
+                ):
                     bad_services.add(row.service_url)
                     warn(
                         f"{config.results}: jobs of {row.service_url} are not followed by this "

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +39,7 @@ from .journal import RunLock
 from .pool import Pool, PoolSettings, Stopped
 from .record import JobRecord, RecordWriter, read_record, record_path
 from .results import Format, Outcome, iter_results, utc_now
+from .vas import service_of
 
 __all__ = [
     "DEFAULT_OLDER_THAN",
@@ -168,6 +169,9 @@ def select(
     held: Counter[str] = Counter()
     final: list[Candidate] = []
     gone = 0
+    # the service make-room counted, however a row spells its endpoint (as the ledger counts)
+    service = lru_cache(maxsize=64)(service_of)
+    wanted = None if rules.service_url is None else service(rules.service_url)
     for record in records.values():
         if record.state in GONE_STATES:
             gone += 1
@@ -183,7 +187,7 @@ def select(
         if service_url is None:
             held["not in the results file"] += 1
             continue
-        if rules.service_url is not None and service_url != rules.service_url:
+        if wanted is not None and service(service_url) != wanted:
             held["another service"] += 1
             continue
         final.append(Candidate(record=record, final_at=final_at, service_url=service_url))

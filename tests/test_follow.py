@@ -635,6 +635,25 @@ def test_every_job_the_ledger_created_is_followed_and_then_pruned(tmp_path: Path
 
 
 @pytest.mark.anyio
+async def test_submit_follow_takes_its_service_however_the_rows_spell_the_endpoint(
+    tmp_path: Path,
+) -> None:
+    """`submit --follow` follows its own service's jobs: rows written under another spelling
+    of the same endpoint are that service's (as the ledger counts them), not "another"."""
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1000)))
+    manifest = write_manifest(tmp_path, video_keys(3))
+    results = tmp_path / "r.csv"
+    async with emulator.serve() as url:
+        config = config_for(manifest, url, results)
+        await run_submit(config)
+        spelled = config.endpoint.tasks_url.replace("http://127.0.0.1", "http://LOCALHOST")
+        assert spelled != config.endpoint.tasks_url
+        stats, text = await _status(results, only_service=spelled)
+    assert stats.followed == 3, text
+    assert "another service" not in text
+
+
+@pytest.mark.anyio
 async def test_a_final_job_is_not_asked_about_again_and_keeps_its_state(tmp_path: Path) -> None:
     """Once recorded final, a job costs no call; if it later vanishes it stays as recorded.
     LOST is only for a job that disappears before it was seen final. Nothing to follow: 0."""

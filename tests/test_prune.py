@@ -411,6 +411,13 @@ def test_select_for_make_room_takes_only_the_counted_service() -> None:
     selection = select(records, services, rules, now)
     assert [c.record.job_id for c in selection.chosen] == ["a"]
     assert selection.held == {"another service": 1}
+    # The same service however its endpoint is spelled (as the ledger counts it)
+    for spelling in (
+        "http://H:80/v2/p/services/one/tasks",
+        "http://127.0.0.1/v2/p/services/one/tasks",
+    ):
+        rules = PruneRules(older_than=0, service_url=spelling)
+        assert [c.record.job_id for c in select(records, services, rules, now).chosen] == ["a"]
 
 
 def test_plan_prune_sends_nothing(tmp_path: Path) -> None:
