@@ -48,6 +48,7 @@ from .record import (
     OffsetIndex,
     RecordReader,
     RecordWriter,
+    collectable,
     compact,
     from_json,
     is_final,
@@ -292,7 +293,17 @@ class _Job:
         record = self.now
         if not record.final:
             return True
-        return collecting and record.hosting_status == "AVAILABLE"
+        return collecting and _collectable(record, time.time())
+
+
+def _collectable(record: JobRecord, now: float) -> bool:
+    return collectable(record.state, record.hosting_status, _epoch(record.hosting_overdue_at), now)
+
+
+def _expiring(record: JobRecord, now: float) -> bool:
+    """A result still to be had whose overdue time is within EXPIRING_WITHIN: warned about."""
+    overdue = _epoch(record.hosting_overdue_at)
+    return _collectable(record, now) and overdue is not None and overdue - now < EXPIRING_WITHIN
 
 
 def _epoch(text: str) -> float | None:
@@ -456,7 +467,7 @@ class Follower:
             if was_final:  # collecting: a final job may still hold a result to save
                 reader = self._reader()
                 known = reader.get(job_id)
-                if known is None or known.hosting_status != "AVAILABLE":
+                if known is None or not _collectable(known, time.time()):
                     self.stats.already_final += 1
                     continue
             service = service_at.get(row.service_url)
@@ -507,9 +518,9 @@ class Follower:
                 index.add(job_id, ~at)
                 open_.pop(job_id, None)
                 if data.get("hosting_status") == "AVAILABLE" and not self.collecting:
-                    overdue = _epoch(str(data.get("hosting_overdue_at") or ""))
-                    if overdue is not None and overdue - time.time() < EXPIRING_WITHIN:
-                        self._expiring[job_id] = from_json(data)
+                    record = from_json(data)
+                    if _expiring(record, time.time()):
+                        self._expiring[job_id] = record
                 continue
             try:
                 open_[job_id] = from_json(data)
@@ -958,8 +969,11 @@ class Follower:
         return True
 
     def _result_file(self, record: JobRecord) -> Path:
+        """``<job name>.<job id>.json``: the name alone is the same for a video's jobs in
+        every service and after a --resubmit, and one job's result would replace another's
+        (or be taken for it, by :meth:`_collected_already`)."""
         assert self.config.collect is not None
-        return self.config.collect / (_safe_name(record.name or record.job_id) + ".json")
+        return self.config.collect / f"{_safe_name(record.name)}.{_safe_name(record.job_id)}.json"
 
     # -- background tasks -----------------------------------------------------------------------
 
@@ -1031,16 +1045,14 @@ class Follower:
                             f"{record.job_id} ({record.source}) has been {record.state} for "
                             f"{(now - since) / 3600:.1f} h: stuck?"
                         )
-            if record.hosting_status == "AVAILABLE":
-                overdue = _epoch(record.hosting_overdue_at)
-                if overdue is not None and overdue - now < EXPIRING_WITHIN:
-                    stats.expiring += 1
-                    if stats.expiring <= 5:
-                        self.warn(
-                            f"{record.job_id} ({record.source}): its hosting result expires at "
-                            f"{record.hosting_overdue_at}"
-                            + ("" if self.collecting else "; save it with --collect DIR")
-                        )
+            if _expiring(record, now):
+                stats.expiring += 1
+                if stats.expiring <= 5:
+                    self.warn(
+                        f"{record.job_id} ({record.source}): its hosting result expires at "
+                        f"{record.hosting_overdue_at}"
+                        + ("" if self.collecting else "; save it with --collect DIR")
+                    )
             if record.hosting_status == "OVERDUE":
                 stats.overdue += 1
             if record.hosting_status == TOO_LARGE:

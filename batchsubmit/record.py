@@ -35,6 +35,7 @@ __all__ = [
     "JobRecord",
     "OffsetIndex",
     "RecordWriter",
+    "collectable",
     "compact",
     "is_final",
     "iter_latest",
@@ -64,6 +65,14 @@ def is_final(state: str, hosting: bool, hosting_status: str) -> bool:
     if state not in FINAL_STATES:
         return False
     return not (state == "SUCCEEDED" and hosting and hosting_status in HOSTING_PENDING)
+
+
+def collectable(state: str, hosting_status: str, overdue: float | None, now: float) -> bool:
+    """A hosting result still to be had: AVAILABLE, its job still on the service (not PRUNED
+    or LOST: the result went with it) and not past its overdue time (epoch seconds)."""
+    if hosting_status != "AVAILABLE" or state in ("PRUNED", "LOST"):
+        return False
+    return overdue is None or overdue > now
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -271,9 +272,9 @@ def _follow_config(results: Path, **settings: Any) -> FollowConfig:
     defaults["deadline"] = 10.0
     defaults.update(settings)
     defaults.setdefault("credentials", Credentials(EMULATOR_AK, EMULATOR_SK))
+    defaults.setdefault("format", "csv")
     return FollowConfig(
         results=results,
-        format="csv",
         pool=PoolSettings(concurrency=16, rate=0.0, retry=FAST_RETRY, grace=5.0),
         **defaults,
     )
@@ -714,12 +715,63 @@ async def test_collect_saves_each_result_once_and_an_expired_one_is_overdue_loud
         assert "EXPIRED before it was collected" in text
         rows = {row["job_id"]: row for row in _report(tmp_path / "r.report.csv")}
         assert [rows[i]["hosting_status"] for i in ids] == ["COLLECTED", "OVERDUE", "COLLECTED"]
-        saved = orjson.loads((collect / f"{emulator.tasks[ids[0]]['name']}.json").read_bytes())
+        name = emulator.tasks[ids[0]]["name"]
+        saved = orjson.loads((collect / f"{name}.{ids[0]}.json").read_bytes())
         assert saved["task_id"] == ids[0]
         calls = sum(emulator.calls.values())
         stats, _ = await _status(results, collect=collect)
         assert stats.calls == 0
         assert sum(emulator.calls.values()) == calls
+
+
+@pytest.mark.anyio
+async def test_collect_keeps_each_jobs_result_when_a_video_has_several_jobs(
+    tmp_path: Path,
+) -> None:
+    """The same video submitted to two services (the same job name in each): each job's
+    result is saved to a file of its own, and neither is taken for the other's."""
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1000)))
+    manifest = write_manifest(tmp_path, video_keys(1), extra=HOSTING)
+    results = tmp_path / "r.csv"
+    collect = tmp_path / "collected"
+    async with emulator.serve() as url:
+        first = config_for(manifest, url, results)
+        await run_submit(first)
+        await run_submit(replace(first, endpoint=replace(first.endpoint, service_name="other")))
+        ids = list(emulator.tasks)
+        for job_id in ids:
+            emulator.set_state(job_id, "SUCCEEDED", hosting="AVAILABLE")
+        stats, _ = await _status(results, collect=collect)
+    assert stats.collected == 2
+    files = sorted(collect.iterdir())
+    assert len(files) == 2
+    assert sorted(orjson.loads(f.read_bytes())["task_id"] for f in files) == sorted(ids)
+
+
+@pytest.mark.anyio
+async def test_a_result_gone_with_its_job_or_expired_is_neither_collected_nor_expiring(
+    tmp_path: Path,
+) -> None:
+    """A job pruned (or lost) while its record still says AVAILABLE took its result with it,
+    and one past its overdue time has expired: --follow --collect has nothing to wait for
+    (it used to pass until its deadline) and no run warns that they "expire" soon."""
+    results = tmp_path / "r.jsonl"
+    _submitted_ledger(results, ["j0", "j1", "j2"], "http://127.0.0.1:9/v2/p/services/s/tasks")
+    past = "2026-01-01T00:00:00Z"
+    soon = datetime.fromtimestamp(time.time() + 3600, UTC).isoformat().replace("+00:00", "Z")
+    with RecordWriter(record_path(results)) as writer:
+        for job_id, state, overdue in (("j0", "PRUNED", soon), ("j1", "LOST", soon),
+                                       ("j2", "SUCCEEDED", past)):  # fmt: skip
+            record = replace(_record(job_id, "SUCCEEDED", hosting=True,
+                                     hosting_status="AVAILABLE"),
+                             state=state, hosting_overdue_at=overdue)  # fmt: skip
+            writer.append(replace(record, source=f"s{job_id[1]}"))
+    for collect in (tmp_path / "collected", None):
+        started = time.monotonic()
+        stats, text = await _status(results, format="jsonl", collect=collect, deadline=3.0)
+        assert time.monotonic() - started < 2.0, text
+        assert (stats.followed, stats.calls, stats.expiring) == (0, 0, 0), text
+        assert "expires at" not in text
 
 
 @pytest.mark.anyio
