@@ -327,6 +327,31 @@ def test_results_through_a_symlink_share_the_lock(
     assert sum(live_emulator.emulator.calls.values()) == 0
 
 
+def test_a_results_file_with_a_second_hard_link_is_refused(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """A hard link is another name for the file that no lock or journal follows (they are
+    named after one name): two runs through the two names would create the same jobs twice.
+    Every command refuses it (exit 2) before any request, saying what to do."""
+    manifest = write_manifest(tmp_path, video_keys(3))
+    real = tmp_path / "out.csv"
+    real.write_text(",".join(COLUMNS) + "\r\n", encoding="utf-8")
+    os.link(real, tmp_path / "hard.csv")
+    for name in ("out.csv", "hard.csv"):
+        results = str(tmp_path / name)
+        for args in (
+            submit_args(manifest, live_emulator.url, tmp_path / name),
+            ["status", results],
+            ["prune", results, "--dry-run"],
+            ["reconcile", results],
+        ):
+            done = run_cli(*args)
+            assert done.returncode == 2, (args, done.stderr)
+            assert "2 hard links" in done.stderr
+            assert "Traceback" not in done.stderr
+    assert sum(live_emulator.emulator.calls.values()) == 0
+
+
 def test_a_zero_sized_terminal_gets_progress_lines() -> None:
     """A 0x0 terminal (cron wrappers, `script` without a size) shows lines, not a bar."""
     leader, follower = pty.openpty()

@@ -108,8 +108,21 @@ def is_terminal(stream: TextIO) -> bool:
 
 def real(path: Path) -> Path:
     """The results file itself, not the spelling typed: a symlink or another path to the same
-    file must share its lock and journal, or two runs could submit the same videos at once."""
-    return path.resolve()
+    file must share its lock and journal, or two runs could submit the same videos at once.
+    A file with a second hard link is refused: the lock and the journal are named after one
+    of its names, and a run through the other link would see neither."""
+    resolved = path.resolve()
+    try:
+        links = resolved.stat().st_nlink
+    except OSError:
+        return resolved  # not there yet (or unreadable: reading it says why)
+    if links > 1 and resolved.is_file():
+        raise UsageError(
+            f"{resolved}: the results file has {links} hard links; its lock and journal are "
+            "kept beside one name, so two runs through two links could create the same jobs "
+            "twice. Keep one name (a symlink is fine) and remove the other links"
+        )
+    return resolved
 
 
 def default_results(manifest: Path, emulated: bool, fmt: Format) -> Path:

@@ -71,7 +71,7 @@ def follow_config(
         pool=pool.settings(),
         follow=options.follow or always,
         interval=options.interval,
-        report=real(options.report) if options.report is not None else None,
+        report=options.report.resolve() if options.report is not None else None,
         collect=options.collect,
         stuck_after=options.stuck_after,
         timeout=pool.timeout,
