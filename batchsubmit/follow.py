@@ -56,7 +56,7 @@ from .record import (
     record_path,
 )
 from .results import Format, Outcome, ResultRow, iter_results, utc_now
-from .vas import service_of
+from .vas import JOB_NOT_FOUND, service_of
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -843,7 +843,7 @@ class Follower:
             self._there += absent
             self._apply(job, answer.data, shown=True)
             return
-        if answer.status == 404:
+        if answer.status == 404 and answer.error_code == JOB_NOT_FOUND:
             record = job.now
             if not record.final:
                 self._change(job, replace(record, state="LOST", checked_at=utc_now()))

@@ -39,7 +39,7 @@ from .journal import RunLock
 from .pool import Pool, PoolSettings, Stopped
 from .record import JobRecord, RecordWriter, read_record, record_path
 from .results import Format, Outcome, iter_results, utc_now
-from .vas import service_of
+from .vas import JOB_NOT_FOUND, service_of
 
 __all__ = [
     "DEFAULT_OLDER_THAN",
@@ -59,7 +59,7 @@ DEFAULT_OLDER_THAN = 24 * 3600.0  # seconds: a morning report can still read las
 DEFAULT_QUOTA = 5000
 PRUNED = "PRUNED"
 PRUNING = "PRUNING"
-GONE_CODE = "IVA.0005"  # the job does not exist: a 404 with any other code is not "gone"
+GONE_CODE = JOB_NOT_FOUND  # the job does not exist: a 404 with any other code is not "gone"
 # The hosting result is no longer on the service, never was (too large to host), or we have
 # it: deleting the job loses nothing.
 HOSTING_DONE = frozenset({"COLLECTED", "OVERDUE", "DELETED_MISTAKENLY", "EXCEED_IN_SIZE"})

@@ -14,6 +14,7 @@ __all__ = [
     "BUCKET",
     "CREATE_BODY",
     "JOB_NAME",
+    "JOB_NOT_FOUND",
     "JOB_NAME_MAX",
     "JOB_NAME_SERVED",
     "OBS_KEY_MAX_BYTES",
@@ -63,6 +64,9 @@ JOB_NAME_SERVED = re.compile(r"[A-Za-z0-9_\-\u4e00-\u9fff]{1,100}")  # what VAS 
 # with a letter or digit, no '..', '.-' or '-.', not shaped like an IP address.
 BUCKET = re.compile(r"(?!.*(?:\.\.|\.-|-\.))[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_ADDRESS = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+# VAS's "not found" (a job deleted, or never there): a 404 with any other code is the gateway's
+# (a wrong path, a service it does not route) and says nothing about the job.
+JOB_NOT_FOUND = "IVA.0005"
 OBS_KEY_MAX_BYTES = 1024  # an OBS object key is at most 1,024 bytes of UTF-8
 
 # The create body's shape: every object's fields and their JSON types, as the request models

@@ -655,6 +655,36 @@ async def test_submit_follow_takes_its_service_however_the_rows_spell_the_endpoi
 
 
 @pytest.mark.anyio
+async def test_a_404_that_is_not_vas_s_not_found_never_makes_a_job_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job missing from a sweep is confirmed LOST only by VAS's own 404 (IVA.0005); a 404
+    from the gateway (another code: a path it does not route) says nothing of the job, which
+    stays followed (a LOST job is final, never asked about again, and counts as failed)."""
+    from batchsubmit.client import VasClient
+
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1000)))
+    manifest = write_manifest(tmp_path, video_keys(2))
+    results = tmp_path / "r.csv"
+
+    async def gateway_404(_self: VasClient, _task_id: str) -> Answer:
+        return Answer(kind=Kind.FAILED, status=404, error_code="APIG.0101",
+                      error_msg="The API does not exist or has not been published")  # fmt: skip
+
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        vanished = next(iter(emulator.tasks))
+        emulator.vanish(vanished)
+        with monkeypatch.context() as patched:
+            patched.setattr(VasClient, "show", gateway_404)
+            stats, text = await _status(results, follow=False)
+        assert stats.lost == 0, text
+        assert "APIG.0101" in text
+        stats, text = await _status(results, follow=False)  # VAS's own 404 now
+    assert stats.lost == 1, text
+
+
+@pytest.mark.anyio
 async def test_a_final_job_is_not_asked_about_again_and_keeps_its_state(tmp_path: Path) -> None:
     """Once recorded final, a job costs no call; if it later vanishes it stays as recorded.
     LOST is only for a job that disappears before it was seen final. Nothing to follow: 0."""
