@@ -8,15 +8,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from .errors import UsageError
+
 __all__ = ["drop_torn_tail", "sync_dir"]
 
 _STEP = 65536  # bytes looked back at a time for the last complete line
 
 
-def drop_torn_tail(handle: IO[bytes], path: Path, warn: Callable[[str], None]) -> None:
+def drop_torn_tail(
+    handle: IO[bytes], path: Path, warn: Callable[[str], None], *, begins: bytes
+) -> None:
     """Cut a last line that a crash left without its newline (the only damage an append-only
     file of whole lines can take), saying so. Looks back in 64 KiB steps, so a torn line
-    longer than one step does not take the complete lines before it along."""
+    longer than one step does not take the complete lines before it along.
+
+    A file that is one line without a newline is cut only if that line could be the start of
+    one this file's writer writes (``begins``: the header, or how every line begins): anything
+    else is another file given by mistake, and is refused (UsageError), never truncated."""
     size = handle.seek(0, os.SEEK_END)
     if size == 0:
         return
@@ -34,6 +42,11 @@ def drop_torn_tail(handle: IO[bytes], path: Path, warn: Callable[[str], None]) -
         end = start
     handle.seek(keep)
     torn = handle.read(120)
+    if keep == 0 and torn[: len(begins)] != begins[: len(torn)]:
+        raise UsageError(
+            f"{path}: not a file batchsubmit wrote (one line without a newline: {torn[:40]!r}); "
+            "nothing was changed; pass another path"
+        )
     warn(
         f"{path}: the last line was cut short by an earlier crash; set aside "
         f"({size - keep} bytes): {torn!r}"

@@ -341,7 +341,7 @@ class RecordWriter:
             self._file: IO[bytes] = path.open("a+b", buffering=WRITE_BUFFER)
         except OSError as exc:
             raise UsageError(f"{path}: cannot open the follow record: {exc.strerror}") from None
-        drop_torn_tail(self._file, path, warn or (lambda _m: None))
+        drop_torn_tail(self._file, path, warn or (lambda _m: None), begins=b'{"job_id":')
         self._file.seek(0, os.SEEK_END)
         if created:
             sync_dir(path.parent, durable)

@@ -142,7 +142,8 @@ class ResultsWriter:
         except OSError as exc:
             raise UsageError(f"{path}: cannot open the results file: {exc.strerror}") from None
         try:
-            drop_torn_tail(self._file, path, warn)
+            first = (",".join(COLUMNS) + "\r\n").encode() if fmt == "csv" else b'{"source":'
+            drop_torn_tail(self._file, path, warn, begins=first)
             self._columns = self._header_columns() if fmt == "csv" else None
         except BaseException:
             self._file.close()
@@ -500,9 +501,11 @@ def _csv_rows(
         if not raw:
             yield number, None
             return
-        text = _text(raw, path, number)
+        text = _text(raw, path, number).rstrip("\r\n")
+        if _CONTROL.search(text):  # the writer never writes one: a NUL is damage, not a video
+            raise _damaged(path, number, "a control character (NUL, ESC...) inside the row")
         # A line without quotes splits at its commas; one with quotes is parsed alone.
-        fields = _csv_line(text, path, number) if '"' in text else text.rstrip("\r\n").split(",")
+        fields = _csv_line(text, path, number) if '"' in text else text.split(",")
         if len(fields) < width:
             if not text.strip():
                 continue  # a blank line holds no row
@@ -551,6 +554,8 @@ def _jsonl_rows(
             raise _damaged(path, number, f"no {exc.args[0]!r} key") from None
         if not all(isinstance(value, str) for value in row):
             raise _damaged(path, number, f"{', '.join(names)} must be strings")
+        if any(_CONTROL.search(value) for value in row):  # the writer never writes one
+            raise _damaged(path, number, "a control character (NUL, ESC...) in a field")
         if status not in STATUSES:
             raise _damaged(path, number, f"status {status!s:.40} is none of {', '.join(STATUSES)}")
         yield number, row

@@ -301,12 +301,27 @@ def test_torn_line_longer_than_the_scan_window(tmp_path: Path) -> None:
 
 
 def test_file_without_any_newline_is_set_aside_whole(tmp_path: Path) -> None:
-    """A file with no complete line at all is emptied (with a warning) and restarted."""
+    """A file whose only line, torn, is the start of a row is emptied (with a warning) and
+    restarted."""
     path = tmp_path / "r.jsonl"
-    path.write_bytes(b"x" * 70_000)
+    path.write_bytes(b'{"source":"obs://bkt/' + b"x" * 70_000)
     warn = write_rows(path, "jsonl", [outcome()])
     assert len(warn.messages) == 1
     assert path.read_bytes().count(b"\n") == 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_file_of_one_line_batchsubmit_never_wrote_is_refused_untouched(
+    tmp_path: Path, fmt: Format
+) -> None:
+    """`--results notes.csv` by mistake, the notes one line without a newline: it reads as
+    a torn last line, but it cannot be the start of anything batchsubmit writes, so it is
+    refused and left as it was (it used to be cut to nothing)."""
+    path = tmp_path / f"notes.{fmt}"
+    path.write_bytes(b"my precious notes, no newline")
+    with pytest.raises(UsageError, match="not a file batchsubmit wrote"):
+        ResultsWriter(path, fmt, Warnings())
+    assert path.read_bytes() == b"my precious notes, no newline"
 
 
 def test_unwritable_results_file(tmp_path: Path) -> None:
@@ -389,6 +404,8 @@ CSV_DAMAGE = [
     (b"\xff\xfe\x00\x01", "not UTF-8"),
     (b"obs://bkt/\xe8\xa7.mp4,n,,submitted,201,,,1,r,t," + SERVICE.encode() + b",False", "UTF-8"),
     (b",,,,,,,,,,,", "status"),
+    # the writer never writes a control character: a NUL in a source is damage, not a video
+    (b"obs://bkt/x\x00.mp4,n,,submitted,201,,,1,r,t," + SERVICE.encode() + b",False", "control"),
 ]
 
 
@@ -434,6 +451,7 @@ JSONL_DAMAGE = [
     (b'{"source": "s", "name": "n", "status": "weird", "service_url": "u"}', "status"),
     (b'{"source": 1, "name": "n", "status": "submitted", "service_url": "u"}', "strings"),
     (b"\xff\xfe", "not UTF-8"),
+    (b'{"source": "s\\u0000", "name": "n", "status": "submitted", "service_url": "u"}', "control"),
 ]
 
 
