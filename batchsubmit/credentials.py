@@ -189,9 +189,25 @@ def _stripped(env: Mapping[str, str], name: str) -> str:
 
 
 def _access_key(ak: str, where: str) -> str:
-    if not ak.isascii() or not ak.isprintable() or any(c.isspace() for c in ak):
+    if not _header_safe(ak):
         raise CredentialError(f"{where} does not look like an access key (letters and digits)")
     return ak
+
+
+def _security_token(token: str | None, where: str) -> str | None:
+    """A security token as it can be sent (X-Security-Token): printable ASCII, no spaces.
+    Checked when it is read, so a pasted control character is an error naming its source
+    before any request, not a crash once a job is under way. The token itself is not shown."""
+    if token and not _header_safe(token):
+        raise CredentialError(
+            f"{where} holds a character a header cannot carry (a control character, a space "
+            "or non-ASCII): paste it again"
+        )
+    return token or None
+
+
+def _header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable() and not any(c.isspace() for c in value)
 
 
 def parse_profile(text: str, path: Path) -> Profile | None:
@@ -219,7 +235,9 @@ def parse_profile(text: str, path: Path) -> Profile | None:
     return Profile(
         path=path,
         credentials=Credentials(
-            _access_key(ak, f"{path}: [basic] ak"), sk, basic.get("security_token") or None
+            _access_key(ak, f"{path}: [basic] ak"),
+            sk,
+            _security_token(basic.get("security_token"), f"{path}: [basic] security_token"),
         ),
         project_id=project,
         iam_endpoint=(basic.get("iam_endpoint") or "").rstrip("/") or None,
@@ -272,7 +290,11 @@ def find_source(
             (("HUAWEICLOUD_SDK_AK", ak), ("HUAWEICLOUD_SDK_SK", sk)),
             "an access key pair (add HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary credentials)",
         )
-        keys = Credentials(_access_key(ak, "HUAWEICLOUD_SDK_AK"), sk, token or None)
+        keys = Credentials(
+            _access_key(ak, "HUAWEICLOUD_SDK_AK"),
+            sk,
+            _security_token(token, "HUAWEICLOUD_SDK_SECURITY_TOKEN"),
+        )
         return choice(EnvKeys(keys))
     tried.append("environment: HUAWEICLOUD_SDK_AK/SK not set")
 
@@ -904,7 +926,9 @@ class _MetadataFetch:
             raise CredentialError("securitykey: access, secret or securitytoken is missing")
         ak, sk, token = (str(p).strip() for p in parts)
         expires = _local_expiry(credential, started, "securitykey")
-        keys = Credentials(_access_key(ak, "securitykey access"), sk, token)
+        keys = Credentials(
+            _access_key(ak, "securitykey access"), sk, _security_token(token, "securitykey")
+        )
         return Issued(keys, expires, started)
 
 

@@ -199,6 +199,30 @@ def test_profile_problems_are_named(tmp_path: Path) -> None:
         choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(tmp_path / "nope")}, tmp_path)
 
 
+@pytest.mark.parametrize("token", ["TOK\nX", "TOK\x01EN", "TOK EN", "TOKé"])
+def test_a_security_token_a_header_cannot_carry_is_refused_where_it_is_read(
+    tmp_path: Path, token: str
+) -> None:
+    """A pasted control character (or a space, or non-ASCII) in a security token: an error
+    naming where it came from, before any request, without the token. (It was a crash inside
+    aiohttp once the first call was signed, after the run had started.)"""
+    env = {
+        "HUAWEICLOUD_SDK_AK": "AK0",
+        "HUAWEICLOUD_SDK_SK": "sk",
+        "HUAWEICLOUD_SDK_SECURITY_TOKEN": token,
+    }
+    with pytest.raises(CredentialError, match="HUAWEICLOUD_SDK_SECURITY_TOKEN holds") as raised:
+        choose(env, tmp_path)
+    assert token not in str(raised.value)
+    path = tmp_path / "creds.ini"
+    path.write_text(f"[basic]\nak = PAK0\nsk = s\nsecurity_token = {token}\n")
+    path.chmod(0o600)
+    if token.strip() != token or "\n" in token:
+        return  # the INI format itself ends the value at a line break
+    with pytest.raises(CredentialError, match=r"\[basic\] security_token holds"):
+        choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(path)}, tmp_path)
+
+
 def test_region_of_regional_endpoints() -> None:
     assert region_of("https://iva.cn-north-4.myhuaweicloud.com") == "cn-north-4"
     assert region_of("https://IVA.ap-southeast-1.myhuaweicloud.com:443") == "ap-southeast-1"
