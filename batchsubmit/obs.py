@@ -437,7 +437,14 @@ async def list_pages(
         yield result.keys
         if not result.truncated or not result.keys:
             return
-        marker = result.next_marker or result.keys[-1]
+        following = result.next_marker or result.keys[-1]
+        if following <= marker:  # OBS lists in key order: a marker that does not move on
+            raise UsageError(  # would list the same page forever
+                f"listing {where} failed: OBS answered a truncated page whose next marker "
+                f"{following[:80]!r} does not come after {marker[:80]!r}; stopping rather than "
+                "listing forever (is the endpoint OBS?)"
+            )
+        marker = following
 
 
 async def spool_prefixes(

@@ -95,6 +95,7 @@ class FakeObs(ServerThread):
         # call number -> (status, OBS code, message) answered instead, with Retry-After: 0
         self.faults: dict[int, tuple[int, str, str]] = {}
         self.after_call: Callable[[], None] = lambda: None
+        self.stuck_marker: str | None = None  # a broken server: every page truncated, this next
         app = web.Application()
         app.router.add_get("/{bucket}", self._handle)
         super().__init__(lambda: serve_app(app))
@@ -133,6 +134,9 @@ class FakeObs(ServerThread):
         found = [k for k in self.keys if k.startswith(prefix) and k > marker]
         page, more = found[:limit], len(found) > limit
         body = "".join(f"<Contents><Key>{escape(k)}</Key></Contents>" for k in page)
+        if self.stuck_marker is not None:
+            more = True
+            body += f"<NextMarker>{escape(self.stuck_marker)}</NextMarker>"
         xml = (
             f'<ListBucketResult xmlns="{NS}"><IsTruncated>{str(more).lower()}</IsTruncated>'
             f"{body}</ListBucketResult>"
@@ -273,6 +277,17 @@ async def test_listing_error_names_the_whole_prefix_and_the_answer(fake_obs: Fak
     )
     assert "check the credentials" in message
     assert fake_obs.calls == 1
+
+
+@pytest.mark.anyio
+async def test_a_next_marker_that_does_not_move_on_stops_the_listing(fake_obs: FakeObs) -> None:
+    """A server answering every page truncated with the same NextMarker would be listed for
+    ever (the spool growing, no VAS request ever sent): the second such page is an error."""
+    fake_obs.stuck_marker = "cams/clip_00001.mp4"
+    with pytest.raises(UsageError, match="does not come after") as raised:
+        await list_all(fake_obs)
+    assert "obs://in-bucket/cams/" in str(raised.value)
+    assert fake_obs.calls == 2
 
 
 @pytest.mark.anyio
