@@ -477,9 +477,13 @@ class Follower:
                 try:
                     endpoint = endpoint_of(row.service_url, config.endpoint)
                 except ValueError as exc:
-                    bad_services.add(row.service_url)
-                    warn(f"{config.results}: {exc}; its jobs are not followed")
-                    continue
+                    # A job that cannot be followed is never recorded final, so never pruned:
+                    # it would fill the quota unseen. Only a hand edit writes such a row.
+                    raise UsageError(
+                        f"{config.results}: the submitted row of {row.source} (job {job_id}): "
+                        f"{exc}, so its job cannot be followed; repair its service_url (every "
+                        "row batchsubmit writes has one); nothing was sent"
+                    ) from None
                 if config.only_service is not None and service_of(row.service_url) != service_of(
                     config.only_service
                 ):

@@ -263,6 +263,17 @@ def test_one_report_row_per_video_its_latest_submitted_row(tmp_path: Path) -> No
     assert sorted(chosen) == [("s1", "j3"), ("s2", ""), ("s3", "j4")]
 
 
+def test_a_submitted_row_whose_service_cannot_be_read_stops_the_status(tmp_path: Path) -> None:
+    """A job that cannot be followed is never recorded final, so never pruned: a row whose
+    service_url is not a VAS tasks URL (a hand edit) stops `status` before any request,
+    naming the row; it used to be a warning, "0 jobs followed" and exit 0."""
+    results = tmp_path / "r.jsonl"
+    _submitted_ledger(results, ["j0"], "notaurl")
+    config = replace(_follow_config(results), format="jsonl")
+    with pytest.raises(UsageError, match=r"r\.jsonl: the submitted row of s0 \(job j0\)"):
+        prepare_follow(config, pytest.fail)
+
+
 # -- against the emulator, in process -------------------------------------------------------------
 
 
