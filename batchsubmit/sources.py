@@ -16,6 +16,7 @@ import mmap
 import os
 import re
 import shutil
+import stat
 import tempfile
 import weakref
 from bisect import bisect_left
@@ -390,6 +391,9 @@ class Snapshots:
             size = copy.tell()
             copy.close()
             now = os.stat(handle.fileno())
+            if not stat.S_ISREG(start.st_mode):  # a pipe (`<(obsutil ls ...)`) is read once
+                self._copies[listing] = (Path(copy.name), -1, -1)  # and cannot change after
+                return
             if (now.st_size, now.st_mtime_ns) != (size, start.st_mtime_ns):
                 raise ManifestError(
                     str(listing),
@@ -401,7 +405,7 @@ class Snapshots:
     def changed(self, listing: Path) -> bool:
         """True once, if ``listing`` is no longer what the first pass read."""
         copy = self._copies.get(listing)
-        if copy is None or listing in self._changed:
+        if copy is None or copy[1] < 0 or listing in self._changed:
             return False
         try:
             now = listing.stat()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -517,6 +519,31 @@ def test_listing_growing_while_the_first_pass_reads_it_is_an_error(tmp_path: Pat
         find_repeats(make_manifest(tmp_path, source), each=append_once)
     assert info.value.where == str(listing_path)
     assert "changed while" in info.value.what
+
+
+def test_a_listing_piped_in_is_read_once_into_its_snapshot(tmp_path: Path) -> None:
+    """`listing = "/dev/fd/63"` from `<(obsutil ls ...)`: a pipe can be read once, so every
+    pass reads the first pass's copy; its size (0 for a pipe) is no sign of a change. It
+    used to fail with "the listing changed while batchsubmit was reading it"."""
+    fifo = tmp_path / "listing.fifo"
+    os.mkfifo(fifo)
+    lines = "".join(f"obs://bkt/{i}.mp4\n" for i in range(50))
+
+    def feed() -> None:
+        with fifo.open("w") as handle:
+            handle.write(lines)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    manifest = make_manifest(
+        tmp_path, Source(where="source[0]", listing=fifo, paths=(), include=(), exclude=())
+    )
+    repeats = find_repeats(manifest)
+    writer.join()
+    warn = Warnings()
+    passes = [[r.url for r in iter_objects(manifest, ExpandStats(), warn, repeats)] for _ in "ab"]
+    assert passes[0] == passes[1] == [f"obs://bkt/{i}.mp4" for i in range(50)]
+    assert warn.messages == []
 
 
 def test_a_listing_named_twice_reads_one_snapshot(tmp_path: Path) -> None:
