@@ -5,9 +5,10 @@ Two limits hold at once:
 
 * pacing by GCRA (the generic cell rate algorithm): starts are spaced ``1/rate`` apart, with a
   tolerance of one interval, so a run never bursts at its start or after a pause;
-* a sliding-window log: never more than ``rate`` starts within ``WINDOW + GUARD`` seconds, so the
-  gateway, which counts calls per second as they arrive, never sees more than its limit even when
-  network jitter bunches our calls up.
+* a sliding-window log: never more than ``rate`` starts within ``WINDOW + GUARD`` seconds (one
+  start per interval when the rate is below one a second), so the gateway, which counts calls
+  per second as they arrive, never sees more than its limit even when network jitter bunches
+  our calls up.
 
 The rate adapts by AIMD (additive increase, multiplicative decrease, as TCP's congestion control):
 a 429 multiplies it by ``decrease`` (at most once per ``cooldown``); after ``quiet`` seconds without
@@ -88,14 +89,20 @@ class RateController:
         wait = self._tat - 1.0 / self.rate - now
         allowed = max(1, int(self.rate))
         if len(self._starts) >= allowed:
-            wait = max(wait, self._starts[-allowed] + WINDOW + GUARD - now)
+            wait = max(wait, self._starts[-allowed] + self._span() + GUARD - now)
         return wait
+
+    def _span(self) -> float:
+        """The sliding window: a second, or one interval when the rate is below one a second
+        (GCRA's tolerance alone would let a second call start at once: two in a second at
+        ``--rate 0.01``)."""
+        return WINDOW if self.rate >= 1 else 1.0 / self.rate
 
     def started(self, now: float) -> None:
         """Record a call that starts now."""
         starts = self._starts
         starts.append(now)
-        horizon = now - WINDOW - GUARD
+        horizon = now - self._span() - GUARD
         while starts[0] <= horizon:
             starts.popleft()
         if self.rate != math.inf:

@@ -92,6 +92,15 @@ def test_fractional_rates_never_exceed_the_rate(rate: float) -> None:
     assert len(starts) <= rate * 20.0 + 1
 
 
+@pytest.mark.parametrize("rate", [0.01, 0.1, 0.5, 0.9])
+def test_a_rate_below_one_a_second_spaces_every_start_by_its_interval(rate: float) -> None:
+    """`--rate 0.01` is one call per 100 s from the first: GCRA's tolerance of one interval
+    let the second call start a second after the first (the window then was one second)."""
+    starts = Sim(RateController(rate, SETTINGS)).run(T0 + 20.0 / rate)
+    assert most_in_window(starts, 1.0 / rate) == 1
+    assert len(starts) >= 19
+
+
 @pytest.mark.parametrize("rate", [5, 10, 50, 200])
 @pytest.mark.parametrize("clock", [0.0, 1e6 + 0.3])
 def test_no_burst_at_start(rate: int, clock: float) -> None:
