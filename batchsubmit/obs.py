@@ -434,6 +434,12 @@ async def list_pages(
                 raise UsageError(f"listing {where} failed: {problem(answer)}{tail}")
             raise UsageError(f"listing {where} failed {tries} times: {problem(answer)}")
         result: ListPage = answer.data
+        stray = next((key for key in result.keys if not key.startswith(prefix)), None)
+        if stray is not None:  # each key would become a job nobody asked for
+            raise UsageError(
+                f"listing {where} failed: OBS answered the key {stray[:120]!r}, which is not "
+                "under that prefix; nothing was sent to VAS (is the endpoint OBS?)"
+            )
         yield result.keys
         if not result.truncated or not result.keys:
             return

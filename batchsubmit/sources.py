@@ -60,7 +60,7 @@ _OBSUTIL_NOISE = re.compile(
     r"File number is:|Object number is:|Bucket number is:)"
 )
 _NEXT_MARKER = "Next marker is:"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (U+0085 is a line break)
 
 
 class LineKind(Enum):

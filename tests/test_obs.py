@@ -96,6 +96,7 @@ class FakeObs(ServerThread):
         self.faults: dict[int, tuple[int, str, str]] = {}
         self.after_call: Callable[[], None] = lambda: None
         self.stuck_marker: str | None = None  # a broken server: every page truncated, this next
+        self.stray_keys: list[str] = []  # a broken server: keys outside the prefix on each page
         app = web.Application()
         app.router.add_get("/{bucket}", self._handle)
         super().__init__(lambda: serve_app(app))
@@ -134,6 +135,7 @@ class FakeObs(ServerThread):
         found = [k for k in self.keys if k.startswith(prefix) and k > marker]
         page, more = found[:limit], len(found) > limit
         body = "".join(f"<Contents><Key>{escape(k)}</Key></Contents>" for k in page)
+        body += "".join(f"<Contents><Key>{escape(k)}</Key></Contents>" for k in self.stray_keys)
         if self.stuck_marker is not None:
             more = True
             body += f"<NextMarker>{escape(self.stuck_marker)}</NextMarker>"
@@ -277,6 +279,16 @@ async def test_listing_error_names_the_whole_prefix_and_the_answer(fake_obs: Fak
     )
     assert "check the credentials" in message
     assert fake_obs.calls == 1
+
+
+@pytest.mark.parametrize("stray", ["other/x.mp4", "cams", "../../y.mp4"])
+@pytest.mark.anyio
+async def test_a_key_outside_the_prefix_stops_the_listing(fake_obs: FakeObs, stray: str) -> None:
+    """A key OBS should not have answered for the prefix would be a job nobody asked for."""
+    fake_obs.stray_keys = [stray]
+    with pytest.raises(UsageError, match="not under that prefix") as raised:
+        await list_all(fake_obs)
+    assert repr(stray) in str(raised.value)
 
 
 @pytest.mark.anyio

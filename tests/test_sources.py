@@ -391,6 +391,7 @@ def test_untruncated_listing_does_not_warn(tmp_path: Path) -> None:
         (b"obs://bkt/a.mp4\nobs://bkt/caf\xe9.mp4\n", 2, "not UTF-8"),
         (b"obs://bkt/a.mp4\n\nthis is not a path\n", 3, "obsutil"),
         (b"obs://bkt/a.mp4\nobs://bkt/a\x00.mp4\n", 2, "control character"),
+        ("obs://bkt/a.mp4\nobs://bkt/a\x85b.mp4\n".encode(), 2, "control character"),  # C1 NEL
         (b"obs://BKT/a.mp4\n", 1, "not a valid OBS bucket name"),
         (b"obs://bkt/a.mp4\nobs://x/a.mp4\n", 2, "not a valid OBS bucket name"),
         (b"\xff\xfeo\x00b\x00s\x00", 1, "not UTF-8"),
