@@ -6,16 +6,17 @@ from the results file, and the next run looks those jobs up by name before creat
 Intents come in batches (the pool journals the next ``concurrency`` jobs at once, ahead of
 their calls), and each batch costs one write and one fdatasync. The file is compacted to the
 still-open intents every ``CHECKPOINT`` intents, after the results file itself has been
-synced, so it stays small on long runs.
+synced, so it stays small on long runs. Read back, only a torn last line (a crash mid-write)
+is set aside: any other damage stops the run, since an intent skipped is a video created twice.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import anyio
 import anyio.to_thread
@@ -30,39 +31,71 @@ CHECKPOINT = 10_000
 
 
 def journal_services(path: Path) -> set[str]:
-    """The services a journal's intents were made for (their ``service_url``)."""
-    found: set[str] = set()
-    try:
-        with path.open("rb") as handle:
-            for line in handle:
-                try:
-                    found.add(str(orjson.loads(line)["service_url"]))
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    continue
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the journal: {exc.strerror}") from None
-    return found
+    """The services a journal's intents were made for (their ``service_url``); raises
+    UsageError, as :func:`read_intents` does, for a damaged line before the last."""
+    return {
+        entry["service_url"]
+        for entry in _entries(path, lambda _message: None)
+        if entry.get("service_url")
+    }
 
 
 def read_intents(path: Path, warn: Callable[[str], None]) -> dict[str, str]:
-    """The intents a journal holds, source to job name; a torn last line is skipped."""
-    intents: dict[str, str] = {}
+    """The intents a journal holds, source to job name. A torn last line (a crash mid-write)
+    is skipped with a warning; any other unreadable line raises UsageError naming it."""
+    return {entry["source"]: entry["name"] for entry in _entries(path, warn)}
+
+
+_REPAIR = (
+    "nothing was sent: a journal read in part forgets an intent whose job may exist, and "
+    "the video would be created again. Repair that line (an intent is one JSON object a line, "
+    '{"source": "obs://...", "name": "<job name>"}, as batchsubmit wrote it), or delete it '
+    "once you have checked that VAS has no job of that name; deleting the line of a job that "
+    "exists creates its video a second time"
+)
+
+
+def _damaged(path: Path, number: int, what: str) -> UsageError:
+    return UsageError(f"{path}:{number}: {what}; {_REPAIR}")
+
+
+def _entries(path: Path, warn: Callable[[str], None]) -> Iterator[dict[str, str]]:
+    """Each intent line as a dict of strings (``source``, ``name``, maybe ``service_url``).
+    Only a last line without its newline can be a crash's doing: unreadable, it is skipped
+    with a warning. Damage anywhere else means lost intents, and raises."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
-        return intents
+        return
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the journal: {exc.strerror}") from None
     with handle:
         for number, line in enumerate(handle, 1):
-            try:
-                data = orjson.loads(line)
-                intents[str(data["source"])] = str(data["name"])
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                warn(f"{path}:{number}: unreadable journal line skipped (cut short by a crash?)")
-    return intents
+            problem, entry = _intent(line)
+            if entry is not None:
+                yield entry
+            elif problem and not line.endswith(b"\n"):
+                warn(f"{path}:{number}: the last line was cut short by a crash; skipped")
+            elif problem:
+                raise _damaged(path, number, problem)
+
+
+def _intent(line: bytes) -> tuple[str, dict[str, str] | None]:
+    """(what is wrong, "" for a blank line; the intent, or None) of one journal line."""
+    if not line.strip():
+        return "", None
+    try:
+        data: Any = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return f"not a JSON object ({exc})", None
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an intent", None
+    for key in ("source", "name"):
+        if not isinstance(data.get(key), str):
+            return f"no {key!r} string", None
+    if not isinstance(data.get("service_url", ""), str):
+        return "'service_url' is not a string", None
+    return "", data
 
 
 class Journal:

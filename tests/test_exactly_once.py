@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchsubmit.emulator import Emulator, Faults
+from batchsubmit.emulator import EMULATOR_PROJECT_ID, Emulator, Faults
 from batchsubmit.jobs import JobSpec, SpecBuilder
 from batchsubmit.manifest import load_manifest
 from batchsubmit.results import COLUMNS
@@ -25,6 +25,7 @@ from .helpers import (
     cli,
     cli_env,
     config_for,
+    emulator_client,
     job_ids,
     run_cli,
     run_submit,
@@ -332,3 +333,34 @@ async def test_two_jobs_for_one_video_the_oldest_is_recorded_and_the_next_run_re
     assert rows[(first.source, "submitted")] == older
     assert rows[(first.source, "duplicate")] == newer
     assert (again.submitted, again.skipped, again.fatal) == (0, 3, None)
+
+
+@pytest.mark.parametrize("command", ["submit", "reconcile"])
+def test_a_damaged_journal_line_stops_the_run_before_any_request(
+    tmp_path: Path, live_emulator: LiveEmulator, command: str
+) -> None:
+    """The review's case: a killed run created a video's job, and its intent's line was damaged
+    in the middle of the journal. Skipping the line forgot the intent and created the video a
+    second time; now the run stops (exit 2, file:line) and sends nothing."""
+    _keys, manifest, spec = _videos_and_first_spec(tmp_path, 3)
+    emulator = live_emulator.emulator
+    with emulator_client(live_emulator.url) as create:
+        create(spec.body)
+    results = tmp_path / "r.csv"
+    journal = results.with_name(results.name + ".journal")
+    results.write_text(",".join(COLUMNS) + "\r\n", encoding="utf-8")
+    tasks = f"{live_emulator.url}/v2/{EMULATOR_PROJECT_ID}/services/video-analyze/tasks"
+    intact = orjson.dumps({"source": "obs://in-bucket/x.mp4", "name": "x", "service_url": tasks})
+    damaged = orjson.dumps({"source": spec.source, "name": spec.name})[:-9]
+    journal.write_bytes(b"\n".join([intact, damaged, intact, b""]))
+    calls = sum(emulator.calls.values())
+    if command == "submit":
+        done = run_cli(*submit_args(manifest, live_emulator.url, results))
+    else:
+        done = run_cli("reconcile", str(results))
+    assert done.returncode == 2, done.stderr
+    assert f"{journal}:2: not a JSON object" in done.stderr
+    assert "nothing was sent" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sum(emulator.calls.values()) == calls
+    assert len(emulator.tasks) == 1

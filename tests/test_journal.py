@@ -13,7 +13,7 @@ import pytest
 
 from batchsubmit import journal as journal_module
 from batchsubmit.errors import LockedError, UsageError
-from batchsubmit.journal import Journal, RunLock, read_intents
+from batchsubmit.journal import Journal, RunLock, journal_services, read_intents
 
 
 class Warnings:
@@ -235,27 +235,76 @@ def test_read_intents_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "expected", "bad_lines"),
+    ("content", "expected", "torn"),
     [
-        (b'{"source":"a","name":"1"}\n{"source":"b","name":"2"}\n', {"a": "1", "b": "2"}, []),
-        (b'{"source":"a","name":"1"}\n{"source":"b","na', {"a": "1"}, [2]),
-        (b'{"source":"a","name":"1"}\n{"source":"a","name":"2"}\n', {"a": "2"}, []),
-        (b'garbage\n{"source":"a","name":"1"}\n', {"a": "1"}, [1]),
-        (b'{"source":"a"}\n[1]\nnull\n{"source":"b","name":"2"}\n', {"b": "2"}, [1, 2, 3]),
-        (b'\xff\xfe\n{"source":"a","name":"1"}\n', {"a": "1"}, [1]),
-        (b"", {}, []),
+        (b'{"source":"a","name":"1"}\n{"source":"b","name":"2"}\n', {"a": "1", "b": "2"}, False),
+        (b'{"source":"a","name":"1"}\n{"source":"b","na', {"a": "1"}, True),
+        (b'{"source":"a","name":"1"}\n{"source":"b","name":"2"}', {"a": "1", "b": "2"}, False),
+        (b'{"source":"a","name":"1"}\n{"source":"a","name":"2"}\n', {"a": "2"}, False),
+        (b'{"source":"a","name":"1"}\n\n{"source":"b","name":"2"}\n', {"a": "1", "b": "2"}, False),
+        (b'{"source":"a","name":"1"}\n\xff\xfe', {"a": "1"}, True),
+        (b"", {}, False),
     ],
 )
-def test_read_intents_tolerates_damage(
-    tmp_path: Path, content: bytes, expected: dict[str, str], bad_lines: list[int]
+def test_read_intents_skips_only_a_torn_last_line(
+    tmp_path: Path, content: bytes, expected: dict[str, str], torn: bool
 ) -> None:
-    """A torn last line or a garbage line is skipped with a warning naming file:line."""
+    """A last line a crash cut short is skipped with a warning naming file:line; a complete
+    last line without its newline is an intent all the same."""
     path = tmp_path / "j"
     path.write_bytes(content)
     warn = Warnings()
     assert read_intents(path, warn) == expected
-    assert [m.split(":", 2)[1] for m in warn.messages] == [str(n) for n in bad_lines]
-    assert all(m.startswith(f"{path}:") for m in warn.messages)
+    lines = content.count(b"\n") + 1
+    assert warn.messages == (
+        [f"{path}:{lines}: the last line was cut short by a crash; skipped"] if torn else []
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "number", "what"),
+    [
+        (b'garbage\n{"source":"a","name":"1"}\n', 1, "not a JSON object"),
+        (
+            b'{"source":"a","name":"1"}\n{"source":"b","na\n{"source":"c","name":"3"}\n',
+            2,
+            "not a JSON",
+        ),
+        (b'{"source":"a"}\n{"source":"b","name":"2"}\n', 1, "no 'name' string"),
+        (b'{"source":"b","name":"2"}\n[1]\n', 2, "a JSON list, not an intent"),
+        (b'{"source":"b","name":"2"}\nnull\n', 2, "a JSON NoneType, not an intent"),
+        (b'{"source":7,"name":"2"}\n', 1, "no 'source' string"),
+        (b'{"source":"a","name":"1","service_url":5}\n', 1, "'service_url' is not a string"),
+        (b'\xff\xfe\n{"source":"a","name":"1"}\n', 1, "not a JSON object"),
+    ],
+)
+def test_a_damaged_journal_line_before_the_last_stops_the_run(
+    tmp_path: Path, content: bytes, number: int, what: str
+) -> None:
+    """Damage anywhere but a torn last line is an intent lost: skipping it would create that
+    video again without looking it up, so reading the journal raises UsageError (exit 2)
+    naming file:line, what is wrong and what to do, before any request."""
+    path = tmp_path / "j"
+    path.write_bytes(content)
+    for read in (lambda: read_intents(path, Warnings()), lambda: journal_services(path)):
+        with pytest.raises(UsageError) as caught:
+            read()
+        message = str(caught.value)
+        assert message.startswith(f"{path}:{number}: {what}")
+        assert "nothing was sent" in message
+        assert "Repair that line" in message
+        assert caught.value.exit_code == 2
+
+
+def test_journal_services_reads_every_intents_service(tmp_path: Path) -> None:
+    """Each line's service_url, and none for a line made without one."""
+    path = tmp_path / "j"
+    path.write_bytes(
+        b'{"source":"a","name":"1","service_url":"http://x/v2/p/services/s/tasks"}\n'
+        b'{"source":"b","name":"2"}\n{"source":"c","na'
+    )
+    assert journal_services(path) == {"http://x/v2/p/services/s/tasks"}
+    assert journal_services(tmp_path / "none") == set()
 
 
 # -- RunLock ------------------------------------------------------------------------------------
