@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from .vas import usable_task_id
+
 __all__ = [
     "ERROR_CAP",
     "MESSAGE_CAP",
@@ -263,7 +265,7 @@ def _classify(status: int, headers: Mapping[str, str], body: bytes, *, create: b
             kind=Kind.AMBIGUOUS,
             status=status,
             request_id=request_id,
-            error_msg=f"created, but the answer has no job id: {body[:ERROR_CAP]!r}",
+            error_msg=f"created, but the answer has no usable job id: {body[:ERROR_CAP]!r}",
         )
     code, msg, body_request_id = parse_error(body)
     request_id = request_id or body_request_id
@@ -332,8 +334,10 @@ def _header_hint(headers: Mapping[str, str]) -> float | None:
 
 
 def _created_id(data: Any) -> str:
+    """The created job's id; "" when there is none that could be one (:func:`usable_task_id`):
+    the job probably exists, and is looked up by name rather than recorded under a bad id."""
     if isinstance(data, list) and data and isinstance(data[0], dict):
         data = data[0]
-    if isinstance(data, dict) and isinstance(data.get("id"), str):
+    if isinstance(data, dict) and usable_task_id(data.get("id")):
         return str(data["id"])
     return ""

@@ -206,14 +206,14 @@ class VasClient:
 
     async def show(self, task_id: str) -> Answer:
         """One task's details (the only call that returns ``hosting_result``)."""
-        path = f"{self._path}/{quote(task_id)}"
-        url = URL(f"{self._url}/{quote(task_id)}", encoded=True)
+        path = f"{self._path}/{quote(task_id, safe='')}"
+        url = URL(f"{self._url}/{quote(task_id, safe='')}", encoded=True)
         return await self._signed("GET", path, None, url, b"", create=False)
 
     async def delete(self, task_id: str) -> Answer:
         """Delete one task (202, asynchronous; 404 means it is already gone)."""
-        path = f"{self._path}/{quote(task_id)}"
-        url = URL(f"{self._url}/{quote(task_id)}", encoded=True)
+        path = f"{self._path}/{quote(task_id, safe='')}"
+        url = URL(f"{self._url}/{quote(task_id, safe='')}", encoded=True)
         return await self._signed("DELETE", path, None, url, b"", create=False)
 
     async def _send(

@@ -25,6 +25,7 @@ __all__ = [
     "SERVICE_VERSION",
     "TASK_ID",
     "TASK_ID_PATTERN",
+    "TASK_ID_USABLE",
     "ServiceIdentity",
     "Shape",
     "body_problem",
@@ -32,6 +33,7 @@ __all__ = [
     "region_of",
     "service_identity",
     "service_of",
+    "usable_task_id",
     "valid_bucket",
 ]
 
@@ -56,6 +58,11 @@ REGION = re.compile(r"[a-z]{2,}(-[a-z0-9]+)+")  # e.g. cn-north-4
 # What show answers 400 for (VAS's own pattern): a 32-hex id or "task" and 8 word characters.
 TASK_ID_PATTERN = r"^[0-9a-f]{32}|task\w{8}$"  # as VAS's 400 quotes it
 TASK_ID = re.compile(r"[0-9a-f]{32}|task\w{8}", re.ASCII)
+# What a job id from the server must be before it is recorded or put in a path. Not TASK_ID:
+# the ids VAS really hands out might differ from what it documents. Only what cannot be an id
+# is refused: empty, over 64 characters, or anything but ASCII letters, digits, '_' and '-'
+# ('/', '.', '%', white space, control characters...), so an id never climbs out of its path.
+TASK_ID_USABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 JOB_NAME_MAX = 100
 # Job names as batchsubmit makes them (VAS also takes CJK characters; we never write them).
 JOB_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -205,6 +212,11 @@ def normalise_base_url(url: str) -> str:
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         host = f"{host}:{port}"
     return f"{scheme}://{host}"
+
+
+def usable_task_id(value: object) -> bool:
+    """Whether a job id from the server can be recorded and used in a path (TASK_ID_USABLE)."""
+    return isinstance(value, str) and TASK_ID_USABLE.fullmatch(value) is not None
 
 
 def region_of(base_url: str) -> str | None:

@@ -58,8 +58,43 @@ def test_created_without_id_is_ambiguous(body: bytes) -> None:
     answer = classify(201, {"X-Request-Id": RID}, body, create=True)
     assert answer.kind is Kind.AMBIGUOUS
     assert answer.job_id == ""
-    assert "no job id" in answer.error_msg
+    assert "no usable job id" in answer.error_msg
     assert answer.request_id == RID
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        "../../../v3/evil",
+        "a/b",
+        "..",
+        ".",
+        "a b",
+        " " + JOB_ID,
+        JOB_ID + "\n",
+        "a\x1b[31m",
+        "a%2F",
+        "x" * 65,
+        "é" * 8,
+        "a?b",
+        "a#b",
+    ],
+)
+def test_created_with_an_id_that_cannot_be_one_is_ambiguous(job_id: str) -> None:
+    """A 201 whose id could not be a job id (it would climb out of the path status and prune
+    build from it): the job probably exists, so it is AMBIGUOUS and looked up by name, never
+    recorded under that id."""
+    answer = classify(201, {}, orjson.dumps([{"id": job_id}]), create=True)
+    assert answer.kind is Kind.AMBIGUOUS
+    assert answer.job_id == ""
+    assert "no usable job id" in answer.error_msg
+
+
+@pytest.mark.parametrize("job_id", [JOB_ID, "taskABCD_123", "Task-1", "x" * 64, "0"])
+def test_created_ids_outside_the_documented_pattern_are_taken(job_id: str) -> None:
+    """Real ids might differ from VAS's documented pattern: anything that can be one is kept."""
+    answer = classify(201, {}, orjson.dumps([{"id": job_id}]), create=True)
+    assert (answer.kind, answer.job_id) == (Kind.CREATED, job_id)
 
 
 def test_read_ok_keeps_data() -> None:

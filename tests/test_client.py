@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import aiohttp.abc
@@ -78,6 +79,25 @@ async def test_request_carries_signature_headers_and_body() -> None:
     signed = seen["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
     assert "user-agent" not in signed  # proxies may rewrite these two
     assert "accept-encoding" not in signed
+
+
+@pytest.mark.parametrize("task_id", ["../../../v3/evil", "a/b?c#d", "a%2Fb"])
+async def test_a_job_id_is_one_path_segment_whatever_it_holds(task_id: str) -> None:
+    """show and delete quote the id whole: an id from an old row with '/' in it stays the last
+    segment of the tasks path, and never reaches another path on the service."""
+    seen: list[tuple[str, str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.method, request.raw_path))
+        return web.json_response({}, status=404)
+
+    async with serving(handler) as client:
+        await client.show(task_id)
+        await client.delete(task_id)
+    tasks = f"/v2/{'p' * 32}/services/video-analyze/tasks/"
+    segment = quote(task_id, safe="")
+    assert "/" not in segment
+    assert seen == [("GET", tasks + segment), ("DELETE", tasks + segment)]
 
 
 async def test_a_compressed_answer_is_still_read() -> None:

@@ -11,6 +11,7 @@ from batchsubmit.vas import (
     normalise_base_url,
     region_of,
     service_identity,
+    usable_task_id,
     valid_bucket,
 )
 
@@ -86,6 +87,10 @@ def test_formats() -> None:
     assert TASK_ID.fullmatch(PROJECT)
     assert TASK_ID.fullmatch("taskABCD_123")
     assert not TASK_ID.fullmatch("task-123")
+    for usable in (PROJECT, "taskABCD_123", "task-123", "A" * 64, "_"):
+        assert usable_task_id(usable), usable
+    for unusable in ("", "A" * 65, "../x", "a.b", "a b", "a\n", "\x1b", "\x85", "é", 5, None):
+        assert not usable_task_id(unusable), unusable
     assert JOB_NAME.fullmatch("a" * 100)
     assert not JOB_NAME.fullmatch("a" * 101)
     assert valid_bucket("my-bucket.1")
