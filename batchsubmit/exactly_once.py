@@ -12,7 +12,9 @@
    late, or a list that shows new jobs a few seconds late, is then found, not duplicated.
 5. **Lookup.** By name, ``lookup_tries`` times, ``lookup_spacing`` apart, matching the input
    too (a same-named job for another video is not ours). Found: ``submitted`` (reconciled).
-   The lookup failed: ``unknown``, never sent again in this run. Absent: created again.
+   The lookup failed: ``unknown``, never sent again in this run. Absent: created again. A page
+   that is not ``{count, tasks: [jobs]}``, or holds a job that could be ours but cannot be
+   read or has an id that cannot be one, is a failed call (:func:`read_page`), never "absent".
 6. **Row.** :class:`~batchsubmit.outcomes.Rows` writes it; the journal then lets the intent go.
 
 And around them:
@@ -31,7 +33,7 @@ And around them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeAlias
 
 import anyio
@@ -40,8 +42,9 @@ from .answers import QUOTA, Answer, Kind
 from .engine.gate import Gate, Rest, Stopped
 from .jobs import JobSpec
 from .outcomes import DUPLICATE, INTERRUPTED, NOT_CREATED, JobLimit, Journal, Rows
+from .vas import usable_task_id
 
-__all__ = ["Api", "Lookup", "Once", "Work"]
+__all__ = ["Api", "Lookup", "Once", "Page", "Work", "read_page"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,24 +322,34 @@ class Once:
         offset = 0
         matches: list[tuple[str, str]] = []
         while True:
-            answer = await self._gate.call(self._api.list_page, name, offset, rest=self._rest)
+            answer = await self._gate.call(
+                self._lookup_page, name, bucket, key, offset, rest=self._rest
+            )
             if answer.kind is not Kind.OK:
                 return None, answer
-            data = answer.data if isinstance(answer.data, dict) else {}
-            tasks = data.get("tasks") or []
-            for task in tasks:
-                if (
-                    isinstance(task, dict)
-                    and task.get("name") == name
-                    and _reads(task, bucket, key)
-                ):
-                    matches.append((str(task.get("created_at", "")), str(task.get("id", ""))))
-            offset += len(tasks)
-            count = data.get("count")
-            if not tasks or not isinstance(count, int) or offset >= count:
+            page: Page = answer.data
+            matches += page.matches
+            offset += page.tasks
+            if not page.tasks or offset >= page.count:
                 break
         self._stats.lookups += 1
         return matches, None
+
+    async def _lookup_page(self, name: str, bucket: str, key: str, offset: int) -> Answer:
+        """One page of the lookup, read (:func:`read_page`): an answer it cannot read is a call
+        that failed (retried, then the job's outcome stays unknown), never "no such job"."""
+        answer = await self._api.list_page(name, offset)
+        if answer.kind is not Kind.OK:
+            return answer
+        page = read_page(answer.data, name, bucket, key)
+        if isinstance(page, str):
+            return Answer(
+                kind=Kind.UNAVAILABLE,
+                status=answer.status,
+                request_id=answer.request_id,
+                error_msg=f"unusable answer to the lookup by name: {page}",
+            )
+        return replace(answer, data=page)
 
     # -- 6. rows ----------------------------------------------------------------------------
 
@@ -362,13 +375,62 @@ class Once:
             self._rows.write(source, name, "duplicate", extra, 0)
 
 
-def _reads(task: dict[str, Any], bucket: str, key: str) -> bool:
-    """Whether a listed task's input is this source (a same-named job for another video is not)."""
-    data = (task.get("input") or {}).get("data") or []
-    return any(
-        isinstance(item, dict) and item.get("bucket") == bucket and item.get("path") == key
-        for item in data
-    )
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What one page of a lookup by name says: ``count`` jobs match the name in all, ``tasks``
+    are on this page, and ``matches`` (created_at, id) are this video's job."""
+
+    count: int
+    tasks: int
+    matches: list[tuple[str, str]]
+
+
+def read_page(data: Any, name: str, bucket: str, key: str) -> Page | str:
+    """A lookup page (``{"count": int, "tasks": [TaskDetails...]}``) read for the job ``name``
+    reading ``bucket``/``key``, or what makes it unusable. Fail closed: a task that could be
+    this job but cannot be read, or whose id cannot be one, spoils the page (skipping it could
+    create the video a second time); only a task whose name is another's is passed over."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    count, tasks = data.get("count"), data.get("tasks")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return "no 'count' number"
+    if not isinstance(tasks, list):
+        return "no 'tasks' list"
+    matches: list[tuple[str, str]] = []
+    for number, task in enumerate(tasks):
+        if not isinstance(task, dict) or not isinstance(task.get("name"), str):
+            return f"task {number} has no 'name' string"
+        if task["name"] != name:
+            continue  # name_like matches parts of names: another job's
+        reads = _reads(task, bucket, key)
+        if reads is None:
+            return f"task {number} is named {name} and its 'input' cannot be read"
+        if not reads:
+            continue  # the same name for another video
+        job_id, created_at = task.get("id"), task.get("created_at")
+        if not usable_task_id(job_id):
+            return f"task {number} is this video's job but its id {_shown(job_id)} cannot be one"
+        if not isinstance(created_at, str):
+            return f"task {number} is this video's job but has no 'created_at' string"
+        matches.append((created_at, str(job_id)))
+    return Page(count, len(tasks), matches)
+
+
+def _reads(task: dict[str, Any], bucket: str, key: str) -> bool | None:
+    """Whether a listed task's input is this source (a same-named job for another video is
+    not); None when its input is not ``{"data": [objects...]}``: it might be."""
+    given = task.get("input")
+    data = given.get("data") if isinstance(given, dict) else None
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        return None
+    return any(item.get("bucket") == bucket and item.get("path") == key for item in data)
+
+
+def _shown(value: Any) -> str:
+    """A value from the service, quoted and cut short for a message (repr escapes controls)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _interrupted() -> Answer:

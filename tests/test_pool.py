@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from batchsubmit import pool as pool_module
-from batchsubmit.answers import Answer, Kind
+from batchsubmit.answers import Answer, Kind, classify
 from batchsubmit.errors import ManifestError
 from batchsubmit.jobs import JobSpec
 from batchsubmit.pool import NOT_CREATED, Lookup, Pool, PoolSettings
@@ -25,6 +25,7 @@ from .helpers import FAST_RETRY
 pytestmark = pytest.mark.anyio
 
 SERVICE = "http://fake/v2/p/services/s/tasks"
+BAD_ID = "../../../v3/evil"
 
 
 def spec(i: int) -> JobSpec:
@@ -49,6 +50,7 @@ class FakeService:
     latency: float = 0.0
     slow_from: int = 1  # calls from this number on take ``latency`` seconds
     list_lag: int = 0  # a new job shows in lists only after this many list calls
+    page: Any = None  # when set, every list answers 200 with this body instead
     ids: itertools.count[int] = field(default_factory=itertools.count)
 
     async def create(self, body: bytes) -> Answer:
@@ -60,8 +62,8 @@ class FakeService:
                 await anyio.sleep(self.latency)
             data = orjson.loads(body)
             fate = self.script(self.creates, data)
-            if fate in ("ok", "lost"):
-                job_id = f"id{next(self.ids)}"
+            if fate in ("ok", "lost", "bad id"):
+                job_id = f"id{next(self.ids)}" if fate != "bad id" else BAD_ID
                 self.jobs.append(
                     {
                         "id": job_id,
@@ -73,6 +75,8 @@ class FakeService:
                 )
                 if fate == "ok":
                     return Answer(kind=Kind.CREATED, status=201, job_id=job_id)
+                if fate == "bad id":
+                    return classify(201, {}, orjson.dumps([{"id": job_id}]), create=True)
                 return Answer(kind=Kind.AMBIGUOUS, error_code="CONNECTION", error_msg="reset")
             return {
                 "503": Answer(kind=Kind.UNAVAILABLE, status=503, error_code="IVA.0010"),
@@ -110,6 +114,8 @@ class FakeService:
         self.lists += 1
         if self.list_fails:
             return Answer(kind=Kind.UNAVAILABLE, status=503, error_code="IVA.0010")
+        if self.page is not None:
+            return Answer(kind=Kind.OK, status=200, data=self.page)
         found = [
             job
             for job in self.jobs
@@ -214,6 +220,103 @@ async def test_failed_lookup_records_unknown_and_never_resends() -> None:
     ).run(iter([spec(1)]))
     assert service.creates == 1
     assert rows.rows[0].status == "unknown"
+    assert stats.unknown == 1
+
+
+def _task(name: str = "job-1", **fields: Any) -> dict[str, Any]:
+    """A listed task reading spec(1)'s video, with ``fields`` put in its place."""
+    task: dict[str, Any] = {
+        "id": "a" * 32,
+        "name": name,
+        "created_at": "2026-11-28T00:00:00Z",
+        "input": {"type": "obs", "data": [{"bucket": "bkt", "path": "v1.mp4"}]},
+    }
+    task.update(fields)
+    return {k: v for k, v in task.items() if v is not None}
+
+
+MALFORMED_PAGES = [
+    [1, 2, 3],
+    "tasks",
+    {},
+    {"tasks": 5},
+    {"count": 1},
+    {"count": 1, "tasks": None},
+    {"count": "1", "tasks": []},
+    {"count": True, "tasks": []},
+    {"count": -1, "tasks": []},
+    {"count": 1, "tasks": [5]},
+    {"count": 1, "tasks": [{"id": "a" * 32}]},
+    {"count": 1, "tasks": [{"name": 7}]},
+    {"count": 1, "tasks": [_task(input="q")]},
+    {"count": 1, "tasks": [_task(input={"data": 7})]},
+    {"count": 1, "tasks": [_task(input={"data": [7]})]},
+    {"count": 1, "tasks": [_task(input={"type": "obs"})]},
+    {"count": 1, "tasks": [_task(input=[])]},
+    {"count": 1, "tasks": [_task(id=None)]},
+    {"count": 1, "tasks": [_task(id=5)]},
+    {"count": 1, "tasks": [_task(id=BAD_ID)]},
+    {"count": 1, "tasks": [_task(id="")]},
+    {"count": 1, "tasks": [_task(created_at=None)]},
+    {"count": 2, "tasks": [_task("job-10", input=1), _task(input="q")]},
+]
+
+
+@pytest.mark.parametrize("page", MALFORMED_PAGES)
+async def test_a_lookup_answer_not_shaped_as_documented_is_a_failed_lookup(page: Any) -> None:
+    """A 200 to the lookup that is not {count, tasks: [jobs]}, or a job in it that could be
+    this video's but cannot be read: the lookup failed (tried again, then unknown), never "no
+    such job" (the create would be sent again: a possible duplicate), never a traceback."""
+    service = FakeService(script=lambda n, body: "dropped", page=page)
+    rows = Rows()
+    stats = await make_pool(service, rows).run(iter([spec(1)]))
+    assert service.creates == 1
+    assert service.lists == FAST_RETRY.attempts  # retried like a call that failed
+    assert [row.status for row in rows.rows] == ["unknown"]
+    assert "unusable answer to the lookup by name" in rows.rows[0].error_msg
+    assert (stats.unknown, stats.lookups) == (1, 0)
+
+
+@pytest.mark.parametrize("page", MALFORMED_PAGES[:3] + MALFORMED_PAGES[-4:])
+async def test_an_earlier_runs_create_is_unknown_when_its_lookup_answer_is_unusable(
+    page: Any,
+) -> None:
+    """The same for an earlier run's uncertain create: unknown, held, never created."""
+    service = FakeService(page=page)
+    rows = Rows()
+    pool = make_pool(service, rows)
+    await pool.run(iter([Lookup(spec(1).source, "job-1")]))
+    await pool.run(iter([spec(1)]))
+    assert service.creates == 0
+    assert [row.status for row in rows.rows] == ["unknown"]
+
+
+async def test_jobs_that_are_not_this_videos_are_passed_over_however_they_look() -> None:
+    """A job named otherwise (name_like matches part of a name), or named alike but reading
+    another input, cannot be this video's: the page is read, the job found absent."""
+    url_input = {"type": "url", "data": [{"url": "http://x/v1.mp4"}]}
+    others = [_task("job-10", input=7, id=BAD_ID), _task(input=url_input)]
+    service = FakeService(
+        script=lambda n, body: "dropped" if n == 1 else "ok",
+        page={"count": 2, "tasks": others},
+    )
+    rows = Rows()
+    stats = await make_pool(service, rows).run(iter([spec(1)]))
+    assert service.creates == 2
+    assert [row.status for row in rows.rows] == ["submitted"]
+    assert stats.lookups == 3
+
+
+async def test_a_create_answered_with_an_id_that_cannot_be_one_is_never_recorded() -> None:
+    """The review's case: a 201 with the id ../../../v3/evil. The job probably exists, so it
+    is looked up, not created again; the lookup finds it under that id, which is no more
+    usable: the row is unknown, and no id is recorded for status or prune to call."""
+    service = FakeService(script=lambda n, body: "bad id")
+    rows = Rows()
+    stats = await make_pool(service, rows).run(iter([spec(1)]))
+    assert service.creates == 1
+    assert [(row.status, row.job_id) for row in rows.rows] == [("unknown", "")]
+    assert BAD_ID not in rows.rows[0].job_id
     assert stats.unknown == 1
 
 
