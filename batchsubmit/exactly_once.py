@@ -382,7 +382,7 @@ class Page:
 
     count: int
     tasks: int
-    matches: list[tuple[str, str]]
+    matches: tuple[tuple[str, str], ...]
 
 
 def read_page(data: Any, name: str, bucket: str, key: str) -> Page | str:
@@ -414,7 +414,7 @@ def read_page(data: Any, name: str, bucket: str, key: str) -> Page | str:
         if not isinstance(created_at, str):
             return f"task {number} is this video's job but has no 'created_at' string"
         matches.append((created_at, str(job_id)))
-    return Page(count, len(tasks), matches)
+    return Page(count, len(tasks), tuple(matches))
 
 
 def _reads(task: dict[str, Any], bucket: str, key: str) -> bool | None:
