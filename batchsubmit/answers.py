@@ -29,6 +29,7 @@ __all__ = [
     "credentials_failed",
     "manifest_key_for",
     "mask",
+    "one_line",
     "parse_error",
     "parse_rate_hint",
     "shorten",
@@ -147,18 +148,29 @@ def mask(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def one_line(text: str) -> str:
+    """``text`` as one line a terminal shows as it is: every unprintable character (C0 and
+    C1 controls such as ESC, BEL, NEL, DEL, line breaks, bidi overrides) becomes a space, each
+    run of white space one: no escape sequence from a server reaches a log, a row or a report."""
+    if text.isprintable():
+        return text
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
 def shorten(text: str, cap: int = MESSAGE_CAP) -> str:
-    """One line of at most ``cap`` characters. Mask secrets first: a cut may split one."""
-    if "\n" in text or "\r" in text or "\t" in text:
-        text = " ".join(text.split())
+    """One printable line (:func:`one_line`) of at most ``cap`` characters. Mask secrets
+    first: a cut may split one."""
+    text = one_line(text)
     return text if len(text) <= cap else text[: cap - 3] + "..."
 
 
 def tidy(answer: Answer, secrets: Iterable[str] = ()) -> Answer:
-    """The answer as rows and logs may carry it: secrets masked, then the message cut short (in
-    that order, so no cut leaves the first characters of a secret)."""
+    """The answer as rows and logs may carry it: secrets masked, then its texts made one
+    printable line and cut short (in that order, so no cut leaves the first characters of a
+    secret)."""
     msg, code, rid = answer.error_msg, answer.error_code, answer.request_id
-    if not msg and len(code) <= CODE_CAP and len(rid) <= CODE_CAP:
+    printable = code.isprintable() and rid.isprintable()
+    if not msg and printable and len(code) <= CODE_CAP and len(rid) <= CODE_CAP:
         return answer
     new_msg = shorten(mask(msg, secrets))
     new_code = shorten(mask(code, secrets), CODE_CAP)

@@ -36,7 +36,7 @@ from urllib.parse import unquote
 import anyio
 import orjson
 
-from .answers import Answer, Kind
+from .answers import Answer, Kind, one_line
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
 from .errors import StorageError, UsageError
 from .journal import RunLock
@@ -336,8 +336,8 @@ def _iso_ms(value: object) -> str:
 
 
 def _one_line(value: object) -> str:
-    text = "" if value is None else str(value)
-    return " ".join(text.split()) if ("\n" in text or "\r" in text) else text
+    """A value from the service as the report and the log may show it (:func:`one_line`)."""
+    return one_line("" if value is None else str(value))
 
 
 def _hosting_of(task: dict[str, Any]) -> tuple[bool, str]:
@@ -881,7 +881,7 @@ class Follower:
         """What one task says about a followed job. Strings many jobs share (states, error
         codes and messages, times to the second) are interned: a job costs ~0.6 KB held."""
         old = job.now
-        state = intern(str(task.get("state") or "")) or old.state
+        state = intern(_one_line(task.get("state") or "")) or old.state
         error = task.get("error")
         code = message = ""
         if isinstance(error, dict):
@@ -896,7 +896,7 @@ class Follower:
         if shown and hosting:
             result = task.get("hosting_result")
             if isinstance(result, dict):
-                hosting_status = str(result.get("status") or "") or hosting_status
+                hosting_status = _one_line(result.get("status") or "") or hosting_status
                 overdue = overdue or _iso_ms(result.get("overdue_date"))
         if old.hosting_status == "COLLECTED" and hosting_status in ("AVAILABLE", "OVERDUE"):
             hosting_status = "COLLECTED"  # ours is saved: the service's copy no longer matters
@@ -905,8 +905,8 @@ class Follower:
             state=state,
             error_code=code,
             error_msg=message,
-            created_at=intern(str(task.get("created_at") or old.created_at)),
-            updated_at=intern(str(task.get("updated_at") or old.updated_at)),
+            created_at=intern(_one_line(task.get("created_at") or old.created_at)),
+            updated_at=intern(_one_line(task.get("updated_at") or old.updated_at)),
             hosting=hosting,
             hosting_status=intern(hosting_status),
             hosting_overdue_at=intern(overdue) if overdue else old.hosting_overdue_at,

@@ -12,12 +12,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from batchsubmit.answers import (
     ERROR_CAP,
     MESSAGE_CAP,
+    Answer,
     Kind,
     classify,
     manifest_key_for,
     parse_error,
     parse_rate_hint,
     retry_after_seconds,
+    shorten,
+    tidy,
 )
 
 JOB_ID = "f18320e61e4c4dc685aa2dfc22a28dc5"
@@ -471,3 +474,38 @@ def test_a_huge_error_code_and_request_id_are_cut() -> None:
     answer = classify(400, {}, body, create=True)
     assert len(answer.error_code) <= 64
     assert len(answer.request_id) <= 64
+
+
+# -- control characters -------------------------------------------------------------------------
+
+ESCAPES = "\x1b]0;pwned\x07 \x1b[31mRED\x85\x9b2J\x7f\x00\u202e"
+
+
+def _controls(text: str) -> list[str]:
+    """The C0, DEL and C1 characters (and bidi overrides) in ``text``."""
+    return [c for c in text if ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or c == "\u202e"]
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_no_terminal_escape_from_the_server_reaches_an_answer(create: bool) -> None:
+    """The review's case: an error_msg of ESC ] 0 ; pwned BEL ... printed raw in the log line
+    naming the first errors set the terminal's title and colours. Every text of an answer
+    (message, code, request id) comes out one printable line: controls become spaces."""
+    body = error_body("IVA.0004\x1b[0m", f"bad {ESCAPES} input", request_id="r\x1b[2J1")
+    answer = classify(400, {}, body, create=create)
+    for text in (answer.error_msg, answer.error_code, answer.request_id):
+        assert _controls(text) == [], repr(text)
+    assert answer.error_msg == "bad ]0;pwned [31mRED 2J input"
+    assert (answer.error_code, answer.request_id) == ("IVA.0004 [0m", "r [2J1")
+
+
+def test_an_answer_with_only_a_code_or_request_id_is_tidied_too() -> None:
+    """No message is no shortcut past the cleaning: a code or request id alone is cleaned."""
+    answer = tidy(Answer(kind=Kind.FAILED, error_code="X\x1b[31m", request_id="\x9bq"))
+    assert (answer.error_code, answer.request_id) == ("X [31m", "q")
+
+
+def test_shorten_leaves_printable_text_as_it_is() -> None:
+    """Printable text (CJK, accents, double spaces) is untouched; line breaks make one line."""
+    assert shorten("视频 é  x") == "视频 é  x"
+    assert shorten("a\r\n\tb") == "a b"

@@ -603,6 +603,35 @@ async def test_unknown_states_are_kept_verbatim_and_frozen_stops_with_exit_3(
         assert record[ids[3]].state == "SUCCEEDED"
 
 
+@pytest.mark.anyio
+async def test_no_terminal_escape_from_the_service_reaches_the_report_or_the_log(
+    tmp_path: Path,
+) -> None:
+    """A job's state and error as the service lists them, escape sequences and all, reach the
+    record, the report and the log as one printable line (controls as spaces)."""
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1)))
+    manifest = write_manifest(tmp_path, video_keys(2))
+    results = tmp_path / "r.csv"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        ids = list(emulator.tasks)
+        emulator.set_state(
+            ids[0], "FAILED", error=("ALG\x1b[2J", "\x1b]0;pwned\x07 \x1b[31mRED\x85")
+        )
+        emulator.set_state(ids[1], "ODD\x1b[5m\x9b")
+        stats, text = await _status(results, follow=False)
+    report = (tmp_path / "r.report.csv").read_text(encoding="utf-8")
+    record = record_path(results).read_bytes().decode()
+    for shown in (text, report, record, repr(stats.unknown_states)):
+        assert not any(c in shown for c in "\x1b\x07\x85\x9b"), shown
+    rows = {row["job_id"]: row for row in _report(tmp_path / "r.report.csv")}
+    assert (rows[ids[0]]["error_code"], rows[ids[0]]["error_msg"]) == (
+        "ALG [2J",
+        "]0;pwned [31mRED",
+    )
+    assert rows[ids[1]]["state"] == "ODD [5m"
+
+
 def test_every_job_the_ledger_created_is_followed_and_then_pruned(tmp_path: Path) -> None:
     """One results file, three videos: submitted to one service, then to another, then to the
     first again with --resubmit. All nine jobs fill the quota, so all nine are followed and
