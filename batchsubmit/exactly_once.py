@@ -395,6 +395,8 @@ def read_page(data: Any, name: str, bucket: str, key: str) -> Page | str:
     count, tasks = data.get("count"), data.get("tasks")
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         return "no 'count' number"
+    if tasks is None and count == 0:
+        tasks = []  # nothing matched, said by the count alone (an empty list may be left out)
     if not isinstance(tasks, list):
         return "no 'tasks' list"
     matches: list[tuple[str, str]] = []

@@ -291,6 +291,16 @@ async def test_an_earlier_runs_create_is_unknown_when_its_lookup_answer_is_unusa
     assert [row.status for row in rows.rows] == ["unknown"]
 
 
+async def test_a_lookup_page_of_count_0_without_its_empty_task_list_is_read_as_empty() -> None:
+    """{"count": 0} alone says nothing matched as plainly as with "tasks": [] (a service may
+    leave an empty list out): the job is absent, and created once its settle is over."""
+    service = FakeService(script=lambda n, body: "dropped" if n == 1 else "ok", page={"count": 0})
+    rows = Rows()
+    await make_pool(service, rows).run(iter([spec(1)]))
+    assert service.creates == 2
+    assert [row.status for row in rows.rows] == ["submitted"]
+
+
 async def test_jobs_that_are_not_this_videos_are_passed_over_however_they_look() -> None:
     """A job named otherwise (name_like matches part of a name), or named alike but reading
     another input, cannot be this video's: the page is read, the job found absent."""
