@@ -36,6 +36,7 @@ from .credentials import CredentialProvider, static_provider
 from .engine.gate import Stopped
 from .errors import CredentialError
 from .proxies import proxy_for
+from .vas import usable_task_id
 
 __all__ = ["DEFAULT_TIMEOUT", "Endpoint", "VasClient", "open_session"]
 
@@ -206,15 +207,26 @@ class VasClient:
 
     async def show(self, task_id: str) -> Answer:
         """One task's details (the only call that returns ``hosting_result``)."""
-        path = f"{self._path}/{quote(task_id, safe='')}"
-        url = URL(f"{self._url}/{quote(task_id, safe='')}", encoded=True)
-        return await self._signed("GET", path, None, url, b"", create=False)
+        return await self._task_call("GET", task_id)
 
     async def delete(self, task_id: str) -> Answer:
         """Delete one task (202, asynchronous; 404 means it is already gone)."""
-        path = f"{self._path}/{quote(task_id, safe='')}"
-        url = URL(f"{self._url}/{quote(task_id, safe='')}", encoded=True)
-        return await self._signed("DELETE", path, None, url, b"", create=False)
+        return await self._task_call("DELETE", task_id)
+
+    async def _task_call(self, method: str, task_id: str) -> Answer:
+        """A call on one task, its id one path segment. An id that cannot be one (an old
+        row's ``..`` or ``a/b``) is not sent at all: quoted or not, it would name another
+        path on the service."""
+        if not usable_task_id(task_id):
+            return Answer(
+                kind=Kind.FAILED,
+                error_code="NOT_A_JOB_ID",
+                error_msg=f"{task_id[:80]!r} is not a job id; nothing was sent",
+            )
+        segment = quote(task_id, safe="")
+        path = f"{self._path}/{segment}"
+        url = URL(f"{self._url}/{segment}", encoded=True)
+        return await self._signed(method, path, None, url, b"", create=False)
 
     async def _send(
         self,
