@@ -29,7 +29,14 @@ from .commands import reconcile as reconcile_command
 from .commands import status as status_command
 from .commands import submit as submit_command
 from .commands.check import CheckOptions
-from .commands.common import DEFAULT_CONCURRENCY, DEFAULT_RATE, Env, PoolOptions, RunOptions
+from .commands.common import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_RATE,
+    Env,
+    PoolOptions,
+    RunOptions,
+    check_output_file,
+)
 from .commands.emulator import EmulatorOptions
 from .commands.expand import ExpandOptions
 from .commands.prune import PruneOptions
@@ -889,6 +896,7 @@ def _expand(args: argparse.Namespace, log: Log, env: Env) -> int:
 
 
 def _submit(args: argparse.Namespace, log: Log, env: Env) -> int:
+    outputs = _outputs(args)  # checked before any request: they are written at the end
     try:
         done = submit_command.run(_submit_options(args), log, env)
     except submit_command.RoomStopped as stop:  # stopped while pruning: nothing was submitted
@@ -896,7 +904,6 @@ def _submit(args: argparse.Namespace, log: Log, env: Env) -> int:
     if isinstance(done, submit_command.DryRun):
         log.line("info", render.dry_run_line(done.summary))
         return EXIT["ok"]
-    outputs = _outputs(args)
     code = _report_run(outputs, log, done.run, done.stats)
     if done.room is not None:
         render.report_room(outputs, log, done.room)
@@ -913,11 +920,12 @@ def _submit(args: argparse.Namespace, log: Log, env: Env) -> int:
 
 
 def _reconcile(args: argparse.Namespace, log: Log, env: Env) -> int:
+    outputs = _outputs(args)
     done = reconcile_command.run(_reconcile_options(args), log, env)
     if done.stats is None:
         log.line("info", render.nothing_to_reconcile_line(done.results))
         return EXIT["ok"]
-    return _report_run(_outputs(args), log, done, done.stats)
+    return _report_run(outputs, log, done, done.stats)
 
 
 def _report_run(
@@ -931,24 +939,30 @@ def _report_run(
 
 
 def _outputs(args: argparse.Namespace) -> Outputs:
-    return Outputs(getattr(args, "summary", None), getattr(args, "metrics", None))
+    """--summary and --metrics, checked (exit 2) before the command sends anything: they are
+    written only when it ends, too late to learn of a typo."""
+    outputs = Outputs(getattr(args, "summary", None), getattr(args, "metrics", None))
+    for option, path in (("--summary", outputs.summary), ("--metrics", outputs.metrics)):
+        if path is not None:
+            check_output_file(path, option)
+    return outputs
 
 
 def _prune(args: argparse.Namespace, log: Log, env: Env) -> int:
+    outputs = _outputs(args)
     done = prune_command.run(_prune_options(args), log, env)
     if done.dry_run:
         env.write(render.jsonl_lines(done.stats.jobs))
     code = _prune_exit_code(done.stats)
-    render.report_prune(
-        _outputs(args), log, done.stats, code, done.started, done.results, done.dry_run
-    )
+    render.report_prune(outputs, log, done.stats, code, done.started, done.results, done.dry_run)
     return code
 
 
 def _status(args: argparse.Namespace, log: Log, env: Env) -> int:
+    outputs = _outputs(args)
     done = status_command.run(_status_options(args), log, env)
     code = _follow_exit(done.stats, done.judged)
-    render.report_status(_outputs(args), log, done.stats, code, done.started)
+    render.report_status(outputs, log, done.stats, code, done.started)
     return code
 
 

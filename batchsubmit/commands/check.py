@@ -60,7 +60,7 @@ def run(options: CheckOptions, log: Log, env: Env) -> CheckResult:
         if options.results
         else (options.format or "csv")
     )
-    results = real(options.results or default_results(manifest.path, False, fmt))
+    results = real(options.results or default_results(manifest.path, False, fmt), "--results")
     region = region_of(manifest.service.endpoint)
     choice: Choice | CredentialError
     try:

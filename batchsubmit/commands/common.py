@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,17 +107,77 @@ def is_terminal(stream: TextIO) -> bool:
     return size.columns > 0
 
 
-def real(path: Path) -> Path:
+def _kind(mode: int) -> str | None:
+    """What a path that is not a regular file is, in words (None: a regular file)."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _writable_directory(directory: Path, path: Path, option: str) -> None:
+    if not directory.is_dir():
+        raise UsageError(f"{option} {path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: the directory {directory} is not writable")
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """--summary, --metrics, --report: written (replaced atomically, through a temporary file
+    beside it) only when the run ends, so checked before it starts: a typo must not cost a
+    night's report after the jobs were created."""
+    try:
+        mode: int | None = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot use it: {exc.strerror}") from None
+    kind = None if mode is None else _kind(mode)
+    if kind is not None:
+        raise UsageError(f"{option} {path}: is {kind}; give the path of a file to write")
+    _writable_directory(path.absolute().parent, path, option)
+
+
+def check_output_directory(path: Path, option: str = "--collect") -> None:
+    """--collect: a directory, or one that can be created (the nearest existing ancestor is a
+    writable directory), checked before the run starts."""
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():
+            raise UsageError(f"{option} {path}: {existing} is a dangling symlink")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: the directory {existing} is not writable")
+
+
+def real(path: Path, option: str = "results file") -> Path:
     """The results file itself, not the spelling typed: a symlink or another path to the same
     file must share its lock and journal, or two runs could submit the same videos at once.
     A file with a second hard link is refused: the lock and the journal are named after one
-    of its names, and a run through the other link would see neither."""
+    of its names, and a run through the other link would see neither. Anything but a regular
+    file (or none yet) is refused too: a device takes rows and keeps none, a FIFO blocks the
+    ledger read forever, and the lock and journal would go beside it (into /dev)."""
     resolved = path.resolve()
     try:
-        links = resolved.stat().st_nlink
+        found = resolved.stat()
     except OSError:
         return resolved  # not there yet (or unreadable: reading it says why)
-    if links > 1 and resolved.is_file():
+    kind = _kind(found.st_mode)
+    if kind is not None:
+        raise UsageError(
+            f"{option} {path}: is {kind}; the results file must be a regular file "
+            "(or not exist yet)"
+        )
+    links = found.st_nlink
+    if links > 1:
         raise UsageError(
             f"{resolved}: the results file has {links} hard links; its lock and journal are "
             "kept beside one name, so two runs through two links could create the same jobs "

@@ -12,7 +12,16 @@ from ..errors import UsageError
 from ..follow import DEFAULT_INTERVAL, DEFAULT_STUCK_AFTER
 from ..progress import Log
 from ..results import Format, format_for
-from .common import Env, PoolOptions, check_endpoint, ledger_credentials, real, warner
+from .common import (
+    Env,
+    PoolOptions,
+    check_endpoint,
+    check_output_directory,
+    check_output_file,
+    ledger_credentials,
+    real,
+    warner,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +60,18 @@ class StatusResult:
     started: float
 
 
+def check_follow_options(options: FollowOptions) -> None:
+    """--report and --collect, before any request: they are written only after the jobs were
+    created and followed, too late to learn of a typo."""
+    from ..follow import report_format
+
+    if options.report is not None:
+        report_format(options.report)
+        check_output_file(options.report, "--report")
+    if options.collect is not None:
+        check_output_directory(options.collect, "--collect")
+
+
 def follow_config(
     options: FollowOptions,
     pool: PoolOptions,
@@ -59,10 +80,9 @@ def follow_config(
     credentials: Any,
     **extra: Any,
 ) -> Any:
-    from ..follow import FollowConfig, report_format
+    from ..follow import FollowConfig
 
-    if options.report is not None:
-        report_format(options.report)  # a bad extension is exit 2 before any request
+    check_follow_options(options)
     always = extra.pop("always_follow", False)
     return FollowConfig(
         results=results,

@@ -38,7 +38,7 @@ from .common import (
     warner,
 )
 from .reconcile import RunResult
-from .status import FollowOptions, follow_config
+from .status import FollowOptions, check_follow_options, follow_config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +96,10 @@ def run(options: SubmitOptions, log: Log, env: Env) -> SubmitResult | DryRun:
         if options.results
         else (options.format or "csv")
     )
-    results = real(options.results or default_results(manifest.path, options.emulator, fmt))
+    results = real(
+        options.results or default_results(manifest.path, options.emulator, fmt), "--results"
+    )
+    check_follow_options(options.follow)  # written after the creates: checked before them
     if options.emulator and live(manifest):
         raise UsageError(
             f"{manifest.path}: live OBS prefixes cannot be listed with --emulator "

@@ -1,0 +1,153 @@
+"""Bad input is refused before any request: exit 2, a message naming the option or file and
+what is wrong, never a traceback, and nothing created that a later error could lose."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .helpers import LiveEmulator, run_cli, submit_args, video_keys, write_manifest
+
+# What each bad path is, made under a test's directory: (name, how to make it).
+Maker = Callable[[Path], str]
+
+
+def _directory(tmp: Path) -> str:
+    (tmp / "folder.csv").mkdir()
+    return str(tmp / "folder.csv")
+
+
+def _missing_parent(tmp: Path) -> str:
+    return str(tmp / "missing" / "x.csv")
+
+
+def _fifo(tmp: Path) -> str:
+    os.mkfifo(tmp / "pipe.csv")
+    return str(tmp / "pipe.csv")
+
+
+def _file(tmp: Path) -> str:
+    (tmp / "file.csv").write_text("x", encoding="utf-8")
+    return str(tmp / "file.csv")
+
+
+def _under_a_file(tmp: Path) -> str:
+    return _file(tmp) + "/sub"
+
+
+def _device(_tmp: Path) -> str:
+    return os.devnull
+
+
+OUTPUT_FILES: list[tuple[str, Maker]] = [
+    ("--summary", _directory),
+    ("--summary", _missing_parent),
+    ("--summary", _device),
+    ("--metrics", _directory),
+    ("--metrics", _missing_parent),
+    ("--metrics", _fifo),
+    ("--report", _directory),
+    ("--report", _missing_parent),
+    ("--collect", _file),
+    ("--collect", _under_a_file),
+]
+RESULTS_FILES: list[Maker] = [_directory, _fifo, _device]
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, live_emulator: LiveEmulator) -> tuple[Path, Path]:
+    """A manifest and a results file with jobs on the live emulator (status, prune and
+    reconcile have something to ask it about)."""
+    manifest = write_manifest(tmp_path, video_keys(3))
+    results = tmp_path / "r.csv"
+    done = run_cli(*submit_args(manifest, live_emulator.url, results, "--rate", "0"))
+    assert done.returncode == 0, done.stderr
+    return manifest, results
+
+
+def _refused(done: subprocess.CompletedProcess[str], named: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert named in done.stderr.splitlines()[-1], done.stderr
+
+
+@pytest.mark.parametrize(("option", "make"), OUTPUT_FILES)
+def test_output_paths_are_checked_before_any_job_is_created(
+    tmp_path: Path, live_emulator: LiveEmulator, option: str, make: Maker
+) -> None:
+    """--summary, --metrics, --report and --collect are written after the jobs were created:
+    a typo there is exit 2 before the first create, not an error once the night's jobs exist
+    (and, for --summary /dev/null as root, never a device replaced by a file)."""
+    manifest = write_manifest(tmp_path, video_keys(3))
+    path = make(tmp_path)
+    args = submit_args(manifest, live_emulator.url, tmp_path / "r.csv", option, path)
+    done = run_cli(*args, "--follow", "--interval", "0.01", timeout=30)
+    _refused(done, option)
+    assert sum(live_emulator.emulator.calls.values()) == 0
+    assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.parametrize("make", RESULTS_FILES)
+def test_a_results_path_that_is_not_a_regular_file_is_refused(
+    tmp_path: Path, live_emulator: LiveEmulator, make: Maker
+) -> None:
+    """A directory, a FIFO or a device as the results file: exit 2 naming it, before any
+    request, in every command that takes one (a device took the rows and kept none, and the
+    lock and journal went beside it into /dev; a FIFO hung the ledger read forever)."""
+    manifest = write_manifest(tmp_path, video_keys(3))
+    path = make(tmp_path)
+    for args in (
+        [*submit_args(manifest, live_emulator.url, Path(path)), "--format", "csv"],
+        [
+            "check",
+            str(manifest),
+            "--endpoint",
+            live_emulator.url,
+            "--results",
+            path,
+            "--format",
+            "csv",
+        ],
+        ["status", path, "--format", "csv"],
+        ["prune", path, "--format", "csv"],
+        ["prune", path, "--format", "csv", "--dry-run"],
+        ["reconcile", path, "--format", "csv"],
+    ):
+        done = run_cli(*args, timeout=30)
+        _refused(done, path)
+        assert "regular file" in done.stderr, args
+    assert sum(live_emulator.emulator.calls.values()) == 0
+    assert not Path(os.devnull + ".lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "make"),
+    [
+        ("status", "--summary", _directory),
+        ("status", "--metrics", _missing_parent),
+        ("status", "--report", _directory),
+        ("status", "--collect", _file),
+        ("prune", "--summary", _device),
+    ],
+)
+def test_status_and_prune_check_their_outputs_first(
+    ledger: tuple[Path, Path],
+    live_emulator: LiveEmulator,
+    tmp_path: Path,
+    command: str,
+    option: str,
+    make: Maker,
+) -> None:
+    """status and prune write their summary, metrics and report at the end too: a bad path
+    is exit 2 before they ask the service anything."""
+    _manifest, results = ledger
+    before = sum(live_emulator.emulator.calls.values())
+    path = make(tmp_path)
+    extra = ["--older-than", "0"] if command == "prune" else ["--follow", "--interval", "0.01"]
+    done = run_cli(command, str(results), option, path, *extra, timeout=30)
+    _refused(done, option)
+    assert sum(live_emulator.emulator.calls.values()) == before
