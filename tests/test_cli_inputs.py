@@ -4,6 +4,7 @@ what is wrong, never a traceback, and nothing created that a later error could l
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -39,8 +40,15 @@ def _under_a_file(tmp: Path) -> str:
     return _file(tmp) + "/sub"
 
 
-def _device(_tmp: Path) -> str:
-    return os.devnull
+def _device(tmp: Path) -> str:
+    """A character device: a private /dev/null node when root may make one (so a broken rule
+    replaces or writes beside that one, never the machine's), else /dev/null itself (which
+    nobody else may replace)."""
+    if os.geteuid() != 0:
+        return os.devnull
+    node = tmp / "null.csv"
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    return str(node)
 
 
 OUTPUT_FILES: list[tuple[str, Maker]] = [
@@ -121,7 +129,7 @@ def test_a_results_path_that_is_not_a_regular_file_is_refused(
         _refused(done, path)
         assert "regular file" in done.stderr, args
     assert sum(live_emulator.emulator.calls.values()) == 0
-    assert not Path(os.devnull + ".lock").exists()
+    assert not Path(path + ".lock").exists()
 
 
 @pytest.mark.parametrize(
