@@ -51,6 +51,15 @@ def _device(tmp: Path) -> str:
     return str(node)
 
 
+# What the message says is wrong with each.
+SAYS = {
+    _directory: "is a directory",
+    _missing_parent: "does not exist",
+    _fifo: "is a FIFO",
+    _device: "is a character device",
+    _file: "is not a directory",
+    _under_a_file: "is not a directory",
+}
 OUTPUT_FILES: list[tuple[str, Maker]] = [
     ("--summary", _directory),
     ("--summary", _missing_parent),
@@ -77,10 +86,12 @@ def ledger(tmp_path: Path, live_emulator: LiveEmulator) -> tuple[Path, Path]:
     return manifest, results
 
 
-def _refused(done: subprocess.CompletedProcess[str], named: str) -> None:
+def _refused(done: subprocess.CompletedProcess[str], named: str, make: Maker) -> None:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert named in done.stderr.splitlines()[-1], done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert named in last, done.stderr
+    assert SAYS[make] in last, done.stderr
 
 
 @pytest.mark.parametrize(("option", "make"), OUTPUT_FILES)
@@ -94,7 +105,7 @@ def test_output_paths_are_checked_before_any_job_is_created(
     path = make(tmp_path)
     args = submit_args(manifest, live_emulator.url, tmp_path / "r.csv", option, path)
     done = run_cli(*args, "--follow", "--interval", "0.01", timeout=30)
-    _refused(done, option)
+    _refused(done, option, make)
     assert sum(live_emulator.emulator.calls.values()) == 0
     assert not (tmp_path / "r.csv").exists()
 
@@ -126,7 +137,7 @@ def test_a_results_path_that_is_not_a_regular_file_is_refused(
         ["reconcile", path, "--format", "csv"],
     ):
         done = run_cli(*args, timeout=30)
-        _refused(done, path)
+        _refused(done, path, make)
         assert "regular file" in done.stderr, args
     assert sum(live_emulator.emulator.calls.values()) == 0
     assert not Path(path + ".lock").exists()
@@ -157,5 +168,5 @@ def test_status_and_prune_check_their_outputs_first(
     path = make(tmp_path)
     extra = ["--older-than", "0"] if command == "prune" else ["--follow", "--interval", "0.01"]
     done = run_cli(command, str(results), option, path, *extra, timeout=30)
-    _refused(done, option)
+    _refused(done, option, make)
     assert sum(live_emulator.emulator.calls.values()) == before
