@@ -11,6 +11,7 @@ from typing import Final, TypeAlias, Union
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
+    "BASE_URL",
     "BUCKET",
     "CREATE_BODY",
     "JOB_NAME",
@@ -195,6 +196,14 @@ _REGIONAL_HOST = re.compile(
 def valid_bucket(name: str) -> bool:
     """An OBS bucket name, as OBS (and so the emulator) accepts it."""
     return bool(BUCKET.fullmatch(name)) and not _IP_ADDRESS.fullmatch(name)
+
+
+# What an endpoint may look like: scheme and host (a name or a bracketed IPv6 address), an
+# optional port, no path, query or user name (normalise_base_url then checks the port range).
+BASE_URL = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?/?",
+    re.IGNORECASE,
+)
 
 
 def normalise_base_url(url: str) -> str:

@@ -11,6 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from batchsubmit.cli import main
+from batchsubmit.commands.common import check_endpoint
+from batchsubmit.errors import ManifestError, UsageError
+from batchsubmit.manifest import load_manifest
+from batchsubmit.results import COLUMNS
+
 from .helpers import LiveEmulator, run_cli, submit_args, video_keys, write_manifest
 
 # What each bad path is, made under a test's directory: (name, how to make it).
@@ -170,3 +176,61 @@ def test_status_and_prune_check_their_outputs_first(
     done = run_cli(command, str(results), option, path, *extra, timeout=30)
     _refused(done, option, make)
     assert sum(live_emulator.emulator.calls.values()) == before
+
+
+BAD_ENDPOINTS = ["http://127.0.0.1:99999", "http://[::1", "http://[::1]:70000", "http://a_b:80"]
+
+
+@pytest.mark.parametrize("url", BAD_ENDPOINTS)
+def test_a_bad_endpoint_is_exit_2_naming_the_option_in_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """A port out of range or an unclosed IPv6 bracket in --endpoint or --obs-endpoint: exit
+    2 naming the option, never a traceback from deep in the client, in every command (also
+    where the run would not have used it: a typo must not wait for the night it matters)."""
+    manifest = write_manifest(tmp_path, video_keys(1))
+    results = tmp_path / "r.csv"
+    results.write_text(",".join(COLUMNS) + "\r\n", encoding="utf-8")
+    for option in ("--endpoint", "--obs-endpoint"):
+        for args in (
+            ["submit", str(manifest)],
+            ["submit", str(manifest), "--dry-run"],
+            ["submit", str(manifest), "--emulator"],
+            ["check", str(manifest)],
+        ):
+            assert main([*args, option, url]) == 2, (args, option)
+            assert option in capsys.readouterr().err.splitlines()[-1]
+    for command in ("status", "prune", "reconcile"):
+        assert main([command, str(results), "--endpoint", url]) == 2, command
+        assert "--endpoint" in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        *BAD_ENDPOINTS,
+        "HTTP://LocalHost:8080/",
+        "https://IVA.cn-north-4.MyHuaweiCloud.com:443",
+        "http://[::1]:8080",
+        "http://[::1]",
+        "http://x:80",
+        "http://x/path",
+        "http://user@x",
+        "ftp://x",
+    ],
+)
+def test_the_command_line_and_the_manifest_take_one_endpoint_rule(tmp_path: Path, url: str) -> None:
+    """--endpoint and service.endpoint accept the same URLs and spell each the same way, so a
+    service is one ledger key whichever of the two named it."""
+    manifest = write_manifest(tmp_path, [])
+    text = manifest.read_text(encoding="utf-8")
+    manifest.write_text(text.replace('region = "cn-north-4"', f"endpoint = {url!r}"), "utf-8")
+    try:
+        expected: str | None = load_manifest(manifest).service.endpoint
+    except ManifestError:
+        expected = None
+    try:
+        typed: str | None = check_endpoint(url)
+    except UsageError:
+        typed = None
+    assert typed == expected

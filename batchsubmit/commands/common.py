@@ -31,7 +31,7 @@ from ..progress import Log, ProgressReporter, make_reporter
 from ..render import expand_line
 from ..results import Format, Ledger
 from ..runner import ExpandSummary, RunConfig
-from ..vas import REGIONS
+from ..vas import BASE_URL, REGIONS, normalise_base_url
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RATE = 10.0
@@ -193,15 +193,17 @@ def default_results(manifest: Path, emulated: bool, fmt: Format) -> Path:
 
 
 def check_endpoint(url: str, option: str = "--endpoint") -> str:
-    """An http(s) base URL without a path; scheme and host are case-insensitive, so they are
-    written in lower case (the same service must always be spelled the same way)."""
-    found = re.fullmatch(r"(https?)://([^/\s?#@]+)/?", url.strip(), re.IGNORECASE)
-    if not found:
-        raise UsageError(
-            f"{option} {url!r}: give an http(s) URL without a path, query or user name, "
-            "e.g. https://iva.cn-north-4.myhuaweicloud.com"
-        )
-    return f"{found.group(1).lower()}://{found.group(2).lower()}"
+    """An http(s) base URL without a path, by the manifest's rule (vas.BASE_URL, then
+    vas.normalise_base_url: a port in range, the IPv6 brackets closed), normalised the same
+    way (scheme and host in lower case, the default port dropped): the same service must
+    always be spelled the same way, and an endpoint the manifest refuses is refused here."""
+    problem = "give an http(s) URL without a path, query or user name"
+    if BASE_URL.fullmatch(url.strip()):
+        try:
+            return normalise_base_url(url)
+        except ValueError as exc:
+            problem = f"{str(exc).lower()}; {problem}"
+    raise UsageError(f"{option} {url!r}: {problem}, e.g. https://iva.cn-north-4.myhuaweicloud.com")
 
 
 def endpoint(

@@ -52,9 +52,10 @@ class RunResult:
 def run(options: ReconcileOptions, log: Log, env: Env) -> RunResult:
     started = time.time()
     warn = warner(log)
+    override = check_endpoint(options.endpoint) if options.endpoint else None  # even unused
     results = real(options.results)
     fmt = format_for(results, options.format)
-    endpoint = endpoint_from_results(results, fmt, options.endpoint)
+    endpoint = endpoint_from_results(results, fmt, override)
     if endpoint is None:
         # Nothing to do is success: a nightly `reconcile` must not raise an alarm every night.
         return RunResult(results, started, None)

@@ -25,6 +25,7 @@ from ..sources import ExpandStats
 from .common import (
     Env,
     RunOptions,
+    check_endpoint,
     config,
     credentials,
     default_results,
@@ -90,6 +91,14 @@ class RoomStopped(Exception):
 
 def run(options: SubmitOptions, log: Log, env: Env) -> SubmitResult | DryRun:
     started = time.time()
+    # Both endpoints now, whether or not this run gets to use them: a typo is exit 2 always.
+    options = replace(
+        options,
+        endpoint=check_endpoint(options.endpoint) if options.endpoint else None,
+        obs_endpoint=check_endpoint(options.obs_endpoint, "--obs-endpoint")
+        if options.obs_endpoint
+        else None,
+    )
     manifest = load_manifest(options.manifest)
     fmt: Format = (
         format_for(options.results, options.format)
