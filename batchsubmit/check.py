@@ -293,11 +293,21 @@ def _quota(
     warn: Callable[[str], None],
 ) -> CheckResult:
     name = "quota"
+    # The ledger and the listings first, whatever the service said: what stops a submit
+    # (a bad listing line, a damaged or foreign results file) must not pass here.
+    try:
+        planned, note = _planned(plan, provider, warn)
+    except BatchSubmitError as exc:
+        return CheckResult(
+            name,
+            "FAIL",
+            f"tonight's creates cannot be counted: {exc} (submit stops on this too, exit 2)",
+        )
     data = answer.data if answer is not None else None
     count = data.get("count") if isinstance(data, dict) else None
     if provider is None or not isinstance(count, int):
-        return CheckResult(name, "SKIP", "the saved jobs could not be counted")
-    planned, note = _planned(plan, provider, warn)
+        return CheckResult(name, "SKIP", f"the saved jobs could not be counted; {planned} "
+                           f"creates planned{note}")  # fmt: skip
     room = max(0, plan.quota - count)
     text = (
         f"{count} saved jobs of {plan.quota} for this service (the quota counts every "
@@ -314,20 +324,24 @@ def _quota(
 
 
 def _planned(
-    plan: CheckPlan, provider: CredentialProvider, warn: Callable[[str], None]
+    plan: CheckPlan, provider: CredentialProvider | None, warn: Callable[[str], None]
 ) -> tuple[int, str]:
-    """Tonight's creates: the listing and path sources not yet in the ledger."""
+    """Tonight's creates: the listing and path sources not yet in the ledger. Raises what
+    submit would stop on (BatchSubmitError naming the file and line). Without credentials
+    the project id may be unknown: the file is still read, but then counts nothing as done."""
     manifest = plan.manifest
     local = tuple(s for s in manifest.sources if s.prefix is None)
     note = " (live prefixes not counted)" if len(local) < len(manifest.sources) else ""
+    project_id = provider.project_id if provider is not None else None
+    if not project_id and isinstance(plan.choice, Choice):
+        project_id = plan.choice.project_id
     endpoint = Endpoint(
-        base_url=plan.base_url, project_id=provider.project_id, service_name=manifest.service.name
+        base_url=plan.base_url,
+        project_id=project_id or manifest.service.project_id or "0" * 32,
+        service_name=manifest.service.name,
     )
-    try:
-        ledger = read_ledger(plan.results, plan.format, endpoint.tasks_url, warn)
-        counted = count_work(replace(manifest, sources=local), ledger, {}, warn)
-    except BatchSubmitError as exc:
-        return 0, f" (not counted: {exc})"
+    ledger = read_ledger(plan.results, plan.format, endpoint.tasks_url, warn)
+    counted = count_work(replace(manifest, sources=local), ledger, {}, warn)
     return counted.planned, note
 
 

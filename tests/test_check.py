@@ -18,6 +18,7 @@ from aiohttp import web
 from batchsubmit.cli import main
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
 from batchsubmit.obs import string_to_sign
+from batchsubmit.results import COLUMNS
 
 from .helpers import ServerThread, obsutil_listing, serve_app, video_keys
 
@@ -340,6 +341,52 @@ def test_no_credentials_is_a_failed_check_listing_the_sources(
     assert "ECS metadata" in credentials
     assert "profile file" in credentials
     assert elapsed < 5
+
+
+RESULTS_HEADER = ",".join(COLUMNS) + "\r\n"
+ROW = "obs://in-bucket/a.mp4,a-000000000000,,failed,400,X,x,1,,2026-12-01T00:00:00Z,,False,2\r\n"
+
+
+@pytest.mark.parametrize(
+    ("listing_tail", "results", "expected"),
+    [
+        ("this is not a path\n", None, "listing.txt:"),
+        ("", RESULTS_HEADER + 'obs://in-bucket/"broken\r\n' + ROW, "r.csv:2"),
+        ("", "hello,world\r\n1,2\r\n", "r.csv"),
+    ],
+)
+@pytest.mark.parametrize("keys", [True, False])
+def test_what_stops_a_submit_fails_the_check(
+    services: Services,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    listing_tail: str,
+    results: str | None,
+    expected: str,
+    keys: bool,
+) -> None:
+    """A bad listing line, a damaged results file or a file that is not a results file stop
+    `submit` (exit 2): `check` on the same set-up fails too, naming the file (and line),
+    with or without credentials; it never says "all checks passed"."""
+    if not keys:
+        for name in ("HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK"):
+            monkeypatch.delenv(name)
+    path = manifest(tmp_path)
+    with (tmp_path / "listing.txt").open("a", encoding="utf-8") as listing:
+        listing.write(listing_tail)
+    if results is not None:
+        (tmp_path / "r.csv").write_text(results, encoding="utf-8", newline="")
+    code, lines, err, _ = check(
+        capsys, path, services.vas.url, services.obs_server.url,
+        "--results", str(tmp_path / "r.csv"),
+    )  # fmt: skip
+    assert code == 3, [*lines, err]
+    quota = line(lines, "quota")
+    assert quota.startswith("FAIL quota: tonight's creates cannot be counted"), quota
+    assert expected in quota
+    assert "all checks passed" not in err
+    assert not services.emulator.tasks
 
 
 def test_a_bad_manifest_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
