@@ -897,10 +897,7 @@ def _expand(args: argparse.Namespace, log: Log, env: Env) -> int:
 
 def _submit(args: argparse.Namespace, log: Log, env: Env) -> int:
     outputs = _outputs(args)  # checked before any request: they are written at the end
-    try:
-        done = submit_command.run(_submit_options(args), log, env)
-    except submit_command.RoomStopped as stop:  # stopped while pruning: nothing was submitted
-        raise SystemExit(_signal_exit(stop.signum)) from None
+    done = submit_command.run(_submit_options(args), log, env)
     if isinstance(done, submit_command.DryRun):
         log.line("info", render.dry_run_line(done.summary))
         return EXIT["ok"]

@@ -696,6 +696,47 @@ def test_sigterm_mid_prune_records_what_was_deleted(tmp_path: Path) -> None:
         live.close()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_make_room_still_writes_the_summary_and_metrics(
+    tmp_path: Path, signum: int
+) -> None:
+    """SIGTERM or SIGINT while make-room deletes: nothing is created, and the summary and
+    the metrics are written with the signal's exit code (143 or 130), so the nightly
+    script's metrics do not keep last night's exit 0."""
+    live = LiveEmulator(Faults(jobs=FAST_LIFE, quota=6))
+    try:
+        results = submit_videos(live, tmp_path, 6)
+        settle(live, list(job_ids(results).values()))
+        record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+        manifest = write_manifest(tmp_path, video_keys(12))
+        live.emulator.faults = Faults(jobs=FAST_LIFE, quota=6, latency=1.0)
+        summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
+        args = [
+            *("submit", str(manifest), "--endpoint", live.url, "--results", str(results)),
+            *("--make-room", "--quota", "6", "--rate", "0", "--summary", str(summary)),
+            *("--metrics", str(metrics)),
+        ]
+        process = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
+        journal = prune_journal_path(results)
+        deadline = time.monotonic() + 20
+        while not (journal.exists() and journal.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signum)
+        _out, err = process.communicate(timeout=30)
+        code = 143 if signum == signal.SIGTERM else 130
+        assert process.returncode == code, err
+        assert "Traceback" not in err
+        assert live.emulator.created_total == 6
+        data = json.loads(summary.read_text())
+        assert data["exit_code"] == code
+        assert data["counts"]["deferred"] == 6
+        assert "make-room was stopped by a signal" in data["stop_reason"]
+        assert data["room"]["quota"] == 6
+        assert f"batchsubmit_last_run_exit_code {code}\n" in metrics.read_text()
+    finally:
+        live.close()
+
+
 def test_a_second_sigterm_cuts_a_hanging_delete_and_the_next_prune_redoes_it(
     tmp_path: Path,
 ) -> None:

@@ -81,14 +81,6 @@ class SubmitResult:
     epilogue: str | None = None
 
 
-class RoomStopped(Exception):
-    """--make-room was stopped by a signal: nothing was submitted."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 def run(options: SubmitOptions, log: Log, env: Env) -> SubmitResult | DryRun:
     started = time.time()
     # Both endpoints now, whether or not this run gets to use them: a typo is exit 2 always.
@@ -193,15 +185,18 @@ async def run_submit(
         room = None
         if options.make_room:
             room, config = await _make_room(config, options.quota, log, counted)
-        planned = counted.planned
-        if config.pool.max_jobs is not None:
-            planned = min(planned, config.pool.max_jobs)
-        reporter = env.reporter(log, planned + len(uncertain))
-        try:
-            stats, summary = await submit(config, prepared, reporter, warn, counted.repeats)
-        finally:
-            reporter.close()
-        followed = await _follow_after_submit(config, options, log, env, stats, started)
+        if room is not None and room.prune.signal is not None:
+            stats, summary, followed = _stopped_in_room(room, counted), counted, None
+        else:
+            planned = counted.planned
+            if config.pool.max_jobs is not None:
+                planned = min(planned, config.pool.max_jobs)
+            reporter = env.reporter(log, planned + len(uncertain))
+            try:
+                stats, summary = await submit(config, prepared, reporter, warn, counted.repeats)
+            finally:
+                reporter.close()
+            followed = await _follow_after_submit(config, options, log, env, stats, started)
     finally:
         prepared.lock.release()
         if spool is not None:
@@ -275,13 +270,29 @@ async def _make_room(
         service_url=config.endpoint.tasks_url,
     )
     if room.prune.signal is not None:  # stopped while pruning: create nothing tonight
-        log.line("error", "make-room was stopped by a signal; nothing was submitted")
-        raise RoomStopped(room.prune.signal)
+        return room, config
     # IVA.0012 mid-run anyway (other tools share the quota): defer the rest, not fatal.
     pool = replace(config.pool, quota_defers=True)
     if room.deferred:
         pool = replace(pool, max_jobs=room.room)
     return room, replace(config, pool=pool)
+
+
+def _stopped_in_room(room: Room, counted: ExpandSummary) -> RunStats:
+    """A signal while make-room pruned: nothing was created, every planned create waits for
+    the next night, and the run ends with the signal's exit code like any stopped run (its
+    summary and metrics written: a nightly script must not keep last night's exit 0)."""
+    stopped = "make-room was stopped by a signal; nothing was submitted"
+    return RunStats(
+        skipped=counted.skipped,
+        deferred=counted.planned,
+        calls=room.prune.calls,
+        retries=room.prune.retries,
+        stop_reason=stopped,
+        deferred_reason=stopped,
+        signal=room.prune.signal,
+        elapsed=room.prune.elapsed,
+    )
 
 
 def _room_stats(stats: RunStats, room: Room) -> None:
