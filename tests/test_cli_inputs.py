@@ -58,7 +58,7 @@ def _device(tmp: Path) -> str:
 
 
 # What the message says is wrong with each.
-SAYS = {
+SAYS: dict[Maker, str] = {
     _directory: "is a directory",
     _missing_parent: "does not exist",
     _fifo: "is a FIFO",
