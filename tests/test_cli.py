@@ -44,7 +44,7 @@ from batchsubmit.emulator import EMULATOR_PROJECT_ID, EMULATOR_SK
 from batchsubmit.jobs import SpecBuilder
 from batchsubmit.journal import RunLock
 from batchsubmit.manifest import load_manifest
-from batchsubmit.results import COLUMNS, Outcome, ResultsWriter
+from batchsubmit.results import COLUMNS, Outcome, ResultsWriter, iter_rows
 from batchsubmit.runner import lock_path
 from batchsubmit.sources import ObjectRef
 
@@ -502,3 +502,50 @@ def test_each_commands_options_default_as_its_command_line_does() -> None:
         _parser().parse_args(["submit", "m.toml", "--max-jobs", "3", "--follow", "--quota", "9"])
     )
     assert (typed.run.max_jobs, typed.follow.follow, typed.quota) == (3, True, 9)
+
+
+def _row(source: str, status: str, service_url: str, job_id: str = "") -> Outcome:
+    return Outcome(
+        source=source,
+        name=source.rsplit("/", 1)[-1].replace(".", "-") + "-000000000000",
+        job_id=job_id,
+        status=status,
+        http_status=0 if status == "unknown" else 200,
+        error_code="TIMEOUT" if status == "unknown" else "",
+        error_msg="",
+        attempts=1,
+        request_id="",
+        submitted_at="2026-12-01T00:00:00.000Z",
+        service_url=service_url,
+    )
+
+
+def test_a_second_reconcile_has_nothing_to_do(tmp_path: Path, live_emulator: LiveEmulator) -> None:
+    """Unknown rows a later row resolved are not open: after a reconcile resolved the file's
+    unknowns, the next one says "nothing to reconcile" (exit 0) without credentials, also when
+    the resolved unknowns were of two services (not "unknown outcomes for several services")."""
+    results = tmp_path / "r.csv"
+    tasks = f"{live_emulator.url}/v2/{EMULATOR_PROJECT_ID}/services/video-analyze/tasks"
+    writer = ResultsWriter(results, "csv", lambda _m: None)
+    writer.write(_row("obs://in-bucket/a.mp4", "unknown", tasks))
+    writer.close()
+    done = run_cli("reconcile", str(results), "--rate", "0", "--settle", "0", "--lookups", "1")
+    assert done.returncode == 0, done.stderr
+    assert "1 outcomes to resolve" in done.stderr
+    other = tasks.replace("video-analyze", "other-service")
+    writer = ResultsWriter(results, "csv", lambda _m: None)
+    writer.write(_row("obs://in-bucket/b.mp4", "unknown", other))
+    writer.write(_row("obs://in-bucket/b.mp4", "submitted", other, "f" * 32))
+    writer.close()
+    assert [row[2] for row in iter_rows(results, "csv")] == [
+        "unknown",
+        "failed",
+        "unknown",
+        "submitted",
+    ]
+    calls = sum(live_emulator.emulator.calls.values())
+    no_keys = {k: v for k, v in cli_env().items() if not k.startswith("HUAWEICLOUD_SDK_")}
+    again = run_cli("reconcile", str(results), env=no_keys)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to reconcile" in again.stderr
+    assert sum(live_emulator.emulator.calls.values()) == calls

@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..journal import journal_services
 from ..pool import RunStats
 from ..progress import Log
-from ..results import Format, format_for, iter_rows
+from ..results import Format, format_for, iter_rows, read_ledger
 from ..runner import ExpandSummary, journal_path, prepare, reconcile
 from ..vas import service_identity
 from .common import (
@@ -82,13 +82,17 @@ def run(options: ReconcileOptions, log: Log, env: Env) -> RunResult:
 
 
 def endpoint_from_results(results: Path, fmt: Format, override: str | None) -> Endpoint | None:
-    """The service the unknown rows and open intents belong to, from their ``service_url``;
-    None when there are none (nothing to reconcile). Rows of one project and service reached
-    through several endpoints are one service (the newest endpoint is used)."""
-    urls = [row[3] for row in iter_rows(results, fmt) if row[2] == "unknown"]
-    urls += sorted(journal_services(journal_path(results)))
+    """The service the open unknown rows and open intents belong to, from their
+    ``service_url``; None when there are none (nothing to reconcile). An unknown row a later
+    row resolved (a lookup found the job, or found none) is not open: the ledger reader says
+    which are (``Ledger.unknown``), so a second reconcile has nothing to do and needs no
+    credentials. Rows of one project and service reached through several endpoints are one
+    service (the newest endpoint is used)."""
+    rows = [row[3] for row in iter_rows(results, fmt) if row[2] == "unknown"]
+    intents = sorted(journal_services(journal_path(results)))
     services: dict[tuple[str, str], str] = {}
-    for url in urls:
+    named: dict[tuple[str, str], str] = {}  # a row's URL for each service, to read its ledger
+    for url in rows + intents:
         try:
             identity = service_identity(url)
         except ValueError:
@@ -96,6 +100,11 @@ def endpoint_from_results(results: Path, fmt: Format, override: str | None) -> E
         key = (identity.project_id, identity.service_name)
         services.pop(key, None)
         services[key] = f"{identity.endpoint}"
+        named.setdefault(key, url)
+    journaled = {_key(url) for url in intents}
+    for key in [k for k in services if k not in journaled]:
+        if not read_ledger(results, fmt, named[key], lambda _m: None).unknown:
+            del services[key]  # every unknown row of it was resolved since
     if not services:
         return None
     if len(services) > 1:
@@ -108,3 +117,8 @@ def endpoint_from_results(results: Path, fmt: Format, override: str | None) -> E
     if override:
         base = check_endpoint(override)
     return Endpoint(base_url=base, project_id=project_id, service_name=service_name)
+
+
+def _key(url: str) -> tuple[str, str]:
+    identity = service_identity(url)
+    return identity.project_id, identity.service_name
