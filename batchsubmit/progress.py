@@ -41,7 +41,11 @@ class Log:
     def line(self, level: str, message: str, **fields: object) -> None:
         stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         if self._json:
-            text = orjson.dumps({"ts": stamp, "level": level, "msg": message, **fields}).decode()
+            record = {"ts": stamp, "level": level, "msg": message, **fields}
+            try:
+                text = orjson.dumps(record).decode()
+            except TypeError:  # a path that is not UTF-8 (surrogates): shown, never a crash
+                text = orjson.dumps(_printable(record)).decode()
         else:
             text = f"{stamp} {level}: {message}"
         if self.quiet:
@@ -69,6 +73,22 @@ class Log:
         for text in self._held:
             self._emit(text)
         self._held.clear()
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with every string made valid UTF-8: the bytes a path smuggled in as
+    surrogates (os.fsdecode's surrogateescape) become ``\\xff``, other lone surrogates
+    ``\\udc80``, as a text log line shows them."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(item) for item in value]
+    return value
 
 
 @dataclass

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+from pathlib import Path
+
+import orjson
 
 from batchsubmit.pool import NOT_CREATED
 from batchsubmit.progress import LineReporter, Log
 from batchsubmit.results import Outcome
+
+from .helpers import cli, cli_env
 
 
 def _outcome(status: str, error_code: str = "") -> Outcome:
@@ -42,3 +49,26 @@ def test_every_real_outcome_is_counted() -> None:
         reporter.outcome(_outcome(status, "IVA.0004" if status == "failed" else ""))
     counts = reporter.counts
     assert (counts.done, counts.submitted, counts.failed, counts.unknown) == (3, 1, 1, 1)
+
+
+def test_a_json_log_line_carries_text_that_is_not_utf8() -> None:
+    """A path that is not UTF-8 reaches the log as surrogates (os.fsdecode): the JSON line
+    shows its bytes escaped, in the message and in every field, and never crashes."""
+    stream = io.StringIO()
+    path = os.fsdecode(b"/tmp/missing\xff.toml")
+    Log(stream, json=True).line("error", f"{path}: no such file", where=[path], n={"k": "\ud800"})
+    line = orjson.loads(stream.getvalue())
+    assert line["msg"] == "/tmp/missing\\xff.toml: no such file"
+    assert (line["where"], line["n"]) == (["/tmp/missing\\xff.toml"], {"k": "\\ud800"})
+
+
+def test_the_command_line_logs_a_non_utf8_path_as_json(tmp_path: Path) -> None:
+    """`expand <a path that is not UTF-8> --log-format json`: exit 2 with one JSON line, as
+    the text log gives, not a traceback."""
+    missing = os.fsdecode(bytes(tmp_path) + b"/missing\xff.toml")
+    done = subprocess.run(
+        cli("expand", missing, "--log-format", "json"), capture_output=True, env=cli_env()
+    )
+    assert done.returncode == 2, done.stderr
+    assert b"Traceback" not in done.stderr
+    assert orjson.loads(done.stderr)["msg"].endswith("missing\\xff.toml: no such manifest file")
