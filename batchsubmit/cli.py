@@ -213,7 +213,10 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
     named = EmulatorOptions  # the defaults, named once
     emulator.add_argument("--host", default=named.host, help="address to listen on" + default)
     emulator.add_argument(
-        "--port", type=int, default=named.port, help="port; 0 picks a free one" + default
+        "--port",
+        type=_port,
+        default=named.port,
+        help="port, 0 to 65535; 0 picks a free one" + default,
     )
     faults: list[tuple[str, Any, object, str | None, str]] = [
         (
@@ -249,7 +252,7 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
             "send Retry-After on 429 and 503 answers (default: none, as the real gateway)",
         ),
         (
-            "--quota", int, named.quota, "N",
+            "--quota", _kept, named.quota, "N",
             "saved jobs at most, then 400 IVA.0012; 0 = unlimited" + default,
         ),
         (
@@ -560,11 +563,22 @@ def _emulator_positive(text: str) -> float:
     return value
 
 
+MAX_EMULATOR_SECONDS = 366 * 24 * 3600.0  # a year: a lifetime or delay beyond it is a typo
+
+
 def _emulator_seconds(text: str) -> float:
+    """Delays and lifetimes: 0 to a year (1e308 s overflowed every token's expiry: IAM 500)."""
     value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
+    if not 0 <= value <= MAX_EMULATOR_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 to {MAX_EMULATOR_SECONDS:,.0f} seconds (a year), not {text!r}"
+        )
     return value
+
+
+def _port(text: str) -> int:
+    """A TCP port; out of range was a traceback (-1) or another port silently (99999)."""
+    return _whole(text, 0, 65535)
 
 
 def _iam_user(text: str) -> Any:

@@ -4,6 +4,7 @@ what is wrong, never a traceback, and nothing created that a later error could l
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 from collections.abc import Callable
@@ -234,3 +235,44 @@ def test_the_command_line_and_the_manifest_take_one_endpoint_rule(tmp_path: Path
     except UsageError:
         typed = None
     assert typed == expected
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--port", "-1"],
+        ["--port", "99999"],
+        ["--quota", "-5"],
+        ["--token-ttl", "1e308"],
+        ["--credential-ttl", "1e308"],
+        ["--latency", "1e308"],
+        ["--slow-seconds", "-1"],
+    ],
+)
+def test_the_emulators_numbers_are_bounded(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`batchsubmit emulator` refuses a port out of range (99999 listened on another port),
+    a negative quota and lifetimes that overflow every token's expiry (each login a 500):
+    exit 2 naming the option."""
+    with pytest.raises(SystemExit) as raised:
+        main(["emulator", *args])
+    assert raised.value.code == 2
+    assert f"argument {args[0]}" in capsys.readouterr().err
+
+
+def test_the_emulator_says_why_it_cannot_listen(tmp_path: Path) -> None:
+    """A port in use, an address not this machine's or a host name that does not resolve:
+    exit 2 naming host and port, not a traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for host, where in (
+            ("127.0.0.1", f"127.0.0.1 port {port}"),
+            ("nonexist.invalid", f"nonexist.invalid port {port}"),
+        ):
+            done = run_cli("emulator", "--host", host, "--port", port, timeout=20)
+            assert done.returncode == 2, done.stderr
+            assert "Traceback" not in done.stderr
+            assert f"cannot listen on {where}" in done.stderr

@@ -4,6 +4,7 @@ ECS metadata) until SIGINT or SIGTERM."""
 from __future__ import annotations
 
 import signal
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -140,7 +141,14 @@ def run(options: EmulatorOptions, log: Log, env: Env) -> EmulatorResult:
             identity=identity,
             request_log=log_request if options.log_requests else None,
         )
-        async with emulator.serve(options.host, options.port) as url:
+        async with AsyncExitStack() as stack:
+            try:
+                url = await stack.enter_async_context(emulator.serve(options.host, options.port))
+            except OSError as exc:  # in use, not this machine's address, a name that resolves not
+                raise UsageError(
+                    f"emulator: cannot listen on {options.host} port {options.port}: "
+                    f"{exc.strerror or exc}"
+                ) from None
             log.line(
                 "info",
                 f"VAS emulator listening on {url} (project {EMULATOR_PROJECT_ID}, quota "
