@@ -51,10 +51,6 @@ DESCRIPTION_FIELDS = NAME_FIELDS | {"source"}
 # Create-body fields batchsubmit builds itself; [job.body] may not replace them.
 RESERVED_BODY_FIELDS = frozenset({"name", "description", "service_version", "input"})
 
-_ENDPOINT = re.compile(
-    r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?/?",
-    re.IGNORECASE,
-)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
 _TABLE_HEADER = re.compile(r"^\s*\[(\[)?\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
@@ -363,11 +359,12 @@ class _Reader:
     def base_url(self, url: str, key: str, example: str) -> str:
         """An http(s) URL without a path, normalised (scheme and host case, default port)."""
         try:
-            if _ENDPOINT.fullmatch(url):
+            if vas.BASE_URL.fullmatch(url):
                 return vas.normalise_base_url(url)
         except ValueError:
             pass
-        raise self.error(key, f"{url!r} is not an http(s) URL without a path (e.g. {example})")
+        shown = vas.hide_password(url)
+        raise self.error(key, f"{shown!r} is not an http(s) URL without a path (e.g. {example})")
 
     def body(self, body: dict[str, Any]) -> None:
         """Bound [job.body]: depth, size and numbers JSON can carry, each error naming its key.

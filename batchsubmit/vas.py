@@ -30,6 +30,7 @@ __all__ = [
     "ServiceIdentity",
     "Shape",
     "body_problem",
+    "hide_password",
     "normalise_base_url",
     "region_of",
     "service_identity",
@@ -204,6 +205,12 @@ BASE_URL = re.compile(
     r"https?://[A-Za-z0-9.-]+(:\d{1,5})?/?|https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?/?",
     re.IGNORECASE,
 )
+
+
+def hide_password(url: str) -> str:
+    """``url`` as an error message may show it: a password in its user part (a URL an
+    operator typed by mistake, with credentials in it) replaced by ``***``."""
+    return re.sub(r"(//[^/@:\s]*):[^/@\s]*@", r"\1:***@", url)
 
 
 def normalise_base_url(url: str) -> str:

@@ -31,7 +31,7 @@ from ..progress import Log, ProgressReporter, make_reporter
 from ..render import expand_line
 from ..results import Format, Ledger
 from ..runner import ExpandSummary, RunConfig
-from ..vas import BASE_URL, REGIONS, normalise_base_url
+from ..vas import BASE_URL, REGIONS, hide_password, normalise_base_url
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RATE = 10.0
@@ -203,7 +203,10 @@ def check_endpoint(url: str, option: str = "--endpoint") -> str:
             return normalise_base_url(url)
         except ValueError as exc:
             problem = f"{str(exc).lower()}; {problem}"
-    raise UsageError(f"{option} {url!r}: {problem}, e.g. https://iva.cn-north-4.myhuaweicloud.com")
+    shown = hide_password(url)
+    raise UsageError(
+        f"{option} {shown!r}: {problem}, e.g. https://iva.cn-north-4.myhuaweicloud.com"
+    )
 
 
 def endpoint(
