@@ -94,9 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = EXIT["SIGPIPE"]
-    if code != 0 and log.quiet:
+    if code not in _QUIET_CODES and log.quiet:
         log.release()
     return code
+
+
+# -q prints nothing for these: all went well, or (4) jobs not final yet, followed again next
+# time: not a failed night, so cron mails nothing.
+_QUIET_CODES = frozenset({0, 4})
 
 
 def _environment() -> Env:

@@ -554,7 +554,8 @@ async def _delete_all(
         client = clients[candidate.service_url]
         await _delete_one(pool, client, candidate, writer, journal, stats)
 
-    stats.deferred += len(await pool.each(work, delete))
+    not_started = await pool.each(work, delete)  # read after the await: the deletes under
+    stats.deferred += len(not_started)  # way count their own deferrals into stats meanwhile
 
 
 async def _delete_one(

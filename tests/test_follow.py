@@ -940,6 +940,21 @@ def _status_cli(results: Path, *extra: str) -> list[str]:
     return ["status", str(results), "--rate", "0", "--interval", "0.05", *extra]
 
 
+def test_quiet_status_with_jobs_still_running_prints_nothing(tmp_path: Path) -> None:
+    """`status -q` ending 4 (jobs not final yet: followed again next time) is not a failed
+    night: nothing printed, so cron mails nothing; the nightly script used to mail every such
+    night."""
+    live = LiveEmulator(Faults(jobs=Lifecycle(time_scale=0.01)))  # jobs stay PENDING
+    try:
+        manifest = write_manifest(tmp_path, video_keys(2))
+        results = tmp_path / "r.csv"
+        anyio.run(run_submit, config_for(manifest, live.url, results))
+        done = run_cli(*_status_cli(results, "--follow", "--deadline", "1s", "-q"))
+    finally:
+        live.close()
+    assert (done.returncode, done.stderr) == (4, "")
+
+
 def test_status_is_refused_while_a_submit_holds_the_lock(tmp_path: Path) -> None:
     """A status during a submit on the same results file exits 75 and sends nothing."""
     results = tmp_path / "r.csv"

@@ -420,6 +420,43 @@ def test_select_for_make_room_takes_only_the_counted_service() -> None:
         assert [c.record.job_id for c in select(records, services, rules, now).chosen] == ["a"]
 
 
+def test_a_prune_with_nothing_to_delete_needs_no_credentials(
+    live: LiveEmulator, tmp_path: Path
+) -> None:
+    """A ledger whose jobs are all pruned already (or none final): exit 0 on a machine with
+    no credentials for VAS, as README says ("nothing to prune included"); it used to stop at
+    "no credentials found" (exit 2)."""
+    results = submit_videos(live, tmp_path, 2)
+    record_jobs(live, results, state=PRUNED)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "BATCHSUBMIT_METADATA_URL": "http://127.0.0.1:9",  # never the real metadata address
+    }
+    done = run_cli("prune", str(results), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "credentials" not in done.stderr
+
+
+def test_every_selected_job_is_deleted_failed_or_deferred_when_the_service_is_gone(
+    tmp_path: Path,
+) -> None:
+    """The service unreachable: the first delete finds it so and the others are deferred,
+    each counted (the count was read before the deletes ran and written back after them:
+    "0 not sent" for six)."""
+    live = LiveEmulator(Faults(jobs=FAST_LIFE))
+    try:
+        results = submit_videos(live, tmp_path, 6)
+        settle(live, list(job_ids(results).values()))
+        record_jobs(live, results, final_at=time.time() - 2 * HOUR)
+    finally:
+        live.close()
+    stats = run_prune(results, older_than=0)
+    assert stats.selected == 6
+    assert stats.deleted + stats.gone + stats.failed + stats.deferred == 6, stats
+    assert stats.deferred >= 5
+
+
 def test_plan_prune_sends_nothing(tmp_path: Path) -> None:
     """A dry run needs no credentials and reads only local files."""
     results = tmp_path / "r.csv"
@@ -615,16 +652,64 @@ def test_make_room_replaces_a_job_found_already_gone(tmp_path: Path, emulator_en
         live.close()
 
 
+NIGHTLY = Path(__file__).parent.parent / "samples" / "batchsubmit-nightly.sh"
+
+
+def fake_install(tmp_path: Path, body: str) -> Path:
+    """A ``batchsubmit`` executable under a folder with a space in its name (the script must
+    quote it), running ``body``."""
+    folder = tmp_path / "opt dir" / "bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    program = folder / "batchsubmit"
+    program.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+    program.chmod(0o755)
+    return program
+
+
+@pytest.mark.parametrize(
+    ("status", "prune", "submit", "night"),
+    [
+        (0, 0, 0, 0),
+        (4, 0, 0, 0),  # last night's jobs still running: not a failed night
+        (1, 75, 75, 1),  # a lock that skipped two steps never hides the failed jobs
+        (0, 75, 0, 75),
+        (1, 0, 3, 3),
+        (0, 1, 2, 2),
+        (4, 75, 143, 143),
+        (3, 1, 75, 3),
+    ],
+)
+def test_the_nightly_script_exits_with_its_worst_step_by_severity(
+    tmp_path: Path, status: int, prune: int, submit: int, night: int
+) -> None:
+    """The night's exit is its worst step's by severity (an error, then failed jobs, then a
+    lock, then all well), not the largest number: 75 outranked a 1, and systemd takes 75 as
+    success."""
+    codes = {"status": status, "prune": prune, "submit": submit}
+    cases = " ".join(f"{name}) exit {code} ;;" for name, code in codes.items())
+    program = fake_install(tmp_path, f'case "$1" in {cases} esac')
+    results = tmp_path / "r.csv"
+    results.write_text("")
+    env = {
+        "PATH": os.environ["PATH"],
+        "BATCHSUBMIT": str(program),
+        "RESULTS": str(results),
+        "REPORTS": str(tmp_path),
+    }
+    done = subprocess.run(["sh", str(NIGHTLY)], env=env, capture_output=True, text=True)
+    assert done.returncode == night, done.stderr
+
+
 def test_the_sample_nightly_script_runs_two_nights(tmp_path: Path) -> None:
     """samples/batchsubmit-nightly.sh as cron runs it (processes, default pacing): the first
     night submits, the second follows, prunes, makes room under QUOTA and submits; silent,
     exit 0, one metrics file with the make-room figures."""
-    script = Path(__file__).parent.parent / "samples" / "batchsubmit-nightly.sh"
+    script = NIGHTLY
     live = LiveEmulator(Faults(jobs=SLOW_DELETE, quota=5))
     try:
         results = tmp_path / "nightly.results.csv"
         env = cli_env() | {
-            "BATCHSUBMIT": " ".join(cli()),
+            "BATCHSUBMIT": str(fake_install(tmp_path, 'exec {} "$@"'.format(" ".join(cli())))),
             "MANIFEST": str(tmp_path / "nightly.toml"),
             "RESULTS": str(results),
             "REPORTS": str(tmp_path),

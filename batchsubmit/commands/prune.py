@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +51,10 @@ def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
     fmt = format_for(results, options.format)
     base_url = check_endpoint(options.endpoint) if options.endpoint else None
     first = None if options.dry_run else first_service(results, fmt)
-    credentials = None
-    if first is not None:  # a dry run, or a ledger with no job, needs no credentials
-        credentials = ledger_credentials(env, log, first, base_url, options.pool)
     config = PruneConfig(
         results=results,
         format=fmt,
-        credentials=credentials,
+        credentials=None,
         pool=options.pool.settings(),
         rules=PruneRules(older_than=options.older_than, keep=options.keep),
         base_url=base_url,
@@ -65,9 +62,18 @@ def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
         timeout=options.pool.timeout,
     )
     warn = warner(log)
+    # A dry run, a ledger with no job, or nothing to delete needs no credentials: a nightly
+    # prune with nothing to do succeeds on a machine whose credentials are for submit only.
+    if first is not None and _has_work(plan_locked(config, lambda _message: None)):
+        credentials = ledger_credentials(env, log, first, base_url, options.pool)
+        config = replace(config, credentials=credentials)
     say = lambda level, message: log.line(level, message)  # noqa: E731
     stats = plan_locked(config, warn) if options.dry_run else prune(config, warn, say)
     return PruneResult(stats, started, results, options.dry_run)
+
+
+def _has_work(plan: PruneStats) -> bool:
+    return plan.selected > 0 or plan.resumed > 0
 
 
 def plan_locked(config: PruneConfig, warn: Any) -> PruneStats:
