@@ -654,7 +654,11 @@ async def make_room(
             service_url=service_url,
             credentials=client.provider,
         )
-        room.saved_before = room.saved_after = await _saved_jobs(gate, client)
+        saved = await _watched(gate, _saved_jobs(gate, client))
+        if saved is None:  # a signal: nothing pruned, nothing created tonight
+            room.prune.signal = gate.stats.signal
+            return room
+        room.saved_before = room.saved_after = saved
         needed = room.saved_before + planned - quota
         if needed > 0:
             log(
@@ -668,7 +672,11 @@ async def make_room(
             if room.prune.signal is not None:
                 return room
             expected = room.saved_before - room.prune.deleted
-            room.saved_after = await _wait_for_count(gate, client, expected, wait, poll)
+            counted = await _watched(gate, _wait_for_count(gate, client, expected, wait, poll))
+            if counted is None:
+                room.prune.signal = gate.stats.signal
+                return room
+            room.saved_after = counted
     room.room = max(0, min(planned, quota - room.saved_after))
     room.deferred = planned - room.room
     if room.deferred:
@@ -705,12 +713,38 @@ async def _prune_for_room(
     return total
 
 
+async def _watched(gate: Pool, counting: Awaitable[int]) -> int | None:
+    """A count read with SIGINT/SIGTERM watched (they stop ``gate``): None if a signal came.
+    The prune between two counts watches signals in its own pool."""
+    from .runner import watch_signals
+
+    found: int | None = None
+    failure: Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch_signals, gate)
+        try:
+            found = await counting
+        except Stopped:
+            pass  # a signal: _saved_jobs turns any other stop into an error
+        except Exception as exc:  # raised below, outside the group (not as an ExceptionGroup)
+            failure = exc
+        group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return None if gate.stats.signal is not None else found  # a count read as it came: stop
+
+
 async def _saved_jobs(gate: Pool, client: VasClient) -> int:
     """The account's saved jobs as this service's list sees them (``count`` of a 1-job page)."""
     try:
         answer = await gate.call(client.list_tasks, {"limit": 1})
     except Stopped:
-        raise FatalApiError(ApiError(0, "", "stopped"), "make-room was stopped") from None
+        if gate.stats.signal is not None:
+            raise
+        why = gate.stats.fatal or "the run stopped"  # the first call found no endpoint
+        raise FatalApiError(
+            ApiError(0, "", why), "make-room cannot read the saved-job count"
+        ) from None
     data = answer.data if isinstance(answer.data, dict) else {}
     count = data.get("count")
     if answer.kind is not Kind.OK or not isinstance(count, int) or count < 0:

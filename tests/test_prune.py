@@ -822,6 +822,56 @@ def test_a_signal_during_make_room_still_writes_the_summary_and_metrics(
         live.close()
 
 
+def test_make_room_that_cannot_count_still_writes_the_summary_and_metrics(
+    tmp_path: Path,
+) -> None:
+    """The endpoint gone when make-room reads the saved-job count: exit 3, nothing created,
+    and the summary and metrics written with 3 and the reason (the endpoint cannot be
+    reached), not "HTTP 0 : stopped" with no files (the nightly kept last night's exit 0)."""
+    live = LiveEmulator(Faults(jobs=FAST_LIFE))
+    url = live.url
+    results = submit_videos(live, tmp_path, 1)
+    live.close()
+    manifest = write_manifest(tmp_path, video_keys(3))
+    summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
+    done = run_cli(
+        *("submit", str(manifest), "--endpoint", url, "--results", str(results)),
+        *("--make-room", "--summary", str(summary), "--metrics", str(metrics)),
+    )
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    data = json.loads(summary.read_text())
+    assert data["exit_code"] == 3
+    assert data["counts"]["deferred"] == 2
+    assert "cannot reach" in data["fatal"]
+    assert "batchsubmit_last_run_exit_code 3\n" in metrics.read_text()
+
+
+def test_a_signal_while_make_room_counts_still_writes_the_summary(tmp_path: Path) -> None:
+    """SIGTERM while make-room waits for the saved-job count (a slow service): exit 143 with
+    the summary written; it used to kill the process outright (no handler yet)."""
+    live = LiveEmulator(Faults(jobs=FAST_LIFE))
+    try:
+        results = submit_videos(live, tmp_path, 1)
+        live.emulator.faults = Faults(jobs=FAST_LIFE, latency=3.0)
+        manifest = write_manifest(tmp_path, video_keys(3))
+        summary = tmp_path / "s.json"
+        args = [
+            *("submit", str(manifest), "--endpoint", live.url, "--results", str(results)),
+            *("--make-room", "--summary", str(summary)),
+        ]
+        process = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # start-up done; the count's call is in flight (3 s of latency)
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=30)
+        assert process.returncode == 143, err
+        data = json.loads(summary.read_text())
+        assert data["exit_code"] == 143
+        assert live.emulator.created_total == 1
+    finally:
+        live.close()
+
+
 def test_a_second_sigterm_cuts_a_hanging_delete_and_the_next_prune_redoes_it(
     tmp_path: Path,
 ) -> None:

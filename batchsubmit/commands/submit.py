@@ -13,7 +13,7 @@ from typing import Any
 from ..auth import Credentials
 from ..client import Endpoint
 from ..engine.loop import run as run_loop
-from ..errors import UsageError
+from ..errors import FatalApiError, UsageError
 from ..manifest import Manifest, load_manifest
 from ..pool import RunStats
 from ..progress import Log
@@ -183,9 +183,15 @@ async def run_submit(
         counted = count_work(manifest, ledger, uncertain, lambda _m: None)
         log_plan(log, counted, len(uncertain), config, prepared.ledger)
         room = None
+        failed: FatalApiError | None = None
         if options.make_room:
-            room, config = await _make_room(config, options.quota, log, counted)
-        if room is not None and room.prune.signal is not None:
+            try:
+                room, config = await _make_room(config, options.quota, log, counted)
+            except FatalApiError as exc:  # the summary and metrics are still written
+                failed, room = exc, Room(quota=options.quota, planned=counted.planned)
+        if failed is not None:
+            stats, summary, followed = _failed_in_room(failed, counted), counted, None
+        elif room is not None and room.prune.signal is not None:
             stats, summary, followed = _stopped_in_room(room, counted), counted, None
         else:
             planned = counted.planned
@@ -293,6 +299,16 @@ def _stopped_in_room(room: Room, counted: ExpandSummary) -> RunStats:
         signal=room.prune.signal,
         elapsed=room.prune.elapsed,
     )
+
+
+def _failed_in_room(error: FatalApiError, counted: ExpandSummary) -> RunStats:
+    """make-room could not tell whether tonight's creates fit (the count unreadable, the
+    endpoint unreachable, a prune that failed): nothing was created, every planned create
+    waits, and the run ends as fatal (exit 3) with its summary and metrics written."""
+    stats = RunStats(skipped=counted.skipped, deferred=counted.planned)
+    stats.fail(error)
+    stats.stop_reason = stats.deferred_reason = f"{error}; nothing was submitted"
+    return stats
 
 
 def _room_stats(stats: RunStats, room: Room) -> None:
