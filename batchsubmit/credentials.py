@@ -648,7 +648,15 @@ def _local_expiry(doc: Any, started: float, where: str) -> float:
     one (so a skewed clock does not shorten or stretch the lifetime), else as given."""
     expires = _expiry(doc, "expires_at", where)
     if isinstance(doc, dict) and isinstance(doc.get("issued_at"), str):
-        return started + expires - _expiry(doc, "issued_at", where)
+        expires = started + expires - _expiry(doc, "issued_at", where)
+    if expires <= started:
+        # Signing with them would be refused; asking again would get the same, before every
+        # call (41 fetches for 20 creates). Stop and say which clock to look at.
+        raise CredentialError(
+            f"{where}: the credentials it gave had expired before they arrived (expires_at "
+            f"{str(doc.get('expires_at'))[:40]}): this machine's clock or the service's is "
+            "wrong (NTP?); nothing was sent with them"
+        )
     return expires
 
 
@@ -829,17 +837,33 @@ def _read_token_cache(path: Path, key: str, now: float, warn: Warn) -> tuple[Iss
     except OSError as exc:
         warn(f"{path}: token cache not used: {exc.strerror}")
         return None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if info.st_uid != os.getuid() or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            warn(f"{path}: token cache not used: other users can read it (it must be 0600)")
+    try:
+        info = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(info.st_mode):
+            problem = "not a regular file"
+        elif info.st_uid != os.getuid():
+            problem = "another user owns it"
+        elif info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            problem = "other users can read it (it must be 0600)"
+        if problem is not None:
+            warn(f"{path}: token cache not used: {problem}")
             return None
-        data = handle.read(1 << 16)
+        data = os.read(fd, 1 << 16)
+    except OSError as exc:
+        warn(f"{path}: token cache not used: {exc.strerror}")
+        return None
+    finally:
+        os.close(fd)
     try:
         doc = orjson.loads(data)
         if doc.get("key") != key:
             return None
-        issued = Issued(Token(str(doc["token"])), float(doc["expires_at"]), float(doc["issued_at"]))
+        token = str(doc["token"])
+        if not _header_safe(token):  # a damaged or planted cache: a header it cannot carry
+            warn(f"{path}: token cache not used: its token is not one IAM issues")
+            return None
+        issued = Issued(Token(token), float(doc["expires_at"]), float(doc["issued_at"]))
         project_id = valid_project_id(str(doc["project_id"]), f"{path}: project_id")
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return None
@@ -980,9 +1004,11 @@ async def _discover_project(
     except orjson.JSONDecodeError:
         doc = None
     projects = doc.get("projects") if isinstance(doc, dict) else None
+    if not isinstance(projects, list):  # a hostile or broken answer: never a traceback
+        projects = []
     ids = [
         p["id"]
-        for p in projects or ()
+        for p in projects
         if isinstance(p, dict) and p.get("name") == region and isinstance(p.get("id"), str)
     ]
     if not ids:

@@ -581,6 +581,20 @@ async def test_a_token_refused_as_expired_is_renewed_once_then_the_run_stops(
 
 
 @pytest.mark.anyio
+async def test_credentials_that_expired_before_they_arrived_stop_at_once() -> None:
+    """A metadata service whose clock is two hours behind hands out keys that "expired" an
+    hour ago: refused when received, naming the clock, instead of signing with them and
+    fetching again before every call (41 fetches for 20 creates)."""
+    emulator = Emulator(identity=IdentityOptions(metadata=True, credential_ttl=3600.0))
+    emulator.identity.clock = lambda: time.time() - 7200
+    async with emulator.serve() as url:
+        with pytest.raises(CredentialError, match="expired before they arrived") as raised:
+            await open_for({"BATCHSUBMIT_METADATA_URL": url}, url, project_id=EMULATOR_PROJECT_ID)
+    assert "clock" in str(raised.value)
+    assert emulator.identity.credentials_issued == 1
+
+
+@pytest.mark.anyio
 async def test_a_wrong_password_is_refused_without_showing_it() -> None:
     """IAM refuses the login: exit 2 before any VAS call, the password nowhere."""
     emulator = Emulator(identity=IdentityOptions(users=(USER,)))
@@ -955,6 +969,50 @@ def test_cli_iam_token_cache_is_private_and_reused(
     for text in (first, second, third, (tmp_path / "o.csv").read_text()):
         assert token not in text
         assert PASSWORD not in text
+
+
+@pytest.mark.parametrize("damage", ["a directory", "a token with a line break"])
+def test_a_token_cache_that_cannot_be_used_is_set_aside(tmp_path: Path, damage: str) -> None:
+    """A cache path that is a directory, or a 0600 cache holding a token no header can carry
+    (a planted "abc\\r\\nX-Evil: 1"): not used, with a warning, and the login goes on; both
+    were tracebacks (IsADirectoryError; aiohttp's ValueError once a call was signed)."""
+    from batchsubmit.credentials import _read_token_cache
+
+    cache = tmp_path / "token.json"
+    if damage == "a directory":
+        cache.mkdir(mode=0o700)
+    else:
+        doc = {"key": "k", "token": "abc\r\nX-Evil: 1", "expires_at": time.time() + 86400,
+               "issued_at": time.time(), "project_id": EMULATOR_PROJECT_ID}  # fmt: skip
+        cache.write_bytes(orjson.dumps(doc))
+        cache.chmod(0o600)
+    warnings: list[str] = []
+    assert _read_token_cache(cache, "k", time.time(), warnings.append) is None
+    assert len(warnings) == 1
+    assert "token cache not used" in warnings[0]
+    assert "X-Evil" not in warnings[0]
+
+
+@pytest.mark.parametrize("projects", ["5", "true", '{"a": 1}', '"x"'])
+@pytest.mark.anyio
+async def test_an_iam_project_list_of_another_shape_is_an_error_not_a_traceback(
+    projects: str,
+) -> None:
+    """GET /v3/projects answering {"projects": 5}: "IAM lists no project named ...", exit 2
+    (it was TypeError: 'int' object is not iterable)."""
+
+    async def odd(_request: web.Request) -> web.Response:
+        return web.Response(text=f'{{"projects": {projects}}}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v3/projects", odd)
+    server = ServerThread(lambda: serve_app(app))
+    try:
+        env = {"HUAWEICLOUD_SDK_AK": "AK0", "HUAWEICLOUD_SDK_SK": "sk"}
+        with pytest.raises(CredentialError, match="IAM lists no project named cn-north-4"):
+            await open_for({**env, "HUAWEICLOUD_SDK_IAM_ENDPOINT": server.url}, server.url)
+    finally:
+        server.close()
 
 
 @pytest.mark.anyio
