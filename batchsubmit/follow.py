@@ -717,23 +717,32 @@ class Follower:
         before = self.stats.list_calls
         absent: list[_Job] = []
         seen: set[str] = set()
-        newest = self.cursor[service]
+        # The cursor the next changes pass lists from: the service's newest change when the
+        # sweep starts, read first (one job, newest first). Not the newest seen on the sweep's
+        # pages: those are read one after another, and a job on an early page that changed
+        # after it was read would be older than that, never listed again until a sweep.
+        start = await self._list(pool, service, self._changes_query(jobs, limit=1), None)
         windows = _windows(sorted(job.created_ms for job in jobs))
         if not self.time_filters:
             windows = [(0, 1 << 62)]
         for since, until in windows:
-            complete, updated = await self._list_window(pool, service, since, until, seen)
-            if updated is not None and (newest is None or updated > newest):
-                newest = updated
+            complete, _updated = await self._list_window(pool, service, since, until, seen)
             if complete:
                 absent += [
                     j for j in jobs
                     if since <= j.created_ms <= until and j.now.job_id not in seen
                 ]  # fmt: skip
-        if not pool.stopping:
-            self.cursor[service] = newest if newest is not None else time.time()
+        if start is not None and not pool.stopping:  # else the next pass sweeps again
+            self.cursor[service] = start[1] if start[1] is not None else time.time()
         self._last_sweep_calls = self.stats.list_calls - before
         return absent
+
+    def _changes_query(self, jobs: list[_Job], limit: int = LIST_LIMIT) -> dict[str, str | int]:
+        """Jobs of the service newest change first, from the oldest followed job's creation."""
+        query: dict[str, str | int] = {"order": "updated_at:DESC", "limit": limit, "offset": 0}
+        if self.time_filters:
+            query["created_since"] = max(0, min(job.created_ms for job in jobs) - SLACK_MS)
+        return query
 
     async def _list_window(
         self, pool: Pool, service: int, since: int, until: int, seen: set[str]
@@ -770,10 +779,7 @@ class Follower:
         """The jobs updated since the cursor, newest first, page by page until one is older."""
         cursor = self.cursor[service]
         assert cursor is not None
-        since = max(0, min(job.created_ms for job in jobs) - SLACK_MS)
-        query: dict[str, str | int] = {"order": "updated_at:DESC", "limit": LIST_LIMIT, "offset": 0}
-        if self.time_filters:
-            query["created_since"] = since
+        query = self._changes_query(jobs)
         newest: float | None = None
         offset = 0
         while offset < MAX_OFFSET:

@@ -420,6 +420,50 @@ async def test_passes_between_sweeps_list_only_what_changed(
 
 
 @pytest.mark.anyio
+async def test_a_job_that_changes_after_its_sweep_page_was_read_is_seen_by_the_next_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep reads its pages one after another. A job on the first page that succeeds once
+    that page was read, while 100 more jobs change and one changes 20 s later: the next
+    changes pass must list back to it. With the cursor at the newest change the sweep saw,
+    the pass stopped above it and the job stayed PENDING until the next sweep (ten passes
+    later; here never)."""
+    monkeypatch.setattr("batchsubmit.follow.SWEEP_EVERY", 1000)
+    monkeypatch.setattr("batchsubmit.follow.CHEAP_SWEEP", 0)  # 3 pages: sweeps are cheap
+    now = [1000.0]
+    ids: list[str] = []
+    done = []
+
+    def after_the_first_sweep_page(record: RequestRecord) -> None:
+        if done or "order=created_at" not in record.path or "offset=0" not in record.path:
+            return
+        done.append(True)
+        now[0] += 1.0
+        emulator.set_state(ids[0], "SUCCEEDED")  # on page 1, already read
+        for job_id in ids[100:200]:  # page 2, read next
+            now[0] += 0.1
+            emulator.set_state(job_id, "RUNNING")
+        now[0] += 10.0
+        emulator.set_state(ids[-1], "RUNNING")  # page 3: the sweep's newest change
+
+    emulator = Emulator(
+        Faults(jobs=Lifecycle(time_scale=1e-6)),
+        clock=lambda: now[0],
+        request_log=after_the_first_sweep_page,
+    )
+    manifest = write_manifest(tmp_path, video_keys(250))
+    results = tmp_path / "r.csv"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        ids.extend(emulator.tasks)
+        stats, text = await _status(results, deadline=1.0)
+    rows = {row["job_id"]: row for row in _report(tmp_path / "r.report.csv")}
+    assert done, text
+    assert stats.passes >= 2, text
+    assert rows[ids[0]]["state"] == "SUCCEEDED", text
+
+
+@pytest.mark.anyio
 async def test_a_changes_pass_pages_until_a_job_older_than_the_cursor(tmp_path: Path) -> None:
     """The "changes" list (updated_at:DESC) reads page after page while jobs are newer than
     the cursor, and stops at the first page that reaches older ones: no change is missed,
@@ -753,7 +797,8 @@ async def test_a_final_job_is_not_asked_about_again_and_keeps_its_state(tmp_path
         rows = {row["job_id"]: row for row in _report(tmp_path / "r.report.csv")}
         assert rows[first_id]["state"] == "SUCCEEDED"
         assert rows[second_id]["state"] == "LOST"
-        assert sum(emulator.calls.values()) - calls == 2  # one list, one show (404)
+        # the sweep's look at the newest change (its cursor), one list, one show (404)
+        assert sum(emulator.calls.values()) - calls == 3
         stats, _ = await _status(results)
         assert (stats.followed, stats.calls, exit_code(stats)) == (0, 0, 0)
 
