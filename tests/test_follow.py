@@ -432,7 +432,7 @@ async def test_a_job_that_changes_after_its_sweep_page_was_read_is_seen_by_the_n
     monkeypatch.setattr("batchsubmit.follow.CHEAP_SWEEP", 0)  # 3 pages: sweeps are cheap
     now = [1000.0]
     ids: list[str] = []
-    done = []
+    done: list[bool] = []
 
     def after_the_first_sweep_page(record: RequestRecord) -> None:
         if done or "order=created_at" not in record.path or "offset=0" not in record.path:
