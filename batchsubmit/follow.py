@@ -658,7 +658,13 @@ class Follower:
                 self._last_changes_calls = self.stats.list_calls - before
         absent = {job.now.job_id for job in confirm}
         self._collected_already()
-        shows = confirm + [
+        # Many jobs missing from a filtered sweep: a few shows first. If those exist, the
+        # filters are wrong for this service (or the clocks too far apart), and the next
+        # unfiltered sweep lists the rest: one show per job would cost 5,000 calls for 5,000.
+        first = confirm
+        if self.time_filters and len(confirm) > 2 * TRUST_MISSES:
+            first = confirm[: 2 * TRUST_MISSES]
+        shows = first + [
             job
             for job in self.jobs.values()
             if job.now.job_id not in absent and self._needs_show(job)
@@ -666,15 +672,19 @@ class Follower:
         self._there = 0
         # Shows not started because the run stopped are asked about next pass (or next run).
         await pool.each(shows, lambda job: self._show(pool, job, job.now.job_id in absent))
-        if self.time_filters and self._there >= max(TRUST_MISSES, len(absent) // 2):
+        if self.time_filters and self._there >= max(TRUST_MISSES, len(first) // 2):
             # Jobs a window did not list, yet show has them: the service does not read
-            # created_since/created_until as epoch milliseconds (VAS-API.md: unconfirmed).
+            # created_since/created_until as epoch milliseconds (VAS-API.md: unconfirmed),
+            # or its clock is far from ours.
             self.time_filters = False
             self.cursor = [None] * len(self.cursor)  # the next pass sweeps, unfiltered
             self.warn(
                 f"{self._there} jobs missing from lists filtered by creation time exist: "
                 "listing without created_since/created_until from now on (more list calls)"
             )
+        elif len(first) < len(confirm):  # the few were gone indeed: confirm the others
+            rest = confirm[len(first) :]
+            await pool.each(rest, lambda job: self._show(pool, job, True))
 
     def _collected_already(self) -> None:
         """A result saved by a run killed before it recorded COLLECTED: never fetched twice."""

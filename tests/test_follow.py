@@ -518,8 +518,9 @@ async def test_a_service_that_reads_creation_times_otherwise_is_listed_unfiltere
     tmp_path: Path,
 ) -> None:
     """If created_since/created_until are not epoch milliseconds on the real service (not
-    confirmed), filtered lists come back empty; show finds the jobs, and from the next pass
-    on the lists go without time filters: correct, then cheap again."""
+    confirmed), or its clock is far from ours, filtered lists come back empty; a few shows
+    find the jobs (not one per job: 5,000 calls for 5,000), and from the next pass on the
+    lists go without time filters: correct, then cheap again."""
     service_url = "http://127.0.0.1:9/v2/p/services/s/tasks"
     results = tmp_path / "r.jsonl"
     ids = [f"{n:032x}" for n in range(30)]
@@ -555,14 +556,50 @@ async def test_a_service_that_reads_creation_times_otherwise_is_listed_unfiltere
     follower.clients = [SimpleNamespace(list_tasks=list_tasks, show=show)]  # type: ignore[list-item]
     with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
         await follower._pass(pool)
-        assert follower.stats.show_calls == 30  # each confirmed: none is LOST
-        assert {job.now.state for job in follower.jobs.values()} == {"RUNNING"}
+        assert follower.stats.show_calls == 6  # a few confirmed there: none is LOST
+        assert follower.stats.lost == 0
         assert not follower.time_filters
         assert any("without created_since" in w for w in warnings)
         follower.stats.passes += 1
         await follower._pass(pool)
-    assert follower.stats.show_calls == 30  # the second pass needed no show
+    assert {job.now.state for job in follower.jobs.values()} == {"RUNNING"}
+    assert follower.stats.show_calls == 6  # the second pass, unfiltered, needed no show
     assert "created_since" not in queries[-1]
+
+
+@pytest.mark.anyio
+async def test_jobs_missing_from_a_sweep_that_are_gone_are_each_confirmed_lost(
+    tmp_path: Path,
+) -> None:
+    """The other side: the few shown first are gone indeed (404 IVA.0005), so the filters
+    stand and every other missing job is shown too, each confirmed LOST."""
+    service_url = "http://127.0.0.1:9/v2/p/services/s/tasks"
+    results = tmp_path / "r.jsonl"
+    ids = [f"{n:032x}" for n in range(30)]
+    _submitted_ledger(results, ids, service_url)
+
+    async def list_tasks(query: dict[str, Any]) -> Answer:
+        return Answer(kind=Kind.OK, status=200, data={"count": 0, "tasks": []})
+
+    async def show(job_id: str) -> Answer:
+        return Answer(kind=Kind.FAILED, status=404, error_code="IVA.0005", error_msg="gone")
+
+    config = replace(_follow_config(results, follow=False), format="jsonl")
+    follower = prepare_follow(config, lambda _m: None)
+    pool = Pool(
+        object(),  # type: ignore[arg-type]
+        object(),  # type: ignore[arg-type]
+        LineReporter(Log(io.StringIO()), None),
+        PoolSettings(rate=0.0),
+        service_url=service_url,
+        credentials=None,
+    )
+    follower.clients = [SimpleNamespace(list_tasks=list_tasks, show=show)]  # type: ignore[list-item]
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
+        await follower._pass(pool)
+    assert follower.stats.show_calls == 30
+    assert {job.now.state for job in follower.jobs.values()} == {"LOST"}
+    assert follower.time_filters
 
 
 @pytest.mark.anyio
