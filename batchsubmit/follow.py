@@ -518,20 +518,20 @@ class Follower:
         for at, number, data in iter_raw(self.record_file, self.warn):
             job_id = data["job_id"]
             self._expiring.pop(job_id, None)
-            if data["final"]:
-                index.add(job_id, ~at)
-                open_.pop(job_id, None)
-                if data.get("hosting_status") == "AVAILABLE" and not self.collecting:
-                    record = from_json(data)
-                    if _expiring(record, time.time()):
-                        self._expiring[job_id] = record
-                continue
-            try:
-                open_[job_id] = from_json(data)
+            try:  # every line, final ones too: the report reads them after the requests
+                record = from_json(data)
             except ValueError as exc:
                 raise UsageError(
                     f"{self.record_file}:{number}: not a follow record line ({exc})"
                 ) from None
+            if data["final"]:
+                index.add(job_id, ~at)
+                open_.pop(job_id, None)
+                if record.hosting_status == "AVAILABLE" and not self.collecting:
+                    if _expiring(record, time.time()):
+                        self._expiring[job_id] = record
+                continue
+            open_[job_id] = record
             index.add(job_id, at)
         index.freeze()
         return index, open_

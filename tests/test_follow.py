@@ -263,6 +263,22 @@ def test_one_report_row_per_video_its_latest_submitted_row(tmp_path: Path) -> No
     assert sorted(chosen) == [("s1", "j3"), ("s2", ""), ("s3", "j4")]
 
 
+def test_a_damaged_final_line_of_the_record_stops_before_any_request(tmp_path: Path) -> None:
+    """A final record line whose fields are of the wrong type (a hand edit): found when the
+    record is read, before any request, naming its line; it was found by the report writer,
+    after every pass."""
+    results = tmp_path / "r.jsonl"
+    _submitted_ledger(results, ["j0", "j1"], "http://127.0.0.1:9/v2/p/services/s/tasks")
+    good = orjson.dumps({"job_id": "j0", "source": "s0", "name": "n0", "state": "FAILED",
+                         "final": True})  # fmt: skip
+    bad = orjson.dumps({"job_id": "j1", "source": "s1", "name": 7, "state": "FAILED",
+                        "final": True})  # fmt: skip
+    record_path(results).write_bytes(good + b"\n" + bad + b"\n")
+    config = replace(_follow_config(results), format="jsonl")
+    with pytest.raises(UsageError, match=r"follow\.jsonl:2: not a follow record line"):
+        prepare_follow(config, pytest.fail)
+
+
 def test_a_submitted_row_whose_service_cannot_be_read_stops_the_status(tmp_path: Path) -> None:
     """A job that cannot be followed is never recorded final, so never pruned: a row whose
     service_url is not a VAS tasks URL (a hand edit) stops `status` before any request,
