@@ -527,9 +527,8 @@ class Follower:
             if data["final"]:
                 index.add(job_id, ~at)
                 open_.pop(job_id, None)
-                if record.hosting_status == "AVAILABLE" and not self.collecting:
-                    if _expiring(record, time.time()):
-                        self._expiring[job_id] = record
+                if not self.collecting and _expiring(record, time.time()):
+                    self._expiring[job_id] = record
                 continue
             open_[job_id] = record
             index.add(job_id, at)
