@@ -22,6 +22,7 @@ __all__ = [
     "DUPLICATE",
     "INTERRUPTED",
     "NOT_CREATED",
+    "QUOTA_FULL",
     "JobLimit",
     "Journal",
     "Reporter",
@@ -29,6 +30,8 @@ __all__ = [
     "Sink",
     "describe",
 ]
+
+QUOTA_FULL = "the account's job quota is full"  # the stop reason of an IVA.0012 mid-run
 
 NOT_CREATED = "BATCHSUBMIT.NOT_CREATED"
 INTERRUPTED = "BATCHSUBMIT.INTERRUPTED"
@@ -181,7 +184,7 @@ class Rows:
             if not self._quota_defers:
                 error = ApiError(answer.status, answer.error_code, answer.error_msg)
                 stats.fail(FatalApiError(error, "make room"), stats.deferred_reason)
-        self._gate.stop("the account's job quota is full")
+        self._gate.stop(QUOTA_FULL)
 
 
 class JobLimit:

@@ -750,6 +750,8 @@ def test_quota_full_mid_run_with_make_room_defers(tmp_path: Path, emulator_env: 
         counts = summary["counts"]
         assert isinstance(counts, dict)
         assert (counts["submitted"], counts["deferred"]) == (4, 4)
+        # deferred for the quota, as the metrics say (they said 0: only make-room's count)
+        assert "batchsubmit_quota_deferred 4\n" in (tmp_path / "m.prom").read_text()
         assert live.emulator.calls["create", 400] >= 1  # the service said IVA.0012
         assert len(live.emulator.tasks) == 10
     finally:

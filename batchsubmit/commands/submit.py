@@ -15,6 +15,7 @@ from ..client import Endpoint
 from ..engine.loop import run as run_loop
 from ..errors import FatalApiError, UsageError
 from ..manifest import Manifest, load_manifest
+from ..outcomes import QUOTA_FULL
 from ..pool import RunStats
 from ..progress import Log
 from ..prune import DEFAULT_QUOTA, PruneConfig, Room, make_room
@@ -312,7 +313,11 @@ def _failed_in_room(error: FatalApiError, counted: ExpandSummary) -> RunStats:
 
 
 def _room_stats(stats: RunStats, room: Room) -> None:
-    """The quota, not --max-jobs, is why the rest waits for the next night."""
+    """The quota, not --max-jobs, is why the rest waits for the next night. A quota filled
+    mid-run (another service's jobs, which make-room's count does not see) deferred the rest
+    for the quota too: ``batchsubmit_quota_deferred`` counts them."""
+    if stats.stop_reason == QUOTA_FULL:
+        room.deferred = max(room.deferred, stats.deferred)
     if not room.deferred:
         return
     stats.deferred_reason = stats.deferred_reason or room.reason
