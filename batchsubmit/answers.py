@@ -321,7 +321,9 @@ _KEY_HINTS = (
     (re.compile(r"timing|service_config|resource_order|edge_pool|\binput\b"), "job.body"),
     (re.compile(r"service[_ ]version|\bversion\b"), "service.version"),
     (re.compile(r"service[_ ]name|\bservice\b.*\b(not (exist|found)|unknown)"), "service.name"),
-    (re.compile(r"\b(output|webhook|dis|hosting|localpath)\b"), "job.output"),
+    # webhook, dis, hosting and localpath outputs come from [job.body.output]; obs from job.output
+    (re.compile(r"\b(webhook|dis|hosting|localpath)\b"), "job.body.output"),
+    (re.compile(r"\boutput\b"), "job.output"),
     (re.compile(r"\bdescription\b"), "job.description"),
     (re.compile(r"\bname\b"), "job.name"),
 )

@@ -396,7 +396,7 @@ def _results_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         choices=("csv", "jsonl"),
-        help="results format (default: from the extension, else csv)",
+        help="results format (default: from the extension, .csv or .jsonl)",
     )
     _output_options(parser)
 
@@ -706,13 +706,14 @@ def _follow_options(parser: argparse.ArgumentParser, *, submit: bool) -> None:
         type=Path,
         metavar="PATH",
         help="the report, one row per video (.csv or .jsonl; default: beside the results "
-        "file, <results>.report.<format>)",
+        "file, its name without the extension + .report.<format>: r.csv -> r.report.csv)",
     )
     parser.add_argument(
         "--collect",
         type=Path,
         metavar="DIR",
-        help="save each AVAILABLE hosting result to DIR/<job name>.json, once (default: not saved)",
+        help="save each AVAILABLE hosting result to DIR/<job name>.<job id>.json, once "
+        "(default: not saved)",
     )
     parser.add_argument(
         "--stuck-after",

@@ -964,8 +964,8 @@ class Follower:
             self.reporter.outcome(_progress_outcome(record))
 
     def _save_result(self, record: JobRecord, data: Any) -> bool:
-        """Write a hosting result to ``<collect>/<job name>.json`` (atomically, then synced):
-        the JSON document ``data`` holds (VAS's result.json), or ``data`` itself as JSON."""
+        """Write a hosting result to ``<collect>/<job name>.<job id>.json`` (atomically, then
+        synced): the JSON document ``data`` holds (VAS's result.json), or ``data`` itself."""
         target = self._result_file(record)
         if isinstance(data, str):
             try:

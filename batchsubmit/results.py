@@ -120,7 +120,7 @@ def format_for(path: Path, explicit: str | None) -> Format:
 
 
 ROW_BUFFER = 1 << 20  # bytes: room for many times the rows that come between two flushes
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: never in a row we write
 _SCHEMA_TAIL = b',"schema":' + str(SCHEMA).encode() + b"}\n"
 
 

@@ -406,6 +406,11 @@ CSV_DAMAGE = [
     (b",,,,,,,,,,,", "status"),
     # the writer never writes a control character: a NUL in a source is damage, not a video
     (b"obs://bkt/x\x00.mp4,n,,submitted,201,,,1,r,t," + SERVICE.encode() + b",False", "control"),
+    # C1 (NEL) too: the listings refuse it, so no row holds one
+    (
+        "obs://bkt/x\x85.mp4,n,,submitted,201,,,1,r,t,".encode() + SERVICE.encode() + b",False",
+        "control",
+    ),
 ]
 
 
