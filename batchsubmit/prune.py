@@ -122,6 +122,8 @@ class PruneStats:
 
     selected: int = 0
     deleted: int = 0  # answered 2xx
+    # of them, by service (vas.service_of): make-room's room is its own service's deletes
+    deleted_of: Counter[str] = field(default_factory=Counter)
     gone: int = 0  # answered 404 IVA.0005: already gone, recorded PRUNED too
     failed: int = 0
     resumed: int = 0  # intents left by a killed prune, deleted again first
@@ -582,6 +584,7 @@ async def _delete_one(
         journal.settle(job_id)  # the intent file is rewritten only after the record's sync
         if answer.kind is Kind.OK:
             stats.deleted += 1
+            stats.deleted_of[service_of(candidate.service_url)] += 1
             outcome = PRUNED
         else:
             stats.gone += 1
@@ -632,7 +635,7 @@ async def make_room(
     log: LogFn,
     *,
     service_url: str,
-    wait: float = ROOM_WAIT,
+    wait: float | None = None,
     poll: float = ROOM_POLL,
 ) -> Room:
     """Before tonight's first create: read the saved-job count (VAS's list ``count`` for this
@@ -640,6 +643,7 @@ async def make_room(
     if ``planned`` creates do not fit under ``quota``, prune eligible jobs of this ledger (the
     prune rules without a minimum age), oldest first, only as many as needed, then wait for
     them to leave the count. What still does not fit is deferred. The caller holds the lock."""
+    wait = ROOM_WAIT if wait is None else wait
     room = Room(quota=quota, planned=planned)
     if planned == 0 or config.credentials is None:
         return room  # nothing to create tonight: no room to make
@@ -671,7 +675,7 @@ async def make_room(
                 raise FatalApiError(ApiError(0, "", room.prune.fatal), "make-room could not prune")
             if room.prune.signal is not None:
                 return room
-            expected = room.saved_before - room.prune.deleted
+            expected = room.saved_before - room.prune.deleted_of[service_of(service_url)]
             counted = await _watched(gate, _wait_for_count(gate, client, expected, wait, poll))
             if counted is None:
                 room.prune.signal = gate.stats.signal
@@ -702,12 +706,16 @@ async def _prune_for_room(
         for name in ("selected", "deleted", "gone", "failed", "resumed", "deferred", "calls"):
             setattr(total, name, getattr(total, name) + getattr(stats, name))
         total.retries += stats.retries
+        total.deleted_of += stats.deleted_of
         total.jobs += stats.jobs
         total.held = stats.held
         total.first_errors = {**stats.first_errors, **total.first_errors}
         total.fatal, total.signal = stats.fatal, stats.signal
         total.already = stats.already
-        needed -= stats.deleted
+        # A redone intent of another service (a killed prune's) is deleted too, but frees no
+        # room in this service's count: only this service's deletes count against ``needed``.
+        mine = stats.deleted_of[service_of(service_url)]
+        needed -= mine
         if stats.pruned == 0 or stats.fatal or stats.signal is not None or stats.failed:
             break
     return total

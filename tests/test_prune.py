@@ -33,6 +33,7 @@ from batchsubmit.prune import (
 from batchsubmit.record import JobRecord, RecordWriter, is_final, read_record, record_path
 
 from .helpers import (
+    BUCKET,
     FAST_RETRY,
     LiveEmulator,
     cli,
@@ -648,6 +649,43 @@ def test_make_room_replaces_a_job_found_already_gone(tmp_path: Path, emulator_en
         assert states(results)[oldest.job_id] == PRUNED
         assert len(live.emulator.deleted) == 1
         assert live.emulator.calls["create", 400] == 0
+    finally:
+        live.close()
+
+
+def test_make_room_counts_only_its_own_services_deletes_as_room(
+    tmp_path: Path, emulator_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed prune left an intent for another service's job in the same results file:
+    make-room redoes that delete (it may have been sent) but counts only its own service's
+    deletes as room. It counted both, so it waited the whole ROOM_WAIT for a count that
+    could not drop that far."""
+    monkeypatch.setattr("batchsubmit.prune.ROOM_WAIT", 30.0)
+    live = LiveEmulator(Faults(jobs=FAST_LIFE))
+    try:
+        results = submit_videos(live, tmp_path, 3)
+        (tmp_path / "y").mkdir()
+        other = write_manifest(tmp_path / "y", video_keys(2, start=100))
+        config = config_for(other, live.url, results)
+        config = replace(config, endpoint=replace(config.endpoint, service_name="other-tool"))
+        anyio.run(run_submit, config)
+        ids = job_ids(results)
+        settle(live, list(ids.values()))
+        record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+        theirs = ids[f"obs://{BUCKET}/{video_keys(1, start=100)[0]}"]
+        intent = {"job_id": theirs, "state": "PRUNING", "service_url": config.endpoint.tasks_url}
+        prune_journal_path(results).write_bytes(json.dumps(intent).encode() + b"\n")
+        manifest = write_manifest(tmp_path, video_keys(4))
+        started = time.monotonic()
+        code = run_main(
+            *("submit", str(manifest), "--endpoint", live.url, "--results", str(results)),
+            *("--make-room", "--quota", "3", "--rate", "0", "-q"),
+        )
+        assert code == 0
+        assert time.monotonic() - started < 10
+        assert theirs in live.emulator.deleted  # the redone intent
+        assert len(live.emulator.deleted) == 2  # and one of this service's, for the one create
+        assert live.emulator.created_total == 6
     finally:
         live.close()
 
