@@ -509,8 +509,22 @@ async def test_a_changes_pass_pages_until_a_job_older_than_the_cursor(tmp_path: 
         page = tasks[offset : offset + int(query["limit"])]
         return Answer(kind=Kind.OK, status=200, data={"count": len(tasks), "tasks": page})
 
-    config = replace(_follow_config(results, follow=False), format="jsonl")
-    follower = prepare_follow(config, pytest.fail)
+    follower, pool = _scripted_follower(results, service_url, list_tasks, None, pytest.fail)
+    follower.cursor = [cursor]
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
+        await follower._changed(pool, 0, list(follower.jobs.values()))
+    assert offsets == [0, 100]
+    states = Counter(job.now.state for job in follower.jobs.values())
+    assert states == {"SUCCEEDED": 150, "RUNNING": 50, "": 50}  # page 2 reached older ones
+    assert follower.cursor == [cursor + 100]
+
+
+def _scripted_follower(
+    results: Path, service_url: str, list_tasks: Any, show: Any, warn: Any
+) -> tuple[Any, Pool]:
+    """A follower of a JSONL ledger whose one service is ``list_tasks`` and ``show`` (a script,
+    no server), and a pool to run its passes through."""
+    follower = prepare_follow(replace(_follow_config(results, follow=False), format="jsonl"), warn)
     pool = Pool(
         object(),  # type: ignore[arg-type]
         object(),  # type: ignore[arg-type]
@@ -519,14 +533,8 @@ async def test_a_changes_pass_pages_until_a_job_older_than_the_cursor(tmp_path: 
         service_url=service_url,
         credentials=None,
     )
-    follower.clients = [SimpleNamespace(list_tasks=list_tasks)]  # type: ignore[list-item]
-    follower.cursor = [cursor]
-    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
-        await follower._changed(pool, 0, list(follower.jobs.values()))
-    assert offsets == [0, 100]
-    states = Counter(job.now.state for job in follower.jobs.values())
-    assert states == {"SUCCEEDED": 150, "RUNNING": 50, "": 50}  # page 2 reached older ones
-    assert follower.cursor == [cursor + 100]
+    follower.clients = [SimpleNamespace(list_tasks=list_tasks, show=show)]  # type: ignore[list-item]
+    return follower, pool
 
 
 @pytest.mark.anyio
@@ -558,18 +566,8 @@ async def test_a_service_that_reads_creation_times_otherwise_is_listed_unfiltere
     async def show(job_id: str) -> Answer:
         return Answer(kind=Kind.OK, status=200, data=tasks[job_id])
 
-    config = replace(_follow_config(results, follow=False), format="jsonl")
     warnings: list[str] = []
-    follower = prepare_follow(config, warnings.append)
-    pool = Pool(
-        object(),  # type: ignore[arg-type]
-        object(),  # type: ignore[arg-type]
-        LineReporter(Log(io.StringIO()), None),
-        PoolSettings(rate=0.0),
-        service_url=service_url,
-        credentials=None,
-    )
-    follower.clients = [SimpleNamespace(list_tasks=list_tasks, show=show)]  # type: ignore[list-item]
+    follower, pool = _scripted_follower(results, service_url, list_tasks, show, warnings.append)
     with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
         await follower._pass(pool)
         assert follower.stats.show_calls == 6  # a few confirmed there: none is LOST
@@ -600,17 +598,7 @@ async def test_jobs_missing_from_a_sweep_that_are_gone_are_each_confirmed_lost(
     async def show(job_id: str) -> Answer:
         return Answer(kind=Kind.FAILED, status=404, error_code="IVA.0005", error_msg="gone")
 
-    config = replace(_follow_config(results, follow=False), format="jsonl")
-    follower = prepare_follow(config, lambda _m: None)
-    pool = Pool(
-        object(),  # type: ignore[arg-type]
-        object(),  # type: ignore[arg-type]
-        LineReporter(Log(io.StringIO()), None),
-        PoolSettings(rate=0.0),
-        service_url=service_url,
-        credentials=None,
-    )
-    follower.clients = [SimpleNamespace(list_tasks=list_tasks, show=show)]  # type: ignore[list-item]
+    follower, pool = _scripted_follower(results, service_url, list_tasks, show, lambda _m: None)
     with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
         await follower._pass(pool)
     assert follower.stats.show_calls == 30
