@@ -38,6 +38,7 @@ from .errors import CredentialError, UsageError
 from .manifest import Manifest
 from .pool import Pool, PoolSettings, Stopped
 from .proxies import proxy_for
+from .vas import CONTROL
 
 __all__ = [
     "ListPage",
@@ -497,10 +498,10 @@ async def spool_prefixes(
             with spool.open("w", encoding="utf-8") as out:
                 async for keys in list_pages(pool, client, bucket, prefix):
                     for key in keys:
-                        if "\n" in key or "\r" in key:
+                        if CONTROL.search(key):  # a tab, a line break...: not a path VAS takes
                             warn(
-                                f"obs://{bucket}/{key!r}: a key with a line break cannot be "
-                                "submitted; skipped"
+                                f"obs://{bucket}/{key!r}: a key with a control character "
+                                f"cannot be submitted ({source.where}.prefix); skipped"
                             )
                             continue
                         out.write(f"obs://{bucket}/{key}\n")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +32,7 @@ import orjson
 from .durable import drop_torn_tail
 from .errors import UsageError
 from .hashes import HashBuckets, stable_hash
-from .vas import ServiceIdentity, service_identity
+from .vas import CONTROL, ServiceIdentity, service_identity
 
 __all__ = [
     "BASE_COLUMNS",
@@ -120,7 +119,7 @@ def format_for(path: Path, explicit: str | None) -> Format:
 
 
 ROW_BUFFER = 1 << 20  # bytes: room for many times the rows that come between two flushes
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: never in a row we write
+_CONTROL = CONTROL  # never in a row we write
 _SCHEMA_TAIL = b',"schema":' + str(SCHEMA).encode() + b"}\n"
 
 

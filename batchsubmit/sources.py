@@ -29,7 +29,7 @@ from typing import IO
 from .errors import ManifestError
 from .hashes import HashBuckets
 from .manifest import Manifest, Source, parse_obs_url, path_problem
-from .vas import OBS_KEY_MAX_BYTES
+from .vas import CONTROL, OBS_KEY_MAX_BYTES
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -55,12 +55,16 @@ EXAMPLES_KEPT = 5
 
 # What `obsutil ls -s` prints around the paths; anything else that is not a path is an error,
 # because silently skipping an unknown line could silently skip a video.
+# Older and newer obsutil versions: "Folder number is: 0" / "Folder number: 1", and 3.1's
+# "Listing objects ." line.
 _OBSUTIL_NOISE = re.compile(
-    r"(Start at |Folder list:|Object list:|Bucket list:|Total size of |Folder number is:|"
-    r"File number is:|Object number is:|Bucket number is:)"
+    r"(Start at |Listing objects |Folder list:|Object list:|Bucket list:|Total size of |"
+    r"(Folder|File|Object|Bucket) number( is)?:)"
 )
-_NEXT_MARKER = "Next marker is:"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (U+0085 is a line break)
+_NEXT_MARKER = re.compile(r"Next marker( is)?:")
+# What a listing line's surroundings may hold: ASCII blanks and the line break. Not str.strip()'s
+# Unicode white space: a key may end in a no-break space, and U+001F is a control character.
+_BLANKS = " \t\r\n"
 
 
 class LineKind(Enum):
@@ -94,21 +98,25 @@ class ExpandStats:
     empty_prefixes: list[str] = field(default_factory=list)  # live prefixes that listed nothing
 
 
-def parse_listing_line(line: str) -> tuple[LineKind, str]:
-    """Classify one listing line (terminator already removed); ValueError if it makes no sense.
+def parse_listing_line(line: str, *, exact: bool = False) -> tuple[LineKind, str]:
+    """Classify one listing line (with or without its line break); ValueError if it makes no
+    sense.
 
-    Plain ``obs://`` paths and ``obsutil ls -s`` output are both accepted. Surrounding
-    white space is dropped; spaces inside a key are kept.
+    Plain ``obs://`` paths and ``obsutil ls -s`` output are both accepted. Surrounding ASCII
+    blanks are dropped; spaces inside a key are kept. ``exact`` (the spool of a live prefix,
+    one key a line as OBS listed it): only the line break is dropped, so a key ending in a
+    space stays that key.
     """
-    text = line.strip()
-    if not text or text.startswith("#"):
+    text = line.removesuffix("\n") if exact else line.strip(_BLANKS)
+    if not text or (not exact and text.startswith("#")):
         return LineKind.SKIP, ""
     if text.startswith("obs://"):
-        if _CONTROL.search(text):
+        if CONTROL.search(text):
             raise ValueError(f"control character in path {text!r}")
         return LineKind.PATH, text
-    if text.startswith(_NEXT_MARKER):
-        return LineKind.TRUNCATED, text[len(_NEXT_MARKER) :].strip()
+    marker = _NEXT_MARKER.match(text)
+    if marker:
+        return LineKind.TRUNCATED, text[marker.end() :].strip(_BLANKS)
     if _OBSUTIL_NOISE.match(text):
         return LineKind.SKIP, ""
     raise ValueError(
@@ -314,7 +322,9 @@ def _source_urls(
         for index, url in enumerate(source.paths):
             yield f"{manifest_path}: {source.where}.paths[{index}]", url
         return
-    yield from _listing_urls(source.listing, stats, warn, snapshots)
+    yield from _listing_urls(
+        source.listing, stats, warn, snapshots, exact=source.listed_from is not None
+    )
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -422,6 +432,8 @@ def _listing_urls(
     stats: ExpandStats,
     warn: Callable[[str], None],
     snapshots: Snapshots,
+    *,
+    exact: bool = False,
 ) -> Iterator[tuple[str, str]]:
     handle, copy = snapshots.open(path)
     try:
@@ -440,7 +452,7 @@ def _listing_urls(
                         f"{path}:{number}", f"not UTF-8 ({exc.reason} at byte {exc.start})"
                     ) from None
                 try:
-                    kind, value = parse_listing_line(line)
+                    kind, value = parse_listing_line(line, exact=exact)
                 except ValueError as exc:
                     raise ManifestError(f"{path}:{number}", str(exc)) from None
                 if kind is LineKind.PATH:

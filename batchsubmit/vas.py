@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 __all__ = [
     "BASE_URL",
     "BUCKET",
+    "CONTROL",
     "CREATE_BODY",
     "JOB_NAME",
     "JOB_NAME_MAX",
@@ -76,7 +77,9 @@ _IP_ADDRESS = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 # VAS's "not found" (a job deleted, or never there): a 404 with any other code is the gateway's
 # (a wrong path, a service it does not route) and says nothing about the job.
 JOB_NOT_FOUND = "IVA.0005"
-OBS_KEY_MAX_BYTES = 1024  # an OBS object key is at most 1,024 bytes of UTF-8
+OBS_KEY_MAX_BYTES = 1024
+# Control characters (C0, DEL, C1: U+0085 is a line break): in no path, name or row we take.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # an OBS object key is at most 1,024 bytes of UTF-8
 
 # The create body's shape: every object's fields and their JSON types, as the request models
 # of huaweicloudsdkvas (3.1.219) have them (tests/test_sdk_oracle.py holds the two equal). The

@@ -9,6 +9,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -238,6 +239,34 @@ def test_dry_run_lists_a_live_prefix(tmp_path: Path, fake_obs: FakeObs) -> None:
     assert "listed 2501 objects" in done.stderr
     assert "dry run: 2500 jobs would be submitted" in done.stderr
     assert fake_obs.calls == 3
+
+
+def test_live_keys_are_kept_exactly_and_a_control_character_skips_only_its_key(
+    tmp_path: Path,
+) -> None:
+    """Keys OBS lists that end in a space or a no-break space are those keys (they were
+    stripped: `cams/x.mp4 ` became a repeat of `cams/x.mp4`, silently skipped, and the other
+    pointed at an object that may not exist); a key with a tab is skipped with a warning
+    naming it and the source, and the other videos go on (it stopped the whole run, naming a
+    spool file deleted at exit)."""
+    keys = ["cams/x.mp4", "cams/x.mp4 ", "cams/y.mp4\u00a0", "cams/tab\tname.mp4"]
+    obs = FakeObs(keys)
+    try:
+        manifest = write_prefix_manifest(tmp_path)
+        text = manifest.read_text(encoding="utf-8")
+        manifest.write_text(text + 'include = ["*.mp4*"]\n', encoding="utf-8")
+        done = run_cli(
+            "submit", str(manifest), "--dry-run",
+            "--obs-endpoint", obs.url, "--results", str(tmp_path / "r.csv"),
+        )  # fmt: skip
+    finally:
+        obs.close()
+    assert done.returncode == 0, done.stderr
+    sources = [orjson.loads(line)["source"] for line in done.stdout.splitlines()]
+    assert sources == [f"obs://in-bucket/{key}" for key in keys[:3]]
+    assert "tab\\tname.mp4" in done.stderr
+    assert "source[0].prefix" in done.stderr
+    assert "0 duplicates" in done.stderr
 
 
 def test_obs_refusal_stops_before_any_vas_request(

@@ -76,6 +76,15 @@ File number is: 2
         ("Bucket number is: 2", LineKind.SKIP, ""),
         ("Next marker is: prefix/zz.mp4", LineKind.TRUNCATED, "prefix/zz.mp4"),
         ("Next marker is:   prefix/z z.mp4  ", LineKind.TRUNCATED, "prefix/z z.mp4"),
+        # newer obsutil (2024) and 3.1's own lines
+        ("Listing objects .", LineKind.SKIP, ""),
+        ("Folder number: 1", LineKind.SKIP, ""),
+        ("File number: 1", LineKind.SKIP, ""),
+        ("Total size of prefix [x]: 470.11MB", LineKind.SKIP, ""),
+        ("Next marker: prefix/zz.mp4", LineKind.TRUNCATED, "prefix/zz.mp4"),
+        # only ASCII blanks surround a path: a no-break space or U+3000 ending a key is the key's
+        ("obs://bucket/y.mp4\u00a0", LineKind.PATH, "obs://bucket/y.mp4\u00a0"),
+        ("obs://bucket/y.mp4\u3000\n", LineKind.PATH, "obs://bucket/y.mp4\u3000"),
     ],
 )
 def test_parse_listing_line(line: str, kind: LineKind, value: str) -> None:
@@ -98,12 +107,29 @@ def test_parse_listing_line(line: str, kind: LineKind, value: str) -> None:
         "obs://bucket/a\x1bb.mp4",
         "obs://bucket/a\x7fb.mp4",
         "\x00",
+        "obs://bucket/z.mp4\x1f",  # str.strip() took it for white space and dropped it
+        "obs://bucket/z.mp4\x85",
     ],
 )
 def test_parse_listing_line_rejects(line: str) -> None:
     """A line neither a path nor obsutil output, or a path with control characters, raises."""
     with pytest.raises(ValueError, match=r"control character|obsutil"):
         parse_listing_line(line)
+
+
+def test_a_live_spool_line_is_its_key_exactly() -> None:
+    """A live prefix's spool holds OBS's keys one a line: a key ending in spaces is that key
+    (stripped, `cam/x.mp4 ` became `cam/x.mp4`: a real object taken for a repeat of another,
+    so silently skipped)."""
+    assert parse_listing_line("obs://b/cam/x.mp4 \n", exact=True) == (
+        LineKind.PATH,
+        "obs://b/cam/x.mp4 ",
+    )
+    assert parse_listing_line("obs://b/#odd.mp4\n", exact=True) == (
+        LineKind.PATH,
+        "obs://b/#odd.mp4",
+    )
+    assert parse_listing_line("obs://b/cam/x.mp4 \n") == (LineKind.PATH, "obs://b/cam/x.mp4")
 
 
 def test_obsutil_sample_parses() -> None:
