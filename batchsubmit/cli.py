@@ -46,6 +46,7 @@ from .commands.submit import SubmitOptions
 from .errors import BatchSubmitError
 from .pool import PoolSettings, RunStats
 from .progress import Log
+from .proxies import check_proxy_environment
 from .prune import DEFAULT_OLDER_THAN, DEFAULT_QUOTA, PruneStats
 from .render import EXIT_NOT_FINAL, Outputs
 
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet=getattr(args, "quiet", False),
     )
     try:
+        if args.command not in (_expand, _emulator):  # those two send nothing out
+            check_proxy_environment(os.environ)
         code: int = args.command(args, log, _environment())
     except BatchSubmitError as exc:
         log.line("error", str(exc))

@@ -9,14 +9,21 @@ header. Each client asks once per URL instead and passes the answer with every r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
-__all__ = ["Proxy", "proxy_for"]
+from .errors import UsageError
+from .vas import hide_password
+
+__all__ = ["Proxy", "check_proxy_environment", "proxy_for"]
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +43,30 @@ def proxy_for(url: str | URL) -> Proxy:
         proxy, auth = get_env_proxy_for_url(URL(url))
         return Proxy(str(proxy), auth)
     return DIRECT
+
+
+def check_proxy_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a proxy variable no call could use, before any request: a value without its
+    scheme (its password was echoed in errors and rows), a port out of range, an open IPv6
+    bracket (tracebacks), or an https:// proxy, which aiohttp ignores, so the calls went
+    direct while `check` said "through proxy". The message hides a password."""
+    for name in _PROXY_VARIABLES:
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        shown = hide_password(value)
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises ValueError for a port out of range)
+        except ValueError as exc:
+            raise UsageError(f"{name}={shown!r}: {exc}; give http://host:port") from None
+        if parts.scheme == "https":
+            raise UsageError(
+                f"{name}={shown!r}: a proxy reached over TLS (https://) is not supported; "
+                "give it as http://host:port (the calls to the endpoint are TLS inside the "
+                "tunnel either way)"
+            )
+        if parts.scheme != "http" or not parts.hostname:
+            raise UsageError(
+                f"{name}={shown!r}: not a proxy URL; give http://[user:password@]host:port"
+            )

@@ -212,8 +212,9 @@ BASE_URL = re.compile(
 
 def hide_password(url: str) -> str:
     """``url`` as an error message may show it: a password in its user part (a URL an
-    operator typed by mistake, with credentials in it) replaced by ``***``."""
-    return re.sub(r"(//[^/@:\s]*):[^/@\s]*@", r"\1:***@", url)
+    operator typed by mistake, with credentials in it; with or without its scheme) replaced
+    by ``***``."""
+    return re.sub(r"(^|//)([^/@:\s]*):[^/@\s]*@", r"\1\2:***@", url.strip())
 
 
 def normalise_base_url(url: str) -> str:

@@ -244,3 +244,35 @@ def test_check_goes_through_the_proxy(
     assert f"PASS endpoint: 127.0.0.1:{vas_port} through proxy 127.0.0.1:{proxy_port}: " in out
     assert "PASS signature and subscription" in out
     assert proxy.forwarded[f"/v2/{EMULATOR_PROJECT_ID}/services/video-analyze/tasks"] == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("alice:Pr0xyPassw0rd@127.0.0.1:3128", "not a proxy URL"),  # no scheme
+        ("http://alice:Pr0xyPassw0rd@127.0.0.1:99999", "out of range"),
+        ("http://alice:Pr0xyPassw0rd@127.0.0.1:abc", "port"),
+        ("http://alice:Pr0xyPassw0rd@[::1", "IPv6"),
+        ("https://alice:Pr0xyPassw0rd@127.0.0.1:3128", "over TLS"),
+    ],
+)
+def test_a_proxy_variable_no_call_could_use_is_exit_2_with_the_password_hidden(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    said: str,
+) -> None:
+    """A scheme-less proxy echoed its password in errors, the summary and the results rows;
+    a port out of range or an open bracket crashed `check`; an https:// proxy was ignored by
+    aiohttp, so calls went direct while `check` said "through proxy". Each is refused before
+    any request, naming the variable, the password hidden."""
+    monkeypatch.setenv("HTTPS_PROXY", value)
+    manifest = write_manifest(tmp_path, video_keys(1))
+    for args in (["check", str(manifest)], ["submit", str(manifest), "--emulator"]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert "Pr0xyPassw0rd" not in err
+        assert "HTTPS_PROXY=" in err
+        assert said in err, err
+    assert main(["expand", str(manifest)]) == 0  # sends nothing: the proxy is not its business
