@@ -274,13 +274,19 @@ async def _list_one(
         advice = f"no service {service!r} here: check service.name and the endpoint"
     elif answer.kind is Kind.THROTTLED:
         advice = "throttled: try again in a minute (other runs may be under way)"
-    elif code in ("TIMEOUT", "CONNECTION"):
+    elif code == "TIMEOUT":
         advice = (
             f"the endpoint accepted the connection but gave no answer within {plan.timeout:g} s: "
             "is it the VAS endpoint? is a proxy needed (HTTPS_PROXY)?"
         )
-    else:
-        advice = answer.advice or "see the error above"
+    elif code == "CONNECTION":  # an answer broken off or not HTTP, or a proxy's refusal
+        advice = (
+            f"{answer.error_msg or 'the connection broke off'}: is it the VAS endpoint? "
+            "with a proxy (HTTPS_PROXY), does it allow this endpoint (and need a user)?"
+        )
+    else:  # the service's own words, then what to do when there is advice
+        said = answer.error_msg or "no error message"
+        advice = f"{said}; {answer.advice}" if answer.advice else said
     shown = f"HTTP {answer.status} {code}".strip() if answer.status else code
     results.append(CheckResult(name, "FAIL", f"{shown}: {advice}"))
     return None

@@ -440,3 +440,40 @@ def test_each_refusal_of_the_list_call_is_explained(
     assert advice in signature
     others = [a for _s, c, a in CODES if c != code]
     assert not any(other in signature for other in others)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        (200, b"<html>a login page</html>", "unreadable answer body"),
+        (500, b'{"error_code": "X.1", "error_msg": "the gateway is confused"}', "confused"),
+    ],
+)
+def test_an_odd_answer_to_the_list_call_says_what_it_was(
+    status: int, body: bytes, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An HTML 200 or an unknown error: the line says what came back ("see the error above"
+    pointed at nothing printed above)."""
+
+    async def odd(_request: web.Request) -> web.Response:
+        return web.Response(body=body, status=status, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/v2/{project}/services/{service}/tasks", odd)
+
+    @asynccontextmanager
+    async def served() -> AsyncIterator[str]:
+        async with serve_app(app) as url:
+            yield url
+
+    vas = ServerThread(served)
+    try:
+        result, lines, _, _ = check(
+            capsys, manifest(tmp_path), vas.url, f"http://127.0.0.1:{closed_port()}"
+        )
+    finally:
+        vas.close()
+    assert result == 3
+    signature = line(lines, "signature")
+    assert said in signature, signature
+    assert "see the error above" not in signature
