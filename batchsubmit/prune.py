@@ -121,8 +121,7 @@ class PruneStats:
     """What a prune did (or would do); the CLI renders it."""
 
     selected: int = 0
-    deleted: int = 0  # answered 2xx
-    # of them, by service (vas.service_of): make-room's room is its own service's deletes
+    # deletes answered 2xx, by service (vas.service_of): make-room's room is its own service's
     deleted_of: Counter[str] = field(default_factory=Counter)
     gone: int = 0  # answered 404 IVA.0005: already gone, recorded PRUNED too
     failed: int = 0
@@ -138,6 +137,11 @@ class PruneStats:
     stop_reason: str | None = None
     signal: int | None = None
     elapsed: float = 0.0
+
+    @property
+    def deleted(self) -> int:
+        """Deletes answered 2xx."""
+        return sum(self.deleted_of.values())
 
     @property
     def pruned(self) -> int:
@@ -583,7 +587,6 @@ async def _delete_one(
         writer.flush()
         journal.settle(job_id)  # the intent file is rewritten only after the record's sync
         if answer.kind is Kind.OK:
-            stats.deleted += 1
             stats.deleted_of[service_of(candidate.service_url)] += 1
             outcome = PRUNED
         else:
@@ -703,7 +706,7 @@ async def _prune_for_room(
     while needed > 0:
         rules = PruneRules(older_than=0.0, limit=needed, service_url=service_url)
         stats = await _prune_locked(config, warn, log, rules)
-        for name in ("selected", "deleted", "gone", "failed", "resumed", "deferred", "calls"):
+        for name in ("selected", "gone", "failed", "resumed", "deferred", "calls"):
             setattr(total, name, getattr(total, name) + getattr(stats, name))
         total.retries += stats.retries
         total.deleted_of += stats.deleted_of
