@@ -8,7 +8,7 @@ import hmac
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -406,21 +406,14 @@ CODES = [
 ]
 
 
-@pytest.mark.parametrize(("status", "code", "advice"), CODES)
-def test_each_refusal_of_the_list_call_is_explained(
-    status: int,
-    code: str,
-    advice: str,
+def check_against_list(
+    answer: Callable[[web.Request], Awaitable[web.Response]],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-) -> None:
-    """A gateway or VAS refusal of the one list call: its code and its own advice."""
-
-    async def refuse(_request: web.Request) -> web.Response:
-        return web.json_response({"error_code": code, "error_msg": "refused"}, status=status)
-
+) -> tuple[int, list[str]]:
+    """`check` against a service whose list call is ``answer`` (OBS closed on purpose)."""
     app = web.Application()
-    app.router.add_get("/v2/{project}/services/{service}/tasks", refuse)
+    app.router.add_get("/v2/{project}/services/{service}/tasks", answer)
 
     @asynccontextmanager
     async def served() -> AsyncIterator[str]:
@@ -434,6 +427,23 @@ def test_each_refusal_of_the_list_call_is_explained(
         )
     finally:
         vas.close()
+    return result, lines
+
+
+@pytest.mark.parametrize(("status", "code", "advice"), CODES)
+def test_each_refusal_of_the_list_call_is_explained(
+    status: int,
+    code: str,
+    advice: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A gateway or VAS refusal of the one list call: its code and its own advice."""
+
+    async def refuse(_request: web.Request) -> web.Response:
+        return web.json_response({"error_code": code, "error_msg": "refused"}, status=status)
+
+    result, lines = check_against_list(refuse, tmp_path, capsys)
     assert result == 3
     signature = line(lines, "signature")
     assert signature.startswith(f"FAIL signature and subscription: HTTP {status} {code}: ")
@@ -458,21 +468,7 @@ def test_an_odd_answer_to_the_list_call_says_what_it_was(
     async def odd(_request: web.Request) -> web.Response:
         return web.Response(body=body, status=status, content_type="text/html")
 
-    app = web.Application()
-    app.router.add_get("/v2/{project}/services/{service}/tasks", odd)
-
-    @asynccontextmanager
-    async def served() -> AsyncIterator[str]:
-        async with serve_app(app) as url:
-            yield url
-
-    vas = ServerThread(served)
-    try:
-        result, lines, _, _ = check(
-            capsys, manifest(tmp_path), vas.url, f"http://127.0.0.1:{closed_port()}"
-        )
-    finally:
-        vas.close()
+    result, lines = check_against_list(odd, tmp_path, capsys)
     assert result == 3
     signature = line(lines, "signature")
     assert said in signature, signature
