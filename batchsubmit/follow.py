@@ -303,7 +303,9 @@ def _collectable(record: JobRecord, now: float) -> bool:
 def _expiring(record: JobRecord, now: float) -> bool:
     """A result still to be had whose overdue time is within EXPIRING_WITHIN: warned about."""
     overdue = _epoch(record.hosting_overdue_at)
-    return _collectable(record, now) and overdue is not None and overdue - now < EXPIRING_WITHIN
+    if overdue is None or overdue - now >= EXPIRING_WITHIN:
+        return False
+    return collectable(record.state, record.hosting_status, overdue, now)
 
 
 def _epoch(text: str) -> float | None:

@@ -119,7 +119,6 @@ def format_for(path: Path, explicit: str | None) -> Format:
 
 
 ROW_BUFFER = 1 << 20  # bytes: room for many times the rows that come between two flushes
-_CONTROL = CONTROL  # never in a row we write
 _SCHEMA_TAIL = b',"schema":' + str(SCHEMA).encode() + b"}\n"
 
 
@@ -190,8 +189,8 @@ class ResultsWriter:
             if self._columns is not None:
                 fields = [fields[i] if i >= 0 else "" for i in self._columns]
             text = ",".join(fields)
-            if _CONTROL.search(text):  # a row is one line, whatever a message holds
-                fields = [_CONTROL.sub(" ", f) for f in fields]
+            if CONTROL.search(text):  # a row is one line, whatever a message holds
+                fields = [CONTROL.sub(" ", f) for f in fields]
                 text = ",".join(fields)
             # Nothing to quote: the csv module's output without the csv module. Kept on the
             # benchmark's word (issue 13, 0 ms, pinned): 3% of the CPU of a create.
@@ -501,7 +500,7 @@ def _csv_rows(
             yield number, None
             return
         text = _text(raw, path, number).rstrip("\r\n")
-        if _CONTROL.search(text):  # the writer never writes one: a NUL is damage, not a video
+        if CONTROL.search(text):  # the writer never writes one: a NUL is damage, not a video
             raise _damaged(path, number, "a control character (NUL, ESC...) inside the row")
         # A line without quotes splits at its commas; one with quotes is parsed alone.
         fields = _csv_line(text, path, number) if '"' in text else text.split(",")
@@ -553,7 +552,7 @@ def _jsonl_rows(
             raise _damaged(path, number, f"no {exc.args[0]!r} key") from None
         if not all(isinstance(value, str) for value in row):
             raise _damaged(path, number, f"{', '.join(names)} must be strings")
-        if any(_CONTROL.search(value) for value in row):  # the writer never writes one
+        if any(CONTROL.search(value) for value in row):  # the writer never writes one
             raise _damaged(path, number, "a control character (NUL, ESC...) in a field")
         if status not in STATUSES:
             raise _damaged(path, number, f"status {status!s:.40} is none of {', '.join(STATUSES)}")
