@@ -13,9 +13,11 @@ one-key OBS listing per ``prefix`` source and ``HEAD`` of the output bucket.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -23,8 +25,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
+from yarl import URL
 
-from .answers import Answer, Kind
+from .answers import Answer, Kind, one_line
 from .auth import Credentials
 from .client import Endpoint, VasClient
 from .credentials import Choice, CredentialProvider, open_provider
@@ -42,6 +45,7 @@ __all__ = ["QUOTA", "CheckPlan", "CheckResult", "Status", "run_checks"]
 
 QUOTA = 5000  # saved jobs VAS keeps per user
 DEFAULT_CHECK_TIMEOUT = 5.0  # seconds for each network step
+_STATUS_LINE = re.compile(r"HTTP/1\.[01] (\d{3})(?: (.*))?")
 Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
 
 # Each check's calls go through a gate of their own, one at a time and never retried: a check
@@ -182,58 +186,107 @@ def _region(plan: CheckPlan) -> CheckResult:
 
 
 async def _connect(plan: CheckPlan, results: list[CheckResult]) -> bool:
-    """DNS, TCP and (https) TLS to the endpoint, or to the proxy that reaches it."""
+    """DNS, TCP and (https) TLS to the endpoint. Through a proxy: DNS and TCP to the proxy,
+    then for https the tunnel the client will ask for (CONNECT) and TLS inside it, so a
+    proxy that refuses the endpoint, wants a user, or inspects TLS is found here."""
     name = "endpoint"
-    parts = urlsplit(plan.proxy or plan.base_url)
+    endpoint = urlsplit(plan.base_url)
+    parts = urlsplit(plan.proxy) if plan.proxy else endpoint
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    endpoint = urlsplit(plan.base_url).netloc
     via = f" through proxy {host}:{port}" if plan.proxy else ""
+    tls = endpoint.scheme == "https"
+    tunnel = tls and plan.proxy is not None
     limit = plan.timeout
     loop = asyncio.get_running_loop()
+
+    def fail(text: str) -> bool:
+        results.append(CheckResult(name, "FAIL", text))
+        return False
+
     try:
         with anyio.fail_after(limit):
             await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (TimeoutError, socket.gaierror) as exc:
         what = "no answer from DNS in time" if isinstance(exc, TimeoutError) else str(exc)
-        results.append(
-            CheckResult(name, "FAIL", f"DNS: cannot resolve {host}{via} ({what}): check the "
-                        "region or endpoint spelling, and this machine's DNS")
-        )  # fmt: skip
-        return False
-    tls = parts.scheme == "https" and not plan.proxy
+        return fail(f"DNS: cannot resolve {host}{via} ({what}): check the region or endpoint "
+                    "spelling, and this machine's DNS")  # fmt: skip
+    stage = f"connecting to {host}:{port}{via}"
+    writer: asyncio.StreamWriter | None = None
     try:
         with anyio.fail_after(limit):
-            _reader, writer = await asyncio.open_connection(
-                host, port, ssl=ssl.create_default_context() if tls else None,
-                server_hostname=host if tls else None,
+            direct_tls = tls and not tunnel
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=ssl.create_default_context() if direct_tls else None,
+                server_hostname=host if direct_tls else None,
             )  # fmt: skip
-        writer.close()
-        with anyio.move_on_after(1):
-            await writer.wait_closed()
+            if tunnel:
+                stage = f"the proxy {host}:{port}'s answer to CONNECT {endpoint.netloc}"
+                refused = await _open_tunnel(reader, writer, endpoint.netloc, plan.proxy or "")
+                if refused:
+                    return fail(f"proxy {host}:{port} {refused}")
+                stage = f"TLS with {endpoint.netloc}{via}"
+                await writer.start_tls(
+                    ssl.create_default_context(), server_hostname=endpoint.hostname
+                )
     except TimeoutError:
-        results.append(
-            CheckResult(name, "FAIL", f"connecting to {host}:{port}{via} timed out after "
-                        f"{limit:g} s: a firewall may drop it; set HTTPS_PROXY if this network "
-                        "needs a proxy")
-        )  # fmt: skip
-        return False
+        return fail(f"{stage} timed out after {limit:g} s: a firewall may drop it; set "
+                    "HTTPS_PROXY if this network needs a proxy")  # fmt: skip
     except ssl.SSLError as exc:
-        results.append(
-            CheckResult(name, "FAIL", f"TLS with {host}:{port} failed ({exc.reason or exc}): a "
-                        "proxy that inspects TLS needs its CA bundle in SSL_CERT_FILE")
-        )  # fmt: skip
-        return False
+        where = f"{endpoint.netloc}{via}" if tunnel else f"{host}:{port}"
+        return fail(f"TLS with {where} failed ({exc.reason or exc}): a proxy that inspects "
+                    "TLS needs its CA bundle in SSL_CERT_FILE")  # fmt: skip
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        closed = isinstance(exc, asyncio.IncompleteReadError)
+        what = "it closed the connection" if closed else "an answer too long to be HTTP's"
+        return fail(f"{stage}: {what}: is it an HTTP proxy? (HTTPS_PROXY / HTTP_PROXY)")
     except OSError as exc:
         what = "refused" if isinstance(exc, ConnectionRefusedError) else exc.strerror or str(exc)
-        results.append(
-            CheckResult(name, "FAIL", f"connecting to {host}:{port}{via}: {what}: check the "
-                        "endpoint and port")
-        )  # fmt: skip
-        return False
-    done = "resolves, connects" + (", TLS verified" if tls else "")
-    results.append(CheckResult(name, "PASS", f"{endpoint}{via}: {done}"))
+        return fail(
+            f"{stage}: {what}: check the endpoint and port"
+            + (", and the proxy (HTTPS_PROXY / HTTP_PROXY)" if plan.proxy else "")
+        )
+    finally:
+        if writer is not None:
+            writer.close()
+            with anyio.move_on_after(1), suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+    if tunnel:
+        done = "connects, the proxy opens a tunnel, TLS verified"
+    else:
+        done = "resolves, connects" + (", TLS verified" if tls else "")
+    results.append(CheckResult(name, "PASS", f"{endpoint.netloc}{via}: {done}"))
     return True
+
+
+async def _open_tunnel(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str, proxy: str
+) -> str:
+    """Ask the proxy for a tunnel to ``target`` as aiohttp will (CONNECT, with the proxy
+    URL's user as Basic auth); "" if it opens one, else what it said. Never shows the
+    password."""
+    request = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+    auth = aiohttp.BasicAuth.from_url(URL(proxy))
+    if auth is not None:
+        request.append(f"Proxy-Authorization: {auth.encode()}")
+    writer.write(("\r\n".join(request) + "\r\n\r\n").encode("latin-1"))
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    found = _STATUS_LINE.fullmatch(status_line)
+    if found is None:
+        return f"answered CONNECT with {one_line(status_line)[:80]!r}, not HTTP: is it a proxy?"
+    code, reason = int(found.group(1)), one_line(found.group(2))[:80]
+    if 200 <= code < 300:
+        return ""
+    said = f"HTTP {code} {reason}".rstrip()
+    if code == 407:
+        if auth is None:
+            return (f"wants a user ({said}): give it in the proxy URL, "
+                    "HTTPS_PROXY=http://user:password@host:port")  # fmt: skip
+        return f"refused the user in the proxy URL ({said}): check the user and password"
+    return (f"refused a tunnel to {target} ({said}): ask for the endpoint to be allowed, "
+            "or list it in NO_PROXY if it is reached directly")  # fmt: skip
 
 
 async def _list_one(

@@ -3,6 +3,8 @@ do, and the metadata service is never reached through a proxy."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import dataclasses
 import os
 import socket
@@ -151,6 +153,20 @@ async def test_metadata_is_never_reached_through_the_proxy(
     assert sum(n for p, n in proxy.forwarded.items() if p.startswith("/v2/")) == 3
 
 
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that only SSL_CERT_FILE vouches for, and its key."""
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "ca.pem", where / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 @asynccontextmanager
 async def tls_emulator(emulator: Emulator, cert: Path, key: Path) -> AsyncIterator[str]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -165,16 +181,12 @@ async def tls_emulator(emulator: Emulator, cert: Path, key: Path) -> AsyncIterat
         await runner.cleanup()
 
 
-def test_a_corporate_ca_bundle_in_ssl_cert_file_is_trusted(tmp_path: Path) -> None:
+def test_a_corporate_ca_bundle_in_ssl_cert_file_is_trusted(
+    tmp_path: Path, self_signed: tuple[Path, Path]
+) -> None:
     """A service whose certificate only SSL_CERT_FILE vouches for (a TLS-inspecting proxy's CA):
     trusted with the variable, refused and named without it."""
-    cert, key = tmp_path / "ca.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed
     manifest = write_manifest(tmp_path, video_keys(2))
     emulator = Emulator()
     server = ServerThread(lambda: tls_emulator(emulator, cert, key))
@@ -276,3 +288,144 @@ def test_a_proxy_variable_no_call_could_use_is_exit_2_with_the_password_hidden(
         assert "HTTPS_PROXY=" in err
         assert said in err, err
     assert main(["expand", str(manifest)]) == 0  # sends nothing: the proxy is not its business
+
+
+class ConnectProxy:
+    """An HTTPS proxy as enterprise networks run them: ``CONNECT host:port`` opens a tunnel, or
+    is refused with ``refuse``'s status, or needs the user ``user`` ("name:password")."""
+
+    def __init__(self, *, refuse: str = "", user: str = "") -> None:
+        self.refuse = refuse
+        self.user = user
+        self.heads: list[str] = []
+        self.tunnels = 0
+
+    @asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        try:
+            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        finally:
+            server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            self.heads.append(head)
+            method, target, _version = head.split("\r\n", 1)[0].split(" ")
+            wanted = "Basic " + base64.b64encode(self.user.encode()).decode()
+            given = [line for line in head.split("\r\n") if ":" in line]
+            authorised = f"Proxy-Authorization: {wanted}" in given
+            if method != "CONNECT":
+                writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            elif self.user and not authorised:
+                writer.write(b'HTTP/1.1 407 Proxy Authentication Required\r\n'
+                             b'Proxy-Authenticate: Basic realm="corp"\r\n\r\n')  # fmt: skip
+            elif self.refuse:
+                writer.write(f"HTTP/1.1 {self.refuse}\r\nContent-Length: 0\r\n\r\n".encode())
+            else:
+                host, port = target.rsplit(":", 1)
+                up_reader, up_writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                self.tunnels += 1
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "in_url", "trusted", "said"),
+    [
+        ({}, "", True,
+         "PASS endpoint: 127.0.0.1:{vas} through proxy 127.0.0.1:{proxy}: connects, the proxy "
+         "opens a tunnel, TLS verified"),
+        ({}, "", False,
+         "FAIL endpoint: TLS with 127.0.0.1:{vas} through proxy 127.0.0.1:{proxy} failed"),
+        ({"refuse": "403 Forbidden"}, "", True,
+         "FAIL endpoint: proxy 127.0.0.1:{proxy} refused a tunnel to 127.0.0.1:{vas} "
+         "(HTTP 403 Forbidden)"),
+        ({"user": "alice:Pr0xyPassw0rd"}, "", True,
+         "FAIL endpoint: proxy 127.0.0.1:{proxy} wants a user (HTTP 407 Proxy Authentication "
+         "Required): give it in the proxy URL"),
+        ({"user": "alice:Pr0xyPassw0rd"}, "alice:wrongPassw0rd@", True,
+         "FAIL endpoint: proxy 127.0.0.1:{proxy} refused the user in the proxy URL (HTTP 407"),
+        ({"user": "alice:Pr0xyPassw0rd"}, "alice:Pr0xyPassw0rd@", True,
+         "PASS endpoint: 127.0.0.1:{vas} through proxy 127.0.0.1:{proxy}: connects, the proxy "
+         "opens a tunnel, TLS verified"),
+    ],
+    ids=["tunnel", "inspecting", "forbidden", "no-user", "wrong-user", "user"],
+)  # fmt: skip
+def test_check_opens_the_tunnel_an_https_endpoint_needs_through_a_proxy(
+    tmp_path: Path,
+    self_signed: tuple[Path, Path],
+    behaviour: dict[str, str],
+    in_url: str,
+    trusted: bool,
+    said: str,
+) -> None:
+    """Behind a proxy, `check` tested only TCP to the proxy: its endpoint line passed when the
+    proxy refused the endpoint or wanted a user, and a TLS-inspecting proxy's certificate did
+    not lead to SSL_CERT_FILE. It now asks for the tunnel the client will ask for (CONNECT,
+    with the proxy URL's user) and verifies TLS inside it; the password is never shown."""
+    cert, key = self_signed
+    proxy = ConnectProxy(**behaviour)
+    emulator = Emulator()
+    vas = ServerThread(lambda: tls_emulator(emulator, cert, key))
+    forward = ServerThread(proxy.serve)
+    proxy_url = forward.url.replace("http://", f"http://{in_url}")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HUAWEICLOUD_", "BATCHSUBMIT_", "SSL_CERT"))
+        and "proxy" not in k.lower()
+    }
+    env.update(
+        HUAWEICLOUD_SDK_AK=EMULATOR_AK,
+        HUAWEICLOUD_SDK_SK=EMULATOR_SK,
+        HUAWEICLOUD_SDK_PROJECT_ID=EMULATOR_PROJECT_ID,
+        HOME=str(tmp_path),
+        BATCHSUBMIT_METADATA_URL=f"http://127.0.0.1:{closed_port()}",
+        HTTPS_PROXY=proxy_url,
+    )
+    if trusted:
+        env["SSL_CERT_FILE"] = str(cert)
+    manifest = write_manifest(tmp_path, video_keys(1))
+    args = [
+        "check", str(manifest), "--endpoint", vas.url, "--timeout", "2",
+        "--obs-endpoint", f"http://127.0.0.1:{closed_port()}",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(cli(*args), env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        vas.close()
+        forward.close()
+    out = done.stdout + done.stderr
+    line = said.format(vas=vas.url.rsplit(":", 1)[1], proxy=forward.url.rsplit(":", 1)[1])
+    assert line in done.stdout, out
+    assert "Pr0xyPassw0rd" not in out
+    assert "wrongPassw0rd" not in out
+    assert proxy.heads
+    assert all(h.startswith("CONNECT 127.0.0.1:") for h in proxy.heads)
+    if said.startswith("PASS"):
+        # the client's signed list call took the same tunnel: the check's line is true
+        assert "PASS signature and subscription" in done.stdout, out
+        assert proxy.tunnels == 2
+    else:
+        assert "SKIP signature and subscription" in done.stdout, out
+        if not trusted:
+            assert "SSL_CERT_FILE" in done.stdout
+    assert not emulator.tasks
