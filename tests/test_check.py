@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -51,6 +53,9 @@ class FakeObs:
         self.buckets = buckets
         self.denied = denied
         self.calls: list[tuple[str, str]] = []
+        self.together = 0  # >0: a listing is answered once this many are in flight (or after 5 s)
+        self._listings = 0
+        self._all_here: asyncio.Event | None = None
 
     @asynccontextmanager
     async def serve(self) -> AsyncIterator[str]:
@@ -79,6 +84,13 @@ class FakeObs:
             return _xml(403, "AccessDenied")
         if request.method == "HEAD":
             return web.Response(status=200)
+        if self.together:
+            self._all_here = self._all_here or asyncio.Event()
+            self._listings += 1
+            if self._listings >= self.together:
+                self._all_here.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_here.wait(), 5)
         return web.Response(
             status=200,
             content_type="application/xml",
@@ -242,6 +254,28 @@ def test_an_unreadable_prefix_and_a_missing_bucket(
         services.obs_server.url,
     )
     assert "no bucket 'nobucket'" in line(lines, "source obs://nobucket/x/")
+
+
+def test_prefix_sources_are_checked_side_by_side(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One after another, each prefix took its own ``--timeout`` when OBS was slow or
+    dropped: a manifest of many prefixes made check take minutes. Here OBS answers a listing
+    only once four are in flight: checked one at a time, the first would time out."""
+    path = manifest(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    for camera in range(2, 5):
+        text += f'\n[[source]]\nprefix = "obs://in-bucket/cams{camera}/"\n'
+    path.write_text(text, encoding="utf-8")
+    services.obs.together = 4
+    code, lines, err, _elapsed = check(capsys, path, services.vas.url, services.obs_server.url)
+    assert code == 0, (lines, err)
+    sources = [entry for entry in lines if name_of(entry).startswith("source ")]
+    assert [name_of(entry) for entry in sources] == [
+        "source obs://in-bucket/cams/",
+        *(f"source obs://in-bucket/cams{camera}/" for camera in range(2, 5)),
+    ]  # the manifest's order, whatever order the answers came in
+    assert all(entry.startswith("PASS") for entry in sources), sources
 
 
 def test_the_output_bucket_is_one_head_through_the_gate(
