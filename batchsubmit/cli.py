@@ -69,6 +69,7 @@ MAX_RATE = 10_000.0
 MAX_COUNT = 100_000_000  # --max-jobs, --max-failures
 TIMEOUT_RANGE = (0.1, 3600.0)  # seconds
 MAX_DEADLINE = 7 * 24 * 3600.0  # seconds
+SUMMARY_HELP = "write a JSON summary of the run (default: none)"
 DEFAULT_SETTLE, MAX_SETTLE = PoolSettings.settle, 600.0  # seconds
 DEFAULT_LOOKUPS, MAX_LOOKUPS = PoolSettings.lookup_tries, 20
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
@@ -405,12 +406,12 @@ def _results_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _output_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--summary", type=Path, metavar="PATH", help="write a JSON summary")
+    parser.add_argument("--summary", type=Path, metavar="PATH", help=SUMMARY_HELP)
     parser.add_argument(
         "--metrics",
         type=Path,
         metavar="PATH",
-        help="write Prometheus metrics (node_exporter textfile collector)",
+        help="write Prometheus metrics (node_exporter textfile collector; default: none)",
     )
 
 
@@ -443,7 +444,7 @@ def _pool_options(parser: argparse.ArgumentParser) -> None:
         type=_timeout,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="seconds a call may take in all before a create is looked up "
+        help="seconds a call may take in all (a create's job is then looked up by name) "
         f"({TIMEOUT_RANGE[0]:g} to {TIMEOUT_RANGE[1]:g}; default {DEFAULT_TIMEOUT:g})",
     )
     _log_format_option(parser)
@@ -643,7 +644,7 @@ def _prune_parser(commands: Any) -> None:
         action="store_true",
         help="print what would be deleted (JSONL) and how much room it frees; send nothing",
     )
-    prune.add_argument("--summary", type=Path, metavar="PATH", help="write a JSON summary")
+    prune.add_argument("--summary", type=Path, metavar="PATH", help=SUMMARY_HELP)
     _pool_options(prune)
     prune.set_defaults(command=_prune)
 
@@ -767,7 +768,9 @@ def _check_parser(commands: Any) -> None:
         help="the results file whose ledger tonight's planned creates are counted against "
         "(default: beside the manifest)",
     )
-    check.add_argument("--format", choices=("csv", "jsonl"), help="results format")
+    check.add_argument(
+        "--format", choices=("csv", "jsonl"), help="results format (default: from the extension)"
+    )
     check.add_argument(
         "--timeout",
         type=_timeout,

@@ -285,10 +285,13 @@ def _options(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.Ac
 
 
 def test_every_option_has_help_showing_its_default() -> None:
-    """`--help` explains every option and argument of every command, and says its default."""
+    """`--help` explains every option and argument of every command, and says its default:
+    what an option left out does, "none" included (``--summary``, ``--metrics`` and check's
+    ``--format`` said nothing)."""
     for where, action in _options(_parser()):
         assert action.help, f"{where}: no help text"
-        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+        takes_value = action.option_strings and action.nargs != 0
+        if takes_value or action.default not in (None, False, argparse.SUPPRESS):
             assert "default" in action.help, f"{where}: help does not show the default"
 
 
