@@ -638,19 +638,16 @@ class Follower:
     async def _pass(self, pool: Pool) -> None:
         """One pass: list (a sweep or what changed), then the shows only show can answer."""
         confirm: list[_Job] = []
-        sweep = self._sweep_due()
+        # A SUCCEEDED job waiting for its hosting result: only show can say more of it.
+        listed: dict[int, list[_Job]] = {}
+        for job in self.jobs.values():
+            if not job.now.final and not self._needs_show(job):
+                listed.setdefault(job.service, []).append(job)
+        sweep = bool(listed) and self._sweep_due(listed)
         self._swept = sweep
         if sweep:
             self.stats.sweeps += 1
-        for service in range(len(self.services)):
-            # A SUCCEEDED job waiting for its hosting result: only show can say more of it.
-            jobs = [
-                j
-                for j in self.jobs.values()
-                if j.service == service and not j.now.final and not self._needs_show(j)
-            ]
-            if not jobs:
-                continue
+        for service, jobs in sorted(listed.items()):
             if sweep:
                 confirm += await self._sweep(pool, service, jobs)
             else:
@@ -696,11 +693,13 @@ class Follower:
             if record.hosting_status == "AVAILABLE" and self._result_file(record).exists():
                 self._change(job, replace(record, hosting_status="COLLECTED"))
 
-    def _sweep_due(self) -> bool:
-        """A sweep on the first pass, every SWEEP_EVERY-th, and whenever it costs no more than
-        listing the changes did (it also finds the jobs that vanished)."""
+    def _sweep_due(self, listed: dict[int, list[_Job]]) -> bool:
+        """A sweep on the first pass, every SWEEP_EVERY-th, while a service to list has no
+        cursor yet, and whenever it costs no more than listing the changes did (it also finds
+        the jobs that vanished). A service with nothing to list has no say: its cursor stays
+        unset, and it made every pass a sweep."""
         passes = self.stats.passes
-        if passes % SWEEP_EVERY == 0 or any(c is None for c in self.cursor):
+        if passes % SWEEP_EVERY == 0 or any(self.cursor[s] is None for s in listed):
             return True
         last, changes = self._last_sweep_calls, self._last_changes_calls
         self._last_changes_calls = 0  # after one sweep, the changes are tried again

@@ -905,6 +905,33 @@ async def test_collect_keeps_each_jobs_result_when_a_video_has_several_jobs(
 
 
 @pytest.mark.anyio
+async def test_a_service_whose_jobs_only_wait_for_results_does_not_make_every_pass_a_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service whose followed jobs all wait for their hosting result (only show can say
+    more) when a run starts lists nothing, so its cursor was never set, and every pass of
+    every other service became a full sweep: here 300 jobs, 4 list calls a pass instead of 1."""
+    monkeypatch.setattr("batchsubmit.follow.CHEAP_SWEEP", 0)  # 300 jobs: sweeps are not cheap
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1e-6)))  # jobs stay as they are
+    results = tmp_path / "r.csv"
+    (tmp_path / "h").mkdir()
+    hosting = write_manifest(tmp_path / "h", video_keys(1), extra=HOSTING)
+    plain = write_manifest(tmp_path, video_keys(300))
+    async with emulator.serve() as url:
+        await run_submit(config_for(hosting, url, results))
+        [waiting] = list(emulator.tasks)
+        emulator.set_state(waiting, "SUCCEEDED", hosting="NOT_GENERATED")
+        first = config_for(plain, url, results)
+        await run_submit(replace(first, endpoint=replace(first.endpoint, service_name="other")))
+        await _status(results, follow=False)  # the record: one job waits for its result
+        stats, text = await _status(results, interval=0.01, deadline=1.0)
+    assert stats.not_final == 301, text
+    assert stats.passes > 2 * 10, text  # past a scheduled sweep (every SWEEP_EVERY passes)
+    assert stats.sweeps <= stats.passes // 10 + 1, (stats.sweeps, stats.passes)
+    assert stats.show_calls >= stats.passes - 1  # the waiting job, once a pass
+
+
+@pytest.mark.anyio
 async def test_a_result_gone_with_its_job_or_expired_is_neither_collected_nor_expiring(
     tmp_path: Path,
 ) -> None:
