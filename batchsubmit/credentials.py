@@ -425,6 +425,7 @@ class CredentialProvider:
         self._lock: anyio.Lock | None = None
         self._seen: list[str] = list(secrets_of(issued.secret))
         self.refreshes = 0
+        self.opening_calls = 0  # the calls that fetched the first credentials (IAM, metadata)
         self._attempts = 0  # refreshes tried, failed ones included
         self._failure: str | None = None  # why the last one failed, if it did
 

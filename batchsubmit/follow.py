@@ -154,6 +154,7 @@ class FollowStats:
     list_calls: int = 0
     show_calls: int = 0
     calls: int = 0
+    opening_calls: int = 0  # before the first VAS call: credentials, project id
     retries: int = 0
     throttles: int = 0
     first_errors: dict[str, str] = field(default_factory=dict)

@@ -43,6 +43,7 @@ from .vas import CONTROL
 __all__ = [
     "ListPage",
     "ObsClient",
+    "Spooled",
     "authorization",
     "classify",
     "list_pages",
@@ -454,6 +455,14 @@ async def list_pages(
         marker = following
 
 
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """The manifest with its prefixes read from spool files, and the listing calls it took."""
+
+    manifest: Manifest
+    calls: int
+
+
 async def spool_prefixes(
     manifest: Manifest,
     endpoint: str | None,
@@ -466,12 +475,12 @@ async def spool_prefixes(
     log: LogFn | None = None,
     session: aiohttp.ClientSession | None = None,
     pool: Pool | None = None,
-) -> Manifest:
+) -> Spooled:
     """List every ``prefix`` source into a spool file and read it as a listing from then on.
     Prefixes are listed one after another, each page after the one before (marker paging),
     through ``pool`` (by default a :func:`listing_pool` of ``settings``)."""
     if not any(source.prefix is not None for source in manifest.sources):
-        return manifest
+        return Spooled(manifest, 0)
     if endpoint is None or credentials is None:
         where = next(s.where for s in manifest.sources if s.prefix is not None)
         raise UsageError(
@@ -513,4 +522,4 @@ async def spool_prefixes(
                     "(check the bucket and the folder's spelling; OBS keys are case-sensitive)"
                 )
             sources.append(replace(source, prefix=None, listing=spool, listed_from=source.prefix))
-    return replace(manifest, sources=tuple(sources))
+    return Spooled(replace(manifest, sources=tuple(sources)), pool.stats.calls)

@@ -131,6 +131,7 @@ class PruneStats:
     held: dict[str, int] = field(default_factory=dict)
     jobs: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
+    opening_calls: int = 0  # before the first VAS call: credentials, project id
     retries: int = 0
     first_errors: dict[str, str] = field(default_factory=dict)
     fatal: str | None = None

@@ -166,6 +166,7 @@ def summary_data(
         "deferred_reason": deferred_reason(stats, results),
         "credentials": credentials,
         "calls": stats.calls,
+        "opening_calls": stats.opening_calls,
         "retries": stats.retries,
         "throttles": stats.throttles,
         "unavailable": stats.unavailable,
@@ -199,6 +200,11 @@ def prometheus(data: dict[str, Any], stats: RunStats) -> str:
     lines += gauge_lines(
         [
             ("calls", "Calls made to the service.", stats.calls),
+            (
+                "opening_calls",
+                "Calls before the first VAS call (credentials, project id, OBS listing).",
+                stats.opening_calls,
+            ),
             ("retries", "Calls made again after a transient error.", stats.retries),
             ("throttles", "429 answers (throttled by the gateway).", stats.throttles),
             ("unavailable", "503 answers.", stats.unavailable),
@@ -348,6 +354,7 @@ def prune_summary(
         "room_freed": stats.selected if dry else stats.pruned,
         "held": stats.held,
         "calls": stats.calls,
+        "opening_calls": stats.opening_calls,
         "retries": stats.retries,
         "stop_reason": stats.stop_reason,
         "fatal": stats.fatal,
@@ -444,6 +451,7 @@ def status_summary(stats: Any, code: int, started: float) -> dict[str, Any]:
         "passes": stats.passes,
         "sweeps": stats.sweeps,
         "calls": stats.calls,
+        "opening_calls": stats.opening_calls,
         "list_calls": stats.list_calls,
         "show_calls": stats.show_calls,
         "retries": stats.retries,
@@ -473,6 +481,11 @@ def follow_prometheus(data: dict[str, Any]) -> str:
             ("follow_calls", "Calls the status run made (list and show).", data["calls"]),
             ("follow_list_calls", "List calls of the status run.", data["list_calls"]),
             ("follow_show_calls", "Show calls of the status run.", data["show_calls"]),
+            (
+                "follow_opening_calls",
+                "Calls before the status run's first VAS call (credentials, project id).",
+                data.get("opening_calls", 0),
+            ),
             ("follow_passes", "Passes of the status run.", data["passes"]),
             (
                 "follow_oldest_non_final_age_seconds",

@@ -806,13 +806,24 @@ def test_cli_iam_password_source(
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("HUAWEICLOUD_SDK_IAM_ENDPOINT", url)
     manifest = write_manifest(tmp_path, keys(3))
-    code, err = run_main(
-        "submit", str(manifest), "--endpoint", url, "--results", str(tmp_path / "o.csv")
-    )
+    results = tmp_path / "o.csv"
+    code, err = run_main("submit", str(manifest), "--endpoint", url, "--results", str(results))
     assert code == 0, err
     assert len(emulator.tasks) == 3
     assert emulator.identity.tokens_issued == 1
     assert PASSWORD not in err
+    # status and prune log in too; their summaries count that call apart from the VAS calls
+    for job_id in emulator.tasks:
+        emulator.set_state(job_id, "SUCCEEDED")
+    summary = tmp_path / "s.json"
+    for command in (["status", str(results)], ["prune", str(results), "--older-than", "0"]):
+        code, err = run_main(*command, "--summary", str(summary))
+        assert code == 0, err
+        done = orjson.loads(summary.read_bytes())
+        assert done["opening_calls"] == 1, (command, done)
+        assert done["calls"] == (3 if command[0] == "prune" else 2), done  # 3 deletes; 2 lists
+    assert emulator.identity.tokens_issued == 3
+    assert done["counts"]["deleted"] == 3  # status recorded them final first
 
 
 def test_cli_waits_out_an_iam_outage_at_the_start(
@@ -827,14 +838,19 @@ def test_cli_waits_out_an_iam_outage_at_the_start(
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("HUAWEICLOUD_SDK_IAM_ENDPOINT", server.url)
         manifest = write_manifest(tmp_path, keys(2))
+        summary = tmp_path / "s.json"
         code, err = run_main(
-            "submit", str(manifest), "--endpoint", server.url, "--results", str(tmp_path / "o.csv")
-        )
+            "submit", str(manifest), "--endpoint", server.url, "--results", str(tmp_path / "o.csv"),
+            "--summary", str(summary),
+        )  # fmt: skip
     finally:
         server.close()
     assert code == 0, err
     assert len(emulator.tasks) == 2
     assert (emulator.identity.unavailable, emulator.identity.tokens_issued) == (1, 1)
+    # the summary counts the calls before the first create apart: the refused login, the login
+    done = orjson.loads(summary.read_bytes())
+    assert (done["opening_calls"], done["calls"]) == (2, 2), done
     assert "HTTP 503" in err, err  # the log says why the run waited
     assert "trying again" in err, err
     assert PASSWORD not in err

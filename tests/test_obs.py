@@ -220,9 +220,14 @@ def test_submit_from_a_live_prefix(
     manifest = write_prefix_manifest(tmp_path)
     results = tmp_path / "r.csv"
     args = submit_args(manifest, live_emulator.url, results, "--obs-endpoint", fake_obs.url)
-    done = run_cli(*args, "--rate", "0", "--concurrency", "16", timeout=120)
+    summary = tmp_path / "s.json"
+    done = run_cli(*args, "--rate", "0", "--concurrency", "16", "--summary", str(summary),
+                   timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "listed 2501 objects" in done.stderr
+    counted = orjson.loads(summary.read_bytes())
+    # the listing's three pages are counted apart from the creates (plain keys: no IAM call)
+    assert (counted["opening_calls"], counted["calls"]) == (fake_obs.calls, 2500) == (3, 2500)
     assert_exactly_once(
         live_emulator.emulator, results, sources(f"cams/{k}" for k in video_keys(2500))
     )
@@ -431,7 +436,7 @@ async def test_listing_goes_through_the_http_proxy(
     assert fake_obs.calls == 3
     assert proxy.forwarded["/in-bucket"] == 3
     assert proxy.absolute == 3
-    listing = spooled.sources[0].listing
+    listing = spooled.manifest.sources[0].listing
     assert listing is not None
     assert len(listing.read_text(encoding="utf-8").splitlines()) == 2501
 
@@ -543,5 +548,5 @@ async def test_a_prefix_that_lists_nothing_warns_and_is_counted(
     assert len(warnings) == 1
     assert "source[0].prefix: obs://in-bucket/Cams/ lists no objects" in warnings[0]
     stats = ExpandStats()
-    assert list(iter_objects(spooled, stats, warnings.append)) == []
+    assert list(iter_objects(spooled.manifest, stats, warnings.append)) == []
     assert stats.empty_prefixes == ["obs://in-bucket/Cams/"]

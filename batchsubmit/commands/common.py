@@ -25,7 +25,7 @@ from ..credentials import (
 from ..engine.loop import run as run_loop
 from ..errors import CredentialError, UsageError
 from ..manifest import Manifest
-from ..obs import spool_prefixes
+from ..obs import Spooled, spool_prefixes
 from ..pool import PoolSettings, RunStats, new_gate
 from ..progress import Log, ProgressReporter, make_reporter
 from ..render import expand_line
@@ -267,6 +267,7 @@ def credentials(
     )
     gate = new_gate((pool or PoolOptions()).settings(), RunStats(), shown.line)
     provider: CredentialProvider = run_loop(_open_credentials, choice, region, warn, gate.other)
+    provider.opening_calls = gate.stats.calls
     if log is not None:
         log.line("info", f"credentials from {provider.source_name}")
     return provider
@@ -340,6 +341,11 @@ def config(
     )
 
 
+def opening_calls(credentials: object) -> int:
+    """The calls that fetched the first credentials and the project id (0 for plain keys)."""
+    return int(getattr(credentials, "opening_calls", 0))
+
+
 def source_name(config: RunConfig) -> str | None:
     """Where the run's credentials came from (never a secret), for the summary."""
     return getattr(config.credentials, "source_name", None)
@@ -356,7 +362,7 @@ async def spooled(
     directory: Path,
     log: Log,
     settings: PoolSettings,
-) -> Manifest:
+) -> Spooled:
     """List live OBS prefixes now, before any VAS request (errors exit 2), each page through
     a gate with the run's in-flight cap, rate and retry policy. ``obs_endpoint`` is
     --obs-endpoint (None: the manifest's)."""

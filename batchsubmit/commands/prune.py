@@ -18,7 +18,15 @@ from ..prune import (
     prune,
 )
 from ..results import Format, format_for, utc_now
-from .common import Env, PoolOptions, check_endpoint, ledger_credentials, real, warner
+from .common import (
+    Env,
+    PoolOptions,
+    check_endpoint,
+    ledger_credentials,
+    opening_calls,
+    real,
+    warner,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +77,7 @@ def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
         config = replace(config, credentials=credentials)
     say = lambda level, message: log.line(level, message)  # noqa: E731
     stats = plan_locked(config, warn) if options.dry_run else prune(config, warn, say)
+    stats.opening_calls = opening_calls(config.credentials)
     return PruneResult(stats, started, results, options.dry_run)
 
 

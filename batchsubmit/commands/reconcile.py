@@ -21,6 +21,7 @@ from .common import (
     check_endpoint,
     config,
     credentials,
+    opening_calls,
     real,
     source_name,
     warner,
@@ -76,6 +77,7 @@ def run(options: ReconcileOptions, log: Log, env: Env) -> RunResult:
             stats = run_loop(reconcile, run_config, prepared, reporter, warn)
         finally:
             reporter.close()
+        stats.opening_calls = opening_calls(provider)
     finally:
         prepared.lock.release()
     return RunResult(results, started, stats, None, source_name(run_config))

@@ -19,6 +19,7 @@ from .common import (
     check_output_directory,
     check_output_file,
     ledger_credentials,
+    opening_calls,
     real,
     warner,
 )
@@ -136,6 +137,7 @@ def run(options: StatusOptions, log: Log, env: Env) -> StatusResult:
             stats = run_loop(follow, follower, reporter)
         finally:
             reporter.close()
+        stats.opening_calls = opening_calls(credentials)
     finally:
         lock.release()
     return StatusResult(stats, exit_code(stats), started)

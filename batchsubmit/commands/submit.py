@@ -33,6 +33,7 @@ from .common import (
     endpoint,
     live,
     log_plan,
+    opening_calls,
     real,
     source_name,
     spooled,
@@ -168,9 +169,10 @@ async def run_submit(
     # Only for live prefixes: a run killed by SIGKILL cannot remove it, and a nightly run must
     # not leave an empty directory in /tmp every time.
     spool = tempfile.TemporaryDirectory(prefix="batchsubmit-") if live(manifest) else None
+    listing_calls = 0
     try:
         if spool is not None:
-            manifest = await spooled(
+            listed = await spooled(
                 manifest,
                 options.obs_endpoint,
                 config.credentials,
@@ -178,6 +180,7 @@ async def run_submit(
                 log,
                 config.pool,
             )
+            manifest, listing_calls = listed.manifest, listed.calls
             config = replace(config, manifest=manifest)
         uncertain = prepared.uncertain
         ledger = None if config.resubmit else prepared.ledger
@@ -210,6 +213,7 @@ async def run_submit(
             spool.cleanup()
     if room is not None:
         _room_stats(stats, room)
+    stats.opening_calls = opening_calls(config.credentials) + listing_calls
     done = RunResult(config.results, started, stats, summary, source_name(config))
     return SubmitResult(done, stats, room, followed)
 
@@ -237,7 +241,7 @@ def dry_run(
         if live(manifest):
             spool = stack.enter_context(tempfile.TemporaryDirectory(prefix="batchsubmit-"))
             pool = options.run.pool
-            manifest = run_loop(
+            listed = run_loop(
                 spooled,
                 manifest,
                 options.obs_endpoint,
@@ -246,6 +250,7 @@ def dry_run(
                 log,
                 pool.settings(),
             )
+            manifest = listed.manifest
         env.write(spec_lines(plan(manifest, ledger, (), summary, warn), target.tasks_url))
     log.line("info", expand_line(summary.expand))
     return DryRun(summary)

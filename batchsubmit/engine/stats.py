@@ -22,6 +22,7 @@ class RunStats:
     deferred: int = 0
     skipped: int = 0
     calls: int = 0
+    opening_calls: int = 0  # before the first VAS call: credentials, project id, OBS listing
     retries: int = 0
     throttles: int = 0
     unavailable: int = 0
