@@ -18,6 +18,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
@@ -330,27 +331,63 @@ def _source_urls(
 _BOM = b"\xef\xbb\xbf"
 
 
-_SNAPSHOT_PREFIX = "batchsubmit-listings-"
+_SNAPSHOT_PREFIX = "batchsubmit-listings-"  # + pid + "-": the listings' copies (Snapshots)
+_SPOOL_PREFIX = "batchsubmit-spool-"  # + pid + "-": live prefixes' keys (spool_directory)
+# Versions before the pid in the name left "batchsubmit-listings-XXXXXXXX" and
+# "batchsubmit-XXXXXXXX": removed once this old (no run of those versions is still going).
+_UNNAMED_AFTER = 8 * 24 * 3600.0
+_UNNAMED = re.compile(r"batchsubmit-(?:listings-)?[a-z0-9_]{8}")
 
 
 def sweep_abandoned_snapshots() -> None:
-    """Remove the snapshot directories of runs that died without removing their own (SIGKILL,
+    """Remove the private directories of runs that died without removing their own (SIGKILL,
     a power cut): each is named after its process, and that process no longer exists. Another
-    user's, or a live process's, are left alone."""
+    user's, or a live process's, are left alone; so are the unnamed ones of older versions
+    until they are ``_UNNAMED_AFTER`` old."""
     try:
-        entries = list(Path(tempfile.gettempdir()).glob(f"{_SNAPSHOT_PREFIX}*-*"))
+        entries = list(Path(tempfile.gettempdir()).glob("batchsubmit-*"))
     except OSError:
         return
     for entry in entries:
-        pid = entry.name[len(_SNAPSHOT_PREFIX) :].partition("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if _abandoned(entry):
             shutil.rmtree(entry, ignore_errors=True)
-        except (OSError, OverflowError):
-            continue  # alive (another user's), or no such pid at all
+
+
+def _abandoned(entry: Path) -> bool:
+    name = entry.name
+    for prefix in (_SNAPSHOT_PREFIX, _SPOOL_PREFIX):
+        if name.startswith(prefix):
+            pid, dash, _rest = name[len(prefix) :].partition("-")
+            if dash and pid.isdigit():
+                return _gone(int(pid))
+    if not _UNNAMED.fullmatch(name):
+        return False
+    try:
+        found = entry.lstat()
+    except OSError:
+        return False
+    mine = stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid()
+    return mine and time.time() - found.st_mtime > _UNNAMED_AFTER
+
+
+def _gone(pid: int) -> bool:
+    """Whether no process ``pid`` exists (this one, a live one or another user's: False)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False  # alive (another user's), or no such pid at all
+    return False
+
+
+def spool_directory() -> tempfile.TemporaryDirectory[str]:
+    """A private directory for live prefixes' spool files, named after this process: one that
+    SIGKILL leaves behind is removed by the next run (the abandoned ones swept first)."""
+    sweep_abandoned_snapshots()
+    return tempfile.TemporaryDirectory(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-")
 
 
 class Snapshots:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -18,7 +19,7 @@ from batchsubmit.answers import Kind
 from batchsubmit.auth import Credentials
 from batchsubmit.client import open_session
 from batchsubmit.credentials import CredentialProvider, Issued
-from batchsubmit.emulator import EMULATOR_AK, EMULATOR_SK
+from batchsubmit.emulator import EMULATOR_AK, EMULATOR_SK, Faults
 from batchsubmit.errors import UsageError
 from batchsubmit.manifest import load_manifest
 from batchsubmit.obs import (
@@ -39,8 +40,10 @@ from .helpers import (
     LiveEmulator,
     ServerThread,
     assert_exactly_once,
+    cli_env,
     run_cli,
     serve_app,
+    signal_after_rows,
     sources,
     submit_args,
     video_keys,
@@ -231,6 +234,29 @@ def test_submit_from_a_live_prefix(
     assert_exactly_once(
         live_emulator.emulator, results, sources(f"cams/{k}" for k in video_keys(2500))
     )
+
+
+def test_a_killed_live_prefix_runs_spool_directory_is_removed_by_the_next_run(
+    tmp_path: Path, fake_obs: FakeObs, live_emulator: LiveEmulator
+) -> None:
+    """The spool directory of a live prefix (its keys, listed before the first create) was
+    named by tempfile alone: each run SIGKILL stopped left one in /tmp forever. It is named
+    after its process now, and the next run removes it."""
+    live_emulator.emulator.faults = Faults(latency=0.02)
+    manifest = write_prefix_manifest(tmp_path)
+    results = tmp_path / "r.csv"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**cli_env(), "TMPDIR": str(scratch)}
+    args = submit_args(manifest, live_emulator.url, results, "--obs-endpoint", fake_obs.url,
+                       "--rate", "0", "--concurrency", "8")  # fmt: skip
+    code, _err = signal_after_rows(args, results, 20, signal.SIGKILL, env=env)
+    assert code == -signal.SIGKILL
+    left = sorted(path.name for path in scratch.iterdir())
+    assert any(name.startswith("batchsubmit-spool-") for name in left), left
+    again = run_cli(*args, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert list(scratch.iterdir()) == []
 
 
 def test_dry_run_lists_a_live_prefix(tmp_path: Path, fake_obs: FakeObs) -> None:

@@ -691,25 +691,39 @@ def test_many_lines_stream_in_constant_memory(tmp_path: Path) -> None:
 def test_snapshots_of_dead_runs_are_swept_and_no_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A killed run's snapshot directory is removed by the next run; a live process's (this
-    one's, pid 1's) and anything not named like a snapshot stay."""
+    """A killed run's snapshot or spool directory is removed by the next run; a live
+    process's (this one's, pid 1's) and anything not named like one stay. An older version's
+    unnamed directory (no pid in its name) goes once it is 8 days old, not before. A live
+    prefix's spool directory used to stay forever after a SIGKILL."""
     import os
     import subprocess
     import sys
     import tempfile
+    import time
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
+    pid = dead.stdout.strip()
     names = {
-        "dead": f"batchsubmit-listings-{dead.stdout.strip()}-abc",
+        "dead": f"batchsubmit-listings-{pid}-abc",
+        "dead spool": f"batchsubmit-spool-{pid}-k2x_9qzv",
         "self": f"batchsubmit-listings-{os.getpid()}-abc",
+        "self spool": f"batchsubmit-spool-{os.getpid()}-abc",
         "init": "batchsubmit-listings-1-abc",
         "other": "batchsubmit-listings-abc",
+        "old unnamed": "batchsubmit-listings-0cwsa550",
+        "old unnamed spool": "batchsubmit-0__w30oo",
+        "new unnamed": "batchsubmit-1ik80pe2",
+        "old, not ours": "batchsubmit-notes-2024",
     }
     for name in names.values():
         (tmp_path / name).mkdir()
         (tmp_path / name / "0-listing.txt").write_text("obs://b/k.mp4\n")
+    nine_days_ago = time.time() - 9 * 24 * 3600
+    for key in ("old unnamed", "old unnamed spool", "old, not ours", "other"):
+        os.utime(tmp_path / names[key], (nine_days_ago, nine_days_ago))
     sources.sweep_abandoned_snapshots()
     left = {path.name for path in tmp_path.iterdir()}
-    assert left == {names["self"], names["init"], names["other"]}
+    kept = ("self", "self spool", "init", "other", "new unnamed", "old, not ours")
+    assert left == {names[key] for key in kept}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -22,7 +21,7 @@ from ..prune import DEFAULT_QUOTA, PruneConfig, Room, make_room
 from ..render import expand_line, spec_lines
 from ..results import Format, format_for, read_ledger
 from ..runner import ExpandSummary, RunConfig, count_work, plan, prepare, submit
-from ..sources import ExpandStats
+from ..sources import ExpandStats, spool_directory
 from .common import (
     Env,
     RunOptions,
@@ -166,9 +165,9 @@ async def run_submit(
     assert manifest is not None
     warn = warner(log)
     prepared = prepare(config, warn)
-    # Only for live prefixes: a run killed by SIGKILL cannot remove it, and a nightly run must
-    # not leave an empty directory in /tmp every time.
-    spool = tempfile.TemporaryDirectory(prefix="batchsubmit-") if live(manifest) else None
+    # Only for live prefixes: a nightly run must not leave an empty directory in /tmp every
+    # time (one SIGKILL leaves behind is removed by the next run).
+    spool = spool_directory() if live(manifest) else None
     listing_calls = 0
     try:
         if spool is not None:
@@ -239,7 +238,7 @@ def dry_run(
     summary = ExpandSummary(ExpandStats())
     with ExitStack() as stack:
         if live(manifest):
-            spool = stack.enter_context(tempfile.TemporaryDirectory(prefix="batchsubmit-"))
+            spool = stack.enter_context(spool_directory())
             pool = options.run.pool
             listed = run_loop(
                 spooled,
