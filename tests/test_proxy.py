@@ -167,6 +167,25 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
+def check_env(home: Path) -> dict[str, str]:
+    """A `check` process's environment: the emulator's keys, no proxy, no CA bundle, a
+    private home, metadata on a closed local port."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HUAWEICLOUD_", "BATCHSUBMIT_", "SSL_CERT"))
+        and "proxy" not in k.lower()
+    }
+    env.update(
+        HUAWEICLOUD_SDK_AK=EMULATOR_AK,
+        HUAWEICLOUD_SDK_SK=EMULATOR_SK,
+        HUAWEICLOUD_SDK_PROJECT_ID=EMULATOR_PROJECT_ID,
+        HOME=str(home),
+        BATCHSUBMIT_METADATA_URL=f"http://127.0.0.1:{closed_port()}",
+    )
+    return env
+
+
 @asynccontextmanager
 async def tls_emulator(emulator: Emulator, cert: Path, key: Path) -> AsyncIterator[str]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -190,19 +209,7 @@ def test_a_corporate_ca_bundle_in_ssl_cert_file_is_trusted(
     manifest = write_manifest(tmp_path, video_keys(2))
     emulator = Emulator()
     server = ServerThread(lambda: tls_emulator(emulator, cert, key))
-    base_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HUAWEICLOUD_", "BATCHSUBMIT_", "SSL_CERT"))
-        and "proxy" not in k.lower()
-    }
-    base_env.update(
-        HUAWEICLOUD_SDK_AK=EMULATOR_AK,
-        HUAWEICLOUD_SDK_SK=EMULATOR_SK,
-        HUAWEICLOUD_SDK_PROJECT_ID=EMULATOR_PROJECT_ID,
-        HOME=str(tmp_path),
-        BATCHSUBMIT_METADATA_URL=f"http://127.0.0.1:{closed_port()}",
-    )
+    base_env = check_env(tmp_path)
     args = [
         "check", str(manifest), "--endpoint", server.url, "--timeout", "2",
         "--obs-endpoint", f"http://127.0.0.1:{closed_port()}",
@@ -387,20 +394,7 @@ def test_check_opens_the_tunnel_an_https_endpoint_needs_through_a_proxy(
     vas = ServerThread(lambda: tls_emulator(emulator, cert, key))
     forward = ServerThread(proxy.serve)
     proxy_url = forward.url.replace("http://", f"http://{in_url}")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HUAWEICLOUD_", "BATCHSUBMIT_", "SSL_CERT"))
-        and "proxy" not in k.lower()
-    }
-    env.update(
-        HUAWEICLOUD_SDK_AK=EMULATOR_AK,
-        HUAWEICLOUD_SDK_SK=EMULATOR_SK,
-        HUAWEICLOUD_SDK_PROJECT_ID=EMULATOR_PROJECT_ID,
-        HOME=str(tmp_path),
-        BATCHSUBMIT_METADATA_URL=f"http://127.0.0.1:{closed_port()}",
-        HTTPS_PROXY=proxy_url,
-    )
+    env = {**check_env(tmp_path), "HTTPS_PROXY": proxy_url}
     if trusted:
         env["SSL_CERT_FILE"] = str(cert)
     manifest = write_manifest(tmp_path, video_keys(1))
