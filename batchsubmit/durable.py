@@ -16,11 +16,20 @@ _STEP = 65536  # bytes looked back at a time for the last complete line
 
 
 def drop_torn_tail(
-    handle: IO[bytes], path: Path, warn: Callable[[str], None], *, begins: bytes
+    handle: IO[bytes],
+    path: Path,
+    warn: Callable[[str], None],
+    *,
+    begins: bytes,
+    whole: Callable[[bytes], bool] = lambda _line: False,
+    newline: bytes = b"\n",
 ) -> None:
     """Cut a last line that a crash left without its newline (the only damage an append-only
     file of whole lines can take), saying so. Looks back in 64 KiB steps, so a torn line
     longer than one step does not take the complete lines before it along.
+
+    A last line that ``whole`` says is complete lost only its newline (an editor, a tool that
+    re-saved the file): ``newline`` is added instead, and nothing is cut.
 
     A file that is one line without a newline is cut only if that line could be the start of
     one this file's writer writes (``begins``: the header, or how every line begins): anything
@@ -40,6 +49,13 @@ def drop_torn_tail(
             keep = start + cut + 1
             break
         end = start
+    handle.seek(keep)
+    if size - keep <= _STEP and whole(handle.read(size - keep)):
+        handle.seek(size)
+        handle.write(newline)
+        handle.flush()
+        warn(f"{path}: the last line had no newline at its end; added one (the row is kept)")
+        return
     handle.seek(keep)
     torn = handle.read(120)
     if keep == 0 and torn[: len(begins)] != begins[: len(torn)]:

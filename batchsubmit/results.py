@@ -141,7 +141,8 @@ class ResultsWriter:
             raise UsageError(f"{path}: cannot open the results file: {exc.strerror}") from None
         try:
             first = (",".join(COLUMNS) + "\r\n").encode() if fmt == "csv" else b'{"source":'
-            drop_torn_tail(self._file, path, warn, begins=first)
+            whole, newline = _whole_row_rule(self._file, fmt)
+            drop_torn_tail(self._file, path, warn, begins=first, whole=whole, newline=newline)
             self._columns = self._header_columns() if fmt == "csv" else None
         except BaseException:
             self._file.close()
@@ -437,16 +438,60 @@ def _bom(path: Path) -> UsageError:
     )
 
 
-def _lines(handle: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
-    """(number, line) of every complete line; a torn last line comes as (number, b"")."""
+def _lines(
+    handle: IO[bytes], path: Path, whole: Callable[[bytes], bool] = lambda _line: False
+) -> Iterator[tuple[int, bytes]]:
+    """(number, line) of every complete line; a torn last line comes as (number, b""). A last
+    line without its newline that ``whole`` says is a whole row is one (see
+    :func:`_whole_row_rule`)."""
     number = 0
     for number, raw in enumerate(handle, 1):
         if number == 1 and raw.startswith(BOM):
             raise _bom(path)
-        if not raw.endswith(b"\n"):
+        if not raw.endswith(b"\n") and not whole(raw):
             yield number, b""
             return
         yield number, raw
+
+
+def _whole_row_rule(handle: IO[bytes], fmt: Format) -> tuple[Callable[[bytes], bool], bytes]:
+    """How to tell a last row that lost only its newline (an editor re-saved the file) from
+    one a crash cut short, and the newline to give it back. Cutting a whole row forgot its
+    job, and the video was submitted again. JSONL: the line is a JSON object. CSV: the line
+    has every column of the file's header, the last one whole too."""
+    if fmt == "jsonl":
+        return _whole_json_row, b"\n"
+    handle.seek(0)
+    first = handle.readline()
+    header = _csv_fields(first) if first.endswith(b"\n") else None
+    return (lambda line: header is not None and _whole_csv_row(line, header)), b"\r\n"
+
+
+def _whole_json_row(line: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _csv_fields(line: bytes) -> list[str] | None:
+    try:
+        return next(csv.reader([line.decode("utf-8").rstrip("\r\n")], strict=True))
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        return None
+
+
+def _whole_csv_row(line: bytes, header: list[str]) -> bool:
+    """Every column there, and the last not cut short: the schema version and ``reconciled``
+    are checked; a later version's last column is not read, so any value will do."""
+    fields = _csv_fields(line)
+    if fields is None or len(fields) != len(header) or not fields[-1]:
+        return False
+    if header[-1] == "schema":
+        return fields[-1].isdigit()
+    if header[-1] == "reconciled":
+        return fields[-1] in ("True", "False")
+    return True
 
 
 def _rows(
@@ -487,10 +532,11 @@ _STATUS_AT = BASE_COLUMNS.index("status")
 def _csv_rows(
     handle: IO[bytes], path: Path, names: tuple[str, ...]
 ) -> Iterator[tuple[int, tuple[str, ...] | None]]:
-    lines = _lines(handle, path)
+    header: list[str] = []
+    lines = _lines(handle, path, lambda line: bool(header) and _whole_csv_row(line, header))
     for _number, raw in lines:
         if raw:
-            _csv_header(raw, path)
+            header = _csv_header(raw, path)
         break
     width = len(BASE_COLUMNS)
     status_at = _STATUS_AT
@@ -531,7 +577,7 @@ def _csv_line(text: str, path: Path, number: int) -> list[str]:
 def _jsonl_rows(
     handle: IO[bytes], path: Path, names: tuple[str, ...]
 ) -> Iterator[tuple[int, tuple[str, ...] | None]]:
-    for number, raw in _lines(handle, path):
+    for number, raw in _lines(handle, path, _whole_json_row):
         if not raw:
             yield number, None
             return

@@ -832,6 +832,26 @@ def test_quick_start_twice_submits_nothing_the_second_time(tmp_path: Path) -> No
     assert len(rows) == 1 + 6
 
 
+def test_a_results_file_resaved_without_its_last_newline_submits_nothing_again(
+    tmp_path: Path,
+) -> None:
+    """The operator's report, end to end: the results file re-saved without its final
+    newline. The next night read the last row as torn, cut it and submitted its video again
+    (a second job, the first one's id in no row). It submits nothing now."""
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    for name in ("nightly.toml", "listing.txt"):
+        shutil.copy(samples / name, tmp_path / name)
+    manifest = tmp_path / "nightly.toml"
+    assert run_cli("submit", str(manifest), "--emulator").returncode == 0
+    results = tmp_path / "nightly.emulator.results.csv"
+    rows = results.read_bytes()
+    results.write_bytes(rows.rstrip(b"\r\n"))
+    again = run_cli("submit", str(manifest), "--emulator")
+    assert again.returncode == 0, again.stderr
+    assert "0 to submit, 6 already submitted" in again.stderr
+    assert results.read_bytes() == rows
+
+
 def test_results_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
     """A --results that names a directory is a UsageError that says so."""
     with pytest.raises(UsageError, match="is a directory"):
@@ -897,3 +917,46 @@ def test_a_csv_row_is_what_the_csv_module_writes(texts: list[str]) -> None:
         row = next(csv.reader([lines[1].decode()]))
         clean = [t.replace("\r", " ").replace("\n", " ") for t in texts]
         assert (row[0], row[1], row[6]) == (f"obs://in-bucket/{clean[0]}", clean[1], clean[2])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_whole_last_row_that_lost_its_newline_is_kept(tmp_path: Path, fmt: Format) -> None:
+    """A file re-saved without its final newline (an editor, a tool): the last row is whole,
+    not torn. It was cut as torn, its job forgotten, and the video submitted a second time.
+    Now the reader counts it and the writer gives it its newline back."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(path, fmt, [outcome("obs://bkt/a.mp4"), outcome("obs://bkt/b.mp4")])
+    whole = path.read_bytes()
+    path.write_bytes(whole.rstrip(b"\r\n"))
+    ledger, warnings = ledger_of(path, fmt)
+    assert (ledger.is_done("obs://bkt/b.mp4"), ledger.bad_lines, warnings) == (True, 0, [])
+    warn = write_rows(path, fmt, [outcome("obs://bkt/c.mp4")])
+    assert len(warn.messages) == 1
+    assert "no newline" in warn.messages[0]
+    assert path.read_bytes().startswith(whole)
+    ledger, warnings = ledger_of(path, fmt)
+    assert [ledger.is_done(f"obs://bkt/{x}.mp4") for x in "abc"] == [True, True, True]
+    assert (ledger.rows, ledger.bad_lines, warnings) == (3, 0, [])
+
+
+def test_a_csv_row_cut_inside_its_last_columns_is_still_torn(tmp_path: Path) -> None:
+    """The whole-row rule takes no row cut short for a whole one: cut before its schema
+    column, inside ``reconciled``, or inside a quoted message, it is torn and set aside."""
+    path = tmp_path / "r.csv"
+    write_rows(path, "csv", [outcome("obs://bkt/a.mp4")])
+    intact = path.read_bytes()
+    row = intact.splitlines()[-1].replace(b"obs://bkt/a.mp4", b"obs://bkt/z.mp4")
+    assert row.endswith(b",False,2")
+    cuts = [
+        row[: -len(b"2")],  # ",False," : the schema column empty
+        row[: -len(b"se,2")],  # ",Fal" : fewer columns
+        b",".join(row.split(b",")[:5]) + b',"a message, with a comma',  # inside quotes
+        row[: row.index(b",201,") + len(b",201")],  # after http_status: a number too
+    ]
+    for torn in cuts:
+        path.write_bytes(intact + torn)
+        ledger, _warnings = ledger_of(path, "csv")
+        assert (ledger.is_done("obs://bkt/z.mp4"), ledger.bad_lines) == (False, 1), torn
+        write_rows(path, "csv", [outcome("obs://bkt/c.mp4")])
+        assert b"obs://bkt/z.mp4" not in path.read_bytes(), torn
+        path.write_bytes(intact)
