@@ -21,7 +21,12 @@ And around them:
 
 - **Earlier runs.** A :class:`Lookup` resolves an intent or ``unknown`` row left by an earlier
   run: found, ``submitted``; the lookup failed, ``unknown``; absent, ``failed`` NOT_CREATED,
-  and the source is looked up once more right before this run creates it again.
+  and the source is looked up once more right before this run creates it again. An intent is
+  answered only by a row written since it was journalled (a killed ``--resubmit`` leaves
+  intents for videos with last night's rows), and only this service's intents are resolved:
+  another service's stay in the journal as they are (runner.py's ``Prepared``).
+- **Recorded jobs.** A job a row of the ledger names already (last night's, found by name
+  after a ``--resubmit``'s lost answer) is never taken for the job of a create made since.
 - **The hold.** A source this run looked up and found, or failed to look up, is held: the
   runner leaves it out of the plan (:attr:`Once.held`), and :meth:`Once.run` never creates it.
 - **Several matches.** The oldest job is recorded (the first create, which any later lookup
@@ -33,6 +38,7 @@ And around them:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeAlias
 
@@ -100,8 +106,12 @@ class Once:
         journal: Journal | None,
         timing: Timing,
         limit: JobLimit,
+        recorded: Callable[[str], bool] = lambda _job_id: False,
     ) -> None:
+        """``recorded``: whether a job id is in a row of the ledger already (an earlier
+        night's job of the video): a lookup never takes it for the job of a create since."""
         self._api = api
+        self._recorded = recorded
         self._gate = gate
         self._rest = rest
         self._rows = rows
@@ -328,7 +338,7 @@ class Once:
             if answer.kind is not Kind.OK:
                 return None, answer
             page: Page = answer.data
-            matches += page.matches
+            matches += [m for m in page.matches if not self._recorded(m[1])]
             offset += page.tasks
             if not page.tasks or offset >= page.count:
                 break

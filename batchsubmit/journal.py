@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,10 +25,22 @@ import orjson
 
 from .durable import sync_dir
 from .errors import LockedError, UsageError
+from .results import utc_now
 
-__all__ = ["CHECKPOINT", "Journal", "RunLock", "journal_services", "read_intents"]
+__all__ = ["CHECKPOINT", "Intent", "Journal", "RunLock", "journal_services", "read_intents"]
 
 CHECKPOINT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """One journalled create: the video, its job name, the service it was for and when it was
+    journalled (``service_url`` and ``at`` are "" in journals of older versions)."""
+
+    source: str
+    name: str
+    service_url: str = ""
+    at: str = ""
 
 
 def journal_services(path: Path) -> set[str]:
@@ -40,10 +53,13 @@ def journal_services(path: Path) -> set[str]:
     }
 
 
-def read_intents(path: Path, warn: Callable[[str], None]) -> dict[str, str]:
-    """The intents a journal holds, source to job name. A torn last line (a crash mid-write)
-    is skipped with a warning; any other unreadable line raises UsageError naming it."""
-    return {entry["source"]: entry["name"] for entry in _entries(path, warn)}
+def read_intents(path: Path, warn: Callable[[str], None]) -> list[Intent]:
+    """The intents a journal holds, in order. A torn last line (a crash mid-write) is skipped
+    with a warning; any other unreadable line raises UsageError naming it."""
+    return [
+        Intent(e["source"], e["name"], e.get("service_url", ""), e.get("at", ""))
+        for e in _entries(path, warn)
+    ]
 
 
 _REPAIR = (
@@ -93,28 +109,35 @@ def _intent(line: bytes) -> tuple[str, dict[str, str] | None]:
     for key in ("source", "name"):
         if not isinstance(data.get(key), str):
             return f"no {key!r} string", None
-    if not isinstance(data.get("service_url", ""), str):
-        return "'service_url' is not a string", None
+    for key in ("service_url", "at"):
+        if not isinstance(data.get(key, ""), str):
+            return f"{key!r} is not a string", None
     return "", data
 
 
 class Journal:
-    """Records intents before their create calls; ``settle`` when their row is written."""
+    """Records intents before their create calls; ``settle`` when their row is written.
+
+    ``inherited``: this service's intents an earlier run left open, kept with their times
+    until settled. ``kept``: another service's, which this run neither resolves nor forgets:
+    they stay in the file as they were, for that service's next run or ``reconcile``."""
 
     def __init__(
         self,
         path: Path,
         *,
         durable: bool = True,
-        inherited: dict[str, str] | None = None,
+        inherited: Iterable[Intent] = (),
+        kept: Iterable[Intent] = (),
         service_url: str = "",
         before_checkpoint: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self._durable = durable
-        self._open: dict[str, str] = dict(inherited or {})
+        self._open: dict[str, tuple[str, str]] = {i.source: (i.name, i.at) for i in inherited}
+        self._kept = [_entry_line(i.source, i.name, i.service_url, i.at) for i in kept]
         # Each line names its service, so `reconcile` can resolve intents without a manifest.
-        self._service = {"service_url": service_url} if service_url else {}
+        self._service_url = service_url
         self._before_checkpoint = before_checkpoint
         self._syncing = False
         self._since_checkpoint = 0
@@ -124,7 +147,8 @@ class Journal:
         """Replace the journal with just the open intents, atomically."""
         temporary = self.path.with_name(self.path.name + ".tmp")
         with temporary.open("wb") as handle:
-            handle.writelines(self._line(s, n) for s, n in self._open.items())
+            handle.writelines(self._kept)
+            handle.writelines(self._line(s, n, at) for s, (n, at) in self._open.items())
             handle.flush()
             if self._durable:
                 os.fsync(handle.fileno())
@@ -137,10 +161,11 @@ class Journal:
         durable, and no create may be sent before it returns."""
         open_ = self._open
         line = self._line
+        at = utc_now()  # one time a batch: when these creates may first have been sent
         lines = []
         for source, name in intents:
-            open_[source] = name
-            lines.append(line(source, name))
+            open_[source] = (name, at)
+            lines.append(line(source, name, at))
         self._file.writelines(lines)
         self._file.flush()
         self._since_checkpoint += len(lines)
@@ -157,8 +182,8 @@ class Journal:
         finally:
             self._syncing = False
 
-    def _line(self, source: str, name: str) -> bytes:
-        return orjson.dumps({"source": source, "name": name, **self._service}) + b"\n"
+    def _line(self, source: str, name: str, at: str) -> bytes:
+        return _entry_line(source, name, self._service_url, at)
 
     def settle(self, source: str) -> None:
         """The row of ``source`` is written: its intent may go at the next checkpoint, which
@@ -178,14 +203,24 @@ class Journal:
 
     @property
     def open_intents(self) -> dict[str, str]:
-        return dict(self._open)
+        """This service's open intents, source to job name."""
+        return {source: name for source, (name, _at) in self._open.items()}
 
     def close(self) -> None:
         """At the end of a run: forget what is settled; remove the file if nothing is left."""
         self.checkpoint()
         self._file.close()
-        if not self._open:
+        if not self._open and not self._kept:
             self.path.unlink(missing_ok=True)
+
+
+def _entry_line(source: str, name: str, service_url: str, at: str) -> bytes:
+    entry = {"source": source, "name": name}
+    if service_url:
+        entry["service_url"] = service_url
+    if at:
+        entry["at"] = at
+    return orjson.dumps(entry) + b"\n"
 
 
 class RunLock:

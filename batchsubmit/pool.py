@@ -144,6 +144,7 @@ class Pool:
         credentials: Refreshing | None,
         journal: Journal | None = None,
         clock: Callable[[], float] = time.monotonic,
+        recorded: Callable[[str], bool] = lambda _job_id: False,
     ) -> None:
         """``credentials``: the provider the clients sign with (None: plain keys), so that its
         renewals (IAM tokens, ECS metadata keys) are calls through this pool's gate too: renewed
@@ -171,7 +172,9 @@ class Pool:
         timing = Timing(
             settle=s.settle, lookup_tries=s.lookup_tries, lookup_spacing=s.lookup_spacing
         )
-        self._once = Once(api, gate, self._engine.rest, self._rows, journal, timing, limit)
+        self._once = Once(
+            api, gate, self._engine.rest, self._rows, journal, timing, limit, recorded
+        )
         if credentials is not None and credentials.refreshable:
             credentials.route(gate.other)
             gate.prepare = self._renewer(credentials)

@@ -11,7 +11,7 @@ import gc
 import signal
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -21,12 +21,13 @@ from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
 from .credentials import CredentialProvider
 from .errors import StorageError
 from .jobs import JobSpec, SpecBuilder
-from .journal import Journal, RunLock, read_intents
+from .journal import Intent, Journal, RunLock, read_intents
 from .manifest import Manifest
 from .pool import Lookup, Pool, PoolSettings, RunStats
 from .progress import ProgressReporter
 from .results import Format, Ledger, ResultsWriter, read_ledger, utc_now
 from .sources import ExpandStats, ObjectRef, Repeats, find_repeats, iter_objects
+from .vas import service_of
 
 __all__ = ["ExpandSummary", "RunConfig", "count_work", "plan", "reconcile", "submit"]
 
@@ -134,31 +135,62 @@ def lock_path(results: Path) -> Path:
 
 @dataclass
 class Prepared:
-    """A locked results file with its ledger and open intents, ready for the pool."""
+    """A locked results file with its ledger and open intents, ready for the pool:
+    ``intents`` this service's, ``kept`` another service's (left for that service)."""
 
     lock: RunLock
     ledger: Ledger
-    intents: dict[str, str]
+    intents: list[Intent]
+    kept: list[Intent] = field(default_factory=list)
 
     @property
     def uncertain(self) -> dict[str, str]:
-        """Creates whose outcome is unknown: open intents and unknown rows not since resolved."""
-        found = {s: n for s, n in self.intents.items() if not self.ledger.is_done(s)}
-        found.update(self.ledger.unknown)
+        """Creates whose outcome is unknown, source to job name: open intents with no row
+        written since they were journalled, and unknown rows not since resolved. A row from
+        before does not answer an intent: after a killed --resubmit, every video has last
+        night's row, and the jobs the run made would be left without one. (An intent of an
+        older journal, without its time, is answered by any ``submitted`` row, as before.)"""
+        ledger = self.ledger
+        found = {
+            i.source: i.name
+            for i in self.intents
+            if not (i.source in ledger.answered if i.at else ledger.is_done(i.source))
+        }
+        found.update(ledger.unknown)
         return found
+
+    def inherited(self) -> list[Intent]:
+        """The uncertain creates as the journal keeps them: an intent with its own time, an
+        unknown row as of now (its lookup, and any create after it, come in this run)."""
+        uncertain = self.uncertain
+        now = utc_now()
+        times = {i.source: i.at for i in self.intents}
+        return [Intent(s, n, at=times.get(s) or now) for s, n in uncertain.items()]
 
 
 def prepare(config: RunConfig, warn: Callable[[str], None]) -> Prepared:
     """Take the lock, then read the ledger and the journal; raises LockedError (exit 75)."""
     lock = RunLock(lock_path(config.results))
     lock.acquire(utc_now())
+    service = config.endpoint.tasks_url
     try:
-        ledger = read_ledger(config.results, config.format, config.endpoint.tasks_url, warn)
         intents = read_intents(journal_path(config.results), warn)
+        ours = service_of(service)
+        mine = [i for i in intents if not i.service_url or service_of(i.service_url) == ours]
+        kept = [i for i in intents if i.service_url and service_of(i.service_url) != ours]
+        times = {i.source: i.at for i in mine if i.at}
+        ledger = read_ledger(config.results, config.format, service, warn, intents=times)
     except BaseException:
         lock.release()
         raise
-    return Prepared(lock, ledger, intents)
+    if kept:
+        services = sorted({i.service_url for i in kept})
+        warn(
+            f"{journal_path(config.results)}: {len(kept)} open intents of another service "
+            f"({', '.join(services[:2])}) are left as they are, for that service's next run "
+            "or `batchsubmit reconcile`"
+        )
+    return Prepared(lock, ledger, mine, kept)
 
 
 async def submit(
@@ -190,7 +222,7 @@ async def submit(
             # it twice). A lookup that found no job leaves its source to be created.
             await pool.run(plan(manifest, ledger, pool.held, summary, warn, repeats))
 
-    stats = await _with_pool(config, reporter, warn, uncertain, passes)
+    stats = await _with_pool(config, prepared, reporter, warn, passes)
     stats.skipped = summary.skipped
     return stats, summary
 
@@ -207,14 +239,14 @@ async def reconcile(
     async def passes(pool: Pool) -> None:
         await pool.run(Lookup(s, n) for s, n in uncertain.items())
 
-    return await _with_pool(config, reporter, warn, uncertain, passes)
+    return await _with_pool(config, prepared, reporter, warn, passes)
 
 
 async def _with_pool(
     config: RunConfig,
+    prepared: Prepared,
     reporter: ProgressReporter,
     warn: Callable[[str], None],
-    uncertain: dict[str, str],
     passes: Callable[[Pool], Awaitable[None]],
 ) -> RunStats:
     """Open the results, the journal and a session; run the passes; close all in order.
@@ -227,7 +259,8 @@ async def _with_pool(
         journal = Journal(
             journal_path(config.results),
             durable=config.durable,
-            inherited=uncertain,
+            inherited=prepared.inherited(),
+            kept=prepared.kept,
             service_url=config.endpoint.tasks_url,
             before_checkpoint=writer.sync,
         )
@@ -244,6 +277,7 @@ async def _with_pool(
                     service_url=config.endpoint.tasks_url,
                     credentials=client.provider,
                     journal=journal,
+                    recorded=prepared.ledger.recorded,
                 )
                 with fewer_collections():
                     async with anyio.create_task_group() as group:

@@ -364,3 +364,124 @@ def test_a_damaged_journal_line_stops_the_run_before_any_request(
     assert "Traceback" not in done.stderr
     assert sum(emulator.calls.values()) == calls
     assert len(emulator.tasks) == 1
+
+
+# -- one run hands over to the next -------------------------------------------------------------
+
+
+async def _killed_after_create(config: RunConfig, key: str) -> str:
+    """What a run SIGKILLed right after one create leaves: the job on the service, its intent
+    in the journal (as the journal writes it), no row. Returns the job's id."""
+    from batchsubmit.client import VasClient, open_session
+    from batchsubmit.results import utc_now
+
+    assert config.manifest is not None
+    spec = SpecBuilder(config.manifest.service, config.manifest.job).build(ObjectRef(BUCKET, key))
+    intent = {
+        "source": spec.source,
+        "name": spec.name,
+        "service_url": config.endpoint.tasks_url,
+        "at": utc_now(),
+    }
+    journal = config.results.with_name(config.results.name + ".journal")
+    journal.write_bytes(orjson.dumps(intent) + b"\n")
+    async with open_session(2) as session:
+        answer = await VasClient(session, config.endpoint, config.credentials).create(spec.body)
+    assert answer.job_id, answer
+    return answer.job_id
+
+
+def _by_service(emulator: Emulator) -> dict[tuple[str, str], list[str]]:
+    """(service, video) -> the ids of its jobs on the emulator, oldest first."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for task_id, task in emulator.tasks.items():
+        key = (task["service_name"], task["input"]["data"][0]["path"])
+        found.setdefault(key, []).append(task_id)
+    return found
+
+
+def _recorded(results: Path) -> set[str]:
+    with results.open(newline="", encoding="utf-8") as handle:
+        return {row["job_id"] for row in csv.DictReader(handle) if row["job_id"]}
+
+
+@pytest.mark.anyio
+async def test_another_services_run_leaves_a_killed_runs_intents_alone(tmp_path: Path) -> None:
+    """Two services in one results file: service A's run is killed after a create, then B's
+    run comes. B looked A's intent up in B, found nothing, recorded it "not created" and
+    dropped it from the journal; A's next run created the video a second time and its first
+    job never got a row. B now leaves A's intents as they are, and says so."""
+    from dataclasses import replace
+
+    keys = video_keys(3)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        first = config_for(manifest, url, results)
+        other = replace(first, endpoint=replace(first.endpoint, service_name="face-detect"))
+        orphan = await _killed_after_create(first, keys[0])
+        journal = results.with_name("r.csv.journal")
+        left = journal.read_bytes()
+        stats, log = await run_submit(other)
+        assert (stats.submitted, stats.not_created, stats.lookups) == (3, 0, 0), log
+        assert "1 open intents of another service" in log
+        assert journal.read_bytes() == left  # as it was, time and service included
+        stats, log = await run_submit(first)
+    assert (stats.submitted, stats.reconciled) == (3, 1), log
+    jobs = _by_service(emulator)
+    assert all(len(ids) == 1 for ids in jobs.values()), jobs
+    assert orphan in _recorded(results)
+    assert not journal.exists()
+
+
+@pytest.mark.anyio
+async def test_a_killed_resubmits_jobs_get_their_rows(tmp_path: Path) -> None:
+    """Night 1 submits every video; night 2 (--resubmit) is killed after a create. Its intent
+    was dropped because the video had a submitted row (night 1's), so the job it made never
+    got a row: never followed, never pruned, a quota slot for good. A row from before the
+    intent does not answer it now; the lookup records the new job, not night 1's."""
+    from dataclasses import replace
+
+    keys = video_keys(3)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        night = config_for(manifest, url, results)
+        await run_submit(night)
+        old = set(emulator.tasks)
+        new = await _killed_after_create(replace(night, resubmit=True), keys[0])
+        stats, log = await run_submit(night)
+    assert (stats.reconciled, stats.submitted, stats.skipped) == (1, 1, 2), log
+    assert not stats.duplicates, log  # night 1's job is recorded already: not a duplicate
+    assert _recorded(results) == old | {new}
+
+
+@pytest.mark.anyio
+async def test_a_resubmit_whose_answers_are_lost_records_its_own_jobs(tmp_path: Path) -> None:
+    """--resubmit with lost answers: the lookup by name found last night's job too, recorded
+    it (the oldest) and reported the job just made as a duplicate to delete. A job a row
+    names already is never taken for a create made since."""
+    from dataclasses import replace
+
+    keys = video_keys(20)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        night = config_for(manifest, url, results)
+        await run_submit(night)
+        old = set(emulator.tasks)
+        emulator.faults = Faults(p_lost=0.5, seed=3)
+        stats, log = await run_submit(replace(night, resubmit=True))
+    assert stats.submitted == 20, log
+    assert stats.reconciled >= 5, log
+    assert not stats.duplicates, log
+    latest: dict[str, str] = {}
+    with results.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["status"] == "submitted":
+                latest[row["source"]] = row["job_id"]
+    assert not set(latest.values()) & old  # tonight's rows name tonight's jobs
+    assert len(emulator.tasks) == 40

@@ -13,7 +13,7 @@ import pytest
 
 from batchsubmit import journal as journal_module
 from batchsubmit.errors import LockedError, UsageError
-from batchsubmit.journal import Journal, RunLock, journal_services, read_intents
+from batchsubmit.journal import Intent, Journal, RunLock, journal_services, read_intents
 
 
 class Warnings:
@@ -26,7 +26,7 @@ class Warnings:
 
 def intents_in(path: Path) -> dict[str, str]:
     warn = Warnings()
-    found = read_intents(path, warn)
+    found = {intent.source: intent.name for intent in read_intents(path, warn)}
     assert warn.messages == []
     return found
 
@@ -200,7 +200,7 @@ def test_inherited_intents_are_written_at_once(tmp_path: Path) -> None:
     path.write_bytes(b'{"source":"obs://b/old","name":"old"}\n{"source":"obs://b/torn"')
     warn = Warnings()
     inherited = read_intents(path, warn)
-    assert inherited == {"obs://b/old": "old"}
+    assert inherited == [Intent("obs://b/old", "old")]
     journal = Journal(path, inherited=inherited)
     assert intents_in(path) == {"obs://b/old": "old"}
     assert journal.open_intents == {"obs://b/old": "old"}
@@ -220,7 +220,7 @@ def test_empty_journal_file_on_start(tmp_path: Path) -> None:
 
 def test_open_intents_is_a_copy(tmp_path: Path) -> None:
     """Changing the returned open_intents dict does not change the journal."""
-    journal = Journal(tmp_path / "j", durable=False, inherited={"s": "n"})
+    journal = Journal(tmp_path / "j", durable=False, inherited=[Intent("s", "n")])
     journal.open_intents.clear()
     assert journal.open_intents == {"s": "n"}
     journal.close()
@@ -231,7 +231,7 @@ def test_open_intents_is_a_copy(tmp_path: Path) -> None:
 
 def test_read_intents_missing_file(tmp_path: Path) -> None:
     """No journal means no open intents."""
-    assert read_intents(tmp_path / "none", Warnings()) == {}
+    assert read_intents(tmp_path / "none", Warnings()) == []
 
 
 @pytest.mark.parametrize(
@@ -254,7 +254,7 @@ def test_read_intents_skips_only_a_torn_last_line(
     path = tmp_path / "j"
     path.write_bytes(content)
     warn = Warnings()
-    assert read_intents(path, warn) == expected
+    assert {i.source: i.name for i in read_intents(path, warn)} == expected
     lines = content.count(b"\n") + 1
     assert warn.messages == (
         [f"{path}:{lines}: the last line was cut short by a crash; skipped"] if torn else []
