@@ -257,6 +257,11 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
             "how late a --slow create is answered" + default,
         ),
         (
+            "--list-lag", _emulator_seconds, named.list_lag, "SECONDS",
+            "seconds after its create before a job shows in lists (show finds it at once)"
+            + default,
+        ),
+        (
             "--retry-after", _emulator_seconds, named.retry_after, "SECONDS",
             "send Retry-After on 429 and 503 answers (default: none, as the real gateway)",
         ),
@@ -889,6 +894,7 @@ def _emulator_settings(args: argparse.Namespace) -> EmulatorOptions:
         error_after_create=args.error_after_create,
         slow=args.slow,
         slow_seconds=args.slow_seconds,
+        list_lag=args.list_lag,
         retry_after=args.retry_after,
         quota=args.quota,
         seed=args.seed,

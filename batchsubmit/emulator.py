@@ -203,6 +203,9 @@ class Faults:
     p_slow: float = 0.0
     """Create only: the job is created, then the 201 is delayed by ``slow_seconds``."""
     slow_seconds: float = 30.0
+    list_lag: float = 0.0
+    """Seconds after its create before a job shows in lists (show finds it at once): an index
+    that lags, as a service that "lists new jobs late" does (what --settle waits out)."""
     quota: int = 5000
     """Saved jobs allowed (VAS keeps at most 5000); beyond: 400 IVA.0012. 0 = unlimited."""
     seed: int | None = None
@@ -529,6 +532,7 @@ class Emulator:
         self._life_rng = random.Random(None if faults.seed is None else f"jobs-{faults.seed}")
         self._later_rng = random.Random(None if faults.seed is None else f"later-{faults.seed}")
         self._lives: dict[str, _Life] = {}
+        self._listed_from: dict[str, float] = {}  # job id -> when lists show it (list_lag)
         self._steps: list[tuple[float, int, str, int]] = []  # heap: (at, seq, id, generation)
         self._step_seq = 0
         self.created_total = 0  # every job ever created (gone ones included)
@@ -1016,6 +1020,8 @@ class Emulator:
             if optional in doc:
                 task[optional] = doc[optional]
         self.tasks[task_id] = task
+        if self.faults.list_lag > 0:
+            self._listed_from[task_id] = now + self.faults.list_lag
         store = self._scopes.get(scope)
         if store is None:
             store = self._scopes[scope] = _Scope()
@@ -1053,6 +1059,10 @@ class Emulator:
         until = _int_param(query, "created_until", -1, 0, None)
         with self._lock:
             count, page = self._select(scope, query, offset, limit, field, direction, since, until)
+            if self._listed_from:
+                now = self._clock()
+                young = [t for t in page if self._listed_from.get(t["id"], now) > now]
+                count, page = count - len(young), [t for t in page if t not in young]
         return self._answer("list", 200, headers, {"count": count, "tasks": page})
 
     def _select(

@@ -38,6 +38,7 @@ And around them:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeAlias
@@ -55,10 +56,13 @@ __all__ = ["Api", "Lookup", "Once", "Page", "Work", "read_page"]
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """Resolve an earlier create whose outcome is not known: find it by name, create nothing."""
+    """Resolve an earlier create whose outcome is not known: find it by name, create nothing.
+    ``ready``: not before this time (epoch seconds): a killed run's last creates get the same
+    settle wait as a lost answer before they are looked for."""
 
     source: str
     name: str
+    ready: float = 0.0
 
 
 Work: TypeAlias = JobSpec | Lookup
@@ -279,6 +283,9 @@ class Once:
 
     async def _resolve(self, item: Lookup) -> None:
         """An uncertain create from an earlier run: record what the service has."""
+        wait = item.ready - time.time()
+        if wait > 0:
+            await self._rest(wait)  # 4. settle, for a create a killed run made moments ago
         found, lookup, others = await self._find(item.name, item.source)
         write = self._rows.write
         if found is None:

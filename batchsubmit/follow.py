@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from sys import intern
 from typing import IO, Any
@@ -56,6 +55,7 @@ from .record import (
     record_path,
 )
 from .results import Format, Outcome, ResultRow, iter_results, utc_now
+from .results import epoch as _epoch
 from .vas import JOB_NOT_FOUND, service_of
 
 __all__ = [
@@ -307,19 +307,6 @@ def _expiring(record: JobRecord, now: float) -> bool:
     if overdue is None or overdue - now >= EXPIRING_WITHIN:
         return False
     return collectable(record.state, record.hosting_status, overdue, now)
-
-
-def _epoch(text: str) -> float | None:
-    """Seconds since the epoch of an ISO 8601 UTC time ("2018-06-12T13:00:01Z"), or None."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def _iso_ms(value: object) -> str:

@@ -24,6 +24,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -91,6 +92,20 @@ class Outcome:
     submitted_at: str
     service_url: str
     reconciled: bool = False
+
+
+def epoch(text: str) -> float | None:
+    """Seconds since the epoch of an ISO 8601 UTC time (:func:`utc_now`'s, or VAS's
+    "2018-06-12T13:00:01Z"), or None; a time without a zone is read as UTC."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def utc_now() -> str:

@@ -25,7 +25,7 @@ from .journal import Intent, Journal, RunLock, read_intents
 from .manifest import Manifest
 from .pool import Lookup, Pool, PoolSettings, RunStats
 from .progress import ProgressReporter
-from .results import Format, Ledger, ResultsWriter, read_ledger, utc_now
+from .results import Format, Ledger, ResultsWriter, epoch, read_ledger, utc_now
 from .sources import ExpandStats, ObjectRef, Repeats, find_repeats, iter_objects
 from .vas import service_of
 
@@ -159,6 +159,15 @@ class Prepared:
         found.update(ledger.unknown)
         return found
 
+    def lookups(self, settle: float) -> Iterator[Lookup]:
+        """A lookup for each uncertain create; an intent's not before ``settle`` seconds after
+        it was journalled (a run killed a moment ago: the service may not list its last jobs
+        yet, the reason a lost answer waits as long)."""
+        times = {i.source: i.at for i in self.intents}
+        for source, name in self.uncertain.items():
+            at = epoch(times.get(source, ""))
+            yield Lookup(source, name, 0.0 if at is None else at + settle)
+
     def inherited(self) -> list[Intent]:
         """The uncertain creates as the journal keeps them: an intent with its own time, an
         unknown row as of now (its lookup, and any create after it, come in this run)."""
@@ -215,7 +224,7 @@ async def submit(
                 f"resolving {len(uncertain)} earlier creates whose outcome "
                 "is unknown, by looking them up by name",
             )
-            await pool.run(Lookup(s, n) for s, n in uncertain.items())
+            await pool.run(prepared.lookups(config.pool.settle))
         if not pool.stopping:
             # Held: a lookup that failed (the job may exist: never create it blind) and one
             # that found the job (its row is written; counting it as skipped too would count
@@ -234,10 +243,9 @@ async def reconcile(
     warn: Callable[[str], None],
 ) -> RunStats:
     """Resolve unknown rows and open intents by lookup only; create nothing."""
-    uncertain = prepared.uncertain
 
     async def passes(pool: Pool) -> None:
-        await pool.run(Lookup(s, n) for s, n in uncertain.items())
+        await pool.run(prepared.lookups(config.pool.settle))
 
     return await _with_pool(config, prepared, reporter, warn, passes)
 

@@ -155,6 +155,22 @@ async def test_create_answers_id_array_and_stores_task_details() -> None:
     assert len(emulator.create_times) == len(emulator.accepted_create_times) == 1
 
 
+async def test_list_lag_hides_a_new_job_from_lists_not_from_show() -> None:
+    """The list_lag fault: a service whose lists show new jobs late (what --settle waits out).
+    The job is listed once its lag is over; show finds it at once."""
+    now = [1000.0]
+    emulator = Emulator(Faults(list_lag=3.0), clock=lambda: now[0])
+    async with running(emulator) as client:
+        [created] = (await client.create(job())).json
+        listed = await client.call("GET", query={"name_like": "job-0001"})
+        shown = await client.call("GET", f"{TASKS}/{created['id']}")
+        now[0] += 3.5
+        later = await client.call("GET", query={"name_like": "job-0001"})
+    assert (listed.json["count"], listed.json["tasks"]) == (0, [])
+    assert shown.status == 200
+    assert [task["id"] for task in later.json["tasks"]] == [created["id"]]
+
+
 async def test_official_sdk_signer_is_accepted() -> None:
     """The emulator checks signatures as Huawei's own signer makes them, not only as ours does."""
     signer_module = pytest.importorskip("huaweicloudsdkcore.signer.signer")

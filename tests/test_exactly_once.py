@@ -485,3 +485,25 @@ async def test_a_resubmit_whose_answers_are_lost_records_its_own_jobs(tmp_path: 
                 latest[row["source"]] = row["job_id"]
     assert not set(latest.values()) & old  # tonight's rows name tonight's jobs
     assert len(emulator.tasks) == 40
+
+
+@pytest.mark.anyio
+async def test_a_killed_runs_last_creates_get_the_settle_wait_before_their_lookup(
+    tmp_path: Path,
+) -> None:
+    """A service that lists new jobs late (the emulator's list_lag). A lost answer waits
+    --settle before its lookup; the intents of a run killed a moment ago were looked up at
+    once, found absent, and their videos created a second time. They wait out the settle
+    time from when they were journalled now."""
+    keys = video_keys(3)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator(Faults(list_lag=1.0))
+    async with emulator.serve() as url:
+        config = config_for(manifest, url, results, settle=1.5, lookup_spacing=0.1)
+        orphan = await _killed_after_create(config, keys[0])
+        stats, log = await run_submit(config)  # restarted at once (cron, a supervisor)
+    assert (stats.reconciled, stats.not_created, stats.submitted) == (1, 0, 3), log
+    jobs = _by_service(emulator)
+    assert all(len(ids) == 1 for ids in jobs.values()), jobs
+    assert orphan in _recorded(results)

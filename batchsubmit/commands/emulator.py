@@ -37,6 +37,7 @@ class EmulatorOptions:
     error_after_create: float = 0.0
     slow: float = 0.0
     slow_seconds: float = 30.0
+    list_lag: float = 0.0
     retry_after: float | None = None
     quota: int = 5000
     seed: int | None = None
@@ -82,6 +83,7 @@ def faults(options: EmulatorOptions) -> Faults:
         p_5xx_after_create=options.error_after_create,
         p_slow=options.slow,
         slow_seconds=options.slow_seconds,
+        list_lag=options.list_lag,
         retry_after=options.retry_after,
         quota=options.quota,
         seed=options.seed,
