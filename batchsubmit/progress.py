@@ -102,9 +102,10 @@ class _Counts:
 class ProgressReporter:
     """Common part: counts outcomes and forwards log lines."""
 
-    def __init__(self, log: Log, total: int | None) -> None:
+    def __init__(self, log: Log, total: int | None, succeeded: str = "submitted") -> None:
         self.log_sink = log
         self.total = total
+        self.succeeded = succeeded  # a success's word: "submitted" (submit), "succeeded" (status)
         self.counts = _Counts()
         self.started = time.monotonic()
 
@@ -170,10 +171,16 @@ class TqdmReporter(ProgressReporter):
 class LineReporter(ProgressReporter):
     """Not a terminal (cron, a pipe): one progress line every few seconds."""
 
-    def __init__(self, log: Log, total: int | None, every: float = PROGRESS_EVERY) -> None:
-        super().__init__(log, total)
-        self._every = every
-        self._next = self.started + every
+    def __init__(
+        self,
+        log: Log,
+        total: int | None,
+        every: float | None = None,
+        succeeded: str = "submitted",
+    ) -> None:
+        super().__init__(log, total, succeeded)
+        self._every = PROGRESS_EVERY if every is None else every
+        self._next = self.started + self._every
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -189,15 +196,17 @@ class LineReporter(ProgressReporter):
             eta = f", about {max(0.0, (self.total - counts.done) / rate):.0f} s left"
         self.log_sink.line(
             "info",
-            f"progress: {counts.done}{of} done ({counts.submitted} submitted, {counts.failed} "
-            f"failed, {counts.unknown} unknown), {rate:.1f} jobs/s{eta}",
+            f"progress: {counts.done}{of} done ({counts.submitted} {self.succeeded}, "
+            f"{counts.failed} failed, {counts.unknown} unknown), {rate:.1f} jobs/s{eta}",
         )
 
 
 Reporter = ProgressReporter
 
 
-def make_reporter(log: Log, total: int | None, stream: TextIO, *, bar: bool) -> ProgressReporter:
+def make_reporter(
+    log: Log, total: int | None, stream: TextIO, *, bar: bool, succeeded: str = "submitted"
+) -> ProgressReporter:
     if bar and not log.quiet:
         return TqdmReporter(log, total, stream)
-    return LineReporter(log, total)
+    return LineReporter(log, total, succeeded=succeeded)

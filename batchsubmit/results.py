@@ -563,8 +563,10 @@ def _csv_header(raw: bytes, path: Path) -> list[str]:
         header = []
     if tuple(header[: len(BASE_COLUMNS)]) != BASE_COLUMNS:
         raise UsageError(
-            f"{path}: not a batchsubmit results file (its header is {header[:4]}...; "
-            f"one starts with {','.join(BASE_COLUMNS[:4])},...); pass another --results"
+            f"{path}: not a batchsubmit results file, or its columns were reordered or renamed "
+            f"(a spreadsheet?): its header is {header[:4]}..., one starts with "
+            f"{','.join(BASE_COLUMNS[:4])},...; restore the columns batchsubmit wrote, or name "
+            "another results file"
         )
     return header
 

@@ -87,8 +87,13 @@ class Env:
             out.write(chunk)
         out.flush()
 
-    def reporter(self, log: Log, total: int | None) -> ProgressReporter:
-        return make_reporter(log, total, self.stderr, bar=is_terminal(self.stderr))
+    def reporter(
+        self, log: Log, total: int | None, *, succeeded: str = "submitted"
+    ) -> ProgressReporter:
+        """``succeeded``: what the progress line calls a success (status: "succeeded")."""
+        return make_reporter(
+            log, total, self.stderr, bar=is_terminal(self.stderr), succeeded=succeeded
+        )
 
 
 def warner(log: Log) -> Any:

@@ -132,7 +132,7 @@ def run(options: StatusOptions, log: Log, env: Env) -> StatusResult:
             deadline=options.deadline,
         )
         follower = prepare_follow(config, warn)
-        reporter = env.reporter(log, follower.stats.followed)
+        reporter = env.reporter(log, follower.stats.followed, succeeded="succeeded")
         try:
             stats = run_loop(follow, follower, reporter)
         finally:

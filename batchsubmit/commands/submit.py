@@ -361,7 +361,7 @@ async def _follow_after_submit(
         durable=config.durable,
     )
     follower = prepare_follow(settings, warner(log))
-    reporter = env.reporter(log, follower.stats.followed)
+    reporter = env.reporter(log, follower.stats.followed, succeeded="succeeded")
     try:
         return await follow(follower, reporter)
     finally:
