@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BatchSubmitError as exc:
         log.line("error", str(exc))
         code = exc.exit_code
+        _write_failure(args, code, str(exc), log)
     except KeyboardInterrupt:
         log.line("error", "interrupted")
         code = EXIT["SIGINT"]
@@ -101,6 +102,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code not in _QUIET_CODES and log.quiet:
         log.release()
     return code
+
+
+def _write_failure(args: argparse.Namespace, code: int, message: str, log: Log) -> None:
+    """A run that ended with an error before its own summary and metrics were written (bad
+    input, another run holding the lock, a full disk) still writes them, saying so: a nightly
+    alert on the exit code must not read last night's 0. A path that cannot take them (the
+    error may be about that very path) is left alone."""
+    outputs = [
+        (option, path, text)
+        for option, path, text in (
+            ("--summary", getattr(args, "summary", None), render.failure_summary),
+            ("--metrics", getattr(args, "metrics", None), render.failure_prometheus),
+        )
+        if path is not None
+    ]
+    for option, path, text in outputs:
+        try:
+            check_output_file(path, option)
+            render.write_atomically(path, text(args.name, code, message))
+        except BatchSubmitError:
+            log.line("warning", f"{option} {path}: not written (see the error above)")
 
 
 # -q prints nothing for these: all went well, or (4) jobs not final yet, followed again next
@@ -139,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Submit one Huawei Cloud VAS job per video, in bulk, exactly once.",
     )
     parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="name")
 
     run = commands.add_parser("submit", help="submit the manifest's videos (the nightly command)")
     run.add_argument("manifest", type=Path, help="the TOML manifest")

@@ -309,6 +309,17 @@ def _expiring(record: JobRecord, now: float) -> bool:
     return collectable(record.state, record.hosting_status, overdue, now)
 
 
+def _ended_at(record: JobRecord) -> str:
+    """When a job seen final ended, as well as we know: the service's last change to it
+    (``updated_at``) when that is before we saw it, else when we saw it. It was always when
+    status first saw it, a night after the job ended, so ``prune --older-than`` waited a
+    night more than asked."""
+    updated, checked = _epoch(record.updated_at), _epoch(record.checked_at)
+    if updated is not None and checked is not None and updated < checked:
+        return record.updated_at
+    return record.checked_at
+
+
 def _iso_ms(value: object) -> str:
     """An overdue time as VAS gives it (epoch milliseconds, or already a date) as ISO 8601."""
     if isinstance(value, bool) or value is None or value == "":
@@ -939,7 +950,7 @@ class Follower:
         """Recompute final; append to the record if anything but ``checked_at`` changed."""
         final = is_final(record.state, record.hosting, record.hosting_status)
         record = replace(
-            record, final=final, final_at=(record.final_at or record.checked_at) if final else ""
+            record, final=final, final_at=(record.final_at or _ended_at(record)) if final else ""
         )
         became_final = final and not job.now.final
         job.now = record

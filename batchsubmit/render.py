@@ -72,6 +72,32 @@ def json_bytes(data: dict[str, Any]) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
 
 
+def failure_summary(command: str, code: int, message: str) -> bytes:
+    """The summary of a run that ended with an error before its own was written."""
+    return json_bytes(
+        {
+            "version": 1,
+            "command": command,
+            "exit_code": code,
+            "ended_at": utc_now(),
+            "error": message,
+        }
+    )
+
+
+def failure_prometheus(_command: str, code: int, _message: str) -> bytes:
+    """The metrics of such a run: when it ended and its exit code, under the names every
+    run's metrics use, so that an alert on them fires."""
+    return (
+        "# HELP batchsubmit_last_run_end_timestamp_seconds When the last run ended.\n"
+        "# TYPE batchsubmit_last_run_end_timestamp_seconds gauge\n"
+        f"batchsubmit_last_run_end_timestamp_seconds {round(time.time(), 3)}\n"
+        "# HELP batchsubmit_last_run_exit_code The last run's exit code.\n"
+        "# TYPE batchsubmit_last_run_exit_code gauge\n"
+        f"batchsubmit_last_run_exit_code {code}\n"
+    ).encode()
+
+
 # -- expand, dry run, check ---------------------------------------------------------------------
 
 

@@ -1,8 +1,12 @@
 #!/bin/sh
 # One night of batchsubmit, as the tool intends it (the crontab line and the systemd unit run this):
-#   1. status --follow: follow last night's jobs until final (at most 1 h); their final states
-#      are recorded in <results>.follow.jsonl
-#   2. prune: delete what is final, recorded (hosting results collected) and final for 24 h
+#   1. status --follow --collect: follow last night's jobs until final (at most 1 h); their
+#      final states are recorded in <results>.follow.jsonl, and each hosting result (a
+#      manifest with [job.body.output.hosting]) is saved under $COLLECT before VAS lets it
+#      expire (48 h): prune keeps a job until its result is saved
+#   2. prune: delete what is final, recorded (hosting results collected) and final for 20 h
+#      (a night: the timer's start moves by up to 10 minutes, and a job final 23 h 55 min ago
+#      would wait another night at 24 h)
 #   3. submit --make-room: if tonight's videos do not fit under the 5,000 saved-jobs quota, prune
 #      more (oldest first, only as many as needed), then submit what fits; the rest is deferred
 #      to the next night (exit 0, "deferred" and the reason in the summary and the metrics)
@@ -20,6 +24,7 @@ RESULTS=${RESULTS:-/srv/videos/nightly.results.csv}
 REPORTS=${REPORTS:-/var/log/batchsubmit}
 METRICS=${METRICS:-/var/lib/node_exporter/textfile/batchsubmit.prom}
 QUOTA=${QUOTA:-5000}
+COLLECT=${COLLECT:-$REPORTS/hosting-results}
 
 severity() {  # severity CODE: 0 all well, 1 locked out, 2 some failed, 3 an error
     case $1 in
@@ -42,9 +47,9 @@ step() {  # step NAME COMMAND...
 }
 
 if [ -f "$RESULTS" ]; then  # the first night has nothing to follow
-    step follow "$BATCHSUBMIT" status "$RESULTS" --follow --deadline 1h -q
+    step follow "$BATCHSUBMIT" status "$RESULTS" --follow --deadline 1h --collect "$COLLECT" -q
 fi
-step prune "$BATCHSUBMIT" prune "$RESULTS" --older-than 24h -q --summary "$REPORTS/prune.json"
+step prune "$BATCHSUBMIT" prune "$RESULTS" --older-than 20h -q --summary "$REPORTS/prune.json"
 step submit "$BATCHSUBMIT" submit "$MANIFEST" --results "$RESULTS" --make-room --quota "$QUOTA" -q \
     --deadline 4h --max-failures 200 --summary "$REPORTS/last.json" --metrics "$METRICS"
 exit "$worst"

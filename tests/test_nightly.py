@@ -231,6 +231,57 @@ def test_summary_and_metrics_files(tmp_path: Path, live_emulator: LiveEmulator) 
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_night_that_stops_on_an_error_still_says_so_in_its_summary_and_metrics(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """A night whose submit exits 2 (a bad listing line) or 75 (another run holds the lock)
+    left last night's files in place: the metrics said exit code 0, and an alert on it never
+    fired. Both files now say how this night ended."""
+    from batchsubmit.journal import RunLock
+    from batchsubmit.runner import lock_path
+
+    manifest = write_manifest(tmp_path, video_keys(2))
+    results = tmp_path / "r.csv"
+    summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
+    args = submit_args(
+        manifest, live_emulator.url, results, "--summary", str(summary), "--metrics", str(metrics)
+    )
+    subprocess.run(cli(*args), env=cli_env(), check=True, capture_output=True, timeout=60)
+    assert "batchsubmit_last_run_exit_code 0" in metrics.read_text()
+    listing = tmp_path / "listing.txt"
+    listing.write_text(listing.read_text() + "not an obs path\n")
+    bad = subprocess.run(cli(*args), env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2, bad.stderr
+    written = json.loads(summary.read_text())
+    assert (written["command"], written["exit_code"]) == ("submit", 2)
+    assert "listing.txt" in written["error"]
+    assert "batchsubmit_last_run_exit_code 2" in metrics.read_text()
+    lock = RunLock(lock_path(results.resolve()))
+    lock.acquire("now")
+    try:
+        held = subprocess.run(cli(*args), env=cli_env(), capture_output=True, timeout=60)
+    finally:
+        lock.release()
+    assert held.returncode == 75
+    assert json.loads(summary.read_text())["exit_code"] == 75
+    assert "batchsubmit_last_run_exit_code 75" in metrics.read_text()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_error_about_the_metrics_path_itself_writes_nothing_there(tmp_path: Path) -> None:
+    """The error may be about the very path: it is not written, and nothing crashes."""
+    manifest = write_manifest(tmp_path, video_keys(1))
+    folder = tmp_path / "metrics-folder"
+    folder.mkdir()
+    done = subprocess.run(
+        cli("submit", str(manifest), "--emulator", "--metrics", str(folder)),
+        env=cli_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(folder.iterdir()) == []
+
+
 @pytest.mark.anyio
 async def test_a_full_disk_stops_the_run_with_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

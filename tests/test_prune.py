@@ -262,6 +262,25 @@ def test_older_than_counts_from_the_recorded_final_time(live: LiveEmulator, tmp_
     assert states(results) == {old: PRUNED, young: "SUCCEEDED"}
 
 
+def test_a_job_seen_final_a_night_late_counts_its_age_from_when_it_ended(
+    live: LiveEmulator, tmp_path: Path, emulator_env: None
+) -> None:
+    """The nightly status sees a job final the night after it ended; its final time was that
+    moment, so `prune --older-than 24h` waited a night more than asked, and saved jobs piled
+    up. The final time is the service's last change to the job when that came first."""
+    results = submit_videos(live, tmp_path, 2)
+    ids = list(job_ids(results).values())
+    settle(live, ids)
+    ended = iso(time.time() - 10 * HOUR).replace(".000Z", "Z")[:19] + "Z"
+    for job_id in ids:
+        live.emulator.tasks[job_id]["updated_at"] = ended  # it ended 10 h ago
+    assert run_main("status", str(results), "--rate", "0") == 0
+    recorded = read_record(record_path(results), lambda _m: None)
+    assert {recorded[job_id].final_at for job_id in ids} == {ended}
+    stats = run_prune(results, older_than=5 * HOUR)
+    assert (stats.pruned, stats.held) == (2, {})
+
+
 def test_a_job_already_gone_is_recorded_pruned(live: LiveEmulator, tmp_path: Path) -> None:
     """404 IVA.0005 on delete (deleted by someone else): recorded PRUNED, not a failure."""
     results = submit_videos(live, tmp_path, 3)
@@ -770,6 +789,42 @@ def test_the_sample_nightly_script_runs_two_nights(tmp_path: Path) -> None:
         assert_deleted_only_after_recorded_final(live, results)
     finally:
         live.close()
+
+
+def test_the_sample_nightly_script_saves_hosting_results_before_they_expire(
+    tmp_path: Path,
+) -> None:
+    """A manifest with hosting output, two nights of the sample script: the second night's
+    status saves each result under COLLECT. The script had no --collect: prune held every job
+    "hosting result not collected" until the results expired, then deleted them, every night
+    exit 0 and silent."""
+    live = LiveEmulator(Faults(jobs=FAST_LIFE))
+    try:
+        results = tmp_path / "nightly.results.csv"
+        collect = tmp_path / "results"
+        env = cli_env() | {
+            "BATCHSUBMIT": str(fake_install(tmp_path, 'exec {} "$@"'.format(" ".join(cli())))),
+            "MANIFEST": str(tmp_path / "nightly.toml"),
+            "RESULTS": str(results),
+            "REPORTS": str(tmp_path),
+            "METRICS": str(tmp_path / "batchsubmit.prom"),
+            "COLLECT": str(collect),
+        }
+        manifest = nightly_manifest(tmp_path, live.url, video_keys(2))
+        manifest.write_text(
+            manifest.read_text().replace("[[source]]", "[job.body.output.hosting]\n\n[[source]]")
+        )
+        for _night in range(2):
+            done = subprocess.run(
+                ["sh", str(NIGHTLY)], env=env, capture_output=True, text=True, timeout=60
+            )
+            assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+            settle(live, list(job_ids(results).values()))
+    finally:
+        live.close()
+    saved = sorted(path.name for path in collect.iterdir())
+    assert len(saved) == 2, saved
+    assert {name.split(".")[1] for name in saved} == set(job_ids(results).values())
 
 
 def test_quota_full_mid_run_with_make_room_defers(tmp_path: Path, emulator_env: None) -> None:
