@@ -59,7 +59,15 @@ def check_proxy_environment(environ: Mapping[str, str]) -> None:
             parts = urlsplit(value)
             parts.port  # noqa: B018 (raises ValueError for a port out of range)
         except ValueError as exc:
-            raise UsageError(f"{name}={shown!r}: {exc}; give http://host:port") from None
+            # Not urllib's text: it quotes the "port", which is the password's start when the
+            # password holds a '#', '?' or '/' (urllib ends the host part there).
+            problem = (
+                "an IPv6 address with its '[' not closed"
+                if "IPv6" in str(exc)
+                else "the port is out of range or not a number (a '#', '?' or '/' in the "
+                "password must be percent-encoded)"
+            )
+            raise UsageError(f"{name}={shown!r}: {problem}; give http://host:port") from None
         if parts.scheme == "https":
             raise UsageError(
                 f"{name}={shown!r}: a proxy reached over TLS (https://) is not supported; "

@@ -213,8 +213,22 @@ BASE_URL = re.compile(
 def hide_password(url: str) -> str:
     """``url`` as an error message may show it: a password in its user part (a URL an
     operator typed by mistake, with credentials in it; with or without its scheme) replaced
-    by ``***``."""
-    return re.sub(r"(^|//)([^/@:\s]*):[^/@\s]*@", r"\1\2:***@", url.strip())
+    by ``***``. The password runs from the user's ``:`` to the *last* ``@``, as urllib reads
+    it: one holding ``/``, ``@``, ``#``, ``?`` or white space is hidden whole too (what comes
+    after the last ``@`` may be the host or not; hiding too much is the safe side)."""
+    url = url.strip()
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else 0
+    at = url.rfind("@")
+    if at < start:
+        return url
+    user, colon, _password = url[start:at].partition(":")
+    if not colon:
+        return url
+    return f"{url[:start]}{user}:***{url[at:]}"
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def normalise_base_url(url: str) -> str:
