@@ -7,7 +7,7 @@ the pool decides what to do from ``Answer.kind`` alone. No aiohttp here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -164,13 +164,14 @@ def shorten(text: str, cap: int = MESSAGE_CAP) -> str:
     return text if len(text) <= cap else text[: cap - 3] + "..."
 
 
-def tidy(answer: Answer, secrets: Iterable[str] = ()) -> Answer:
+def tidy(answer: Answer, secrets: Sequence[str] = ()) -> Answer:
     """The answer as rows and logs may carry it: secrets masked, then its texts made one
     printable line and cut short (in that order, so no cut leaves the first characters of a
-    secret)."""
+    secret). Without a message (a create's 201) it costs a substring check per secret: a code
+    or request id the server set may still be one (a gateway echoing the security token)."""
     msg, code, rid = answer.error_msg, answer.error_code, answer.request_id
-    printable = code.isprintable() and rid.isprintable()
-    if not msg and printable and len(code) <= CODE_CAP and len(rid) <= CODE_CAP:
+    plain = code.isprintable() and rid.isprintable() and max(len(code), len(rid)) <= CODE_CAP
+    if not msg and plain and not any(s and (s in code or s in rid) for s in secrets):
         return answer
     new_msg = shorten(mask(msg, secrets))
     new_code = shorten(mask(code, secrets), CODE_CAP)
@@ -235,7 +236,7 @@ def classify(
     body: bytes,
     *,
     create: bool,
-    secrets: Iterable[str] = (),
+    secrets: Sequence[str] = (),
 ) -> Answer:
     """Turn one HTTP answer into an Answer; ``create`` says whether the call may create a job.
     Its message never holds one of ``secrets`` and is at most ``MESSAGE_CAP`` characters."""

@@ -260,7 +260,8 @@ class VasClient:
                 payload, cut = await read_capped(response, cap)
                 if cut:
                     if status < 300:
-                        return _too_large(status, response.headers, cap, create=create)
+                        too_large = _too_large(status, response.headers, cap, create=create)
+                        return tidy(too_large, self._secrets)
                     # A secret straddling the cut would leave its first characters unmasked.
                     payload = payload[: len(payload) - max(map(len, self._secrets), default=0)]
                 # The gateway echoes its canonical request on signature errors, security token
@@ -339,7 +340,7 @@ def _too_large(status: int, headers: Mapping[str, str], cap: int, *, create: boo
         status=status,
         error_code="TOO_LARGE",
         error_msg=f"the answer was larger than {cap >> 10} KiB; not read",
-        request_id=headers.get("X-Request-Id", "")[:64],
+        request_id=headers.get("X-Request-Id", ""),  # tidy() cuts it, once masked
     )
 
 

@@ -19,7 +19,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from email.utils import formatdate
@@ -157,7 +157,7 @@ def classify(
     body: bytes,
     *,
     cut: bool = False,
-    secrets: Iterable[str] = (),
+    secrets: Sequence[str] = (),
 ) -> Answer:
     """One ListObjects answer as an Answer: 200 with a ListBucketResult is OK (``data``: the
     :class:`ListPage`); ``SlowDown`` and 429 are throttles, another 5xx is transient (a read);

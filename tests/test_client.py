@@ -14,7 +14,7 @@ import aiohttp.abc
 import pytest
 from aiohttp import web
 
-from batchsubmit.answers import ERROR_CAP, MESSAGE_CAP, UNREACHABLE, Kind
+from batchsubmit.answers import ERROR_CAP, MESSAGE_CAP, READ_CAP, UNREACHABLE, Kind
 from batchsubmit.auth import Credentials
 from batchsubmit.client import Endpoint, VasClient, open_session
 
@@ -53,6 +53,29 @@ async def test_security_token_echoed_by_the_gateway_is_hidden() -> None:
     assert answer.kind is Kind.FATAL
     assert TOKEN not in answer.error_msg
     assert "<hidden>" in answer.error_msg
+
+
+async def test_a_token_as_request_id_or_code_with_no_message_is_hidden() -> None:
+    """A gateway that sets the security token as the request id or as the error code, with no
+    message to mask: the token reached the results row, the summary and `check` unmasked."""
+
+    async def handler(request: web.Request) -> web.Response:
+        token = request.headers["X-Security-Token"]
+        if request.method == "POST":
+            body = {"error_code": "APIGW.0101"}
+        elif request.query.get("limit") == "1":
+            body = {"error_code": token}
+        else:  # a page over READ_CAP: not read, its request id kept
+            return web.Response(body=b" " * (READ_CAP + 1), headers={"X-Request-Id": token})
+        return web.json_response(body, status=403, headers={"X-Request-Id": token})
+
+    async with serving(handler) as client:
+        by_id = await client.create(b"{}")
+        by_code = await client.list_tasks({"limit": 1})
+        too_large = await client.list_tasks({"limit": 2})
+    assert (by_id.error_code, by_id.request_id) == ("APIGW.0101", "<hidden>")
+    assert (by_code.error_code, by_code.request_id) == ("<hidden>", "<hidden>")
+    assert (too_large.error_code, too_large.request_id) == ("TOO_LARGE", "<hidden>")
 
 
 async def test_request_carries_signature_headers_and_body() -> None:
