@@ -277,12 +277,15 @@ class VasClient:
                 advice="the endpoint's TLS certificate was not accepted",
             )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            return tidy(not_connected(exc, self._endpoint.host))
+            return tidy(not_connected(exc, self._endpoint.host), self._secrets)
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            # aiohttp's texts quote the answer (a header line it cannot parse, a proxy's
+            # reason phrase): the secrets a server echoes there are masked like a message's.
             kind = Kind.AMBIGUOUS if create else Kind.UNAVAILABLE
             code = "TIMEOUT" if isinstance(exc, asyncio.TimeoutError) else "CONNECTION"
             where = "after the answer began" if sent else "after sending"
-            return tidy(Answer(kind=kind, error_code=code, error_msg=f"{describe(exc)} ({where})"))
+            failed = Answer(kind=kind, error_code=code, error_msg=f"{describe(exc)} ({where})")
+            return tidy(failed, self._secrets)
 
 
 def stopped_unsent() -> Answer:

@@ -34,7 +34,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +46,7 @@ import anyio
 import orjson
 from yarl import URL
 
-from .answers import retry_after_seconds
+from .answers import mask, retry_after_seconds, shorten
 from .auth import Credentials, RequestSigner, Secret, Token, canonical_query, secrets_of
 from .errors import CredentialError, CredentialsUnavailable
 from .proxies import proxy_for
@@ -679,20 +679,23 @@ def _message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
     return " ".join(text.split())[:200]
 
 
-def _failure(exc: BaseException) -> str:
+def _failure(exc: BaseException, secrets: Sequence[str]) -> str:
+    """What went wrong, ``secrets`` masked first: aiohttp's texts quote the answer (a header
+    line it cannot parse, echoing the password it was sent)."""
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
-    return f"{type(exc).__name__}: {exc}"[:200]
+    return shorten(mask(f"{type(exc).__name__}: {exc}", secrets), 200)
 
 
-def _lost(where: str, exc: BaseException) -> CredentialError:
+def _lost(where: str, exc: BaseException, secrets: Sequence[str] = ()) -> CredentialError:
     """A call to IAM or the metadata service that raised. One that never connected is not
     retried (like a run's first VAS call: the others would not connect either, and a machine
     off ECS learns at once that no source is left); one that connected and then timed out or
     broke is worth another try."""
-    message = f"{where}: {_failure(exc)}" if where else _failure(exc)
+    failure = _failure(exc, secrets)
+    message = f"{where}: {failure}" if where else failure
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return CredentialError(message)
     return CredentialsUnavailable(message)
@@ -801,7 +804,7 @@ class _IamLogin:
                 status = response.status
                 headers = response.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _lost(where, exc) from None
+            raise _lost(where, exc, (source.password,)) from None
         if status not in (200, 201):
             hint = ""
             if status == 401:
@@ -994,7 +997,7 @@ async def _discover_project(
             status = response.status
             answered = response.headers
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise _lost(where, exc) from None
+        raise _lost(where, exc, secrets_of(secret)) from None
     if status != 200:
         text = _message(payload, secrets_of(secret))
         raise _refused(

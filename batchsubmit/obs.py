@@ -338,10 +338,12 @@ class ObsClient:
                 kind=Kind.FAILED, error_code="TLS", error_msg=f"{host}: {exc.certificate_error}"
             )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            return not_connected(exc, host)
+            return tidy(not_connected(exc, host), self._provider.secrets())
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # aiohttp's texts quote the answer (a header line it cannot parse): masked too
             code = "TIMEOUT" if isinstance(exc, asyncio.TimeoutError) else "CONNECTION"
-            return Answer(kind=Kind.UNAVAILABLE, error_code=code, error_msg=describe(exc))
+            failed = Answer(kind=Kind.UNAVAILABLE, error_code=code, error_msg=describe(exc))
+            return tidy(failed, self._provider.secrets())
 
 
 def _is_address(host: str) -> bool:

@@ -196,6 +196,40 @@ async def serve_app(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@asynccontextmanager
+async def serve_raw(answer: Callable[[str, bytes], bytes]) -> AsyncIterator[str]:
+    """A server on a free port of 127.0.0.1 that writes ``answer(head, body)`` (any bytes:
+    a malformed answer aiohttp's server would never send) for each request, then closes the
+    connection; yields its base URL."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            length = header_of(head, "Content-Length")
+            body = await reader.readexactly(int(length)) if length else b""
+            writer.write(answer(head, body))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def header_of(head: str, name: str) -> str:
+    """The value of header ``name`` in a request's head ("" without it)."""
+    for line in head.split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return ""
+
+
 class ServerThread:
     """A server (an async context manager yielding its URL) run in a background thread, for
     tests that run the CLI as a process; ``close`` stops it."""

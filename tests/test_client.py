@@ -18,7 +18,7 @@ from batchsubmit.answers import ERROR_CAP, MESSAGE_CAP, READ_CAP, UNREACHABLE, K
 from batchsubmit.auth import Credentials
 from batchsubmit.client import Endpoint, VasClient, open_session
 
-from .helpers import ServerThread, serve_app
+from .helpers import ServerThread, header_of, serve_app, serve_raw
 
 pytestmark = pytest.mark.anyio
 TOKEN = "temporary-security-token-that-is-a-secret"
@@ -76,6 +76,23 @@ async def test_a_token_as_request_id_or_code_with_no_message_is_hidden() -> None
     assert (by_id.error_code, by_id.request_id) == ("APIGW.0101", "<hidden>")
     assert (by_code.error_code, by_code.request_id) == ("<hidden>", "<hidden>")
     assert (too_large.error_code, too_large.request_id) == ("TOO_LARGE", "<hidden>")
+
+
+async def test_a_token_quoted_by_an_answer_aiohttp_cannot_parse_is_hidden() -> None:
+    """A header line without a colon holding the security token: aiohttp's error quotes the
+    line, and that text went into the row, the summary and stderr unmasked."""
+
+    def echo(head: str, _body: bytes) -> bytes:
+        token = header_of(head, "X-Security-Token")
+        return f"HTTP/1.1 403 Forbidden\r\nEcho {token}\r\nContent-Length: 0\r\n\r\n".encode()
+
+    async with serve_raw(echo) as url, open_session(1) as session:
+        endpoint = Endpoint(base_url=url, project_id="p" * 32, service_name="video-analyze")
+        client = VasClient(session, endpoint, Credentials("AK", "SK" * 20, TOKEN), timeout=2)
+        answer = await client.create(b"{}")
+    assert (answer.kind, answer.error_code) == (Kind.AMBIGUOUS, "CONNECTION")
+    assert "Echo <hidden>" in answer.error_msg
+    assert TOKEN[:12] not in answer.error_msg
 
 
 async def test_request_carries_signature_headers_and_body() -> None:

@@ -50,6 +50,7 @@ from .helpers import (
     rows,
     run_submit,
     serve_app,
+    serve_raw,
     video_keys,
     write_manifest,
 )
@@ -608,6 +609,22 @@ async def test_a_wrong_password_is_refused_without_showing_it() -> None:
     assert PASSWORD not in text
     assert caught.value.__cause__ is None
     assert caught.value.__context__ is None or caught.value.__suppress_context__
+
+
+@pytest.mark.anyio
+async def test_a_password_quoted_by_an_answer_aiohttp_cannot_parse_is_hidden() -> None:
+    """An IAM answer with a header line without a colon holding the password it was sent:
+    aiohttp's error quotes the line, and it reached check's output and submit's errors."""
+
+    def echo(_head: str, body: bytes) -> bytes:
+        password = orjson.loads(body)["auth"]["identity"]["password"]["user"]["password"]
+        return f"HTTP/1.1 401 Unauthorized\r\nEcho {password}\r\n\r\n".encode()
+
+    async with serve_raw(echo) as url:
+        with pytest.raises(CredentialError) as caught:
+            await open_for(iam_env(), url, project_id=EMULATOR_PROJECT_ID)
+    assert "Echo <hidden>" in str(caught.value)
+    assert PASSWORD[:8] not in str(caught.value)
 
 
 @pytest.mark.anyio

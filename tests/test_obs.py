@@ -41,8 +41,10 @@ from .helpers import (
     ServerThread,
     assert_exactly_once,
     cli_env,
+    header_of,
     run_cli,
     serve_app,
+    serve_raw,
     signal_after_rows,
     sources,
     submit_args,
@@ -379,6 +381,24 @@ async def test_wrong_secret_and_missing_bucket_name_code_and_message(fake_obs: F
         "listing obs://in-bucket/cams/ failed: HTTP 404 NoSuchBucket: "
         "The specified bucket does not exist; no such bucket"
     ) in str(raised.value)
+
+
+@pytest.mark.anyio
+async def test_a_token_quoted_by_an_answer_aiohttp_cannot_parse_is_hidden() -> None:
+    """A header line without a colon holding the security token: aiohttp's error quotes the
+    line, and the listing's failure showed it."""
+    token = "obs-security-token-DISTINCTIVE"
+
+    def echo(head: str, _body: bytes) -> bytes:
+        sent = header_of(head, "x-obs-security-token")
+        return f"HTTP/1.1 403 Forbidden\r\nEcho {sent}\r\nContent-Length: 0\r\n\r\n".encode()
+
+    async with serve_raw(echo) as url, open_session(1) as session:
+        client = ObsClient(session, url, Credentials(EMULATOR_AK, EMULATOR_SK, token))
+        answer = await client.list_page("in-bucket", "cams/", "")
+    assert (answer.kind, answer.error_code) == (Kind.UNAVAILABLE, "CONNECTION")
+    assert "Echo <hidden>" in answer.error_msg
+    assert "DISTINCTIVE" not in answer.error_msg
 
 
 @pytest.mark.anyio
