@@ -661,8 +661,9 @@ def _local_expiry(doc: Any, started: float, where: str) -> float:
     return expires
 
 
-def _message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
-    """A short error text from an IAM/metadata answer, with any secret masked first."""
+def _message(body: bytes, secrets: Sequence[str] = ()) -> str:
+    """A short error text from an IAM/metadata answer, with any secret masked first: the
+    whole text (at most the 1 MiB read), as a cut before masking leaves a secret's start."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -673,10 +674,8 @@ def _message(body: bytes, secrets: tuple[str, ...] = ()) -> str:
         inner = inner if isinstance(inner, dict) else {}
         text = str(doc.get("error_msg") or inner.get("message") or doc.get("message") or "")
     if not text:
-        text = body[:300].decode("utf-8", "replace")
-    for secret in secrets:
-        text = text.replace(secret, "<hidden>")
-    return " ".join(text.split())[:200]
+        text = body.decode("utf-8", "replace")
+    return shorten(" ".join(mask(text, secrets).split()), 200)
 
 
 def _failure(exc: BaseException, secrets: Sequence[str]) -> str:

@@ -205,10 +205,11 @@ def classify(
 
 
 def _xml_text(body: str, tag: str) -> str:
+    """The element's text in one line, whole: tidy() cuts it once the secrets are masked."""
     start, end = body.find(f"<{tag}>"), body.find(f"</{tag}>")
     if not 0 <= start < end:
         return ""
-    return " ".join(body[start + len(tag) + 2 : end].split())[:200]
+    return " ".join(body[start + len(tag) + 2 : end].split())
 
 
 def _advice(status: int) -> str:

@@ -628,6 +628,37 @@ async def test_a_password_quoted_by_an_answer_aiohttp_cannot_parse_is_hidden() -
 
 
 @pytest.mark.anyio
+async def test_a_secret_past_the_first_300_bytes_of_an_iam_page_is_hidden_whole() -> None:
+    """An indented plain-text 401 (or 403 to the project lookup) quoting the password (or
+    the security token) from byte 290 on: the text was cut to 300 bytes, then masked, then
+    its blanks collapsed, and showed all of the secret but its last characters."""
+    token = "st-DISTINCTIVE-5d1e"
+
+    def straddling(secret: str) -> str:
+        return "IAM refused, you sent" + " " * 269 + secret + " tail"
+
+    async def login(request: web.Request) -> web.Response:
+        sent = (await request.json())["auth"]["identity"]["password"]["user"]["password"]
+        return web.Response(status=401, text=straddling(sent))
+
+    async def projects(request: web.Request) -> web.Response:
+        return web.Response(status=403, text=straddling(request.headers["X-Security-Token"]))
+
+    app = web.Application()
+    app.router.add_post("/v3/auth/tokens", login)
+    app.router.add_get("/v3/projects", projects)
+    keys = {"HUAWEICLOUD_SDK_AK": "AK0", "HUAWEICLOUD_SDK_SK": "sk0"}
+    async with serve_app(app) as url:
+        with pytest.raises(CredentialError) as by_password:
+            await open_for(iam_env(), url, project_id=EMULATOR_PROJECT_ID)
+        with pytest.raises(CredentialError) as by_token:
+            await open_for({**keys, "HUAWEICLOUD_SDK_SECURITY_TOKEN": token}, url)
+    assert "you sent <hidden> tail" in str(by_password.value)
+    assert "you sent <hidden> tail" in str(by_token.value)
+    assert "DISTINCTIVE" not in str(by_password.value) + str(by_token.value)
+
+
+@pytest.mark.anyio
 async def test_no_metadata_fails_fast_listing_every_source() -> None:
     """No credentials anywhere and nothing at the metadata address: a fast error naming each
     source tried."""

@@ -555,6 +555,17 @@ def test_classify_obs_answers() -> None:
     assert classify(200, {}, b"<ListBucketResult/>", cut=True).error_code == "TOO_LARGE"
 
 
+def test_a_message_is_masked_before_it_is_cut() -> None:
+    """A <Message> quoting the security token across its 200th character: it was cut there
+    before tidy() masked it, leaving all of the token but its last character."""
+    token = "obs-security-token-DISTINCTIVE"
+    message = "Access Denied for " + "x" * (200 - 18 - len(token) + 1) + token + " tail"
+    xml = f"<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>"
+    denied = classify(403, {}, xml.encode(), secrets=(token,))
+    assert denied.error_msg.endswith("x<hidden> tail")
+    assert "DISTINCTIVE" not in denied.error_msg
+
+
 def test_obs_sends_nothing_through_urllib() -> None:
     """One HTTP client: obs.py imports nothing from urllib (no blocking urlopen, no second
     retry loop)."""
