@@ -27,7 +27,7 @@ import aiohttp
 import anyio
 from yarl import URL
 
-from .answers import Answer, Kind, one_line
+from .answers import Answer, Kind, mask, one_line
 from .auth import Credentials
 from .client import Endpoint, VasClient
 from .credentials import Choice, CredentialProvider, open_provider
@@ -36,6 +36,7 @@ from .manifest import Manifest
 from .obs import ObsClient, listing_pool
 from .obs import problem as obs_problem
 from .pool import Pool, PoolSettings, RunStats, Stopped, new_gate
+from .proxies import Proxy
 from .results import Format, read_ledger
 from .retry import RetryPolicy
 from .runner import count_work
@@ -271,7 +272,9 @@ async def _open_tunnel(
     writer.write(("\r\n".join(request) + "\r\n\r\n").encode("latin-1"))
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    # masked before it is cut: a reason phrase may echo the Proxy-Authorization it was sent
+    secrets = Proxy(proxy, auth).secrets()
+    status_line = mask(head.split(b"\r\n", 1)[0].decode("latin-1"), secrets)
     found = _STATUS_LINE.fullmatch(status_line)
     if found is None:
         return f"answered CONNECT with {one_line(status_line)[:80]!r}, not HTTP: is it a proxy?"

@@ -132,6 +132,7 @@ class VasClient:
         self._post_url = URL(self._url, encoded=True)
         proxy = proxy_for(self._url)
         self._proxy, self._proxy_auth = proxy.url, proxy.auth
+        self._proxy_secrets = proxy.secrets()
         # One timer a call (a sock_read limit re-arms one for every chunk read); connecting
         # has its own, shorter limit, so that a call that never connected is known unsent.
         self._timeout = aiohttp.ClientTimeout(
@@ -148,7 +149,7 @@ class VasClient:
         self._provider = credentials
         self._secret: Secret | None = None
         self._signer: RequestSigner | TokenHeaders | None = None
-        self._secrets: tuple[str, ...] = credentials.secrets()
+        self._secrets: tuple[str, ...] = credentials.secrets() + self._proxy_secrets
 
     def _headers(
         self, secret: Secret, method: str, path: str, query: Query, body: bytes
@@ -157,7 +158,7 @@ class VasClient:
         if secret is not self._secret or self._signer is None:
             self._signer = request_signer(secret, self._fixed, UNSIGNED_HEADERS)
             self._secret = secret
-            self._secrets = self._provider.secrets()
+            self._secrets = self._provider.secrets() + self._proxy_secrets
         return self._signer.headers(method, path, query, body)
 
     async def _signed(

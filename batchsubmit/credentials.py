@@ -788,6 +788,7 @@ class _IamLogin:
         where = f"IAM login of {source.user!r} at {self._iam}"
         started = self._clock()
         proxy = proxy_for(self._iam)
+        secrets = (source.password, *proxy.secrets())
         try:
             async with session.post(
                 f"{self._iam}/v3/auth/tokens",
@@ -803,7 +804,7 @@ class _IamLogin:
                 status = response.status
                 headers = response.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _lost(where, exc, (source.password,)) from None
+            raise _lost(where, exc, secrets) from None
         if status not in (200, 201):
             hint = ""
             if status == 401:
@@ -811,7 +812,7 @@ class _IamLogin:
                     " (check BATCHSUBMIT_IAM_USER, BATCHSUBMIT_IAM_DOMAIN and "
                     "BATCHSUBMIT_IAM_PASSWORD)"
                 )
-            text = _message(payload, (source.password,))
+            text = _message(payload, secrets)
             raise _refused(f"{where}: HTTP {status}: {text}{hint}", status, headers)
         if not value:
             raise CredentialError(f"{where}: the answer has no X-Subject-Token")
@@ -983,6 +984,7 @@ async def _discover_project(
         headers = RequestSigner(secret, fixed).headers("GET", path, query, b"")
     where = f"looking up the project id of {region} at {iam}"
     proxy = proxy_for(iam)
+    secrets = (*secrets_of(secret), *proxy.secrets())
     try:
         async with session.get(
             URL(f"{iam}{path}?{canonical_query(query)}", encoded=True),
@@ -996,9 +998,9 @@ async def _discover_project(
             status = response.status
             answered = response.headers
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise _lost(where, exc, secrets_of(secret)) from None
+        raise _lost(where, exc, secrets) from None
     if status != 200:
-        text = _message(payload, secrets_of(secret))
+        text = _message(payload, secrets)
         raise _refused(
             f"{where}: HTTP {status}: {text}; or set service.project_id", status, answered
         )

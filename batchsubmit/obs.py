@@ -311,6 +311,7 @@ class ObsClient:
 
     async def _send(self, method: str, url: URL, bucket: str, keys: Credentials) -> Answer:
         proxy = proxy_for(url)
+        secrets = self._provider.secrets() + proxy.secrets()
         headers = signed_headers(keys, method, f"/{bucket}/")
         host = url.raw_authority
         try:
@@ -332,19 +333,19 @@ class ObsClient:
                     response.headers,
                     body,
                     cut=cut and ok,
-                    secrets=self._provider.secrets(),
+                    secrets=secrets,
                 )
         except aiohttp.ClientConnectorCertificateError as exc:
             return Answer(
                 kind=Kind.FAILED, error_code="TLS", error_msg=f"{host}: {exc.certificate_error}"
             )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            return tidy(not_connected(exc, host), self._provider.secrets())
+            return tidy(not_connected(exc, host), secrets)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             # aiohttp's texts quote the answer (a header line it cannot parse): masked too
             code = "TIMEOUT" if isinstance(exc, asyncio.TimeoutError) else "CONNECTION"
             failed = Answer(kind=Kind.UNAVAILABLE, error_code=code, error_msg=describe(exc))
-            return tidy(failed, self._provider.secrets())
+            return tidy(failed, secrets)
 
 
 def _is_address(host: str) -> bool:

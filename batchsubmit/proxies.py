@@ -33,6 +33,14 @@ class Proxy:
     url: str | None = None
     auth: aiohttp.BasicAuth | None = None
 
+    def secrets(self) -> tuple[str, ...]:
+        """The proxy's password and its Basic credentials (base64 of ``user:password``), to
+        mask wherever a call's secrets are: a proxy's 407 reason phrase or error page (Squid's
+        ``%R``) may echo the Proxy-Authorization it was sent."""
+        if self.auth is None or not self.auth.password:
+            return ()
+        return (self.auth.password, self.auth.encode().removeprefix("Basic "))
+
 
 DIRECT = Proxy()
 

@@ -19,8 +19,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from batchsubmit.auth import Credentials
 from batchsubmit.cli import main
-from batchsubmit.client import open_session
+from batchsubmit.client import Endpoint, VasClient, open_session
 from batchsubmit.credentials import find_source, open_provider
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator
 from batchsubmit.emulator_iam import IdentityOptions
@@ -29,8 +30,10 @@ from .helpers import (
     ServerThread,
     cli,
     config_for,
+    header_of,
     run_submit,
     serve_app,
+    serve_raw,
     video_keys,
     write_manifest,
 )
@@ -263,6 +266,71 @@ def test_check_goes_through_the_proxy(
     assert f"PASS endpoint: 127.0.0.1:{vas_port} through proxy 127.0.0.1:{proxy_port}: " in out
     assert "PASS signature and subscription" in out
     assert proxy.forwarded[f"/v2/{EMULATOR_PROJECT_ID}/services/video-analyze/tasks"] == 1
+
+
+def echo_proxy_authorization(head: str, _body: bytes) -> bytes:
+    """A proxy that refuses everything, echoing what it was sent: a CONNECT with its
+    Proxy-Authorization as the 407's reason phrase, a plain request in a 403 page (Squid's
+    %R)."""
+    sent = header_of(head, "Proxy-Authorization")
+    if head.startswith("CONNECT "):
+        return f"HTTP/1.1 407 {sent}\r\nContent-Length: 0\r\n\r\n".encode()
+    page = f"<pre>Access denied. Proxy-Authorization: {sent}\n{head}</pre>".encode()
+    status = f"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: {len(page)}"
+    return f"{status}\r\n\r\n".encode() + page
+
+
+PROXY_USER = "bob:Pr0xyPassw0rd"
+PROXY_BASIC = base64.b64encode(PROXY_USER.encode()).decode()
+
+
+@pytest.mark.anyio
+@pytest.mark.filterwarnings("ignore:The 'proxy_auth' parameter is deprecated:DeprecationWarning")
+async def test_a_proxy_echoing_its_credentials_never_puts_them_in_an_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The proxy's password and its Basic credentials were in no mask list: a 407 whose reason
+    echoed Proxy-Authorization (an https endpoint) and a 403 page quoting the request (an http
+    one) put base64 of user:password in the results row, the summary and stderr."""
+    async with serve_raw(echo_proxy_authorization) as proxy, open_session(1) as session:
+        proxy = proxy.replace("http://", f"http://{PROXY_USER}@")
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        answers = []
+        for base_url in (f"http://127.0.0.1:{closed_port()}", f"https://127.0.0.1:{closed_port()}"):
+            endpoint = Endpoint(
+                base_url=base_url, project_id=EMULATOR_PROJECT_ID, service_name="video-analyze"
+            )
+            client = VasClient(session, endpoint, Credentials(EMULATOR_AK, EMULATOR_SK), timeout=2)
+            answers.append(await client.create(b"{}"))
+    page, refused = answers
+    assert (page.status, refused.error_code) == (403, "CONNECTION")
+    assert "Proxy-Authorization: Basic <hidden>" in page.error_msg
+    assert "407, message='Basic <hidden>'" in refused.error_msg
+    for answer in answers:
+        assert PROXY_BASIC[:12] not in answer.error_msg
+        assert "Passw0rd" not in answer.error_msg
+
+
+def test_check_never_shows_the_proxy_credentials_a_refused_connect_echoes(
+    tmp_path: Path,
+) -> None:
+    """`check`'s CONNECT line showed a 407's reason phrase, the Proxy-Authorization it echoed."""
+    forward = ServerThread(lambda: serve_raw(echo_proxy_authorization))
+    env = {**check_env(tmp_path), "HTTPS_PROXY": forward.url.replace("//", f"//{PROXY_USER}@")}
+    manifest = write_manifest(tmp_path, video_keys(1))
+    args = [
+        "check", str(manifest), "--endpoint", f"https://127.0.0.1:{closed_port()}",
+        "--timeout", "2", "--obs-endpoint", f"http://127.0.0.1:{closed_port()}",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(cli(*args), env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        forward.close()
+    out = done.stdout + done.stderr
+    assert "refused the user in the proxy URL (HTTP 407 Basic <hidden>)" in done.stdout, out
+    assert PROXY_BASIC[:12] not in out
+    assert "Passw0rd" not in out
 
 
 @pytest.mark.parametrize(
