@@ -816,6 +816,11 @@ class _IamLogin:
             raise _refused(f"{where}: HTTP {status}: {text}{hint}", status, headers)
         if not value:
             raise CredentialError(f"{where}: the answer has no X-Subject-Token")
+        if not _header_safe(value):  # as a cached one: sent as is, it was echoed unmasked
+            raise CredentialError(
+                f"{where}: the answer's X-Subject-Token is not one IAM issues (a control "
+                "character, a space or non-ASCII)"
+            )
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:

@@ -658,6 +658,26 @@ async def test_a_secret_past_the_first_300_bytes_of_an_iam_page_is_hidden_whole(
     assert "DISTINCTIVE" not in str(by_password.value) + str(by_token.value)
 
 
+@pytest.mark.parametrize("tail", [b"\x80", b"\x01", b" x"])
+@pytest.mark.anyio
+async def test_an_iam_token_a_header_cannot_carry_is_refused_where_it_is_read(
+    tail: bytes,
+) -> None:
+    """An X-Subject-Token with a byte 0x80 was taken and sent as it was (only a cached token was
+    checked); echoed back, it no longer matched the stored form, so it went unmasked."""
+
+    def issued(_head: str, _body: bytes) -> bytes:
+        day = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400))
+        body = orjson.dumps({"token": {"expires_at": day, "project": {"id": EMULATOR_PROJECT_ID}}})
+        head = b"HTTP/1.1 201 Created\r\nX-Subject-Token: TOK-DISTINCTIVE" + tail
+        return head + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+    async with serve_raw(issued) as url:
+        with pytest.raises(CredentialError, match="X-Subject-Token is not one IAM issues") as got:
+            await open_for(iam_env(), url, project_id=EMULATOR_PROJECT_ID)
+    assert "DISTINCTIVE" not in str(got.value)
+
+
 @pytest.mark.anyio
 async def test_no_metadata_fails_fast_listing_every_source() -> None:
     """No credentials anywhere and nothing at the metadata address: a fast error naming each
