@@ -6,6 +6,8 @@ the pool decides what to do from ``Answer.kind`` alone. No aiohttp here.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +29,7 @@ __all__ = [
     "Kind",
     "classify",
     "credentials_failed",
+    "longest_written",
     "manifest_key_for",
     "mask",
     "one_line",
@@ -141,11 +144,31 @@ _JSON_FIELD = {
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced by ``<hidden>``."""
+    """``text`` with every secret replaced by ``<hidden>``, also as JSON writes it: a server
+    quoting a request body inside its JSON message, or a JSON error cut short (read without
+    decoding), shows ``PW\\"x`` for ``PW"x`` and ``a\\/b`` for ``a/b``."""
     for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, HIDDEN)
+        for form in _written(secret):
+            if form in text:
+                text = text.replace(form, HIDDEN)
     return text
+
+
+def longest_written(secrets: Iterable[str]) -> int:
+    """The length of the longest form :func:`mask` hides: what a cut must drop at its end so
+    that no secret straddling it leaves its start."""
+    return max((len(form) for secret in secrets for form in _written(secret)), default=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _written(secret: str) -> tuple[str, ...]:
+    """``secret`` and its JSON-escaped forms (non-ASCII kept or ``\\u``-escaped, ``/`` kept
+    or ``\\/``), longest first; none for "". Cached: mask() runs for every error answer."""
+    if not secret:
+        return ()
+    escaped = {json.dumps(secret, ensure_ascii=flag)[1:-1] for flag in (True, False)}
+    forms = {secret} | escaped | {form.replace("/", "\\/") for form in escaped}
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def one_line(text: str) -> str:

@@ -22,6 +22,7 @@ from .answers import (
     Kind,
     classify,
     credentials_failed,
+    longest_written,
     tidy,
 )
 from .auth import (
@@ -263,8 +264,9 @@ class VasClient:
                     if status < 300:
                         too_large = _too_large(status, response.headers, cap, create=create)
                         return tidy(too_large, self._secrets)
-                    # A secret straddling the cut would leave its first characters unmasked.
-                    payload = payload[: len(payload) - max(map(len, self._secrets), default=0)]
+                    # A secret straddling the cut (as it is or JSON-escaped, the longer) would
+                    # leave its first characters unmasked.
+                    payload = payload[: max(0, len(payload) - longest_written(self._secrets))]
                 # The gateway echoes its canonical request on signature errors, security token
                 # included: classify masks every secret, then cuts the message short.
                 return classify(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Mapping
 
@@ -363,6 +364,22 @@ def test_long_messages_are_cut_after_secrets_are_masked() -> None:
             assert len(answer.error_msg) <= MESSAGE_CAP
             assert "TOKEN" not in answer.error_msg
             assert "ssssss" not in answer.error_msg
+
+
+def test_secrets_are_masked_as_json_writes_them_too() -> None:
+    """A password with '"' echoed inside a JSON message reads PW\\"..., and a JSON error over
+    ERROR_CAP is read without decoding its escapes: a token with '/' written '\\/' (PHP, many
+    Java encoders) went into rows and the summary as it was."""
+    password, token = 'PW"SECRET\\x9', "gQ/STSECRETzz9+a=é"
+    request = orjson.dumps({"password": password}).decode()  # the body the server quotes
+    echoed = orjson.dumps({"error_msg": f"cannot parse {request}"})
+    assert "SECRET" not in classify(401, {}, echoed, create=True, secrets=[password]).error_msg
+    quoted = orjson.dumps(
+        {"error_code": "APIGW.0301", "error_msg": f"token {token}", "x": "x" * ERROR_CAP}
+    )
+    for written in (quoted.replace(b"/", b"\\/"), json.dumps(orjson.loads(quoted)).encode()):
+        answer = classify(401, {}, written[:ERROR_CAP], create=True, secrets=[token])
+        assert answer.error_msg == "token <hidden>", written[:80]
 
 
 def test_a_json_error_cut_by_the_read_cap_keeps_its_code() -> None:

@@ -26,13 +26,13 @@ TOKEN = "temporary-security-token-that-is-a-secret"
 
 @asynccontextmanager
 async def serving(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], token: str = TOKEN
 ) -> AsyncIterator[VasClient]:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
     async with serve_app(app) as url, open_session(4) as session:
         endpoint = Endpoint(base_url=url, project_id="p" * 32, service_name="video-analyze")
-        yield VasClient(session, endpoint, Credentials("AK", "SK" * 20, TOKEN), timeout=2)
+        yield VasClient(session, endpoint, Credentials("AK", "SK" * 20, token), timeout=2)
 
 
 async def test_security_token_echoed_by_the_gateway_is_hidden() -> None:
@@ -322,6 +322,26 @@ async def test_a_secret_straddling_the_read_cap_is_not_leaked() -> None:
             answer = await client.create(b"{}")
         assert (answer.kind, answer.error_code) == (Kind.FATAL, "APIGW.0301")
         assert TOKEN[:3] not in answer.error_msg
+
+
+async def test_a_json_escaped_secret_straddling_the_read_cap_is_not_leaked() -> None:
+    """The cut dropped as many bytes as the token has: one a JSON encoder writes with each '/'
+    as '\\/' is longer, and left as many characters of its start as it had slashes."""
+    token = "gQ/" * 20 + "END"  # longer than the SK: the cut is the token's length
+
+    async def handler(request: web.Request) -> web.Response:
+        written = request.headers["X-Security-Token"].replace("/", "\\/")
+        head = '{"error_code": "APIGW.0301", "padding": "'
+        tail = '", "error_msg": "x-security-token:'
+        pad = ERROR_CAP - len(head) - len(tail) - len(written) + 5
+        text = head + "p" * pad + tail + written + '"}'
+        return web.Response(status=401, text=text, content_type="application/json")
+
+    async with serving(handler, token) as client:
+        answer = await client.create(b"{}")
+    assert answer.kind is Kind.FATAL
+    assert answer.error_msg.startswith("x-security")
+    assert "gQ" not in answer.error_msg
 
 
 # -- an endpoint that cannot be reached -----------------------------------------------------------
