@@ -191,6 +191,12 @@ class VasClient:
         """Where this client's secrets come from (the pool routes its refreshes)."""
         return self._provider
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What this client masks in the answers it gives (the credentials' and the proxy's
+        secrets), for a caller that shows what a 200 answer's data says."""
+        return self._secrets
+
     async def create(self, body: bytes) -> Answer:
         """One create call. A lost answer is AMBIGUOUS: the job may exist."""
         return await self._signed("POST", self._path, None, self._post_url, body, create=True)

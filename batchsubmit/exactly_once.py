@@ -39,13 +39,13 @@ And around them:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeAlias
 
 import anyio
 
-from .answers import QUOTA, Answer, Kind
+from .answers import QUOTA, Answer, Kind, mask, shorten
 from .engine.gate import Gate, Rest, Stopped
 from .jobs import JobSpec
 from .outcomes import DUPLICATE, INTERRUPTED, NOT_CREATED, JobLimit, Journal, Rows
@@ -71,6 +71,8 @@ Work: TypeAlias = JobSpec | Lookup
 class Api(Protocol):
     async def create(self, body: bytes) -> Answer: ...
     async def list_page(self, name_like: str, offset: int, limit: int = ...) -> Answer: ...
+    @property
+    def secrets(self) -> tuple[str, ...]: ...  # masked in what a lookup page makes us say
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -358,7 +360,7 @@ class Once:
         answer = await self._api.list_page(name, offset)
         if answer.kind is not Kind.OK:
             return answer
-        page = read_page(answer.data, name, bucket, key)
+        page = read_page(answer.data, name, bucket, key, self._api.secrets)
         if isinstance(page, str):
             return Answer(
                 kind=Kind.UNAVAILABLE,
@@ -402,11 +404,14 @@ class Page:
     matches: tuple[tuple[str, str], ...]
 
 
-def read_page(data: Any, name: str, bucket: str, key: str) -> Page | str:
+def read_page(
+    data: Any, name: str, bucket: str, key: str, secrets: Sequence[str] = ()
+) -> Page | str:
     """A lookup page (``{"count": int, "tasks": [TaskDetails...]}``) read for the job ``name``
-    reading ``bucket``/``key``, or what makes it unusable. Fail closed: a task that could be
-    this job but cannot be read, or whose id cannot be one, spoils the page (skipping it could
-    create the video a second time); only a task whose name is another's is passed over."""
+    reading ``bucket``/``key``, or what makes it unusable (``secrets`` masked in it). Fail
+    closed: a task that could be this job but cannot be read, or whose id cannot be one,
+    spoils the page (skipping it could create the video a second time); only a task whose
+    name is another's is passed over."""
     if not isinstance(data, dict):
         return f"a JSON {type(data).__name__}, not an object"
     count, tasks = data.get("count"), data.get("tasks")
@@ -429,7 +434,8 @@ def read_page(data: Any, name: str, bucket: str, key: str) -> Page | str:
             continue  # the same name for another video
         job_id, created_at = task.get("id"), task.get("created_at")
         if not usable_task_id(job_id):
-            return f"task {number} is this video's job but its id {_shown(job_id)} cannot be one"
+            shown = _shown(job_id, secrets)
+            return f"task {number} is this video's job but its id {shown} cannot be one"
         if not isinstance(created_at, str):
             return f"task {number} is this video's job but has no 'created_at' string"
         matches.append((created_at, str(job_id)))
@@ -446,10 +452,10 @@ def _reads(task: dict[str, Any], bucket: str, key: str) -> bool | None:
     return any(item.get("bucket") == bucket and item.get("path") == key for item in data)
 
 
-def _shown(value: Any) -> str:
-    """A value from the service, quoted and cut short for a message (repr escapes controls)."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _shown(value: Any, secrets: Sequence[str]) -> str:
+    """A value from the service, quoted (repr escapes controls), ``secrets`` masked, then cut
+    short for a message."""
+    return shorten(mask(repr(value), secrets), 40)
 
 
 def _interrupted() -> Answer:

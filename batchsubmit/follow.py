@@ -25,7 +25,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from sys import intern
@@ -35,7 +35,7 @@ from urllib.parse import unquote
 import anyio
 import orjson
 
-from .answers import Answer, Kind, one_line
+from .answers import Answer, Kind, mask, one_line
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
 from .errors import StorageError, UsageError
 from .journal import RunLock
@@ -336,9 +336,10 @@ def _iso_ms(value: object) -> str:
     return text
 
 
-def _one_line(value: object) -> str:
-    """A value from the service as the report and the log may show it (:func:`one_line`)."""
-    return one_line("" if value is None else str(value))
+def _one_line(value: object, secrets: Sequence[str] = ()) -> str:
+    """A value from the service as the report and the log may show it (:func:`one_line`),
+    ``secrets`` masked first."""
+    return one_line(mask("" if value is None else str(value), secrets))
 
 
 def _hosting_of(task: dict[str, Any]) -> tuple[bool, str]:
@@ -900,8 +901,11 @@ class Follower:
         error = task.get("error")
         code = message = ""
         if isinstance(error, dict):
-            code = intern(_one_line(error.get("code") or error.get("error_code") or ""))
-            message = intern(_one_line(error.get("message") or error.get("error_msg") or ""))
+            # The service's words about the job, in a 200 answer: masked like an error
+            # answer's (a job's error quoting the caller's token went into record and report)
+            secrets = self.clients[job.service].secrets
+            code = intern(_one_line(error.get("code") or error.get("error_code"), secrets))
+            message = intern(_one_line(error.get("message") or error.get("error_msg"), secrets))
         if "output" in task:
             hosting, overdue = _hosting_of(task)
         else:  # an answer without the output: what we knew stands

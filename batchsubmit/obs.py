@@ -388,6 +388,10 @@ class _NoCreates:
     async def list_page(self, name_like: str, offset: int, limit: int = 0) -> Answer:
         return Answer(kind=Kind.FAILED, error_msg="the OBS listing pool lists no VAS tasks")
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return ()
+
 
 def listing_pool(
     settings: PoolSettings, log: LogFn, service_url: str, credentials: CredentialProvider | None

@@ -533,7 +533,8 @@ def _scripted_follower(
         service_url=service_url,
         credentials=None,
     )
-    follower.clients = [SimpleNamespace(list_tasks=list_tasks, show=show)]  # type: ignore[list-item]
+    client = SimpleNamespace(list_tasks=list_tasks, show=show, secrets=())
+    follower.clients = [client]  # type: ignore[list-item]
     return follower, pool
 
 
@@ -715,6 +716,25 @@ async def test_no_terminal_escape_from_the_service_reaches_the_report_or_the_log
         "]0;pwned [31mRED",
     )
     assert rows[ids[1]]["state"] == "ODD [5m"
+
+
+@pytest.mark.anyio
+async def test_a_jobs_error_quoting_a_secret_is_masked_in_the_record_and_the_report(
+    tmp_path: Path,
+) -> None:
+    """A job's error in a 200 list or show answer was only made one line: a service quoting
+    the caller's secret there put it in the follow record and the report."""
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1)))
+    manifest = write_manifest(tmp_path, video_keys(1))
+    results = tmp_path / "r.csv"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        (job_id,) = emulator.tasks
+        emulator.set_state(job_id, "FAILED", error=(EMULATOR_SK, f"caller key {EMULATOR_SK}"))
+        await _status(results, follow=False)
+    (row,) = _report(tmp_path / "r.report.csv")
+    assert (row["error_code"], row["error_msg"]) == ("<hidden>", "caller key <hidden>")
+    assert EMULATOR_SK not in record_path(results).read_text(encoding="utf-8")
 
 
 def test_every_job_the_ledger_created_is_followed_and_then_pruned(tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ class FakeService:
     list_lag: int = 0  # a new job shows in lists only after this many list calls
     page: Any = None  # when set, every list answers 200 with this body instead
     ids: itertools.count[int] = field(default_factory=itertools.count)
+    secrets: tuple[str, ...] = ()  # masked in what a lookup page makes the pool say
 
     async def create(self, body: bytes) -> Answer:
         self.creates += 1
@@ -275,6 +276,18 @@ async def test_a_lookup_answer_not_shaped_as_documented_is_a_failed_lookup(page:
     assert [row.status for row in rows.rows] == ["unknown"]
     assert "unusable answer to the lookup by name" in rows.rows[0].error_msg
     assert (stats.unknown, stats.lookups) == (1, 0)
+
+
+async def test_an_unusable_id_quoting_a_secret_is_masked_before_it_is_cut() -> None:
+    """The id of this video's job that cannot be one is quoted in the row (37 characters at
+    most): a service echoing the caller's token there put its start in the row unmasked."""
+    token = "tok-DISTINCTIVE-" + "t" * 40
+    page = {"count": 1, "tasks": [_task(id=f"../{token}")]}
+    service = FakeService(script=lambda n, body: "dropped", page=page, secrets=(token,))
+    rows = Rows()
+    await make_pool(service, rows).run(iter([spec(1)]))
+    assert "its id '../<hidden>' cannot be one" in rows.rows[0].error_msg
+    assert "DISTINCTIVE" not in rows.rows[0].error_msg
 
 
 @pytest.mark.parametrize("page", MALFORMED_PAGES[:3] + MALFORMED_PAGES[-4:])

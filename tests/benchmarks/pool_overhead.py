@@ -50,6 +50,8 @@ _CREATED = Answer(kind=Kind.CREATED, status=201, job_id="a" * 32, request_id="b"
 class FakeApi:
     """Answers every create 201 after one trip through the event loop, or ``latency`` seconds."""
 
+    secrets: tuple[str, ...] = ()
+
     def __init__(self, latency: float = 0.0) -> None:
         self._latency = latency
 
