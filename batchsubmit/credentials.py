@@ -50,6 +50,7 @@ from .answers import mask, retry_after_seconds, shorten
 from .auth import Credentials, RequestSigner, Secret, Token, canonical_query, secrets_of
 from .errors import CredentialError, CredentialsUnavailable
 from .proxies import proxy_for
+from .vas import hide_password
 
 __all__ = [
     "DEFAULT_METADATA_URL",
@@ -266,9 +267,11 @@ def find_source(
         )
         project_from = "HUAWEICLOUD_SDK_PROJECT_ID"
     iam_endpoint = _stripped(env, "HUAWEICLOUD_SDK_IAM_ENDPOINT").rstrip("/") or None
-    if iam_endpoint is not None and not re.fullmatch(r"https?://[^/\s?#]+", iam_endpoint):
+    # No user part either: the endpoint is named in every IAM error, a password with it.
+    if iam_endpoint is not None and not re.fullmatch(r"https?://[^/\s?#@]+", iam_endpoint):
         raise CredentialError(
-            f"HUAWEICLOUD_SDK_IAM_ENDPOINT {iam_endpoint!r}: give an http(s) URL without a path"
+            f"HUAWEICLOUD_SDK_IAM_ENDPOINT {hide_password(iam_endpoint)!r}: give an http(s) URL "
+            "without a path or user name"
         )
 
     def choice(source: Found, pid: str | None = None, endpoint: str | None = None) -> Choice:
@@ -323,10 +326,10 @@ def find_source(
         return choice(profile, profile.project_id, profile.iam_endpoint)
 
     url = _stripped(env, "BATCHSUBMIT_METADATA_URL").rstrip("/") or DEFAULT_METADATA_URL
-    if not re.fullmatch(r"http://[^/\s?#]+", url):
+    if not re.fullmatch(r"http://[^/\s?#@]+", url):
         raise CredentialError(
-            f"BATCHSUBMIT_METADATA_URL {url!r}: give an http URL without a path, "
-            f"e.g. {DEFAULT_METADATA_URL}"
+            f"BATCHSUBMIT_METADATA_URL {hide_password(url)!r}: give an http URL without a path "
+            f"or user name, e.g. {DEFAULT_METADATA_URL}"
         )
     return choice(Metadata(url))
 

@@ -224,6 +224,20 @@ def test_a_security_token_a_header_cannot_carry_is_refused_where_it_is_read(
         choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(path)}, tmp_path)
 
 
+@pytest.mark.parametrize("name", ["HUAWEICLOUD_SDK_IAM_ENDPOINT", "BATCHSUBMIT_METADATA_URL"])
+@pytest.mark.parametrize("path", ["/x", ""])
+def test_an_iam_or_metadata_url_with_a_password_is_refused_without_showing_it(
+    tmp_path: Path, name: str, path: str
+) -> None:
+    """The error quoted the whole URL, password included; one without a path was taken, and
+    the IAM endpoint is named in every IAM error."""
+    url = f"http://bob:PW-DISTINCTIVE@127.0.0.1:9{path}"
+    with pytest.raises(CredentialError, match="without a path or user name") as raised:
+        choose({name: url}, tmp_path)
+    assert f"{name} 'http://bob:***@127.0.0.1:9{path}'" in str(raised.value)
+    assert "DISTINCTIVE" not in str(raised.value)
+
+
 def test_region_of_regional_endpoints() -> None:
     assert region_of("https://iva.cn-north-4.myhuaweicloud.com") == "cn-north-4"
     assert region_of("https://IVA.ap-southeast-1.myhuaweicloud.com:443") == "ap-southeast-1"
