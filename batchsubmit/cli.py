@@ -120,9 +120,12 @@ def _write_failure(args: argparse.Namespace, code: int, message: str, log: Log) 
     for option, path, text in outputs:
         try:
             check_output_file(path, option)
-            render.write_atomically(path, text(args.name, code, message))
         except BatchSubmitError:
-            log.line("warning", f"{option} {path}: not written (see the error above)")
+            continue  # the error may be this very one: said once is enough
+        try:
+            render.write_atomically(path, text(args.name, code, message))
+        except BatchSubmitError as exc:
+            log.line("warning", str(exc))
 
 
 # -q prints nothing for these: all went well, or (4) jobs not final yet, followed again next
