@@ -155,8 +155,10 @@ class Room:
 
     quota: int
     planned: int
-    saved_before: int = 0
-    saved_after: int = 0
+    # the service's saved-job count before and after pruning; None: not read (nothing to
+    # create tonight, a signal, or it could not be read), never shown as a measured 0
+    saved_before: int | None = None
+    saved_after: int | None = None
     room: int = 0  # creates that fit tonight
     deferred: int = 0  # planned creates that do not fit: deferred to the next night
     reason: str | None = None
@@ -667,11 +669,11 @@ async def make_room(
             room.prune.signal = gate.stats.signal
             return room
         room.saved_before = room.saved_after = saved
-        needed = room.saved_before + planned - quota
+        needed = saved + planned - quota
         if needed > 0:
             log(
                 "info",
-                f"make-room: {room.saved_before} saved jobs + {planned} to create is over the "
+                f"make-room: {saved} saved jobs + {planned} to create is over the "
                 f"quota of {quota}: pruning up to {needed} finished, recorded jobs",
             )
             room.prune = await _prune_for_room(config, warn, log, needed, service_url)
@@ -679,17 +681,17 @@ async def make_room(
                 raise FatalApiError(ApiError(0, "", room.prune.fatal), "make-room could not prune")
             if room.prune.signal is not None:
                 return room
-            expected = room.saved_before - room.prune.deleted_of[service_of(service_url)]
+            expected = saved - room.prune.deleted_of[service_of(service_url)]
             counted = await _watched(gate, _wait_for_count(gate, client, expected, wait, poll))
             if counted is None:
                 room.prune.signal = gate.stats.signal
                 return room
-            room.saved_after = counted
-    room.room = max(0, min(planned, quota - room.saved_after))
+            room.saved_after = saved = counted
+    room.room = max(0, min(planned, quota - saved))
     room.deferred = planned - room.room
     if room.deferred:
         room.reason = (
-            f"the saved-jobs quota: {room.saved_after} of {quota} saved, room for {room.room} of "
+            f"the saved-jobs quota: {saved} of {quota} saved, room for {room.room} of "
             f"{planned} creates tonight; {room.deferred} deferred to the next run (no finished, "
             "recorded and collected job of this ledger was left to prune; run `batchsubmit "
             "status RESULTS --follow` and `batchsubmit prune RESULTS`, or delete other jobs)"

@@ -322,6 +322,11 @@ def room_data(room: Room) -> dict[str, Any]:
 
 
 def room_line(room: Room) -> str:
+    if room.saved_before is None:
+        return (
+            f"make-room: the saved-job count was not read; {room.prune.pruned} pruned, "
+            f"{room.deferred} of {room.planned} deferred (quota {room.quota})"
+        )
     return (
         f"make-room: {room.saved_before} saved jobs before, {room.prune.pruned} pruned, "
         f"{room.saved_after} after; room for {room.room} of {room.planned}, "
@@ -330,11 +335,19 @@ def room_line(room: Room) -> str:
 
 
 def room_prometheus(room: Room) -> str:
-    gauges = [
-        ("saved_jobs", "Saved jobs the service counted before make-room.", room.saved_before),
+    gauges: list[tuple[str, str, int]] = []
+    if room.saved_before is not None:  # a count not read is no gauge, not a measured 0
+        gauges.append(
+            ("saved_jobs", "Saved jobs the service counted before make-room.", room.saved_before)
+        )
+    gauges += [
         ("quota", "The saved-jobs quota make-room planned for.", room.quota),
         ("pruned", "Jobs make-room deleted to make room.", room.prune.pruned),
-        ("quota_deferred", "Creates deferred because the quota had no room.", room.deferred),
+        (
+            "quota_deferred",
+            "Creates deferred for the quota (no room, or no count to tell).",
+            room.deferred,
+        ),
     ]
     return "".join(
         f"# HELP batchsubmit_{name} {help_text}\n# TYPE batchsubmit_{name} gauge\n"

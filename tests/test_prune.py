@@ -827,6 +827,26 @@ def test_the_sample_nightly_script_saves_hosting_results_before_they_expire(
     assert {name.split(".")[1] for name in saved} == set(job_ids(results).values())
 
 
+def test_a_night_with_nothing_new_reports_no_saved_job_count_it_did_not_read(
+    tmp_path: Path, emulator_env: None
+) -> None:
+    """Nothing to create: make-room reads no count, and the metrics said
+    `batchsubmit_saved_jobs 0` every quiet night while the account held jobs."""
+    live = LiveEmulator(Faults(jobs=FAST_LIFE))
+    try:
+        keys = video_keys(3)
+        night(live, tmp_path, keys, 10, follow=False)
+        assert "batchsubmit_saved_jobs 0\n" in (tmp_path / "m.prom").read_text()  # measured
+        code, summary = night(live, tmp_path, keys, 10, follow=False)
+    finally:
+        live.close()
+    assert code == 0, summary
+    assert "batchsubmit_saved_jobs" not in (tmp_path / "m.prom").read_text()
+    room = summary["room"]
+    assert isinstance(room, dict)
+    assert room["saved_before"] is None
+
+
 def test_quota_full_mid_run_with_make_room_defers(tmp_path: Path, emulator_env: None) -> None:
     """Another service's jobs (invisible to this service's count) fill the quota mid-run:
     with --make-room the run defers the rest with the reason and exits 0, not 3."""
@@ -845,6 +865,10 @@ def test_quota_full_mid_run_with_make_room_defers(tmp_path: Path, emulator_env: 
         assert (counts["submitted"], counts["deferred"]) == (4, 4)
         # deferred for the quota, as the metrics say (they said 0: only make-room's count)
         assert "batchsubmit_quota_deferred 4\n" in (tmp_path / "m.prom").read_text()
+        # ... and the room's reason is the quota filled during the run, not make-room's plan
+        room = summary["room"]
+        assert isinstance(room, dict)
+        assert "quota is full" in room["reason"], room
         assert live.emulator.calls["create", 400] >= 1  # the service said IVA.0012
         assert len(live.emulator.tasks) == 10
     finally:
@@ -939,7 +963,14 @@ def test_make_room_that_cannot_count_still_writes_the_summary_and_metrics(
     assert data["exit_code"] == 3
     assert data["counts"]["deferred"] == 2
     assert "cannot reach" in data["fatal"]
-    assert "batchsubmit_last_run_exit_code 3\n" in metrics.read_text()
+    text = metrics.read_text()
+    assert "batchsubmit_last_run_exit_code 3\n" in text
+    # The count was never read: no gauge says 0 saved jobs, and what waits is counted alike
+    # everywhere (the room said 0 deferred, the counts 2).
+    assert "batchsubmit_saved_jobs" not in text
+    assert "batchsubmit_quota_deferred 2\n" in text
+    assert (data["room"]["saved_before"], data["room"]["deferred"]) == (None, 2)
+    assert "make-room: the saved-job count was not read" in done.stderr
 
 
 def test_a_signal_while_make_room_counts_still_writes_the_summary(tmp_path: Path) -> None:

@@ -191,7 +191,14 @@ async def run_submit(
             try:
                 room, config = await _make_room(config, options.quota, log, counted)
             except FatalApiError as exc:  # the summary and metrics are still written
-                failed, room = exc, Room(quota=options.quota, planned=counted.planned)
+                planned = counted.planned
+                failed = exc
+                room = Room(
+                    quota=options.quota,
+                    planned=planned,
+                    deferred=planned,
+                    reason=f"{exc}; nothing was submitted",
+                )
         if failed is not None:
             stats, summary, followed = _failed_in_room(failed, counted), counted, None
         elif room is not None and room.prune.signal is not None:
@@ -322,6 +329,7 @@ def _room_stats(stats: RunStats, room: Room) -> None:
     for the quota too: ``batchsubmit_quota_deferred`` counts them."""
     if stats.stop_reason == QUOTA_FULL:
         room.deferred = max(room.deferred, stats.deferred)
+        room.reason = stats.deferred_reason  # the quota filled during the run, not before
     if not room.deferred:
         return
     stats.deferred_reason = stats.deferred_reason or room.reason
