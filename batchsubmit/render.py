@@ -88,6 +88,11 @@ def failure_summary(command: str, code: int, message: str) -> bytes:
 def failure_prometheus(_command: str, code: int, _message: str) -> bytes:
     """The metrics of such a run: when it ended and its exit code, under the names every
     run's metrics use, so that an alert on them fires."""
+    return last_run_gauges(code).encode()
+
+
+def last_run_gauges(code: int) -> str:
+    """When the run ended and its exit code: the two gauges every metrics file ends with."""
     return (
         "# HELP batchsubmit_last_run_end_timestamp_seconds When the last run ended.\n"
         "# TYPE batchsubmit_last_run_end_timestamp_seconds gauge\n"
@@ -95,7 +100,7 @@ def failure_prometheus(_command: str, code: int, _message: str) -> bytes:
         "# HELP batchsubmit_last_run_exit_code The last run's exit code.\n"
         "# TYPE batchsubmit_last_run_exit_code gauge\n"
         f"batchsubmit_last_run_exit_code {code}\n"
-    ).encode()
+    )
 
 
 # -- expand, dry run, check ---------------------------------------------------------------------
@@ -538,14 +543,7 @@ def follow_prometheus(data: dict[str, Any]) -> str:
 
 
 def status_prometheus(data: dict[str, Any], code: int) -> str:
-    return follow_prometheus(data) + (
-        "# HELP batchsubmit_last_run_end_timestamp_seconds When the last run ended.\n"
-        "# TYPE batchsubmit_last_run_end_timestamp_seconds gauge\n"
-        f"batchsubmit_last_run_end_timestamp_seconds {round(time.time(), 3)}\n"
-        "# HELP batchsubmit_last_run_exit_code The last run's exit code.\n"
-        "# TYPE batchsubmit_last_run_exit_code gauge\n"
-        f"batchsubmit_last_run_exit_code {code}\n"
-    )
+    return follow_prometheus(data) + last_run_gauges(code)
 
 
 def follow_line(stats: Any, data: dict[str, Any]) -> str:

@@ -391,6 +391,15 @@ async def _killed_after_create(config: RunConfig, key: str) -> str:
     return answer.job_id
 
 
+async def _after_a_night(
+    tmp_path: Path, url: str, emulator: Emulator, keys: list[str]
+) -> tuple[RunConfig, set[str]]:
+    """Night 1: every video of ``keys`` submitted. Its config, and the ids of its jobs."""
+    night = config_for(write_manifest(tmp_path, keys), url, tmp_path / "r.csv")
+    await run_submit(night)
+    return night, set(emulator.tasks)
+
+
 def _by_service(emulator: Emulator) -> dict[tuple[str, str], list[str]]:
     """(service, video) -> the ids of its jobs on the emulator, oldest first."""
     found: dict[tuple[str, str], list[str]] = {}
@@ -444,15 +453,12 @@ async def test_a_killed_resubmits_jobs_get_their_rows(tmp_path: Path) -> None:
     from dataclasses import replace
 
     keys = video_keys(3)
-    manifest = write_manifest(tmp_path, keys)
-    results = tmp_path / "r.csv"
     emulator = Emulator()
     async with emulator.serve() as url:
-        night = config_for(manifest, url, results)
-        await run_submit(night)
-        old = set(emulator.tasks)
+        night, old = await _after_a_night(tmp_path, url, emulator, keys)
         new = await _killed_after_create(replace(night, resubmit=True), keys[0])
         stats, log = await run_submit(night)
+    results = night.results
     assert (stats.reconciled, stats.submitted, stats.skipped) == (1, 1, 2), log
     assert not stats.duplicates, log  # night 1's job is recorded already: not a duplicate
     assert _recorded(results) == old | {new}
@@ -465,16 +471,12 @@ async def test_a_resubmit_whose_answers_are_lost_records_its_own_jobs(tmp_path: 
     names already is never taken for a create made since."""
     from dataclasses import replace
 
-    keys = video_keys(20)
-    manifest = write_manifest(tmp_path, keys)
-    results = tmp_path / "r.csv"
     emulator = Emulator()
     async with emulator.serve() as url:
-        night = config_for(manifest, url, results)
-        await run_submit(night)
-        old = set(emulator.tasks)
+        night, old = await _after_a_night(tmp_path, url, emulator, video_keys(20))
         emulator.faults = Faults(p_lost=0.5, seed=3)
         stats, log = await run_submit(replace(night, resubmit=True))
+    results = night.results
     assert stats.submitted == 20, log
     assert stats.reconciled >= 5, log
     assert not stats.duplicates, log

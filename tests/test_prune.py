@@ -757,6 +757,19 @@ def test_the_nightly_script_exits_with_its_worst_step_by_severity(
     assert done.returncode == night, done.stderr
 
 
+def nightly_env(tmp_path: Path, results: Path, **settings: str) -> dict[str, str]:
+    """The sample script's environment for a run against the emulator (the real CLI, as the
+    installed `batchsubmit` the script calls)."""
+    return cli_env() | {
+        "BATCHSUBMIT": str(fake_install(tmp_path, 'exec {} "$@"'.format(" ".join(cli())))),
+        "MANIFEST": str(tmp_path / "nightly.toml"),
+        "RESULTS": str(results),
+        "REPORTS": str(tmp_path),
+        "METRICS": str(tmp_path / "batchsubmit.prom"),
+        **settings,
+    }
+
+
 def test_the_sample_nightly_script_runs_two_nights(tmp_path: Path) -> None:
     """samples/batchsubmit-nightly.sh as cron runs it (processes, default pacing): the first
     night submits, the second follows, prunes, makes room under QUOTA and submits; silent,
@@ -765,14 +778,7 @@ def test_the_sample_nightly_script_runs_two_nights(tmp_path: Path) -> None:
     live = LiveEmulator(Faults(jobs=SLOW_DELETE, quota=5))
     try:
         results = tmp_path / "nightly.results.csv"
-        env = cli_env() | {
-            "BATCHSUBMIT": str(fake_install(tmp_path, 'exec {} "$@"'.format(" ".join(cli())))),
-            "MANIFEST": str(tmp_path / "nightly.toml"),
-            "RESULTS": str(results),
-            "REPORTS": str(tmp_path),
-            "METRICS": str(tmp_path / "batchsubmit.prom"),
-            "QUOTA": "5",
-        }
+        env = nightly_env(tmp_path, results, QUOTA="5")
         for keys in (video_keys(3), video_keys(6)):
             nightly_manifest(tmp_path, live.url, keys)
             done = subprocess.run(
@@ -802,14 +808,7 @@ def test_the_sample_nightly_script_saves_hosting_results_before_they_expire(
     try:
         results = tmp_path / "nightly.results.csv"
         collect = tmp_path / "results"
-        env = cli_env() | {
-            "BATCHSUBMIT": str(fake_install(tmp_path, 'exec {} "$@"'.format(" ".join(cli())))),
-            "MANIFEST": str(tmp_path / "nightly.toml"),
-            "RESULTS": str(results),
-            "REPORTS": str(tmp_path),
-            "METRICS": str(tmp_path / "batchsubmit.prom"),
-            "COLLECT": str(collect),
-        }
+        env = nightly_env(tmp_path, results, COLLECT=str(collect))
         manifest = nightly_manifest(tmp_path, live.url, video_keys(2))
         manifest.write_text(
             manifest.read_text().replace("[[source]]", "[job.body.output.hosting]\n\n[[source]]")
