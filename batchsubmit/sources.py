@@ -334,9 +334,13 @@ _BOM = b"\xef\xbb\xbf"
 _SNAPSHOT_PREFIX = "batchsubmit-listings-"  # + pid + "-": the listings' copies (Snapshots)
 _SPOOL_PREFIX = "batchsubmit-spool-"  # + pid + "-": live prefixes' keys (spool_directory)
 # Versions before the pid in the name left "batchsubmit-listings-XXXXXXXX" and
-# "batchsubmit-XXXXXXXX": removed once this old (no run of those versions is still going).
+# "batchsubmit-XXXXXXXX" (tempfile's names): removed once this old (no run of those versions
+# is still going), and only if they look like nothing but ours: private (0700, as tempfile
+# makes them) and holding only what those runs wrote. "batchsubmit-listings" or
+# "batchsubmit-archives" also fits the name; an operator's folder is never taken for one.
 _UNNAMED_AFTER = 8 * 24 * 3600.0
 _UNNAMED = re.compile(r"batchsubmit-(?:listings-)?[a-z0-9_]{8}")
+_WRITTEN = re.compile(r"\d+-.+|prefix-\d+\.txt")  # a snapshot's copies, a spool's keys
 
 
 def sweep_abandoned_snapshots() -> None:
@@ -364,10 +368,13 @@ def _abandoned(entry: Path) -> bool:
         return False
     try:
         found = entry.lstat()
+        private = stat.S_ISDIR(found.st_mode) and stat.S_IMODE(found.st_mode) == 0o700
+        if not private or found.st_uid != os.getuid():
+            return False
+        ours = all(_WRITTEN.fullmatch(name) for name in os.listdir(entry))
     except OSError:
         return False
-    mine = stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid()
-    return mine and time.time() - found.st_mtime > _UNNAMED_AFTER
+    return ours and time.time() - found.st_mtime > _UNNAMED_AFTER
 
 
 def _gone(pid: int) -> bool:

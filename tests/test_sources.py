@@ -716,14 +716,23 @@ def test_snapshots_of_dead_runs_are_swept_and_no_others(
         "old unnamed spool": "batchsubmit-0__w30oo",
         "new unnamed": "batchsubmit-1ik80pe2",
         "old, not ours": "batchsubmit-notes-2024",
+        # named like tempfile's, but an operator's: not private, or holding their own files
+        "operator's": "batchsubmit-listings",
+        "operator's, private": "batchsubmit-archives",
     }
     for name in names.values():
-        (tmp_path / name).mkdir()
+        (tmp_path / name).mkdir(mode=0o700)
         (tmp_path / name / "0-listing.txt").write_text("obs://b/k.mp4\n")
+    (tmp_path / names["old unnamed spool"] / "prefix-0.txt").write_text("obs://b/k.mp4\n")
+    (tmp_path / names["operator's"]).chmod(0o755)
+    (tmp_path / names["operator's, private"] / "march.tar").write_bytes(b"")
     nine_days_ago = time.time() - 9 * 24 * 3600
-    for key in ("old unnamed", "old unnamed spool", "old, not ours", "other"):
+    old = ("old unnamed", "old unnamed spool", "old, not ours", "other", "operator's",
+           "operator's, private")  # fmt: skip
+    for key in old:
         os.utime(tmp_path / names[key], (nine_days_ago, nine_days_ago))
     sources.sweep_abandoned_snapshots()
     left = {path.name for path in tmp_path.iterdir()}
-    kept = ("self", "self spool", "init", "other", "new unnamed", "old, not ours")
+    kept = ("self", "self spool", "init", "other", "new unnamed", "old, not ours", "operator's",
+            "operator's, private")  # fmt: skip
     assert left == {names[key] for key in kept}
