@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import signal
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -164,9 +165,12 @@ class Prepared:
         it was journalled (a run killed a moment ago: the service may not list its last jobs
         yet, the reason a lost answer waits as long)."""
         times = {i.source: i.at for i in self.intents}
+        now = time.time()
         for source, name in self.uncertain.items():
             at = epoch(times.get(source, ""))
-            yield Lookup(source, name, 0.0 if at is None else at + settle)
+            # never later than a settle from now: an intent from a clock ahead of this one (a
+            # results file moved from another machine, a clock stepped back) must not stall
+            yield Lookup(source, name, 0.0 if at is None else min(at, now) + settle)
 
     def inherited(self) -> list[Intent]:
         """The uncertain creates as the journal keeps them: an intent with its own time, an

@@ -369,9 +369,10 @@ def test_a_damaged_journal_line_stops_the_run_before_any_request(
 # -- one run hands over to the next -------------------------------------------------------------
 
 
-async def _killed_after_create(config: RunConfig, key: str) -> str:
+async def _killed_after_create(config: RunConfig, key: str, at: str = "") -> str:
     """What a run SIGKILLed right after one create leaves: the job on the service, its intent
-    in the journal (as the journal writes it), no row. Returns the job's id."""
+    in the journal (as the journal writes it; ``at``: journalled then, else now), no row.
+    Returns the job's id."""
     from batchsubmit.client import VasClient, open_session
     from batchsubmit.results import utc_now
 
@@ -381,7 +382,7 @@ async def _killed_after_create(config: RunConfig, key: str) -> str:
         "source": spec.source,
         "name": spec.name,
         "service_url": config.endpoint.tasks_url,
-        "at": utc_now(),
+        "at": at or utc_now(),
     }
     journal = config.results.with_name(config.results.name + ".journal")
     journal.write_bytes(orjson.dumps(intent) + b"\n")
@@ -508,4 +509,25 @@ async def test_a_killed_runs_last_creates_get_the_settle_wait_before_their_looku
     assert (stats.reconciled, stats.not_created, stats.submitted) == (1, 0, 3), log
     jobs = _by_service(emulator)
     assert all(len(ids) == 1 for ids in jobs.values()), jobs
+    assert orphan in _recorded(results)
+
+
+@pytest.mark.anyio
+async def test_an_intent_from_a_clock_ahead_waits_no_more_than_a_settle(tmp_path: Path) -> None:
+    """An intent journalled an hour "in the future" (the results file moved from a machine
+    whose clock was ahead, a clock stepped back after a kill): its lookup waited for that
+    time, and a nightly run sat silent until its deadline. It waits a settle at most."""
+    import anyio
+
+    keys = video_keys(2)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        config = config_for(manifest, url, results, settle=0.2)
+        ahead = "2999-01-01T00:00:00.000Z"
+        orphan = await _killed_after_create(config, keys[0], at=ahead)
+        with anyio.fail_after(10):
+            stats, log = await run_submit(config)
+    assert (stats.reconciled, stats.submitted) == (1, 2), log
     assert orphan in _recorded(results)
