@@ -54,7 +54,7 @@ from .record import (
     iter_raw,
     record_path,
 )
-from .results import Format, Outcome, ResultRow, iter_results, utc_now
+from .results import Format, Outcome, ResultRow, iter_results, utc_at, utc_now
 from .results import epoch as _epoch
 from .vas import JOB_NOT_FOUND, service_of
 
@@ -316,7 +316,7 @@ def _ended_at(record: JobRecord) -> str:
     night more than asked."""
     updated, checked = _epoch(record.updated_at), _epoch(record.checked_at)
     if updated is not None and checked is not None and updated < checked:
-        return record.updated_at
+        return utc_at(updated)  # in our own form: prune reads no time without its zone
     return record.checked_at
 
 

@@ -110,10 +110,14 @@ def epoch(text: str) -> float | None:
 
 def utc_now() -> str:
     """Now, as ``2026-11-28T02:30:00.123Z``."""
-    now = time.time()
-    second = int(now)
+    return utc_at(time.time())
+
+
+def utc_at(moment: float) -> str:
+    """``moment`` (epoch seconds) as :func:`utc_now` writes times."""
+    second = int(moment)
     text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{text}.{int((now - second) * 1000):03d}Z"
+    return f"{text}.{int((moment - second) * 1000):03d}Z"
 
 
 def format_for(path: Path, explicit: str | None) -> Format:

@@ -271,12 +271,13 @@ def test_a_job_seen_final_a_night_late_counts_its_age_from_when_it_ended(
     results = submit_videos(live, tmp_path, 2)
     ids = list(job_ids(results).values())
     settle(live, ids)
-    ended = iso(time.time() - 10 * HOUR).replace(".000Z", "Z")[:19] + "Z"
-    for job_id in ids:
-        live.emulator.tasks[job_id]["updated_at"] = ended  # it ended 10 h ago
+    ended = iso(time.time() - 10 * HOUR)[:19]
+    service_times = {ids[0]: ended + "Z", ids[1]: ended}  # VAS's form, and one with no zone
+    for job_id, updated in service_times.items():
+        live.emulator.tasks[job_id]["updated_at"] = updated  # it ended 10 h ago
     assert run_main("status", str(results), "--rate", "0") == 0
     recorded = read_record(record_path(results), lambda _m: None)
-    assert {recorded[job_id].final_at for job_id in ids} == {ended}
+    assert {recorded[job_id].final_at for job_id in ids} == {ended + ".000Z"}  # our form
     stats = run_prune(results, older_than=5 * HOUR)
     assert (stats.pruned, stats.held) == (2, {})
 
