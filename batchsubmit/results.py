@@ -377,11 +377,12 @@ def read_ledger(
     per job id.
 
     A source is done once any row says ``submitted``; an ``unknown`` row counts until a later
-    ``failed`` row (a lookup that found no job) resolves it. Rows count for this service when
-    their ``service_url`` names the same project and service (:func:`vas.service_identity`),
-    however the endpoint was spelled. ``intents`` (source to the time it was journalled):
-    those with a row written at that time or later are in ``Ledger.answered``. Raises
-    UsageError for a damaged line.
+    row resolves it: ``submitted`` (its job found) or ``failed`` (no job found). A row from
+    before does not: after a ``--resubmit``, last night's row says nothing of tonight's job.
+    Rows count for this service when their ``service_url`` names the same project and service
+    (:func:`vas.service_identity`), however the endpoint was spelled. ``intents`` (source to
+    the time it was journalled): those with a row written at that time or later are in
+    ``Ledger.answered``. Raises UsageError for a damaged line.
     """
     ledger = Ledger()
     try:
@@ -419,6 +420,7 @@ def read_ledger(
                 ledger.answered.add(source)
             if status == "submitted":
                 submitted.add(stable_hash(source))
+                unknown.pop(source, None)  # a lookup found it (or a create made since)
             elif status == "unknown":
                 unknown[source] = name
             elif status == "failed":
@@ -426,7 +428,6 @@ def read_ledger(
     ledger.done = SourceHashes.from_buckets(submitted)
     ledger.jobs = SourceHashes.from_buckets(jobs)
     del submitted, jobs
-    ledger.unknown = {s: n for s, n in unknown.items() if not ledger.is_done(s)}
     return ledger
 
 

@@ -531,3 +531,33 @@ async def test_an_intent_from_a_clock_ahead_waits_no_more_than_a_settle(tmp_path
             stats, log = await run_submit(config)
     assert (stats.reconciled, stats.submitted) == (1, 2), log
     assert orphan in _recorded(results)
+
+
+@pytest.mark.anyio
+async def test_a_resubmits_unknown_rows_are_looked_up_the_next_night(tmp_path: Path) -> None:
+    """--resubmit whose lost answers cannot be looked up (the service 503s meanwhile) writes
+    unknown rows. The next night's ledger dropped every unknown row whose video had an
+    earlier submitted row (last night's), so those jobs never got a row. A row from before
+    does not settle an unknown row now: the next night looks them up and records them."""
+    from dataclasses import replace
+
+    import anyio
+
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        night, _old = await _after_a_night(tmp_path, url, emulator, video_keys(3))
+        night = replace(night, pool=replace(night.pool, settle=1.0, lookup_spacing=0.1))
+        emulator.faults = Faults(p_lost=1.0)
+
+        async def outage() -> None:
+            await anyio.sleep(0.5)  # the creates are made and lost; then the service 503s
+            emulator.faults = Faults(p503=1.0)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(outage)
+            stats, log = await run_submit(replace(night, resubmit=True))
+        assert stats.unknown == 3, log
+        emulator.faults = Faults()
+        stats, log = await run_submit(night)
+    assert (stats.reconciled, stats.duplicates) == (3, []), log
+    assert _recorded(night.results) == set(emulator.tasks)  # tonight's three included
