@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json=getattr(args, "log_format", "text") == "json",
         quiet=getattr(args, "quiet", False),
     )
+    started = time.time()
     try:
         if args.command not in (_expand, _emulator):  # those two send nothing out
             check_proxy_environment(os.environ)
@@ -90,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BatchSubmitError as exc:
         log.line("error", str(exc))
         code = exc.exit_code
-        _write_failure(args, code, str(exc), log)
+        _write_failure(args, code, str(exc), log, started)
     except KeyboardInterrupt:
         log.line("error", "interrupted")
         code = EXIT["SIGINT"]
@@ -104,11 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _write_failure(args: argparse.Namespace, code: int, message: str, log: Log) -> None:
+def _write_failure(
+    args: argparse.Namespace, code: int, message: str, log: Log, started: float
+) -> None:
     """A run that ended with an error before its own summary and metrics were written (bad
     input, another run holding the lock, a full disk) still writes them, saying so: a nightly
     alert on the exit code must not read last night's 0. A path that cannot take them (the
-    error may be about that very path) is left alone."""
+    error may be about that very path), or that this run wrote already (its summary, then the
+    metrics failed), is left alone."""
     outputs = [
         (option, path, text)
         for option, path, text in (
@@ -120,7 +125,10 @@ def _write_failure(args: argparse.Namespace, code: int, message: str, log: Log) 
     for option, path, text in outputs:
         try:
             check_output_file(path, option)
-        except BatchSubmitError:
+            # (a file's time lags the clock by a tick at most: 10 ms)
+            if path.exists() and path.stat().st_mtime >= started - 0.01:
+                continue  # this run's own, complete: not replaced by less
+        except (BatchSubmitError, OSError):
             continue  # the error may be this very one: said once is enough
         try:
             render.write_atomically(path, text(args.name, code, message))

@@ -268,6 +268,27 @@ def test_a_night_that_stops_on_an_error_still_says_so_in_its_summary_and_metrics
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_summary_the_run_wrote_is_not_replaced_when_its_metrics_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's own summary written, then its metrics cannot be (a full or read-only
+    textfile folder): the failure's five-key summary replaced the complete one."""
+    import os
+
+    from batchsubmit.cli import main
+
+    for name, value in cli_env().items():
+        monkeypatch.setenv(name, value)
+    manifest = write_manifest(tmp_path, video_keys(2))
+    summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
+    # the metrics' temporary name cannot be written (in life: the folder is full)
+    (tmp_path / f".m.prom.{os.getpid()}.tmp").symlink_to(tmp_path / "gone" / "x")
+    code = main(["submit", str(manifest), "--emulator", "--results", str(tmp_path / "r.csv"),
+                 "--summary", str(summary), "--metrics", str(metrics), "-q"])  # fmt: skip
+    assert code == 2
+    assert json.loads(summary.read_text())["counts"]["submitted"] == 2
+
+
 def test_an_error_about_the_metrics_path_itself_writes_nothing_there(tmp_path: Path) -> None:
     """The error may be about the very path: it is not written, and nothing crashes."""
     manifest = write_manifest(tmp_path, video_keys(1))
