@@ -163,6 +163,9 @@ class Room:
     deferred: int = 0  # planned creates that do not fit: deferred to the next night
     reason: str | None = None
     prune: PruneStats = field(default_factory=PruneStats)
+    # why make-room could not finish (the count unreadable, a prune that failed): nothing is
+    # created tonight, and what it did until then is still reported
+    error: FatalApiError | None = None
 
 
 # -- selection (pure) ---------------------------------------------------------------------------
@@ -648,45 +651,55 @@ async def make_room(
     service: the API lists one service at a time, so jobs of other services are not seen), and
     if ``planned`` creates do not fit under ``quota``, prune eligible jobs of this ledger (the
     prune rules without a minimum age), oldest first, only as many as needed, then wait for
-    them to leave the count. What still does not fit is deferred. The caller holds the lock."""
+    them to leave the count. What still does not fit is deferred. A count that cannot be read
+    or a prune that fails is ``Room.error``: every planned create deferred, and what was done
+    until then (the count, the deletes) reported. The caller holds the lock."""
     wait = ROOM_WAIT if wait is None else wait
     room = Room(quota=quota, planned=planned)
     if planned == 0 or config.credentials is None:
         return room  # nothing to create tonight: no room to make
     endpoint = endpoint_for(service_url, config.base_url)
-    async with open_session(1) as session:
-        client = VasClient(session, endpoint, config.credentials, timeout=config.timeout)
-        gate = Pool(
-            client,
-            _NoSink(),
-            _Reporter(log),
-            config.pool,
-            service_url=service_url,
-            credentials=client.provider,
-        )
-        saved = await _watched(gate, _saved_jobs(gate, client))
-        if saved is None:  # a signal: nothing pruned, nothing created tonight
-            room.prune.signal = gate.stats.signal
-            return room
-        room.saved_before = room.saved_after = saved
-        needed = saved + planned - quota
-        if needed > 0:
-            log(
-                "info",
-                f"make-room: {saved} saved jobs + {planned} to create is over the "
-                f"quota of {quota}: pruning up to {needed} finished, recorded jobs",
+    try:
+        async with open_session(1) as session:
+            client = VasClient(session, endpoint, config.credentials, timeout=config.timeout)
+            gate = Pool(
+                client,
+                _NoSink(),
+                _Reporter(log),
+                config.pool,
+                service_url=service_url,
+                credentials=client.provider,
             )
-            room.prune = await _prune_for_room(config, warn, log, needed, service_url)
-            if room.prune.fatal:
-                raise FatalApiError(ApiError(0, "", room.prune.fatal), "make-room could not prune")
-            if room.prune.signal is not None:
-                return room
-            expected = saved - room.prune.deleted_of[service_of(service_url)]
-            counted = await _watched(gate, _wait_for_count(gate, client, expected, wait, poll))
-            if counted is None:
+            saved = await _watched(gate, _saved_jobs(gate, client))
+            if saved is None:  # a signal: nothing pruned, nothing created tonight
                 room.prune.signal = gate.stats.signal
                 return room
-            room.saved_after = saved = counted
+            room.saved_before = room.saved_after = saved
+            needed = saved + planned - quota
+            if needed > 0:
+                log(
+                    "info",
+                    f"make-room: {saved} saved jobs + {planned} to create is over the "
+                    f"quota of {quota}: pruning up to {needed} finished, recorded jobs",
+                )
+                room.prune = await _prune_for_room(config, warn, log, needed, service_url)
+                if room.prune.fatal:
+                    error = ApiError(0, "", room.prune.fatal)
+                    raise FatalApiError(error, "make-room could not prune")
+                if room.prune.signal is not None:
+                    return room
+                expected = saved - room.prune.deleted_of[service_of(service_url)]
+                room.saved_after = None  # until it is read again
+                counted = await _watched(gate, _wait_for_count(gate, client, expected, wait, poll))
+                if counted is None:
+                    room.prune.signal = gate.stats.signal
+                    return room
+                room.saved_after = saved = counted
+    except FatalApiError as exc:
+        room.error = exc
+        room.deferred = planned
+        room.reason = f"{exc}; nothing was submitted"
+        return room
     room.room = max(0, min(planned, quota - saved))
     room.deferred = planned - room.room
     if room.deferred:

@@ -332,9 +332,10 @@ def room_line(room: Room) -> str:
             f"make-room: the saved-job count was not read; {room.prune.pruned} pruned, "
             f"{room.deferred} of {room.planned} deferred (quota {room.quota})"
         )
+    after = "not counted again" if room.saved_after is None else f"{room.saved_after} after"
     return (
         f"make-room: {room.saved_before} saved jobs before, {room.prune.pruned} pruned, "
-        f"{room.saved_after} after; room for {room.room} of {room.planned}, "
+        f"{after}; room for {room.room} of {room.planned}, "
         f"{room.deferred} deferred (quota {room.quota})"
     )
 

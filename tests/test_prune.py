@@ -973,6 +973,37 @@ def test_make_room_that_cannot_count_still_writes_the_summary_and_metrics(
     assert "make-room: the saved-job count was not read" in done.stderr
 
 
+def test_make_room_that_pruned_then_could_not_count_again_reports_what_it_did(
+    tmp_path: Path, emulator_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make-room read the count and pruned, then the count could not be read again: a fresh
+    Room replaced the real one, and the summary said the count was never read and nothing was
+    pruned, though jobs were deleted. What it did until the error is reported now."""
+    from batchsubmit import prune as prune_module
+    from batchsubmit.errors import ApiError, FatalApiError
+
+    live = LiveEmulator(Faults(jobs=SLOW_DELETE, quota=10))
+    try:
+        first = video_keys(6)
+        assert night(live, tmp_path, first, 10)[0] == 0
+
+        async def unreadable(*_args: object, **_kwargs: object) -> int:
+            raise FatalApiError(ApiError(0, "", "cannot reach the endpoint"), "make-room")
+
+        monkeypatch.setattr(prune_module, "_wait_for_count", unreadable)
+        code, summary = night(live, tmp_path, first + video_keys(6, start=6), 10)
+    finally:
+        live.close()
+    assert code == 3
+    room = summary["room"]
+    assert isinstance(room, dict)
+    assert live.emulator.deleted
+    assert (room["saved_before"], room["saved_after"]) == (6, None)
+    assert room["pruned"] == len(live.emulator.deleted)
+    assert room["deferred"] == 6
+    assert "cannot reach the endpoint" in room["reason"]
+
+
 def test_a_signal_while_make_room_counts_still_writes_the_summary(tmp_path: Path) -> None:
     """SIGTERM while make-room waits for the saved-job count (a slow service): exit 143 with
     the summary written; it used to kill the process outright (no handler yet)."""

@@ -186,19 +186,9 @@ async def run_submit(
         counted = count_work(manifest, ledger, uncertain, lambda _m: None)
         log_plan(log, counted, len(uncertain), config, prepared.ledger)
         room = None
-        failed: FatalApiError | None = None
         if options.make_room:
-            try:
-                room, config = await _make_room(config, options.quota, log, counted)
-            except FatalApiError as exc:  # the summary and metrics are still written
-                planned = counted.planned
-                failed = exc
-                room = Room(
-                    quota=options.quota,
-                    planned=planned,
-                    deferred=planned,
-                    reason=f"{exc}; nothing was submitted",
-                )
+            room, config = await _make_room(config, options.quota, log, counted)
+        failed = None if room is None else room.error  # the summary and metrics still written
         if failed is not None:
             stats, summary, followed = _failed_in_room(failed, counted), counted, None
         elif room is not None and room.prune.signal is not None:
@@ -287,7 +277,7 @@ async def _make_room(
         say,
         service_url=config.endpoint.tasks_url,
     )
-    if room.prune.signal is not None:  # stopped while pruning: create nothing tonight
+    if room.prune.signal is not None or room.error is not None:  # create nothing tonight
         return room, config
     # IVA.0012 mid-run anyway (other tools share the quota): defer the rest, not fatal.
     pool = replace(config.pool, quota_defers=True)
