@@ -241,8 +241,20 @@ def parse_profile(text: str, path: Path) -> Profile | None:
             _security_token(basic.get("security_token"), f"{path}: [basic] security_token"),
         ),
         project_id=project,
-        iam_endpoint=(basic.get("iam_endpoint") or "").rstrip("/") or None,
+        iam_endpoint=_iam_endpoint(basic.get("iam_endpoint"), f"{path}: [basic] iam_endpoint"),
     )
+
+
+def _iam_endpoint(value: str | None, where: str) -> str | None:
+    """An IAM endpoint as given (the environment's, a profile's): an http(s) URL without a
+    path or a user part (the endpoint is named in every IAM error, a password with it; and
+    aiohttp refuses a URL with credentials beside our own header, a traceback)."""
+    endpoint = (value or "").strip().rstrip("/") or None
+    if endpoint is not None and not re.fullmatch(r"https?://[^/\s?#@]+", endpoint):
+        raise CredentialError(
+            f"{where} {hide_password(endpoint)!r}: give an http(s) URL without a path or user name"
+        )
+    return endpoint
 
 
 def find_source(
@@ -266,13 +278,9 @@ def find_source(
             env["HUAWEICLOUD_SDK_PROJECT_ID"], "HUAWEICLOUD_SDK_PROJECT_ID"
         )
         project_from = "HUAWEICLOUD_SDK_PROJECT_ID"
-    iam_endpoint = _stripped(env, "HUAWEICLOUD_SDK_IAM_ENDPOINT").rstrip("/") or None
-    # No user part either: the endpoint is named in every IAM error, a password with it.
-    if iam_endpoint is not None and not re.fullmatch(r"https?://[^/\s?#@]+", iam_endpoint):
-        raise CredentialError(
-            f"HUAWEICLOUD_SDK_IAM_ENDPOINT {hide_password(iam_endpoint)!r}: give an http(s) URL "
-            "without a path or user name"
-        )
+    iam_endpoint = _iam_endpoint(
+        _stripped(env, "HUAWEICLOUD_SDK_IAM_ENDPOINT"), "HUAWEICLOUD_SDK_IAM_ENDPOINT"
+    )
 
     def choice(source: Found, pid: str | None = None, endpoint: str | None = None) -> Choice:
         nonlocal project_id, project_from

@@ -238,6 +238,23 @@ def test_an_iam_or_metadata_url_with_a_password_is_refused_without_showing_it(
     assert "DISTINCTIVE" not in str(raised.value)
 
 
+@pytest.mark.parametrize("path", ["/x", ""])
+def test_a_profiles_iam_endpoint_with_a_password_is_refused_without_showing_it(
+    tmp_path: Path, path: str
+) -> None:
+    """A profile file's iam_endpoint was used unchecked: one with a user part crashed `check`
+    with a traceback (aiohttp refuses credentials in a URL beside our own header)."""
+    profile = tmp_path / "credentials"
+    profile.write_text(
+        f"[basic]\nak = AK\nsk = SK\niam_endpoint = http://bob:PW-DISTINCTIVE@127.0.0.1:9{path}\n"
+    )
+    profile.chmod(0o600)
+    with pytest.raises(CredentialError, match="without a path or user name") as raised:
+        choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(profile)}, tmp_path)
+    assert f"[basic] iam_endpoint 'http://bob:***@127.0.0.1:9{path}'" in str(raised.value)
+    assert "DISTINCTIVE" not in str(raised.value)
+
+
 def test_region_of_regional_endpoints() -> None:
     assert region_of("https://iva.cn-north-4.myhuaweicloud.com") == "cn-north-4"
     assert region_of("https://IVA.ap-southeast-1.myhuaweicloud.com:443") == "ap-southeast-1"
