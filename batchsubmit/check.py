@@ -221,8 +221,9 @@ async def _connect(plan: CheckPlan, results: list[CheckResult]) -> bool:
                 server_hostname=host if direct_tls else None,
             )  # fmt: skip
             if tunnel:
-                stage = f"the proxy {host}:{port}'s answer to CONNECT {endpoint.netloc}"
-                refused = await _open_tunnel(reader, writer, endpoint.netloc, plan.proxy or "")
+                target = tunnel_target(plan.base_url)
+                stage = f"the proxy {host}:{port}'s answer to CONNECT {target}"
+                refused = await _open_tunnel(reader, writer, target, plan.proxy or "")
                 if refused:
                     return fail(f"proxy {host}:{port} {refused}")
                 stage = f"TLS with {endpoint.netloc}{via}"
@@ -230,6 +231,9 @@ async def _connect(plan: CheckPlan, results: list[CheckResult]) -> bool:
                     ssl.create_default_context(), server_hostname=endpoint.hostname
                 )
     except TimeoutError:
+        if plan.proxy:
+            return fail(f"{stage} timed out after {limit:g} s: is the proxy up, and does it "
+                        "reach the endpoint? (HTTPS_PROXY / HTTP_PROXY)")  # fmt: skip
         return fail(f"{stage} timed out after {limit:g} s: a firewall may drop it; set "
                     "HTTPS_PROXY if this network needs a proxy")  # fmt: skip
     except ssl.SSLError as exc:
@@ -257,6 +261,16 @@ async def _connect(plan: CheckPlan, results: list[CheckResult]) -> bool:
         done = "resolves, connects" + (", TLS verified" if tls else "")
     results.append(CheckResult(name, "PASS", f"{endpoint.netloc}{via}: {done}"))
     return True
+
+
+def tunnel_target(base_url: str) -> str:
+    """``host:port`` as CONNECT names it (RFC 9110: the port always, 443 by default), as
+    aiohttp asks for the calls' own tunnel: a proxy's allow-list sees the same target."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port or 443}"
 
 
 async def _open_tunnel(

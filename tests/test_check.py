@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from batchsubmit.check import PREFIXES_AT_ONCE, tunnel_target
 from batchsubmit.cli import main
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
 from batchsubmit.obs import string_to_sign
@@ -264,16 +265,17 @@ def test_prefix_sources_are_checked_side_by_side(
     only once four are in flight: checked one at a time, the first would time out."""
     path = manifest(tmp_path)
     text = path.read_text(encoding="utf-8")
-    for camera in range(2, 5):
+    cameras = range(2, PREFIXES_AT_ONCE + 1)
+    for camera in cameras:
         text += f'\n[[source]]\nprefix = "obs://in-bucket/cams{camera}/"\n'
     path.write_text(text, encoding="utf-8")
-    services.obs.together = 4
+    services.obs.together = PREFIXES_AT_ONCE  # all at once: as many connections as prefixes
     code, lines, err, _elapsed = check(capsys, path, services.vas.url, services.obs_server.url)
     assert code == 0, (lines, err)
     sources = [entry for entry in lines if name_of(entry).startswith("source ")]
     assert [name_of(entry) for entry in sources] == [
         "source obs://in-bucket/cams/",
-        *(f"source obs://in-bucket/cams{camera}/" for camera in range(2, 5)),
+        *(f"source obs://in-bucket/cams{camera}/" for camera in cameras),
     ]  # the manifest's order, whatever order the answers came in
     assert all(entry.startswith("PASS") for entry in sources), sources
 
@@ -507,3 +509,18 @@ def test_an_odd_answer_to_the_list_call_says_what_it_was(
     signature = line(lines, "signature")
     assert said in signature, signature
     assert "see the error above" not in signature
+
+
+@pytest.mark.parametrize(
+    ("base_url", "target"),
+    [
+        ("https://iva.cn-north-4.myhuaweicloud.com", "iva.cn-north-4.myhuaweicloud.com:443"),
+        ("https://127.0.0.1:8443", "127.0.0.1:8443"),
+        ("https://[::1]", "[::1]:443"),
+    ],
+)
+def test_check_asks_the_proxy_for_the_target_the_calls_will(base_url: str, target: str) -> None:
+    """CONNECT names host:port always (RFC 9110), as aiohttp's own tunnel does; check sent
+    the URL's netloc, no port for a regional endpoint, so a proxy's allow-list saw another
+    target than the calls'."""
+    assert tunnel_target(base_url) == target

@@ -492,6 +492,7 @@ def test_check_opens_the_tunnel_an_https_endpoint_needs_through_a_proxy(
         # the client's signed list call took the same tunnel: the check's line is true
         assert "PASS signature and subscription" in done.stdout, out
         assert proxy.tunnels == 2
+        assert len({head.split(" ")[1] for head in proxy.heads}) == 1  # the same target
     else:
         assert "SKIP signature and subscription" in done.stdout, out
         if not trusted:

@@ -46,7 +46,7 @@ class CheckResult:
 
 
 def run(options: CheckOptions, log: Log, env: Env) -> CheckResult:
-    from ..check import CheckPlan, run_checks
+    from ..check import PREFIXES_AT_ONCE, CheckPlan, run_checks
 
     manifest = load_manifest(options.manifest)
     base = check_endpoint(options.endpoint) if options.endpoint else manifest.service.endpoint
@@ -87,7 +87,8 @@ def run(options: CheckOptions, log: Log, env: Env) -> CheckResult:
     )
 
     async def checks() -> list[Any]:
-        async with open_session(4) as session:
+        # a connection for each prefix checked side by side, else they queue for one
+        async with open_session(PREFIXES_AT_ONCE) as session:
             return await run_checks(plan, session, warner(log))
 
     return CheckResult(tuple(run_loop(checks)))
