@@ -160,6 +160,9 @@ def longest_written(secrets: Iterable[str]) -> int:
     return max((len(form) for secret in secrets for form in _written(secret)), default=0)
 
 
+_UPPER_HEX = re.compile(r"(?<=\\u)[0-9a-f]{4}")
+
+
 @functools.lru_cache(maxsize=64)
 def _written(secret: str) -> tuple[str, ...]:
     """``secret`` and its JSON-escaped forms (non-ASCII kept or ``\\u``-escaped, ``/`` kept
@@ -167,6 +170,7 @@ def _written(secret: str) -> tuple[str, ...]:
     if not secret:
         return ()
     escaped = {json.dumps(secret, ensure_ascii=flag)[1:-1] for flag in (True, False)}
+    escaped |= {_UPPER_HEX.sub(lambda m: m.group(0).upper(), form) for form in escaped}  # Java
     forms = {secret} | escaped | {form.replace("/", "\\/") for form in escaped}
     return tuple(sorted(forms, key=len, reverse=True))
 

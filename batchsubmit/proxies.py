@@ -86,3 +86,12 @@ def check_proxy_environment(environ: Mapping[str, str]) -> None:
             raise UsageError(
                 f"{name}={shown!r}: not a proxy URL; give http://[user:password@]host:port"
             )
+        try:
+            auth = aiohttp.BasicAuth.from_url(URL(value))
+            if auth is not None:
+                auth.encode()
+        except (UnicodeEncodeError, ValueError):  # Basic auth is latin-1: a traceback later
+            raise UsageError(
+                f"{name}={shown!r}: the proxy's user or password has a character Basic "
+                "authentication cannot carry (outside latin-1)"
+            ) from None

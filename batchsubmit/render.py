@@ -7,6 +7,7 @@ replaced atomically) and log the final lines. cli.py calls them; commands never 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -64,7 +65,8 @@ def write_atomically(path: Path, data: bytes) -> None:
         temporary.write_bytes(data)
         os.replace(temporary, path)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a directory by that name: not ours to remove
+            temporary.unlink(missing_ok=True)
         raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
 
 

@@ -200,8 +200,8 @@ def prepare(config: RunConfig, warn: Callable[[str], None]) -> Prepared:
         services = sorted({i.service_url for i in kept})
         warn(
             f"{journal_path(config.results)}: {len(kept)} open intents of another service "
-            f"({', '.join(services[:2])}) are left as they are, for that service's next run "
-            "or `batchsubmit reconcile`"
+            f"({', '.join(services[:2])}) are left as they are, for that service's next "
+            "submit to resolve"
         )
     return Prepared(lock, ledger, mine, kept)
 

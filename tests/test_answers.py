@@ -17,6 +17,7 @@ from batchsubmit.answers import (
     Kind,
     classify,
     manifest_key_for,
+    mask,
     parse_error,
     parse_rate_hint,
     retry_after_seconds,
@@ -527,3 +528,10 @@ def test_shorten_leaves_printable_text_as_it_is() -> None:
     """Printable text (CJK, accents, double spaces) is untouched; line breaks make one line."""
     assert shorten("视频 é  x") == "视频 é  x"
     assert shorten("a\r\n\tb") == "a b"
+
+
+def test_a_secret_escaped_by_another_json_encoder_is_masked_too() -> None:
+    """Python writes \\u00e9, Java's encoders \\u00E9: both forms of a secret are hidden."""
+    secret = "pw\u00e9-DISTINCTIVE"
+    for text in ('{"msg": "pw\\u00e9-DISTINCTIVE"}', '{"msg": "pw\\u00E9-DISTINCTIVE"}'):
+        assert "DISTINCTIVE" not in mask(text, [secret]), text

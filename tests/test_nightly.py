@@ -367,3 +367,18 @@ def test_counts_add_up_after_a_kill(tmp_path: Path, live_emulator: LiveEmulator)
     for outcome, value in counts.items():
         assert f'batchsubmit_jobs{{outcome="{outcome}"}} {value}\n' in prom
     assert_exactly_once(live_emulator.emulator, results, sources(keys))
+
+
+def test_a_metrics_file_that_cannot_be_replaced_is_an_error_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A directory where the temporary file goes: the clean-up raised IsADirectoryError."""
+    import os
+
+    from batchsubmit.errors import UsageError
+    from batchsubmit.render import write_atomically
+
+    target = tmp_path / "m.prom"
+    (tmp_path / f".m.prom.{os.getpid()}.tmp").mkdir()
+    with pytest.raises(UsageError, match="cannot write"):
+        write_atomically(target, b"x\n")

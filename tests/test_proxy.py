@@ -346,6 +346,7 @@ def test_check_never_shows_the_proxy_credentials_a_refused_connect_echoes(
         ("http://alice:Pr0xy?Passw0rd@127.0.0.1:3128", "port"),
         ("http://alice:Pr0xy/Passw0rd@127.0.0.1:3128", "port"),
         ("https://alice:Pr0xy@Passw0rd@127.0.0.1:3128", "over TLS"),
+        ("http://alice:%E2%82%ACPr0xyPassw0rd@127.0.0.1:3128", "latin-1"),  # was a traceback
     ],
 )
 def test_a_proxy_variable_no_call_could_use_is_exit_2_with_the_password_hidden(
