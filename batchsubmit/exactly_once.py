@@ -128,11 +128,13 @@ class Once:
         self.found: set[str] = set()  # earlier creates this run's lookup found
         self.failed: set[str] = set()  # earlier creates whose lookup failed in this run
         self._absent: dict[str, str] = {}  # earlier creates found absent: source -> name
+        self._unlooked: set[str] = set()  # earlier creates not looked up: the run stopped
 
     @property
     def held(self) -> set[str]:
-        """Sources never to create in this run: their lookup found the job or failed."""
-        return self.found | self.failed
+        """Sources never to create in this run: their lookup found the job, failed, or never
+        ran (the run stopped first: never created blind, and counted once, as deferred)."""
+        return self.found | self.failed | self._unlooked
 
     # -- the engine's questions -------------------------------------------------------------
 
@@ -168,7 +170,9 @@ class Once:
     def defer(self, item: Work) -> None:
         """Left for the next run, no row: the one place deferred work is counted."""
         self._stats.deferred += 1
-        if self._journal is not None and isinstance(item, JobSpec):
+        if isinstance(item, Lookup):
+            self._unlooked.add(item.source)  # its intent stays for the next run
+        elif self._journal is not None:
             self._journal.settle(item.source)  # nothing was created: no intent to keep
 
     # -- 2. create --------------------------------------------------------------------------
@@ -201,6 +205,8 @@ class Once:
         while True:
             if gate.stopping:
                 raise Stopped
+            if job.attempts and self._journal is not None:
+                self._journal.refresh(spec.source, spec.name)  # the settle counts from here
             answer = await gate.send(
                 self._api.create, spec.body, sent=job.sent, first=not job.attempts
             )
@@ -288,7 +294,9 @@ class Once:
         wait = item.ready - time.time()
         if wait > 0:
             await self._rest(wait)  # 4. settle, for a create a killed run made moments ago
-        found, lookup, others = await self._find(item.name, item.source)
+        # 5. as many lookups as a lost answer gets: a service that lists new jobs late
+        tries = self._timing.lookup_tries
+        found, lookup, others = await self._find(item.name, item.source, tries)
         write = self._rows.write
         if found is None:
             self.failed.add(item.source)

@@ -170,6 +170,17 @@ class Journal:
         self._file.flush()
         self._since_checkpoint += len(lines)
 
+    def refresh(self, source: str, name: str) -> None:
+        """A create sent again (a retry, or after its lost answer was looked for): its intent
+        gets the time of this send, which the next run's settle wait counts from (a batch's
+        time is older than a retry's send by its backoff). Written through to the OS, not
+        synced: a SIGKILL keeps it; a power cut may leave the batch's time."""
+        at = utc_now()
+        self._open[source] = (name, at)
+        self._file.write(self._line(source, name, at))
+        self._file.flush()
+        self._since_checkpoint += 1
+
     async def commit(self) -> None:
         """Sync what :meth:`intend` wrote, in a thread: storage that stalls must not stall the
         calls in flight. (Syncing on the event loop while syncs are fast bought nothing

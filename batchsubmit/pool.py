@@ -234,7 +234,7 @@ class Pool:
 
     @property
     def held(self) -> set[str]:
-        """Sources the create pass must leave out: this run's lookup found them or failed."""
+        """Sources the create pass must leave out: their lookup found them, failed or never ran."""
         return self._once.held
 
     @property

@@ -228,12 +228,12 @@ async def submit(
                 f"resolving {len(uncertain)} earlier creates whose outcome "
                 "is unknown, by looking them up by name",
             )
-            await pool.run(prepared.lookups(config.pool.settle))
-        if not pool.stopping:
-            # Held: a lookup that failed (the job may exist: never create it blind) and one
-            # that found the job (its row is written; counting it as skipped too would count
-            # it twice). A lookup that found no job leaves its source to be created.
-            await pool.run(plan(manifest, ledger, pool.held, summary, warn, repeats))
+            await _resolve(pool, prepared, config.pool.settle, reporter)
+        # Held: a lookup that failed (the job may exist: never create it blind) and one that
+        # found the job (its row is written; counting it as skipped too would count it
+        # twice). A lookup that found no job leaves its source to be created. Run even when
+        # stopping: the engine defers what it may not start, so every video is counted.
+        await pool.run(plan(manifest, ledger, pool.held, summary, warn, repeats))
 
     stats = await _with_pool(config, prepared, reporter, warn, passes)
     stats.skipped = summary.skipped
@@ -249,9 +249,25 @@ async def reconcile(
     """Resolve unknown rows and open intents by lookup only; create nothing."""
 
     async def passes(pool: Pool) -> None:
-        await pool.run(prepared.lookups(config.pool.settle))
+        await _resolve(pool, prepared, config.pool.settle, reporter)
 
     return await _with_pool(config, prepared, reporter, warn, passes)
+
+
+async def _resolve(
+    pool: Pool, prepared: Prepared, settle: float, reporter: ProgressReporter
+) -> None:
+    """The lookups of earlier uncertain creates, saying so when they first wait out a
+    killed run's last creates (the service may list them late)."""
+    lookups = list(prepared.lookups(settle))
+    wait = max((lookup.ready for lookup in lookups), default=0.0) - time.time()
+    if wait >= 1:
+        reporter.log(
+            "info",
+            f"waiting up to {wait:.0f} s before looking up the last creates of a run that "
+            "was killed a moment ago (--settle: the service may list new jobs late)",
+        )
+    await pool.run(iter(lookups))
 
 
 async def _with_pool(

@@ -507,6 +507,7 @@ async def test_a_killed_runs_last_creates_get_the_settle_wait_before_their_looku
         orphan = await _killed_after_create(config, keys[0])
         stats, log = await run_submit(config)  # restarted at once (cron, a supervisor)
     assert (stats.reconciled, stats.not_created, stats.submitted) == (1, 0, 3), log
+    assert "before looking up the last creates of a run that was killed" in log  # not silent
     jobs = _by_service(emulator)
     assert all(len(ids) == 1 for ids in jobs.values()), jobs
     assert orphan in _recorded(results)
@@ -561,3 +562,59 @@ async def test_a_resubmits_unknown_rows_are_looked_up_the_next_night(tmp_path: P
         stats, log = await run_submit(night)
     assert (stats.reconciled, stats.duplicates) == (3, []), log
     assert _recorded(night.results) == set(emulator.tasks)  # tonight's three included
+
+
+@pytest.mark.anyio
+async def test_a_killed_runs_intents_get_as_many_lookups_as_a_lost_answer(tmp_path: Path) -> None:
+    """A service that lists new jobs later than --settle, within --settle x --lookups: a lost
+    answer's lookups find its job; a killed run's intent got one lookup (in `reconcile`, the
+    only one), was recorded "not created", and the next submit created the video again. It
+    gets the same lookups now."""
+    import io
+
+    from batchsubmit.progress import LineReporter, Log
+    from batchsubmit.runner import prepare, reconcile
+
+    keys = video_keys(2)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator(Faults(list_lag=0.8))
+    async with emulator.serve() as url:
+        config = config_for(manifest, url, results, settle=0.3, lookup_spacing=0.3)
+        orphan = await _killed_after_create(config, keys[0])
+        stream = io.StringIO()
+        prepared = prepare(config, lambda _m: None)
+        try:
+            stats = await reconcile(config, prepared, LineReporter(Log(stream), None), print)
+        finally:
+            prepared.lock.release()
+        assert (stats.reconciled, stats.not_created) == (1, 0), stream.getvalue()
+        stats, log = await run_submit(config)
+    assert stats.submitted == 1, log  # the other video; the orphan was recorded
+    assert all(len(ids) == 1 for ids in _by_service(emulator).values())
+    assert orphan in _recorded(results)
+
+
+@pytest.mark.anyio
+async def test_a_stop_while_a_killed_runs_creates_wait_counts_every_video_once(
+    tmp_path: Path,
+) -> None:
+    """The deadline (or a signal) while the lookups of a killed run's creates wait out the
+    settle time: the create pass never ran, so the planned videos were in no count (1
+    deferred of 5). Every video is counted once now, as deferred, and the one whose lookup
+    never ran is not created blind: its intent stays for the next run."""
+    from dataclasses import replace
+
+    keys = video_keys(5)
+    manifest = write_manifest(tmp_path, keys)
+    results = tmp_path / "r.csv"
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        config = config_for(manifest, url, results, settle=5.0)
+        await _killed_after_create(config, keys[0])
+        config = replace(config, pool=replace(config.pool, deadline=0.5))
+        stats, log = await run_submit(config)
+    assert (stats.submitted, stats.deferred) == (0, 5), log
+    assert len(emulator.tasks) == 1
+    journal = results.with_name("r.csv.journal").read_text(encoding="utf-8")
+    assert len(journal.splitlines()) == 1  # the killed run's intent, for the next run

@@ -394,3 +394,21 @@ def test_lock_in_a_missing_directory(tmp_path: Path) -> None:
     """A lock file that cannot be created is a UsageError, not an OSError."""
     with pytest.raises(UsageError, match="cannot create the lock file"):
         RunLock(tmp_path / "missing" / "r.lock").acquire("x")
+
+
+@pytest.mark.anyio
+async def test_a_refreshed_intent_carries_its_latest_send_time(tmp_path: Path) -> None:
+    """refresh() appends the intent with the time of its new send; read back, and after a
+    checkpoint rewrote the file, the latest time is the one that stands."""
+    path = tmp_path / "j"
+    journal = Journal(path, durable=False, service_url="http://h/v2/p/services/s/tasks")
+    await write(journal, "obs://b/a.mp4")
+    [first] = read_intents(path, Warnings())
+    await anyio.sleep(0.01)
+    journal.refresh("obs://b/a.mp4", "a.mp4")
+    latest = {i.source: i.at for i in read_intents(path, Warnings())}["obs://b/a.mp4"]
+    assert latest > first.at
+    journal.checkpoint()
+    assert [(i.source, i.at) for i in read_intents(path, Warnings())] == [("obs://b/a.mp4", latest)]
+    journal.settle("obs://b/a.mp4")
+    journal.close()

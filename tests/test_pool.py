@@ -531,8 +531,12 @@ class SpyJournal:
         self.durable: set[str] = set()
         self.most_open = 0
         self.commits = 0
+        self.refreshed: list[str] = []  # a create sent again: its intent's time moved on
         self._written: list[str] = []
         self._sync_time = sync_time
+
+    def refresh(self, source: str, name: str) -> None:
+        self.refreshed.append(source)
 
     def intend(self, intents: list[tuple[str, str]]) -> None:
         sources = [source for source, _ in intents]
@@ -875,9 +879,10 @@ async def test_a_lost_create_that_surfaces_late_is_found_not_made_again() -> Non
 
 
 async def test_an_earlier_create_found_absent_is_looked_up_again_right_before_it_is_made() -> None:
-    """An earlier run's create the list did not show at the start of this run: the lookup just
-    before creating it again finds it, and nothing is created."""
-    service = FakeService(list_lag=1)
+    """An earlier run's create the list did not show at the start of this run (its three
+    lookups, as many as a lost answer gets): the lookup just before creating it again finds
+    it, and nothing is created."""
+    service = FakeService(list_lag=3)
     await service.create(spec(1).body)  # the earlier run's create, not yet in lists
     rows = Rows()
     pool = make_pool(service, rows)
@@ -967,3 +972,16 @@ async def test_the_progress_display_is_told_each_video_once() -> None:
     assert told.count("failed") == stats.failed == 1
     assert len(told) == stats.submitted + stats.failed + stats.unknown
     assert stats.not_created == 1
+
+
+async def test_a_create_sent_again_refreshes_its_intents_time() -> None:
+    """A retried create (a 503, then sent again) is sent long after its batch was journalled:
+    the next run's settle wait counted from the batch, so a run killed after the retry had it
+    looked up at once. Each send after the first moves the intent's time on; the first does
+    not (its batch's time is its own)."""
+    service = FakeService(script=lambda n, body: "503" if n <= 2 else "ok")
+    rows = Rows()
+    journal = SpyJournal(rows=rows)
+    stats = await make_pool(service, rows, journal).run(iter([spec(1), spec(2)]))
+    assert stats.submitted == 2
+    assert sorted(journal.refreshed) == sorted([spec(1).source, spec(2).source])

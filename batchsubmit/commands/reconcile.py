@@ -112,8 +112,8 @@ def endpoint_from_results(results: Path, fmt: Format, override: str | None) -> E
     if len(services) > 1:
         names = ", ".join(f"{p}/{n}" for p, n in sorted(services))
         raise UsageError(
-            f"{results}: unknown outcomes for several services ({names});"
-            " reconcile each with its own results file"
+            f"{results}: unknown outcomes for several services ({names}); run each service's "
+            "`batchsubmit submit` with this results file: each resolves its own first"
         )
     (project_id, service_name), base = services.popitem()
     if override:
