@@ -421,7 +421,7 @@ def test_reconcile_takes_two_spellings_of_one_service_as_one(
             )
         )
     writer.close()
-    done = run_cli("reconcile", str(results), "--rate", "0")
+    done = run_cli("reconcile", str(results), "--rate", "0", "--settle", "0.2")
     assert done.returncode == 0, done.stderr
     assert "2 outcomes to resolve" in done.stderr
 
