@@ -501,8 +501,8 @@ def _lookup_options(parser: argparse.ArgumentParser) -> None:
         type=_settle,
         default=DEFAULT_SETTLE,
         metavar="SECONDS",
-        help="after a create whose answer was lost, wait this long before looking the job up "
-        f"by name, and between lookups (0 to {MAX_SETTLE:g}; default {DEFAULT_SETTLE:g}): "
+        help="after a create whose answer was lost (or a killed run's last), wait this long "
+        "before looking the job up by name, and between lookups (0 to {MAX_SETTLE:g}; default {DEFAULT_SETTLE:g}): "
         "long enough for the service to list a job it just made",
     )
     parser.add_argument(
@@ -510,8 +510,8 @@ def _lookup_options(parser: argparse.ArgumentParser) -> None:
         type=_lookups,
         default=DEFAULT_LOOKUPS,
         metavar="N",
-        help=f"lookups of a lost create before it may be made again (1 to {MAX_LOOKUPS}; "
-        f"default {DEFAULT_LOOKUPS})",
+        help="lookups of a lost create (or one a killed run left) before it may be made again "
+        f"(1 to {MAX_LOOKUPS}; default {DEFAULT_LOOKUPS})",
     )
 
 
