@@ -502,8 +502,8 @@ def _lookup_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SETTLE,
         metavar="SECONDS",
         help="after a create whose answer was lost (or a killed run's last), wait this long "
-        "before looking the job up by name, and between lookups (0 to {MAX_SETTLE:g}; default {DEFAULT_SETTLE:g}): "
-        "long enough for the service to list a job it just made",
+        f"before looking the job up by name, and between lookups (0 to {MAX_SETTLE:g}; "
+        f"default {DEFAULT_SETTLE:g}): long enough for the service to list a job it just made",
     )
     parser.add_argument(
         "--lookups",
