@@ -288,6 +288,11 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+# Unpaced, and a short --settle: a killed run's last creates wait it out (and get --lookups
+# lookups) before the next run may create them, 15 s at the defaults.
+QUICK = ("--rate", "0", "--settle", "0.2")
+
+
 def submit_args(manifest: Path, url: str, results: Path, *extra: str) -> list[str]:
     """``batchsubmit submit`` arguments for a run against an emulator at ``url``."""
     return ["submit", str(manifest), "--endpoint", url, "--results", str(results), *extra]

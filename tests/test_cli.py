@@ -49,6 +49,7 @@ from batchsubmit.runner import lock_path
 from batchsubmit.sources import ObjectRef
 
 from .helpers import (
+    QUICK,
     LiveEmulator,
     cli,
     cli_env,
@@ -421,7 +422,7 @@ def test_reconcile_takes_two_spellings_of_one_service_as_one(
             )
         )
     writer.close()
-    done = run_cli("reconcile", str(results), "--rate", "0", "--settle", "0.2")
+    done = run_cli("reconcile", str(results), *QUICK)
     assert done.returncode == 0, done.stderr
     assert "2 outcomes to resolve" in done.stderr
 

@@ -20,6 +20,7 @@ from batchsubmit.sources import ObjectRef
 
 from .helpers import (
     BUCKET,
+    QUICK,
     LiveEmulator,
     assert_exactly_once,
     cli,
@@ -173,7 +174,7 @@ def test_reconcile_command_resolves_unknown_rows_only(
         writer.writerow(_unknown_row(rows[1][0], rows[1][1], service_url))
         writer.writerow(_unknown_row(ghost, "never-created-aaaaaaaaaaaa", service_url))
     before = live_emulator.settled_tasks()
-    fix = run_cli("reconcile", str(results), "--rate", "0", "--settle", "0.2")
+    fix = run_cli("reconcile", str(results), *QUICK)
     assert fix.returncode == 0, fix.stderr
     assert len(live_emulator.emulator.tasks) == before
     with results.open(newline="", encoding="utf-8") as handle:
@@ -196,18 +197,7 @@ def killed_run(
     keys = video_keys(videos)
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"
-    # a killed run's last creates wait out --settle before the next run looks them up
-    args = submit_args(
-        manifest,
-        live_emulator.url,
-        results,
-        "--rate",
-        "0",
-        "--concurrency",
-        "16",
-        "--settle",
-        "0.2",
-    )
+    args = submit_args(manifest, live_emulator.url, results, *QUICK, "--concurrency", "16")
     signal_after_rows(args, results, lines, signal.SIGKILL)
     return keys, results, args, live_emulator.settled_tasks()
 
@@ -223,9 +213,7 @@ def test_sigkill_leaves_nothing_in_tmpdir_after_the_next_run(
     results = tmp_path / "r.csv"
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    args = submit_args(
-        manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "8", "--settle", "0.2"
-    )
+    args = submit_args(manifest, live_emulator.url, results, *QUICK, "--concurrency", "8")
     code, _err = signal_after_rows(
         args, results, 20, signal.SIGKILL, env={**cli_env(), "TMPDIR": str(scratch)}
     )
@@ -258,7 +246,7 @@ def test_reconcile_resolves_a_killed_runs_intents(
 ) -> None:
     """After SIGKILL, `reconcile` alone (no manifest) resolves the journal's intents."""
     _keys, results, _args, before = killed_run(tmp_path, live_emulator, 400, 100)
-    fix = run_cli("reconcile", str(results), "--rate", "0", "--settle", "0.2")
+    fix = run_cli("reconcile", str(results), *QUICK)
     assert fix.returncode == 0, fix.stderr
     assert len(live_emulator.emulator.tasks) == before
     assert set(job_ids(results)) == set(live_emulator.emulator.jobs_by_source())

@@ -13,6 +13,7 @@ import pytest
 from batchsubmit.emulator import Emulator, Faults
 
 from .helpers import (
+    QUICK,
     REFUSED_BODY,
     LiveEmulator,
     assert_exactly_once,
@@ -337,17 +338,7 @@ def test_counts_add_up_after_a_kill(tmp_path: Path, live_emulator: LiveEmulator)
     keys = video_keys(600)
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"
-    args = submit_args(
-        manifest,
-        live_emulator.url,
-        results,
-        "--rate",
-        "0",
-        "--concurrency",
-        "16",
-        "--settle",
-        "0.2",
-    )
+    args = submit_args(manifest, live_emulator.url, results, *QUICK, "--concurrency", "16")
     signal_after_rows(args, results, 150, signal.SIGKILL)
     live_emulator.settled_tasks()
     summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"

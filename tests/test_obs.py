@@ -37,6 +37,7 @@ from batchsubmit.retry import RetryPolicy
 from batchsubmit.sources import ExpandStats, iter_objects
 
 from .helpers import (
+    QUICK,
     LiveEmulator,
     ServerThread,
     assert_exactly_once,
@@ -251,7 +252,7 @@ def test_a_killed_live_prefix_runs_spool_directory_is_removed_by_the_next_run(
     scratch.mkdir()
     env = {**cli_env(), "TMPDIR": str(scratch)}
     args = submit_args(manifest, live_emulator.url, results, "--obs-endpoint", fake_obs.url,
-                       "--rate", "0", "--concurrency", "8", "--settle", "0.2")  # fmt: skip
+                       *QUICK, "--concurrency", "8")  # fmt: skip
     code, _err = signal_after_rows(args, results, 20, signal.SIGKILL, env=env)
     assert code == -signal.SIGKILL
     left = sorted(path.name for path in scratch.iterdir())
