@@ -205,10 +205,11 @@ class Once:
         while True:
             if gate.stopping:
                 raise Stopped
-            if job.attempts and self._journal is not None:
-                self._journal.refresh(spec.source, spec.name)  # the settle counts from here
             answer = await gate.send(
-                self._api.create, spec.body, sent=job.sent, first=not job.attempts
+                self._api.create,
+                spec.body,
+                sent=lambda: self._sending(spec, job),
+                first=not job.attempts,
             )
             kind = answer.kind
             if kind is Kind.CREATED:
@@ -236,6 +237,13 @@ class Once:
                 return self._row(job, spec, "failed", answer)
             await self._rest(wait)
             self._stats.retries += 1  # counted once it is sure to be made (not stopped)
+
+    def _sending(self, spec: JobSpec, job: _Job) -> None:
+        """Just before a create goes out (after its slot, its start under --rate, any pause):
+        the next run's settle wait counts from here if this run is killed."""
+        job.sent()
+        if self._journal is not None:
+            self._journal.sending(spec.source, spec.name)
 
     # -- 3.-5. lost answer, settle, lookup --------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,12 @@ import orjson
 
 from .durable import sync_dir
 from .errors import LockedError, UsageError
-from .results import utc_now
+from .results import epoch, utc_at
 
 __all__ = ["CHECKPOINT", "Intent", "Journal", "RunLock", "journal_services", "read_intents"]
 
 CHECKPOINT = 10_000
+FRESH = 0.5  # seconds: an intent's time older than this at its create's send is moved on
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,10 @@ class Journal:
     ) -> None:
         self.path = path
         self._durable = durable
-        self._open: dict[str, tuple[str, str]] = {i.source: (i.name, i.at) for i in inherited}
+        # source -> (job name, the time the next run's settle counts from, as text and epoch)
+        self._open: dict[str, tuple[str, str, float]] = {
+            i.source: (i.name, i.at, epoch(i.at) or 0.0) for i in inherited
+        }
         self._kept = [_entry_line(i.source, i.name, i.service_url, i.at) for i in kept]
         # Each line names its service, so `reconcile` can resolve intents without a manifest.
         self._service_url = service_url
@@ -148,7 +153,7 @@ class Journal:
         temporary = self.path.with_name(self.path.name + ".tmp")
         with temporary.open("wb") as handle:
             handle.writelines(self._kept)
-            handle.writelines(self._line(s, n, at) for s, (n, at) in self._open.items())
+            handle.writelines(self._line(s, n, at) for s, (n, at, _t) in self._open.items())
             handle.flush()
             if self._durable:
                 os.fsync(handle.fileno())
@@ -161,22 +166,28 @@ class Journal:
         durable, and no create may be sent before it returns."""
         open_ = self._open
         line = self._line
-        at = utc_now()  # one time a batch: when these creates may first have been sent
+        now = time.time()
+        at = utc_at(now)  # one time a batch: the earliest its creates may be sent
         lines = []
         for source, name in intents:
-            open_[source] = (name, at)
+            open_[source] = (name, at, now)
             lines.append(line(source, name, at))
         self._file.writelines(lines)
         self._file.flush()
         self._since_checkpoint += len(lines)
 
-    def refresh(self, source: str, name: str) -> None:
-        """A create sent again (a retry, or after its lost answer was looked for): its intent
-        gets the time of this send, which the next run's settle wait counts from (a batch's
-        time is older than a retry's send by its backoff). Written through to the OS, not
-        synced: a SIGKILL keeps it; a power cut may leave the batch's time."""
-        at = utc_now()
-        self._open[source] = (name, at)
+    def sending(self, source: str, name: str) -> None:
+        """A create is about to go out: the next run's settle wait counts from its intent's
+        time, so that time is moved to now when it is more than ``FRESH`` old. A create may
+        wait long after its batch was journalled (its start under --rate, a Retry-After pause,
+        the backoff before a retry). Written through to the OS, not synced: a SIGKILL keeps
+        it; a power cut may leave the older time."""
+        now = time.time()
+        entry = self._open.get(source)
+        if entry is not None and now - entry[2] <= FRESH:
+            return
+        at = utc_at(now)
+        self._open[source] = (name, at, now)
         self._file.write(self._line(source, name, at))
         self._file.flush()
         self._since_checkpoint += 1
@@ -215,7 +226,7 @@ class Journal:
     @property
     def open_intents(self) -> dict[str, str]:
         """This service's open intents, source to job name."""
-        return {source: name for source, (name, _at) in self._open.items()}
+        return {source: name for source, (name, _at, _t) in self._open.items()}
 
     def close(self) -> None:
         """At the end of a run: forget what is settled; remove the file if nothing is left."""

@@ -397,15 +397,18 @@ def test_lock_in_a_missing_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_refreshed_intent_carries_its_latest_send_time(tmp_path: Path) -> None:
-    """refresh() appends the intent with the time of its new send; read back, and after a
+async def test_a_send_moves_a_stale_intent_time_on(tmp_path: Path) -> None:
+    """sending() right after the batch leaves the intent as it is; once its time is more
+    than FRESH old it appends the intent with the send's time. Read back, and after a
     checkpoint rewrote the file, the latest time is the one that stands."""
     path = tmp_path / "j"
     journal = Journal(path, durable=False, service_url="http://h/v2/p/services/s/tasks")
     await write(journal, "obs://b/a.mp4")
     [first] = read_intents(path, Warnings())
-    await anyio.sleep(0.01)
-    journal.refresh("obs://b/a.mp4", "a.mp4")
+    journal.sending("obs://b/a.mp4", "a.mp4")
+    assert len(read_intents(path, Warnings())) == 1  # fresh: nothing written
+    await anyio.sleep(journal_module.FRESH + 0.05)
+    journal.sending("obs://b/a.mp4", "a.mp4")
     latest = {i.source: i.at for i in read_intents(path, Warnings())}["obs://b/a.mp4"]
     assert latest > first.at
     journal.checkpoint()

@@ -531,12 +531,12 @@ class SpyJournal:
         self.durable: set[str] = set()
         self.most_open = 0
         self.commits = 0
-        self.refreshed: list[str] = []  # a create sent again: its intent's time moved on
+        self.sends: list[str] = []  # each create about to go out, retries included
         self._written: list[str] = []
         self._sync_time = sync_time
 
-    def refresh(self, source: str, name: str) -> None:
-        self.refreshed.append(source)
+    def sending(self, source: str, name: str) -> None:
+        self.sends.append(source)
 
     def intend(self, intents: list[tuple[str, str]]) -> None:
         sources = [source for source, _ in intents]
@@ -974,14 +974,14 @@ async def test_the_progress_display_is_told_each_video_once() -> None:
     assert stats.not_created == 1
 
 
-async def test_a_create_sent_again_refreshes_its_intents_time() -> None:
-    """A retried create (a 503, then sent again) is sent long after its batch was journalled:
-    the next run's settle wait counted from the batch, so a run killed after the retry had it
-    looked up at once. Each send after the first moves the intent's time on; the first does
-    not (its batch's time is its own)."""
+async def test_the_journal_hears_of_every_send_once_it_is_about_to_go() -> None:
+    """A create can go out long after its batch was journalled (its start under --rate, a
+    Retry-After pause, a retry's backoff), and the next run's settle wait counted from the
+    batch: a run killed then had it looked up too soon. The journal hears of each send, the
+    first and the retries, after the gate's waits (Journal.sending moves a stale time on)."""
     service = FakeService(script=lambda n, body: "503" if n <= 2 else "ok")
     rows = Rows()
     journal = SpyJournal(rows=rows)
     stats = await make_pool(service, rows, journal).run(iter([spec(1), spec(2)]))
     assert stats.submitted == 2
-    assert sorted(journal.refreshed) == sorted([spec(1).source, spec(2).source])
+    assert sorted(journal.sends) == sorted([spec(1).source, spec(2).source] * 2)
