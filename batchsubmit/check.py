@@ -40,7 +40,7 @@ from .proxies import Proxy
 from .results import Format, read_ledger
 from .retry import RetryPolicy
 from .runner import count_work
-from .vas import REGIONS
+from .vas import REGIONS, url_host
 
 __all__ = ["QUOTA", "CheckPlan", "CheckResult", "Status", "run_checks"]
 
@@ -267,10 +267,7 @@ def tunnel_target(base_url: str) -> str:
     """``host:port`` as CONNECT names it (RFC 9110: the port always, 443 by default), as
     aiohttp asks for the calls' own tunnel: a proxy's allow-list sees the same target."""
     parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{parts.port or 443}"
+    return f"{url_host(parts.hostname or '')}:{parts.port or 443}"
 
 
 async def _open_tunnel(

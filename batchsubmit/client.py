@@ -37,7 +37,7 @@ from .credentials import CredentialProvider, static_provider
 from .engine.gate import Stopped
 from .errors import CredentialError
 from .proxies import proxy_for
-from .vas import usable_task_id
+from .vas import url_host, usable_task_id
 
 __all__ = ["DEFAULT_TIMEOUT", "Endpoint", "VasClient", "open_session"]
 
@@ -77,9 +77,7 @@ class Endpoint:
     def host(self) -> str:
         parts = urlsplit(self.base_url)
         default = {"http": 80, "https": 443}[parts.scheme]
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
+        host = url_host(parts.hostname or "")
         return host if parts.port in (None, default) else f"{host}:{parts.port}"
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import anyio
@@ -144,9 +145,10 @@ class Prepared:
     intents: list[Intent]
     kept: list[Intent] = field(default_factory=list)
 
-    @property
+    @cached_property
     def uncertain(self) -> dict[str, str]:
-        """Creates whose outcome is unknown, source to job name: open intents with no row
+        """Creates whose outcome is unknown, source to job name (read once: the ledger and the
+        journal as the run found them): open intents with no row
         written since they were journalled, and unknown rows not since resolved. A row from
         before does not answer an intent: after a killed --resubmit, every video has last
         night's row, and the jobs the run made would be left without one. (An intent of an
@@ -160,14 +162,18 @@ class Prepared:
         found.update(ledger.unknown)
         return found
 
+    @cached_property
+    def _times(self) -> dict[str, str]:
+        """When each of this service's intents was journalled (last sent), by source."""
+        return {i.source: i.at for i in self.intents}
+
     def lookups(self, settle: float) -> Iterator[Lookup]:
         """A lookup for each uncertain create; an intent's not before ``settle`` seconds after
         it was journalled (a run killed a moment ago: the service may not list its last jobs
         yet, the reason a lost answer waits as long)."""
-        times = {i.source: i.at for i in self.intents}
         now = time.time()
         for source, name in self.uncertain.items():
-            at = epoch(times.get(source, ""))
+            at = epoch(self._times.get(source, ""))
             # never later than a settle from now: an intent from a clock ahead of this one (a
             # results file moved from another machine, a clock stepped back) must not stall
             yield Lookup(source, name, 0.0 if at is None else min(at, now) + settle)
@@ -175,10 +181,8 @@ class Prepared:
     def inherited(self) -> list[Intent]:
         """The uncertain creates as the journal keeps them: an intent with its own time, an
         unknown row as of now (its lookup, and any create after it, come in this run)."""
-        uncertain = self.uncertain
         now = utc_now()
-        times = {i.source: i.at for i in self.intents}
-        return [Intent(s, n, at=times.get(s) or now) for s, n in uncertain.items()]
+        return [Intent(s, n, at=self._times.get(s) or now) for s, n in self.uncertain.items()]
 
 
 def prepare(config: RunConfig, warn: Callable[[str], None]) -> Prepared:

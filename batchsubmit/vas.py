@@ -36,6 +36,7 @@ __all__ = [
     "region_of",
     "service_identity",
     "service_of",
+    "url_host",
     "usable_task_id",
     "valid_bucket",
 ]
@@ -239,13 +240,16 @@ def normalise_base_url(url: str) -> str:
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise ValueError(f"{url!r} is not an http(s) URL")
-    host = parts.hostname.lower().rstrip(".")
-    if ":" in host:
-        host = f"[{host}]"
+    host = url_host(parts.hostname.lower().rstrip("."))
     port = parts.port  # ValueError for a port out of range
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         host = f"{host}:{port}"
     return f"{scheme}://{host}"
+
+
+def url_host(host: str) -> str:
+    """A host as a URL, a Host header or CONNECT names it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def usable_task_id(value: object) -> bool:
