@@ -114,15 +114,12 @@ def _write_failure(
     alert on the exit code must not read last night's 0. A path that cannot take them (the
     error may be about that very path), or that this run wrote already (its summary, then the
     metrics failed), is left alone."""
-    outputs = [
-        (option, path, text)
-        for option, path, text in (
-            ("--summary", getattr(args, "summary", None), render.failure_summary),
-            ("--metrics", getattr(args, "metrics", None), render.failure_prometheus),
-        )
-        if path is not None
-    ]
-    for option, path, text in outputs:
+    for option, path, text in (
+        ("--summary", getattr(args, "summary", None), render.failure_summary),
+        ("--metrics", getattr(args, "metrics", None), render.failure_prometheus),
+    ):
+        if path is None:
+            continue
         try:
             check_output_file(path, option)
             # (a file's time lags the clock by a tick at most: 10 ms)
