@@ -55,6 +55,7 @@ CHILD_TIMEOUT = 300.0
 CLIENTS: dict[str, str] = {
     "batchsubmit": "batchsubmit submit (end to end)",
     "bare": "bare aiohttp loop + signing",
+    "duties": "bare loop + journal, rows, checking pass",
     "sdk": "official SDK, 64 threads, pool 64",
     "sdk-default": "official SDK, 64 threads, default pool (10)",
 }
@@ -317,6 +318,14 @@ def measure(client: str, server: Server, jobs: int, work: Workdir) -> Sample:
     elif client == "bare":
         child, created, problem, elapsed, note = _run_script(
             "bare_client", ["--concurrency", str(CONCURRENCY)], server, jobs
+        )
+    elif client == "duties":
+        listing = work.manifest(jobs).with_name(f"listing-{jobs}.txt")
+        child, created, problem, elapsed, note = _run_script(
+            "duty_client",
+            ["--concurrency", str(CONCURRENCY), "--listing", str(listing)],
+            server,
+            jobs,
         )
     else:
         pool = "default" if client == "sdk-default" else "threads"
@@ -611,7 +620,7 @@ def render_network(summaries: list[Summary], scenario: Scenario) -> list[str]:
     by = {s.client: s for s in summaries}
     e2e = by.get("batchsubmit")
     if e2e is not None:
-        for other in ("bare", "sdk", "sdk-default"):
+        for other in ("bare", "duties", "sdk", "sdk-default"):
             o = by.get(other)
             if o is None or not (o.rate and o.cpu_per_k and o.rss_mb):
                 continue
@@ -683,6 +692,19 @@ def network_checks(summaries: list[Summary], scenario: Scenario) -> list[Check]:
                         if valid("batchsubmit", "bare")
                         else None,
                         f"{where}, CPU-s per 1,000 jobs net of start-up",
+                    )
+                )
+            floor = by.get("duties")
+            if floor is not None and bare.cpu_per_k_net and floor.cpu_per_k_net:
+                # Not a target: how much of the CPU ratio the duties alone account for.
+                checks.append(
+                    Check(
+                        "(reference) duty floor / bare loop, CPU per job (net)",
+                        f"{floor.cpu_per_k_net / bare.cpu_per_k_net:.2f}x"
+                        f" ({floor.cpu_per_k_net:.3f}/{bare.cpu_per_k_net:.3f})",
+                        "-",
+                        None,
+                        f"{where}: journal, rows and a checking pass, written plainly",
                     )
                 )
         for sdk in ("sdk", "sdk-default"):
