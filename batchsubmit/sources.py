@@ -285,16 +285,16 @@ def _videos(
             source.include, source.exclude, videos_only=source.listing is not None
         ).accepts
         listed = 0
-        for where, url in _source_urls(source, manifest.path, stats, warn, snapshots):
+        for number, url in _source_urls(source, stats, warn, snapshots):
             listed += 1
             try:
                 bucket, key = parse_obs_url(url)
             except ValueError as exc:
-                raise ManifestError(where, str(exc)) from None
+                raise ManifestError(_where(source, manifest.path, number), str(exc)) from None
             size = len(key.encode())
             if size > OBS_KEY_MAX_BYTES:
                 raise ManifestError(
-                    where,
+                    _where(source, manifest.path, number),
                     f"the object key is {size} bytes; an OBS key is at most "
                     f"{OBS_KEY_MAX_BYTES:,} bytes (UTF-8): {url[:80]!r}...",
                 )
@@ -312,16 +312,22 @@ def _videos(
             stats.empty_prefixes.append(source.listed_from)
 
 
+def _where(source: Source, manifest_path: Path, number: int) -> str:
+    """Where a path :func:`_source_urls` gave came from, for an error: made only then."""
+    if source.listing is None:
+        return f"{manifest_path}: {source.where}.paths[{number}]"
+    return f"{source.listing}:{number}"
+
+
 def _source_urls(
     source: Source,
-    manifest_path: Path,
     stats: ExpandStats,
     warn: Callable[[str], None],
     snapshots: Snapshots,
-) -> Iterator[tuple[str, str]]:
+) -> Iterator[tuple[int, str]]:
+    """(line number in the listing, or index in ``paths``; url) of each path a source names."""
     if source.listing is None:
-        for index, url in enumerate(source.paths):
-            yield f"{manifest_path}: {source.where}.paths[{index}]", url
+        yield from enumerate(source.paths)
         return
     yield from _listing_urls(
         source.listing, stats, warn, snapshots, exact=source.listed_from is not None
@@ -478,7 +484,7 @@ def _listing_urls(
     snapshots: Snapshots,
     *,
     exact: bool = False,
-) -> Iterator[tuple[str, str]]:
+) -> Iterator[tuple[int, str]]:
     handle, copy = snapshots.open(path)
     try:
         start = os.fstat(handle.fileno())
@@ -500,7 +506,7 @@ def _listing_urls(
                 except ValueError as exc:
                     raise ManifestError(f"{path}:{number}", str(exc)) from None
                 if kind is LineKind.PATH:
-                    yield f"{path}:{number}", value
+                    yield number, value
                 elif kind is LineKind.TRUNCATED:
                     stats.truncated_listings.append(str(path))
                     warn(
