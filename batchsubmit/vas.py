@@ -4,6 +4,7 @@ Pure: no I/O."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -198,8 +199,10 @@ _REGIONAL_HOST = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=256)
 def valid_bucket(name: str) -> bool:
-    """An OBS bucket name, as OBS (and so the emulator) accepts it."""
+    """An OBS bucket name, as OBS (and so the emulator) accepts it. Cached: a listing names
+    one bucket on every line, and both passes over it ask."""
     return bool(BUCKET.fullmatch(name)) and not _IP_ADDRESS.fullmatch(name)
 
 
