@@ -331,6 +331,11 @@ def not_connected(
 async def read_capped(response: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
     """At most ``cap`` bytes of the body, and whether there was more. An answer cut short
     closes its connection rather than draining a 64 MiB page into the pool's connection."""
+    length = response.content_length
+    if length is not None and length <= cap and "Content-Encoding" not in response.headers:
+        # The common case, read in one go: the parser stops at Content-Length (a compressed
+        # body, though asked for uncompressed, may grow past it and is read by the cap).
+        return await response.read(), False
     content = response.content
     chunks: list[bytes] = []
     size = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
 import subprocess
 import sys
@@ -304,6 +305,21 @@ async def test_a_read_answer_over_the_cap_is_not_read_whole() -> None:
     assert (read.kind, read.error_code) == (Kind.UNAVAILABLE, "TOO_LARGE")
     assert (create.kind, create.error_code) == (Kind.AMBIGUOUS, "TOO_LARGE")
     assert (show.kind, show.error_msg) == (Kind.UNAVAILABLE, "unreadable answer body")
+
+
+async def test_a_small_compressed_answer_that_grows_past_the_cap_is_not_read_whole() -> None:
+    """A gzip body of a few KiB (its Content-Length far under the cap) that decompresses to
+    more than READ_CAP: read by the cap like any other, not in one go."""
+    bomb = gzip.compress(b" " * (READ_CAP * 2))
+    assert len(bomb) < READ_CAP // 100
+
+    async def handler(request: web.Request) -> web.Response:
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(body=bomb, status=201, headers=headers)
+
+    async with serving(handler) as client:
+        create = await client.create(b"{}")
+    assert (create.kind, create.error_code) == (Kind.AMBIGUOUS, "TOO_LARGE")
 
 
 async def test_a_secret_straddling_the_read_cap_is_not_leaked() -> None:
