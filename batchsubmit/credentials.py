@@ -928,6 +928,7 @@ class _MetadataFetch:
 
     async def __call__(self, _session: aiohttp.ClientSession | None) -> Issued:
         started = self._clock()
+        session_token = ""
         try:
             async with aiohttp.ClientSession(trust_env=False, timeout=self._timeout) as session:
                 async with session.put(
@@ -952,7 +953,8 @@ class _MetadataFetch:
                     status = response.status
                     headers = response.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _lost("", exc) from None
+            # aiohttp's text may quote the securitykey answer, and it may echo the token
+            raise _lost("", exc, (session_token,)) from None
         if status != 200:
             text = _message(payload, (session_token,))
             if status == 401 and "agency" in text.lower():

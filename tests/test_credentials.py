@@ -47,6 +47,7 @@ from .helpers import (
     FAST_RETRY,
     ServerThread,
     config_for,
+    header_of,
     rows,
     run_submit,
     serve_app,
@@ -707,6 +708,26 @@ async def test_an_iam_token_a_header_cannot_carry_is_refused_where_it_is_read(
         with pytest.raises(CredentialError, match="X-Subject-Token is not one IAM issues") as got:
             await open_for(iam_env(), url, project_id=EMULATOR_PROJECT_ID)
     assert "DISTINCTIVE" not in str(got.value)
+
+
+@pytest.mark.anyio
+async def test_a_metadata_session_token_quoted_by_an_unparsable_answer_is_hidden() -> None:
+    """The securitykey answer has a header line without a colon holding the session token it
+    was sent: aiohttp's error quotes the line, and the token went out unmasked."""
+    session_token = "SESSION-DISTINCTIVE-7c2f"
+
+    def metadata(head: str, _body: bytes) -> bytes:
+        if head.startswith("PUT "):
+            body = session_token.encode()
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        echoed = header_of(head, "X-Metadata-Token")
+        return f"HTTP/1.1 401 Unauthorized\r\nEcho {echoed}\r\n\r\n".encode()
+
+    async with serve_raw(metadata) as url:
+        with pytest.raises(CredentialError) as caught:
+            await open_for({"BATCHSUBMIT_METADATA_URL": url}, url)
+    assert "Echo <hidden>" in str(caught.value)
+    assert "DISTINCTIVE" not in str(caught.value) + repr(caught.value)
 
 
 @pytest.mark.anyio
