@@ -215,16 +215,24 @@ class Videos:
     ``submitted`` row, else its latest row (a video whose create failed still gets its report
     row). One offset index over the ledger (16 bytes a row; the largest value per video wins,
     and a submitted row counts ``_SUBMITTED_ROW`` more), then a second streaming read: no row
-    is held in memory. The jobs followed are every submitted row's, not only these."""
+    is held in memory. The jobs followed are every submitted row's, not only these.
 
-    def __init__(self, path: Path, fmt: Format, warn: Callable[[str], None]) -> None:
+    The index is fed by the caller's own pass over the ledger (:meth:`add` for every row, then
+    :meth:`done`), so that choosing the jobs to follow reads the ledger once, not twice."""
+
+    def __init__(self, path: Path, fmt: Format) -> None:
         self._path, self._format = path, fmt
         self._chosen = OffsetIndex()
-        service = _ServiceKeys()
-        for number, row in enumerate(iter_ledger(path, fmt, warn)):
-            submitted = row.status == "submitted" and bool(row.job_id)
-            key = service(row.service_url) + row.source
-            self._chosen.add(key, number + (_SUBMITTED_ROW if submitted else 0))
+        self._service = _ServiceKeys()
+
+    def add(self, number: int, row: LedgerRow) -> None:
+        """Row ``number`` (from 0) of the ledger, every row in order."""
+        submitted = row.status == "submitted" and bool(row.job_id)
+        key = self._service(row.service_url) + row.source
+        self._chosen.add(key, number + (_SUBMITTED_ROW if submitted else 0))
+
+    def done(self) -> None:
+        """Every row added: the index is ready to be read."""
         self._chosen.freeze(largest=True)
 
     def __len__(self) -> int:
@@ -449,14 +457,14 @@ class Follower:
             self._expiring.clear()
             index, open_ = self._read_record()
         self.index = index
-        self.videos = Videos(config.results, config.format, warn)
-        self.stats.videos = len(self.videos)
+        self.videos = videos = Videos(config.results, config.format)
         service_at: dict[str, int] = {}
         bad_services: set[str] = set()
         # Every job the ledger created is followed, not only each video's latest: a video's
         # job in another service, or the job a --resubmit replaced, fills the quota alike and
         # is pruned only once it is recorded final.
-        for row in iter_ledger(config.results, config.format, warn):
+        for number, row in enumerate(iter_ledger(config.results, config.format, warn)):
+            videos.add(number, row)
             job_id = row.job_id
             if row.status != "submitted" or not job_id or job_id in self.jobs:
                 continue
@@ -510,6 +518,8 @@ class Follower:
             else:
                 self.stats.already_final += 1
         del open_
+        videos.done()
+        self.stats.videos = len(videos)
 
     def _read_record(self) -> tuple[OffsetIndex, dict[str, JobRecord]]:
         """One pass over the record: where every job's latest line starts (for the report;

@@ -56,6 +56,7 @@ from batchsubmit.record import (
     read_record,
     record_path,
 )
+from batchsubmit.results import iter_results
 from batchsubmit.runner import lock_path
 
 from .helpers import (
@@ -259,7 +260,11 @@ def test_one_report_row_per_video_its_latest_submitted_row(tmp_path: Path) -> No
         {"source": "s1", "name": "n1", "job_id": "", "status": "failed"},
     ]
     results.write_bytes(b"".join(orjson.dumps({**r, "service_url": "u"}) + b"\n" for r in rows))
-    chosen = [(row.source, row.job_id) for row in Videos(results, "jsonl", pytest.fail)]
+    videos = Videos(results, "jsonl")
+    for number, row in enumerate(iter_results(results, "jsonl")):
+        videos.add(number, row)
+    videos.done()
+    chosen = [(row.source, row.job_id) for row in videos]
     assert sorted(chosen) == [("s1", "j3"), ("s2", ""), ("s3", "j4")]
 
 
