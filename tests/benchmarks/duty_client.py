@@ -36,16 +36,18 @@ from batchsubmit.auth import Credentials, RequestSigner
 from batchsubmit.results import COLUMNS, utc_now
 from tests.benchmarks import workload
 
+PREFIX = f"obs://{workload.IN_BUCKET}/"
+
+
+def _video(line: str) -> bool:
+    """A listing line that names a video: a path in the bucket, not a folder."""
+    return line.startswith(PREFIX) and not line.endswith("/")
+
 
 def _checked(listing: Path) -> int:
     """The pass before the first call: every line read and checked; how many videos."""
-    count = 0
-    prefix = f"obs://{workload.IN_BUCKET}/"
     with listing.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith(prefix):
-                count += 1
-    return count
+        return sum(1 for line in handle if _video(line.rstrip("\n")))
 
 
 async def _run(base_url: str, listing: Path, work: Path, concurrency: int) -> dict[str, Any]:
@@ -59,14 +61,13 @@ async def _run(base_url: str, listing: Path, work: Path, concurrency: int) -> di
     }
     signer = RequestSigner(Credentials(workload.AK, workload.SK), fixed)
     path = URL(url).raw_path
-    prefix = f"obs://{workload.IN_BUCKET}/"
     created = 0
     errors: dict[str, int] = {}
     journal = (work / "journal").open("ab")
     results = (work / "results.csv").open("w", encoding="utf-8", buffering=1 << 16)
     results.write(",".join(COLUMNS) + "\n")
     lines = (line.rstrip("\n") for line in listing.open(encoding="utf-8"))
-    numbered = enumerate(s for s in lines if s.startswith(prefix))
+    numbered = enumerate(s for s in lines if _video(s))
     ready: list[tuple[str, str, bytes]] = []
 
     def next_job() -> tuple[str, str, bytes] | None:

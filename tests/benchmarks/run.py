@@ -251,6 +251,10 @@ class Workdir:
             self._manifests[jobs] = manifest
         return self._manifests[jobs]
 
+    def listing(self, jobs: int) -> Path:
+        """The listing :meth:`manifest` points to (the duty-floor client reads it too)."""
+        return self.manifest(jobs).with_name(f"listing-{jobs}.txt")
+
     def fresh(self, stem: str) -> Path:
         self._count += 1
         return self.root / f"{stem}-{self._count}"
@@ -320,7 +324,7 @@ def measure(client: str, server: Server, jobs: int, work: Workdir) -> Sample:
             "bare_client", ["--concurrency", str(CONCURRENCY)], server, jobs
         )
     elif client == "duties":
-        listing = work.manifest(jobs).with_name(f"listing-{jobs}.txt")
+        listing = work.listing(jobs)
         child, created, problem, elapsed, note = _run_script(
             "duty_client",
             ["--concurrency", str(CONCURRENCY), "--listing", str(listing)],
@@ -835,7 +839,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="runs per figure, median taken (default 3)")
     parser.add_argument(
         "--clients",
-        default="batchsubmit,bare,sdk,sdk-default",
+        default="batchsubmit,bare,duties,sdk,sdk-default",
         help="comma-separated, of: " + ", ".join(CLIENTS),
     )
     parser.add_argument(
