@@ -460,6 +460,7 @@ class Follower:
         self.videos = videos = Videos(config.results, config.format)
         service_at: dict[str, int] = {}
         bad_services: set[str] = set()
+        unfollowable: UsageError | None = None
         # Every job the ledger created is followed, not only each video's latest: a video's
         # job in another service, or the job a --resubmit replaced, fills the quota alike and
         # is pruned only once it is recorded final.
@@ -489,11 +490,14 @@ class Follower:
                 except ValueError as exc:
                     # A job that cannot be followed is never recorded final, so never pruned:
                     # it would fill the quota unseen. Only a hand edit writes such a row.
-                    raise UsageError(
+                    # Raised once the pass is over: a damaged line later on is named first.
+                    unfollowable = unfollowable or UsageError(
                         f"{config.results}: the submitted row of {row.source} (job {job_id}): "
                         f"{exc}, so its job cannot be followed; repair its service_url (every "
                         "row batchsubmit writes has one); nothing was sent"
-                    ) from None
+                    )
+                    bad_services.add(row.service_url)
+                    continue
                 if config.only_service is not None and service_of(row.service_url) != service_of(
                     config.only_service
                 ):
@@ -518,6 +522,8 @@ class Follower:
             else:
                 self.stats.already_final += 1
         del open_
+        if unfollowable is not None:
+            raise unfollowable
         videos.done()
         self.stats.videos = len(videos)
 
