@@ -88,11 +88,17 @@ async def _run(base_url: str, jobs: int, concurrency: int, fast: bool) -> dict[s
     return {"created": created, "errors": errors, "elapsed": elapsed, "signer": signer}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def loop_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every loop client takes (this one, the duty floor's)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8080")
     parser.add_argument("--jobs", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=64)
+    return parser
+
+
+def main() -> None:
+    parser = loop_arguments(__doc__)
     parser.add_argument(
         "--signer",
         choices=("fast", "sign"),

@@ -19,7 +19,6 @@ beside the bare loop and batchsubmit. Prints one JSON line like the bare loop's.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
@@ -35,6 +34,7 @@ from yarl import URL
 from batchsubmit.auth import Credentials, RequestSigner
 from batchsubmit.results import COLUMNS, utc_now
 from tests.benchmarks import workload
+from tests.benchmarks.bare_client import loop_arguments
 
 PREFIX = f"obs://{workload.IN_BUCKET}/"
 
@@ -135,10 +135,7 @@ async def _run(base_url: str, listing: Path, work: Path, concurrency: int) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8080")
-    parser.add_argument("--jobs", type=int, required=True)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser = loop_arguments(__doc__)
     parser.add_argument(
         "--listing",
         type=Path,
