@@ -7,6 +7,7 @@ import csv
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -370,6 +371,12 @@ def test_a_damaged_journal_line_stops_the_run_before_any_request(
 # -- one run hands over to the next -------------------------------------------------------------
 
 
+def _run_of(tmp_path: Path, url: str, count: int, **settings: Any) -> tuple[RunConfig, list[str]]:
+    """A run over ``count`` videos (a manifest and ``r.csv`` in ``tmp_path``), and their keys."""
+    keys = video_keys(count)
+    return config_for(write_manifest(tmp_path, keys), url, tmp_path / "r.csv", **settings), keys
+
+
 async def _killed_after_create(config: RunConfig, key: str, at: str = "") -> str:
     """What a run SIGKILLed right after one create leaves: the job on the service, its intent
     in the journal (as the journal writes it; ``at``: journalled then, else now), no row.
@@ -424,12 +431,10 @@ async def test_another_services_run_leaves_a_killed_runs_intents_alone(tmp_path:
     job never got a row. B now leaves A's intents as they are, and says so."""
     from dataclasses import replace
 
-    keys = video_keys(3)
-    manifest = write_manifest(tmp_path, keys)
-    results = tmp_path / "r.csv"
     emulator = Emulator()
     async with emulator.serve() as url:
-        first = config_for(manifest, url, results)
+        first, keys = _run_of(tmp_path, url, 3)
+        results = first.results
         other = replace(first, endpoint=replace(first.endpoint, service_name="face-detect"))
         orphan = await _killed_after_create(first, keys[0])
         journal = results.with_name("r.csv.journal")
@@ -499,12 +504,10 @@ async def test_a_killed_runs_last_creates_get_the_settle_wait_before_their_looku
     --settle before its lookup; the intents of a run killed a moment ago were looked up at
     once, found absent, and their videos created a second time. They wait out the settle
     time from when they were journalled now."""
-    keys = video_keys(3)
-    manifest = write_manifest(tmp_path, keys)
-    results = tmp_path / "r.csv"
     emulator = Emulator(Faults(list_lag=1.0))
     async with emulator.serve() as url:
-        config = config_for(manifest, url, results, settle=1.5, lookup_spacing=0.1)
+        config, keys = _run_of(tmp_path, url, 3, settle=1.5, lookup_spacing=0.1)
+        results = config.results
         orphan = await _killed_after_create(config, keys[0])
         stats, log = await run_submit(config)  # restarted at once (cron, a supervisor)
     assert (stats.reconciled, stats.not_created, stats.submitted) == (1, 0, 3), log
@@ -521,12 +524,10 @@ async def test_an_intent_from_a_clock_ahead_waits_no_more_than_a_settle(tmp_path
     time, and a nightly run sat silent until its deadline. It waits a settle at most."""
     import anyio
 
-    keys = video_keys(2)
-    manifest = write_manifest(tmp_path, keys)
-    results = tmp_path / "r.csv"
     emulator = Emulator()
     async with emulator.serve() as url:
-        config = config_for(manifest, url, results, settle=0.2)
+        config, keys = _run_of(tmp_path, url, 2, settle=0.2)
+        results = config.results
         ahead = "2999-01-01T00:00:00.000Z"
         orphan = await _killed_after_create(config, keys[0], at=ahead)
         with anyio.fail_after(10):
@@ -576,12 +577,10 @@ async def test_a_killed_runs_intents_get_as_many_lookups_as_a_lost_answer(tmp_pa
     from batchsubmit.progress import LineReporter, Log
     from batchsubmit.runner import prepare, reconcile
 
-    keys = video_keys(2)
-    manifest = write_manifest(tmp_path, keys)
-    results = tmp_path / "r.csv"
     emulator = Emulator(Faults(list_lag=0.8))
     async with emulator.serve() as url:
-        config = config_for(manifest, url, results, settle=0.3, lookup_spacing=0.3)
+        config, keys = _run_of(tmp_path, url, 2, settle=0.3, lookup_spacing=0.3)
+        results = config.results
         orphan = await _killed_after_create(config, keys[0])
         stream = io.StringIO()
         prepared = prepare(config, lambda _m: None)
@@ -606,12 +605,10 @@ async def test_a_stop_while_a_killed_runs_creates_wait_counts_every_video_once(
     never ran is not created blind: its intent stays for the next run."""
     from dataclasses import replace
 
-    keys = video_keys(5)
-    manifest = write_manifest(tmp_path, keys)
-    results = tmp_path / "r.csv"
     emulator = Emulator()
     async with emulator.serve() as url:
-        config = config_for(manifest, url, results, settle=5.0)
+        config, keys = _run_of(tmp_path, url, 5, settle=5.0)
+        results = config.results
         await _killed_after_create(config, keys[0])
         config = replace(config, pool=replace(config.pool, deadline=0.5))
         stats, log = await run_submit(config)
