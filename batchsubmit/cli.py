@@ -15,8 +15,9 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet=getattr(args, "quiet", False),
     )
     started = time.time()
+    before = _on_sigterm(_terminate)
     try:
         if args.command not in (_expand, _emulator):  # those two send nothing out
             check_proxy_environment(os.environ)
@@ -93,17 +95,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.line("error", str(exc))
         code = exc.exit_code
         _write_failure(args, code, str(exc), log, started)
-    except KeyboardInterrupt:
-        log.line("error", "interrupted")
-        code = EXIT["SIGINT"]
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
+        message = f"{name} received; stopped at once"
+        log.line("error", message)
+        code = EXIT[name]
+        _write_failure(args, code, message, log, started)
     except BrokenPipeError:
         # stdout was closed early (`batchsubmit expand M | head`): stop quietly, as cat does.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = EXIT["SIGPIPE"]
+    finally:
+        _on_sigterm(before)
     if code not in _QUIET_CODES and log.quiet:
         log.release()
     return code
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM where no pool is listening for it (reading the sources, a pool's wind-down):
+    handled as Python handles SIGINT there, so the run exits 143 and says so, instead of
+    dying without a word. While a pool runs, its own watcher gets both (runner.py)."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
+_Handler = Callable[[int, Any], Any] | int | None
+
+
+def _on_sigterm(handler: _Handler) -> _Handler:
+    """Install ``handler`` for SIGTERM; the one there before. Not from a thread (tests call
+    main() there), nor a handler Python did not set (None): left as it is."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    before: _Handler = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, handler)
+    return before
 
 
 def _write_failure(

@@ -21,6 +21,7 @@ import anyio
 from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
 from .credentials import CredentialProvider
+from .engine.loop import signals_received
 from .errors import StorageError
 from .jobs import JobSpec, SpecBuilder
 from .journal import Intent, Journal, RunLock, read_intents
@@ -364,7 +365,7 @@ async def watch_signals(pool: Pool, on_signal: Callable[[int], None] | None = No
     """SIGINT/SIGTERM, for every command that runs a pool: the first stops it gently (nothing
     new starts, calls in flight finish and are recorded), the second at once (calls cut off
     are resolved next time). ``on_signal`` hears the first, for the command's own stats."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+    with signals_received(signal.SIGINT, signal.SIGTERM) as received:
         async for signum in received:
             if pool.stats.signal is not None:
                 pool.stop_now()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import signal
 
 import pytest
 
@@ -47,3 +48,23 @@ def test_version_names_the_event_loop(capsys: pytest.CaptureFixture[str]) -> Non
     assert exited.value.code == 0
     said = capsys.readouterr().err  # argparse's exit message goes to stderr
     assert said == f"batchsubmit {__version__} (event loop: {loop.loop_name()})\n"
+
+
+def test_a_signal_receiver_puts_back_the_handler_it_found() -> None:
+    """The event loop resets SIGTERM to the system default when a receiver closes: a second
+    SIGTERM during a run's wind-down killed the process (exit -15, no message) instead of
+    reaching the CLI's handler. The handler found before is put back."""
+
+    def mine(_signum: int, _frame: object) -> None:
+        pass
+
+    async def receive_once() -> None:
+        with loop.signals_received(signal.SIGTERM):
+            await asyncio.sleep(0)
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        loop.run(receive_once)
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)

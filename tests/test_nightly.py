@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -383,3 +384,24 @@ def test_a_metrics_file_that_cannot_be_replaced_is_an_error_not_a_traceback(
     (tmp_path / f".m.prom.{os.getpid()}.tmp").mkdir()
     with pytest.raises(UsageError, match="cannot write"):
         write_atomically(target, b"x\n")
+
+
+def test_sigterm_before_any_pool_exits_143_and_says_so(tmp_path: Path) -> None:
+    """SIGTERM while the run still reads its sources (a listing on a mount that hangs: here a
+    FIFO nobody writes): the process died of the signal, with no message, no exit code of
+    ours and last night's summary left in place. It exits 143 now, says why, and writes the
+    summary of a failed night."""
+    manifest = write_manifest(tmp_path, [])
+    (tmp_path / "listing.txt").unlink()
+    os.mkfifo(tmp_path / "listing.txt")
+    summary = tmp_path / "summary.json"
+    args = ["submit", str(manifest), "--emulator", "--summary", str(summary)]
+    process = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    assert "EMULATOR" in process.stderr.readline()  # started; next it opens the listing
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 143, err
+    assert "SIGTERM received; stopped at once" in err
+    assert json.loads(summary.read_text())["exit_code"] == 143

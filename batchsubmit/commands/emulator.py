@@ -8,9 +8,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import anyio
-
 from ..engine.loop import run as run_loop
+from ..engine.loop import signals_received
 from ..errors import UsageError
 from ..progress import Log
 from .common import Env
@@ -174,7 +173,7 @@ def run(options: EmulatorOptions, log: Log, env: Env) -> EmulatorResult:
                     f"HUAWEICLOUD_SDK_IAM_ENDPOINT={url}"
                 )
             env.print("\n".join(lines))
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+            with signals_received(signal.SIGINT, signal.SIGTERM) as received:
                 async for _signum in received:
                     break
         issued = emulator.identity

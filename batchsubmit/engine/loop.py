@@ -9,12 +9,14 @@ machine without uvloop runs asyncio's loop as before.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["loop_name", "run"]
+__all__ = ["loop_name", "run", "signals_received"]
 
 T = TypeVar("T")
 
@@ -31,3 +33,18 @@ def run(main: Callable[..., Awaitable[T]], *args: object) -> T:
 def loop_name() -> str:
     """``uvloop`` or ``asyncio``: what :func:`run` uses here (the banner and ``check`` say)."""
     return "uvloop" if _options() else "asyncio"
+
+
+@contextmanager
+def signals_received(*signals: signal.Signals) -> Iterator[AsyncIterator[int]]:
+    """``anyio.open_signal_receiver``, and then the handlers that were there before: the event
+    loop puts back the system's default when it lets go (for SIGTERM: die at once, no exit
+    code of ours, no message), where the process had the CLI's handler (see cli.py)."""
+    before = {s: signal.getsignal(s) for s in signals}
+    try:
+        with anyio.open_signal_receiver(*signals) as received:
+            yield received
+    finally:
+        for number, handler in before.items():
+            if handler is not None:
+                signal.signal(number, handler)
