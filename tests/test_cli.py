@@ -15,19 +15,19 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchsubmit.auth import Credentials
-from batchsubmit.cli import (
-    _check_options,
+from batchsubmit import arguments
+from batchsubmit.arguments import (
     _duration,
-    _emulator_settings,
-    _expand_options,
-    _parser,
-    _prune_options,
-    _reconcile_options,
-    _status_options,
-    _submit_options,
-    main,
+    check_options,
+    emulator_options,
+    expand_options,
+    prune_options,
+    reconcile_options,
+    status_options,
+    submit_options,
 )
+from batchsubmit.auth import Credentials
+from batchsubmit.cli import main
 from batchsubmit.client import Endpoint
 from batchsubmit.commands.check import CheckOptions
 from batchsubmit.commands.common import check_endpoint as _check_endpoint
@@ -289,7 +289,7 @@ def test_every_option_has_help_showing_its_default() -> None:
     """`--help` explains every option and argument of every command, and says its default:
     what an option left out does, "none" included (``--summary``, ``--metrics`` and check's
     ``--format`` said nothing)."""
-    for where, action in _options(_parser()):
+    for where, action in _options(arguments.parser()):
         assert action.help, f"{where}: no help text"
         takes_value = action.option_strings and action.nargs != 0
         if takes_value or action.default not in (None, False, argparse.SUPPRESS):
@@ -298,7 +298,7 @@ def test_every_option_has_help_showing_its_default() -> None:
 
 def test_help_says_quota_zero_means_unlimited() -> None:
     """`--quota 0` reads as "unlimited", never as "no jobs"."""
-    helps = {where: action.help or "" for where, action in _options(_parser())}
+    helps = {where: action.help or "" for where, action in _options(arguments.parser())}
     assert "0 = unlimited" in helps["emulator --quota"]
 
 
@@ -433,8 +433,8 @@ def test_emulator_runs_jobs_with_the_lives_its_options_give(tmp_path: Path) -> N
     done = run_cli("emulator", "--p-failed", "0.7", "--p-frozen", "0.5", "--port", "0")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    parsed = _parser().parse_args(["emulator", "--time-scale", "1000", "--p-failed", "1"])
-    faults = _emulator_faults(_emulator_settings(parsed))
+    parsed = arguments.parser().parse_args(["emulator", "--time-scale", "1000", "--p-failed", "1"])
+    faults = _emulator_faults(emulator_options(parsed))
     assert (faults.jobs.time_scale, faults.jobs.p_failed) == (1000.0, 1.0)
 
 
@@ -476,34 +476,36 @@ def test_duplicates_and_the_credential_source_reach_every_report(
 def test_the_lookup_wait_is_configurable_and_bounded() -> None:
     """`--settle` and `--lookups` set how long a lost create is looked for before it may be
     made again (a service that lists new jobs late needs more); absurd values are refused."""
-    parsed = _parser().parse_args(["submit", "m.toml", "--settle", "20", "--lookups", "5"])
+    parsed = arguments.parser().parse_args(["submit", "m.toml", "--settle", "20", "--lookups", "5"])
     endpoint = Endpoint(base_url="http://x", project_id=EMULATOR_PROJECT_ID, service_name="s")
-    options = _submit_options(parsed).run
+    options = submit_options(parsed).run
     pool = _config(options, None, Path("r.csv"), "csv", endpoint, Credentials("ak", "sk")).pool
     assert (pool.settle, pool.lookup_spacing, pool.lookup_tries) == (20.0, 20.0, 5)
     for bad in (["--settle", "-1"], ["--settle", "1e9"], ["--lookups", "0"]):
         with pytest.raises(SystemExit):
-            _parser().parse_args(["submit", "m.toml", *bad])
+            arguments.parser().parse_args(["submit", "m.toml", *bad])
 
 
 def test_each_commands_options_default_as_its_command_line_does() -> None:
-    """The options each command takes are built from the parsed arguments in cli.py; with
+    """The options each command takes are built from the parsed arguments in arguments.py; with
     nothing typed they equal the settings' named defaults, so a default changed in one place
     and not the other fails here."""
     given = Path("m.toml")
     cases: list[tuple[list[str], Callable[[argparse.Namespace], object], object]] = [
-        (["submit", "m.toml"], _submit_options, SubmitOptions(manifest=given)),
-        (["reconcile", "m.toml"], _reconcile_options, ReconcileOptions(results=given)),
-        (["prune", "m.toml"], _prune_options, PruneOptions(results=given)),
-        (["status", "m.toml"], _status_options, StatusOptions(results=given)),
-        (["check", "m.toml"], _check_options, CheckOptions(manifest=given)),
-        (["expand", "m.toml"], _expand_options, ExpandOptions(manifest=given)),
-        (["emulator"], _emulator_settings, EmulatorOptions()),
+        (["submit", "m.toml"], submit_options, SubmitOptions(manifest=given)),
+        (["reconcile", "m.toml"], reconcile_options, ReconcileOptions(results=given)),
+        (["prune", "m.toml"], prune_options, PruneOptions(results=given)),
+        (["status", "m.toml"], status_options, StatusOptions(results=given)),
+        (["check", "m.toml"], check_options, CheckOptions(manifest=given)),
+        (["expand", "m.toml"], expand_options, ExpandOptions(manifest=given)),
+        (["emulator"], emulator_options, EmulatorOptions()),
     ]
     for argv, build, expected in cases:
-        assert build(_parser().parse_args(argv)) == expected, argv
-    typed = _submit_options(
-        _parser().parse_args(["submit", "m.toml", "--max-jobs", "3", "--follow", "--quota", "9"])
+        assert build(arguments.parser().parse_args(argv)) == expected, argv
+    typed = submit_options(
+        arguments.parser().parse_args(
+            ["submit", "m.toml", "--max-jobs", "3", "--follow", "--quota", "9"]
+        )
     )
     assert (typed.run.max_jobs, typed.follow.follow, typed.quota) == (3, True, 9)
 

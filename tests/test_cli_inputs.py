@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from batchsubmit.cli import _parser, main
+from batchsubmit import arguments
+from batchsubmit.cli import main
 from batchsubmit.commands.common import check_endpoint
 from batchsubmit.errors import ManifestError, UsageError
 from batchsubmit.manifest import load_manifest
@@ -275,7 +276,7 @@ def test_the_emulators_numbers_are_bounded(
     a negative quota and lifetimes that overflow every token's expiry (each login a 500):
     exit 2 naming the option. (Parsed only: an emulator let through would serve forever.)"""
     with pytest.raises(SystemExit) as raised:
-        _parser().parse_args(["emulator", *args])
+        arguments.parser().parse_args(["emulator", *args])
     assert raised.value.code == 2
     assert f"argument {args[0]}" in capsys.readouterr().err
 

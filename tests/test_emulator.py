@@ -900,9 +900,9 @@ async def test_request_log_has_one_record_per_request_and_no_secret() -> None:
 
 def test_emulator_options_show_their_defaults() -> None:
     """Every option of `batchsubmit emulator` has a help text that states its default."""
-    from batchsubmit.cli import _parser
+    from batchsubmit import arguments
 
-    parser = _parser()
+    parser = arguments.parser()
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     emulator = commands.choices["emulator"]
     options = [a for a in emulator._actions if a.dest != "help"]

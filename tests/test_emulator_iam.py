@@ -392,9 +392,9 @@ async def test_official_sdk_discovers_the_project_and_signs_temporary_credential
 
 
 def test_cli_options_build_the_identity() -> None:
-    from batchsubmit.cli import _parser
+    from batchsubmit import arguments
 
-    args = _parser().parse_args(
+    args = arguments.parser().parse_args(
         [
             *("emulator", "--iam-user", "bob:acme:pa:ss", "--iam-user", "eve:x:y", "--metadata"),
             *("--credential-ttl", "5", "--token-ttl", "7", "--no-agency", "--region", "cn-east-3"),
@@ -405,7 +405,7 @@ def test_cli_options_build_the_identity() -> None:
     assert args.iam_user == [IamUser("bob", "acme", "pa:ss"), IamUser("eve", "x", "y")]
     assert (args.metadata, args.no_agency, args.region) == (True, True, "cn-east-3")
     assert (args.credential_ttl, args.token_ttl) == (5.0, 7.0)
-    defaults = _parser().parse_args(["emulator"])
+    defaults = arguments.parser().parse_args(["emulator"])
     assert (defaults.iam_user, defaults.metadata, defaults.token_ttl) == ([], False, 86400.0)
     assert defaults.iam_outage == 0
     assert "pa:ss" not in repr(args.iam_user)
@@ -449,10 +449,10 @@ async def test_standalone_emulator_serves_iam_and_metadata_behind_options() -> N
 
 
 def test_bad_iam_user_is_refused_without_echoing_it(capsys: pytest.CaptureFixture[str]) -> None:
-    from batchsubmit.cli import _parser
+    from batchsubmit import arguments
 
     with pytest.raises(SystemExit):
-        _parser().parse_args(["emulator", "--iam-user", "nodomain-secretpw"])
+        arguments.parser().parse_args(["emulator", "--iam-user", "nodomain-secretpw"])
     assert "secretpw" not in capsys.readouterr().err
 
 
