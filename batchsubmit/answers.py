@@ -6,6 +6,7 @@ the pool decides what to do from ``Answer.kind`` alone. No aiohttp here.
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import re
@@ -29,6 +30,7 @@ __all__ = [
     "Kind",
     "classify",
     "credentials_failed",
+    "exception_text",
     "longest_written",
     "manifest_key_for",
     "mask",
@@ -152,6 +154,31 @@ def mask(text: str, secrets: Iterable[str]) -> str:
             if form in text:
                 text = text.replace(form, HIDDEN)
     return text
+
+
+# A Python bytes literal as aiohttp quotes a line of an answer it could not parse.
+_BYTES_LITERAL = re.compile(r"""(?<!\w)b(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
+
+
+def _decoded(found: re.Match[str]) -> str:
+    try:
+        value = ast.literal_eval(found.group(0))
+    except (ValueError, SyntaxError):
+        return found.group(0)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else found.group(0)
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, with the bytes aiohttp quotes from an answer it could not parse
+    (``b'Echo p\\xc3\\xa4ss'``, inside the repr of its message) decoded back to text: a
+    secret a server echoed there is then the text :func:`mask` finds, not an escaped form of
+    it (a non-ASCII password, one holding both quote characters)."""
+    message, status = getattr(exc, "message", None), getattr(exc, "status", None)
+    if isinstance(message, str) and isinstance(status, int):  # aiohttp's ClientResponseError
+        text = f"{status}, message='{_BYTES_LITERAL.sub(_decoded, message)}'"
+        url = getattr(getattr(exc, "request_info", None), "real_url", None)
+        return text + (f", url='{url}'" if url is not None else "")
+    return _BYTES_LITERAL.sub(_decoded, str(exc))
 
 
 def longest_written(secrets: Iterable[str]) -> int:

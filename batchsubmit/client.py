@@ -22,6 +22,7 @@ from .answers import (
     Kind,
     classify,
     credentials_failed,
+    exception_text,
     longest_written,
     tidy,
 )
@@ -361,5 +362,5 @@ def _too_large(status: int, headers: Mapping[str, str], cap: int, *, create: boo
 
 def describe(exc: BaseException) -> str:
     """An exception as a short message: its type and text."""
-    text = str(exc) or type(exc).__name__
+    text = exception_text(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

@@ -46,7 +46,7 @@ import anyio
 import orjson
 from yarl import URL
 
-from .answers import mask, retry_after_seconds, shorten
+from .answers import exception_text, mask, retry_after_seconds, shorten
 from .auth import Credentials, RequestSigner, Secret, Token, canonical_query, secrets_of
 from .errors import CredentialError, CredentialsUnavailable
 from .proxies import proxy_for
@@ -696,7 +696,7 @@ def _failure(exc: BaseException, secrets: Sequence[str]) -> str:
         return "no answer in time"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
-    return shorten(mask(f"{type(exc).__name__}: {exc}", secrets), 200)
+    return shorten(mask(f"{type(exc).__name__}: {exception_text(exc)}", secrets), 200)
 
 
 def _lost(where: str, exc: BaseException, secrets: Sequence[str] = ()) -> CredentialError:

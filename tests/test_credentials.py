@@ -659,6 +659,25 @@ async def test_a_password_quoted_by_an_answer_aiohttp_cannot_parse_is_hidden() -
     assert PASSWORD[:8] not in str(caught.value)
 
 
+@pytest.mark.parametrize("password", ["p\u00e4ssw\u00f6rd-DISTINCTIVE-1", "pw'quote\"DISTINCTIVE-2"])
+@pytest.mark.anyio
+async def test_a_password_aiohttp_quotes_as_escaped_bytes_is_hidden(password: str) -> None:
+    """aiohttp quotes the line it cannot parse as a bytes literal inside the repr of its
+    message: a non-ASCII password showed as ``p\\xc3\\xa4ssw...``, one with both quote
+    characters as ``pw\\\'quote"...``; neither form matched the mask."""
+
+    def echo(_head: str, body: bytes) -> bytes:
+        sent = orjson.loads(body)["auth"]["identity"]["password"]["user"]["password"]
+        return b"HTTP/1.1 401 Unauthorized\r\nEcho " + sent.encode() + b"\r\n\r\n"
+
+    env = {**iam_env(), "BATCHSUBMIT_IAM_PASSWORD": password}
+    async with serve_raw(echo) as url:
+        with pytest.raises(CredentialError) as caught:
+            await open_for(env, url, project_id=EMULATOR_PROJECT_ID)
+    assert "Echo <hidden>" in str(caught.value)
+    assert "DISTINCTIVE" not in str(caught.value) + repr(caught.value)
+
+
 @pytest.mark.anyio
 async def test_a_secret_past_the_first_300_bytes_of_an_iam_page_is_hidden_whole() -> None:
     """An indented plain-text 401 (or 403 to the project lookup) quoting the password (or
