@@ -937,16 +937,25 @@ class _MetadataFetch:
                     allow_redirects=False,
                 ) as response:
                     payload = await response.content.read(1 << 16)
-                    if response.status != 200:
+                    # 404/405: no token API here (it is optional); the official SDK then
+                    # asks for securitykey without one, and so do we.
+                    if response.status not in (200, 404, 405):
                         raise _refused(
                             f"session token: HTTP {response.status}: {_message(payload)}",
                             response.status,
                             response.headers,
                         )
-                    session_token = payload.decode("utf-8", "replace").strip()
+                    if response.status == 200:
+                        session_token = payload.decode("utf-8", "replace").strip()
+                if session_token and not _header_safe(session_token):
+                    # sent as is, aiohttp refused it as a header injection: a traceback
+                    raise CredentialError(
+                        "session token: the answer to PUT /meta-data/latest/api/token is not "
+                        "a token (a control character, a space or non-ASCII)"
+                    )
                 async with session.get(
                     f"{self._url}/openstack/latest/securitykey",
-                    headers={"X-Metadata-Token": session_token},
+                    headers={"X-Metadata-Token": session_token} if session_token else {},
                     allow_redirects=False,
                 ) as response:
                     payload = await response.content.read(1 << 20)

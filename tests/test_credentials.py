@@ -749,6 +749,55 @@ async def test_a_metadata_session_token_quoted_by_an_unparsable_answer_is_hidden
     assert "DISTINCTIVE" not in str(caught.value) + repr(caught.value)
 
 
+def _securitykey_answer() -> bytes:
+    day = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() + 3600))
+    doc = {"access": "TMPAK0", "secret": "tmp-sk", "securitytoken": "tmp-st", "expires_at": day}
+    body = orjson.dumps({"credential": doc})
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@pytest.mark.parametrize("status", [404, 405])
+@pytest.mark.anyio
+async def test_a_metadata_service_without_the_token_api_is_asked_without_a_token(
+    status: int,
+) -> None:
+    """The session token is optional on ECS: a PUT answered 404/405 made the official SDK ask
+    for securitykey without one, and batchsubmit give up ("session token: HTTP 404")."""
+    seen: list[str] = []
+
+    def metadata(head: str, _body: bytes) -> bytes:
+        seen.append(head)
+        if head.startswith("PUT "):
+            return b"HTTP/1.1 %d Nope\r\nContent-Length: 0\r\n\r\n" % status
+        return _securitykey_answer()
+
+    async with serve_raw(metadata) as url:
+        provider = await open_for(
+            {"BATCHSUBMIT_METADATA_URL": url}, url, project_id=EMULATOR_PROJECT_ID
+        )
+    assert provider.fresh() == Credentials("TMPAK0", "tmp-sk", "tmp-st")
+    assert "X-Metadata-Token:" not in seen[-1]
+
+
+@pytest.mark.parametrize("token", [b"SESSION\r\nX-Injected: 1", b"SESSION TOKEN", b"\xc3\xa4"])
+@pytest.mark.anyio
+async def test_a_session_token_a_header_cannot_carry_is_an_error_not_a_traceback(
+    token: bytes,
+) -> None:
+    """A session token with a CR/LF went out as X-Metadata-Token: aiohttp's ValueError
+    ("header injection") was a traceback in check and submit, exit 1."""
+
+    def metadata(head: str, _body: bytes) -> bytes:
+        if head.startswith("PUT "):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(token), token)
+        return _securitykey_answer()
+
+    async with serve_raw(metadata) as url:
+        with pytest.raises(CredentialError, match="is not a token") as caught:
+            await open_for({"BATCHSUBMIT_METADATA_URL": url}, url)
+    assert "SESSION" not in str(caught.value)
+
+
 @pytest.mark.anyio
 async def test_no_metadata_fails_fast_listing_every_source() -> None:
     """No credentials anywhere and nothing at the metadata address: a fast error naming each
