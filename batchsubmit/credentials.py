@@ -331,6 +331,17 @@ def find_source(
     path = Path(named).expanduser() if named else home / ".huaweicloud" / "credentials"
     profile = _read_profile(path, explicit=bool(named), warn=warn, tried=tried)
     if profile is not None:
+        if (
+            profile.project_id
+            and project_from == "HUAWEICLOUD_SDK_PROJECT_ID"
+            and project_id != profile.project_id
+        ):
+            # The SDK pairs the profile's keys with the profile's project; which one is meant
+            # cannot be known, and the wrong one signs jobs into another project.
+            raise CredentialError(
+                f"HUAWEICLOUD_SDK_PROJECT_ID ({project_id}) and {path}: [basic] project_id "
+                f"({profile.project_id}) differ: remove one, or set service.project_id"
+            )
         return choice(profile, profile.project_id, profile.iam_endpoint)
 
     url = _stripped(env, "BATCHSUBMIT_METADATA_URL").rstrip("/") or DEFAULT_METADATA_URL

@@ -166,6 +166,22 @@ def test_values_are_stripped_and_the_project_id_checked(tmp_path: Path) -> None:
         choose(env, tmp_path)
 
 
+def test_a_profile_project_other_than_the_environments_is_refused(tmp_path: Path) -> None:
+    """The profile's keys with HUAWEICLOUD_SDK_PROJECT_ID's project, silently: the SDK pairs
+    them with the profile's own project_id. Two answers to one question: refused, naming both
+    (the manifest's service.project_id still settles it)."""
+    path = tmp_path / "credentials"
+    path.write_text(f"[basic]\nak = PAK0\nsk = {SECRET_SK}\nproject_id = {'1' * 32}\n")
+    path.chmod(0o600)
+    env = {"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(path), "HUAWEICLOUD_SDK_PROJECT_ID": "0e" * 16}
+    with pytest.raises(CredentialError, match="differ") as caught:
+        choose(env, tmp_path)
+    assert "1" * 32 in str(caught.value) and "0e" * 16 in str(caught.value)
+    assert choose(env, tmp_path, project_id="2" * 32).project_id == "2" * 32
+    same = {**env, "HUAWEICLOUD_SDK_PROJECT_ID": "1" * 32}
+    assert choose(same, tmp_path).project_id == "1" * 32
+
+
 def test_a_crlf_profile_with_bom_reads_clean(tmp_path: Path) -> None:
     """A profile file written on Windows: BOM, CRLF, spaces around values."""
     path = tmp_path / "creds.ini"
