@@ -218,11 +218,26 @@ def parse_profile(text: str, path: Path) -> Profile | None:
         parser.read_file(text.lstrip("\ufeff").splitlines(), source=str(path))
     except configparser.Error as exc:
         line = getattr(exc, "lineno", None)
+        if line is None and isinstance(exc, configparser.ParsingError) and exc.errors:
+            line = exc.errors[0][0]  # the line itself is not shown: it may hold the SK
         where = f"{path}:{line}" if line else str(path)
         raise CredentialError(f"{where}: not an INI file ({type(exc).__name__})") from None
     if not parser.has_section("basic"):
         return None
     basic = {k: v.strip() for k, v in parser.items("basic")}
+    lines = text.lstrip("\ufeff").splitlines()
+    for key in ("ak", "sk", "security_token", "project_id"):
+        value = basic.get(key, "")
+        if "\n" in value or re.search(r"\s[;#]", value):
+            # configparser reads an indented next line, or an inline comment, into the value
+            # (the SDK does the same, and signs with it): refused, naming the line.
+            why = (
+                "the next line is indented, so it was read as part of the value"
+                if "\n" in value
+                else "an inline comment ('; ...' or '# ...') is part of the value in this "
+                "file format (as the SDK reads it): put comments on lines of their own"
+            )
+            raise CredentialError(f"{path}:{_line_of(lines, key)}: [basic] {key}: {why}")
     ak, sk = basic.get("ak", ""), basic.get("sk", "")
     missing = [key for key, value in (("ak", ak), ("sk", sk)) if not value]
     if missing:
@@ -243,6 +258,18 @@ def parse_profile(text: str, path: Path) -> Profile | None:
         project_id=project,
         iam_endpoint=_iam_endpoint(basic.get("iam_endpoint"), f"{path}: [basic] iam_endpoint"),
     )
+
+
+def _line_of(lines: Sequence[str], key: str) -> int:
+    """The number of the line setting ``key`` in section ``[basic]`` (0 if not found)."""
+    section = ""
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1].strip()
+        elif section == "basic" and re.match(rf"{key}\s*[=:]", stripped, re.IGNORECASE):
+            return number
+    return 0
 
 
 def _iam_endpoint(value: str | None, where: str) -> str | None:

@@ -182,6 +182,31 @@ def test_a_profile_project_other_than_the_environments_is_refused(tmp_path: Path
     assert choose(same, tmp_path).project_id == "1" * 32
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "why"),
+    [
+        (f"[basic]\nak = PAK0\nsk = {SECRET_SK}   ; from My Credentials\n", 3, "inline comment"),
+        (f"[basic]\nak = PAK0\nsk = {SECRET_SK}\n  project_id = {'0e' * 16}\n", 3, "indented"),
+        (f"[basic]\nak = PAK0\nsk = s\nproject_id = {'0e' * 16}  # optional\n", 4, "inline"),
+        ("[basic]\nak = PAK0\nsk = s\nsecurity_token = st0 ; temporary\n", 4, "inline"),
+        (f"[basic]\nak = PAK0\nsk {SECRET_SK}\n", 3, "not an INI file"),
+    ],
+)
+def test_a_comment_or_indented_line_read_into_a_value_is_named(
+    tmp_path: Path, text: str, line: int, why: str
+) -> None:
+    """configparser reads an inline comment (the README's sample wrote ``; optional``) or an
+    indented next line into the value: the SK went out with it, and the user was told the SK
+    "does not belong to the AK"; a line without '=' was named without its line."""
+    path = tmp_path / "credentials"
+    path.write_text(text)
+    path.chmod(0o600)
+    with pytest.raises(CredentialError, match=why) as caught:
+        choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(path)}, tmp_path)
+    assert f"{path}:{line}:" in str(caught.value)
+    assert SECRET_SK not in str(caught.value)
+
+
 def test_a_crlf_profile_with_bom_reads_clean(tmp_path: Path) -> None:
     """A profile file written on Windows: BOM, CRLF, spaces around values."""
     path = tmp_path / "creds.ini"
