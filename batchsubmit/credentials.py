@@ -688,9 +688,12 @@ def _expiry(doc: Any, key: str, where: str) -> float:
     if not isinstance(value, str):
         raise CredentialError(f"{where}: the answer has no {key}")
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise CredentialError(f"{where}: {key} {value[:40]!r} is not a time") from None
+    if moment.tzinfo is None:  # local time? UTC? a guess either way (the SDK wants ...Z)
+        raise CredentialError(f"{where}: {key} {value[:40]!r} has no time zone (...Z)")
+    return moment.timestamp()
 
 
 def _local_expiry(doc: Any, started: float, where: str) -> float:

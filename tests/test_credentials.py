@@ -840,6 +840,24 @@ async def test_a_session_token_a_header_cannot_carry_is_an_error_not_a_traceback
 
 
 @pytest.mark.anyio
+async def test_an_expiry_without_a_time_zone_is_refused_not_read_as_local_time() -> None:
+    """``expires_at`` without ``Z`` was read in this machine's time zone: under UTC+8 keys of
+    an hour were "expired before they arrived" (blaming the clock), under UTC-5 they lived 6 h."""
+    naive = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 3600))
+
+    def metadata(head: str, _body: bytes) -> bytes:
+        if head.startswith("PUT "):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntok"
+        doc = {"access": "TMPAK0", "secret": "s", "securitytoken": "t", "expires_at": naive}
+        body = orjson.dumps({"credential": doc})
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async with serve_raw(metadata) as url:
+        with pytest.raises(CredentialError, match="has no time zone"):
+            await open_for({"BATCHSUBMIT_METADATA_URL": url}, url, project_id=EMULATOR_PROJECT_ID)
+
+
+@pytest.mark.anyio
 async def test_no_metadata_fails_fast_listing_every_source() -> None:
     """No credentials anywhere and nothing at the metadata address: a fast error naming each
     source tried."""
