@@ -176,7 +176,8 @@ def test_a_profile_project_other_than_the_environments_is_refused(tmp_path: Path
     env = {"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(path), "HUAWEICLOUD_SDK_PROJECT_ID": "0e" * 16}
     with pytest.raises(CredentialError, match="differ") as caught:
         choose(env, tmp_path)
-    assert "1" * 32 in str(caught.value) and "0e" * 16 in str(caught.value)
+    assert "1" * 32 in str(caught.value)
+    assert "0e" * 16 in str(caught.value)
     assert choose(env, tmp_path, project_id="2" * 32).project_id == "2" * 32
     same = {**env, "HUAWEICLOUD_SDK_PROJECT_ID": "1" * 32}
     assert choose(same, tmp_path).project_id == "1" * 32
@@ -700,7 +701,9 @@ async def test_a_password_quoted_by_an_answer_aiohttp_cannot_parse_is_hidden() -
     assert PASSWORD[:8] not in str(caught.value)
 
 
-@pytest.mark.parametrize("password", ["p\u00e4ssw\u00f6rd-DISTINCTIVE-1", "pw'quote\"DISTINCTIVE-2"])
+@pytest.mark.parametrize(
+    "password", ["p\u00e4ssw\u00f6rd-DISTINCTIVE-1", "pw'quote\"DISTINCTIVE-2"]
+)
 @pytest.mark.anyio
 async def test_a_password_aiohttp_quotes_as_escaped_bytes_is_hidden(password: str) -> None:
     """aiohttp quotes the line it cannot parse as a bytes literal inside the repr of its
