@@ -711,7 +711,7 @@ async def test_a_password_aiohttp_quotes_as_escaped_bytes_is_hidden(password: st
     characters as ``pw\\\'quote"...``; neither form matched the mask."""
 
     def echo(_head: str, body: bytes) -> bytes:
-        sent = orjson.loads(body)["auth"]["identity"]["password"]["user"]["password"]
+        sent: str = orjson.loads(body)["auth"]["identity"]["password"]["user"]["password"]
         return b"HTTP/1.1 401 Unauthorized\r\nEcho " + sent.encode() + b"\r\n\r\n"
 
     env = {**iam_env(), "BATCHSUBMIT_IAM_PASSWORD": password}
