@@ -272,6 +272,42 @@ def _line_of(lines: Sequence[str], key: str) -> int:
     return 0
 
 
+def _one_named_source(env: Mapping[str, str], *, keys: bool) -> None:
+    """Refuse two sources given by name at once: access keys in the environment, an IAM
+    login (``BATCHSUBMIT_IAM_*``), a profile file named by ``HUAWEICLOUD_SDK_CREDENTIALS_FILE``.
+    The SDK's order would pick one without a word, and which account or project the operator
+    meant cannot be known (keys exported for another job, a login left in a crontab). The
+    default profile file and the metadata service are where keys are looked for when none is
+    named, so they never conflict."""
+    named = [
+        what
+        for what, given in (
+            ("HUAWEICLOUD_SDK_AK/SK", keys),
+            (
+                "BATCHSUBMIT_IAM_USER/DOMAIN/PASSWORD",
+                any(
+                    env.get(name, "").strip()
+                    for name in (
+                        "BATCHSUBMIT_IAM_USER",
+                        "BATCHSUBMIT_IAM_DOMAIN",
+                        "BATCHSUBMIT_IAM_PASSWORD",
+                    )
+                ),
+            ),
+            (
+                "HUAWEICLOUD_SDK_CREDENTIALS_FILE",
+                bool(_stripped(env, "HUAWEICLOUD_SDK_CREDENTIALS_FILE")),
+            ),
+        )
+        if given
+    ]
+    if len(named) > 1:
+        raise CredentialError(
+            f"several credential sources are set ({' and '.join(named)}); which one is meant "
+            "cannot be known: unset all but one"
+        )
+
+
 def _iam_endpoint(value: str | None, where: str) -> str | None:
     """An IAM endpoint as given (the environment's, a profile's): an http(s) URL without a
     path or a user part (the endpoint is named in every IAM error, a password with it; and
@@ -323,6 +359,7 @@ def find_source(
 
     ak, sk = _stripped(env, "HUAWEICLOUD_SDK_AK"), _stripped(env, "HUAWEICLOUD_SDK_SK")
     token = _stripped(env, "HUAWEICLOUD_SDK_SECURITY_TOKEN")
+    _one_named_source(env, keys=bool(ak or sk or token))
     if ak or sk or token:
         _require(
             (("HUAWEICLOUD_SDK_AK", ak), ("HUAWEICLOUD_SDK_SK", sk)),

@@ -99,22 +99,21 @@ def test_margin_is_forty_minutes_or_a_tenth_of_the_lifetime() -> None:
 
 
 def test_sources_are_tried_in_the_sdks_order(tmp_path: Path) -> None:
-    """Environment keys, then IAM password, then the profile file, then metadata."""
+    """Environment keys, then IAM password, then the profile file, then metadata. (Keys and
+    a login both named is refused: the next test.)"""
     profile = tmp_path / ".huaweicloud" / "credentials"
     profile.parent.mkdir()
     profile.write_text("[basic]\nak = PROFILEAK\nsk = profile-sk\n")
     profile.chmod(0o600)
-    env = {
-        "HUAWEICLOUD_SDK_AK": "ENVAK",
-        "HUAWEICLOUD_SDK_SK": "env-sk",
+    keys = {"HUAWEICLOUD_SDK_AK": "ENVAK", "HUAWEICLOUD_SDK_SK": "env-sk"}
+    assert isinstance(choose(keys, tmp_path).source, EnvKeys)
+    login = {
         "BATCHSUBMIT_IAM_USER": "u",
         "BATCHSUBMIT_IAM_DOMAIN": "d",
         "BATCHSUBMIT_IAM_PASSWORD": "p",
     }
-    assert isinstance(choose(env, tmp_path).source, EnvKeys)
-    del env["HUAWEICLOUD_SDK_AK"], env["HUAWEICLOUD_SDK_SK"]
-    assert isinstance(choose(env, tmp_path).source, IamPassword)
-    env = {}
+    assert isinstance(choose(login, tmp_path).source, IamPassword)
+    env: dict[str, str] = {}
     found = choose(env, tmp_path).source
     assert isinstance(found, Profile)
     assert found.credentials.ak == "PROFILEAK"
@@ -125,6 +124,51 @@ def test_sources_are_tried_in_the_sdks_order(tmp_path: Path) -> None:
     assert len(last.tried) == 3
     assert all(t.startswith(s) for t, s in zip(last.tried, starts, strict=True)), last.tried
     assert choose({}, tmp_path).source == Metadata("http://169.254.169.254")
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("HUAWEICLOUD_SDK_AK/SK", "BATCHSUBMIT_IAM_USER/DOMAIN/PASSWORD"),
+        ("HUAWEICLOUD_SDK_AK/SK", "HUAWEICLOUD_SDK_CREDENTIALS_FILE"),
+        ("BATCHSUBMIT_IAM_USER/DOMAIN/PASSWORD", "HUAWEICLOUD_SDK_CREDENTIALS_FILE"),
+    ],
+)
+def test_two_sources_given_by_name_are_refused_naming_both(
+    names: tuple[str, str], tmp_path: Path
+) -> None:
+    """Keys in the environment, an IAM login and a profile file named by its variable: the
+    SDK's order would use the first without a word, and which account was meant cannot be
+    known. Refused (exit 2) before any request, naming both; no secret in the message."""
+    named = tmp_path / "named-credentials"
+    named.write_text("[basic]\nak = PROFILEAK\nsk = profile-sk\n")
+    named.chmod(0o600)
+    given = {
+        "HUAWEICLOUD_SDK_AK/SK": {"HUAWEICLOUD_SDK_AK": "ENVAK", "HUAWEICLOUD_SDK_SK": SECRET_SK},
+        "BATCHSUBMIT_IAM_USER/DOMAIN/PASSWORD": {"BATCHSUBMIT_IAM_PASSWORD": PASSWORD},
+        "HUAWEICLOUD_SDK_CREDENTIALS_FILE": {"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(named)},
+    }
+    env = {**given[names[0]], **given[names[1]]}
+    with pytest.raises(CredentialError) as caught:
+        choose(env, tmp_path)
+    assert caught.value.exit_code == 2
+    message = str(caught.value)
+    assert all(name in message for name in names), message
+    assert SECRET_SK not in message
+    assert PASSWORD not in message
+
+
+def test_keys_beside_the_default_profile_file_are_not_a_conflict(tmp_path: Path) -> None:
+    """The default profile file (not named) is where keys are looked for when none is given:
+    environment keys beside it are used, as the SDK does."""
+    profile = tmp_path / ".huaweicloud" / "credentials"
+    profile.parent.mkdir()
+    profile.write_text("[basic]\nak = PROFILEAK\nsk = profile-sk\n")
+    profile.chmod(0o600)
+    env = {"HUAWEICLOUD_SDK_AK": "ENVAK", "HUAWEICLOUD_SDK_SK": "env-sk"}
+    found = choose(env, tmp_path).source
+    assert isinstance(found, EnvKeys)
+    assert found.credentials.ak == "ENVAK"
 
 
 @pytest.mark.parametrize(
