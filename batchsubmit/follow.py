@@ -922,10 +922,15 @@ class Follower:
             secrets = self.clients[job.service].secrets
             code = intern(_one_line(error.get("code") or error.get("error_code"), secrets))
             message = intern(_one_line(error.get("message") or error.get("error_msg"), secrets))
-        if "output" in task:
+        if isinstance(task.get("output"), dict):
             hosting, overdue = _hosting_of(task)
-        else:  # an answer without the output: what we knew stands
+        elif old.state or old.hosting:  # an answer without the output: what we knew stands
             hosting, overdue = old.hosting, ""
+        else:
+            # Never seen with its output: whether a hosting result waits is unknown. Taken
+            # for "none", a SUCCEEDED job was final at once and pruned with its result
+            # uncollected; as "maybe", it is final only once a show has told.
+            hosting, overdue = True, ""
         hosting_status = old.hosting_status
         result: Any = None
         if shown and hosting:

@@ -1,0 +1,54 @@
+"""Hostile answers found in review (repro/ has a script per case): none may make a job
+deletable that is not, nor put a secret in the record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchsubmit.answers import Answer, Kind
+from batchsubmit.record import RecordWriter
+
+from .test_follow import _scripted_follower, _submitted_ledger
+
+SERVICE_URL = "http://127.0.0.1:9/v2/p/services/s/tasks"
+JOB = "0123456789abcdef0123456789abcdef"
+TASK = {"id": JOB, "state": "SUCCEEDED", "created_at": "2026-12-01T02:00:00Z",
+        "updated_at": "2026-12-01T02:00:05Z"}  # fmt: skip
+
+
+async def _one_pass(tmp_path: Path, list_task: dict[str, Any], shown: dict[str, Any] | None,
+                    secrets: tuple[str, ...] = ()) -> tuple[Any, list[str]]:  # fmt: skip
+    """One sweep of a one-job ledger whose list answers ``list_task`` and whose show answers
+    ``shown`` (None: show is not expected)."""
+    results = tmp_path / "r.jsonl"
+    _submitted_ledger(results, [JOB], SERVICE_URL)
+
+    async def list_tasks(query: dict[str, Any]) -> Answer:
+        page = [list_task] if int(query["offset"]) == 0 else []
+        return Answer(kind=Kind.OK, status=200, data={"count": 1, "tasks": page})
+
+    async def show(job_id: str) -> Answer:
+        assert shown is not None, "no show expected"
+        return Answer(kind=Kind.OK, status=200, data=shown)
+
+    warnings: list[str] = []
+    follower, pool = _scripted_follower(results, SERVICE_URL, list_tasks, show, warnings.append)
+    follower.clients[0].secrets = secrets
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
+        await follower._pass(pool)
+    return follower.jobs[JOB].now, warnings
+
+
+@pytest.mark.anyio
+async def test_a_list_answer_without_output_never_makes_a_hosting_job_final(
+    tmp_path: Path,
+) -> None:
+    """repro/r1: first seen in a list that leaves `output` out, a SUCCEEDED job was taken for
+    one without a hosting output: final at once, and pruned with its result uncollected."""
+    shown = {**TASK, "output": {"hosting": {}}, "hosting_result": {"status": "NOT_GENERATED"}}
+    record, _ = await _one_pass(tmp_path, dict(TASK), shown)
+    assert record.hosting
+    assert not record.final  # the show said the result is not there yet
