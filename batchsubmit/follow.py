@@ -913,7 +913,13 @@ class Follower:
         """What one task says about a followed job. Strings many jobs share (states, error
         codes and messages, times to the second) are interned: a job costs ~0.6 KB held."""
         old = job.now
-        state = intern(_one_line(task.get("state") or "")) or old.state
+        raw_state = task.get("state") or ""
+        state = _one_line(raw_state)
+        if state != raw_state and state in _KNOWN_STATES:
+            # " SUCCEEDED\n" or "SUCCEEDED\u200b" is not VAS's name, whatever it looks like once
+            # made one line: kept escaped, so it is never final (never pruned on its word)
+            state = ascii(raw_state)[1:-1] if isinstance(raw_state, str) else repr(raw_state)
+        state = intern(state) or old.state
         error = task.get("error")
         code = message = ""
         if isinstance(error, dict):

@@ -52,3 +52,16 @@ async def test_a_list_answer_without_output_never_makes_a_hosting_job_final(
     record, _ = await _one_pass(tmp_path, dict(TASK), shown)
     assert record.hosting
     assert not record.final  # the show said the result is not there yet
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("state", [" SUCCEEDED\n", "SUCCEEDED\u200b", "\u2066FAILED"])
+async def test_a_state_that_only_looks_like_a_final_one_is_not_final(
+    tmp_path: Path, state: str
+) -> None:
+    """repro/r8: a state outside VAS's list that differs from SUCCEEDED only by characters
+    made blanks for display was recorded SUCCEEDED, final, and pruned while RUNNING."""
+    record, _ = await _one_pass(tmp_path, {**TASK, "state": state, "output": {"obs": {}}}, None)
+    assert not record.final
+    assert record.state not in ("SUCCEEDED", "FAILED")
+    assert record.state.isprintable()
