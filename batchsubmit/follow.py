@@ -913,23 +913,24 @@ class Follower:
         """What one task says about a followed job. Strings many jobs share (states, error
         codes and messages, times to the second) are interned: a job costs ~0.6 KB held."""
         old = job.now
+        # The service's words about the job, in a 200 answer: every text masked like an error
+        # answer's (a state or a time quoting the caller's token went into record and report)
+        secrets = self.clients[job.service].secrets
         raw_state = task.get("state") or ""
-        state = _one_line(raw_state)
+        state = _one_line(raw_state, secrets)
         if state != raw_state and state in _KNOWN_STATES:
             # " SUCCEEDED\n" or "SUCCEEDED\u200b" is not VAS's name, whatever it looks like once
             # made one line: kept escaped, so it is never final (never pruned on its word)
-            state = ascii(raw_state)[1:-1] if isinstance(raw_state, str) else repr(raw_state)
+            state = mask(ascii(raw_state)[1:-1], secrets)
         state = intern(state) or old.state
         error = task.get("error")
         code = message = ""
         if isinstance(error, dict):
-            # The service's words about the job, in a 200 answer: masked like an error
-            # answer's (a job's error quoting the caller's token went into record and report)
-            secrets = self.clients[job.service].secrets
             code = intern(_one_line(error.get("code") or error.get("error_code"), secrets))
             message = intern(_one_line(error.get("message") or error.get("error_msg"), secrets))
         if isinstance(task.get("output"), dict):
             hosting, overdue = _hosting_of(task)
+            overdue = _one_line(overdue, secrets)
         elif old.state or old.hosting:  # an answer without the output: what we knew stands
             hosting, overdue = old.hosting, ""
         else:
@@ -942,8 +943,8 @@ class Follower:
         if shown and hosting:
             result = task.get("hosting_result")
             if isinstance(result, dict):
-                hosting_status = _one_line(result.get("status") or "") or hosting_status
-                overdue = overdue or _iso_ms(result.get("overdue_date"))
+                hosting_status = _one_line(result.get("status") or "", secrets) or hosting_status
+                overdue = overdue or _one_line(_iso_ms(result.get("overdue_date")), secrets)
         if old.hosting_status == "COLLECTED" and hosting_status in ("AVAILABLE", "OVERDUE"):
             hosting_status = "COLLECTED"  # ours is saved: the service's copy no longer matters
         record = replace(
@@ -951,8 +952,8 @@ class Follower:
             state=state,
             error_code=code,
             error_msg=message,
-            created_at=intern(_one_line(task.get("created_at") or old.created_at)),
-            updated_at=intern(_one_line(task.get("updated_at") or old.updated_at)),
+            created_at=intern(_one_line(task.get("created_at") or old.created_at, secrets)),
+            updated_at=intern(_one_line(task.get("updated_at") or old.updated_at, secrets)),
             hosting=hosting,
             hosting_status=intern(hosting_status),
             hosting_overdue_at=intern(overdue) if overdue else old.hosting_overdue_at,

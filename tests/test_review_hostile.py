@@ -65,3 +65,15 @@ async def test_a_state_that_only_looks_like_a_final_one_is_not_final(
     assert not record.final
     assert record.state not in ("SUCCEEDED", "FAILED")
     assert record.state.isprintable()
+
+
+@pytest.mark.anyio
+async def test_a_secret_quoted_in_any_text_of_a_task_is_masked(tmp_path: Path) -> None:
+    """repro/r4: only a job's error was masked; a state, a time or a hosting status quoting the
+    caller's security token reached the record, the report, the log and the summary."""
+    token = "STS-TOKEN-0123456789-very-secret"
+    listed = {**TASK, "state": f"RUNNING {token}", "created_at": f"2026 {token}",
+              "updated_at": f"x{token}", "output": {"hosting": {"result_json_overdue_at": token}}}
+    record, _ = await _one_pass(tmp_path, listed, None, secrets=(token,))
+    assert token not in repr(record)
+    assert token not in (tmp_path / "record.jsonl").read_text()
