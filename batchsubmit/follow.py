@@ -876,6 +876,18 @@ class Follower:
             return
         self.stats.show_calls += 1
         if answer.kind is Kind.OK and isinstance(answer.data, dict):
+            if answer.data.get("id") != job.now.job_id:
+                # An answer about another job (a cache, a proxy) says nothing about this one:
+                # applied, its state and hosting result made this job final and deletable.
+                named = _one_line(answer.data.get("id"), self.clients[job.service].secrets)
+                answer = replace(
+                    answer,
+                    kind=Kind.UNAVAILABLE,
+                    error_code="WRONG_JOB",
+                    error_msg=f"the show of {job.now.job_id} answered about job {named[:80]!r}",
+                )
+                self._call_failed("show", answer)
+                return
             self._there += absent
             self._apply(job, answer.data, shown=True)
             return

@@ -77,3 +77,15 @@ async def test_a_secret_quoted_in_any_text_of_a_task_is_masked(tmp_path: Path) -
     record, _ = await _one_pass(tmp_path, listed, None, secrets=(token,))
     assert token not in repr(record)
     assert token not in (tmp_path / "record.jsonl").read_text()
+
+
+@pytest.mark.anyio
+async def test_a_show_answer_about_another_job_is_not_applied(tmp_path: Path) -> None:
+    """repro/r3 (b): a show's answer naming another job id was applied to the job asked
+    about; here it made a job whose result waits final (EXCEED_IN_SIZE), and prune deleted it."""
+    listed = {**TASK, "output": {"hosting": {}}}
+    other = {**listed, "id": "f" * 32, "hosting_result": {"status": "EXCEED_IN_SIZE"}}
+    record, warnings = await _one_pass(tmp_path, listed, other)
+    assert not record.final
+    assert record.hosting_status == ""
+    assert any("answered about job" in w for w in warnings)
