@@ -844,6 +844,17 @@ class Follower:
         if not isinstance(tasks, list):
             self._call_failed("list", answer)
             return None
+        if _contradicts_itself(tasks):
+            # One job twice on a page, in two states: which is true cannot be told, and taking
+            # either (a SUCCEEDED twin of a RUNNING job) could make a job final and deletable.
+            failed = replace(
+                answer,
+                kind=Kind.UNAVAILABLE,
+                error_code="CONTRADICTORY",
+                error_msg="the page lists one job twice with different states; not applied",
+            )
+            self._call_failed("list", failed)
+            return None
         newest: float | None = None
         least: float | None = None
         jobs = self.jobs
@@ -1246,6 +1257,18 @@ def _safe_name(name: str) -> str:
     """A job name as a file name (VAS names are letters, digits, - and _ already)."""
     cleaned = re.sub(r"[^\w.-]", "_", name).lstrip(".")
     return cleaned[:200] or "job"
+
+
+def _contradicts_itself(tasks: list[Any]) -> bool:
+    """Whether a page lists one job id twice with different states."""
+    states: dict[str, Any] = {}
+    for task in tasks:
+        if isinstance(task, dict):
+            key = str(task.get("id") or "")
+            state = task.get("state")
+            if states.setdefault(key, state) != state:
+                return True
+    return False
 
 
 def _newest(*values: float | None) -> float | None:

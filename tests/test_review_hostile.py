@@ -89,3 +89,28 @@ async def test_a_show_answer_about_another_job_is_not_applied(tmp_path: Path) ->
     assert not record.final
     assert record.hosting_status == ""
     assert any("answered about job" in w for w in warnings)
+
+
+@pytest.mark.anyio
+async def test_a_page_listing_one_job_twice_in_two_states_is_not_applied(
+    tmp_path: Path,
+) -> None:
+    """repro/r3 (a): a page with a RUNNING job and its SUCCEEDED twin recorded the job final,
+    and prune deleted it while it ran."""
+    results = tmp_path / "r.jsonl"
+    _submitted_ledger(results, [JOB], SERVICE_URL)
+    running = {**TASK, "state": "RUNNING", "output": {"obs": {}}}
+
+    async def list_tasks(query: dict[str, Any]) -> Answer:
+        page = [running, {**running, "state": "SUCCEEDED"}] if int(query["offset"]) == 0 else []
+        return Answer(kind=Kind.OK, status=200, data={"count": 2, "tasks": page})
+
+    async def show(job_id: str) -> Answer:
+        return Answer(kind=Kind.OK, status=200, data=running)
+
+    warnings: list[str] = []
+    follower, pool = _scripted_follower(results, SERVICE_URL, list_tasks, show, warnings.append)
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
+        await follower._pass(pool)
+    assert not follower.jobs[JOB].now.final
+    assert any("different states" in w for w in warnings)
