@@ -228,7 +228,11 @@ def _hosting_pending(record: JobRecord, now: float) -> bool:
     if not record.hosting or record.hosting_status in HOSTING_DONE:
         return False
     overdue = _epoch(record.hosting_overdue_at)
-    if overdue is not None and overdue <= now:
+    born = _epoch(record.created_at) or _epoch(record.final_at)
+    # An overdue time is believed only after the job's creation (or, not known, its end): 0,
+    # -1 or 1970 for a result the service calls AVAILABLE is no expiry, and deleting on its
+    # word lost the result.
+    if overdue is not None and overdue <= now and born is not None and overdue > born:
         return False
     return record.state == "SUCCEEDED" or record.hosting_status not in ("", "NOT_GENERATED")
 

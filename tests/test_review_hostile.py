@@ -3,6 +3,7 @@ deletable that is not, nor put a secret in the record."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,27 @@ async def test_a_page_listing_one_job_twice_in_two_states_is_not_applied(
         await follower._pass(pool)
     assert not follower.jobs[JOB].now.final
     assert any("different states" in w for w in warnings)
+
+
+@pytest.mark.parametrize("overdue", ["1970-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "0"])
+def test_an_available_result_overdue_before_its_job_was_created_keeps_the_job(
+    overdue: str,
+) -> None:
+    """repro/r2: a show saying AVAILABLE with result_json_overdue_at 0 (or -1) was recorded
+    as expired in 1970, and prune deleted the job with its result uncollected."""
+    from batchsubmit.prune import PruneRules, select
+    from batchsubmit.record import JobRecord
+
+    record = JobRecord(
+        job_id=JOB, source="s", name="n", state="SUCCEEDED", final=True, hosting=True,
+        hosting_status="AVAILABLE", hosting_overdue_at=overdue,
+        created_at="2026-12-01T02:00:00Z", final_at="2026-12-01T02:10:00.000Z",
+    )  # fmt: skip
+    chosen = select({JOB: record}, {JOB: SERVICE_URL}, PruneRules(older_than=0), 1.9e9)
+    assert chosen.chosen == []
+    assert chosen.held["hosting result not collected"] == 1
+    expired = select(
+        {JOB: replace(record, hosting_overdue_at="2026-12-03T02:10:00Z")},
+        {JOB: SERVICE_URL}, PruneRules(older_than=0), 1.9e9,
+    )  # fmt: skip
+    assert len(expired.chosen) == 1  # a real expiry still lets the job go
