@@ -585,11 +585,25 @@ async def _delete_one(
     record = candidate.record
     job_id = record.job_id
     journal.intend(job_id, candidate.service_url)
+    deleter = _deleter(client)
+    sent = False
+
+    async def send(job: str) -> Answer:
+        nonlocal sent
+        sent = True
+        return await deleter(job)
+
     try:
-        answer = await pool.call(_deleter(client), job_id)
+        answer = await pool.call(send, job_id)
     except Stopped:
-        journal.settle(job_id)  # never sent
-        stats.deferred += 1
+        if not sent:
+            journal.settle(job_id)  # never sent
+            stats.deferred += 1
+            return
+        # Stopped in the backoff after a try that was sent (a 5xx, a timeout): the job may
+        # be gone already. The intent stays, so the next prune sends it again and records it.
+        stats.failed += 1
+        stats.jobs.append(_job_entry(candidate, "interrupted after it was sent: redone next time"))
         return
     if answer.kind is Kind.OK or (answer.status == 404 and answer.error_code == GONE_CODE):
         now = utc_now()

@@ -139,3 +139,37 @@ def test_an_available_result_overdue_before_its_job_was_created_keeps_the_job(
         {JOB: SERVICE_URL}, PruneRules(older_than=0), 1.9e9,
     )  # fmt: skip
     assert len(expired.chosen) == 1  # a real expiry still lets the job go
+
+
+def test_a_delete_sent_then_stopped_in_its_backoff_keeps_its_intent(tmp_path: Path) -> None:
+    """repro/r12: a delete answered 500 (the service may have deleted the job) then stopped in
+    the backoff before its retry was taken for "never sent": its intent was dropped and no
+    PRUNED line written, so a job gone from the service was forgotten."""
+    import anyio
+
+    from batchsubmit.prune import (
+        Candidate, PruneStats, _delete_one, _IntentJournal, prune_journal_path,
+    )  # fmt: skip
+    from batchsubmit.pool import Stopped
+    from batchsubmit.record import JobRecord
+
+    record = JobRecord(job_id=JOB, source="s", name="n", state="SUCCEEDED", final=True)
+    candidate = Candidate(record=record, final_at=0.0, service_url=SERVICE_URL)
+
+    class Gate:
+        async def call(self, call: Any, *args: Any) -> Answer:
+            await call(*args)  # sent, answered 500, then the run stopped in the backoff
+            raise Stopped
+
+    class Client:
+        async def delete(self, job_id: str) -> Answer:
+            return Answer(kind=Kind.UNAVAILABLE, status=500, error_code="IVA.0006")
+
+    results = tmp_path / "r.csv"
+    journal = _IntentJournal(prune_journal_path(results), {}, durable=False)
+    stats = PruneStats()
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as writer:
+        anyio.run(_delete_one, Gate(), Client(), candidate, writer, journal, stats)
+    journal.close()
+    assert JOB in prune_journal_path(results).read_text()  # the next prune redoes it
+    assert stats.deferred == 0
