@@ -73,8 +73,13 @@ async def test_a_secret_quoted_in_any_text_of_a_task_is_masked(tmp_path: Path) -
     """repro/r4: only a job's error was masked; a state, a time or a hosting status quoting the
     caller's security token reached the record, the report, the log and the summary."""
     token = "STS-TOKEN-0123456789-very-secret"
-    listed = {**TASK, "state": f"RUNNING {token}", "created_at": f"2026 {token}",
-              "updated_at": f"x{token}", "output": {"hosting": {"result_json_overdue_at": token}}}
+    listed = {
+        **TASK,
+        "state": f"RUNNING {token}",
+        "created_at": f"2026 {token}",
+        "updated_at": f"x{token}",
+        "output": {"hosting": {"result_json_overdue_at": token}},
+    }
     record, _ = await _one_pass(tmp_path, listed, None, secrets=(token,))
     assert token not in repr(record)
     assert token not in (tmp_path / "record.jsonl").read_text()
@@ -147,10 +152,14 @@ def test_a_delete_sent_then_stopped_in_its_backoff_keeps_its_intent(tmp_path: Pa
     PRUNED line written, so a job gone from the service was forgotten."""
     import anyio
 
-    from batchsubmit.prune import (
-        Candidate, PruneStats, _delete_one, _IntentJournal, prune_journal_path,
-    )  # fmt: skip
     from batchsubmit.pool import Stopped
+    from batchsubmit.prune import (
+        Candidate,
+        PruneStats,
+        _delete_one,
+        _IntentJournal,
+        prune_journal_path,
+    )  # fmt: skip
     from batchsubmit.record import JobRecord
 
     record = JobRecord(job_id=JOB, source="s", name="n", state="SUCCEEDED", final=True)
