@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from batchsubmit.answers import Answer, Kind
+from batchsubmit.client import VasClient
+from batchsubmit.pool import Pool
 from batchsubmit.record import RecordWriter
 
 from .test_follow import _scripted_follower, _submitted_ledger
@@ -178,7 +180,15 @@ def test_a_delete_sent_then_stopped_in_its_backoff_keeps_its_intent(tmp_path: Pa
     journal = _IntentJournal(prune_journal_path(results), {}, durable=False)
     stats = PruneStats()
     with RecordWriter(tmp_path / "record.jsonl", durable=False) as writer:
-        anyio.run(_delete_one, Gate(), Client(), candidate, writer, journal, stats)
+        anyio.run(
+            _delete_one,
+            cast(Pool, Gate()),
+            cast(VasClient, Client()),
+            candidate,
+            writer,
+            journal,
+            stats,
+        )
     journal.close()
     assert JOB in prune_journal_path(results).read_text()  # the next prune redoes it
     assert stats.deferred == 0
