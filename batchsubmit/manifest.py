@@ -147,6 +147,8 @@ def _most_nested_line(text: str) -> int:
 def path_problem(path: Path) -> str | None:
     """Why ``path`` cannot be read as a file (None if it can be opened as one): said plainly,
     a directory or a symlink loop is not "no such file"."""
+    if "\x00" in str(path):  # os.stat raises ValueError, not OSError, for it
+        return f"{str(path)!r} holds a NUL character: no file has such a name"
     try:
         status = path.stat()
     except FileNotFoundError:

@@ -830,6 +830,14 @@ def test_listing_that_is_a_dangling_symlink_says_so(tmp_path: Path) -> None:
         load_manifest(path)
 
 
+def test_listing_name_with_a_nul_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    """A TOML escape can put a NUL in a listing's name: os.stat raised ValueError (not
+    OSError) for it and the run ended in a traceback."""
+    path = write(tmp_path, doc(source='[[source]]\nlisting = "l\\u0000.txt"\n'))
+    with pytest.raises(ManifestError, match=r"source\[0\].listing: .*NUL character"):
+        load_manifest(path)
+
+
 def test_missing_listing_still_says_no_such_listing_file(tmp_path: Path) -> None:
     path = write(tmp_path, doc(source='[[source]]\nlisting = "nope.txt"\n'))
     with pytest.raises(ManifestError, match="no such listing file"):
