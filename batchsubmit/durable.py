@@ -10,9 +10,21 @@ from typing import IO
 
 from .errors import UsageError
 
-__all__ = ["drop_torn_tail", "sync_dir"]
+__all__ = ["NOT_TORN", "drop_torn_tail", "not_torn", "sync_dir"]
 
 _STEP = 65536  # bytes looked back at a time for the last complete line
+NOT_TORN = (
+    "a carriage return (CR) inside what would be a torn last line: a crash cuts one line "
+    "short, it never joins lines; the line endings were turned into CRs (an editor, unix2mac?). "
+    "Convert them back to LF (e.g. tr '\\r' '\\n', then check the file)"
+)
+
+
+def not_torn(tail: bytes) -> bool:
+    """Whether a last line without its newline holds more than one line's start: our writers
+    write a CR only right before a LF (CSV's CRLF; JSON escapes its CRs), so a CR anywhere but
+    at its very end (a tear between CR and LF) means lines whose LFs became CRs."""
+    return b"\r" in tail[:-1]
 
 
 def drop_torn_tail(
@@ -41,14 +53,21 @@ def drop_torn_tail(
     if handle.read(1) == b"\n":
         return
     keep, end = 0, size
+    joined = False  # a CR before the tail's last byte: lines joined, not one torn
     while end > 0:
         start = max(0, end - _STEP)
         handle.seek(start)
-        cut = handle.read(end - start).rfind(b"\n")
+        chunk = handle.read(end - start)
+        cut = chunk.rfind(b"\n")
+        tail = chunk[cut + 1 :] if cut >= 0 else chunk
+        joined = joined or b"\r" in (tail[:-1] if end == size else tail)
         if cut >= 0:
             keep = start + cut + 1
             break
         end = start
+    if joined:
+        handle.seek(keep)
+        raise UsageError(f"{path}: {NOT_TORN}; nothing was changed ({handle.read(60)!r}...)")
     handle.seek(keep)
     if size - keep <= _STEP and whole(handle.read(size - keep)):
         handle.seek(size)

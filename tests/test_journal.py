@@ -234,6 +234,15 @@ def test_read_intents_missing_file(tmp_path: Path) -> None:
     assert read_intents(tmp_path / "none", Warnings()) == []
 
 
+def test_intents_joined_by_cr_line_endings_are_damage_not_a_torn_line(tmp_path: Path) -> None:
+    """A journal whose LFs became CRs is one line without a LF: it was skipped as a torn last
+    line, every intent was forgotten, and the killed run's jobs were created a second time."""
+    path = tmp_path / "j"
+    path.write_bytes(b'{"source":"a","name":"1"}\r{"source":"b","name":"2"}\r')
+    with pytest.raises(UsageError, match=r"j:1: .*carriage return"):
+        read_intents(path, Warnings())
+
+
 @pytest.mark.parametrize(
     ("content", "expected", "torn"),
     [

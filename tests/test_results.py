@@ -564,6 +564,36 @@ def test_ledger_tolerates_a_torn_tail(tmp_path: Path, fmt: Format) -> None:
     assert "cut short" in warnings[0]
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rows_joined_by_cr_line_endings_are_not_a_torn_tail(tmp_path: Path, fmt: Format) -> None:
+    """A file whose line endings became CRs (unix2mac, an editor) is one line without a LF: it
+    was read as a torn last line, the ledger came back empty and the writer truncated the file
+    to nothing, so every submitted video was created again. It is damage: refused, untouched."""
+    path = tmp_path / f"r.{fmt}"
+    write_rows(path, fmt, [outcome("obs://bkt/a.mp4"), outcome("obs://bkt/b.mp4")])
+    eol = b"\r\n" if fmt == "csv" else b"\n"
+    path.write_bytes(path.read_bytes().replace(eol, b"\r"))
+    before = path.read_bytes()
+    with pytest.raises(UsageError, match=r"r\.\w+:1: a carriage return"):
+        ledger_of(path, fmt)
+    with pytest.raises(UsageError, match="carriage return"):
+        ResultsWriter(path, fmt, Warnings())
+    assert path.read_bytes() == before
+
+
+def test_a_tear_between_cr_and_lf_is_still_a_whole_row(tmp_path: Path) -> None:
+    """The CR check leaves the one CR a crash can leave last: between a row's CR and its LF."""
+    path = tmp_path / "r.csv"
+    write_rows(path, "csv", [outcome("obs://bkt/a.mp4"), outcome("obs://bkt/b.mp4")])
+    path.write_bytes(path.read_bytes()[:-1])
+    ledger, _ = ledger_of(path, "csv")
+    assert ledger.is_done("obs://bkt/a.mp4")
+    assert ledger.is_done("obs://bkt/b.mp4")
+    write_rows(path, "csv", [outcome("obs://bkt/c.mp4")])
+    ledger, _ = ledger_of(path, "csv")
+    assert all(ledger.is_done(f"obs://bkt/{x}.mp4") for x in "abc")
+
+
 def test_csv_with_another_header_is_refused(tmp_path: Path) -> None:
     """A CSV that is not a batchsubmit results file is a UsageError, not silently 'nothing done'."""
     path = tmp_path / "r.csv"
