@@ -731,8 +731,18 @@ def _follow_settings(args: argparse.Namespace) -> FollowOptions:
     )
 
 
+def _written(args: argparse.Namespace) -> tuple[tuple[str, Path | None], ...]:
+    """--summary and --metrics, for the commands to keep apart from their results file."""
+    given = (
+        ("--summary", getattr(args, "summary", None)),
+        ("--metrics", getattr(args, "metrics", None)),
+    )
+    return tuple((option, path) for option, path in given if path is not None)
+
+
 def submit_options(args: argparse.Namespace) -> SubmitOptions:
     return SubmitOptions(
+        written=_written(args),
         manifest=args.manifest,
         results=args.results,
         format=args.format,
@@ -757,6 +767,7 @@ def submit_options(args: argparse.Namespace) -> SubmitOptions:
 
 def reconcile_options(args: argparse.Namespace) -> ReconcileOptions:
     return ReconcileOptions(
+        written=_written(args),
         results=args.results,
         format=args.format,
         endpoint=args.endpoint,
@@ -766,6 +777,7 @@ def reconcile_options(args: argparse.Namespace) -> ReconcileOptions:
 
 def prune_options(args: argparse.Namespace) -> PruneOptions:
     return PruneOptions(
+        written=_written(args),
         results=args.results,
         format=args.format,
         endpoint=args.endpoint,
@@ -778,6 +790,7 @@ def prune_options(args: argparse.Namespace) -> PruneOptions:
 
 def status_options(args: argparse.Namespace) -> StatusOptions:
     return StatusOptions(
+        written=_written(args),
         results=args.results,
         format=args.format,
         endpoint=args.endpoint,

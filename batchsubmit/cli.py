@@ -30,6 +30,8 @@ from .commands import submit as submit_command
 from .commands.common import (
     Env,
     check_output_file,
+    check_outputs_apart,
+    default_results,
 )
 from .errors import BatchSubmitError
 from .pool import RunStats
@@ -110,6 +112,26 @@ def _on_sigterm(handler: _Handler) -> _Handler:
     return before
 
 
+def _manifest_of(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    manifest = getattr(args, "manifest", None)
+    return [("the manifest", Path(manifest))] if manifest is not None else []
+
+
+def _results_of(args: argparse.Namespace) -> list[Path]:
+    """The results file a command was given, or every one ``submit`` may default to."""
+    results = getattr(args, "results", None)
+    if results is not None:
+        return [Path(results)]
+    manifest = getattr(args, "manifest", None)
+    if manifest is None:
+        return []
+    return [
+        default_results(Path(manifest), emulated, fmt)
+        for emulated in (False, True)
+        for fmt in ("csv", "jsonl")
+    ]
+
+
 def _write_failure(
     args: argparse.Namespace, code: int, message: str, log: Log, started: float
 ) -> None:
@@ -126,6 +148,10 @@ def _write_failure(
             continue
         try:
             check_output_file(path, option)
+            # the error may have come before the command kept its outputs apart from the
+            # results file and the manifest: a failure summary must not replace them either
+            for results in _results_of(args):
+                check_outputs_apart(results, [(option, path)], _manifest_of(args))
             # (a file's time lags the clock by a tick at most: 10 ms)
             if path.exists() and path.stat().st_mtime >= started - 0.01:
                 continue  # this run's own, complete: not replaced by less

@@ -180,6 +180,70 @@ def test_status_and_prune_check_their_outputs_first(
     assert sum(live_emulator.emulator.calls.values()) == before
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "target"),
+    [
+        ("submit", "--summary", "results"),
+        ("submit", "--metrics", "./results"),
+        ("submit", "--report", "results"),
+        ("submit", "--summary", "manifest"),
+        ("submit", "--summary", "results.journal"),
+        ("status", "--report", "results"),
+        ("status", "--summary", "results.follow.jsonl"),
+        ("prune", "--summary", "results"),
+    ],
+)
+def test_an_output_naming_the_results_file_or_the_manifest_is_refused(
+    ledger: tuple[Path, Path],
+    live_emulator: LiveEmulator,
+    command: str,
+    option: str,
+    target: str,
+) -> None:
+    """--summary, --metrics and --report are replaced whole at the end: given the results
+    file (in any spelling), a file beside it or the manifest, they replaced it once the jobs
+    were created (every row lost, the next night refused its own ledger). Exit 2 before any
+    request, the file untouched."""
+    manifest, results = ledger
+    where = {
+        "results": results,
+        "./results": results.parent / "." / results.name,
+        "manifest": manifest,
+    }.get(target) or results.with_name(results.name + target.removeprefix("results"))
+    where.write_bytes(where.read_bytes() if where.exists() else b"x\n")
+    kept = {p: p.read_bytes() for p in (results, manifest, where)}
+    before = sum(live_emulator.emulator.calls.values())
+    if command == "submit":
+        follow = ("--follow", "--interval", "0.01")
+        args = [*submit_args(manifest, live_emulator.url, results), *follow]
+    else:
+        args = [command, str(results)]
+    done = run_cli(*args, option, str(where), timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert option in done.stderr, done.stderr
+    assert "would be overwritten" in done.stderr, done.stderr
+    assert sum(live_emulator.emulator.calls.values()) == before
+    assert {p: p.read_bytes() for p in kept} == kept
+
+
+def test_a_failure_summary_never_replaces_the_results_file(
+    ledger: tuple[Path, Path], live_emulator: LiveEmulator
+) -> None:
+    """An error before the run (here a missing listing) still writes a failure summary: it
+    replaced the results file given as --summary, before the outputs were ever compared."""
+    manifest, results = ledger
+    manifest.write_text(
+        manifest.read_text(encoding="utf-8") + '[[source]]\nlisting = "missing.txt"\n',
+        encoding="utf-8",
+    )
+    kept = results.read_bytes()
+    done = run_cli(*submit_args(manifest, live_emulator.url, results), "--summary", str(results))
+    assert done.returncode == 2, done.stderr
+    assert "no such listing file" in done.stderr
+    assert results.read_bytes() == kept
+
+
 BAD_ENDPOINTS = ["http://127.0.0.1:99999", "http://[::1", "http://[::1]:70000", "http://a_b:80"]
 
 

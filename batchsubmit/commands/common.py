@@ -149,6 +149,43 @@ def check_output_file(path: Path, option: str) -> None:
     _writable_directory(path.absolute().parent, path, option)
 
 
+# Files beside the results file that share its name: each is the run's own state.
+_BESIDE_RESULTS = (
+    (".journal", "its write-ahead journal"),
+    (".journal.tmp", "its journal's checkpoint"),
+    (".lock", "its lock file"),
+    (".follow.jsonl", "its follow record"),
+    (".prune", "its prune journal"),
+)
+
+
+def check_outputs_apart(
+    results: Path,
+    written: Iterable[tuple[str, Path | None]],
+    inputs: Iterable[tuple[str, Path]] = (),
+) -> None:
+    """--summary, --metrics and --report are replaced whole when the command ends: one that
+    names the results file (the ledger), a file beside it, the manifest or a listing (in
+    any spelling: a symlink, ./x) would destroy it after the jobs were created. Refused before
+    any request, as is one path given to two of them."""
+    resolved = results.resolve()
+    taken: dict[Path, str] = {resolved: f"the results file {results}"}
+    for suffix, what in _BESIDE_RESULTS:
+        taken[resolved.with_name(resolved.name + suffix)] = f"{what} ({results}{suffix})"
+    for what, path in inputs:
+        taken.setdefault(path.resolve(), f"{what} {path}")
+    for option, output in written:
+        if output is None:
+            continue
+        target = output.resolve()
+        if target in taken:
+            raise UsageError(
+                f"{option} {output}: is {taken[target]}; it would be overwritten when the run "
+                "ends; give another path"
+            )
+        taken[target] = f"also the path of {option}"
+
+
 def check_output_directory(path: Path, option: str = "--collect") -> None:
     """--collect: a directory, or one that can be created (the nearest existing ancestor is a
     writable directory), checked before the run starts."""

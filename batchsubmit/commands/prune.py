@@ -22,6 +22,7 @@ from .common import (
     Env,
     PoolOptions,
     check_endpoint,
+    check_outputs_apart,
     ledger_credentials,
     opening_calls,
     real,
@@ -43,6 +44,8 @@ class PruneOptions:
     keep: int = 0
     dry_run: bool = False
     pool: PoolOptions = field(default_factory=PoolOptions)
+    # --summary and --metrics (None: not asked for), checked apart from the results file
+    written: tuple[tuple[str, Path | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class PruneResult:
 def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
     started = time.time()
     results = real(options.results)
+    check_outputs_apart(results, options.written)
     fmt = format_for(results, options.format)
     base_url = check_endpoint(options.endpoint) if options.endpoint else None
     first = None if options.dry_run else first_service(results, fmt)

@@ -19,6 +19,7 @@ from .common import (
     Env,
     RunOptions,
     check_endpoint,
+    check_outputs_apart,
     config,
     credentials,
     opening_calls,
@@ -37,6 +38,8 @@ class ReconcileOptions:
     format: Format | None = None
     endpoint: str | None = None
     run: RunOptions = field(default_factory=RunOptions)
+    # --summary and --metrics (None: not asked for), checked apart from the results file
+    written: tuple[tuple[str, Path | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ def run(options: ReconcileOptions, log: Log, env: Env) -> RunResult:
     warn = warner(log)
     override = check_endpoint(options.endpoint) if options.endpoint else None  # even unused
     results = real(options.results)
+    check_outputs_apart(results, options.written)
     fmt = format_for(results, options.format)
     endpoint = endpoint_from_results(results, fmt, override)
     if endpoint is None:

@@ -18,6 +18,7 @@ from .common import (
     check_endpoint,
     check_output_directory,
     check_output_file,
+    check_outputs_apart,
     ledger_credentials,
     opening_calls,
     real,
@@ -50,6 +51,8 @@ class StatusOptions:
     deadline: float | None = None
     follow: FollowOptions = field(default_factory=FollowOptions)
     pool: PoolOptions = field(default_factory=PoolOptions)
+    # --summary and --metrics (None: not asked for), checked apart from the results file
+    written: tuple[tuple[str, Path | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ def run(options: StatusOptions, log: Log, env: Env) -> StatusResult:
     started = time.time()
     warn = warner(log)
     results = real(options.results)
+    check_outputs_apart(results, (*options.written, ("--report", options.follow.report)))
     fmt = format_for(results, options.format)
     if not results.is_file():
         raise UsageError(f"{results}: no such results file")

@@ -26,6 +26,7 @@ from .common import (
     Env,
     RunOptions,
     check_endpoint,
+    check_outputs_apart,
     config,
     credentials,
     default_results,
@@ -61,6 +62,8 @@ class SubmitOptions:
     make_room: bool = False
     quota: int = DEFAULT_QUOTA
     follow: FollowOptions = field(default_factory=FollowOptions)
+    # --summary and --metrics (None: not asked for), checked apart from the results file
+    written: tuple[tuple[str, Path | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,12 @@ def run(options: SubmitOptions, log: Log, env: Env) -> SubmitResult | DryRun:
         options.results or default_results(manifest.path, options.emulator, fmt), "--results"
     )
     check_follow_options(options.follow)  # written after the creates: checked before them
+    check_outputs_apart(
+        results,
+        (*options.written, ("--report", options.follow.report)),
+        [("the manifest", manifest.path)]
+        + [("the listing", s.listing) for s in manifest.sources if s.listing is not None],
+    )
     if options.emulator and live(manifest):
         raise UsageError(
             f"{manifest.path}: live OBS prefixes cannot be listed with --emulator "
