@@ -57,6 +57,7 @@ __all__ = [
 
 DEFAULT_OLDER_THAN = 24 * 3600.0  # seconds: a morning report can still read last night's jobs
 DEFAULT_QUOTA = 5000
+MAX_SAVED_COUNT = 100_000  # the list pages 100,000 at most; VAS keeps 5000 jobs a user
 PRUNED = "PRUNED"
 PRUNING = "PRUNING"
 GONE_CODE = JOB_NOT_FOUND  # the job does not exist: a 404 with any other code is not "gone"
@@ -791,15 +792,24 @@ async def _saved_jobs(gate: Pool, client: VasClient) -> int:
             ApiError(0, "", why), "make-room cannot read the saved-job count"
         ) from None
     data = answer.data if isinstance(answer.data, dict) else {}
-    count = data.get("count")
-    if answer.kind is not Kind.OK or not isinstance(count, int) or count < 0:
-        error = ApiError(answer.status, answer.error_code, answer.error_msg or "no count")
-        raise FatalApiError(
-            error,
-            "make-room cannot read the saved-job count, so it cannot tell whether tonight's "
-            "jobs fit under the quota (run without --make-room to submit anyway)",
-        )
-    return count
+    count, tasks = data.get("count"), data.get("tasks")
+    problem = answer.error_msg or "no count"
+    if answer.kind is Kind.OK and isinstance(count, int) and not isinstance(count, bool):
+        # Believed only when it could be true: make-room deletes by it. A count beyond what
+        # the list can page (VAS keeps 5000 jobs a user), or a count of jobs on a page that
+        # shows none, deleted every finished, recorded job of the ledger on its word.
+        if count > MAX_SAVED_COUNT:
+            problem = f"a count of {count} saved jobs (over {MAX_SAVED_COUNT}) is not believed"
+        elif count > 0 and not (isinstance(tasks, list) and tasks):
+            problem = f"a count of {count} saved jobs, but the page of one lists none"
+        elif count >= 0:
+            return count
+    error = ApiError(answer.status, answer.error_code, problem)
+    raise FatalApiError(
+        error,
+        "make-room cannot read the saved-job count, so it cannot tell whether tonight's "
+        "jobs fit under the quota (run without --make-room to submit anyway)",
+    )
 
 
 async def _wait_for_count(

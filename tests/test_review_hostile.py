@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+import anyio
 import pytest
 
 from batchsubmit.answers import Answer, Kind
@@ -192,3 +193,40 @@ def test_a_delete_sent_then_stopped_in_its_backoff_keeps_its_intent(tmp_path: Pa
     journal.close()
     assert JOB in prune_journal_path(results).read_text()  # the next prune redoes it
     assert stats.deferred == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "believed"),
+    [
+        ({"count": 3, "tasks": [{"id": "a"}]}, 3),
+        ({"count": 0, "tasks": []}, 0),
+        ({"count": 0}, 0),
+        ({"count": 10**12, "tasks": [{"id": "a"}]}, None),  # beyond what the list can page
+        ({"count": True, "tasks": [{"id": "a"}]}, None),  # a JSON boolean is no count
+        ({"count": 3, "tasks": []}, None),  # a count of jobs on a page that shows none
+        ({"count": 3}, None),
+        ({"count": -1, "tasks": []}, None),
+    ],
+)
+def test_make_room_believes_only_a_saved_job_count_that_could_be_true(
+    data: dict[str, Any], believed: int | None
+) -> None:
+    """make-room deletes finished, recorded jobs by this count: 10**12 (or a count on a page
+    listing nothing) deleted every such job of the ledger on the answer's word."""
+    from batchsubmit.errors import FatalApiError
+    from batchsubmit.prune import _saved_jobs
+
+    class Gate:
+        async def call(self, call: Any, *args: Any) -> Answer:
+            return Answer(kind=Kind.OK, status=200, data=data)
+
+    class Client:
+        async def list_tasks(self, query: dict[str, Any]) -> Answer:
+            raise AssertionError("the gate answers")
+
+    saved = _saved_jobs(cast(Pool, Gate()), cast(VasClient, Client()))
+    if believed is None:
+        with pytest.raises(FatalApiError, match="cannot read the saved-job count"):
+            anyio.run(lambda: saved)
+    else:
+        assert anyio.run(lambda: saved) == believed
