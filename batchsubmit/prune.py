@@ -33,6 +33,7 @@ from .answers import Answer, Kind
 from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
 from .credentials import CredentialProvider
+from .durable import not_torn
 from .engine.loop import run as run_loop
 from .errors import ApiError, FatalApiError, StorageError, UsageError
 from .journal import RunLock
@@ -309,12 +310,26 @@ def read_prune_intents(path: Path) -> dict[str, str]:
         return found
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the prune journal: {exc.strerror}") from None
-    for line in data.splitlines():
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             item = orjson.loads(line)
-            found[str(item["job_id"])] = str(item["service_url"])
+            job_id, service_url = item["job_id"], item["service_url"]
+            if not isinstance(job_id, str) or not isinstance(service_url, str):
+                raise TypeError
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            continue  # a torn last line: its delete was never sent
+            if number == len(lines) and not not_torn(line):
+                continue  # a torn last line (no newline): it was never synced, nor sent
+            # Damage anywhere else is an intent lost: a delete that may have been sent
+            # would never get its PRUNED line (its job read LOST later). Stop, naming it.
+            raise UsageError(
+                f"{path}:{number}: damaged prune journal line (not a PRUNING intent with a "
+                "job_id and service_url); it may hold a delete that was sent: repair or "
+                "restore the file, then run again"
+            ) from None
+        found[job_id] = service_url
     return found
 
 

@@ -230,3 +230,22 @@ def test_make_room_believes_only_a_saved_job_count_that_could_be_true(
             anyio.run(lambda: saved)
     else:
         assert anyio.run(lambda: saved) == believed
+
+
+def test_a_damaged_prune_journal_line_before_the_last_stops_naming_it(tmp_path: Path) -> None:
+    """Only a last line without its newline can be a crash's (never synced, so never sent);
+    a damaged line before it was skipped without a word, and the delete it may record was
+    forgotten (its job read LOST instead of PRUNED)."""
+    from batchsubmit.errors import UsageError
+    from batchsubmit.prune import read_prune_intents
+
+    good = b'{"job_id":"%s","state":"PRUNING","service_url":"u","at":"t"}\n'
+    path = tmp_path / "r.csv.prune"
+    path.write_bytes(good % b"a" + good % b"b" + b'{"job_id":"c","sta')  # torn tail
+    assert read_prune_intents(path) == {"a": "u", "b": "u"}
+    path.write_bytes(good % b"a" + b'{"job_id":"x","st\n' + good % b"b")
+    with pytest.raises(UsageError, match=r"r\.csv\.prune:2: damaged prune journal line"):
+        read_prune_intents(path)
+    path.write_bytes(good % b"a" + b'{"job_id":1,"service_url":"u"}\n')
+    with pytest.raises(UsageError, match=r":2: damaged"):
+        read_prune_intents(path)
