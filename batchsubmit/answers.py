@@ -332,7 +332,8 @@ def _classify(status: int, headers: Mapping[str, str], body: bytes, *, create: b
             kind=Kind.AMBIGUOUS,
             status=status,
             request_id=request_id,
-            error_msg=f"created, but the answer has no usable job id: {body[:ERROR_CAP]!r}",
+            error_msg=f"HTTP {status} with no usable job id (the job may exist; it is looked "
+            f"up by name): {body[:ERROR_CAP]!r}",
         )
     code, msg, body_request_id = parse_error(body)
     request_id = request_id or body_request_id

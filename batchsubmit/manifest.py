@@ -113,7 +113,8 @@ def load_manifest(path: str | Path) -> Manifest:
         ) from None
     except OSError as exc:
         raise ManifestError(str(path), f"cannot read: {exc.strerror}") from None
-    return parse_manifest(text, path)
+    # A BOM (Windows Notepad's UTF-8) is not TOML; it was "line 1: Invalid statement".
+    return parse_manifest(text.removeprefix("\ufeff"), path)
 
 
 def parse_manifest(text: str, path: Path) -> Manifest:

@@ -842,3 +842,26 @@ def test_missing_listing_still_says_no_such_listing_file(tmp_path: Path) -> None
     path = write(tmp_path, doc(source='[[source]]\nlisting = "nope.txt"\n'))
     with pytest.raises(ManifestError, match="no such listing file"):
         load_manifest(path)
+
+
+def test_a_manifest_saved_with_a_bom_is_read(tmp_path: Path) -> None:
+    """Windows Notepad saves UTF-8 with a BOM; TOML has none, and the manifest failed as
+    "line 1: Invalid statement"."""
+    listing = tmp_path / "l.txt"
+    listing.write_text("obs://b/v/a.mp4\n")
+    path = tmp_path / "m.toml"
+    text = _BOM_MANIFEST.format(listing=listing.name)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load_manifest(path).service.name == "video-analyze"
+
+
+_BOM_MANIFEST = """[service]
+name = "video-analyze"
+version = "1.0"
+region = "cn-north-4"
+project_id = "0123456789abcdef0123456789abcdef"
+[job]
+output = "obs://out/results/"
+[[source]]
+listing = "{listing}"
+"""
