@@ -62,6 +62,7 @@ MAX_SAVED_COUNT = 100_000  # the list pages 100,000 at most; VAS keeps 5000 jobs
 PRUNED = "PRUNED"
 PRUNING = "PRUNING"
 GONE_CODE = JOB_NOT_FOUND  # the job does not exist: a 404 with any other code is not "gone"
+GONE_LIMIT = 3  # "no such job" answers, none deleted yet at that service: a wrong endpoint?
 # The hosting result is no longer on the service, never was (too large to host), or we have
 # it: deleting the job loses nothing.
 HOSTING_DONE = frozenset({"COLLECTED", "OVERDUE", "DELETED_MISTAKENLY", "EXCEED_IN_SIZE"})
@@ -109,6 +110,7 @@ class Candidate:
     record: JobRecord
     final_at: float  # epoch seconds
     service_url: str
+    redo: bool = False  # a killed prune's intent: its delete was sent already
 
 
 @dataclass
@@ -482,7 +484,7 @@ async def _prune_locked(
     for job_id, service_url in intents.items():
         record = records.get(job_id)
         if record is not None and record.state != PRUNED:
-            redo.append(Candidate(record=record, final_at=0.0, service_url=service_url))
+            redo.append(Candidate(record=record, final_at=0.0, service_url=service_url, redo=True))
     chosen_ids = {c.record.job_id for c in redo}
     work = redo + [c for c in selection.chosen if c.record.job_id not in chosen_ids]
     stats.resumed = len(redo)
@@ -582,12 +584,91 @@ async def _delete_all(
     a time, every call through the gate). A job not started because the prune stopped is
     deferred: its intent was never written, so nothing is left to redo for it."""
 
+    unconfirmed = _Unconfirmed(pool, writer, journal, stats)
+
     async def delete(candidate: Candidate) -> None:
         client = clients[candidate.service_url]
-        await _delete_one(pool, client, candidate, writer, journal, stats)
+        await _delete_one(pool, client, candidate, writer, journal, stats, unconfirmed)
 
     not_started = await pool.each(work, delete)  # read after the await: the deletes under
     stats.deferred += len(not_started)  # way count their own deferrals into stats meanwhile
+    unconfirmed.finish()
+
+
+class _Unconfirmed:
+    """ "No such job" believed only where the endpoint is known to hold this ledger's jobs.
+
+    ``prune --endpoint`` naming another region or account answers 404 IVA.0005 to every
+    delete; recorded PRUNED, those jobs were never deleted where they are, and filled the
+    quota for good (PRUNED is never retried). So until a delete at a service succeeds, its
+    "already gone" jobs are held, unrecorded; ``GONE_LIMIT`` of them stop the prune (exit 3)
+    with their intents kept, so the next prune sends them again. A few, at the end of a run
+    with nothing else to delete, are recorded gone: jobs deleted by hand in the console. A
+    killed prune's delete sent again is gone because it was sent: recorded at once."""
+
+    def __init__(
+        self, pool: Pool, writer: RecordWriter, journal: _IntentJournal, stats: PruneStats
+    ) -> None:
+        self._pool, self._writer, self._journal, self._stats = pool, writer, journal, stats
+        self._known: set[str] = set()  # services where a delete succeeded in this run
+        self._held: dict[str, list[Candidate]] = {}
+        self._tripped = False
+
+    def gone(self, candidate: Candidate) -> None:
+        url = candidate.service_url
+        if url in self._known or candidate.redo:  # a redo's delete went out before: gone
+            _record_pruned(candidate, self._writer, self._journal, self._stats, gone=True)
+            return
+        held = self._held.setdefault(url, [])
+        held.append(candidate)
+        if len(held) >= GONE_LIMIT and not self._tripped:
+            self._tripped = True
+            self._stats.fatal = (
+                f"{len(held)} deletes at {url} answered 'no such job' ({GONE_CODE}) and none "
+                "there succeeded: is this the endpoint the jobs were created at (--endpoint)? "
+                "Nothing was recorded for them; the next prune sends them again. Jobs deleted "
+                "by hand: run `batchsubmit status RESULTS --follow` first"
+            )
+            self._pool.stop("deletes find no job at this endpoint")
+
+    def deleted(self, candidate: Candidate) -> None:
+        url = candidate.service_url
+        self._known.add(url)
+        for held in self._held.pop(url, []):
+            _record_pruned(held, self._writer, self._journal, self._stats, gone=True)
+
+    def finish(self) -> None:
+        for held in self._held.values():
+            for candidate in held:
+                if self._tripped:
+                    self._stats.failed += 1
+                    self._stats.jobs.append(
+                        _job_entry(candidate, "not recorded: 'no such job' at this endpoint")
+                    )
+                else:
+                    _record_pruned(candidate, self._writer, self._journal, self._stats, True)
+        self._held.clear()
+
+
+def _record_pruned(
+    candidate: Candidate,
+    writer: RecordWriter,
+    journal: _IntentJournal,
+    stats: PruneStats,
+    gone: bool,
+) -> None:
+    record = candidate.record
+    now = utc_now()
+    writer.append(replace(record, state=PRUNED, final=True, checked_at=now, updated_at=now))
+    writer.flush()
+    journal.settle(record.job_id)  # the intent file is rewritten only after the record's sync
+    if gone:
+        stats.gone += 1
+        outcome = f"{PRUNED} (already gone)"
+    else:
+        stats.deleted_of[service_of(candidate.service_url)] += 1
+        outcome = PRUNED
+    stats.jobs.append(_job_entry(candidate, outcome))
 
 
 async def _delete_one(
@@ -597,6 +678,7 @@ async def _delete_one(
     writer: RecordWriter,
     journal: _IntentJournal,
     stats: PruneStats,
+    unconfirmed: _Unconfirmed | None = None,
 ) -> None:
     record = candidate.record
     job_id = record.job_id
@@ -621,18 +703,16 @@ async def _delete_one(
         stats.failed += 1
         stats.jobs.append(_job_entry(candidate, "interrupted after it was sent: redone next time"))
         return
-    if answer.kind is Kind.OK or (answer.status == 404 and answer.error_code == GONE_CODE):
-        now = utc_now()
-        writer.append(replace(record, state=PRUNED, final=True, checked_at=now, updated_at=now))
-        writer.flush()
-        journal.settle(job_id)  # the intent file is rewritten only after the record's sync
-        if answer.kind is Kind.OK:
-            stats.deleted_of[service_of(candidate.service_url)] += 1
-            outcome = PRUNED
+    if answer.kind is Kind.OK:
+        _record_pruned(candidate, writer, journal, stats, gone=False)
+        if unconfirmed is not None:
+            unconfirmed.deleted(candidate)
+        return
+    if answer.status == 404 and answer.error_code == GONE_CODE:
+        if unconfirmed is None:
+            _record_pruned(candidate, writer, journal, stats, gone=True)
         else:
-            stats.gone += 1
-            outcome = f"{PRUNED} (already gone)"
-        stats.jobs.append(_job_entry(candidate, outcome))
+            unconfirmed.gone(candidate)
         return
     stats.failed += 1
     text = _describe(answer)

@@ -1085,3 +1085,62 @@ def test_a_record_claiming_final_for_a_running_state_is_not_believed() -> None:
     )
     selection = select({"a": record}, {"a": "http://h/v2/p/services/s/tasks"}, PruneRules(), now)
     assert (selection.chosen, selection.held) == ([], {"not final": 1})
+
+
+def test_deletes_that_find_no_job_anywhere_at_the_endpoint_stop_unrecorded(
+    live: LiveEmulator, tmp_path: Path
+) -> None:
+    """prune --endpoint naming another region or account: every delete answers "no such
+    job". Recorded PRUNED, the jobs were never deleted where they are and filled the quota
+    for good. Now GONE_LIMIT such answers with no delete done there stop the prune (exit 3),
+    nothing recorded, the intents kept; the right endpoint then deletes every job."""
+    results = submit_videos(live, tmp_path, 8)
+    ids = list(job_ids(results).values())
+    settle(live, ids)
+    record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+    elsewhere = LiveEmulator(Faults(jobs=FAST_LIFE))  # the same project, no job of ours
+    try:
+        config = replace(prune_config(results), base_url=elsewhere.url)
+        config = replace(config, pool=replace(config.pool, concurrency=1))
+        stats = prune(config, lambda _m: None, lambda _l, _m: None)
+    finally:
+        elsewhere.close()
+    from batchsubmit.cli import _prune_exit_code
+
+    assert _prune_exit_code(stats) == 3
+    assert stats.fatal is not None
+    assert "no such job" in stats.fatal
+    assert "--endpoint" in stats.fatal
+    assert stats.pruned == 0
+    assert set(states(results).values()) == {"SUCCEEDED"}
+    assert not live.emulator.deleted
+    assert prune_journal_path(results).exists()  # sent: redone first by the next prune
+    again = run_prune(results)
+    assert again.deleted == 8
+    assert set(live.emulator.deleted) == set(ids)
+    assert set(states(results).values()) == {PRUNED}
+
+
+def test_a_job_deleted_by_hand_is_recorded_gone(live: LiveEmulator, tmp_path: Path) -> None:
+    """Fewer than GONE_LIMIT "no such job" answers at the end of a prune with nothing else
+    to delete (a job deleted in the console): recorded gone, as before; and once a delete
+    at the service succeeds, every such answer there is believed."""
+    results = submit_videos(live, tmp_path, 8)
+    ids = list(job_ids(results).values())
+    settle(live, ids)
+    record_jobs(live, results, only=set(ids[:2]), final_at=time.time() - 48 * HOUR)
+    for job_id in ids[:2]:
+        live.emulator.vanish(job_id)
+    stats = run_prune(results)
+    assert (stats.gone, stats.deleted, stats.fatal) == (2, 0, None)
+    # oldest first: two gone (held), one deleted (they are believed), three gone (believed)
+    record_jobs(live, results, only=set(ids[2:4]), final_at=time.time() - 96 * HOUR)
+    record_jobs(live, results, only={ids[4]}, final_at=time.time() - 72 * HOUR)
+    record_jobs(live, results, only=set(ids[5:]), final_at=time.time() - 48 * HOUR)
+    for job_id in (ids[2], ids[3], *ids[5:]):
+        live.emulator.vanish(job_id)
+    config = prune_config(results)
+    config = replace(config, pool=replace(config.pool, concurrency=1))
+    stats = prune(config, lambda _m: None, lambda _l, _m: None)
+    assert (stats.deleted, stats.gone, stats.fatal) == (1, 5, None)
+    assert set(states(results).values()) == {PRUNED}
