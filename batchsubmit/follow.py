@@ -281,7 +281,7 @@ def endpoint_of(service_url: str, override: str | None) -> Endpoint:
 class _Job:
     """A followed job: what we know now, what the record holds, and where it lives."""
 
-    __slots__ = ("created_ms", "judged", "now", "recorded", "service")
+    __slots__ = ("created_ms", "judged", "now", "recorded", "service", "submitted")
 
     def __init__(
         self,
@@ -290,12 +290,14 @@ class _Job:
         service: int,
         created_ms: int,
         judged: bool,
+        submitted: float | None,
     ) -> None:
         self.now = now
         self.recorded = recorded
         self.service = service
         self.created_ms = created_ms
         self.judged = judged  # not final when the run started: the exit code judges it
+        self.submitted = submitted  # the ledger's submitted_at (epoch s): it existed by then
 
     def active(self, collecting: bool) -> bool:
         """Still to ask about: not final, or (collecting) a result available to save."""
@@ -317,15 +319,22 @@ def _expiring(record: JobRecord, now: float) -> bool:
     return collectable(record.state, record.hosting_status, overdue, now)
 
 
-def _ended_at(record: JobRecord) -> str:
+def _ended_at(record: JobRecord, submitted: float | None) -> str:
     """When a job seen final ended, as well as we know: the service's last change to it
     (``updated_at``) when that is before we saw it, else when we saw it. It was always when
     status first saw it, a night after the job ended, so ``prune --older-than`` waited a
-    night more than asked."""
+    night more than asked.
+
+    Never before the job existed: not before the ledger's ``submitted_at`` (our clock) nor
+    the service's ``created_at``. An ``updated_at`` of 2000-01-01 was recorded as the final
+    time, and ``prune`` (24 h by default) deleted jobs seconds after they ended. With neither
+    bound known, ``updated_at`` is not believed: when we saw it."""
     updated, checked = _epoch(record.updated_at), _epoch(record.checked_at)
-    if updated is not None and checked is not None and updated < checked:
-        return utc_at(updated)  # in our own form: prune reads no time without its zone
-    return record.checked_at
+    existed = _newest(submitted, _epoch(record.created_at))
+    if updated is None or checked is None or existed is None or updated >= checked:
+        return record.checked_at
+    # in our own form: prune reads no time without its zone
+    return utc_at(min(max(updated, existed), checked))
 
 
 def _iso_ms(value: object) -> str:
@@ -513,10 +522,11 @@ class Follower:
             record = known or JobRecord(
                 job_id=job_id, source=row.source, name=row.name, state="", final=False
             )
-            created = _epoch(record.created_at) or _epoch(row.submitted_at)
+            submitted = _epoch(row.submitted_at)
+            created = _epoch(record.created_at) or submitted
             created_ms = int(created * 1000) if created is not None else 0
             judged = not record.final
-            self.jobs[job_id] = _Job(record, known, service, created_ms, judged)
+            self.jobs[job_id] = _Job(record, known, service, created_ms, judged, submitted)
             if judged:
                 self.stats.followed += 1
             else:
@@ -1005,7 +1015,9 @@ class Follower:
         """Recompute final; append to the record if anything but ``checked_at`` changed."""
         final = is_final(record.state, record.hosting, record.hosting_status)
         record = replace(
-            record, final=final, final_at=(record.final_at or _ended_at(record)) if final else ""
+            record,
+            final=final,
+            final_at=(record.final_at or _ended_at(record, job.submitted)) if final else "",
         )
         became_final = final and not job.now.final
         job.now = record

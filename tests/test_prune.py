@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -267,13 +268,18 @@ def test_a_job_seen_final_a_night_late_counts_its_age_from_when_it_ended(
 ) -> None:
     """The nightly status sees a job final the night after it ended; its final time was that
     moment, so `prune --older-than 24h` waited a night more than asked, and saved jobs piled
-    up. The final time is the service's last change to the job when that came first."""
+    up. The final time is the service's last change to the job when that came first (and
+    after the job existed: here it was submitted 11 h ago)."""
     results = submit_videos(live, tmp_path, 2)
     ids = list(job_ids(results).values())
     settle(live, ids)
+    born = iso(time.time() - 11 * HOUR)
+    text = results.read_text(encoding="utf-8")
+    results.write_text(re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", born, text), encoding="utf-8")
     ended = iso(time.time() - 10 * HOUR)[:19]
     service_times = {ids[0]: ended + "Z", ids[1]: ended}  # VAS's form, and one with no zone
     for job_id, updated in service_times.items():
+        live.emulator.tasks[job_id]["created_at"] = born
         live.emulator.tasks[job_id]["updated_at"] = updated  # it ended 10 h ago
     assert run_main("status", str(results), "--rate", "0") == 0
     recorded = read_record(record_path(results), lambda _m: None)

@@ -125,6 +125,35 @@ async def test_a_page_listing_one_job_twice_in_two_states_is_not_applied(
     assert any("different states" in w for w in warnings)
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("created_at", "final_at"),
+    [
+        ("2026-12-01T02:00:03Z", "2026-12-01T02:00:03.000Z"),  # the service's creation
+        (None, "2026-12-01T02:00:00.000Z"),  # none: the ledger's submitted_at
+    ],
+)
+async def test_a_job_never_ends_before_it_existed(
+    tmp_path: Path, created_at: str | None, final_at: str
+) -> None:
+    """repro/r11: an updated_at of 2000-01-01 became the recorded final time, and plain
+    `prune` (24 h) deleted the job seconds after it ended."""
+    from batchsubmit.prune import PruneRules, select
+    from batchsubmit.results import epoch
+
+    listed = {**TASK, "state": "FAILED", "updated_at": "2000-01-01T00:00:00Z", "output": {}}
+    listed.pop("created_at")
+    if created_at is not None:
+        listed["created_at"] = created_at
+    record, _ = await _one_pass(tmp_path, listed, None)
+    assert record.final
+    assert record.final_at == final_at
+    an_hour_later = (epoch(final_at) or 0) + 3600
+    chosen = select({JOB: record}, {JOB: SERVICE_URL}, PruneRules(), an_hour_later)
+    assert chosen.chosen == []
+    assert chosen.held["final too recently"] == 1
+
+
 @pytest.mark.parametrize("overdue", ["1970-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "0"])
 def test_an_available_result_overdue_before_its_job_was_created_keeps_the_job(
     overdue: str,
