@@ -307,6 +307,20 @@ class _Job:
         return collecting and _collectable(record, time.time())
 
 
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """One list page as :meth:`Follower._list` read it."""
+
+    count: int  # the answer's count of jobs (the page's length when it gives none)
+    listed: int  # the jobs on the page
+    newest: float | None  # the newest updated_at on it
+
+    def contradicts(self, offset: int) -> bool:
+        """Shorter than a page while the count says more follow: the count is wrong (a count
+        of 10**9 for 2 jobs split the window and paged to offset 100,000: 10,000 calls)."""
+        return self.listed < LIST_LIMIT and offset + self.listed < self.count
+
+
 def _collectable(record: JobRecord, now: float) -> bool:
     return collectable(record.state, record.hosting_status, _epoch(record.hosting_overdue_at), now)
 
@@ -769,7 +783,7 @@ class Follower:
                     if since <= j.created_ms <= until and j.now.job_id not in seen
                 ]  # fmt: skip
         if start is not None and not pool.stopping:  # else the next pass sweeps again
-            self.cursor[service] = start[1] if start[1] is not None else time.time()
+            self.cursor[service] = start.newest if start.newest is not None else time.time()
         self._last_sweep_calls = self.stats.list_calls - before
         return absent
 
@@ -784,32 +798,62 @@ class Follower:
         self, pool: Pool, service: int, since: int, until: int, seen: set[str]
     ) -> tuple[bool, float | None]:
         """All pages of one window, the first to learn the count, the others at once. Returns
-        whether every page came back, and the newest updated_at seen."""
+        whether every page came back, and the newest updated_at seen. A page the count
+        contradicts ends the window, incomplete: its jobs not listed are not taken for
+        absent (nor shown), only asked about again next pass."""
         query: dict[str, str | int] = {"order": "created_at:ASC", "limit": LIST_LIMIT, "offset": 0}
         if self.time_filters:
             query.update(created_since=since, created_until=until)
         first = await self._list(pool, service, query, seen)
         if first is None:
             return False, None
-        count, newest = first
-        if count > MAX_OFFSET and until - since > 1000 and self.time_filters:
+        newest = first.newest
+        if first.contradicts(0):
+            self._count_contradicted(first, 0)
+            return False, newest
+        if first.count > MAX_OFFSET and until - since > 1000 and self.time_filters:
             middle = (since + until) // 2
             a = await self._list_window(pool, service, since, middle, seen)
             b = await self._list_window(pool, service, middle + 1, until, seen)
             return a[0] and b[0], _newest(a[1], b[1], newest)
-        offsets = range(LIST_LIMIT, min(count, MAX_OFFSET), LIST_LIMIT)
-        complete = True
+        complete, contradicted = True, False
+
+        def offsets() -> Iterator[int]:  # read lazily: none after a page the count contradicts
+            for offset in range(LIST_LIMIT, min(first.count, MAX_OFFSET), LIST_LIMIT):
+                if contradicted:
+                    return
+                yield offset
 
         async def page(offset: int) -> None:
-            nonlocal complete, newest
+            nonlocal complete, contradicted, newest
+            if contradicted:  # read ahead before the contradiction was seen: not sent
+                return
             found = await self._list(pool, service, {**query, "offset": offset}, seen)
             if found is None:
                 complete = False
-            else:
-                newest = _newest(newest, found[1])
+                return
+            newest = _newest(newest, found.newest)
+            if found.contradicts(offset) and not contradicted:
+                contradicted = True
+                self._count_contradicted(found, offset)
 
-        not_listed = await pool.each(offsets, page)
-        return complete and not not_listed and not pool.stopping, newest
+        not_listed = await pool.each(offsets(), page)
+        return complete and not contradicted and not not_listed and not pool.stopping, newest
+
+    def _count_contradicted(self, page: _Page, offset: int) -> None:
+        """Said once a run (and in the summary): the pages cannot all be believed."""
+        key = "list count"
+        if key in self.stats.first_errors:
+            return
+        text = (
+            f"a list answered count {page.count}, but its page at offset {offset} holds "
+            f"{page.listed} jobs: the count contradicts the pages"
+        )
+        self.stats.first_errors[key] = text
+        self.warn(
+            f"{text}; that window is neither paged further nor split, and its jobs not listed "
+            "are asked about again next pass"
+        )
 
     async def _changed(self, pool: Pool, service: int, jobs: list[_Job]) -> None:
         """The jobs updated since the cursor, newest first, page by page until one is older."""
@@ -823,10 +867,9 @@ class Follower:
             found = await self._list(pool, service, {**query, "offset": offset}, None, oldest)
             if found is None:
                 return  # the cursor stays: the next pass reads this again
-            count, page_newest = found
-            newest = _newest(newest, page_newest)
+            newest = _newest(newest, found.newest)
             offset += LIST_LIMIT
-            if offset >= count or not oldest or oldest[0] < cursor - CURSOR_SLACK:
+            if offset >= found.count or not oldest or oldest[0] < cursor - CURSOR_SLACK:
                 break
         if newest is not None and newest > cursor:
             self.cursor[service] = newest
@@ -838,9 +881,9 @@ class Follower:
         query: dict[str, str | int],
         seen: set[str] | None,
         oldest: list[float] | None = None,
-    ) -> tuple[int, float | None] | None:
+    ) -> _Page | None:
         """One list page through the gate; applies what it shows to the followed jobs.
-        Returns (count, newest updated_at) or None when the page did not come back."""
+        Returns None when the page did not come back."""
         try:
             answer = await pool.call(self.clients[service].list_tasks, query)
         except Stopped:
@@ -886,7 +929,9 @@ class Follower:
         if oldest is not None and least is not None:
             oldest.append(least)
         count = data.get("count")
-        return (count if isinstance(count, int) else len(tasks)), newest
+        if not isinstance(count, int) or isinstance(count, bool):  # true is no count of 1
+            count = len(tasks)
+        return _Page(count=count, listed=len(tasks), newest=newest)
 
     # -- show ---------------------------------------------------------------------------------
 

@@ -154,6 +154,45 @@ async def test_a_job_never_ends_before_it_existed(
     assert chosen.held["final too recently"] == 1
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("listed", "count"),
+    [(2, 10**9), (102, 100_000)],  # the first page short, or the second (no split)
+)
+async def test_a_count_the_pages_contradict_ends_the_window_and_is_named_once(
+    tmp_path: Path, listed: int, count: int
+) -> None:
+    """repro/r5: every page answering count=10**9 for 2 jobs split the window again and again
+    and paged to offset 100,000 in each piece: ~10,000 list calls for 2 jobs. The job no page
+    lists is neither taken for absent (shown, then LOST) nor final: asked about next pass."""
+    results = tmp_path / "r.jsonl"
+    ids = [f"{n:032x}" for n in range(listed + 1)]
+    _submitted_ledger(results, ids, SERVICE_URL)
+    tasks = [{**TASK, "id": i, "state": "RUNNING", "output": {"obs": {}}} for i in ids[:-1]]
+
+    async def list_tasks(query: dict[str, Any]) -> Answer:
+        offset = int(query["offset"])
+        page = tasks[offset : offset + int(query["limit"])]
+        return Answer(kind=Kind.OK, status=200, data={"count": count, "tasks": page})
+
+    async def show(job_id: str) -> Answer:
+        raise AssertionError("a job missing from a window the count contradicts is not shown")
+
+    warnings: list[str] = []
+    follower, pool = _scripted_follower(results, SERVICE_URL, list_tasks, show, warnings.append)
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
+        for _ in range(2):
+            await follower._pass(pool)
+            follower.stats.passes += 1
+    # per pass: the cursor's page, the first page, at most the pool's 8 in flight after it
+    assert follower.stats.list_calls <= 2 * (2 + 8)
+    assert sum("the count contradicts the pages" in w for w in warnings) == 1
+    assert "list count" in follower.stats.first_errors
+    states = {job.now.state for job in follower.jobs.values()}
+    assert states == {"RUNNING", ""}  # the unlisted job: not seen, not final
+    assert not any(job.now.final for job in follower.jobs.values())
+
+
 @pytest.mark.parametrize("overdue", ["1970-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "0"])
 def test_an_available_result_overdue_before_its_job_was_created_keeps_the_job(
     overdue: str,
