@@ -890,12 +890,20 @@ class Follower:
             return None
         self.stats.list_calls += 1
         data = answer.data
-        if answer.kind is not Kind.OK or not isinstance(data, dict):
+        if answer.kind is not Kind.OK:
             self._call_failed("list", answer)
             return None
-        tasks = data.get("tasks")
-        if not isinstance(tasks, list):
-            self._call_failed("list", answer)
+        tasks = data.get("tasks") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(tasks, list):
+            # Said as "HTTP 200 (request id ...)" alone, nobody could tell what was wrong.
+            secrets = self.clients[service].secrets
+            failed = replace(
+                answer,
+                kind=Kind.UNAVAILABLE,
+                error_code="MALFORMED",
+                error_msg=f"the answer is not {{count, tasks}}: {_not_a_page(data, secrets)}",
+            )
+            self._call_failed("list", failed)
             return None
         if _contradicts_itself(tasks):
             # One job twice on a page, in two states: which is true cannot be told, and taking
@@ -1314,6 +1322,28 @@ def _safe_name(name: str) -> str:
     """A job name as a file name (VAS names are letters, digits, - and _ already)."""
     cleaned = re.sub(r"[^\w.-]", "_", name).lstrip(".")
     return cleaned[:200] or "job"
+
+
+def _not_a_page(data: Any, secrets: Sequence[str]) -> str:
+    """What a 200 list answer that is not ``{count, tasks}`` is instead."""
+    if not isinstance(data, dict):
+        return f"it is {_json_kind(data, secrets)}"
+    if "tasks" not in data:
+        return "it has no tasks"
+    return f"tasks is {_json_kind(data['tasks'], secrets)}"
+
+
+def _json_kind(value: Any, secrets: Sequence[str]) -> str:
+    """A JSON value named for a message; a string quoted short, masked first."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"a string ({_one_line(value, secrets)[:60]!r})"
+    if isinstance(value, bool | int | float):
+        return _one_line(orjson.dumps(value).decode(), secrets)  # true, 3
+    if isinstance(value, list):
+        return f"an array of {len(value)}"
+    return "an object"
 
 
 def _contradicts_itself(tasks: list[Any]) -> bool:

@@ -193,6 +193,42 @@ async def test_a_count_the_pages_contradict_ends_the_window_and_is_named_once(
     assert not any(job.now.final for job in follower.jobs.values())
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"count": 2, "tasks": None}, "tasks is null"),
+        ([TASK, TASK], "it is an array of 2"),
+        ({"count": 2}, "it has no tasks"),
+        ({"count": 2, "tasks": 7}, "tasks is 7"),
+        ({"count": 2, "tasks": "busy STS-SECRET"}, "tasks is a string ('busy <hidden>')"),
+    ],
+)
+async def test_a_200_list_answer_that_is_not_a_page_says_what_is_wrong(
+    tmp_path: Path, data: Any, named: str
+) -> None:
+    """repro/r15: `{"count": 2, "tasks": null}` or a bare array was logged as "a list call
+    failed: HTTP 200 (request id ...)", without a word of what was wrong with it."""
+    results = tmp_path / "r.jsonl"
+    _submitted_ledger(results, [JOB], SERVICE_URL)
+
+    async def list_tasks(query: dict[str, Any]) -> Answer:
+        return Answer(kind=Kind.OK, status=200, request_id="rid", data=data)
+
+    async def show(job_id: str) -> Answer:
+        raise AssertionError("no show: the job was not listed, nor known absent")
+
+    warnings: list[str] = []
+    follower, pool = _scripted_follower(results, SERVICE_URL, list_tasks, show, warnings.append)
+    follower.clients[0].secrets = ("STS-SECRET",)
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
+        await follower._pass(pool)
+    said = f"the answer is not {{count, tasks}}: {named} (request id rid)"
+    assert any(said in w for w in warnings), warnings
+    assert not any("STS-SECRET" in w for w in warnings)
+    assert not follower.jobs[JOB].now.final
+
+
 @pytest.mark.parametrize("overdue", ["1970-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "0"])
 def test_an_available_result_overdue_before_its_job_was_created_keeps_the_job(
     overdue: str,
