@@ -472,8 +472,10 @@ async def _prune_locked(
     warn: Warn,
     log: LogFn,
     rules: PruneRules | None,
+    tally: _GoneTally | None = None,
 ) -> PruneStats:
-    """Delete what ``rules`` (default: the config's) allow; the caller holds the lock."""
+    """Delete what ``rules`` (default: the config's) allow; the caller holds the lock.
+    ``tally``: what the "no such job" guard learnt in earlier rounds (make-room's)."""
     records = read_record(record_path(config.results), warn)
     selection = _selection(config, records, rules or config.rules, warn)
     intents = read_prune_intents(prune_journal_path(config.results))
@@ -520,7 +522,9 @@ async def _prune_locked(
                     from .runner import watch_signals
 
                     group.start_soon(watch_signals, pool, partial(setattr, stats, "signal"))
-                    await _delete_all(pool, clients, work, writer, journal, stats)
+                    await _delete_all(
+                        pool, clients, work, writer, journal, stats, tally or _GoneTally()
+                    )
                     group.cancel_scope.cancel()
                 _take_pool_stats(stats, pool)
         finally:
@@ -579,12 +583,13 @@ async def _delete_all(
     writer: RecordWriter,
     journal: _IntentJournal,
     stats: PruneStats,
+    tally: _GoneTally,
 ) -> None:
     """The deletes, oldest first, as a kind of work on the pool's workers (``concurrency`` at
     a time, every call through the gate). A job not started because the prune stopped is
     deferred: its intent was never written, so nothing is left to redo for it."""
 
-    unconfirmed = _Unconfirmed(pool, writer, journal, stats)
+    unconfirmed = _Unconfirmed(pool, writer, journal, stats, tally)
 
     async def delete(candidate: Candidate) -> None:
         client = clients[candidate.service_url]
@@ -593,6 +598,17 @@ async def _delete_all(
     not_started = await pool.each(work, delete)  # read after the await: the deletes under
     stats.deferred += len(not_started)  # way count their own deferrals into stats meanwhile
     unconfirmed.finish()
+
+
+@dataclass
+class _GoneTally:
+    """What the "no such job" guard knows across the rounds of one make-room (each round is
+    a prune of its own): a guard new each round, with a limit of 1 or 2 deletes a round,
+    never held GONE_LIMIT answers, and make-room went on (a gone job frees no room) until
+    every eligible job of the ledger was recorded PRUNED at a wrong endpoint."""
+
+    known: set[str] = field(default_factory=set)  # services where a delete succeeded
+    unconfirmed: Counter[str] = field(default_factory=Counter)  # recorded gone, unconfirmed
 
 
 class _Unconfirmed:
@@ -607,10 +623,16 @@ class _Unconfirmed:
     killed prune's delete sent again is gone because it was sent: recorded at once."""
 
     def __init__(
-        self, pool: Pool, writer: RecordWriter, journal: _IntentJournal, stats: PruneStats
+        self,
+        pool: Pool,
+        writer: RecordWriter,
+        journal: _IntentJournal,
+        stats: PruneStats,
+        tally: _GoneTally | None = None,
     ) -> None:
         self._pool, self._writer, self._journal, self._stats = pool, writer, journal, stats
-        self._known: set[str] = set()  # services where a delete succeeded in this run
+        self._tally = tally or _GoneTally()
+        self._known = self._tally.known  # services where a delete succeeded in this run
         self._held: dict[str, list[Candidate]] = {}
         self._tripped = False
 
@@ -621,10 +643,11 @@ class _Unconfirmed:
             return
         held = self._held.setdefault(url, [])
         held.append(candidate)
-        if len(held) >= GONE_LIMIT and not self._tripped:
+        unconfirmed = len(held) + self._tally.unconfirmed[url]
+        if unconfirmed >= GONE_LIMIT and not self._tripped:
             self._tripped = True
             self._stats.fatal = (
-                f"{len(held)} deletes at {url} answered 'no such job' ({GONE_CODE}) and none "
+                f"{unconfirmed} deletes at {url} answered 'no such job' ({GONE_CODE}) and none "
                 "there succeeded: is this the endpoint the jobs were created at (--endpoint)? "
                 "Nothing was recorded for them; the next prune sends them again. Jobs deleted "
                 "by hand: run `batchsubmit status RESULTS --follow` first"
@@ -641,12 +664,17 @@ class _Unconfirmed:
         for held in self._held.values():
             for candidate in held:
                 if self._tripped:
+                    # Answered 404: this delete did nothing. Its intent goes (kept, the next
+                    # prune took it for a killed prune's sent delete and recorded it gone on
+                    # the same 404); the job is still unrecorded, so it is chosen again.
+                    self._journal.settle(candidate.record.job_id)
                     self._stats.failed += 1
                     self._stats.jobs.append(
                         _job_entry(candidate, "not recorded: 'no such job' at this endpoint")
                     )
                 else:
                     _record_pruned(candidate, self._writer, self._journal, self._stats, True)
+                    self._tally.unconfirmed[candidate.service_url] += 1
         self._held.clear()
 
 
@@ -833,9 +861,10 @@ async def _prune_for_room(
     """Prune until ``needed`` deletes were accepted: a job found already gone (404) was not in
     the count, so it frees no room and the next oldest eligible one goes in its place."""
     total = PruneStats()
+    tally = _GoneTally()
     while needed > 0:
         rules = PruneRules(older_than=0.0, limit=needed, service_url=service_url)
-        stats = await _prune_locked(config, warn, log, rules)
+        stats = await _prune_locked(config, warn, log, rules, tally)
         for name in ("selected", "gone", "failed", "resumed", "deferred", "calls"):
             setattr(total, name, getattr(total, name) + getattr(stats, name))
         total.retries += stats.retries

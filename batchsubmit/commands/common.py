@@ -173,11 +173,18 @@ def check_outputs_apart(
     for suffix, what in _BESIDE_RESULTS:
         taken[resolved.with_name(resolved.name + suffix)] = f"{what} ({results}{suffix})"
     for what, path in inputs:
-        taken.setdefault(path.resolve(), f"{what} {path}")
+        try:
+            taken.setdefault(path.resolve(), f"{what} {path}")
+        except (OSError, RuntimeError):
+            continue  # an input that cannot be resolved is said so where it is read
     for option, output in written:
         if output is None:
             continue
-        target = output.resolve()
+        try:
+            target = output.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: RuntimeError before Python 3.13
+            # (status checks --report here first: a loop was a traceback, not exit 2)
+            raise UsageError(f"{option} {output}: cannot use it: a symbolic link loop") from None
         if target in taken:
             raise UsageError(
                 f"{option} {output}: is {taken[target]}; it would be overwritten when the run "
