@@ -617,8 +617,10 @@ class _Unconfirmed:
     ``prune --endpoint`` naming another region or account answers 404 IVA.0005 to every
     delete; recorded PRUNED, those jobs were never deleted where they are, and filled the
     quota for good (PRUNED is never retried). So until a delete at a service succeeds, its
-    "already gone" jobs are held, unrecorded; ``GONE_LIMIT`` of them stop the prune (exit 3)
-    with their intents kept, so the next prune sends them again. A few, at the end of a run
+    "already gone" jobs are held, unrecorded; ``GONE_LIMIT`` of them (counted across
+    make-room's rounds) stop the prune (exit 3), unrecorded and without an intent (a 404
+    deleted nothing; kept, the next prune redid it as a sent delete and believed the same
+    404), so the next prune chooses them again. A few, at the end of a run
     with nothing else to delete, are recorded gone: jobs deleted by hand in the console. A
     killed prune's delete sent again is gone because it was sent: recorded at once."""
 
