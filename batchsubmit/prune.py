@@ -814,7 +814,7 @@ async def make_room(
                 service_url=service_url,
                 credentials=client.provider,
             )
-            saved = await _watched(gate, _saved_jobs(gate, client))
+            saved = await _watched(gate, _saved_jobs(gate, client, quota))
             if saved is None:  # a signal: nothing pruned, nothing created tonight
                 room.prune.signal = gate.stats.signal
                 return room
@@ -834,7 +834,9 @@ async def make_room(
                     return room
                 expected = saved - room.prune.deleted_of[service_of(service_url)]
                 room.saved_after = None  # until it is read again
-                counted = await _watched(gate, _wait_for_count(gate, client, expected, wait, poll))
+                counted = await _watched(
+                    gate, _wait_for_count(gate, client, expected, wait, poll, quota)
+                )
                 if counted is None:
                     room.prune.signal = gate.stats.signal
                     return room
@@ -906,8 +908,9 @@ async def _watched(gate: Pool, counting: Awaitable[int]) -> int | None:
     return None if gate.stats.signal is not None else found  # a count read as it came: stop
 
 
-async def _saved_jobs(gate: Pool, client: VasClient) -> int:
-    """The account's saved jobs as this service's list sees them (``count`` of a 1-job page)."""
+async def _saved_jobs(gate: Pool, client: VasClient, quota: int = DEFAULT_QUOTA) -> int:
+    """The account's saved jobs as this service's list sees them (``count`` of a 1-job page).
+    ``quota``: --quota; a raised one raises what count is believed."""
     try:
         answer = await gate.call(client.list_tasks, {"limit": 1})
     except Stopped:
@@ -924,8 +927,9 @@ async def _saved_jobs(gate: Pool, client: VasClient) -> int:
         # Believed only when it could be true: make-room deletes by it. A count beyond what
         # the list can page (VAS keeps 5000 jobs a user), or a count of jobs on a page that
         # shows none, deleted every finished, recorded job of the ledger on its word.
-        if count > MAX_SAVED_COUNT:
-            problem = f"a count of {count} saved jobs (over {MAX_SAVED_COUNT}) is not believed"
+        ceiling = max(MAX_SAVED_COUNT, 2 * quota)
+        if count > ceiling:
+            problem = f"a count of {count} saved jobs (over {ceiling}) is not believed"
         elif count > 0 and not (isinstance(tasks, list) and tasks):
             problem = f"a count of {count} saved jobs, but the page of one lists none"
         elif count >= 0:
@@ -939,14 +943,14 @@ async def _saved_jobs(gate: Pool, client: VasClient) -> int:
 
 
 async def _wait_for_count(
-    gate: Pool, client: VasClient, expected: int, wait: float, poll: float
+    gate: Pool, client: VasClient, expected: int, wait: float, poll: float, quota: int
 ) -> int:
     """Deletes are asynchronous (DELETING, then gone): poll the count until it reaches
     ``expected`` or ``wait`` runs out; the last count read."""
     deadline = time.monotonic() + wait
     pause = ROOM_FIRST_POLL
     while True:
-        count = await _saved_jobs(gate, client)
+        count = await _saved_jobs(gate, client, quota)
         if count <= expected or time.monotonic() >= deadline:
             return count
         await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))

@@ -353,3 +353,23 @@ def test_a_damaged_prune_journal_line_before_the_last_stops_naming_it(tmp_path: 
     path.write_bytes(good % b"a" + b'{"job_id":1,"service_url":"u"}\n')
     with pytest.raises(UsageError, match=r":2: damaged"):
         read_prune_intents(path)
+
+
+def test_a_raised_quota_raises_the_saved_job_count_believed() -> None:
+    """--quota up to 100,000,000 (a quota raised by support): an account holding 150,000
+    jobs under a quota of 200,000 is believed, not refused every night."""
+    from batchsubmit.errors import FatalApiError
+    from batchsubmit.prune import _saved_jobs
+
+    class Gate:
+        async def call(self, call: Any, *args: Any) -> Answer:
+            return Answer(kind=Kind.OK, status=200, data={"count": 150_000, "tasks": [{}]})
+
+    class Client:
+        async def list_tasks(self, query: dict[str, Any]) -> Answer:
+            raise AssertionError("the gate answers")
+
+    gate, client = cast(Pool, Gate()), cast(VasClient, Client())
+    assert anyio.run(_saved_jobs, gate, client, 200_000) == 150_000
+    with pytest.raises(FatalApiError):
+        anyio.run(_saved_jobs, gate, client, 5000)
