@@ -535,3 +535,15 @@ def test_a_secret_escaped_by_another_json_encoder_is_masked_too() -> None:
     secret = "pw\u00e9-DISTINCTIVE"
     for text in ('{"msg": "pw\\u00e9-DISTINCTIVE"}', '{"msg": "pw\\u00E9-DISTINCTIVE"}'):
         assert "DISTINCTIVE" not in mask(text, [secret]), text
+
+
+def test_exception_text_decodes_the_bytes_any_exception_quotes() -> None:
+    """Not only aiohttp's ClientResponseError: a parser error quoting an answer's line as a
+    bytes literal shows a non-ASCII secret escaped, which mask() would not find."""
+    from batchsubmit.answers import exception_text
+
+    secret = "p\u00e4ss-DISTINCTIVE"
+    exc = ValueError(f"Invalid header line: {secret.encode()!r}")
+    text = exception_text(exc)
+    assert secret in text
+    assert mask(text, [secret]).count(secret) == 0

@@ -193,6 +193,21 @@ def test_record_latest_line_wins_and_a_torn_tail_is_tolerated(tmp_path: Path) ->
     assert path.read_bytes().count(b"\n") == 4
 
 
+def test_a_record_whose_line_ends_became_crs_is_damage_not_a_torn_tail(tmp_path: Path) -> None:
+    """A crash cuts one line short; it never joins lines. Lines whose LFs an editor turned
+    into CRs read as one long "torn" last line, and every record was skipped: the follow
+    started from nothing. It stops, naming the file, and changes nothing."""
+    path = tmp_path / "r.csv.follow.jsonl"
+    with RecordWriter(path) as writer:
+        writer.append(_record("a", "SUCCEEDED"))
+        writer.append(_record("b", "FAILED"))
+    joined = path.read_bytes().replace(b"\n", b"\r")
+    path.write_bytes(joined)
+    with pytest.raises(UsageError, match=r"r\.csv\.follow\.jsonl"):
+        read_record(path, pytest.fail)
+    assert path.read_bytes() == joined
+
+
 def test_damage_before_the_last_line_names_file_and_line(tmp_path: Path) -> None:
     """A line that is not a record, other than a torn last one, stops with file:line."""
     path = tmp_path / "r.follow.jsonl"
