@@ -199,6 +199,11 @@ def select(
         if final_at is None:
             held["no recorded final time"] += 1
             continue
+        created = _epoch(record.created_at)
+        if created is not None and final_at < created:
+            # Recorded by an older status from a service's far-past updated_at (2000-01-01):
+            # not believed, the job's own creation stands in (a later time: it waits longer).
+            final_at = created
         service_url = services.get(record.job_id)
         if service_url is None:
             held["not in the results file"] += 1

@@ -424,6 +424,29 @@ def test_select_orders_oldest_first_and_limits() -> None:
     assert held == {"kept by --keep": 1, "no recorded final time": 1}
 
 
+def test_a_recorded_final_time_before_the_job_was_created_is_not_believed() -> None:
+    """An older status recorded a service's far-past updated_at (2000-01-01) as the final
+    time: --older-than 24h let the job go seconds after it ended. Its creation counts
+    instead (later: the job waits longer, never less)."""
+    now = time.time()
+    record = JobRecord(
+        job_id="j",
+        source="obs://b/j.mp4",
+        name="j",
+        state="SUCCEEDED",
+        final=True,
+        final_at="2000-01-01T00:00:00.000Z",
+        created_at=iso(now - HOUR),
+    )
+    services = {"j": "http://h/v2/p/services/s/tasks"}
+    selection = select({"j": record}, services, PruneRules(older_than=24 * HOUR), now)
+    assert selection.chosen == []
+    assert selection.held == {"final too recently": 1}
+    old = replace(record, created_at=iso(now - 48 * HOUR))
+    chosen = select({"j": old}, services, PruneRules(older_than=24 * HOUR), now).chosen
+    assert [c.record.job_id for c in chosen] == ["j"]
+
+
 def test_select_for_make_room_takes_only_the_counted_service() -> None:
     """make-room reads one service's count, so it prunes only that service's jobs."""
     now = time.time()
