@@ -14,7 +14,7 @@ import pytest
 
 from batchsubmit import arguments
 from batchsubmit.cli import main
-from batchsubmit.commands.common import check_endpoint
+from batchsubmit.commands.common import check_endpoint, check_outputs_apart
 from batchsubmit.errors import ManifestError, UsageError
 from batchsubmit.manifest import load_manifest
 from batchsubmit.results import COLUMNS
@@ -360,3 +360,13 @@ def test_the_emulator_says_why_it_cannot_listen(tmp_path: Path) -> None:
             assert done.returncode == 2, done.stderr
             assert "Traceback" not in done.stderr
             assert f"cannot listen on {where}" in done.stderr
+
+
+def test_status_report_through_a_symlink_loop_is_exit_2_not_a_traceback(tmp_path: Path) -> None:
+    """status kept --report apart from the results file before checking it: Path.resolve()
+    raised RuntimeError on a loop (Python 3.11/3.12), a traceback where it was exit 2."""
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(loop)
+    for report in (loop, loop / "x.csv"):
+        with pytest.raises(UsageError, match="--report"):
+            check_outputs_apart(tmp_path / "r.csv", [("--report", report)])

@@ -1,5 +1,6 @@
-"""Hostile answers found in review (repro/ has a script per case): none may make a job
-deletable that is not, nor put a secret in the record."""
+"""Answers from the service that cannot be believed (status's lists and shows, prune's
+deletes, make-room's count): none may make a job deletable that is not, delete more than
+asked, nor put a secret in the record."""
 
 from __future__ import annotations
 
