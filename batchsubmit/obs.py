@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
+from xml.parsers import expat
 
 import aiohttp
 from yarl import URL
@@ -121,31 +121,55 @@ def _access_keys(secret: Secret | None, provider: CredentialProvider) -> Credent
 
 def parse_list_result(xml: bytes) -> ListPage:
     """Keys, IsTruncated and NextMarker of a ListBucketResult (namespace or not). Raises
-    ValueError for an answer that is not one."""
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError as exc:
-        raise ValueError(f"the answer is not XML ({exc})") from None
-
-    def local(tag: str) -> str:
-        return tag.rpartition("}")[2]
-
-    if local(root.tag) != "ListBucketResult":
-        raise ValueError(f"the answer is <{local(root.tag)[:40]}>, not a ListBucketResult")
+    ValueError for an answer that is not one: not XML, a DTD (OBS sends none: its entities
+    could define keys, or expand a 16 MiB page into gigabytes), no IsTruncated or one that is
+    neither true nor false (a page that cannot say whether more follow is not surely read)."""
+    parser = expat.ParserCreate(namespace_separator="}")
     keys: list[str] = []
-    truncated = False
-    next_marker = ""
-    for child in root:
-        name = local(child.tag)
-        if name == "Contents":
-            for field in child:
-                if local(field.tag) == "Key":
-                    keys.append(field.text or "")
-        elif name == "IsTruncated":
-            truncated = (child.text or "").strip().lower() == "true"
-        elif name == "NextMarker":
-            next_marker = child.text or ""
-    return ListPage(tuple(keys), truncated, next_marker)
+    truncated: list[bool] = []  # IsTruncated, once read
+    next_marker = [""]
+    path: list[str] = []
+    text: list[str] = []
+
+    def refuse_dtd(*_args: object) -> None:
+        raise ValueError("the answer declares a DTD, which OBS never sends")
+
+    def start(tag: str, _attributes: object) -> None:
+        name = tag.rpartition("}")[2]
+        if not path and name != "ListBucketResult":
+            raise ValueError(f"the answer is <{name[:40]}>, not a ListBucketResult")
+        path.append(name)
+        text.clear()
+
+    def end(_tag: str) -> None:
+        value = "".join(text)
+        text.clear()
+        where = tuple(path)
+        path.pop()
+        if where == ("ListBucketResult", "Contents", "Key"):
+            keys.append(value)
+        elif where == ("ListBucketResult", "IsTruncated"):
+            flag = value.strip().lower()
+            if flag not in ("true", "false", "1", "0"):
+                raise ValueError(f"IsTruncated is {value[:20]!r}, neither true nor false")
+            truncated.append(flag in ("true", "1"))
+        elif where == ("ListBucketResult", "NextMarker"):
+            next_marker[0] = value
+
+    parser.StartDoctypeDeclHandler = refuse_dtd
+    parser.EntityDeclHandler = refuse_dtd
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text.append
+    try:
+        parser.Parse(xml, True)
+    except expat.ExpatError as exc:
+        raise ValueError(f"the answer is not XML ({exc})") from None
+    if not truncated:
+        raise ValueError(
+            "the ListBucketResult has no IsTruncated: whether more keys follow is unknown"
+        )
+    return ListPage(tuple(keys), truncated[-1], next_marker[0])
 
 
 # -- what an OBS answer means -------------------------------------------------------------------
@@ -451,9 +475,16 @@ async def list_pages(
                 "under that prefix; nothing was sent to VAS (is the endpoint OBS?)"
             )
         yield result.keys
-        if not result.truncated or not result.keys:
+        if not result.truncated:
             return
-        following = result.next_marker or result.keys[-1]
+        # OBS may answer a truncated page with no keys (deleted objects it skipped): its
+        # NextMarker goes on; one with neither keys nor a marker cannot say where.
+        following = result.next_marker or (result.keys[-1] if result.keys else "")
+        if not following:
+            raise UsageError(
+                f"listing {where} failed: OBS answered a truncated page with no keys and no "
+                "next marker; the keys after it cannot be listed (is the endpoint OBS?)"
+            )
         if following <= marker:  # OBS lists in key order: a marker that does not move on
             raise UsageError(  # would list the same page forever
                 f"listing {where} failed: OBS answered a truncated page whose next marker "

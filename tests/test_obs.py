@@ -540,7 +540,8 @@ async def test_revoked_temporary_keys_are_renewed_once(fake_obs: FakeObs) -> Non
 
 def test_classify_obs_answers() -> None:
     """What each OBS answer means for the gate."""
-    ok = classify(200, {}, f'<ListBucketResult xmlns="{NS}"></ListBucketResult>'.encode())
+    empty = f'<ListBucketResult xmlns="{NS}"><IsTruncated>false</IsTruncated></ListBucketResult>'
+    ok = classify(200, {}, empty.encode())
     assert ok.kind is Kind.OK
     assert ok.data.keys == ()
     slow = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"

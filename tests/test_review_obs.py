@@ -1,0 +1,87 @@
+"""Review of live OBS listings: hostile ListObjects answers that were read as complete listings."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from batchsubmit.auth import Credentials
+from batchsubmit.client import open_session
+from batchsubmit.emulator import EMULATOR_AK, EMULATOR_SK
+from batchsubmit.errors import UsageError
+from batchsubmit.obs import ObsClient, list_pages, listing_pool, parse_list_result
+from batchsubmit.pool import PoolSettings
+
+from .helpers import serve_app
+
+NS = "http://obs.myhwclouds.com/doc/2015-06-30/"
+
+
+def listing(keys: list[str], truncated: str | None, marker: str | None = None) -> str:
+    body = f'<ListBucketResult xmlns="{NS}">'
+    if truncated is not None:
+        body += f"<IsTruncated>{truncated}</IsTruncated>"
+    if marker is not None:
+        body += f"<NextMarker>{marker}</NextMarker>"
+    body += "".join(f"<Contents><Key>{key}</Key></Contents>" for key in keys)
+    return body + "</ListBucketResult>"
+
+
+def test_a_dtd_is_refused_not_expanded() -> None:
+    """A DTD's entity became a key (cams/from-entity.mp4, a job nobody asked for), and an
+    entity under expat's 100x amplification limit made a 4 MiB page take 2 GB of memory."""
+    xml = (
+        '<?xml version="1.0"?><!DOCTYPE ListBucketResult [<!ENTITY k "cams/from-entity.mp4">]>'
+        + listing(["&k;"], "false")
+    )
+    with pytest.raises(ValueError, match="DTD"):
+        parse_list_result(xml.encode())
+    bomb = f'<!DOCTYPE ListBucketResult [<!ENTITY a "{"x" * 280}">]>' + listing(
+        ["cams/" + "&a;" * 1000], "false"
+    )
+    with pytest.raises(ValueError, match="DTD"):
+        parse_list_result(bomb.encode())
+
+
+def test_a_page_that_does_not_say_whether_more_follow_is_refused() -> None:
+    """No IsTruncated (or a value that is neither true nor false) was read as 'the last page':
+    the keys on later pages were never listed, and the run went on with a partial set."""
+    with pytest.raises(ValueError, match="IsTruncated"):
+        parse_list_result(listing(["cams/a.mp4"], None, "cams/a.mp4").encode())
+    with pytest.raises(ValueError, match="IsTruncated"):
+        parse_list_result(listing(["cams/a.mp4"], "yes", "cams/a.mp4").encode())
+    assert parse_list_result(listing(["cams/a.mp4"], "1").encode()).truncated
+    assert not parse_list_result(listing(["cams/a.mp4"], "0").encode()).truncated
+    page = parse_list_result(listing(["cams/a &amp; b.mp4", "cams/c.mp4"], "true", "m").encode())
+    assert (page.keys, page.truncated, page.next_marker) == (
+        ("cams/a & b.mp4", "cams/c.mp4"),
+        True,
+        "m",
+    )
+
+
+async def _list(pages: dict[str, str]) -> list[str]:
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text=pages[request.query.get("marker", "")])
+
+    app = web.Application()
+    app.router.add_get("/{bucket}", handle)
+    async with serve_app(app) as url, open_session(2) as session:
+        client = ObsClient(session, url, Credentials(EMULATOR_AK, EMULATOR_SK))
+        pool = listing_pool(PoolSettings(rate=0), lambda _l, _m: None, url, client.provider)
+        return [k async for page in list_pages(pool, client, "in-bucket", "cams/") for k in page]
+
+
+@pytest.mark.anyio
+async def test_a_truncated_page_without_keys_goes_on_from_its_next_marker() -> None:
+    """A truncated page with no keys ended the listing as if it were complete: cams/z.mp4 on
+    the page after it was never listed (OBS may answer such a page; its NextMarker goes on)."""
+    pages = {
+        "": listing(["cams/a.mp4"], "true", "cams/a.mp4"),
+        "cams/a.mp4": listing([], "true", "cams/m"),
+        "cams/m": listing(["cams/z.mp4"], "false"),
+    }
+    assert await _list(pages) == ["cams/a.mp4", "cams/z.mp4"]
+    pages["cams/a.mp4"] = listing([], "true")
+    with pytest.raises(UsageError, match="no keys and no next marker"):
+        await _list(pages)
