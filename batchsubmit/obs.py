@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 PAGE = 1000
-TIMEOUT = 30.0  # seconds without a byte of the answer (a socket timeout, as before)
+TIMEOUT = 30.0  # seconds a page may take in all (the default of --timeout)
 CONNECT_TIMEOUT = 10.0
 PAGE_BYTES_MAX = 16 << 20  # a page of 1,000 keys of 1 KiB is about 1.5 MiB of XML
 ERROR_BYTES_MAX = 4096  # of an error answer: its Code and Message come first
@@ -277,8 +277,10 @@ class ObsClient:
             credentials = static_provider(credentials)
         credentials.bind(session)
         self._provider = credentials
+        # ``timeout`` bounds the whole page (as --timeout bounds a VAS call): a socket timeout
+        # alone let an answer trickling a byte every few seconds hold the run for days.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=min(CONNECT_TIMEOUT, timeout), sock_read=timeout
+            total=timeout, sock_connect=min(CONNECT_TIMEOUT, timeout), sock_read=timeout
         )
         self.calls = 0  # pages asked for, retries included
         self.last: Answer | None = None  # the latest page's answer
@@ -514,6 +516,7 @@ async def spool_prefixes(
     log: LogFn | None = None,
     session: aiohttp.ClientSession | None = None,
     pool: Pool | None = None,
+    timeout: float = TIMEOUT,
 ) -> Spooled:
     """List every ``prefix`` source into a spool file and read it as a listing from then on.
     Prefixes are listed one after another, each page after the one before (marker paging),
@@ -531,7 +534,7 @@ async def spool_prefixes(
     async with AsyncExitStack() as stack:
         if session is None:
             session = await stack.enter_async_context(open_session(settings.concurrency))
-        client = ObsClient(session, endpoint, credentials)
+        client = ObsClient(session, endpoint, credentials, timeout=timeout)
         if pool is None:
             logged = log or (lambda _level, _message: None)
             pool = listing_pool(settings, logged, endpoint, client.provider)

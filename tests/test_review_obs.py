@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from aiohttp import web
 
@@ -85,3 +86,27 @@ async def test_a_truncated_page_without_keys_goes_on_from_its_next_marker() -> N
     pages["cams/a.mp4"] = listing([], "true")
     with pytest.raises(UsageError, match="no keys and no next marker"):
         await _list(pages)
+
+
+@pytest.mark.anyio
+async def test_a_page_that_trickles_in_is_bounded_by_the_timeout() -> None:
+    """The page had only a socket timeout: an answer sending a byte every 0.2 s (a stalled
+    proxy) held the run before its first create for as long as it went on, whatever
+    --timeout or --deadline said. The timeout now bounds the whole page."""
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 10_000
+        await response.prepare(request)
+        for _ in range(10_000):
+            await response.write(b" ")
+            await anyio.sleep(0.2)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{bucket}", trickle)
+    async with serve_app(app) as url, open_session(2) as session:
+        client = ObsClient(session, url, Credentials(EMULATOR_AK, EMULATOR_SK), timeout=1.0)
+        with anyio.fail_after(10):
+            answer = await client.list_page("in-bucket", "cams/", "")
+    assert answer.error_code == "TIMEOUT"

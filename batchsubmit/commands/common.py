@@ -411,6 +411,7 @@ async def spooled(
     directory: Path,
     log: Log,
     settings: PoolSettings,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Spooled:
     """List live OBS prefixes now, before any VAS request (errors exit 2), each page through
     a gate with the run's in-flight cap, rate and retry policy. ``obs_endpoint`` is
@@ -425,6 +426,7 @@ async def spooled(
         lambda message: log.line("info", message),
         settings=settings,
         log=log.line,
+        timeout=timeout,
     )
 
 

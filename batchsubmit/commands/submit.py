@@ -187,6 +187,7 @@ async def run_submit(
                 Path(spool.name),
                 log,
                 config.pool,
+                config.timeout,
             )
             manifest, listing_calls = listed.manifest, listed.calls
             config = replace(config, manifest=manifest)
@@ -254,6 +255,7 @@ def dry_run(
                 Path(spool),
                 log,
                 pool.settings(),
+                pool.timeout,
             )
             manifest = listed.manifest
         env.write(spec_lines(plan(manifest, ledger, (), summary, warn), target.tasks_url))
