@@ -38,7 +38,7 @@ from .errors import CredentialError, UsageError
 from .manifest import Manifest
 from .pool import Pool, PoolSettings, Stopped
 from .proxies import proxy_for
-from .vas import CONTROL
+from .vas import CONTROL, OBS_KEY_MAX_BYTES
 
 __all__ = [
     "ListPage",
@@ -496,6 +496,32 @@ async def list_pages(
         marker = following
 
 
+def _spool_page(
+    out: Any, keys: Sequence[str], bucket: str, where: str, warn: Callable[[str], None]
+) -> int:
+    """Write one page's keys to the spool; the count written. A key over OBS's 1,024 bytes
+    stops the listing naming the source (it stopped the run naming the spool file, a
+    temporary file deleted at exit)."""
+    written = 0
+    for key in keys:
+        if CONTROL.search(key):  # a tab, a line break...: not a path VAS takes
+            warn(
+                f"obs://{bucket}/{key!r}: a key with a control character "
+                f"cannot be submitted ({where}.prefix); skipped"
+            )
+            continue
+        size = len(key.encode())
+        if size > OBS_KEY_MAX_BYTES:
+            raise UsageError(
+                f"OBS answered a key of {size} bytes (an OBS key is at most "
+                f"{OBS_KEY_MAX_BYTES:,} bytes): {key[:80]!r}...; nothing was sent to VAS "
+                "(is the endpoint OBS?)"
+            )
+        out.write(f"obs://{bucket}/{key}\n")
+        written += 1
+    return written
+
+
 @dataclass(frozen=True, slots=True)
 class Spooled:
     """The manifest with its prefixes read from spool files, and the listing calls it took."""
@@ -546,17 +572,13 @@ async def spool_prefixes(
             bucket, _, prefix = source.prefix.removeprefix("obs://").partition("/")
             spool = directory / f"prefix-{index}.txt"
             count = 0
+            named = f"{manifest.path}: {source.where}.prefix"
             with spool.open("w", encoding="utf-8") as out:
-                async for keys in list_pages(pool, client, bucket, prefix):
-                    for key in keys:
-                        if CONTROL.search(key):  # a tab, a line break...: not a path VAS takes
-                            warn(
-                                f"obs://{bucket}/{key!r}: a key with a control character "
-                                f"cannot be submitted ({source.where}.prefix); skipped"
-                            )
-                            continue
-                        out.write(f"obs://{bucket}/{key}\n")
-                        count += 1
+                try:
+                    async for keys in list_pages(pool, client, bucket, prefix):
+                        count += _spool_page(out, keys, bucket, source.where, warn)
+                except UsageError as exc:  # named after the source (several may share a prefix)
+                    raise UsageError(f"{named}: {exc}") from None
             info(f"{source.where}: listed {count} objects under {source.prefix}")
             if not count:
                 warn(

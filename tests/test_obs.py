@@ -456,7 +456,8 @@ async def test_an_unreachable_obs_endpoint_stops_at_once(tmp_path: Path) -> None
             lambda _m: None,
         )
     message = str(raised.value)
-    assert message.startswith("listing obs://in-bucket/cams/ failed: cannot reach 127.0.0.1:")
+    assert message.startswith(f"{manifest.path}: source[0].prefix: listing obs://in-bucket/cams/ "
+                              "failed: cannot reach 127.0.0.1:")  # fmt: skip
     assert "check service.obs_endpoint" in message
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 from aiohttp import web
@@ -13,7 +15,8 @@ from batchsubmit.errors import UsageError
 from batchsubmit.obs import ObsClient, list_pages, listing_pool, parse_list_result
 from batchsubmit.pool import PoolSettings
 
-from .helpers import serve_app
+from .helpers import run_cli, serve_app
+from .test_obs import FakeObs, write_prefix_manifest
 
 NS = "http://obs.myhwclouds.com/doc/2015-06-30/"
 
@@ -110,3 +113,27 @@ async def test_a_page_that_trickles_in_is_bounded_by_the_timeout() -> None:
         with anyio.fail_after(10):
             answer = await client.list_page("in-bucket", "cams/", "")
     assert answer.error_code == "TIMEOUT"
+
+
+def test_listing_errors_name_the_manifest_source_not_the_spool_file(tmp_path: Path) -> None:
+    """A key over OBS's 1,024 bytes stopped the run naming the spool file
+    (/tmp/batchsubmit-spool-.../prefix-0.txt:1, deleted at exit), and a refusal named the
+    prefix only: neither said which [[source]] of which manifest. Both name it now."""
+    manifest = write_prefix_manifest(tmp_path)
+    obs = FakeObs(["cams/" + "a" * 1100 + ".mp4", "cams/ok.mp4"])
+    try:
+        args = ("submit", str(manifest), "--dry-run", "--obs-endpoint", obs.url,
+                "--results", str(tmp_path / "r.csv"))  # fmt: skip
+        long_key = run_cli(*args)
+        obs.status = 403
+        refused = run_cli(*args)
+    finally:
+        obs.close()
+    assert long_key.returncode == 2, long_key.stderr
+    assert f"{manifest}: source[0].prefix: OBS answered a key of 1109 bytes" in long_key.stderr
+    assert "batchsubmit-spool-" not in long_key.stderr
+    assert refused.returncode == 2, refused.stderr
+    assert f"{manifest}: source[0].prefix: listing obs://in-bucket/cams/ failed: HTTP 403" in (
+        refused.stderr
+    )
+    assert long_key.stdout == refused.stdout == ""
