@@ -1,4 +1,6 @@
-"""Review of live OBS listings: hostile ListObjects answers that were read as complete listings."""
+"""Hostile ListObjects answers to a live OBS prefix that were read as complete listings (a
+DTD, an empty truncated page, no IsTruncated, a trickle, a key too long): each stops the run
+before any create, naming the source."""
 
 from __future__ import annotations
 
