@@ -897,24 +897,14 @@ class Follower:
         if not isinstance(data, dict) or not isinstance(tasks, list):
             # Said as "HTTP 200 (request id ...)" alone, nobody could tell what was wrong.
             secrets = self.clients[service].secrets
-            failed = replace(
-                answer,
-                kind=Kind.UNAVAILABLE,
-                error_code="MALFORMED",
-                error_msg=f"the answer is not {{count, tasks}}: {_not_a_page(data, secrets)}",
-            )
-            self._call_failed("list", failed)
+            what = f"the answer is not {{count, tasks}}: {_not_a_page(data, secrets)}"
+            self._unusable("list", answer, "MALFORMED", what)
             return None
         if _contradicts_itself(tasks):
             # One job twice on a page, in two states: which is true cannot be told, and taking
             # either (a SUCCEEDED twin of a RUNNING job) could make a job final and deletable.
-            failed = replace(
-                answer,
-                kind=Kind.UNAVAILABLE,
-                error_code="CONTRADICTORY",
-                error_msg="the page lists one job twice with different states; not applied",
-            )
-            self._call_failed("list", failed)
+            what = "the page lists one job twice with different states; not applied"
+            self._unusable("list", answer, "CONTRADICTORY", what)
             return None
         newest: float | None = None
         least: float | None = None
@@ -954,13 +944,8 @@ class Follower:
                 # An answer about another job (a cache, a proxy) says nothing about this one:
                 # applied, its state and hosting result made this job final and deletable.
                 named = _one_line(answer.data.get("id"), self.clients[job.service].secrets)
-                answer = replace(
-                    answer,
-                    kind=Kind.UNAVAILABLE,
-                    error_code="WRONG_JOB",
-                    error_msg=f"the show of {job.now.job_id} answered about job {named[:80]!r}",
-                )
-                self._call_failed("show", answer)
+                what = f"the show of {job.now.job_id} answered about job {named[:80]!r}"
+                self._unusable("show", answer, "WRONG_JOB", what)
                 return
             self._there += absent
             self._apply(job, answer.data, shown=True)
@@ -979,6 +964,12 @@ class Follower:
         if absent:
             self.warn(f"{job.now.job_id}: not listed, and show did not answer; asked again")
         self._call_failed("show", answer)
+
+    def _unusable(self, what: str, answer: Answer, code: str, message: str) -> None:
+        """A 200 answer that cannot be believed: a failed call (its jobs asked about again
+        next pass), said with what is wrong with it."""
+        failed = replace(answer, kind=Kind.UNAVAILABLE, error_code=code, error_msg=message)
+        self._call_failed(what, failed)
 
     def _call_failed(self, what: str, answer: Answer) -> None:
         if answer.kind is Kind.FATAL:
