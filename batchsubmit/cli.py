@@ -233,6 +233,9 @@ def _report_run(
     outputs: Outputs, log: Log, done: reconcile_command.RunResult, stats: RunStats
 ) -> int:
     code = _exit_code(stats)
+    if code == EXIT["ok"] and done.expanded is not None and done.expanded.expand.unsubmittable:
+        # a video no job can name is a video not submitted: not a night where all went well
+        code = EXIT["some_failed"]
     render.report_run(
         outputs, log, stats, code, done.started, done.results, done.expanded, done.credentials
     )

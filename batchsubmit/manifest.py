@@ -90,6 +90,9 @@ class Source:
     exclude: tuple[str, ...]
     prefix: str | None = None
     listed_from: str | None = None  # the live prefix a spooled listing was listed from
+    # keys that live prefix listed and no job can name (a control character): never dropped
+    # without a word, they are counted and make the run exit 1
+    unsubmittable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -497,7 +497,12 @@ async def list_pages(
 
 
 def _spool_page(
-    out: Any, keys: Sequence[str], bucket: str, where: str, warn: Callable[[str], None]
+    out: Any,
+    keys: Sequence[str],
+    bucket: str,
+    where: str,
+    warn: Callable[[str], None],
+    skipped: list[str],
 ) -> int:
     """Write one page's keys to the spool; the count written. A key over OBS's 1,024 bytes
     stops the listing naming the source (it stopped the run naming the spool file, a
@@ -509,6 +514,7 @@ def _spool_page(
                 f"obs://{bucket}/{key!r}: a key with a control character "
                 f"cannot be submitted ({where}.prefix); skipped"
             )
+            skipped.append(f"obs://{bucket}/{key!r}")
             continue
         size = len(key.encode())
         if size > OBS_KEY_MAX_BYTES:
@@ -572,11 +578,12 @@ async def spool_prefixes(
             bucket, _, prefix = source.prefix.removeprefix("obs://").partition("/")
             spool = directory / f"prefix-{index}.txt"
             count = 0
+            skipped: list[str] = []
             named = f"{manifest.path}: {source.where}.prefix"
             with spool.open("w", encoding="utf-8") as out:
                 try:
                     async for keys in list_pages(pool, client, bucket, prefix):
-                        count += _spool_page(out, keys, bucket, source.where, warn)
+                        count += _spool_page(out, keys, bucket, source.where, warn, skipped)
                 except UsageError as exc:  # named after the source (several may share a prefix)
                     raise UsageError(f"{named}: {exc}") from None
             info(f"{source.where}: listed {count} objects under {source.prefix}")
@@ -585,5 +592,6 @@ async def spool_prefixes(
                     f"{manifest.path}: {source.where}.prefix: {source.prefix} lists no objects "
                     "(check the bucket and the folder's spelling; OBS keys are case-sensitive)"
                 )
-            sources.append(replace(source, prefix=None, listing=spool, listed_from=source.prefix))
+            spooled = replace(source, prefix=None, listing=spool, listed_from=source.prefix)
+            sources.append(replace(spooled, unsubmittable=tuple(skipped)))
     return Spooled(replace(manifest, sources=tuple(sources)), pool.stats.calls)

@@ -220,6 +220,7 @@ def summary_data(
             "folders": summary.expand.folders,
             "truncated_listings": summary.expand.truncated_listings,
             "empty_prefixes": list(summary.expand.empty_prefixes),
+            "unsubmittable_keys": list(summary.expand.unsubmittable),
         },
     }
 

@@ -97,6 +97,7 @@ class ExpandStats:
     filtered_examples: list[str] = field(default_factory=list)
     truncated_listings: list[str] = field(default_factory=list)
     empty_prefixes: list[str] = field(default_factory=list)  # live prefixes that listed nothing
+    unsubmittable: list[str] = field(default_factory=list)  # live keys no job can name
 
 
 def parse_listing_line(line: str, *, exact: bool = False) -> tuple[LineKind, str]:
@@ -310,6 +311,7 @@ def _videos(
             yield url, bucket, key
         if source.listed_from is not None and not listed:
             stats.empty_prefixes.append(source.listed_from)
+        stats.unsubmittable.extend(source.unsubmittable)
 
 
 def _where(source: Source, manifest_path: Path, number: int) -> str:

@@ -610,3 +610,27 @@ async def test_a_prefix_that_lists_nothing_warns_and_is_counted(
     stats = ExpandStats()
     assert list(iter_objects(spooled.manifest, stats, warnings.append)) == []
     assert stats.empty_prefixes == ["obs://in-bucket/Cams/"]
+
+
+def test_a_live_key_no_job_can_name_is_counted_and_the_run_exits_1(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """A key with a control character (a tab) is skipped with a warning, as documented. Under
+    -q on a night that otherwise went well the warning was never shown and exit 0 said all
+    went well: the video was never submitted without a word. It is in the summary now, and
+    the run exits 1, which shows what -q held back."""
+    obs = FakeObs(["cams/a.mp4", "cams/b\tc.mp4"])
+    try:
+        manifest = write_prefix_manifest(tmp_path)
+        summary = tmp_path / "s.json"
+        args = submit_args(manifest, live_emulator.url, tmp_path / "r.csv",
+                           "--obs-endpoint", obs.url)  # fmt: skip
+        done = run_cli(*args, "-q", "--summary", str(summary))
+    finally:
+        obs.close()
+    assert done.returncode == 1, done.stderr
+    assert "cannot be submitted" in done.stderr
+    data = orjson.loads(summary.read_bytes())
+    assert data["exit_code"] == 1
+    assert data["counts"]["submitted"] == 1
+    assert data["expanded"]["unsubmittable_keys"] == ["obs://in-bucket/'cams/b\\tc.mp4'"]
