@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,16 +23,19 @@ from batchsubmit.auth import Credentials
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_SK, FINAL_STATES, Faults, Lifecycle
 from batchsubmit.pool import PoolSettings
 from batchsubmit.prune import (
+    GONE_LIMIT,
     PRUNED,
     PruneConfig,
     PruneRules,
     PruneStats,
+    _prune_for_room,
     plan_prune,
     prune,
     prune_journal_path,
     select,
 )
 from batchsubmit.record import JobRecord, RecordWriter, is_final, read_record, record_path
+from batchsubmit.results import iter_results
 
 from .helpers import (
     BUCKET,
@@ -1116,24 +1120,39 @@ def test_a_record_claiming_final_for_a_running_state_is_not_believed() -> None:
     assert (selection.chosen, selection.held) == ([], {"not final": 1})
 
 
+# -- an endpoint that holds none of the ledger's jobs (another region or account) ------------
+# Every delete answers "no such job": none of those jobs may be recorded PRUNED on that word,
+# in one run or the next, or across make-room's rounds.
+
+
+@contextmanager
+def elsewhere() -> Iterator[LiveEmulator]:
+    """An emulator of the same project that holds none of the ledger's jobs."""
+    server = LiveEmulator(Faults(jobs=FAST_LIFE))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def elsewhere_config(results: Path, url: str, concurrency: int = 1) -> PruneConfig:
+    config = replace(prune_config(results), base_url=url)
+    return replace(config, pool=replace(config.pool, concurrency=concurrency))
+
+
 def test_deletes_that_find_no_job_anywhere_at_the_endpoint_stop_unrecorded(
     live: LiveEmulator, tmp_path: Path
 ) -> None:
     """prune --endpoint naming another region or account: every delete answers "no such
     job". Recorded PRUNED, the jobs were never deleted where they are and filled the quota
     for good. Now GONE_LIMIT such answers with no delete done there stop the prune (exit 3),
-    nothing recorded, the intents kept; the right endpoint then deletes every job."""
+    nothing recorded; the right endpoint then deletes every job."""
     results = submit_videos(live, tmp_path, 8)
     ids = list(job_ids(results).values())
     settle(live, ids)
     record_jobs(live, results, final_at=time.time() - 48 * HOUR)
-    elsewhere = LiveEmulator(Faults(jobs=FAST_LIFE))  # the same project, no job of ours
-    try:
-        config = replace(prune_config(results), base_url=elsewhere.url)
-        config = replace(config, pool=replace(config.pool, concurrency=1))
-        stats = prune(config, lambda _m: None, lambda _l, _m: None)
-    finally:
-        elsewhere.close()
+    with elsewhere() as other:
+        stats = prune(elsewhere_config(results, other.url), lambda _m: None, lambda _l, _m: None)
     from batchsubmit.cli import _prune_exit_code
 
     assert _prune_exit_code(stats) == 3
@@ -1143,13 +1162,55 @@ def test_deletes_that_find_no_job_anywhere_at_the_endpoint_stop_unrecorded(
     assert stats.pruned == 0
     assert set(states(results).values()) == {"SUCCEEDED"}
     assert not live.emulator.deleted
-    # answered 404, those deletes did nothing: no intent kept (a redo would believe its
-    # 404), the jobs are unrecorded, so the next prune chooses them again
+    # A 404 deleted nothing: no intent is kept (a kept one would be redone as a sent delete
+    # and believed on the same 404 next time); the jobs are chosen again by their rules.
     assert not prune_journal_path(results).exists()
     again = run_prune(results)
     assert again.deleted == 8
     assert set(live.emulator.deleted) == set(ids)
     assert set(states(results).values()) == {PRUNED}
+
+
+def test_a_second_prune_at_the_same_wrong_endpoint_records_nothing(
+    live: LiveEmulator, tmp_path: Path
+) -> None:
+    """The guard stops the first prune with intents kept; the second prune at the same wrong
+    endpoint redoes them as a killed prune's and records every one PRUNED on its 404."""
+    results = submit_videos(live, tmp_path, 8)
+    ids = list(job_ids(results).values())
+    settle(live, ids)
+    record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+    with elsewhere() as other:
+        config = elsewhere_config(results, other.url)
+        first = prune(config, lambda _m: None, lambda _l, _m: None)
+        assert first.fatal is not None
+        assert first.pruned == 0
+        second = prune(config, lambda _m: None, lambda _l, _m: None)
+    assert not live.emulator.deleted
+    assert PRUNED not in set(states(results).values()), (second.gone, second.fatal)
+
+
+def test_make_room_at_a_wrong_endpoint_records_nothing(live: LiveEmulator, tmp_path: Path) -> None:
+    """make-room needing 1 or 2 deletes prunes with limit=needed: each round's guard is new
+    and holds fewer than GONE_LIMIT, so each 404 is recorded gone at its end, and since a gone
+    job frees no room the loop goes on until every eligible job of the ledger is PRUNED."""
+    results = submit_videos(live, tmp_path, 6)
+    ids = list(job_ids(results).values())
+    settle(live, ids)
+    record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+    service_url = next(r.service_url for r in iter_results(results, "csv") if r.service_url)
+    with elsewhere() as other:
+        config = elsewhere_config(results, other.url)
+        stats = anyio.run(
+            lambda: _prune_for_room(config, lambda _m: None, lambda _l, _m: None, 1, service_url)
+        )
+    assert not live.emulator.deleted
+    # as a prune ending with fewer than GONE_LIMIT unconfirmed 404s: those are believed; the
+    # next one stops make-room (it went on and recorded all six)
+    recorded = [s for s in states(results).values() if s == PRUNED]
+    assert len(recorded) < GONE_LIMIT, (stats.gone, stats.fatal)
+    assert stats.fatal is not None
+    assert "no such job" in stats.fatal
 
 
 def test_a_job_deleted_by_hand_is_recorded_gone(live: LiveEmulator, tmp_path: Path) -> None:
