@@ -10,17 +10,17 @@ from typing import IO
 
 from .errors import UsageError
 
-__all__ = ["NOT_TORN", "drop_torn_tail", "not_torn", "sync_dir"]
+__all__ = ["JOINED_LINES", "drop_torn_tail", "lines_joined", "sync_dir"]
 
 _STEP = 65536  # bytes looked back at a time for the last complete line
-NOT_TORN = (
+JOINED_LINES = (
     "a carriage return (CR) inside what would be a torn last line: a crash cuts one line "
     "short, it never joins lines; the line endings were turned into CRs (an editor, unix2mac?). "
     "Convert them back to LF (e.g. tr '\\r' '\\n', then check the file)"
 )
 
 
-def not_torn(tail: bytes) -> bool:
+def lines_joined(tail: bytes) -> bool:
     """Whether a last line without its newline holds more than one line's start: our writers
     write a CR only right before a LF (CSV's CRLF; JSON escapes its CRs), so a CR anywhere but
     at its very end (a tear between CR and LF) means lines whose LFs became CRs."""
@@ -60,14 +60,14 @@ def drop_torn_tail(
         chunk = handle.read(end - start)
         cut = chunk.rfind(b"\n")
         tail = chunk[cut + 1 :] if cut >= 0 else chunk
-        joined = joined or b"\r" in (tail[:-1] if end == size else tail)
+        joined = joined or (lines_joined(tail) if end == size else b"\r" in tail)
         if cut >= 0:
             keep = start + cut + 1
             break
         end = start
     if joined:
         handle.seek(keep)
-        raise UsageError(f"{path}: {NOT_TORN}; nothing was changed ({handle.read(60)!r}...)")
+        raise UsageError(f"{path}: {JOINED_LINES}; nothing was changed ({handle.read(60)!r}...)")
     handle.seek(keep)
     if size - keep <= _STEP and whole(handle.read(size - keep)):
         handle.seek(size)

@@ -24,7 +24,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from .durable import NOT_TORN, not_torn, sync_dir
+from .durable import JOINED_LINES, lines_joined, sync_dir
 from .errors import LockedError, UsageError
 from .results import epoch, utc_at
 
@@ -92,11 +92,11 @@ def _entries(path: Path, warn: Callable[[str], None]) -> Iterator[dict[str, str]
             problem, entry = _intent(line)
             if entry is not None:
                 yield entry
-            elif problem and not line.endswith(b"\n") and not not_torn(line):
+            elif problem and not line.endswith(b"\n") and not lines_joined(line):
                 warn(f"{path}:{number}: the last line was cut short by a crash; skipped")
             elif problem:
                 if not line.endswith(b"\n"):  # lines joined by CRs, not one torn
-                    problem = f"{problem}; {NOT_TORN}"
+                    problem = f"{problem}; {JOINED_LINES}"
                 raise _damaged(path, number, problem)
 
 

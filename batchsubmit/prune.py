@@ -33,7 +33,7 @@ from .answers import Answer, Kind
 from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
 from .credentials import CredentialProvider
-from .durable import not_torn
+from .durable import lines_joined
 from .engine.loop import run as run_loop
 from .errors import ApiError, FatalApiError, StorageError, UsageError
 from .journal import RunLock
@@ -327,7 +327,7 @@ def read_prune_intents(path: Path) -> dict[str, str]:
             if not isinstance(job_id, str) or not isinstance(service_url, str):
                 raise TypeError
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            if number == len(lines) and not not_torn(line):
+            if number == len(lines) and not lines_joined(line):
                 continue  # a torn last line (no newline): it was never synced, nor sent
             # Damage anywhere else is an intent lost: a delete that may have been sent
             # would never get its PRUNED line (its job read LOST later). Stop, naming it.

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import orjson
 
-from .durable import drop_torn_tail, not_torn, sync_dir
+from .durable import drop_torn_tail, lines_joined, sync_dir
 from .errors import UsageError
 
 __all__ = [
@@ -165,7 +165,7 @@ def iter_raw(path: Path, warn: Callable[[str], None]) -> Iterator[tuple[int, int
                 ):
                     raise ValueError("not a record (job_id and final are required)")
             except (orjson.JSONDecodeError, ValueError) as exc:
-                if not line.endswith(b"\n") and not not_torn(line):
+                if not line.endswith(b"\n") and not lines_joined(line):
                     warn(
                         f"{path}:{number}: the last line was cut short by an earlier crash; "
                         "ignored (it is rewritten when that job is next seen)"

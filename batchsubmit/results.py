@@ -30,7 +30,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
-from .durable import NOT_TORN, drop_torn_tail, not_torn
+from .durable import JOINED_LINES, drop_torn_tail, lines_joined
 from .errors import UsageError
 from .hashes import HashBuckets, stable_hash
 from .vas import CONTROL, ServiceIdentity, service_identity
@@ -497,8 +497,8 @@ def _lines(
         if number == 1 and raw.startswith(BOM):
             raise _bom(path)
         if not raw.endswith(b"\n") and not whole(raw):
-            if not_torn(raw):
-                raise _damaged(path, number, NOT_TORN)
+            if lines_joined(raw):
+                raise _damaged(path, number, JOINED_LINES)
             yield number, b""
             return
         yield number, raw
