@@ -272,35 +272,19 @@ def _line_of(lines: Sequence[str], key: str) -> int:
     return 0
 
 
-def _one_named_source(env: Mapping[str, str], *, keys: bool) -> None:
+def _one_named_source(*, keys: bool, login: bool, named_file: bool) -> None:
     """Refuse two sources given by name at once: access keys in the environment, an IAM
     login (``BATCHSUBMIT_IAM_*``), a profile file named by ``HUAWEICLOUD_SDK_CREDENTIALS_FILE``.
     The SDK's order would pick one without a word, and which account or project the operator
     meant cannot be known (keys exported for another job, a login left in a crontab). The
     default profile file and the metadata service are where keys are looked for when none is
     named, so they never conflict."""
-    named = [
-        what
-        for what, given in (
-            ("HUAWEICLOUD_SDK_AK/SK", keys),
-            (
-                "BATCHSUBMIT_IAM_USER/DOMAIN/PASSWORD",
-                any(
-                    env.get(name, "").strip()
-                    for name in (
-                        "BATCHSUBMIT_IAM_USER",
-                        "BATCHSUBMIT_IAM_DOMAIN",
-                        "BATCHSUBMIT_IAM_PASSWORD",
-                    )
-                ),
-            ),
-            (
-                "HUAWEICLOUD_SDK_CREDENTIALS_FILE",
-                bool(_stripped(env, "HUAWEICLOUD_SDK_CREDENTIALS_FILE")),
-            ),
-        )
-        if given
-    ]
+    given = (
+        ("HUAWEICLOUD_SDK_AK/SK", keys),
+        ("BATCHSUBMIT_IAM_USER/DOMAIN/PASSWORD", login),
+        ("HUAWEICLOUD_SDK_CREDENTIALS_FILE", named_file),
+    )
+    named = [what for what, set_ in given if set_]
     if len(named) > 1:
         raise CredentialError(
             f"several credential sources are set ({' and '.join(named)}); which one is meant "
@@ -359,7 +343,15 @@ def find_source(
 
     ak, sk = _stripped(env, "HUAWEICLOUD_SDK_AK"), _stripped(env, "HUAWEICLOUD_SDK_SK")
     token = _stripped(env, "HUAWEICLOUD_SDK_SECURITY_TOKEN")
-    _one_named_source(env, keys=bool(ak or sk or token))
+    user = _stripped(env, "BATCHSUBMIT_IAM_USER")
+    domain = _stripped(env, "BATCHSUBMIT_IAM_DOMAIN")
+    password = env.get("BATCHSUBMIT_IAM_PASSWORD", "").strip("\r\n")
+    named = _stripped(env, "HUAWEICLOUD_SDK_CREDENTIALS_FILE")
+    _one_named_source(
+        keys=bool(ak or sk or token),
+        login=bool(user or domain or password),
+        named_file=bool(named),
+    )
     if ak or sk or token:
         _require(
             (("HUAWEICLOUD_SDK_AK", ak), ("HUAWEICLOUD_SDK_SK", sk)),
@@ -373,9 +365,6 @@ def find_source(
         return choice(EnvKeys(keys))
     tried.append("environment: HUAWEICLOUD_SDK_AK/SK not set")
 
-    user = _stripped(env, "BATCHSUBMIT_IAM_USER")
-    domain = _stripped(env, "BATCHSUBMIT_IAM_DOMAIN")
-    password = env.get("BATCHSUBMIT_IAM_PASSWORD", "").strip("\r\n")
     if user or domain or password:
         _require(
             (
@@ -391,7 +380,6 @@ def find_source(
         )
     tried.append("IAM password: BATCHSUBMIT_IAM_USER not set")
 
-    named = _stripped(env, "HUAWEICLOUD_SDK_CREDENTIALS_FILE")
     path = Path(named).expanduser() if named else home / ".huaweicloud" / "credentials"
     profile = _read_profile(path, explicit=bool(named), warn=warn, tried=tried)
     if profile is not None:
