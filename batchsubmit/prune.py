@@ -635,17 +635,16 @@ class _Unconfirmed:
         writer: RecordWriter,
         journal: _IntentJournal,
         stats: PruneStats,
-        tally: _GoneTally | None = None,
+        tally: _GoneTally,
     ) -> None:
         self._pool, self._writer, self._journal, self._stats = pool, writer, journal, stats
-        self._tally = tally or _GoneTally()
-        self._known = self._tally.known  # services where a delete succeeded in this run
+        self._tally = tally
         self._held: dict[str, list[Candidate]] = {}
         self._tripped = False
 
     def gone(self, candidate: Candidate) -> None:
         url = candidate.service_url
-        if url in self._known or candidate.redo:  # a redo's delete went out before: gone
+        if url in self._tally.known or candidate.redo:  # a redo's delete went out before: gone
             _record_pruned(candidate, self._writer, self._journal, self._stats, gone=True)
             return
         held = self._held.setdefault(url, [])
@@ -663,7 +662,7 @@ class _Unconfirmed:
 
     def deleted(self, candidate: Candidate) -> None:
         url = candidate.service_url
-        self._known.add(url)
+        self._tally.known.add(url)
         for held in self._held.pop(url, []):
             _record_pruned(held, self._writer, self._journal, self._stats, gone=True)
 
