@@ -55,13 +55,20 @@ FAST_LIFE = Lifecycle(time_scale=1000.0)  # a whole job life in ~30 ms, a delete
 HOUR = 3600.0
 
 
-@pytest.fixture
-def live() -> Iterator[LiveEmulator]:
+@contextmanager
+def fast_emulator() -> Iterator[LiveEmulator]:
+    """A live emulator whose jobs end in moments (FAST_LIFE)."""
     server = LiveEmulator(Faults(jobs=FAST_LIFE))
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def live() -> Iterator[LiveEmulator]:
+    with fast_emulator() as server:
+        yield server
 
 
 def iso(epoch: float) -> str:
@@ -1125,16 +1132,6 @@ def test_a_record_claiming_final_for_a_running_state_is_not_believed() -> None:
 # in one run or the next, or across make-room's rounds.
 
 
-@contextmanager
-def elsewhere() -> Iterator[LiveEmulator]:
-    """An emulator of the same project that holds none of the ledger's jobs."""
-    server = LiveEmulator(Faults(jobs=FAST_LIFE))
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def elsewhere_config(results: Path, url: str, concurrency: int = 1) -> PruneConfig:
     config = replace(prune_config(results), base_url=url)
     return replace(config, pool=replace(config.pool, concurrency=concurrency))
@@ -1151,7 +1148,7 @@ def test_deletes_that_find_no_job_anywhere_at_the_endpoint_stop_unrecorded(
     ids = list(job_ids(results).values())
     settle(live, ids)
     record_jobs(live, results, final_at=time.time() - 48 * HOUR)
-    with elsewhere() as other:
+    with fast_emulator() as other:  # the same project, none of the ledger's jobs
         stats = prune(elsewhere_config(results, other.url), lambda _m: None, lambda _l, _m: None)
     from batchsubmit.cli import _prune_exit_code
 
@@ -1180,7 +1177,7 @@ def test_a_second_prune_at_the_same_wrong_endpoint_records_nothing(
     ids = list(job_ids(results).values())
     settle(live, ids)
     record_jobs(live, results, final_at=time.time() - 48 * HOUR)
-    with elsewhere() as other:
+    with fast_emulator() as other:  # the same project, none of the ledger's jobs
         config = elsewhere_config(results, other.url)
         first = prune(config, lambda _m: None, lambda _l, _m: None)
         assert first.fatal is not None
@@ -1199,7 +1196,7 @@ def test_make_room_at_a_wrong_endpoint_records_nothing(live: LiveEmulator, tmp_p
     settle(live, ids)
     record_jobs(live, results, final_at=time.time() - 48 * HOUR)
     service_url = next(r.service_url for r in iter_results(results, "csv") if r.service_url)
-    with elsewhere() as other:
+    with fast_emulator() as other:  # the same project, none of the ledger's jobs
         config = elsewhere_config(results, other.url)
         stats = anyio.run(
             lambda: _prune_for_room(config, lambda _m: None, lambda _l, _m: None, 1, service_url)
