@@ -39,6 +39,12 @@ def _fifo(tmp: Path) -> str:
     return str(tmp / "pipe.csv")
 
 
+def _loop(tmp: Path) -> str:
+    """A symlink to itself: no file at all (pathlib raises RuntimeError before 3.13)."""
+    (tmp / "loop.csv").symlink_to(tmp / "loop.csv")
+    return str(tmp / "loop.csv")
+
+
 def _file(tmp: Path) -> str:
     (tmp / "file.csv").write_text("x", encoding="utf-8")
     return str(tmp / "file.csv")
@@ -65,6 +71,7 @@ SAYS: dict[Maker, str] = {
     _missing_parent: "does not exist",
     _fifo: "is a FIFO",
     _device: "is a character device",
+    _loop: "symbolic link",
     _file: "is not a directory",
     _under_a_file: "is not a directory",
 }
@@ -75,12 +82,14 @@ OUTPUT_FILES: list[tuple[str, Maker]] = [
     ("--metrics", _directory),
     ("--metrics", _missing_parent),
     ("--metrics", _fifo),
+    ("--summary", _loop),
+    ("--report", _loop),
     ("--report", _directory),
     ("--report", _missing_parent),
     ("--collect", _file),
     ("--collect", _under_a_file),
 ]
-RESULTS_FILES: list[Maker] = [_directory, _fifo, _device]
+RESULTS_FILES: list[Maker] = [_directory, _fifo, _device, _loop]
 
 
 @pytest.fixture

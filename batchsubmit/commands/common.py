@@ -213,8 +213,15 @@ def real(path: Path, option: str = "results file") -> Path:
     A file with a second hard link is refused: the lock and the journal are named after one
     of its names, and a run through the other link would see neither. Anything but a regular
     file (or none yet) is refused too: a device takes rows and keeps none, a FIFO blocks the
-    ledger read forever, and the lock and journal would go beside it (into /dev)."""
-    resolved = path.resolve()
+    ledger read forever, and the lock and journal would go beside it (into /dev). A symlink
+    loop names no file at all."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: RuntimeError before Python 3.13
+        raise UsageError(
+            f"{option} {path}: is a symbolic link loop; the results file must be a regular "
+            "file (or not exist yet)"
+        ) from None
     try:
         found = resolved.stat()
     except OSError:
