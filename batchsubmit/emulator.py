@@ -1059,11 +1059,17 @@ class Emulator:
         until = _int_param(query, "created_until", -1, 0, None)
         with self._lock:
             count, page = self._select(scope, query, offset, limit, field, direction, since, until)
-            if self._listed_from:
-                now = self._clock()
-                young = [t for t in page if self._listed_from.get(t["id"], now) > now]
-                count, page = count - len(young), [t for t in page if t not in young]
         return self._answer("list", 200, headers, {"count": count, "tasks": page})
+
+    def _unlisted(self) -> frozenset[str]:
+        """Jobs ``list_lag`` still hides (the ones whose lag is over are forgotten): a lagging
+        index leaves them out of ``count`` and of the paging too, not only of the page."""
+        if not self._listed_from:
+            return frozenset()
+        now = self._clock()
+        for task_id in [i for i, at in self._listed_from.items() if at <= now]:
+            del self._listed_from[task_id]
+        return frozenset(self._listed_from)
 
     def _select(
         self,
@@ -1091,6 +1097,8 @@ class Emulator:
             keep.append(lambda task: task["state"] == state)
         if id_like := query.get("id_like"):
             keep.append(lambda task: id_like in task["id"])
+        if hidden := self._unlisted():
+            keep.append(lambda task: task["id"] not in hidden)
         name_like = query.get("name_like")
         if not keep and not name_like and field != "name":
             # Only the created window (if any) filters: count it by bisection, page directly.

@@ -171,6 +171,29 @@ async def test_list_lag_hides_a_new_job_from_lists_not_from_show() -> None:
     assert [task["id"] for task in later.json["tasks"]] == [created["id"]]
 
 
+async def test_list_lag_hidden_jobs_are_out_of_count_and_paging_too() -> None:
+    """A lagging index leaves a new job out of ``count`` and out of the paging: every page is
+    full, and the pages ``count`` promises hold every listed job (not a count that depends on
+    the page size, nor short pages with the hidden jobs cut out after paging)."""
+    now = [1000.0]
+    emulator = Emulator(Faults(list_lag=3.0), clock=lambda: now[0])
+    async with running(emulator) as client:
+        for i in range(6):
+            await client.create(job(name=f"old-{i}"))
+        now[0] += 3.5
+        for i in range(6):
+            await client.create(job(name=f"new-{i}"))
+        one = await client.call("GET", query={"limit": "1", "order": ASC})
+        pages = [
+            await client.call("GET", query={"limit": "2", "offset": str(offset), "order": ASC})
+            for offset in (0, 2, 4)
+        ]
+    assert one.json["count"] == 6
+    assert [p.json["count"] for p in pages] == [6, 6, 6]
+    names = [task["name"] for p in pages for task in p.json["tasks"]]
+    assert names == [f"old-{i}" for i in range(6)]
+
+
 async def test_official_sdk_signer_is_accepted() -> None:
     """The emulator checks signatures as Huawei's own signer makes them, not only as ours does."""
     signer_module = pytest.importorskip("huaweicloudsdkcore.signer.signer")
