@@ -186,6 +186,11 @@ class VasClient:
         return await self._send(method, url, headers, body, create=create)
 
     @property
+    def tasks_url(self) -> str:
+        """The tasks URL this client calls (``--endpoint``'s, where one was given)."""
+        return self._url
+
+    @property
     def provider(self) -> CredentialProvider:
         """Where this client's secrets come from (the pool routes its refreshes)."""
         return self._provider

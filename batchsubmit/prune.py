@@ -642,7 +642,9 @@ class _Unconfirmed:
         self._held: dict[str, list[Candidate]] = {}
         self._tripped = False
 
-    def gone(self, candidate: Candidate) -> None:
+    def gone(self, candidate: Candidate, asked_at: str) -> None:
+        """``asked_at``: the tasks URL the delete went to (``--endpoint`` replaces the row's):
+        the one the message names, since the row's may be right where this one is not."""
         url = candidate.service_url
         if url in self._tally.known or candidate.redo:  # a redo's delete went out before: gone
             _record_pruned(candidate, self._writer, self._journal, self._stats, gone=True)
@@ -653,8 +655,9 @@ class _Unconfirmed:
         if unconfirmed >= GONE_LIMIT and not self._tripped:
             self._tripped = True
             self._stats.fatal = (
-                f"{unconfirmed} deletes at {url} answered 'no such job' ({GONE_CODE}) and none "
-                "there succeeded: is this the endpoint the jobs were created at (--endpoint)? "
+                f"{unconfirmed} deletes at {asked_at} answered 'no such job' ({GONE_CODE}) and "
+                "none there succeeded: is this the endpoint the jobs were created at "
+                "(--endpoint)? "
                 "Nothing was recorded for them; the next prune sends them again. Jobs deleted "
                 "by hand: run `batchsubmit status RESULTS --follow` first"
             )
@@ -746,7 +749,7 @@ async def _delete_one(
         if unconfirmed is None:
             _record_pruned(candidate, writer, journal, stats, gone=True)
         else:
-            unconfirmed.gone(candidate)
+            unconfirmed.gone(candidate, client.tasks_url)
         return
     stats.failed += 1
     text = _describe(answer)

@@ -1168,6 +1168,23 @@ def test_deletes_that_find_no_job_anywhere_at_the_endpoint_stop_unrecorded(
     assert set(states(results).values()) == {PRUNED}
 
 
+def test_the_stop_names_the_endpoint_the_deletes_went_to(
+    live: LiveEmulator, tmp_path: Path
+) -> None:
+    """The message asks "is this the endpoint the jobs were created at (--endpoint)?": it
+    named the rows' URL (where the jobs are) instead of --endpoint's (where the deletes went
+    and found nothing), so the right endpoint was named as the suspect."""
+    results = submit_videos(live, tmp_path, 4)
+    ids = list(job_ids(results).values())
+    settle(live, ids)
+    record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+    with fast_emulator() as other:
+        stats = prune(elsewhere_config(results, other.url), lambda _m: None, lambda _l, _m: None)
+    assert stats.fatal is not None
+    assert f"deletes at {other.url.rstrip('/')}/v2/" in stats.fatal
+    assert live.url.rstrip("/") not in stats.fatal
+
+
 def test_a_second_prune_at_the_same_wrong_endpoint_records_nothing(
     live: LiveEmulator, tmp_path: Path
 ) -> None:
