@@ -160,7 +160,8 @@ def _write_failure(
         try:
             render.write_atomically(path, text(args.name, code, message))
         except BatchSubmitError as exc:
-            log.line("warning", str(exc))
+            if str(exc) != message:  # the error was this very path's: said once is enough
+                log.line("warning", str(exc))
 
 
 # -q prints nothing for these: all went well, or (4) jobs not final yet, followed again next

@@ -7,7 +7,7 @@
     │       └── CredentialsUnavailable  exit 3: IAM or ECS metadata did not answer (retried)
     ├── LockedError                  exit 75: another run holds the results file
     ├── FatalApiError                exit 3: every further call would fail the same way
-    ├── StorageError                 exit 3: the results file or journal cannot be written
+    ├── StorageError                 exit 3: the results, journal or an output cannot be written
     └── ApiError                     one job's call failed; becomes a results row
 
 Messages never contain secrets: nothing here is ever given an SK or a token.
@@ -74,7 +74,8 @@ class LockedError(BatchSubmitError):
 
 
 class StorageError(BatchSubmitError):
-    """Writing the results file or the journal failed mid-run (disk full, permissions)."""
+    """Writing the results file or the journal failed mid-run, or the summary, metrics or
+    report at its end (disk full, permissions): after requests, so never a usage error."""
 
     exit_code = 3
 

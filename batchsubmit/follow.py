@@ -1237,7 +1237,7 @@ class Follower:
             os.replace(temporary, path)
         except OSError as exc:
             temporary.unlink(missing_ok=True)
-            raise UsageError(f"{path}: cannot write the report: {exc.strerror}") from None
+            raise StorageError(f"{path}: cannot write the report: {exc.strerror}") from None
         finally:
             reader.close()
 

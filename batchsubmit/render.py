@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .errors import UsageError
+from .errors import StorageError
 from .pool import RunStats
 from .progress import Log
 from .prune import PruneStats, Room, describe_held
@@ -67,7 +67,9 @@ def write_atomically(path: Path, data: bytes) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):  # a directory by that name: not ours to remove
             temporary.unlink(missing_ok=True)
-        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+        # written when the run ends, after its requests: not a usage error (exit 2 says
+        # "before any request"), but an output that could not be written (exit 3)
+        raise StorageError(f"{path}: cannot write: {exc.strerror}") from None
 
 
 def json_bytes(data: dict[str, Any]) -> bytes:
@@ -299,10 +301,6 @@ def report_run(
     credentials: str | None = None,
 ) -> None:
     data = summary_data(stats, code, started, results, summary, credentials)
-    if outputs.summary:
-        write_atomically(outputs.summary, json_bytes(data))
-    if outputs.metrics:
-        write_atomically(outputs.metrics, prometheus(data, stats).encode())
     line = run_line(data, stats, results)
     level = "info" if code == 0 else "error"
     if stats.fatal:
@@ -310,6 +308,11 @@ def report_run(
     for kind, message in stats.first_errors.items():
         log.line("error", f"first {kind} error: {message}")
     log.line(level, f"done: {line}", exit_code=code)
+    # after the final line: a summary that cannot be written must not hide what the run did
+    if outputs.summary:
+        write_atomically(outputs.summary, json_bytes(data))
+    if outputs.metrics:
+        write_atomically(outputs.metrics, prometheus(data, stats).encode())
 
 
 # -- make-room and prune ------------------------------------------------------------------------
@@ -584,11 +587,11 @@ def log_follow(log: Log, stats: Any, code: int, data: dict[str, Any]) -> None:
 
 def report_status(outputs: Outputs, log: Log, stats: Any, code: int, started: float) -> None:
     data = status_summary(stats, code, started)
+    log_follow(log, stats, code, data)  # first: an output that cannot be written hides nothing
     if outputs.summary:
         write_atomically(outputs.summary, json_bytes(data))
     if outputs.metrics:
         write_atomically(outputs.metrics, status_prometheus(data, code).encode())
-    log_follow(log, stats, code, data)
 
 
 def report_follow_after_submit(

@@ -287,8 +287,33 @@ def test_a_summary_the_run_wrote_is_not_replaced_when_its_metrics_fail(
     (tmp_path / f".m.prom.{os.getpid()}.tmp").symlink_to(tmp_path / "gone" / "x")
     code = main(["submit", str(manifest), "--emulator", "--results", str(tmp_path / "r.csv"),
                  "--summary", str(summary), "--metrics", str(metrics), "-q"])  # fmt: skip
-    assert code == 2
+    assert code == 3  # an output not written after the creates: not a usage error (2)
     assert json.loads(summary.read_text())["counts"]["submitted"] == 2
+
+
+def test_a_summary_that_cannot_be_written_after_the_creates_is_exit_3_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The summary's folder passed the check before the run, but the write at its end failed
+    (a full disk): the jobs were created, yet it exited 2 ("before any request"), the final
+    "done:" line was never printed, and the error was printed twice (error, then warning).
+    Now: exit 3 (an output could not be written), the done line, the error once."""
+    import os
+
+    from batchsubmit.cli import main
+
+    for name, value in cli_env().items():
+        monkeypatch.setenv(name, value)
+    manifest = write_manifest(tmp_path, video_keys(2))
+    summary = tmp_path / "s.json"
+    (tmp_path / f".s.json.{os.getpid()}.tmp").symlink_to(tmp_path / "gone" / "x")
+    code = main(["submit", str(manifest), "--emulator", "--results", str(tmp_path / "r.csv"),
+                 "--summary", str(summary)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "done: 2 submitted" in err
+    assert err.count("cannot write") == 1, err
+    assert "Traceback" not in err
 
 
 def test_an_error_about_the_metrics_path_itself_writes_nothing_there(tmp_path: Path) -> None:
@@ -377,12 +402,12 @@ def test_a_metrics_file_that_cannot_be_replaced_is_an_error_not_a_traceback(
     """A directory where the temporary file goes: the clean-up raised IsADirectoryError."""
     import os
 
-    from batchsubmit.errors import UsageError
+    from batchsubmit.errors import StorageError
     from batchsubmit.render import write_atomically
 
     target = tmp_path / "m.prom"
     (tmp_path / f".m.prom.{os.getpid()}.tmp").mkdir()
-    with pytest.raises(UsageError, match="cannot write"):
+    with pytest.raises(StorageError, match="cannot write"):
         write_atomically(target, b"x\n")
 
 
