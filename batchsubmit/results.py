@@ -292,6 +292,7 @@ class Ledger:
     rows: int = 0
     other_services: int = 0
     other_endpoint: int = 0
+    other_endpoint_done: int = 0  # of those, the submitted ones: what counts as done
     other_service_url: str = ""
     other_endpoint_url: str = ""
     bad_lines: int = 0
@@ -420,6 +421,8 @@ def read_ledger(
                 ledger.answered.add(source)
             if status == "submitted":
                 submitted.add(stable_hash(source))
+                if kind == _OTHER_ENDPOINT:
+                    ledger.other_endpoint_done += 1
                 unknown.pop(source, None)  # a lookup found it (or a create made since)
             elif status == "unknown":
                 unknown[source] = name

@@ -794,6 +794,36 @@ def test_same_service_under_another_endpoint_is_done_and_counted(
     assert ledger.other_services == 0
 
 
+def test_failed_rows_under_another_endpoint_are_not_said_to_count_as_done(
+    tmp_path: Path,
+) -> None:
+    """A night of failed creates under one endpoint, then a run under another: the log said
+    "5 rows name this project and service under another endpoint ...; they count as done
+    here" beside "0 already submitted", and submitted all five again. Only the submitted
+    rows count as done, and the line says how many they are."""
+    import io
+
+    from batchsubmit.commands.common import log_ledger_services
+    from batchsubmit.progress import Log
+
+    then, now = "http://127.0.0.1:40001", "http://127.0.0.1:40002"
+    path = tmp_path / "r.csv"
+    write_rows(
+        path,
+        "csv",
+        [
+            outcome(service_url=then + TASKS),
+            outcome("obs://bkt/f.mp4", "failed", service_url=then + TASKS),
+        ],
+    )
+    ledger, _ = ledger_of(path, "csv", now + TASKS)
+    assert (ledger.other_endpoint, ledger.other_endpoint_done) == (2, 1)
+    stream = io.StringIO()
+    log_ledger_services(Log(stream), ledger, path)
+    assert "2 rows name this project and service under another endpoint" in stream.getvalue()
+    assert "(1 submitted, so done)" in stream.getvalue()
+
+
 @pytest.mark.parametrize(
     "service_url",
     [

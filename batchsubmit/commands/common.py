@@ -457,7 +457,8 @@ def log_ledger_services(log: Log, ledger: Ledger, results: Path) -> None:
         log.line(
             "info",
             f"{results}: {ledger.other_endpoint} rows name this project and service under "
-            f"another endpoint (e.g. {ledger.other_endpoint_url}); they count as done here",
+            f"another endpoint (e.g. {ledger.other_endpoint_url}); they count as this "
+            f"service's here ({ledger.other_endpoint_done} submitted, so done)",
         )
     if ledger.other_services:
         log.line(
