@@ -216,8 +216,8 @@ def _emulator_options(emulator: argparse.ArgumentParser) -> None:
         ("--p-start-failed", "end START_FAILED"),
         ("--p-unknown-state", "pass through SCHEDULING, a state outside VAS's list"),
         ("--p-vanish", "vanish (deleted by someone else: show answers 404)"),
-        ("--p-hosting-late", "with a hosting output: a result that arrives late"),
-        ("--p-hosting-too-large", "with a hosting output: a result too large to host"),
+        ("--p-hosting-late", "have a hosting output, whose result arrives late"),
+        ("--p-hosting-too-large", "have a hosting output, whose result is too large to host"),
         ("--p-frozen", "end FROZEN (the account in arrears)"),
     ):
         jobs.add_argument(

@@ -302,6 +302,15 @@ def test_help_says_quota_zero_means_unlimited() -> None:
     assert "0 = unlimited" in helps["emulator --quota"]
 
 
+def test_the_hosting_fates_help_reads_as_a_sentence() -> None:
+    """`--p-hosting-late` said "share of jobs that with a hosting output: a result that
+    arrives late", a sentence with no verb."""
+    helps = {where: action.help or "" for where, action in _options(arguments.parser())}
+    for option in ("emulator --p-hosting-late", "emulator --p-hosting-too-large"):
+        assert "that with" not in helps[option], helps[option]
+        assert helps[option].startswith("share of jobs that have a hosting output, whose result")
+
+
 def test_reconcile_with_nothing_to_do_succeeds(tmp_path: Path) -> None:
     """A nightly `reconcile` on a clean ledger is success (exit 0), with one line saying so."""
     results = tmp_path / "r.csv"
