@@ -54,7 +54,9 @@ MAX_DEADLINE = 7 * 24 * 3600.0  # seconds
 SUMMARY_HELP = "write a JSON summary of the run (default: none)"
 DEFAULT_SETTLE, MAX_SETTLE = PoolSettings.settle, 600.0  # seconds
 DEFAULT_LOOKUPS, MAX_LOOKUPS = PoolSettings.lookup_tries, 20
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_DURATION = re.compile(rf"(?:{_NUMBER}d)?(?:{_NUMBER}h)?(?:{_NUMBER}m)?(?:{_NUMBER}s?)?")
+MAX_AGE_DAYS = 3650
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -480,12 +482,18 @@ def _probability(text: str) -> float:
     return value
 
 
-def _duration(text: str) -> float:
+def _seconds(text: str, examples: str) -> float:
+    """A duration in days, hours, minutes and seconds (``1d12h``, ``90m``, ``45s``, ``10``),
+    the same grammar for every option that takes one."""
     found = _DURATION.fullmatch(text.strip())
     if not text.strip() or not found or not any(found.groups()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 2h, 90m, 1h30m, 45s)")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in found.groups())
-    total = hours * 3600 + minutes * 60 + seconds
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. {examples})")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in found.groups())
+    return days * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+def _duration(text: str) -> float:
+    total = _seconds(text, "2h, 90m, 1h30m, 45s, 1d")
     if not 0 < total <= MAX_DEADLINE:
         raise argparse.ArgumentTypeError(
             f"{text!r}: a duration must be more than 0 and at most 7 days (168h)"
@@ -577,20 +585,11 @@ def _prune_parser(commands: Any) -> None:
 
 
 def _age(text: str) -> float:
-    """A minimum age: 0, or a duration (h, m, s, or whole days with d)."""
-    stripped = text.strip()
-    if stripped in ("0", "0s"):
-        return 0.0
-    if stripped.endswith("d") and stripped[:-1].isdigit():
-        days = int(stripped[:-1])
-        if not 0 < days <= 3650:
-            raise argparse.ArgumentTypeError(f"{text!r}: days must be between 1 and 3650")
-        return days * 86400.0
-    found = _DURATION.fullmatch(stripped)
-    if not stripped or not found or not any(found.groups()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 24h, 90m, 7d, 0)")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in found.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    """A minimum age: 0, or a duration (d, h, m, s)."""
+    total = _seconds(text, "24h, 90m, 7d, 0")
+    if total > MAX_AGE_DAYS * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: an age is at most {MAX_AGE_DAYS} days")
+    return total
 
 
 def _kept(text: str) -> int:

@@ -17,6 +17,7 @@ import pytest
 
 from batchsubmit import arguments
 from batchsubmit.arguments import (
+    _age,
     _duration,
     check_options,
     emulator_options,
@@ -201,11 +202,28 @@ def test_dry_run_sends_nothing_and_respects_the_ledger(
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("2h", 7200), ("90m", 5400), ("1h30m", 5400), ("45s", 45), ("10", 10)]
+    ("text", "seconds"),
+    [
+        ("2h", 7200),
+        ("90m", 5400),
+        ("1h30m", 5400),
+        ("45s", 45),
+        ("10", 10),
+        ("7d", 604800),
+        ("1d12h", 129600),
+    ],
 )
 def test_deadline_durations(text: str, seconds: float) -> None:
-    """--deadline takes 2h, 90m, 1h30m, 45s or plain seconds."""
+    """--deadline takes 2h, 90m, 1h30m, 45s or plain seconds, and days: the README's "at most
+    7 days" was refused as "7d" (though `prune --older-than 7d` took it)."""
     assert _duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("0", 0), ("0s", 0), ("7d", 604800), ("24h", 86400), ("1d6h", 108000)]
+)
+def test_ages_take_the_same_durations(text: str, seconds: float) -> None:
+    assert _age(text) == seconds
 
 
 @pytest.mark.parametrize(
@@ -264,6 +282,7 @@ def test_expand_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
         ["--max-failures", "0"],
         ["--deadline", "0s"],
         ["--deadline", "100000h"],
+        ["--deadline", "8d"],
     ],
 )
 def test_absurd_numbers_are_refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
