@@ -449,9 +449,9 @@ def report_prune(
     from .record import record_path
 
     data = prune_summary(stats, code, started, results, dry_run)
-    if outputs.summary:
-        write_atomically(outputs.summary, json_bytes(data))
-    if not record_path(results).exists():
+    if not results.exists():  # the first night (or a typo: say which file was looked at)
+        log.line("info", f"no results file {results} yet: nothing to prune")
+    elif not record_path(results).exists():
         log.line(
             "info",
             f"no follow record yet ({record_path(results).name}): prune deletes only jobs that "
@@ -459,13 +459,15 @@ def report_prune(
         )
     if dry_run:
         log.line("info", prune_dry_line(stats))
-        return
-    if stats.fatal:
-        log.line("error", f"prune stopped: {stats.fatal}")
-    for kind, message in stats.first_errors.items():
-        log.line("error", f"first {kind} error: {message}")
-    level = "info" if code == 0 else "error"
-    log.line(level, f"done: {prune_line(stats, results)}", exit_code=code)
+    else:
+        if stats.fatal:
+            log.line("error", f"prune stopped: {stats.fatal}")
+        for kind, message in stats.first_errors.items():
+            log.line("error", f"first {kind} error: {message}")
+        level = "info" if code == 0 else "error"
+        log.line(level, f"done: {prune_line(stats, results)}", exit_code=code)
+    if outputs.summary:  # last: a summary that cannot be written hides nothing said above
+        write_atomically(outputs.summary, json_bytes(data))
 
 
 # -- status and submit --follow -----------------------------------------------------------------
@@ -599,6 +601,9 @@ def report_follow_after_submit(
 ) -> None:
     """Add the follow part to the summary and metrics the submit part just wrote."""
     data = status_summary(stats, follow_code, time.time() - stats.elapsed)
+    log_follow(log, stats, follow_code, data)  # first: an output that fails hides nothing
+    if code != submit_code:
+        log.line("info", f"exit {code}: submit part {submit_code}, follow part {follow_code}")
     if outputs.summary and outputs.summary.exists():
         summary = orjson.loads(outputs.summary.read_bytes())
         summary["follow"] = data
@@ -613,9 +618,6 @@ def report_follow_after_submit(
             flags=re.MULTILINE,
         )
         write_atomically(outputs.metrics, (text + follow_prometheus(data)).encode())
-    log_follow(log, stats, follow_code, data)
-    if code != submit_code:
-        log.line("info", f"exit {code}: submit part {submit_code}, follow part {follow_code}")
 
 
 # -- emulator -----------------------------------------------------------------------------------

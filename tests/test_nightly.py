@@ -316,6 +316,29 @@ def test_a_summary_that_cannot_be_written_after_the_creates_is_exit_3_said_once(
     assert "Traceback" not in err
 
 
+def test_prune_of_a_results_file_not_there_yet_says_so_before_its_summary_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The nightly script prunes before the first submit: exit 0, but it said only "no follow
+    record yet" (a typo in the path read the same), and a summary that could not be written
+    came before the done line, which was then never printed."""
+    from batchsubmit.cli import main
+
+    for name, value in cli_env().items():
+        monkeypatch.setenv(name, value)
+    results, summary = tmp_path / "r.csv", tmp_path / "p.json"
+    assert main(["prune", str(results), "--summary", str(summary)]) == 0
+    err = capsys.readouterr().err
+    assert f"no results file {results} yet: nothing to prune" in err, err
+    assert "no follow record" not in err
+    assert json.loads(summary.read_text())["exit_code"] == 0
+    (tmp_path / f".p.json.{os.getpid()}.tmp").symlink_to(tmp_path / "gone" / "x")
+    assert main(["prune", str(results), "--summary", str(summary)]) == 3
+    err = capsys.readouterr().err
+    assert "done: pruned 0 jobs" in err, err
+    assert err.count("cannot write") == 1, err
+
+
 def test_an_error_about_the_metrics_path_itself_writes_nothing_there(tmp_path: Path) -> None:
     """The error may be about the very path: it is not written, and nothing crashes."""
     manifest = write_manifest(tmp_path, video_keys(1))
