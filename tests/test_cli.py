@@ -242,6 +242,15 @@ def test_bad_options_exit_2(args: list[str]) -> None:
     assert raised.value.code == 2
 
 
+def test_emulator_and_endpoint_together_are_refused(tmp_path: Path) -> None:
+    """--endpoint beside --emulator was ignored without a word: the operator meant one."""
+    manifest = write_manifest(tmp_path, video_keys(1))
+    done = run_cli("submit", str(manifest), "--emulator", "--endpoint", "http://127.0.0.1:9")
+    assert done.returncode == 2, done.stderr
+    assert "--emulator and --endpoint" in done.stderr
+    assert not list(tmp_path.glob("*.csv"))
+
+
 def test_bad_endpoint_exits_2(tmp_path: Path) -> None:
     """--endpoint must be an http(s) URL without a path."""
     manifest = write_manifest(tmp_path, video_keys(1))

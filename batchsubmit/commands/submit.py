@@ -95,6 +95,11 @@ def run(options: SubmitOptions, log: Log, env: Env) -> SubmitResult | DryRun:
         if options.obs_endpoint
         else None,
     )
+    if options.emulator and options.endpoint:
+        raise UsageError(
+            f"--emulator and --endpoint {options.endpoint}: the built-in emulator has its own "
+            "endpoint; give one of the two"
+        )
     manifest = load_manifest(options.manifest)
     fmt: Format = (
         format_for(options.results, options.format)
