@@ -594,6 +594,7 @@ def _csv_rows(
             header = _csv_header(raw, path)
         break
     width = len(BASE_COLUMNS)
+    columns = len(header)  # every row has the header's columns: the writer pads to them
     status_at = _STATUS_AT
     at = [BASE_COLUMNS.index(name) for name in names]
     for number, raw in lines:
@@ -612,6 +613,10 @@ def _csv_rows(
         status = fields[status_at]
         if status not in STATUSES:
             raise _damaged(path, number, f"status {status[:40]!r} is none of {', '.join(STATUSES)}")
+        if len(fields) != columns:
+            # A comma added or lost shifts the columns after it: a submitted row read with
+            # another column as its service_url would count for no service, and be created again.
+            raise _damaged(path, number, f"{len(fields)} columns where the header has {columns}")
         yield number, tuple(fields[i] for i in at)
 
 

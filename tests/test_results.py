@@ -437,6 +437,25 @@ def test_csv_damage_in_the_middle_stops_the_read(tmp_path: Path, garbage: bytes,
     assert "Repair" in message
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(b"201,,,", b"201,,,,"), (b"201,,,", b"201,,"), (b",False,", b",False,,")],
+)
+def test_a_comma_added_or_lost_is_damage_not_a_row_of_another_service(
+    tmp_path: Path, before: bytes, after: bytes
+) -> None:
+    """A row with more or fewer columns than the header: read by position, a submitted row's
+    service_url was another column ("False", a time), so it counted for no service and its
+    video was created again. Every row the writer writes has the header's columns."""
+    path = tmp_path / "r.csv"
+    write_rows(path, "csv", [outcome(f"obs://bkt/{i}.mp4") for i in range(3)])
+    lines = path.read_bytes().split(b"\r\n")
+    lines[2] = lines[2].replace(before, after, 1)
+    path.write_bytes(b"\r\n".join(lines))
+    with pytest.raises(UsageError, match=rf"^{re.escape(str(path))}:3: .* the header has 13"):
+        ledger_of(path, "csv")
+
+
 def test_stray_quote_never_swallows_the_rows_after_it(tmp_path: Path) -> None:
     """The issue's case: one hand-edited line with a stray '"' among 301 rows. The csv module
     read every later row into one field (249 videos lost, re-created); now the run stops at
@@ -503,7 +522,7 @@ def test_row_longer_than_the_csv_field_limit_is_read(tmp_path: Path) -> None:
     huge = '"' + "x, " * 70_000 + '"'
     with path.open("ab") as handle:
         handle.write(
-            f"obs://bkt/u.mp4,u-name,,unknown,0,TIMEOUT,{huge},1,,t,{SERVICE},False\r\n".encode()
+            f"obs://bkt/u.mp4,u-name,,unknown,0,TIMEOUT,{huge},1,,t,{SERVICE},False,2\r\n".encode()
         )
     write_rows(path, "csv", [outcome("obs://bkt/b.mp4")])
     limit = csv.field_size_limit()
@@ -606,7 +625,7 @@ def test_csv_with_extra_columns_is_read(tmp_path: Path) -> None:
     """A CSV whose header starts with COLUMNS (a later version added columns) is still read."""
     path = tmp_path / "r.csv"
     row = [str(v) for v in dataclasses.astuple(outcome())]
-    path.write_text(",".join([*COLUMNS, "future"]) + "\r\n" + ",".join([*row, "x"]) + "\r\n")
+    path.write_text(",".join([*COLUMNS, "future"]) + "\r\n" + ",".join([*row, "2", "x"]) + "\r\n")
     ledger, _ = ledger_of(path, "csv")
     assert ledger.is_done("obs://bkt/a.mp4")
 
