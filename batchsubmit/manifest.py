@@ -143,7 +143,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
 
 def _most_nested_line(text: str) -> int:
     """The line with the most opening brackets: where a parser's recursion ran out."""
-    lines = text.splitlines() or [""]
+    lines = text.split("\n")  # TOML's lines (see _Reader)
     counts = [line.count("{") + line.count("[") for line in lines]
     return counts.index(max(counts)) + 1
 
@@ -192,7 +192,9 @@ class _Reader:
 
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
-        self.lines = text.splitlines()
+        # TOML's line break is LF alone: str.splitlines() also breaks at U+2028, U+0085...,
+        # which a comment or a string may hold, and every line after them was misnumbered.
+        self.lines = text.split("\n")
 
     def error(self, key: str, what: str) -> ManifestError:
         line = self._line_of(key)

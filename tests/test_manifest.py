@@ -659,6 +659,28 @@ def test_error_in_the_second_source_names_its_line(tmp_path: Path) -> None:
     assert info.value.what.startswith("source[1].listing: no such listing file")
 
 
+@pytest.mark.parametrize("odd", ["\u2028", "\u2029", "\x85"])
+def test_a_unicode_line_separator_in_a_comment_or_string_does_not_shift_the_line(
+    tmp_path: Path, odd: str
+) -> None:
+    """TOML breaks lines at LF only; U+2028 and friends are text a comment or a string may
+    hold. Counted as breaks, they put every error after them lines too far down."""
+    job = JOB + f'description = "a{odd}b"\nname = "{{nope}}"\n'
+    text = doc(top=f"# a comment{odd}with a separator", job=job)
+    path = write(tmp_path, text)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    line = text.split("\n").index('name = "{nope}"') + 1
+    assert info.value.where == f"{path}:{line}"
+    deep = "[job.body.service_config.common]\nx = " + "[" * 5000 + "]" * 5000 + "\n"
+    text = doc(top=f"# {odd}", job=JOB + deep)
+    path = write(tmp_path, text)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    line = text.split("\n").index(deep.split("\n")[1]) + 1
+    assert info.value.where == f"{path}:{line}"
+
+
 @pytest.mark.parametrize(
     ("text", "line"),
     [
