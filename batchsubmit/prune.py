@@ -326,6 +326,9 @@ def read_prune_intents(path: Path) -> dict[str, str]:
             job_id, service_url = item["job_id"], item["service_url"]
             if not isinstance(job_id, str) or not isinstance(service_url, str):
                 raise TypeError
+            if not job_id or not _SERVICE_URL.fullmatch(service_url):
+                # read at once: the deletes would stop on it later as "in the results file"
+                raise TypeError
         except (orjson.JSONDecodeError, KeyError, TypeError):
             if number == len(lines) and not lines_joined(line):
                 continue  # a torn last line (no newline): it was never synced, nor sent
@@ -333,8 +336,8 @@ def read_prune_intents(path: Path) -> dict[str, str]:
             # would never get its PRUNED line (its job read LOST later). Stop, naming it.
             raise UsageError(
                 f"{path}:{number}: damaged prune journal line (not a PRUNING intent with a "
-                "job_id and service_url); it may hold a delete that was sent: repair or "
-                "restore the file, then run again"
+                "job_id and the service_url of its tasks); it may hold a delete that was sent: "
+                "repair or restore the file, then run again"
             ) from None
         found[job_id] = service_url
     return found

@@ -337,6 +337,33 @@ def test_make_room_believes_only_a_saved_job_count_that_could_be_true(
         assert anyio.run(lambda: saved) == believed
 
 
+TASKS = b"http://127.0.0.1:8080/v2/0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e/services/video-analyze/tasks"
+
+
+@pytest.mark.parametrize(
+    "intent",
+    [
+        b'{"job_id":"a","state":"PRUNING","service_url":"garbage"}',
+        b'{"job_id":"a","state":"PRUNING","service_url":""}',
+        b'{"job_id":"","state":"PRUNING","service_url":"' + TASKS + b'"}',
+    ],
+)
+def test_a_prune_intent_without_a_service_url_stops_naming_its_line(
+    tmp_path: Path, intent: bytes
+) -> None:
+    """An intent whose service_url is no service's tasks URL (or without a job id) is damage
+    of the prune journal, said with its line when it is read. It was taken, and the redo of
+    its delete stopped later with "cannot read the service from 'garbage' in the results
+    file": another file, and no line."""
+    from batchsubmit.errors import UsageError
+    from batchsubmit.prune import read_prune_intents
+
+    path = tmp_path / "r.csv.prune"
+    path.write_bytes(intent + b"\n")
+    with pytest.raises(UsageError, match=r"r\.csv\.prune:1: damaged prune journal line"):
+        read_prune_intents(path)
+
+
 def test_a_damaged_prune_journal_line_before_the_last_stops_naming_it(tmp_path: Path) -> None:
     """Only a last line without its newline can be a crash's (never synced, so never sent);
     a damaged line before it was skipped without a word, and the delete it may record was
@@ -344,10 +371,10 @@ def test_a_damaged_prune_journal_line_before_the_last_stops_naming_it(tmp_path: 
     from batchsubmit.errors import UsageError
     from batchsubmit.prune import read_prune_intents
 
-    good = b'{"job_id":"%s","state":"PRUNING","service_url":"u","at":"t"}\n'
+    good = b'{"job_id":"%s","state":"PRUNING","service_url":"' + TASKS + b'","at":"t"}\n'
     path = tmp_path / "r.csv.prune"
     path.write_bytes(good % b"a" + good % b"b" + b'{"job_id":"c","sta')  # torn tail
-    assert read_prune_intents(path) == {"a": "u", "b": "u"}
+    assert read_prune_intents(path) == {"a": TASKS.decode(), "b": TASKS.decode()}
     path.write_bytes(good % b"a" + b'{"job_id":"x","st\n' + good % b"b")
     with pytest.raises(UsageError, match=r"r\.csv\.prune:2: damaged prune journal line"):
         read_prune_intents(path)
