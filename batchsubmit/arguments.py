@@ -420,6 +420,11 @@ def _whole(text: str, low: int, high: int) -> int:
     try:
         value = int(text)
     except ValueError:
+        digits = text.strip().lstrip("+-").replace("_", "")
+        if digits.isdecimal():  # int() refuses over 4,300 digits: a number, just far too big
+            raise argparse.ArgumentTypeError(
+                f"must be between {low} and {high:,}, not a number of {len(digits):,} digits"
+            ) from None
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"must be between {low} and {high:,}, not {value:,}")

@@ -354,6 +354,21 @@ def test_the_emulators_numbers_are_bounded(
     assert f"argument {args[0]}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--max-jobs", "--concurrency", "--lookups", "--quota"])
+def test_a_count_of_thousands_of_digits_is_too_big_not_not_a_number(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """int() refuses strings of over 4,300 digits with ValueError: the count was said to be
+    "not a whole number", and the message echoed all 5,000 digits."""
+    with pytest.raises(SystemExit) as raised:
+        arguments.parser().parse_args(["submit", "m.toml", option, "9" * 5000])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: must be between 1 and " in err
+    assert "not a number of 5,000 digits" in err
+    assert "9" * 100 not in err
+
+
 def test_the_emulator_says_why_it_cannot_listen(tmp_path: Path) -> None:
     """A port in use, an address not this machine's or a host name that does not resolve:
     exit 2 naming host and port, not a traceback."""
