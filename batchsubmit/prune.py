@@ -343,6 +343,27 @@ def read_prune_intents(path: Path) -> dict[str, str]:
     return found
 
 
+def _checked_intents(config: PruneConfig) -> dict[str, str]:
+    """The prune journal's intents, each naming the service its job's row names: a redone
+    delete is sent to the intent's URL, so one damaged into another host's (a flipped byte
+    still reads as a tasks URL) would send a signed DELETE there. An intent whose job has no
+    submitted row is left to the record's rules (its redo needs a record anyway)."""
+    path = prune_journal_path(config.results)
+    intents = read_prune_intents(path)
+    if not intents:
+        return intents
+    rows = job_services(config.results, config.format, intents)
+    for job_id, service_url in intents.items():
+        row = rows.get(job_id)
+        if row is not None and row != service_url:
+            raise UsageError(
+                f"{path}: the intent to delete job {job_id[:64]!r} names {service_url[:200]!r}, "
+                f"but its row in {config.results} names {row[:200]!r}: a damaged prune journal; "
+                "repair or restore the file, then run again"
+            )
+    return intents
+
+
 class _IntentJournal:
     """``PRUNING`` lines, each synced before its delete is sent."""
 
@@ -437,7 +458,7 @@ def plan_prune(config: PruneConfig, warn: Warn) -> PruneStats:
     """What a prune would delete now; sends nothing."""
     started = time.monotonic()
     records = read_record(record_path(config.results), warn)
-    intents = read_prune_intents(prune_journal_path(config.results))
+    intents = _checked_intents(config)
     selection = _selection(config, records, config.rules, warn)
     stats = _stats_for(selection)
     resumed = [job_id for job_id in intents if records.get(job_id, None) is not None]
@@ -486,7 +507,7 @@ async def _prune_locked(
     ``tally``: what the "no such job" guard learnt in earlier rounds (make-room's)."""
     records = read_record(record_path(config.results), warn)
     selection = _selection(config, records, rules or config.rules, warn)
-    intents = read_prune_intents(prune_journal_path(config.results))
+    intents = _checked_intents(config)
     stats = _stats_for(selection)
     started = time.monotonic()
     # Intents of a killed prune first: those deletes may have been sent.

@@ -750,6 +750,38 @@ def test_make_room_counts_only_its_own_services_deletes_as_room(
         live.close()
 
 
+def test_a_redone_intent_naming_another_host_than_its_row_is_damage(
+    live: LiveEmulator, tmp_path: Path
+) -> None:
+    """A killed prune's intent is redone at the URL it names: one damaged into another host
+    (a flipped byte still reads as a tasks URL) sent a signed DELETE there. Refused, naming
+    the file, before any delete is sent, in a dry run too."""
+    from batchsubmit.errors import UsageError
+
+    results = submit_videos(live, tmp_path, 2)
+    ids = list(job_ids(results).values())
+    settle(live, ids)
+    record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+    row = next(iter_results(results, "csv")).service_url
+    elsewhere = row.replace("127.0.0.1", "127.0.0.2")
+    journal = prune_journal_path(results)
+
+    def intend(url: str) -> None:
+        intent = {"job_id": ids[0], "state": "PRUNING", "service_url": url}
+        journal.write_bytes(json.dumps(intent).encode() + b"\n")
+
+    intend(elsewhere)
+    damaged = r"\.prune: the intent to delete job"
+    with pytest.raises(UsageError, match=damaged):
+        plan_prune(prune_config(results, older_than=0.0), lambda _m: None)
+    with pytest.raises(UsageError, match=damaged):
+        run_prune(results, older_than=0.0)
+    assert not live.emulator.deleted
+    intend(row)  # the row's own URL: redone
+    assert run_prune(results, older_than=0.0).resumed == 1
+    assert set(live.emulator.deleted) == set(ids)
+
+
 NIGHTLY = Path(__file__).parent.parent / "samples" / "batchsubmit-nightly.sh"
 
 
