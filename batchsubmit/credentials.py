@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import io
 import os
 import re
 import stat
@@ -214,8 +215,11 @@ def _header_safe(value: str) -> bool:
 def parse_profile(text: str, path: Path) -> Profile | None:
     """The ``[basic]`` section of a profile file (CRLF and a BOM work); None if it has none."""
     parser = configparser.ConfigParser(interpolation=None)
+    # The lines a file opened in text mode gives, as the SDK reads it: CR, LF and CRLF end
+    # a line; U+2028, U+0085 and the like (which str.splitlines() also breaks at) do not.
+    lines = list(io.StringIO(text.lstrip("\ufeff"), newline=None))
     try:
-        parser.read_file(text.lstrip("\ufeff").splitlines(), source=str(path))
+        parser.read_file(lines, source=str(path))
     except configparser.Error as exc:
         line = getattr(exc, "lineno", None)
         if line is None and isinstance(exc, configparser.ParsingError) and exc.errors:
@@ -225,7 +229,6 @@ def parse_profile(text: str, path: Path) -> Profile | None:
     if not parser.has_section("basic"):
         return None
     basic = {k: v.strip() for k, v in parser.items("basic")}
-    lines = text.lstrip("\ufeff").splitlines()
     for key in ("ak", "sk", "security_token", "project_id"):
         value = basic.get(key, "")
         if "\n" in value or re.search(r"\s[;#]", value):

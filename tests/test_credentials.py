@@ -235,6 +235,8 @@ def test_a_profile_project_other_than_the_environments_is_refused(tmp_path: Path
         (f"[basic]\nak = PAK0\nsk = s\nproject_id = {'0e' * 16}  # optional\n", 4, "inline"),
         ("[basic]\nak = PAK0\nsk = s\nsecurity_token = st0 ; temporary\n", 4, "inline"),
         (f"[basic]\nak = PAK0\nsk {SECRET_SK}\n", 3, "not an INI file"),
+        # a comment holding U+2028 is one line, as the SDK reads the file, not two
+        (f"# keys\u2028from the console\n[basic]\nak = PAK0\nsk = {SECRET_SK} ; x\n", 4, "inline"),
     ],
 )
 def test_a_comment_or_indented_line_read_into_a_value_is_named(
@@ -244,7 +246,7 @@ def test_a_comment_or_indented_line_read_into_a_value_is_named(
     indented next line into the value: the SK went out with it, and the user was told the SK
     "does not belong to the AK"; a line without '=' was named without its line."""
     path = tmp_path / "credentials"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     path.chmod(0o600)
     with pytest.raises(CredentialError, match=why) as caught:
         choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(path)}, tmp_path)
