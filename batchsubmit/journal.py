@@ -116,6 +116,11 @@ def _intent(line: bytes) -> tuple[str, dict[str, str] | None]:
     for key in ("service_url", "at"):
         if not isinstance(data.get(key, ""), str):
             return f"{key!r} is not a string", None
+    if data.get("at") and epoch(data["at"]) is None:
+        # The time decides which rows answer the intent: "0" would let last night's row
+        # answer it (the job a killed --resubmit made left without a row), "zzz" skip the
+        # settle wait before its lookup. Only our writer writes it, always a time.
+        return f"'at' {data['at'][:40]!r} is not a time", None
     return "", data
 
 

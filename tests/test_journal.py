@@ -285,6 +285,9 @@ def test_read_intents_skips_only_a_torn_last_line(
         (b'{"source":7,"name":"2"}\n', 1, "no 'source' string"),
         (b'{"source":"a","name":"1","service_url":5}\n', 1, "'service_url' is not a string"),
         (b'\xff\xfe\n{"source":"a","name":"1"}\n', 1, "not a JSON object"),
+        # the time decides which rows answer an intent: "0" let any older row answer it
+        (b'{"source":"a","name":"1","at":"0"}\n{"source":"b","name":"2"}\n', 1, "'at' '0'"),
+        (b'{"source":"a","name":"1","at":"zzz"}\n', 1, "'at' 'zzz' is not a time"),
     ],
 )
 def test_a_damaged_journal_line_before_the_last_stops_the_run(
