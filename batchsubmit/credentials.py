@@ -31,6 +31,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import io
+import math
 import os
 import re
 import stat
@@ -952,7 +953,10 @@ def _read_token_cache(path: Path, key: str, now: float, warn: Warn) -> tuple[Iss
         if not _header_safe(token):  # a damaged or planted cache: a header it cannot carry
             warn(f"{path}: token cache not used: its token is not one IAM issues")
             return None
-        issued = Issued(Token(token), float(doc["expires_at"]), float(doc["issued_at"]))
+        expires_at, issued_at = float(doc["expires_at"]), float(doc["issued_at"])
+        if not (math.isfinite(expires_at) and math.isfinite(issued_at)):
+            return None  # "nan" never fell due: a token kept past its expiry
+        issued = Issued(Token(token), expires_at, issued_at)
         project_id = valid_project_id(str(doc["project_id"]), f"{path}: project_id")
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return None

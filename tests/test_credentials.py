@@ -1305,6 +1305,24 @@ def test_a_token_cache_that_cannot_be_used_is_set_aside(tmp_path: Path, damage: 
     assert "X-Evil" not in warnings[0]
 
 
+@pytest.mark.parametrize("expires_at", ["nan", "inf", "-inf"])
+def test_a_token_cache_time_that_is_no_time_is_not_believed(
+    tmp_path: Path, expires_at: str
+) -> None:
+    """A damaged expiry ("nan" never falls due) kept a token past its end: a fresh login."""
+    from batchsubmit.credentials import _read_token_cache
+
+    cache = tmp_path / "token.json"
+    doc = {"key": "k", "token": "abc", "expires_at": expires_at, "issued_at": time.time(),
+           "project_id": EMULATOR_PROJECT_ID}  # fmt: skip
+    cache.write_bytes(orjson.dumps(doc))
+    cache.chmod(0o600)
+    assert _read_token_cache(cache, "k", time.time(), lambda _m: None) is None
+    doc["expires_at"] = time.time() + 86400  # the same cache with a time in it is used
+    cache.write_bytes(orjson.dumps(doc))
+    assert _read_token_cache(cache, "k", time.time(), lambda _m: None) is not None
+
+
 @pytest.mark.parametrize("projects", ["5", "true", '{"a": 1}', '"x"'])
 @pytest.mark.anyio
 async def test_an_iam_project_list_of_another_shape_is_an_error_not_a_traceback(
