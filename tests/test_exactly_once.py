@@ -14,9 +14,10 @@ import pytest
 
 from batchsubmit.emulator import EMULATOR_PROJECT_ID, Emulator, Faults
 from batchsubmit.jobs import JobSpec, SpecBuilder
+from batchsubmit.journal import RunLock
 from batchsubmit.manifest import load_manifest
 from batchsubmit.results import COLUMNS
-from batchsubmit.runner import RunConfig
+from batchsubmit.runner import RunConfig, lock_path
 from batchsubmit.sources import ObjectRef
 
 from .helpers import (
@@ -188,6 +189,28 @@ def test_reconcile_command_resolves_unknown_rows_only(
     assert by_source[ghost]["error_code"] == "BATCHSUBMIT.NOT_CREATED"
 
 
+def test_reconcile_while_another_run_holds_the_results_exits_75_touching_nothing(
+    tmp_path: Path,
+) -> None:
+    """A reconcile started while a status (or a submit between its batches) holds the lock
+    found nothing to resolve in the files being written and said so, exit 0, as though the
+    results were at rest: every other command on a held results file exits 75."""
+    results = tmp_path / "r.csv"
+    header = (",".join(COLUMNS) + "\r\n").encode()
+    results.write_bytes(header)
+    lock = RunLock(lock_path(results))
+    lock.acquire("2026-12-02T02:00:00.000Z")
+    try:
+        done = run_cli("reconcile", str(results), *QUICK)
+    finally:
+        lock.release()
+    assert done.returncode == 75, done.stderr
+    assert "another batchsubmit run is using these results" in done.stderr
+    assert "nothing to reconcile" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv.lock"]
+    assert results.read_bytes() == header
+
+
 def killed_run(
     tmp_path: Path, live_emulator: LiveEmulator, videos: int, lines: int
 ) -> tuple[list[str], Path, list[str], int]:
@@ -350,7 +373,8 @@ def test_a_damaged_journal_line_stops_the_run_before_any_request(
         create(spec.body)
     results = tmp_path / "r.csv"
     journal = results.with_name(results.name + ".journal")
-    results.write_text(",".join(COLUMNS) + "\r\n", encoding="utf-8")
+    header = (",".join(COLUMNS) + "\r\n").encode()
+    results.write_bytes(header)
     tasks = f"{live_emulator.url}/v2/{EMULATOR_PROJECT_ID}/services/video-analyze/tasks"
     intact = orjson.dumps({"source": "obs://in-bucket/x.mp4", "name": "x", "service_url": tasks})
     damaged = orjson.dumps({"source": spec.source, "name": spec.name})[:-9]
