@@ -136,6 +136,19 @@ def lock_path(results: Path) -> Path:
     return results.with_name(results.name + ".lock")
 
 
+@contextmanager
+def reading_locked(results: Path) -> Iterator[None]:
+    """Hold the results' lock while reading them for a command that writes nothing (a dry
+    run, reconcile's first look): while another run holds it, and appends rows and intents,
+    LockedError (exit 75) rather than figures about files being written."""
+    lock = RunLock(lock_path(results))
+    lock.acquire(utc_now())
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @dataclass
 class Prepared:
     """A locked results file with its ledger and open intents, ready for the pool:

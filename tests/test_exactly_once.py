@@ -211,6 +211,29 @@ def test_reconcile_while_another_run_holds_the_results_exits_75_touching_nothing
     assert results.read_bytes() == header
 
 
+def test_a_dry_run_while_another_run_holds_the_results_exits_75(tmp_path: Path) -> None:
+    """submit --dry-run read the ledger of a results file tonight's run was appending to and
+    listed, exit 0, what that run was submitting at that moment; prune --dry-run exited 75."""
+    manifest = write_manifest(tmp_path, video_keys(2))
+    results = tmp_path / "r.csv"
+    header = (",".join(COLUMNS) + "\r\n").encode()
+    results.write_bytes(header)
+    lock = RunLock(lock_path(results))
+    lock.acquire("2026-12-02T02:00:00.000Z")
+    try:
+        done = run_cli(
+            "submit", str(manifest), "--emulator", "--results", str(results), "--dry-run"
+        )
+    finally:
+        lock.release()
+    assert done.returncode == 75, done.stderr
+    assert not done.stdout
+    assert results.read_bytes() == header
+    again = run_cli("submit", str(manifest), "--emulator", "--results", str(results), "--dry-run")
+    assert again.returncode == 0, again.stderr
+    assert len(again.stdout.splitlines()) == 2
+
+
 def killed_run(
     tmp_path: Path, live_emulator: LiveEmulator, videos: int, lines: int
 ) -> tuple[list[str], Path, list[str], int]:

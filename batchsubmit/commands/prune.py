@@ -17,7 +17,8 @@ from ..prune import (
     plan_prune,
     prune,
 )
-from ..results import Format, format_for, utc_now
+from ..results import Format, format_for
+from ..runner import reading_locked
 from .common import (
     Env,
     PoolOptions,
@@ -91,12 +92,5 @@ def _has_work(plan: PruneStats) -> bool:
 
 def plan_locked(config: PruneConfig, warn: Any) -> PruneStats:
     """A dry run reads under the lock too: a running `status` may be appending."""
-    from ..journal import RunLock
-    from ..runner import lock_path
-
-    lock = RunLock(lock_path(config.results))
-    lock.acquire(utc_now())
-    try:
+    with reading_locked(config.results):
         return plan_prune(config, warn)
-    finally:
-        lock.release()

@@ -9,11 +9,11 @@ from pathlib import Path
 from ..client import Endpoint
 from ..engine.loop import run as run_loop
 from ..errors import UsageError
-from ..journal import RunLock, journal_services
+from ..journal import journal_services
 from ..pool import RunStats
 from ..progress import Log
-from ..results import Format, format_for, iter_rows, read_ledger, utc_now
-from ..runner import ExpandSummary, journal_path, lock_path, prepare, reconcile
+from ..results import Format, format_for, iter_rows, read_ledger
+from ..runner import ExpandSummary, journal_path, prepare, reading_locked, reconcile
 from ..vas import service_identity
 from .common import (
     Env,
@@ -62,14 +62,8 @@ def run(options: ReconcileOptions, log: Log, env: Env) -> RunResult:
     fmt = format_for(results, options.format)
     if not results.is_file():
         raise UsageError(f"{results}: no such results file")
-    # Read under the lock, as every command reads the results: while another run holds them
-    # (and writes rows and intents) this one exits 75, never "nothing to reconcile".
-    lock = RunLock(lock_path(results))
-    lock.acquire(utc_now())
-    try:
-        endpoint = endpoint_from_results(results, fmt, override)
-    finally:
-        lock.release()  # prepare() takes it again
+    with reading_locked(results):  # never "nothing to reconcile" about files being written
+        endpoint = endpoint_from_results(results, fmt, override)  # (prepare() locks again)
     if endpoint is None:
         # Nothing to do is success: a nightly `reconcile` must not raise an alarm every night.
         return RunResult(results, started, None)

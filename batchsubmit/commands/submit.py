@@ -20,7 +20,15 @@ from ..progress import Log
 from ..prune import DEFAULT_QUOTA, PruneConfig, Room, make_room
 from ..render import expand_line, spec_lines
 from ..results import Format, format_for, read_ledger
-from ..runner import ExpandSummary, RunConfig, count_work, plan, prepare, submit
+from ..runner import (
+    ExpandSummary,
+    RunConfig,
+    count_work,
+    plan,
+    prepare,
+    reading_locked,
+    submit,
+)
 from ..sources import ExpandStats, spool_directory
 from .common import (
     Env,
@@ -245,8 +253,11 @@ def dry_run(
         target = endpoint(options.endpoint, manifest, env)
         warn_unknown_region(log, target)
     ledger = None
-    if not options.run.resubmit:
-        ledger = read_ledger(results, fmt, target.tasks_url, warn)
+    if not options.run.resubmit and results.exists():
+        with reading_locked(results):  # tonight's run may be appending: exit 75, not a guess
+            ledger = read_ledger(results, fmt, target.tasks_url, warn)
+    elif not options.run.resubmit:
+        ledger = read_ledger(results, fmt, target.tasks_url, warn)  # none yet: empty
     summary = ExpandSummary(ExpandStats())
     with ExitStack() as stack:
         if live(manifest):
