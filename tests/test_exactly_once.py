@@ -189,6 +189,23 @@ def test_reconcile_command_resolves_unknown_rows_only(
     assert by_source[ghost]["error_code"] == "BATCHSUBMIT.NOT_CREATED"
 
 
+def _while_held(results: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI while another run holds ``results``' lock (a results file of a header
+    only); the file must come out as it went in."""
+    header = (",".join(COLUMNS) + "\r\n").encode()
+    results.write_bytes(header)
+    lock = RunLock(lock_path(results))
+    lock.acquire("2026-12-02T02:00:00.000Z")
+    try:
+        done = run_cli(*args)
+    finally:
+        lock.release()
+    assert done.returncode == 75, done.stderr
+    assert "another batchsubmit run is using these results" in done.stderr
+    assert results.read_bytes() == header
+    return done
+
+
 def test_reconcile_while_another_run_holds_the_results_exits_75_touching_nothing(
     tmp_path: Path,
 ) -> None:
@@ -196,40 +213,18 @@ def test_reconcile_while_another_run_holds_the_results_exits_75_touching_nothing
     found nothing to resolve in the files being written and said so, exit 0, as though the
     results were at rest: every other command on a held results file exits 75."""
     results = tmp_path / "r.csv"
-    header = (",".join(COLUMNS) + "\r\n").encode()
-    results.write_bytes(header)
-    lock = RunLock(lock_path(results))
-    lock.acquire("2026-12-02T02:00:00.000Z")
-    try:
-        done = run_cli("reconcile", str(results), *QUICK)
-    finally:
-        lock.release()
-    assert done.returncode == 75, done.stderr
-    assert "another batchsubmit run is using these results" in done.stderr
+    done = _while_held(results, "reconcile", str(results), *QUICK)
     assert "nothing to reconcile" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv.lock"]
-    assert results.read_bytes() == header
 
 
 def test_a_dry_run_while_another_run_holds_the_results_exits_75(tmp_path: Path) -> None:
     """submit --dry-run read the ledger of a results file tonight's run was appending to and
     listed, exit 0, what that run was submitting at that moment; prune --dry-run exited 75."""
-    manifest = write_manifest(tmp_path, video_keys(2))
-    results = tmp_path / "r.csv"
-    header = (",".join(COLUMNS) + "\r\n").encode()
-    results.write_bytes(header)
-    lock = RunLock(lock_path(results))
-    lock.acquire("2026-12-02T02:00:00.000Z")
-    try:
-        done = run_cli(
-            "submit", str(manifest), "--emulator", "--results", str(results), "--dry-run"
-        )
-    finally:
-        lock.release()
-    assert done.returncode == 75, done.stderr
-    assert not done.stdout
-    assert results.read_bytes() == header
-    again = run_cli("submit", str(manifest), "--emulator", "--results", str(results), "--dry-run")
+    manifest, results = write_manifest(tmp_path, video_keys(2)), tmp_path / "r.csv"
+    args = ("submit", str(manifest), "--emulator", "--results", str(results), "--dry-run")
+    assert not _while_held(results, *args).stdout
+    again = run_cli(*args)
     assert again.returncode == 0, again.stderr
     assert len(again.stdout.splitlines()) == 2
 
