@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -253,11 +253,10 @@ def dry_run(
         target = endpoint(options.endpoint, manifest, env)
         warn_unknown_region(log, target)
     ledger = None
-    if not options.run.resubmit and results.exists():
-        with reading_locked(results):  # tonight's run may be appending: exit 75, not a guess
+    if not options.run.resubmit:
+        # tonight's run may be appending: exit 75, not a guess (no file yet: no lock file)
+        with reading_locked(results) if results.exists() else nullcontext():
             ledger = read_ledger(results, fmt, target.tasks_url, warn)
-    elif not options.run.resubmit:
-        ledger = read_ledger(results, fmt, target.tasks_url, warn)  # none yet: empty
     summary = ExpandSummary(ExpandStats())
     with ExitStack() as stack:
         if live(manifest):
