@@ -415,7 +415,15 @@ class _Reader:
             literal.append(text)
             if field is None:
                 continue
-            if field not in fields or spec or conversion:
+            if field in fields and (spec or conversion):
+                written = "{" + field + (f"!{conversion}" if conversion else "")
+                written += (f":{spec}" if spec else "") + "}"
+                raise self.error(
+                    key,
+                    f"{written}: a placeholder takes no conversion or format here "
+                    f"(write {{{field}}})",
+                )
+            if field not in fields:
                 choices = ", ".join("{" + f + "}" for f in sorted(fields))
                 raise self.error(key, f"unknown placeholder {{{field}}} (use {choices})")
         return "".join(literal)

@@ -543,8 +543,9 @@ ERRORS = [
             [
                 ("{nope}", "unknown placeholder {nope}"),
                 ("{source}", "unknown placeholder {source}"),
-                ("{stem!r}", "unknown placeholder {stem}"),
-                ("{stem:>10}", "unknown placeholder {stem}"),
+                ("{stem!r}", "{stem!r}: a placeholder takes no conversion or format here"),
+                ("{stem:>10}", "{stem:>10}: a placeholder takes no conversion"),
+                ("{hash!s:x}", "{hash!s:x}: a placeholder takes no"),
                 ("{}", "unknown placeholder {}"),
                 ("{0}", "unknown placeholder {0}"),
                 ("{stem", "bad template"),
