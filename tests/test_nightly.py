@@ -331,6 +331,7 @@ def test_prune_of_a_results_file_not_there_yet_says_so_before_its_summary_fails(
     err = capsys.readouterr().err
     assert f"no results file {results} yet: nothing to prune" in err, err
     assert "no follow record" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]  # no stray .lock
     assert json.loads(summary.read_text())["exit_code"] == 0
     (tmp_path / f".p.json.{os.getpid()}.tmp").symlink_to(tmp_path / "gone" / "x")
     assert main(["prune", str(results), "--summary", str(summary)]) == 3

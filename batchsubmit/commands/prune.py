@@ -63,6 +63,8 @@ def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
     check_outputs_apart(results, options.written)
     fmt = format_for(results, options.format)
     base_url = check_endpoint(options.endpoint) if options.endpoint else None
+    if not results.exists():  # the first night: nothing to prune, and no lock file left
+        return PruneResult(PruneStats(), started, results, options.dry_run)
     first = None if options.dry_run else first_service(results, fmt)
     config = PruneConfig(
         results=results,
