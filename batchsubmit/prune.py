@@ -40,7 +40,7 @@ from .journal import RunLock
 from .pool import Pool, PoolSettings, Stopped
 from .record import JobRecord, RecordWriter, read_record, record_path
 from .results import Format, Outcome, iter_results, utc_now
-from .vas import JOB_NOT_FOUND, service_of
+from .vas import JOB_NOT_FOUND, service_identity, service_of
 
 __all__ = [
     "DEFAULT_OLDER_THAN",
@@ -651,7 +651,8 @@ class _Unconfirmed:
     deleted nothing; kept, the next prune redid it as a sent delete and believed the same
     404), so the next prune chooses them again. A few, at the end of a run
     with nothing else to delete, are recorded gone: jobs deleted by hand in the console. A
-    killed prune's delete sent again is gone because it was sent: recorded at once."""
+    killed prune's delete sent again where its job was created is gone because it was sent:
+    recorded at once (sent again at another ``--endpoint``, it is held like the others)."""
 
     def __init__(
         self,
@@ -670,7 +671,10 @@ class _Unconfirmed:
         """``asked_at``: the tasks URL the delete went to (``--endpoint`` replaces the row's):
         the one the message names, since the row's may be right where this one is not."""
         url = candidate.service_url
-        if url in self._tally.known or candidate.redo:  # a redo's delete went out before: gone
+        if url in self._tally.known or (candidate.redo and _same_endpoint(asked_at, url)):
+            # A redo's delete went out before, where its job was created: gone. Redone at
+            # another --endpoint, it is held like any other (the one before may have timed
+            # out at that same wrong endpoint).
             _record_pruned(candidate, self._writer, self._journal, self._stats, gone=True)
             return
         held = self._held.setdefault(url, [])
@@ -709,6 +713,14 @@ class _Unconfirmed:
                     _record_pruned(candidate, self._writer, self._journal, self._stats, True)
                     self._tally.unconfirmed[candidate.service_url] += 1
         self._held.clear()
+
+
+def _same_endpoint(asked_at: str, service_url: str) -> bool:
+    """Whether a delete sent to ``asked_at`` went to the endpoint ``service_url`` names."""
+    try:
+        return service_identity(asked_at).endpoint == service_identity(service_url).endpoint
+    except ValueError:
+        return False
 
 
 def _record_pruned(

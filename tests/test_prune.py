@@ -1236,6 +1236,31 @@ def test_a_second_prune_at_the_same_wrong_endpoint_records_nothing(
     assert PRUNED not in set(states(results).values()), (second.gone, second.fatal)
 
 
+def test_a_killed_prunes_deletes_redone_at_a_wrong_endpoint_record_nothing(
+    live: LiveEmulator, tmp_path: Path
+) -> None:
+    """A prune --endpoint at another region whose deletes timed out, killed: its intents are
+    redone by the next prune at the same wrong endpoint, which answers 404 to each. A redo's
+    404 was believed at once (it was sent), so every job was recorded PRUNED, never deleted.
+    Believed at once only where the job was created; elsewhere held like any other."""
+    results = submit_videos(live, tmp_path, 6)
+    ids = list(job_ids(results).values())
+    settle(live, ids)
+    record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+    row = next(iter_results(results, "csv")).service_url
+    journal = prune_journal_path(results)
+    intents = [{"job_id": i, "state": "PRUNING", "service_url": row} for i in ids[:4]]
+    journal.write_bytes(b"".join(json.dumps(i).encode() + b"\n" for i in intents))
+    with fast_emulator() as other:
+        stats = prune(elsewhere_config(results, other.url), lambda _m: None, lambda _l, _m: None)
+    assert stats.resumed == 4
+    assert stats.fatal is not None
+    assert PRUNED not in set(states(results).values()), (stats.gone, stats.fatal)
+    again = run_prune(results)  # where the jobs are: every one deleted
+    assert set(live.emulator.deleted) == set(ids), again
+    assert set(states(results).values()) == {PRUNED}
+
+
 def test_make_room_at_a_wrong_endpoint_records_nothing(live: LiveEmulator, tmp_path: Path) -> None:
     """make-room needing 1 or 2 deletes prunes with limit=needed: each round's guard is new
     and holds fewer than GONE_LIMIT, so each 404 is recorded gone at its end, and since a gone
