@@ -275,6 +275,32 @@ def test_dry_run_lists_a_live_prefix(tmp_path: Path, fake_obs: FakeObs) -> None:
     assert fake_obs.calls == 3
 
 
+def test_a_dry_runs_credential_warnings_follow_log_format_and_quiet(
+    tmp_path: Path, fake_obs: FakeObs
+) -> None:
+    """A dry run that lists a live prefix opened its credentials with a log of its own: a
+    warning about them (a profile file others can read) was a text line under
+    `--log-format json`, and printed under `-q` by a run that went well."""
+    manifest = write_prefix_manifest(tmp_path)
+    profile = tmp_path / "credentials"
+    profile.write_text(
+        f"[basic]\nak = {EMULATOR_AK}\nsk = {EMULATOR_SK}\n"
+        "project_id = 0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e\n",
+        encoding="utf-8",
+    )
+    profile.chmod(0o644)
+    env = {k: v for k, v in cli_env().items() if not k.startswith("HUAWEICLOUD_SDK_")}
+    env["HUAWEICLOUD_SDK_CREDENTIALS_FILE"] = str(profile)
+    args = ["submit", str(manifest), "--dry-run", "--obs-endpoint", fake_obs.url,
+            "--results", str(tmp_path / "r.csv"), "--log-format", "json"]  # fmt: skip
+    done = run_cli(*args, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [orjson.loads(line) for line in done.stderr.splitlines()]
+    assert any("can be read by other users" in line["msg"] for line in lines)
+    quiet = run_cli(*args, "-q", env=env)
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+
+
 def test_live_keys_are_kept_exactly_and_a_control_character_skips_only_its_key(
     tmp_path: Path,
 ) -> None:

@@ -266,7 +266,7 @@ def dry_run(
                 spooled,
                 manifest,
                 options.obs_endpoint,
-                credentials(env, pool=pool),
+                credentials(env, log, pool=pool),
                 Path(spool),
                 log,
                 pool.settings(),
