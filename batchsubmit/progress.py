@@ -39,21 +39,23 @@ class Log:
         self._writer: tqdm[Any] | None = None
 
     def line(self, level: str, message: str, **fields: object) -> None:
-        stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        if self._json:
-            record = {"ts": stamp, "level": level, "msg": message, **fields}
-            try:
-                text = orjson.dumps(record).decode()
-            except TypeError:  # a path that is not UTF-8 (surrogates): shown, never a crash
-                text = orjson.dumps(_printable(record)).decode()
-        else:
-            text = f"{stamp} {level}: {message}"
+        text = self._format(level, message, fields)
         if self.quiet:
             if len(self._held) == QUIET_KEEP:
                 self._dropped += 1
             self._held.append(text)
             return
         self._emit(text)
+
+    def _format(self, level: str, message: str, fields: dict[str, object]) -> str:
+        stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        if not self._json:
+            return f"{stamp} {level}: {message}"
+        record = {"ts": stamp, "level": level, "msg": message, **fields}
+        try:
+            return orjson.dumps(record).decode()
+        except TypeError:  # a path that is not UTF-8 (surrogates): shown, never a crash
+            return orjson.dumps(_printable(record)).decode()
 
     def _emit(self, text: str) -> None:
         if self._writer is not None:
@@ -68,8 +70,8 @@ class Log:
 
     def release(self) -> None:
         """Show what quiet mode held back (the run failed)."""
-        if self._dropped:
-            self._emit(f"... {self._dropped} earlier lines dropped ...")
+        if self._dropped:  # a log line like the others: under json, one JSON object too
+            self._emit(self._format("warning", f"{self._dropped} earlier lines dropped", {}))
         for text in self._held:
             self._emit(text)
         self._held.clear()

@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 
 import orjson
+import pytest
 
+from batchsubmit import progress
 from batchsubmit.pool import NOT_CREATED
 from batchsubmit.progress import LineReporter, Log
 from batchsubmit.results import Outcome
@@ -72,3 +74,21 @@ def test_the_command_line_logs_a_non_utf8_path_as_json(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert b"Traceback" not in done.stderr
     assert orjson.loads(done.stderr)["msg"].endswith("missing\\xff.toml: no such manifest file")
+
+
+def test_the_lines_quiet_mode_dropped_are_said_in_the_logs_format(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failed -q run that held more lines than it keeps said so with a bare text line
+    ('... N earlier lines dropped ...') first: under --log-format json, the one line of the
+    stream that was not a JSON object."""
+    monkeypatch.setattr(progress, "QUIET_KEEP", 2)
+    stream = io.StringIO()
+    log = Log(stream, json=True, quiet=True)
+    for n in range(5):
+        log.line("info", f"line {n}")
+    log.release()
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["msg"] for line in lines] == ["3 earlier lines dropped", "line 3", "line 4"]
+    assert lines[0]["level"] == "warning"
+    assert "ts" in lines[0]
