@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "check_options",
     "emulator_options",
     "expand_options",
+    "json_logs",
     "parser",
     "prune_options",
     "reconcile_options",
@@ -405,6 +407,20 @@ def _lookup_options(parser: argparse.ArgumentParser) -> None:
         help="lookups of a lost create (or one a killed run left) before it may be made again "
         f"(1 to {MAX_LOOKUPS}; default {DEFAULT_LOOKUPS})",
     )
+
+
+def json_logs(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for JSON log lines (the last --log-format given wins), read
+    without parsing it: arguments that do not parse must be refused in that format too."""
+    wanted = "text"
+    for at, word in enumerate(argv):
+        if word == "--":
+            break
+        if word == "--log-format" and at + 1 < len(argv):
+            wanted = argv[at + 1]
+        elif word.startswith("--log-format="):
+            wanted = word.partition("=")[2]
+    return wanted == "json"
 
 
 def _log_format_option(parser: argparse.ArgumentParser) -> None:

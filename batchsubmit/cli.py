@@ -10,6 +10,8 @@ exit codes; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import signal
 import sys
@@ -55,7 +57,7 @@ EXIT = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = arguments.parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else list(argv))
     log = Log(
         sys.stderr,
         json=getattr(args, "log_format", "text") == "json",
@@ -87,6 +89,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code not in _QUIET_CODES and log.quiet:
         log.release()
     return code
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed arguments. argparse says what is wrong with them (exit 2) as text; a run
+    asked for JSON log lines says it as one, as it says every other error."""
+    parser = arguments.parser()
+    if not arguments.json_logs(argv):
+        return parser.parse_args(argv)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        lines = said.getvalue().splitlines()
+        if exc.code == 0 or not lines:
+            sys.stderr.write(said.getvalue())
+        else:  # usage lines, then "batchsubmit submit: error: ...": the error is the line
+            Log(sys.stderr, json=True).line("error", lines[-1])
+        raise
 
 
 class _Terminated(KeyboardInterrupt):

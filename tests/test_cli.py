@@ -242,6 +242,28 @@ def test_bad_options_exit_2(args: list[str]) -> None:
     assert raised.value.code == 2
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "m.toml", "--log-format", "json", "--concurrency", "0"],
+        ["status", "r.csv", "--log-format=json", "-q", "--bogus"],
+        ["--bogus", "submit", "m.toml", "--log-format", "json"],
+    ],
+)
+def test_bad_arguments_are_refused_in_json_under_log_format_json(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse's refusal (usage lines, then the error) was text on a stderr that
+    --log-format json promises is one JSON object a line: it is one error line now."""
+    with pytest.raises(SystemExit) as raised:
+        main(args)
+    assert raised.value.code == 2
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert len(lines) == 1
+    assert lines[0]["level"] == "error"
+    assert "error: " in lines[0]["msg"]
+
+
 def test_emulator_and_endpoint_together_are_refused(tmp_path: Path) -> None:
     """--endpoint beside --emulator was ignored without a word: the operator meant one."""
     manifest = write_manifest(tmp_path, video_keys(1))
