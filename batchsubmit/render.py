@@ -602,8 +602,14 @@ def report_follow_after_submit(
     """Add the follow part to the summary and metrics the submit part just wrote."""
     data = status_summary(stats, follow_code, time.time() - stats.elapsed)
     log_follow(log, stats, follow_code, data)  # first: an output that fails hides nothing
-    if code != submit_code:
-        log.line("info", f"exit {code}: submit part {submit_code}, follow part {follow_code}")
+    if code != submit_code or code != follow_code:
+        # the last line names the command's exit code, not the follow part's
+        level = "info" if code == 0 else ("warning" if code == EXIT_NOT_FINAL else "error")
+        log.line(
+            level,
+            f"exit {code}: submit part {submit_code}, follow part {follow_code}",
+            exit_code=code,
+        )
     if outputs.summary and outputs.summary.exists():
         summary = orjson.loads(outputs.summary.read_bytes())
         summary["follow"] = data

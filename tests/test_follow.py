@@ -21,6 +21,7 @@ import anyio
 import orjson
 import pytest
 
+from batchsubmit import render
 from batchsubmit.answers import Answer, Kind
 from batchsubmit.auth import Credentials
 from batchsubmit.cli import _combined_exit, main
@@ -154,6 +155,24 @@ def test_exit_codes(counts: dict[str, Any], code: int) -> None:
 def test_submit_follow_combines_worst_first(submit: int, follow_code: int, code: int) -> None:
     """submit --follow: the worse part wins, in the order 3, 1, 4, 0."""
     assert _combined_exit(submit, follow_code) == code
+
+
+@pytest.mark.parametrize(("submit", "follow_code"), [(1, 0), (0, 4), (1, 4), (0, 0), (3, 1)])
+def test_submit_follows_last_line_names_the_commands_exit_code(
+    submit: int, follow_code: int
+) -> None:
+    """`submit --follow` whose submit part failed a job (1) and whose follow part went well
+    (0) ended on the follow part's line: level info, exit_code 0, for a run that exits 1.
+    The last line carries the command's code, at its level."""
+    stream = io.StringIO()
+    code = _combined_exit(submit, follow_code)
+    stats = FollowStats(followed=2, succeeded=2, report="r.report.csv")
+    render.report_follow_after_submit(
+        render.Outputs(), Log(stream, json=True), stats, submit, follow_code, code
+    )
+    last = orjson.loads(stream.getvalue().splitlines()[-1])
+    assert last["exit_code"] == code
+    assert last["level"] == {0: "info", 4: "warning"}.get(code, "error")
 
 
 def test_windows_merge_close_creations_and_split_far_ones() -> None:
