@@ -21,7 +21,15 @@ from .results import STATUSES, Outcome
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["LineReporter", "Log", "ProgressReporter", "Reporter", "TqdmReporter", "make_reporter"]
+__all__ = [
+    "LineReporter",
+    "Log",
+    "ProgressReporter",
+    "Reporter",
+    "TqdmReporter",
+    "make_reporter",
+    "printable",
+]
 
 PROGRESS_EVERY = 5.0
 QUIET_KEEP = 10_000
@@ -55,7 +63,7 @@ class Log:
         try:
             return orjson.dumps(record).decode()
         except TypeError:  # a path that is not UTF-8 (surrogates): shown, never a crash
-            return orjson.dumps(_printable(record)).decode()
+            return orjson.dumps(printable(record)).decode()
 
     def _emit(self, text: str) -> None:
         if self._writer is not None:
@@ -77,7 +85,7 @@ class Log:
         self._held.clear()
 
 
-def _printable(value: Any) -> Any:
+def printable(value: Any) -> Any:
     """``value`` with every string made valid UTF-8: the bytes a path smuggled in as
     surrogates (os.fsdecode's surrogateescape) become ``\\xff``, other lone surrogates
     ``\\udc80``, as a text log line shows them."""
@@ -87,9 +95,9 @@ def _printable(value: Any) -> Any:
         except UnicodeEncodeError:
             return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {_printable(k): _printable(v) for k, v in value.items()}
+        return {printable(k): printable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_printable(item) for item in value]
+        return [printable(item) for item in value]
     return value
 
 

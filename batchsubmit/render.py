@@ -20,7 +20,7 @@ import orjson
 
 from .errors import StorageError
 from .pool import RunStats
-from .progress import Log
+from .progress import Log, printable
 from .prune import PruneStats, Room, describe_held
 from .results import utc_now
 from .runner import ExpandSummary
@@ -73,7 +73,10 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def json_bytes(data: dict[str, Any]) -> bytes:
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+    try:
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+    except TypeError:  # a path that is not UTF-8 (surrogates): shown as the log shows it
+        return orjson.dumps(printable(data), option=orjson.OPT_INDENT_2) + b"\n"
 
 
 def failure_summary(command: str, code: int, message: str) -> bytes:

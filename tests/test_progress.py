@@ -76,6 +76,25 @@ def test_the_command_line_logs_a_non_utf8_path_as_json(tmp_path: Path) -> None:
     assert orjson.loads(done.stderr)["msg"].endswith("missing\\xff.toml: no such manifest file")
 
 
+def test_a_summary_names_a_non_utf8_path_as_the_log_does(tmp_path: Path) -> None:
+    """A path that is not UTF-8 in a --summary (the error naming it, the results file) was
+    a TypeError traceback and exit 1, with no summary and no metrics: the night's alert
+    read last night's. It is shown escaped, as the JSON log shows it."""
+    missing = os.fsdecode(bytes(tmp_path) + b"/missing\xff.toml")
+    summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
+    done = subprocess.run(
+        cli("submit", missing, "--summary", str(summary), "--metrics", str(metrics)),
+        capture_output=True,
+        env=cli_env(),
+    )
+    assert done.returncode == 2, done.stderr
+    assert b"Traceback" not in done.stderr
+    data = orjson.loads(summary.read_bytes())
+    assert data["exit_code"] == 2
+    assert data["error"].endswith("missing\\xff.toml: no such manifest file")
+    assert "batchsubmit_last_run_exit_code 2\n" in metrics.read_text()
+
+
 def test_the_lines_quiet_mode_dropped_are_said_in_the_logs_format(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
