@@ -161,10 +161,15 @@ def _write_failure(
     alert on the exit code must not read last night's 0. A path that cannot take them (the
     error may be about that very path), or that this run wrote already (its summary, then the
     metrics failed), is left alone."""
+    # what these options add to a submit's summary: its failure summary has those keys too
+    options = (("room", "make_room"), ("follow", "follow"))
+    parts = [part for part, option in options if getattr(args, option, False)]
     for option, path, text in (
-        ("--summary", getattr(args, "summary", None), render.failure_summary),
-        ("--metrics", getattr(args, "metrics", None), render.failure_prometheus),
-    ):
+        ("--summary", getattr(args, "summary", None),
+         render.failure_summary(args.name, code, message, parts)),
+        ("--metrics", getattr(args, "metrics", None),
+         render.failure_prometheus(args.name, code, message)),
+    ):  # fmt: skip
         if path is None:
             continue
         try:
@@ -179,7 +184,7 @@ def _write_failure(
         except (BatchSubmitError, OSError):
             continue  # the error may be this very one: said once is enough
         try:
-            render.write_atomically(path, text(args.name, code, message))
+            render.write_atomically(path, text)
         except BatchSubmitError as exc:
             if str(exc) != message:  # the error was this very path's: said once is enough
                 log.line("warning", str(exc))
@@ -237,6 +242,8 @@ def _submit(args: argparse.Namespace, log: Log, env: Env) -> int:
         combined = _combined_exit(code, follow_code)
         render.report_follow_after_submit(outputs, log, done.followed, code, follow_code, combined)
         code = combined
+    elif args.follow:
+        render.report_not_followed(outputs)
     if done.epilogue is not None:
         log.line("warning", done.epilogue)
     return code

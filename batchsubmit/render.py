@@ -79,17 +79,25 @@ def json_bytes(data: dict[str, Any]) -> bytes:
         return orjson.dumps(printable(data), option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def failure_summary(command: str, code: int, message: str) -> bytes:
-    """The summary of a run that ended with an error before its own was written."""
-    return json_bytes(
-        {
-            "version": 1,
-            "command": command,
-            "exit_code": code,
-            "ended_at": utc_now(),
-            "error": message,
-        }
-    )
+def failure_summary(command: str, code: int, message: str, parts: Iterable[str] = ()) -> bytes:
+    """The summary of a run that ended with an error before its own was written: the keys
+    of the command's own summary (and ``parts``, what its options add: "room", "follow"),
+    null where nothing was measured, so a reader finds the same keys whatever the night."""
+    data: dict[str, Any] = dict.fromkeys([*_summary_keys(command), *parts])
+    data.update(version=1, command=command, exit_code=code, ended_at=utc_now(), error=message)
+    return json_bytes(data)
+
+
+def _summary_keys(command: str) -> list[str]:
+    from .follow import FollowStats
+
+    if command == "submit":
+        return list(summary_data(RunStats(), 0, 0.0, Path(), None))
+    if command == "status":
+        return list(status_summary(FollowStats(), 0, 0.0))
+    if command == "prune":
+        return list(prune_summary(PruneStats(), 0, 0.0, Path(), False))
+    return []
 
 
 def failure_prometheus(_command: str, code: int, _message: str) -> bytes:
@@ -185,7 +193,9 @@ def summary_data(
 ) -> dict[str, Any]:
     return {
         "version": 1,
+        "command": "submit",  # reconcile writes no summary
         "exit_code": code,
+        "error": None,
         "started_at": iso(started),
         "ended_at": utc_now(),
         "elapsed_seconds": round(stats.elapsed, 3),
@@ -371,6 +381,15 @@ def room_prometheus(room: Room) -> str:
     )
 
 
+def report_not_followed(outputs: Outputs) -> None:
+    """submit --follow whose submit part did not end normally: the summary the submit part
+    just wrote has its "follow" key all the same (null: nothing followed)."""
+    if outputs.summary and outputs.summary.exists():
+        summary = orjson.loads(outputs.summary.read_bytes())
+        summary["follow"] = None
+        write_atomically(outputs.summary, json_bytes(summary))
+
+
 def report_room(outputs: Outputs, log: Log, room: Room) -> None:
     """Add make-room's figures to the summary and the metrics the run just wrote."""
     log.line("info", room_line(room))
@@ -391,6 +410,7 @@ def prune_summary(
         "command": "prune",
         "dry_run": dry,
         "exit_code": code,
+        "error": None,
         "started_at": iso(started),
         "ended_at": utc_now(),
         "elapsed_seconds": round(stats.elapsed, 3),
@@ -481,6 +501,7 @@ def status_summary(stats: Any, code: int, started: float) -> dict[str, Any]:
         "version": 1,
         "command": "status",
         "exit_code": code,
+        "error": None,
         "started_at": iso(started),
         "ended_at": utc_now(),
         "elapsed_seconds": round(stats.elapsed, 3),

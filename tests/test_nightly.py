@@ -233,6 +233,41 @@ def test_summary_and_metrics_files(tmp_path: Path, live_emulator: LiveEmulator) 
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_failed_nights_summary_has_the_keys_of_a_good_ones(
+    tmp_path: Path, live_emulator: LiveEmulator
+) -> None:
+    """A night that stopped early (exit 2) wrote a summary of five keys, none of a good
+    night's (counts, results, ...), and a submit --follow that did not get to follow had no
+    "follow" key: a monitor reading a key found it one night and not the next. Each
+    command's summary has the same keys whatever the night (null: nothing measured)."""
+    manifest = write_manifest(tmp_path, video_keys(2))
+    results = tmp_path / "r.csv"
+    missing = str(tmp_path / "missing.toml")
+
+    def keys(*args: str, code: int, sk: str | None = None) -> list[str]:
+        summary = tmp_path / "s.json"
+        summary.unlink(missing_ok=True)
+        env = cli_env() if sk is None else {**cli_env(), "HUAWEICLOUD_SDK_SK": sk}
+        done = subprocess.run(
+            cli(*args, "--summary", str(summary)),
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == code, done.stderr
+        data = json.loads(summary.read_text())
+        assert data["exit_code"] == code
+        return sorted(data)
+
+    room = ["--make-room", "--follow", "--interval", "0.1", "--deadline", "3s"]
+    good = keys(*submit_args(manifest, live_emulator.url, results, *room), code=4)
+    assert good == keys("submit", missing, *room, code=2)
+    refused = submit_args(manifest, live_emulator.url, tmp_path / "refused.csv", *room)
+    assert good == keys(*refused, code=3, sk="wrong")  # the submit part stops: no follow
+    status = keys("status", str(results), "--endpoint", live_emulator.url, code=4)
+    assert status == keys("status", str(tmp_path / "none.csv"), code=2)
+    prune = keys("prune", str(results), "--endpoint", live_emulator.url, code=0)
+    assert prune == keys("prune", str(tmp_path), code=2)
+
+
 def test_a_night_that_stops_on_an_error_still_says_so_in_its_summary_and_metrics(
     tmp_path: Path, live_emulator: LiveEmulator
 ) -> None:
