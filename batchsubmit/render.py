@@ -381,22 +381,24 @@ def room_prometheus(room: Room) -> str:
     )
 
 
+def _amend_summary(outputs: Outputs, **keys: Any) -> None:
+    """Add ``keys`` to the summary the submit part just wrote (make-room's, the follow's)."""
+    if outputs.summary and outputs.summary.exists():
+        summary = orjson.loads(outputs.summary.read_bytes())
+        summary.update(keys)
+        write_atomically(outputs.summary, json_bytes(summary))
+
+
 def report_not_followed(outputs: Outputs) -> None:
     """submit --follow whose submit part did not end normally: the summary the submit part
     just wrote has its "follow" key all the same (null: nothing followed)."""
-    if outputs.summary and outputs.summary.exists():
-        summary = orjson.loads(outputs.summary.read_bytes())
-        summary["follow"] = None
-        write_atomically(outputs.summary, json_bytes(summary))
+    _amend_summary(outputs, follow=None)
 
 
 def report_room(outputs: Outputs, log: Log, room: Room) -> None:
     """Add make-room's figures to the summary and the metrics the run just wrote."""
     log.line("info", room_line(room))
-    if outputs.summary and outputs.summary.exists():
-        summary = orjson.loads(outputs.summary.read_bytes())
-        summary["room"] = room_data(room)
-        write_atomically(outputs.summary, json_bytes(summary))
+    _amend_summary(outputs, room=room_data(room))
     if outputs.metrics and outputs.metrics.exists():
         text = outputs.metrics.read_text() + room_prometheus(room)
         write_atomically(outputs.metrics, text.encode())
@@ -634,11 +636,7 @@ def report_follow_after_submit(
             f"exit {code}: submit part {submit_code}, follow part {follow_code}",
             exit_code=code,
         )
-    if outputs.summary and outputs.summary.exists():
-        summary = orjson.loads(outputs.summary.read_bytes())
-        summary["follow"] = data
-        summary["exit_code"] = code
-        write_atomically(outputs.summary, json_bytes(summary))
+    _amend_summary(outputs, follow=data, exit_code=code)
     if outputs.metrics and outputs.metrics.exists():
         text = outputs.metrics.read_text()
         text = re.sub(
