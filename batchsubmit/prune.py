@@ -343,16 +343,25 @@ def read_prune_intents(path: Path) -> dict[str, str]:
     return found
 
 
-def _checked_intents(config: PruneConfig) -> dict[str, str]:
-    """The prune journal's intents, each naming the service its job's row names: a redone
-    delete is sent to the intent's URL, so one damaged into another host's (a flipped byte
-    still reads as a tasks URL) would send a signed DELETE there. An intent whose job has no
-    submitted row is left to the record's rules (its redo needs a record anyway)."""
+def _read_journal_and_rows(
+    config: PruneConfig, records: Mapping[str, JobRecord]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The prune journal's intents, and job id -> service_url of the submitted rows of the
+    recorded and intended jobs (one read of the results file for both)."""
+    intents = read_prune_intents(prune_journal_path(config.results))
+    rows = job_services(config.results, config.format, {*records, *intents})
+    _check_intents(config, intents, rows)
+    return intents, rows
+
+
+def _check_intents(
+    config: PruneConfig, intents: Mapping[str, str], rows: Mapping[str, str]
+) -> None:
+    """Each intent names the service its job's row names: a redone delete is sent to the
+    intent's URL, so one damaged into another host's (a flipped byte still reads as a tasks
+    URL) would send a signed DELETE there. An intent whose job has no submitted row is left
+    to the record's rules (its redo needs a record anyway)."""
     path = prune_journal_path(config.results)
-    intents = read_prune_intents(path)
-    if not intents:
-        return intents
-    rows = job_services(config.results, config.format, intents)
     for job_id, service_url in intents.items():
         row = rows.get(job_id)
         if row is not None and row != service_url:
@@ -361,7 +370,6 @@ def _checked_intents(config: PruneConfig) -> dict[str, str]:
                 f"but its row in {config.results} names {row[:200]!r}: a damaged prune journal; "
                 "repair or restore the file, then run again"
             )
-    return intents
 
 
 class _IntentJournal:
@@ -458,8 +466,8 @@ def plan_prune(config: PruneConfig, warn: Warn) -> PruneStats:
     """What a prune would delete now; sends nothing."""
     started = time.monotonic()
     records = read_record(record_path(config.results), warn)
-    intents = _checked_intents(config)
-    selection = _selection(config, records, config.rules, warn)
+    intents, rows = _read_journal_and_rows(config, records)
+    selection = select(records, rows, config.rules, time.time())
     stats = _stats_for(selection)
     resumed = [job_id for job_id in intents if records.get(job_id, None) is not None]
     stats.resumed = sum(1 for j in resumed if records[j].state != PRUNED)
@@ -467,13 +475,6 @@ def plan_prune(config: PruneConfig, warn: Warn) -> PruneStats:
         stats.jobs.append(_job_entry(candidate, "would be deleted"))
     stats.elapsed = time.monotonic() - started
     return stats
-
-
-def _selection(
-    config: PruneConfig, records: Mapping[str, JobRecord], rules: PruneRules, warn: Warn
-) -> Selection:
-    services = job_services(config.results, config.format, records)
-    return select(records, services, rules, time.time())
 
 
 def _stats_for(selection: Selection) -> PruneStats:
@@ -506,8 +507,8 @@ async def _prune_locked(
     """Delete what ``rules`` (default: the config's) allow; the caller holds the lock.
     ``tally``: what the "no such job" guard learnt in earlier rounds (make-room's)."""
     records = read_record(record_path(config.results), warn)
-    selection = _selection(config, records, rules or config.rules, warn)
-    intents = _checked_intents(config)
+    intents, rows = _read_journal_and_rows(config, records)
+    selection = select(records, rows, rules or config.rules, time.time())
     stats = _stats_for(selection)
     started = time.monotonic()
     # Intents of a killed prune first: those deletes may have been sent.
