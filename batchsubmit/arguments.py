@@ -44,6 +44,7 @@ __all__ = [
     "reconcile_options",
     "status_options",
     "submit_options",
+    "unparsed",
 ]
 
 # Bounds on every number an operator types: a typo must be refused, not obeyed (10**9
@@ -410,17 +411,53 @@ def _lookup_options(parser: argparse.ArgumentParser) -> None:
 
 
 def json_logs(argv: Sequence[str]) -> bool:
-    """Whether ``argv`` asks for JSON log lines (the last --log-format given wins), read
-    without parsing it: arguments that do not parse must be refused in that format too."""
-    wanted = "text"
+    """Whether ``argv`` asks for JSON log lines, read without parsing it: arguments that do
+    not parse must be refused in that format too."""
+    return raw_value(argv, "--log-format") == "json"
+
+
+def raw_value(argv: Sequence[str], option: str) -> str | None:
+    """The value ``argv`` gives ``option`` (the last one wins), read without parsing it, as
+    argparse reads it when it can: ``--option VALUE`` or ``--option=VALUE``, up to ``--``."""
+    value: str | None = None
     for at, word in enumerate(argv):
         if word == "--":
             break
-        if word == "--log-format" and at + 1 < len(argv):
-            wanted = argv[at + 1]
-        elif word.startswith("--log-format="):
-            wanted = word.partition("=")[2]
-    return wanted == "json"
+        if word == option and at + 1 < len(argv):
+            value = argv[at + 1]
+        elif word.startswith(option + "="):
+            value = word.partition("=")[2]
+    return value
+
+
+def unparsed(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | None:
+    """For arguments that did not parse: the command they name, and what they give the
+    options a failure summary needs (``--summary``, ``--metrics``, ``--make-room``,
+    ``--follow``), read without parsing them; None if no command is named. A value that
+    looks like an option (``--summary --metrics m``: argparse's own refusal) is no path."""
+    options = _command_options(parser)
+    # the first word that is not an option: the top level takes no option with a value
+    name = next((word for word in argv if not word.startswith("-")), None)
+    if name is None or name not in options:
+        return None
+    found = argparse.Namespace(name=name)
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    for option in ("--summary", "--metrics"):
+        value = raw_value(argv, option) if option in options[name] else None
+        setattr(found, option[2:], Path(value) if value and not value.startswith("-") else None)
+    for option in ("--make-room", "--follow"):
+        setattr(found, option[2:].replace("-", "_"), option in words)
+    return found
+
+
+def _command_options(parser: argparse.ArgumentParser) -> dict[str, frozenset[str]]:
+    """Each command's option strings, by command name."""
+    found: dict[str, frozenset[str]] = {}
+    for action in parser._actions:  # argparse keeps its commands nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                found[name] = frozenset(command._option_string_actions)
+    return found
 
 
 def _log_format_option(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from . import arguments, render
 from .commands import check as check_command
 from .commands import emulator as emulator_command
@@ -93,21 +95,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     """The parsed arguments. argparse says what is wrong with them (exit 2) as text; a run
-    asked for JSON log lines says it as one, as it says every other error."""
+    asked for JSON log lines says it as one, as it says every other error. Either way the
+    failure summary and metrics are written where the arguments name them, if they do."""
     parser = arguments.parser()
-    if not arguments.json_logs(argv):
-        return parser.parse_args(argv)
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):
             return parser.parse_args(argv)
     except SystemExit as exc:
         lines = said.getvalue().splitlines()
-        if exc.code == 0 or not lines:
+        json = arguments.json_logs(argv)
+        if exc.code == 0 or not lines or not json:
             sys.stderr.write(said.getvalue())
         else:  # usage lines, then "batchsubmit submit: error: ...": the error is the line
             Log(sys.stderr, json=True).line("error", lines[-1])
+        if exc.code != 0 and lines and (args := arguments.unparsed(parser, argv)) is not None:
+            for option in ("summary", "metrics"):
+                if (path := getattr(args, option)) is not None and not _replaceable(path, option):
+                    setattr(args, option, None)
+            _write_failure(args, EXIT["usage"], lines[-1], Log(sys.stderr, json=json), time.time())
         raise
+
+
+def _replaceable(path: Path, option: str) -> bool:
+    """Whether a failure summary or metrics may go to ``path`` when the arguments did not
+    parse, so that the results file and manifest they name are not known: only if nothing is
+    there yet, or what is there is one this tool wrote (a summary's JSON object, metrics'
+    gauges), never another file a typo named."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_SUMMARY_MOST + 1)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if option == "metrics":
+        return head.startswith(b"# HELP batchsubmit_")
+    try:
+        data = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "exit_code" in data and "command" in data
+
+
+_SUMMARY_MOST = 16 << 20  # bytes: a summary lists its duplicates, still far less than this
 
 
 class _Terminated(KeyboardInterrupt):

@@ -305,6 +305,44 @@ def test_a_night_that_stops_on_an_error_still_says_so_in_its_summary_and_metrics
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("json_logs", [False, True])
+def test_a_night_whose_arguments_do_not_parse_still_says_so_in_its_summary_and_metrics(
+    tmp_path: Path, json_logs: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A nightly script whose arguments no longer parse (a typo, an option renamed) exits 2
+    from argparse: last night's summary and metrics, exit code 0, stayed in place. They now
+    say this night's 2, where the arguments name them; a path that already holds a file this
+    tool did not write (the manifest, by a typo) is left as it is."""
+    from batchsubmit.cli import main
+
+    manifest = write_manifest(tmp_path, video_keys(1))
+    before = manifest.read_bytes()
+    summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
+    summary.write_text('{"command": "submit", "exit_code": 0}')
+    metrics.write_text("# HELP batchsubmit_jobs Jobs.\nbatchsubmit_last_run_exit_code 0\n")
+    for path in (summary, metrics, manifest):  # last night's
+        os.utime(path, (time.time() - 86400,) * 2)
+    logs = ["--log-format", "json"] if json_logs else []
+    with pytest.raises(SystemExit) as raised:
+        main(["submit", str(manifest), *logs, "--summary", str(summary),
+              f"--metrics={metrics}", "--make-room", "--concurrency", "none"])  # fmt: skip
+    assert raised.value.code == 2
+    written = json.loads(summary.read_text())
+    assert (written["command"], written["exit_code"]) == ("submit", 2)
+    assert "--concurrency" in written["error"]
+    assert "room" in written and written["counts"] is None  # the keys of every night
+    assert "batchsubmit_last_run_exit_code 2" in metrics.read_text()
+    err = capsys.readouterr().err
+    assert "--concurrency" in err and (not json_logs or err.startswith("{"))
+    # a typo naming the manifest as the summary: not replaced; nor is a command never named
+    with pytest.raises(SystemExit):
+        main(["submit", str(manifest), "--summary", str(manifest), "--concurrency", "none"])
+    assert manifest.read_bytes() == before
+    with pytest.raises(SystemExit):
+        main(["sumbit", str(manifest), "--summary", str(tmp_path / "new.json")])
+    assert not (tmp_path / "new.json").exists()
+
+
 def test_a_summary_the_run_wrote_is_not_replaced_when_its_metrics_fail(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
