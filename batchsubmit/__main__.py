@@ -1,5 +1,36 @@
-"""``python -m batchsubmit`` is the ``batchsubmit`` command."""
+"""The ``batchsubmit`` command (and ``python -m batchsubmit``): signals caught from its first line.
 
-from .cli import main
+cli.main() handles SIGINT and SIGTERM from its first line, but importing cli.py takes ~0.3 s
+(aiohttp): a SIGTERM then ended the process without a word (-15), a Ctrl-C with a traceback.
+Until cli.main() takes over, both are caught here: exit 143 or 130, said, nothing sent. Only
+the standard library is imported before the handler is set.
+"""
 
-raise SystemExit(main())
+import signal
+import sys
+
+
+class _Stopped(BaseException):
+    """SIGTERM while cli.py was imported (BaseException: no ``except Exception`` swallows it)."""
+
+
+def _stop(_signum: int, _frame: object) -> None:
+    raise _Stopped
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    default = signal.signal(signal.SIGTERM, _stop)
+    try:
+        from .cli import main as run
+    except (_Stopped, KeyboardInterrupt) as exc:
+        signal.signal(signal.SIGTERM, default)  # a second one ends it at once
+        from .cli import stopped_starting
+
+        return stopped_starting(argv, "SIGTERM" if isinstance(exc, _Stopped) else "SIGINT")
+    signal.signal(signal.SIGTERM, default)  # cli.main() sets its own, first thing
+    return run(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,7 +44,7 @@ from .proxies import check_proxy_environment
 from .prune import PruneStats
 from .render import EXIT_NOT_FINAL, Outputs
 
-__all__ = ["EXIT", "main"]
+__all__ = ["EXIT", "main", "stopped_starting"]
 
 EXIT = {
     "ok": 0,
@@ -59,14 +59,22 @@ EXIT = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else list(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    before = _on_sigterm(_terminate)  # first: a signal while the arguments are parsed too
+    try:
+        args = _parse(argv)
+    except KeyboardInterrupt as exc:
+        _on_sigterm(before)
+        return stopped_starting(argv, _signal_name(exc))
+    except SystemExit:
+        _on_sigterm(before)
+        raise
     log = Log(
         sys.stderr,
         json=getattr(args, "log_format", "text") == "json",
         quiet=getattr(args, "quiet", False),
     )
     started = time.time()
-    before = _on_sigterm(_terminate)
     try:
         if args.name not in ("expand", "emulator"):  # those two send nothing out
             check_proxy_environment(os.environ)
@@ -76,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = exc.exit_code
         _write_failure(args, code, str(exc), log, started)
     except KeyboardInterrupt as exc:
-        name = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
+        name = _signal_name(exc)
         message = f"{name} received; stopped at once"
         log.line("error", message)
         code = EXIT[name]
@@ -109,12 +117,30 @@ def _parse(argv: list[str]) -> argparse.Namespace:
             sys.stderr.write(said.getvalue())
         else:  # usage lines, then "batchsubmit submit: error: ...": the error is the line
             Log(sys.stderr, json=True).line("error", lines[-1])
-        if exc.code != 0 and lines and (args := arguments.unparsed(parser, argv)) is not None:
-            for option in ("summary", "metrics"):
-                if (path := getattr(args, option)) is not None and not _replaceable(path, option):
-                    setattr(args, option, None)
-            _write_failure(args, EXIT["usage"], lines[-1], Log(sys.stderr, json=json), time.time())
+        if exc.code != 0 and lines:
+            _write_unparsed_failure(argv, EXIT["usage"], lines[-1], Log(sys.stderr, json=json))
         raise
+
+
+def stopped_starting(argv: Sequence[str], name: str) -> int:
+    """SIGINT or SIGTERM (``name``) before the arguments were parsed (the ``batchsubmit``
+    command catches them from its first line: __main__.py): nothing was sent. Said, and
+    written to the failure summary and metrics the arguments name, like any other stop."""
+    message = f"{name} received while starting; stopped, nothing was sent"
+    log = Log(sys.stderr, json=arguments.json_logs(argv))
+    log.line("error", message)
+    _write_unparsed_failure(list(argv), EXIT[name], message, log)
+    return EXIT[name]
+
+
+def _write_unparsed_failure(argv: list[str], code: int, message: str, log: Log) -> None:
+    """The failure summary and metrics where arguments that were not parsed name them."""
+    if (args := arguments.unparsed(arguments.parser(), argv)) is None:
+        return
+    for option in ("summary", "metrics"):
+        if (path := getattr(args, option)) is not None and not _replaceable(path, option):
+            setattr(args, option, None)
+    _write_failure(args, code, message, log, time.time())
 
 
 def _replaceable(path: Path, option: str) -> bool:
@@ -149,6 +175,10 @@ class _Terminated(KeyboardInterrupt):
 
 def _terminate(_signum: int, _frame: object) -> None:
     raise _Terminated
+
+
+def _signal_name(exc: KeyboardInterrupt) -> str:
+    return "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
 
 
 _Handler = Callable[[int, Any], Any] | int | None

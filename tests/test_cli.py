@@ -614,3 +614,19 @@ def test_a_second_reconcile_has_nothing_to_do(tmp_path: Path, live_emulator: Liv
     assert again.returncode == 0, again.stderr
     assert "nothing to reconcile" in again.stderr
     assert sum(live_emulator.emulator.calls.values()) == calls
+
+
+def test_a_signal_while_the_arguments_are_parsed_is_an_exit_code_and_a_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main() handles SIGTERM from its first line: one while argparse runs is exit 130/143,
+    said, not a traceback (here a Ctrl-C, raised where the parser is built)."""
+
+    from batchsubmit import cli
+
+    def interrupted(_argv: list[str]) -> argparse.Namespace:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_parse", interrupted)
+    assert main(["submit", "m.toml"]) == 130
+    assert "SIGINT received while starting" in capsys.readouterr().err

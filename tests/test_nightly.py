@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -527,3 +528,41 @@ def test_sigterm_before_any_pool_exits_143_and_says_so(tmp_path: Path) -> None:
     assert process.returncode == 143, err
     assert "SIGTERM received; stopped at once" in err
     assert json.loads(summary.read_text())["exit_code"] == 143
+
+
+_SIGNAL_WHILE_IMPORTING = """
+import builtins, os, signal, sys
+real_import = builtins.__import__
+sent = getattr(signal, sys.argv.pop(1))
+def hooked(name, *args, **kwargs):
+    if name == "aiohttp" and not hasattr(hooked, "sent"):
+        hooked.sent = True  # once: the import after the stop must work
+        os.kill(os.getpid(), sent)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = hooked
+sys.argv[0] = "batchsubmit"
+from batchsubmit.__main__ import main
+raise SystemExit(main())
+"""
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_the_command_starts_is_an_exit_code_and_a_message(
+    tmp_path: Path, name: str, code: int
+) -> None:
+    """A SIGTERM in the ~0.3 s the command spends importing (cron's timeout, systemd
+    stopping it) killed it without a word (-15), a Ctrl-C there was a traceback, and last
+    night's summary stayed. Both are caught from the command's first line now: here the
+    signal arrives while aiohttp is imported."""
+    manifest = write_manifest(tmp_path, video_keys(1))
+    summary = tmp_path / "s.json"
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_WHILE_IMPORTING, name, "submit", str(manifest),
+         "--emulator", "--summary", str(summary)],  # fmt: skip
+        env=cli_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr
+    assert f"error: {name} received while starting; stopped, nothing was sent" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert json.loads(summary.read_text())["exit_code"] == code
+    assert not list(tmp_path.glob("*.csv"))
