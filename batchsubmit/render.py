@@ -8,6 +8,7 @@ replaced atomically) and log the final lines. cli.py calls them; commands never 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import time
@@ -221,7 +222,7 @@ def summary_data(
         "ambiguous": stats.ambiguous,
         "lookups": stats.lookups,
         "achieved_rate": round(stats.rate, 3),
-        "learned_rate": None if stats.learned_rate is None else round(stats.learned_rate, 3),
+        "learned_rate": _finite(stats.learned_rate),
         "lowest_rate": None if stats.lowest_rate is None else round(stats.lowest_rate, 3),
         "stop_reason": stats.stop_reason,
         "fatal": stats.fatal,
@@ -241,6 +242,10 @@ def summary_data(
 
 
 def prometheus(data: dict[str, Any], stats: RunStats) -> str:
+    learned: list[tuple[str, str, object]] = []
+    if stats.learned_rate is not None:  # None: no pass ran (make-room stopped first), no gauge
+        rate = _prometheus_float(stats.learned_rate)
+        learned.append(("learned_rate", "The rate the controller ended at (calls/s).", rate))
     lines = [
         "# HELP batchsubmit_jobs Jobs of the last run by outcome.",
         "# TYPE batchsubmit_jobs gauge",
@@ -259,11 +264,7 @@ def prometheus(data: dict[str, Any], stats: RunStats) -> str:
             ("unavailable", "503 answers.", stats.unavailable),
             ("elapsed_seconds", "How long the last run took.", round(stats.elapsed, 3)),
             ("achieved_rate", "Jobs submitted per second.", round(stats.rate, 3)),
-            (
-                "learned_rate",
-                "The rate the controller ended at (calls/s; -1: no limit).",
-                -1 if stats.learned_rate is None else round(stats.learned_rate, 3),
-            ),
+            *learned,
             (
                 "last_run_end_timestamp_seconds",
                 "When the last run ended (Unix time).",
@@ -273,6 +274,15 @@ def prometheus(data: dict[str, Any], stats: RunStats) -> str:
         ]
     )
     return "\n".join(lines) + "\n"
+
+
+def _finite(rate: float | None) -> float | None:
+    """A rate for JSON, which has no infinity: null for no limit, as for none measured."""
+    return None if rate is None or rate == math.inf else round(rate, 3)
+
+
+def _prometheus_float(value: float) -> str:
+    return "+Inf" if value == math.inf else str(round(value, 3))
 
 
 def run_line(data: dict[str, Any], stats: RunStats, results: Path) -> str:

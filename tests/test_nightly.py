@@ -210,9 +210,8 @@ def test_summary_and_metrics_files(tmp_path: Path, live_emulator: LiveEmulator) 
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"
     summary, metrics = tmp_path / "s.json", tmp_path / "m.prom"
-    args = submit_args(
-        manifest, live_emulator.url, results, "--summary", str(summary), "--metrics", str(metrics)
-    )
+    outputs = ("--summary", str(summary), "--metrics", str(metrics))
+    args = submit_args(manifest, live_emulator.url, results, *outputs, "--rate", "0")
     subprocess.run(cli(*args), env=cli_env(), check=True, capture_output=True, timeout=60)
     again = subprocess.run(cli(*args), env=cli_env(), capture_output=True, timeout=60)
     assert again.returncode == 0
@@ -229,6 +228,7 @@ def test_summary_and_metrics_files(tmp_path: Path, live_emulator: LiveEmulator) 
     }
     text = metrics.read_text()
     assert 'batchsubmit_jobs{outcome="skipped"} 12' in text
+    assert "batchsubmit_learned_rate +Inf\n" in text  # --rate 0: no limit (it read -1)
     assert "batchsubmit_last_run_exit_code 0" in text
     assert "batchsubmit_last_run_end_timestamp_seconds" in text
     assert not list(tmp_path.glob(".*.tmp"))

@@ -1040,6 +1040,7 @@ def test_make_room_that_cannot_count_still_writes_the_summary_and_metrics(
     # The count was never read: no gauge says 0 saved jobs, and what waits is counted alike
     # everywhere (the room said 0 deferred, the counts 2).
     assert "batchsubmit_saved_jobs" not in text
+    assert "batchsubmit_learned_rate" not in text  # it read -1, "no limit", for no call made
     assert "batchsubmit_quota_deferred 2\n" in text
     assert (data["room"]["saved_before"], data["room"]["deferred"]) == (None, 2)
     assert "make-room: the saved-job count was not read" in done.stderr

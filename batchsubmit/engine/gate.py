@@ -324,5 +324,5 @@ class Gate:
         stats, controller = self.stats, self.controller
         stats.throttles = controller.throttles
         stats.pauses = controller.pauses
-        stats.learned_rate = None if controller.rate == math.inf else controller.rate
+        stats.learned_rate = controller.rate
         stats.lowest_rate = None if controller.lowest == math.inf else controller.lowest

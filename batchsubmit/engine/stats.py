@@ -35,7 +35,7 @@ class RunStats:
     # the sources otherwise). Set together by :meth:`fail`; the first reason wins.
     fatal: str | None = None
     fatal_error: BatchSubmitError | None = None
-    learned_rate: float | None = None
+    learned_rate: float | None = None  # inf: no limit; None: no pass ran
     lowest_rate: float | None = None
     pauses: int = 0
     deferred_reason: str | None = None  # why jobs were deferred, and what to do, when it matters
