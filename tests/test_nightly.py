@@ -331,10 +331,12 @@ def test_a_night_whose_arguments_do_not_parse_still_says_so_in_its_summary_and_m
     written = json.loads(summary.read_text())
     assert (written["command"], written["exit_code"]) == ("submit", 2)
     assert "--concurrency" in written["error"]
-    assert "room" in written and written["counts"] is None  # the keys of every night
+    assert "room" in written  # the keys of every night
+    assert written["counts"] is None
     assert "batchsubmit_last_run_exit_code 2" in metrics.read_text()
     err = capsys.readouterr().err
-    assert "--concurrency" in err and (not json_logs or err.startswith("{"))
+    assert "--concurrency" in err
+    assert err.startswith("{") == json_logs
     # a typo naming the manifest as the summary: not replaced; nor is a command never named
     with pytest.raises(SystemExit):
         main(["submit", str(manifest), "--summary", str(manifest), "--concurrency", "none"])
@@ -556,11 +558,9 @@ def test_a_signal_while_the_command_starts_is_an_exit_code_and_a_message(
     signal arrives while aiohttp is imported."""
     manifest = write_manifest(tmp_path, video_keys(1))
     summary = tmp_path / "s.json"
-    done = subprocess.run(
-        [sys.executable, "-c", _SIGNAL_WHILE_IMPORTING, name, "submit", str(manifest),
-         "--emulator", "--summary", str(summary)],  # fmt: skip
-        env=cli_env(), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    command = [sys.executable, "-c", _SIGNAL_WHILE_IMPORTING, name, "submit", str(manifest)]
+    command += ["--emulator", "--summary", str(summary)]
+    done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == code, done.stderr
     assert f"error: {name} received while starting; stopped, nothing was sent" in done.stderr
     assert "Traceback" not in done.stderr
