@@ -321,6 +321,16 @@ def compact(path: Path, warn: Callable[[str], None], *, durable: bool = True) ->
     return index.lines - live
 
 
+def _whole_line(line: bytes) -> bool:
+    """A last line that lost only its newline (an editor re-saved the file) is a whole
+    record: cutting it would forget what it says (a result collected, a job pruned)."""
+    try:
+        from_json(orjson.loads(line))
+    except (orjson.JSONDecodeError, ValueError):
+        return False
+    return True
+
+
 class RecordWriter:
     """Appends records. :meth:`append` buffers; :meth:`sync` makes everything appended so far
     durable (flush + fsync); :meth:`close` syncs too. A torn last line left by a crash is cut
@@ -341,7 +351,9 @@ class RecordWriter:
             self._file: IO[bytes] = path.open("a+b", buffering=WRITE_BUFFER)
         except OSError as exc:
             raise UsageError(f"{path}: cannot open the follow record: {exc.strerror}") from None
-        drop_torn_tail(self._file, path, warn or (lambda _m: None), begins=b'{"job_id":')
+        drop_torn_tail(
+            self._file, path, warn or (lambda _m: None), begins=b'{"job_id":', whole=_whole_line
+        )
         self._file.seek(0, os.SEEK_END)
         if created:
             sync_dir(path.parent, durable)

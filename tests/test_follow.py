@@ -212,6 +212,25 @@ def test_record_latest_line_wins_and_a_torn_tail_is_tolerated(tmp_path: Path) ->
     assert path.read_bytes().count(b"\n") == 4
 
 
+def test_a_record_whose_last_line_lost_only_its_newline_keeps_that_line(tmp_path: Path) -> None:
+    """An editor that re-saved the record without its final newline left a whole line: the
+    next writer gives it its newline back instead of cutting it (it said job a was pruned)."""
+    path = tmp_path / "r.csv.follow.jsonl"
+    with RecordWriter(path) as writer:
+        writer.append(_record("b", "FAILED"))
+        writer.append(_record("a", "SUCCEEDED", hosting_status="PRUNED"))
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    warnings: list[str] = []
+    with RecordWriter(path, warnings.append) as writer:
+        writer.append(_record("c", "RUNNING"))
+    latest = read_record(path, pytest.fail)
+    states = {k: v.state for k, v in latest.items()}
+    assert states == {"a": "SUCCEEDED", "b": "FAILED", "c": "RUNNING"}
+    assert latest["a"].hosting_status == "PRUNED"
+    assert len(warnings) == 1
+    assert "no newline" in warnings[0]
+
+
 def test_a_record_whose_line_ends_became_crs_is_damage_not_a_torn_tail(tmp_path: Path) -> None:
     """A crash cuts one line short; it never joins lines. Lines whose LFs an editor turned
     into CRs read as one long "torn" last line, and every record was skipped: the follow
