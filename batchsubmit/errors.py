@@ -25,6 +25,7 @@ __all__ = [
     "ManifestError",
     "StorageError",
     "UsageError",
+    "innermost",
 ]
 
 
@@ -110,3 +111,10 @@ class FatalApiError(BatchSubmitError):
 
 def _request_suffix(error: ApiError) -> str:
     return f" (request id {error.request_id})" if error.request_id else ""
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """The error itself inside nested task-group exception groups: what a message names."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -37,7 +37,8 @@ import orjson
 
 from .answers import Answer, Kind, mask, one_line
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
-from .errors import StorageError, UsageError
+from .durable import sync_dir
+from .errors import StorageError, UsageError, innermost
 from .journal import RunLock
 from .pool import Pool, PoolSettings, Stopped
 from .progress import Log, ProgressReporter
@@ -425,8 +426,8 @@ async def follow(
             await follower.run(session, reporter, watch_signals=watch_signals)
     except* OSError as failed:
         raise StorageError(
-            f"the status run stopped: writing {follower.record_file} or the report failed "
-            f"({failed.exceptions[0]}); what was recorded so far is kept"
+            f"the status run stopped: writing {follower.record_file}, the report or a collected "
+            f"result failed ({innermost(failed)}); what was recorded so far is kept"
         ) from None
     return follower.stats
 
@@ -468,7 +469,7 @@ class Follower:
         if self.collecting:
             assert config.collect is not None
             try:
-                config.collect.mkdir(parents=True, exist_ok=True)
+                _make_folder(config.collect, config.durable)
             except OSError as exc:
                 raise UsageError(
                     f"{config.collect}: cannot create the --collect folder: {exc.strerror}"
@@ -1087,14 +1088,21 @@ class Follower:
         else:
             content = orjson.dumps(data)
         temporary = target.with_name(f".{target.name}.tmp")
-        with temporary.open("wb") as handle:
-            handle.write(content)
-            if not content.endswith(b"\n"):
-                handle.write(b"\n")
-            handle.flush()
-            if self.config.durable:
-                os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        try:
+            with temporary.open("wb") as handle:
+                handle.write(content)
+                if not content.endswith(b"\n"):
+                    handle.write(b"\n")
+                handle.flush()
+                if self.config.durable:
+                    os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise OSError(exc.errno, f"cannot save {target}: {exc.strerror}") from None
+        # The rename is durable only once the folder is: else a power cut after COLLECTED is
+        # recorded could lose the file, and its result was never fetched again.
+        sync_dir(target.parent, self.config.durable)
         self.stats.collected += 1
         return True
 
@@ -1307,6 +1315,19 @@ def _progress_outcome(record: JobRecord) -> Outcome:
         submitted_at=record.checked_at,
         service_url="",
     )
+
+
+def _make_folder(folder: Path, durable: bool) -> None:
+    """``mkdir -p``, each folder it made synced into its parent (a result saved in a folder
+    that a power cut takes away was recorded COLLECTED all the same)."""
+    missing = []
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for made in reversed(missing):
+        sync_dir(made.parent, durable)
 
 
 def _safe_name(name: str) -> str:

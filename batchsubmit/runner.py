@@ -22,7 +22,7 @@ from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
 from .credentials import CredentialProvider
 from .engine.loop import signals_received
-from .errors import StorageError
+from .errors import StorageError, innermost
 from .jobs import JobSpec, SpecBuilder
 from .journal import Intent, Journal, RunLock, read_intents
 from .manifest import Manifest
@@ -358,10 +358,8 @@ def fewer_collections() -> Iterator[None]:
 
 
 def _storage_message(config: RunConfig, exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup):  # task groups nest: name the error itself
-        exc = exc.exceptions[0]
     return (
-        f"the run stopped: writing {config.results} or its journal failed ({exc}); rows "
+        f"the run stopped: writing {config.results} or its journal failed ({innermost(exc)}); rows "
         "written so far are kept, and the next run resolves the calls that were under way"
     )
 

@@ -33,7 +33,7 @@ from batchsubmit.emulator import (
     Lifecycle,
     RequestRecord,
 )
-from batchsubmit.errors import UsageError
+from batchsubmit.errors import StorageError, UsageError
 from batchsubmit.follow import (
     REPORT_COLUMNS,
     FollowConfig,
@@ -956,6 +956,74 @@ async def test_collect_saves_each_result_once_and_an_expired_one_is_overdue_loud
         stats, _ = await _status(results, collect=collect)
         assert stats.calls == 0
         assert sum(emulator.calls.values()) == calls
+
+
+@pytest.mark.anyio
+async def test_collect_syncs_the_folders_before_it_records_collected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saved result's rename, and each folder --collect made, are synced into their
+    parents before COLLECTED is recorded: a power cut must not lose a result that the record
+    says is saved (it is never fetched again)."""
+    import batchsubmit.follow as follow_module
+    from batchsubmit.record import RecordWriter
+
+    events: list[tuple[str, object]] = []
+    real_sync, real_append = follow_module.sync_dir, RecordWriter.append
+
+    def sync(directory: Path, durable: bool = True) -> None:
+        events.append(("sync", directory))
+        real_sync(directory, durable)
+
+    def append(self: RecordWriter, record: JobRecord) -> None:
+        events.append(("record", record.hosting_status))
+        real_append(self, record)
+
+    monkeypatch.setattr(follow_module, "sync_dir", sync)
+    monkeypatch.setattr(RecordWriter, "append", append)
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1)))
+    manifest = write_manifest(tmp_path, video_keys(1), extra=HOSTING)
+    results = tmp_path / "r.csv"
+    collect = tmp_path / "new" / "collected"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        (job_id,) = emulator.tasks
+        emulator.set_state(job_id, "SUCCEEDED", hosting="AVAILABLE")
+        stats, _ = await _status(results, collect=collect, durable=True)
+    assert stats.collected == 1
+    synced = [where for kind, where in events if kind == "sync"]
+    assert synced[:2] == [tmp_path, tmp_path / "new"]
+    assert events.index(("sync", collect)) < events.index(("record", "COLLECTED"))
+
+
+@pytest.mark.anyio
+async def test_a_result_that_cannot_be_saved_stops_naming_its_file_and_is_not_collected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk under --collect: the run stops with the file it could not save (not "a
+    task group failed"), leaves no temporary file, and records nothing COLLECTED."""
+    import errno
+
+    import batchsubmit.follow as follow_module
+
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1)))
+    manifest = write_manifest(tmp_path, video_keys(1), extra=HOSTING)
+    results = tmp_path / "r.csv"
+    collect = tmp_path / "collected"
+
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        (job_id,) = emulator.tasks
+        emulator.set_state(job_id, "SUCCEEDED", hosting="AVAILABLE")
+        monkeypatch.setattr(follow_module.os, "replace", full)
+        with pytest.raises(StorageError, match=r"cannot save .*collected/.*No space left"):
+            await _status(results, collect=collect)
+    assert list(collect.iterdir()) == []
+    latest = read_record(record_path(results), pytest.fail)
+    assert latest[job_id].hosting_status != "COLLECTED"
 
 
 @pytest.mark.anyio
