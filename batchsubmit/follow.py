@@ -455,6 +455,7 @@ class Follower:
         self.pool: Pool | None = None
         self.stop_event = anyio.Event()
         self.arrears: dict[str, str] = {}
+        self._empty_results: set[str] = set()  # AVAILABLE without data: said once a job
         self._unsynced = False
         self._expiring: dict[str, JobRecord] = {}  # final, result AVAILABLE, overdue soon
 
@@ -1039,14 +1040,19 @@ class Follower:
         )
         if state in ARREARS:
             self.arrears.setdefault(record.job_id, state)
-        if (
-            self.collecting
-            and hosting_status == "AVAILABLE"
-            and shown
-            and isinstance(result, dict)
-            and "data" in result
-        ):
-            if self._save_result(record, result.get("data")):
+        if self.collecting and hosting_status == "AVAILABLE" and shown and isinstance(result, dict):
+            data = result.get("data")
+            if data is None or (isinstance(data, str) and not data.strip()):
+                # Nothing to save: recorded COLLECTED, the job could be pruned with its
+                # result never fetched. It stays AVAILABLE and is asked about again.
+                if record.job_id not in self._empty_results:
+                    self._empty_results.add(record.job_id)
+                    self.reporter.log(
+                        "warning",
+                        f"{record.job_id} ({record.source}): its hosting result is AVAILABLE "
+                        "but the answer holds no data; not collected, asked again next pass",
+                    )
+            elif self._save_result(record, data):
                 record = replace(record, hosting_status="COLLECTED")
         elif hosting_status == "OVERDUE" and old.hosting_status == "AVAILABLE" and self.collecting:
             self.reporter.log(

@@ -25,9 +25,10 @@ TASK = {"id": JOB, "state": "SUCCEEDED", "created_at": "2026-12-01T02:00:00Z",
 
 
 async def _one_pass(tmp_path: Path, list_task: dict[str, Any], shown: dict[str, Any] | None,
-                    secrets: tuple[str, ...] = ()) -> tuple[Any, list[str]]:  # fmt: skip
+                    secrets: tuple[str, ...] = (), collect: Path | None = None,
+                    ) -> tuple[Any, list[str]]:  # fmt: skip
     """One sweep of a one-job ledger whose list answers ``list_task`` and whose show answers
-    ``shown`` (None: show is not expected)."""
+    ``shown`` (None: show is not expected), saving results to ``collect`` if given."""
     results = tmp_path / "r.jsonl"
     _submitted_ledger(results, [JOB], SERVICE_URL)
 
@@ -42,6 +43,9 @@ async def _one_pass(tmp_path: Path, list_task: dict[str, Any], shown: dict[str, 
     warnings: list[str] = []
     follower, pool = _scripted_follower(results, SERVICE_URL, list_tasks, show, warnings.append)
     follower.clients[0].secrets = secrets
+    if collect is not None:
+        follower.config = replace(follower.config, collect=collect)
+        follower.collecting = True
     with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
         await follower._pass(pool)
     return follower.jobs[JOB].now, warnings
@@ -87,6 +91,26 @@ async def test_a_secret_quoted_in_any_text_of_a_task_is_masked(tmp_path: Path) -
     record, _ = await _one_pass(tmp_path, listed, None, secrets=(token,))
     assert token not in repr(record)
     assert token not in (tmp_path / "record.jsonl").read_text()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("data", "saved"), [(None, False), ("", False), ("  \n", False), ("absent", False),
+                        ('{"results": []}', True)],
+)  # fmt: skip
+async def test_an_available_result_without_data_is_not_recorded_collected(
+    tmp_path: Path, data: str | None, saved: bool
+) -> None:
+    """A show saying AVAILABLE with data null, empty or left out saved "null" (or nothing)
+    and recorded COLLECTED: prune then deleted the job with its result never fetched."""
+    result: dict[str, Any] = {"status": "AVAILABLE"}
+    if data != "absent":
+        result["data"] = data
+    shown = {**TASK, "output": {"hosting": {}}, "hosting_result": result}
+    (tmp_path / "c").mkdir()
+    record, _ = await _one_pass(tmp_path, dict(shown), shown, collect=tmp_path / "c")
+    assert record.hosting_status == ("COLLECTED" if saved else "AVAILABLE")
+    assert len(list((tmp_path / "c").iterdir())) == saved
 
 
 @pytest.mark.anyio
