@@ -63,6 +63,13 @@ _OBSUTIL_NOISE = re.compile(
     r"(Folder|File|Object|Bucket) number( is)?:)"
 )
 _NEXT_MARKER = re.compile(r"Next marker( is)?:")
+# `obsutil ls` without -s: a table whose rows are the key, then LastModified, Size, (a storage
+# class in newer versions) and the ETag. Read as a key with spaces, each video in it became a
+# non-video, counted and skipped; such a row is refused instead.
+_LONG_ROW = re.compile(
+    r"[ \t]{2,}\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"  # LastModified
+    r"[ \t]+\S+([ \t]+\S+)?[ \t]+\"?[0-9A-Fa-f-]+\"?$"  # Size, [StorageClass,] ETag
+)
 # What a listing line's surroundings may hold: ASCII blanks and the line break. Not str.strip()'s
 # Unicode white space: a key may end in a no-break space, and U+001F is a control character.
 _BLANKS = " \t\r\n"
@@ -115,6 +122,11 @@ def parse_listing_line(line: str, *, exact: bool = False) -> tuple[LineKind, str
     if text.startswith("obs://"):
         if CONTROL.search(text):
             raise ValueError(f"control character in path {text!r}")
+        if not exact and _LONG_ROW.search(text):
+            raise ValueError(
+                f"a row of `obsutil ls` output without -s (columns after the key): {text[:80]!r}"
+                " (save listings with `obsutil ls -s obs://bucket/prefix/ > listing.txt`)"
+            )
         return LineKind.PATH, text
     marker = _NEXT_MARKER.match(text)
     if marker:

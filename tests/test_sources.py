@@ -117,6 +117,24 @@ def test_parse_listing_line_rejects(line: str) -> None:
         parse_listing_line(line)
 
 
+def test_a_listing_saved_without_s_is_refused_at_its_first_row(tmp_path: Path) -> None:
+    """`obsutil ls` without -s prints a table: the key, then LastModified, Size, a storage
+    class and the ETag. Read as one key with spaces, every video became a "non-video",
+    counted and skipped; a row of it is refused, naming the line, even with its header cut."""
+    rows = [
+        "obs://bucket/prefix/a.mp4                 2018-11-16T02:15:49Z          33243     "
+        'standard            "796393c1eaf502ef56a85c2ceb640aea"',
+        'obs://bucket/prefix/b.mp4   2018-11-16T02:15:49.120Z   1.2MB   "79639-3"  ',
+    ]
+    for row in rows:
+        path = listing(tmp_path, f"Object list:\n\n{row}\n")
+        with pytest.raises(ManifestError, match=r"listing\.txt:3: .*without -s"):
+            expand(make_manifest(tmp_path, path))
+    # a key that only holds a date and spaces is still a key
+    key = "obs://bucket/cam  2018-11-16T02:15:49Z  take 2.mp4"
+    assert parse_listing_line(key) == (LineKind.PATH, key)
+
+
 def test_a_live_spool_line_is_its_key_exactly() -> None:
     """A live prefix's spool holds OBS's keys one a line: a key ending in spaces is that key
     (stripped, `cam/x.mp4 ` became `cam/x.mp4`: a real object taken for a repeat of another,
