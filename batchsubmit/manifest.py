@@ -51,7 +51,6 @@ DESCRIPTION_FIELDS = NAME_FIELDS | {"source"}
 # Create-body fields batchsubmit builds itself; [job.body] may not replace them.
 RESERVED_BODY_FIELDS = frozenset({"name", "description", "service_version", "input"})
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
 _TABLE_HEADER = re.compile(r"^\s*\[(\[)?\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
 
@@ -450,7 +449,7 @@ class _Reader:
                 parse_obs_url(prefix)
             except ValueError as exc:
                 raise self.error(f"{key}.prefix", str(exc)) from None
-            if _CONTROL.search(prefix):
+            if vas.CONTROL.search(prefix):
                 raise self.error(f"{key}.prefix", f"control character in {prefix!r}")
         for index, url in enumerate(paths):
             try:
@@ -459,7 +458,7 @@ class _Reader:
                 raise self.error(f"{key}.paths[{index}]", str(exc)) from None
             if not object_key or object_key.endswith("/"):
                 raise self.error(f"{key}.paths[{index}]", f"{url!r} names a folder, not a video")
-            if _CONTROL.search(url):
+            if vas.CONTROL.search(url):
                 raise self.error(f"{key}.paths[{index}]", f"control character in {url!r}")
         listing_path = None
         if listing is not None:

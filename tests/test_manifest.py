@@ -76,6 +76,21 @@ def test_minimal_manifest(tmp_path: Path) -> None:
     assert source.exclude == ()
 
 
+@pytest.mark.parametrize("char", ["\\u0001", "\\u001b", "\\u007f", "\\u0085", "\\u009b"])
+@pytest.mark.parametrize("where", ["paths", "prefix"])
+def test_a_control_character_in_a_source_path_is_refused(
+    tmp_path: Path, char: str, where: str
+) -> None:
+    """C1 controls too (U+0085 NEL, U+009B CSI): a results row is one line without them, so
+    a CSV row of "late\u0085arrival.mp4" was written with a space there, never matched its
+    video again, and the video was created again every night (JSONL: the next night stopped
+    on a "damaged" row). Listings and live prefixes already refused them."""
+    value = f'["obs://bkt/v/late{char}arrival.mp4"]' if where == "paths" else f'"obs://bkt/v{char}/"'
+    text = doc(source=f"[[source]]\n{where} = {value}\n")
+    with pytest.raises(ManifestError, match=rf"source\[0\]\.{where}.*: control character"):
+        load_manifest(write(tmp_path, text))
+
+
 def test_load_accepts_a_string_path(tmp_path: Path) -> None:
     """load_manifest takes a str as well as a Path."""
     path = write(tmp_path, doc())
