@@ -85,7 +85,9 @@ def test_a_control_character_in_a_source_path_is_refused(
     a CSV row of "late\u0085arrival.mp4" was written with a space there, never matched its
     video again, and the video was created again every night (JSONL: the next night stopped
     on a "damaged" row). Listings and live prefixes already refused them."""
-    value = f'["obs://bkt/v/late{char}arrival.mp4"]' if where == "paths" else f'"obs://bkt/v{char}/"'
+    value = (
+        f'["obs://bkt/v/late{char}arrival.mp4"]' if where == "paths" else f'"obs://bkt/v{char}/"'
+    )
     text = doc(source=f"[[source]]\n{where} = {value}\n")
     with pytest.raises(ManifestError, match=rf"source\[0\]\.{where}.*: control character"):
         load_manifest(write(tmp_path, text))
