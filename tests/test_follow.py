@@ -1255,7 +1255,7 @@ def test_status_killed_twice_then_resumed_reports_every_video_once(
     report, one row per video, and the record never lost a final state."""
     emulator = live_emulator.emulator
     emulator.faults = Faults(
-        jobs=Lifecycle(time_scale=40, p_failed=0.2, p_vanish=0.02, running=(20.0, 60.0))
+        jobs=Lifecycle(time_scale=10, p_failed=0.2, p_vanish=0.02, running=(20.0, 60.0))
     )
     manifest = write_manifest(tmp_path, video_keys(120))
     results = tmp_path / "r.csv"
@@ -1274,7 +1274,7 @@ def test_status_killed_twice_then_resumed_reports_every_video_once(
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=20)
-        assert process.returncode == -signal.SIGKILL
+        assert process.returncode == -signal.SIGKILL, "ended before the kill: jobs too fast"
     finals_before = {k for k, v in read_record(record, lambda _m: None).items() if v.final}
     done = run_cli(*_status_cli(results, "--follow"), timeout=60)
     rows = _report(tmp_path / "r.report.csv")
