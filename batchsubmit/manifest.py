@@ -102,17 +102,27 @@ class Manifest:
     sources: tuple[Source, ...]
 
 
+def not_utf8(exc: UnicodeDecodeError, head: bytes) -> str:
+    """What to say of a file that is not UTF-8. A UTF-16 one is what Windows PowerShell 5's
+    ``>`` writes (``obsutil ls -s ... > listing.txt``): say so, and how to save it again."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return (
+            "UTF-16 text, not UTF-8 (Windows PowerShell's > writes UTF-16): save it again as "
+            "UTF-8, e.g. `... | Out-File -Encoding utf8 FILE`"
+        )
+    return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest file; raises ManifestError naming what is wrong."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ManifestError(str(path), "no such manifest file") from None
     except UnicodeDecodeError as exc:
-        raise ManifestError(
-            str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from None
+        raise ManifestError(str(path), not_utf8(exc, data)) from None
     except OSError as exc:
         raise ManifestError(str(path), f"cannot read: {exc.strerror}") from None
     # A BOM (Windows Notepad's UTF-8) is not TOML; it was "line 1: Invalid statement".

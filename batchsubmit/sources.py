@@ -29,7 +29,7 @@ from typing import IO
 
 from .errors import ManifestError
 from .hashes import HashBuckets
-from .manifest import Manifest, Source, parse_obs_url, path_problem
+from .manifest import Manifest, Source, not_utf8, parse_obs_url, path_problem
 from .vas import CONTROL, OBS_KEY_MAX_BYTES
 
 __all__ = [
@@ -512,9 +512,8 @@ def _listing_urls(
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise ManifestError(
-                        f"{path}:{number}", f"not UTF-8 ({exc.reason} at byte {exc.start})"
-                    ) from None
+                    head = raw if number == 1 else b""
+                    raise ManifestError(f"{path}:{number}", not_utf8(exc, head)) from None
                 try:
                     kind, value = parse_listing_line(line, exact=exact)
                 except ValueError as exc:

@@ -111,6 +111,7 @@ def test_broken_manifest_exits_2_before_any_request(
         (b"obs://in-bucket/a.mp4\nobs://in-bucket/\xff.mp4\n", "listing.txt:2: not UTF-8"),
         (b"obs://In_Bucket/a.mp4\n", "listing.txt:1: 'In_Bucket'"),
         (b"obs://in-bucket/a\x07.mp4\n", "listing.txt:1: control character"),
+        ("obs://in-bucket/a.mp4\r\n".encode("utf-16"), "listing.txt:1: UTF-16 text"),
     ],
 )
 def test_bad_listing_exits_2_naming_the_line(

@@ -737,6 +737,18 @@ def test_manifest_not_utf8(tmp_path: Path) -> None:
     assert "not UTF-8" in info.value.what
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_a_utf16_manifest_is_named_as_such(tmp_path: Path, encoding: str) -> None:
+    """What Windows PowerShell's > writes: said to be UTF-16, with how to save it as UTF-8
+    (it was "invalid start byte at byte 0")."""
+    path = tmp_path / "m.toml"
+    text = doc()
+    path.write_bytes(("\ufeff" + text).encode("utf-16-be") if encoding == "utf-16-be"
+                     else text.encode(encoding))  # fmt: skip
+    with pytest.raises(ManifestError, match=r"UTF-16 text, not UTF-8 .*-Encoding utf8"):
+        load_manifest(path)
+
+
 def test_manifest_is_a_directory(tmp_path: Path) -> None:
     """A directory given as the manifest is a ManifestError, not an OSError."""
     with pytest.raises(ManifestError) as info:
