@@ -618,6 +618,7 @@ async def test_a_service_that_reads_creation_times_otherwise_is_listed_unfiltere
     async def list_tasks(query: dict[str, Any]) -> Answer:
         queries.append(query)
         found = [] if "created_since" in query else list(tasks.values())
+        found = [task for task in found if query.get("id_like", "") in task["id"]]
         offset = int(query["offset"])
         page = found[offset : offset + int(query["limit"])]
         return Answer(kind=Kind.OK, status=200, data={"count": len(found), "tasks": page})
@@ -1375,3 +1376,45 @@ def test_status_with_nothing_to_follow_needs_no_credentials(tmp_path: Path) -> N
     rows = _report(tmp_path / "rep.csv")
     assert rows[0]["error_code"] == "IVA.0004"
     assert rows[0]["state"] == ""
+
+
+@pytest.mark.anyio
+async def test_a_service_that_lists_new_jobs_late_keeps_its_time_filters(tmp_path: Path) -> None:
+    """A lagging list index (the emulator's list_lag) leaves new jobs out of every list,
+    filtered or not, while show finds them. That is no proof the created_since/created_until
+    filters are misread: the run keeps them (unfiltered, a sweep pages through every job of
+    the service, for the rest of the run), and takes none of the missing jobs for LOST."""
+    now = [time.time()]
+    lists: list[str] = []
+    shown: list[str] = []
+
+    def log_request(record: RequestRecord) -> None:
+        path = record.path
+        if record.method != "GET":
+            return
+        if not path.split("?")[0].endswith("/tasks"):
+            shown.append(path)
+            return
+        if shown and "id_like" not in path:
+            now[0] = max(now[0], lag_over)  # the second pass: the lag is over
+        lists.append(path)
+
+    emulator = Emulator(
+        Faults(list_lag=5.0, jobs=Lifecycle(time_scale=1e-3)),
+        clock=lambda: now[0],
+        request_log=log_request,
+    )
+    lag_over = now[0] + 10.0
+    manifest = write_manifest(tmp_path, video_keys(20))
+    results = tmp_path / "r.csv"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        lists.clear()
+        stats, text = await _status(results, deadline=0.5)
+    assert "listing without created_since" not in text, text
+    assert "lists new jobs late" in text
+    assert stats.passes >= 2, text
+    assert stats.lost == 0, text
+    assert {row["state"] for row in _report(tmp_path / "r.report.csv")} == {"PENDING"}
+    swept = [path for path in lists if "id_like" not in path]
+    assert all("created_since" in path for path in swept), swept
