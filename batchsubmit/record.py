@@ -125,7 +125,18 @@ def from_json(data: Any) -> JobRecord:
         values[name] = value
     if not values["job_id"]:
         raise ValueError("empty 'job_id'")
-    return JobRecord(**values)
+    record = JobRecord(**values)
+    # ``final`` is the rule's word on the other fields, and status writes it so: a line that
+    # says otherwise was edited, and believed, a job not final could be pruned (its result
+    # not generated yet) or never followed again.
+    if record.final != is_final(record.state, record.hosting, record.hosting_status):
+        raise ValueError(
+            f"'final' is {str(record.final).lower()} for state {record.state!r} "
+            f"(hosting {str(record.hosting).lower()}, hosting_status "
+            f"{record.hosting_status!r}), which the rules call "
+            f"{'not final' if record.final else 'final'}"
+        )
+    return record
 
 
 def iter_lines(path: Path, warn: Callable[[str], None]) -> Iterator[tuple[int, JobRecord]]:

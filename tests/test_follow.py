@@ -337,6 +337,42 @@ def test_a_damaged_final_line_of_the_record_stops_before_any_request(tmp_path: P
         prepare_follow(config, pytest.fail)
 
 
+@pytest.mark.parametrize(
+    "lie",
+    [
+        {"state": "RUNNING", "final": True},
+        {"state": "SUCCEEDED", "hosting": True, "hosting_status": "NOT_GENERATED", "final": True},
+        {"state": "SUCCEEDED", "hosting": True, "hosting_status": "", "final": True},
+        {"state": "FAILED", "final": False},
+    ],
+)
+@pytest.mark.anyio
+async def test_a_record_line_whose_final_contradicts_its_state_is_damage(
+    tmp_path: Path, lie: dict[str, Any]
+) -> None:
+    """A record line that is valid JSON but whose ``final`` is not what the rules make of its
+    state and hosting result (a hand edit: status never writes one) is damage, named by its
+    line, before any request. Believed, a RUNNING job marked final was followed no more (its
+    run exited 0) and a SUCCEEDED one whose result is NOT_GENERATED could be pruned."""
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1e-3)))
+    manifest = write_manifest(tmp_path, video_keys(2))
+    results = tmp_path / "r.csv"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        await _status(results, follow=False)
+        path = record_path(results)
+        lines = path.read_bytes().splitlines(keepends=True)
+        edited = {**orjson.loads(lines[0]), **lie}
+        path.write_bytes(orjson.dumps(edited) + b"\n" + b"".join(lines[1:]))
+        calls = sum(emulator.calls.values())
+        with pytest.raises(UsageError, match=r"follow\.jsonl:1: .*'final'"):
+            prepare_follow(_follow_config(results), pytest.fail)
+        assert sum(emulator.calls.values()) == calls
+    done = run_cli("prune", str(results), "--dry-run")
+    assert done.returncode == 2, done.stderr
+    assert "follow.jsonl:1:" in done.stderr
+
+
 def test_a_submitted_row_whose_service_cannot_be_read_stops_the_status(tmp_path: Path) -> None:
     """A job that cannot be followed is never recorded final, so never pruned: a row whose
     service_url is not a VAS tasks URL (a hand edit) stops `status` before any request,

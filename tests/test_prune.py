@@ -21,6 +21,7 @@ import pytest
 
 from batchsubmit.auth import Credentials
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_SK, FINAL_STATES, Faults, Lifecycle
+from batchsubmit.errors import UsageError
 from batchsubmit.pool import PoolSettings
 from batchsubmit.prune import (
     GONE_LIMIT,
@@ -123,6 +124,9 @@ def record_jobs(
                 checked_at=now,
             )
             record = replace(record, **fields)  # type: ignore[arg-type]
+            if "final" not in fields:  # as status records it: the rule's word on the fields
+                final = is_final(record.state, record.hosting, record.hosting_status)
+                record = replace(record, final=final)
             if record.final:
                 record = replace(record, final_at=now)
             writer.append(record)
@@ -240,12 +244,37 @@ def test_a_hosting_result_not_collected_keeps_its_job(
         hosting=True,
         hosting_status=hosting_status,
         hosting_overdue_at=overdue,
-        final=True,
+        final=is_final("SUCCEEDED", True, hosting_status),  # as status records it
     )
     stats = run_prune(results)
     assert (set(live.emulator.deleted) == set(ids)) is deleted
     if not deleted:
-        assert stats.held == {"hosting result not collected": 1}
+        pending = hosting_status in ("", "NOT_GENERATED")  # not final until it is generated
+        assert stats.held == {"not final" if pending else "hosting result not collected": 1}
+
+
+@pytest.mark.parametrize("hosting_status", ["NOT_GENERATED", ""])
+def test_a_record_calling_a_job_final_before_its_result_exists_is_damage(
+    live: LiveEmulator, tmp_path: Path, hosting_status: str
+) -> None:
+    """A SUCCEEDED job whose hosting result is not generated yet is not final; a record line
+    that says final all the same (a hand edit), with an overdue time past, had the job
+    deleted and its result lost. Now the line is damage: exit 2 naming it, nothing deleted."""
+    results = submit_videos(live, tmp_path, 1)
+    ids = list(job_ids(results).values())
+    settle(live, ids)
+    record_jobs(
+        live,
+        results,
+        final_at=time.time() - 48 * HOUR,
+        hosting=True,
+        hosting_status=hosting_status,
+        hosting_overdue_at=str(int((time.time() - HOUR) * 1000)),
+        final=True,
+    )
+    with pytest.raises(UsageError, match=r"follow\.jsonl:1: .*'final'"):
+        run_prune(results)
+    assert not live.emulator.deleted
 
 
 def test_keep_keeps_the_newest_final_jobs(live: LiveEmulator, tmp_path: Path) -> None:
