@@ -84,6 +84,8 @@ SLACK_MS = 10 * 60 * 1000  # around creation times: our clock and the service's 
 WINDOW_GAP_MS = 30 * 60 * 1000  # creations further apart than this are listed as two windows
 CURSOR_SLACK = 5.0  # seconds: a "changes" pass re-reads jobs updated this long before the
 # newest it saw last time (the service's own clock, to the second: ties and late writers)
+FUTURE_SKEW = 3600.0  # seconds: an updated_at further ahead of our clock is not believed
+# for the cursor (a hostile or broken service's 2100 held it there for the rest of the run)
 SWEEP_EVERY = 10  # passes: a sweep finds jobs that vanished (an incremental list cannot)
 CHEAP_SWEEP = 3  # list calls: a sweep this cheap is made every pass
 TRUST_MISSES = 3  # jobs a filtered sweep missed and show found: stop filtering by time
@@ -800,6 +802,7 @@ class Follower:
         # sweep starts, read first (one job, newest first). Not the newest seen on the sweep's
         # pages: those are read one after another, and a job on an early page that changed
         # after it was read would be older than that, never listed again until a sweep.
+        began = time.time()
         start = await self._list(pool, service, self._changes_query(jobs, limit=1), None)
         windows = _windows(sorted(job.created_ms for job in jobs))
         if not self.time_filters:
@@ -812,7 +815,10 @@ class Follower:
                     if since <= j.created_ms <= until and j.now.job_id not in seen
                 ]  # fmt: skip
         if start is not None and not pool.stopping:  # else the next pass sweeps again
-            self.cursor[service] = start.newest if start.newest is not None else time.time()
+            # No time believed there (no job, or one from the far future): our clock, when
+            # the sweep began, less the slack the clocks may differ by
+            fallback = began - SLACK_MS / 1000
+            self.cursor[service] = start.newest if start.newest is not None else fallback
         self._last_sweep_calls = self.stats.list_calls - before
         return absent
 
@@ -939,12 +945,16 @@ class Follower:
         least: float | None = None
         jobs = self.jobs
         checked = utc_now()  # one string for the page's jobs
+        future = time.time() + FUTURE_SKEW
         for task in tasks:
             if not isinstance(task, dict):
                 continue
             updated = _epoch(str(task.get("updated_at") or ""))
             if updated is not None:
-                newest = _newest(newest, updated)
+                if updated <= future:
+                    newest = _newest(newest, updated)
+                else:
+                    self._from_the_future(task, service)
                 least = updated if least is None else min(least, updated)
             job = jobs.get(str(task.get("id") or ""))
             if job is None or job.service != service:
@@ -959,6 +969,23 @@ class Follower:
         if not isinstance(count, int) or isinstance(count, bool):  # true is no count of 1
             count = len(tasks)
         return _Page(count=count, listed=len(tasks), newest=newest)
+
+    def _from_the_future(self, task: dict[str, Any], service: int) -> None:
+        """Said once a run: a job updated far ahead of our clock, not taken for the cursor
+        (the newest change seen), which it would hold there: every changes pass would stop
+        at its first page, taking the jobs below for unchanged."""
+        if self._future_said:
+            return
+        self._future_said = True
+        secrets = self.clients[service].secrets
+        self.warn(
+            f"a list says job {_one_line(task.get('id'), secrets)[:40]!r} was updated at "
+            f"{_one_line(task.get('updated_at'), secrets)[:40]}, more than "
+            f"{FUTURE_SKEW / 3600:g} h ahead of this machine's clock: not taken as the newest "
+            "change (check the clocks)"
+        )
+
+    _future_said = False
 
     # -- show ---------------------------------------------------------------------------------
 

@@ -582,7 +582,7 @@ async def test_a_changes_pass_pages_until_a_job_older_than_the_cursor(tmp_path: 
     results = tmp_path / "r.jsonl"
     ids = [f"{n:032x}" for n in range(250)]
     _submitted_ledger(results, ids, service_url)
-    cursor = 1_800_000_000.0
+    cursor = float(int(time.time()) - 1000)  # whole seconds, as stamps are; not ahead of us
 
     def stamp(moment: float) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
@@ -1454,3 +1454,57 @@ async def test_a_service_that_lists_new_jobs_late_keeps_its_time_filters(tmp_pat
     assert {row["state"] for row in _report(tmp_path / "r.report.csv")} == {"PENDING"}
     swept = [path for path in lists if "id_like" not in path]
     assert all("created_since" in path for path in swept), swept
+
+
+@pytest.mark.anyio
+async def test_a_far_future_updated_at_does_not_pin_the_changes_cursor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The changes cursor is the newest updated_at the service listed. One job listed as
+    updated in 2100 (a hostile or skewed service) made it 2100 for the rest of the run: every
+    changes pass then stopped after its first page, as if no job on the second had changed
+    since, and 150 jobs that succeeded were missed until the next sweep. A time that far
+    ahead of our clock is warned about and not taken for the cursor."""
+    monkeypatch.setattr("batchsubmit.follow.CHEAP_SWEEP", 0)  # pass 2 lists the changes
+    service_url = "http://127.0.0.1:9/v2/p/services/s/tasks"
+    results = tmp_path / "r.jsonl"
+    ids = [f"{n:032x}" for n in range(250)]
+    _submitted_ledger(results, ids, service_url)
+    now = time.time()
+
+    def stamp(moment: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+    def task(job_id: str, state: str, updated: str) -> dict[str, Any]:
+        return {"id": job_id, "state": state, "updated_at": updated,
+                "created_at": "2026-12-01T02:00:00Z", "output": {"obs": {}}}  # fmt: skip
+
+    tasks = {job_id: task(job_id, "RUNNING", stamp(now - 600)) for job_id in ids}
+    hostile = "f" * 32  # not one of ours: only its time matters
+    tasks[hostile] = task(hostile, "RUNNING", "2100-01-01T00:00:00Z")
+
+    async def list_tasks(query: dict[str, Any]) -> Answer:
+        found = list(tasks.values())
+        if query["order"] == "updated_at:DESC":
+            found.sort(key=lambda t: t["updated_at"], reverse=True)
+        offset = int(query["offset"])
+        page = found[offset : offset + int(query["limit"])]
+        return Answer(kind=Kind.OK, status=200, data={"count": len(found), "tasks": page})
+
+    warnings: list[str] = []
+    follower, pool = _scripted_follower(results, service_url, list_tasks, None, warnings.append)
+    with RecordWriter(tmp_path / "record.jsonl", durable=False) as follower.writer:
+        began = time.time()
+        await follower._pass(pool)  # a sweep: every job RUNNING
+        # No believable newest change: the cursor is our clock when the sweep began, less the
+        # clocks' slack (not its end: a job that changed while it paged is read again)
+        assert follower.cursor[0] is not None
+        assert follower.cursor[0] < began
+        follower.stats.passes += 1
+        for job_id in ids[:150]:
+            tasks[job_id] = task(job_id, "SUCCEEDED", stamp(now))
+        await follower._pass(pool)
+        assert not follower._swept  # a changes pass
+    states = Counter(job.now.state for job in follower.jobs.values())
+    assert states == {"SUCCEEDED": 150, "RUNNING": 100}, states
+    assert any("2100-01-01T00:00:00Z" in w for w in warnings), warnings
