@@ -456,7 +456,6 @@ class Follower:
         self.writer: RecordWriter | None = None
         self.pool: Pool | None = None
         self.stop_event = anyio.Event()
-        self.arrears: dict[str, str] = {}
         self._empty_results: set[str] = set()  # AVAILABLE without data: said once a job
         self._unsynced = False
         self._expiring: dict[str, JobRecord] = {}  # final, result AVAILABLE, overdue soon
@@ -661,10 +660,14 @@ class Follower:
             assert self.writer is not None
             self.writer.sync()
             self._unsynced = False
-            if self.arrears:
-                sample = ", ".join(f"{i} {s}" for i, s in list(self.arrears.items())[:3])
+            # The jobs' states as last known: seen so this pass, or recorded so and not
+            # listed since (the list failed). Only those seen this pass counted, and a FROZEN
+            # job the service could not be asked about was exit 4, "not final yet".
+            arrears = {i: job.now.state for i, job in self.jobs.items() if job.now.state in ARREARS}
+            if arrears:
+                sample = ", ".join(f"{i} {s}" for i, s in list(arrears.items())[:3])
                 self.stats.fatal = (
-                    f"{len(self.arrears)} jobs are FREEZING or FROZEN ({sample}...): the account "
+                    f"{len(arrears)} jobs are FREEZING or FROZEN ({sample}...): the account "
                     "is in arrears; top it up, then start the jobs again"
                 )
                 pool.stop("the account is in arrears")
@@ -1093,8 +1096,6 @@ class Follower:
             hosting_overdue_at=intern(overdue) if overdue else old.hosting_overdue_at,
             checked_at=checked or utc_now(),
         )
-        if state in ARREARS:
-            self.arrears.setdefault(record.job_id, state)
         if self.collecting and hosting_status == "AVAILABLE" and shown and isinstance(result, dict):
             data = result.get("data")
             if data is None or (isinstance(data, str) and not data.strip()):

@@ -1508,3 +1508,27 @@ async def test_a_far_future_updated_at_does_not_pin_the_changes_cursor(
     states = Counter(job.now.state for job in follower.jobs.values())
     assert states == {"SUCCEEDED": 150, "RUNNING": 100}, states
     assert any("2100-01-01T00:00:00Z" in w for w in warnings), warnings
+
+
+@pytest.mark.anyio
+async def test_a_frozen_job_whose_list_call_fails_still_exits_3(tmp_path: Path) -> None:
+    """README: any followed job FREEZING or FROZEN is exit 3 (the account is in arrears). A
+    job recorded FROZEN by the last run, whose list call fails this run (503 after the
+    retries), is still FROZEN as far as anyone knows: exit 3, not 4 ("not final yet", as if
+    it would end by itself), and the summary says why."""
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1e-3)))
+    manifest = write_manifest(tmp_path, video_keys(2))
+    results = tmp_path / "r.csv"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        frozen = next(iter(emulator.tasks))
+        emulator.set_state(frozen, "FROZEN")
+        stats, text = await _status(results, follow=False)
+        assert exit_code(stats) == 3, text
+        emulator.faults = replace(emulator.faults, p503=1.0)  # the service cannot be asked
+        stats, text = await _status(results, follow=False)
+    assert stats.list_calls >= 1, text
+    assert stats.first_errors, text  # the list failed
+    assert read_record(record_path(results), pytest.fail)[frozen].state == "FROZEN"
+    assert exit_code(stats) == 3, text
+    assert "arrears" in (stats.fatal or ""), text
