@@ -753,8 +753,13 @@ class Follower:
         for job in jobs:
             seen: set[str] = set()
             query: dict[str, str | int] = {"id_like": job.now.job_id, "limit": 10, "offset": 0}
-            await self._list(pool, job.service, query, seen)
+            page = await self._list(pool, job.service, query, seen)
             if job.now.job_id in seen:
+                return True
+            if page is not None and page.count > 1:
+                # More than one job "like" a 32-digit id: id_like is not read, so this list
+                # cannot tell lag from misread filters. Unfiltered lists are the safe side:
+                # more calls, while kept filters would leave these jobs unlisted every pass.
                 return True
         return False
 
