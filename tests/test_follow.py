@@ -660,6 +660,8 @@ async def test_a_service_that_reads_creation_times_otherwise_is_listed_unfiltere
         found = [] if "created_since" in query else list(tasks.values())
         if reads_id_like:
             found = [task for task in found if query.get("id_like", "") in task["id"]]
+        elif "id_like" in query:
+            found.reverse()  # newest first, as VAS's default order: the one asked for is not on top
         offset = int(query["offset"])
         page = found[offset : offset + int(query["limit"])]
         return Answer(kind=Kind.OK, status=200, data={"count": len(found), "tasks": page})
