@@ -921,7 +921,9 @@ def _read_token_cache(path: Path, key: str, now: float, warn: Warn) -> tuple[Iss
     """A cached token for ``key`` not yet due for a refresh; None otherwise. A file that other
     users could read is not trusted (and is replaced by the next login)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a named pipe at the path opens at once (and is then refused as not a
+        # regular file) rather than wait for a writer for ever; a regular file ignores it.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:

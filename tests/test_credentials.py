@@ -7,6 +7,7 @@ import dataclasses
 import io
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr
@@ -1303,6 +1304,28 @@ def test_a_token_cache_that_cannot_be_used_is_set_aside(tmp_path: Path, damage: 
     assert len(warnings) == 1
     assert "token cache not used" in warnings[0]
     assert "X-Evil" not in warnings[0]
+
+
+def test_a_token_cache_that_is_a_fifo_is_set_aside_not_waited_on(tmp_path: Path) -> None:
+    """A named pipe at the cache path, nobody writing to it: not used, with a warning; the
+    open waited for a writer for ever, so the run hung before its first call."""
+    from batchsubmit.credentials import _read_token_cache
+
+    cache = tmp_path / "token.json"
+    os.mkfifo(cache, 0o600)
+    warnings: list[str] = []
+    reader = threading.Thread(
+        target=_read_token_cache, args=(cache, "k", time.time(), warnings.append), daemon=True
+    )
+    reader.start()
+    reader.join(5)
+    hung = reader.is_alive()
+    if hung:  # let the stuck open return, so the thread ends
+        os.close(os.open(cache, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+    assert not hung
+    assert len(warnings) == 1
+    assert "not a regular file" in warnings[0]
 
 
 @pytest.mark.parametrize("expires_at", ["nan", "inf", "-inf"])
