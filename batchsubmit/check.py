@@ -30,7 +30,7 @@ from yarl import URL
 from .answers import Answer, Kind, mask, one_line
 from .auth import Credentials
 from .client import Endpoint, VasClient
-from .credentials import Choice, CredentialProvider, open_provider
+from .credentials import Choice, CredentialProvider, IamPassword, open_provider
 from .errors import BatchSubmitError, CredentialError
 from .manifest import Manifest
 from .obs import ObsClient, listing_pool
@@ -133,11 +133,16 @@ async def _credentials(
     if isinstance(plan.choice, CredentialError):
         results.append(CheckResult(name, "FAIL", str(plan.choice)))
         return None
+    choice = plan.choice
+    if isinstance(choice.source, IamPassword) and choice.source.cache is not None:
+        # The token cache neither read (a cached token would pass a mistyped password) nor
+        # written (check creates nothing): the login itself is what is checked.
+        choice = replace(choice, source=replace(choice.source, cache=None))
     gate = new_gate(_ONCE, RunStats(), lambda _level, _message: None)
     try:
         with anyio.fail_after(plan.timeout * 2 + 2):
             provider = await open_provider(
-                plan.choice,
+                choice,
                 session,
                 region=plan.region,
                 warn=warn,

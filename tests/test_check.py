@@ -14,12 +14,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 
 from batchsubmit.check import PREFIXES_AT_ONCE, tunnel_target
 from batchsubmit.cli import main
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator, Faults
+from batchsubmit.emulator_iam import IamUser, IdentityOptions
 from batchsubmit.obs import string_to_sign
 from batchsubmit.results import COLUMNS
 
@@ -524,3 +527,48 @@ def test_check_asks_the_proxy_for_the_target_the_calls_will(base_url: str, targe
     the URL's netloc, no port for a regional endpoint, so a proxy's allow-list saw another
     target than the calls'."""
     assert tunnel_target(base_url) == target
+
+
+def test_an_iam_login_is_checked_against_iam_and_no_token_cache_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With BATCHSUBMIT_IAM_TOKEN_CACHE set, check wrote the cache (and made its folder) while
+    saying nothing was created, and a token cached by an earlier run passed the credentials
+    check without asking IAM, so a mistyped password passed too (the run then stops once
+    the token is due)."""
+    from batchsubmit.credentials import find_source, open_provider
+
+    emulator = Emulator(
+        Faults(), identity=IdentityOptions(users=(IamUser("nightly", "acme", "pw-right"),))
+    )
+    vas = ServerThread(emulator.serve)
+    cache = tmp_path / "cache" / "iam-token.json"
+    for name in ("HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "HUAWEICLOUD_SDK_PROJECT_ID"):
+        monkeypatch.delenv(name)
+    login = {"BATCHSUBMIT_IAM_USER": "nightly", "BATCHSUBMIT_IAM_DOMAIN": "acme",
+             "BATCHSUBMIT_IAM_PASSWORD": "pw-right", "HUAWEICLOUD_SDK_IAM_ENDPOINT": vas.url,
+             "BATCHSUBMIT_IAM_TOKEN_CACHE": str(cache)}  # fmt: skip
+    for name, value in login.items():
+        monkeypatch.setenv(name, value)
+    path = manifest(tmp_path)  # a listing only: OBS takes no IAM token
+    path.write_text(path.read_text().split("[[source]]\nprefix")[0], encoding="utf-8")
+    try:
+        code, lines, err, _ = check(capsys, path, vas.url, vas.url)
+        assert code == 0, [*lines, err]
+        assert not cache.parent.exists()
+
+        async def earlier_run() -> None:  # a submit that logged in and kept the token
+            choice = find_source(os.environ, home=tmp_path, warn=print, region="cn-north-4")
+            async with aiohttp.ClientSession() as session:
+                await open_provider(choice, session, region="cn-north-4", warn=print)
+
+        anyio.run(earlier_run)
+        kept = cache.read_bytes()
+        monkeypatch.setenv("BATCHSUBMIT_IAM_PASSWORD", "pw-mistyped")
+        code, lines, err, _ = check(capsys, path, vas.url, vas.url)
+        assert code == 3, [*lines, err]
+        assert line(lines, "credentials").startswith("FAIL"), lines
+        assert "pw-mistyped" not in "\n".join([*lines, err])
+        assert cache.read_bytes() == kept
+    finally:
+        vas.close()
