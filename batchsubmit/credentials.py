@@ -37,6 +37,7 @@ import re
 import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -989,7 +990,8 @@ def _write_token_cache(path: Path, key: str, issued: Issued, project_id: str, wa
             handle.write(orjson.dumps(doc))
         os.replace(temporary, path)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        with suppress(OSError):  # not there, or its folder is not one (a file at the parent)
+            temporary.unlink(missing_ok=True)
         warn(f"{path}: cannot write the token cache: {exc.strerror}")
 
 

@@ -1284,6 +1284,27 @@ def test_cli_iam_token_cache_is_private_and_reused(
         assert PASSWORD not in text
 
 
+def test_a_token_cache_that_cannot_be_written_is_a_warning_not_a_traceback(
+    iam_emulator: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache path under a regular file (a typo, or a file where a folder was meant): the
+    run goes on with a warning naming the file; cleaning up the temporary file that was
+    never made raised NotADirectoryError, a traceback after the login."""
+    emulator, url = iam_emulator
+    for name, value in iam_env().items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "cache").write_text("a file, not a folder\n")
+    cache = tmp_path / "cache" / "iam-token.json"
+    monkeypatch.setenv("HUAWEICLOUD_SDK_IAM_ENDPOINT", url)
+    monkeypatch.setenv("BATCHSUBMIT_IAM_TOKEN_CACHE", str(cache))
+    manifest = write_manifest(tmp_path, keys(2))
+    code, err = run_main("submit", str(manifest), "--endpoint", url,
+                         "--results", str(tmp_path / "o.csv"))  # fmt: skip
+    assert code == 0, err
+    assert f"{cache}: cannot write the token cache" in err
+    assert len(emulator.tasks) == 2
+
+
 @pytest.mark.parametrize("damage", ["a directory", "a token with a line break"])
 def test_a_token_cache_that_cannot_be_used_is_set_aside(tmp_path: Path, damage: str) -> None:
     """A cache path that is a directory, or a 0600 cache holding a token no header can carry
