@@ -958,12 +958,20 @@ def _read_token_cache(path: Path, key: str, now: float, warn: Warn) -> tuple[Iss
             return None
         expires_at, issued_at = float(doc["expires_at"]), float(doc["issued_at"])
         if not (math.isfinite(expires_at) and math.isfinite(issued_at)):
-            return None  # "nan" never fell due: a token kept past its expiry
+            raise ValueError("nan")  # "nan" never fell due: a token kept past its expiry
         issued = Issued(Token(token), expires_at, issued_at)
         project_id = valid_project_id(str(doc["project_id"]), f"{path}: project_id")
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-        return None
-    except CredentialError:
+    except (
+        orjson.JSONDecodeError,
+        AttributeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        CredentialError,
+    ):
+        # named, its content not shown (it may hold a token): the login goes on and the
+        # next token replaces it
+        warn(f"{path}: token cache not used: it is damaged (not the JSON batchsubmit writes)")
         return None
     refresh_at = issued.refresh_at
     if refresh_at is None or now >= refresh_at:

@@ -1349,6 +1349,42 @@ def test_a_token_cache_that_is_a_fifo_is_set_aside_not_waited_on(tmp_path: Path)
     assert "not a regular file" in warnings[0]
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b'{"key": "k", "token": "MIIsecret', b"\x00" * 64, b"[1, 2]",
+     b'{"key": "k", "token": "MIIsecret"}',
+     b'{"key": "k", "token": "MIIsecret", "expires_at": "x", "issued_at": 1, "project_id": 1}'],
+)  # fmt: skip
+def test_a_damaged_token_cache_is_named_not_passed_over_in_silence(
+    tmp_path: Path, content: bytes
+) -> None:
+    """A cut, zeroed or foreign cache file: not used, and a warning names it (without its
+    content); it was set aside without a word, so nobody learned why every run logged in."""
+    from batchsubmit.credentials import _read_token_cache
+
+    cache = tmp_path / "token.json"
+    cache.write_bytes(content)
+    cache.chmod(0o600)
+    warnings: list[str] = []
+    assert _read_token_cache(cache, "k", time.time(), warnings.append) is None
+    assert len(warnings) == 1
+    assert str(cache) in warnings[0]
+    assert "damaged" in warnings[0]
+    assert "MIIsecret" not in warnings[0]
+
+
+def test_a_token_cache_of_another_login_is_replaced_without_a_word(tmp_path: Path) -> None:
+    """A cache written for another user or project (its key differs) is not damage."""
+    from batchsubmit.credentials import _read_token_cache
+
+    cache = tmp_path / "token.json"
+    cache.write_bytes(orjson.dumps({"key": "other", "token": "MIIx"}))
+    cache.chmod(0o600)
+    warnings: list[str] = []
+    assert _read_token_cache(cache, "k", time.time(), warnings.append) is None
+    assert warnings == []
+
+
 @pytest.mark.parametrize("expires_at", ["nan", "inf", "-inf"])
 def test_a_token_cache_time_that_is_no_time_is_not_believed(
     tmp_path: Path, expires_at: str
