@@ -29,6 +29,7 @@ Secrets never appear in a message, a ``repr`` or an exception chain raised from 
 from __future__ import annotations
 
 import configparser
+import errno
 import hashlib
 import io
 import math
@@ -948,6 +949,8 @@ def _read_token_cache(path: Path, key: str, now: float, warn: Warn) -> tuple[Iss
         return None
     finally:
         os.close(fd)
+    if not data.strip():  # touched (and chmod 600) beforehand: nothing cached yet
+        return None
     try:
         doc = orjson.loads(data)
         if doc.get("key") != key:
@@ -990,6 +993,10 @@ def _write_token_cache(path: Path, key: str, issued: Issued, project_id: str, wa
         "issued_at": issued.issued_at,
         "project_id": project_id,
     }
+    problem = _not_a_cache(path)
+    if problem is not None:
+        warn(f"{path}: token cache not written: {problem}")
+        return
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -1001,6 +1008,38 @@ def _write_token_cache(path: Path, key: str, issued: Issued, project_id: str, wa
         with suppress(OSError):  # not there, or its folder is not one (a file at the parent)
             temporary.unlink(missing_ok=True)
         warn(f"{path}: cannot write the token cache: {exc.strerror}")
+
+
+def _not_a_cache(path: Path) -> str | None:
+    """Why the file at ``path`` must not be replaced by the token cache, if it must not: only
+    nothing, an empty file, an earlier cache or a symbolic link (the link, not its target)
+    is replaced. A path naming another file by mistake (the manifest, a results file, a
+    profile) lost that file, a token left in its place."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (the write says why)
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symbolic link: os.replace replaces the link itself
+            return None
+        return exc.strerror or "it cannot be read"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not a regular file"
+        data = os.read(fd, 1 << 16)
+    except OSError as exc:
+        return exc.strerror or "it cannot be read"
+    finally:
+        os.close(fd)
+    if not data.strip():
+        return None
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and "key" in doc and "token" in doc:
+        return None
+    return "it is not a token cache (name another file, or remove this one)"
 
 
 class _MetadataFetch:

@@ -1305,6 +1305,54 @@ def test_a_token_cache_that_cannot_be_written_is_a_warning_not_a_traceback(
     assert len(emulator.tasks) == 2
 
 
+def test_a_token_cache_path_naming_another_file_does_not_replace_it(
+    iam_emulator: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BATCHSUBMIT_IAM_TOKEN_CACHE naming a file that is no token cache (the manifest, a
+    results file, a profile, by mistake): the run goes on, the file is kept as it was and a
+    warning names it; it was replaced by the token's JSON (a manifest lost, a token left in
+    its place)."""
+    emulator, url = iam_emulator
+    for name, value in iam_env().items():
+        monkeypatch.setenv(name, value)
+    manifest = write_manifest(tmp_path, keys(2))
+    kept = manifest.read_bytes()
+    monkeypatch.setenv("HUAWEICLOUD_SDK_IAM_ENDPOINT", url)
+    monkeypatch.setenv("BATCHSUBMIT_IAM_TOKEN_CACHE", str(manifest))
+    code, err = run_main("submit", str(manifest), "--endpoint", url,
+                         "--results", str(tmp_path / "o.csv"))  # fmt: skip
+    assert code == 0, err
+    assert len(emulator.tasks) == 2
+    assert manifest.read_bytes() == kept
+    assert f"{manifest}: token cache not written: it is not a token cache" in err
+
+
+@pytest.mark.parametrize("there", ["nothing", "an empty file", "a token cache", "a symlink"])
+def test_a_token_cache_replaces_only_a_cache(tmp_path: Path, there: str) -> None:
+    """What the token cache may replace: nothing yet, an empty file (touched and chmod 600
+    beforehand), an earlier cache, or a symbolic link (the link, never its target)."""
+    from batchsubmit.credentials import _read_token_cache, _write_token_cache
+
+    cache = tmp_path / "token.json"
+    target = tmp_path / "target.txt"
+    target.write_text("not to be touched\n")
+    if there == "an empty file":
+        cache.touch(mode=0o600)
+    elif there == "a token cache":
+        cache.write_bytes(orjson.dumps({"key": "old", "token": "MIIold"}))
+    elif there == "a symlink":
+        cache.symlink_to(target)
+    warnings: list[str] = []
+    now = time.time()
+    issued = Issued(Token("MIInew"), now + 86400, now)
+    _write_token_cache(cache, "k", issued, EMULATOR_PROJECT_ID, warnings.append)
+    assert warnings == []
+    found = _read_token_cache(cache, "k", now, warnings.append)
+    assert found is not None
+    assert found[0].secret == Token("MIInew")
+    assert target.read_text() == "not to be touched\n"
+
+
 @pytest.mark.parametrize("damage", ["a directory", "a token with a line break"])
 def test_a_token_cache_that_cannot_be_used_is_set_aside(tmp_path: Path, damage: str) -> None:
     """A cache path that is a directory, or a 0600 cache holding a token no header can carry
