@@ -382,9 +382,12 @@ def _quota(
         )
     data = answer.data if answer is not None else None
     count = data.get("count") if isinstance(data, dict) else None
-    if provider is None or not isinstance(count, int):
-        return CheckResult(name, "SKIP", f"the saved jobs could not be counted; {planned} "
-                           f"creates planned{note}")  # fmt: skip
+    if provider is None or not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        # a count of true or -3 is no count: it read as 1 job, or room for 5003
+        odd = f" (the service's count {one_line(str(count))[:40]!r} is not a number of jobs)"
+        return CheckResult(name, "SKIP", f"the saved jobs could not be counted"
+                           f"{odd if count is not None else ''}; {planned} creates "
+                           f"planned{note}")  # fmt: skip
     room = max(0, plan.quota - count)
     text = (
         f"{count} saved jobs of {plan.quota} for this service (the quota counts every "

@@ -572,3 +572,21 @@ def test_an_iam_login_is_checked_against_iam_and_no_token_cache_is_written(
         assert cache.read_bytes() == kept
     finally:
         vas.close()
+
+
+@pytest.mark.parametrize("count", ["-3", "true", "1.5", '"12"'])
+def test_a_count_that_is_no_count_is_not_believed(
+    count: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A list answer whose count is negative, a boolean or not a whole number: SKIP, saying
+    the count is no count; -3 and true passed ("-3 saved jobs, room for 5003", "True saved
+    jobs ..., room for 4999")."""
+
+    async def odd(_request: web.Request) -> web.Response:
+        body = f'{{"count": {count}, "tasks": []}}'
+        return web.Response(body=body, content_type="application/json")
+
+    _result, lines = check_against_list(odd, tmp_path, capsys)
+    quota = line(lines, "quota")
+    assert quota.startswith("SKIP quota: the saved jobs could not be counted"), quota
+    assert "is not a number of jobs" in quota
