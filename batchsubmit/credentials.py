@@ -382,11 +382,20 @@ def find_source(
         )
         cache = _stripped(env, "BATCHSUBMIT_IAM_TOKEN_CACHE")
         return choice(
-            IamPassword(user, domain, password, cache=Path(cache).expanduser() if cache else None)
+            IamPassword(
+                user,
+                domain,
+                password,
+                cache=_user_path(cache, "BATCHSUBMIT_IAM_TOKEN_CACHE") if cache else None,
+            )
         )
     tried.append("IAM password: BATCHSUBMIT_IAM_USER not set")
 
-    path = Path(named).expanduser() if named else home / ".huaweicloud" / "credentials"
+    path = (
+        _user_path(named, "HUAWEICLOUD_SDK_CREDENTIALS_FILE")
+        if named
+        else home / ".huaweicloud" / "credentials"
+    )
     profile = _read_profile(path, explicit=bool(named), warn=warn, tried=tried)
     if profile is not None:
         if (
@@ -409,6 +418,18 @@ def find_source(
             f"or user name, e.g. {DEFAULT_METADATA_URL}"
         )
     return choice(Metadata(url))
+
+
+def _user_path(value: str, name: str) -> Path:
+    """A path from the environment, ``~`` expanded; a ``~user`` with no home is an error
+    naming the variable (Path.expanduser raises RuntimeError: a traceback)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        shown = value if value.isprintable() and len(value) <= 200 else "..."
+        raise CredentialError(
+            f"{name} {shown!r}: no such user's home directory (~user): give the path in full"
+        ) from None
 
 
 def _require(values: tuple[tuple[str, str], ...], what: str) -> None:

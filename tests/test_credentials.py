@@ -290,6 +290,25 @@ def test_profile_problems_are_named(tmp_path: Path) -> None:
         choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(tmp_path / "nope")}, tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("variable", "env"),
+    [
+        ("HUAWEICLOUD_SDK_CREDENTIALS_FILE", {}),
+        ("BATCHSUBMIT_IAM_TOKEN_CACHE",
+         {"BATCHSUBMIT_IAM_USER": "u", "BATCHSUBMIT_IAM_DOMAIN": "d",
+          "BATCHSUBMIT_IAM_PASSWORD": "p"}),
+    ],
+)  # fmt: skip
+def test_a_path_for_a_user_that_does_not_exist_is_named(
+    tmp_path: Path, variable: str, env: dict[str, str]
+) -> None:
+    """``~nosuchuser/...`` in a path variable: an error naming the variable (exit 2); it was
+    a RuntimeError traceback from Path.expanduser."""
+    env = {**env, variable: "~nosuchuser-4c1e/creds"}
+    with pytest.raises(CredentialError, match=f"{variable}.*~nosuchuser-4c1e"):
+        choose(env, tmp_path)
+
+
 @pytest.mark.parametrize("token", ["TOK\nX", "TOK\x01EN", "TOK EN", "TOKé"])
 def test_a_security_token_a_header_cannot_carry_is_refused_where_it_is_read(
     tmp_path: Path, token: str
