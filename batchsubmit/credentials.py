@@ -353,6 +353,13 @@ def find_source(
     domain = _stripped(env, "BATCHSUBMIT_IAM_DOMAIN")
     password = env.get("BATCHSUBMIT_IAM_PASSWORD", "").strip("\r\n")
     named = _stripped(env, "HUAWEICLOUD_SDK_CREDENTIALS_FILE")
+    for name, value in (
+        ("HUAWEICLOUD_SDK_SK", sk),
+        ("BATCHSUBMIT_IAM_USER", user),
+        ("BATCHSUBMIT_IAM_DOMAIN", domain),
+        ("BATCHSUBMIT_IAM_PASSWORD", password),
+    ):
+        _utf8(value, name)
     _one_named_source(
         keys=bool(ak or sk or token),
         login=bool(user or domain or password),
@@ -418,6 +425,18 @@ def find_source(
             f"or user name, e.g. {DEFAULT_METADATA_URL}"
         )
     return choice(Metadata(url))
+
+
+def _utf8(value: str, name: str) -> None:
+    """Bytes that are not UTF-8 in the environment reach Python as lone surrogates, which
+    cannot be signed with or sent (a traceback quoting a character of the SK): an error
+    naming the variable, nothing of the value shown."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CredentialError(
+            f"{name} is not UTF-8 (typed or saved in another encoding?): set it again"
+        ) from None
 
 
 def _user_path(value: str, name: str) -> Path:

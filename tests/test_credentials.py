@@ -309,6 +309,29 @@ def test_a_path_for_a_user_that_does_not_exist_is_named(
         choose(env, tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("variable", "env"),
+    [
+        ("HUAWEICLOUD_SDK_SK", {"HUAWEICLOUD_SDK_AK": "AKX"}),
+        *((name, {"BATCHSUBMIT_IAM_USER": "u", "BATCHSUBMIT_IAM_DOMAIN": "d",
+                  "BATCHSUBMIT_IAM_PASSWORD": "p"})
+          for name in ("BATCHSUBMIT_IAM_PASSWORD", "BATCHSUBMIT_IAM_USER",
+                       "BATCHSUBMIT_IAM_DOMAIN")),
+    ],
+)  # fmt: skip
+def test_a_secret_that_is_not_utf8_in_the_environment_is_named_not_a_traceback(
+    tmp_path: Path, variable: str, env: dict[str, str]
+) -> None:
+    """An SK or IAM login typed in another encoding (Python hands the bytes on as surrogates):
+    an error naming the variable, nothing of the value shown; signing was a
+    UnicodeEncodeError traceback quoting a character of the SK, the login a TypeError."""
+    env = {**env, variable: "s\udce4cret"}
+    with pytest.raises(CredentialError, match=f"{variable} is not UTF-8") as raised:
+        choose(env, tmp_path)
+    assert "\udce4" not in str(raised.value)
+    assert "cret" not in str(raised.value)
+
+
 @pytest.mark.parametrize("token", ["TOK\nX", "TOK\x01EN", "TOK EN", "TOKé"])
 def test_a_security_token_a_header_cannot_carry_is_refused_where_it_is_read(
     tmp_path: Path, token: str
