@@ -303,11 +303,25 @@ def _iam_endpoint(value: str | None, where: str) -> str | None:
     path or a user part (the endpoint is named in every IAM error, a password with it; and
     aiohttp refuses a URL with credentials beside our own header, a traceback)."""
     endpoint = (value or "").strip().rstrip("/") or None
-    if endpoint is not None and not re.fullmatch(r"https?://[^/\s?#@]+", endpoint):
+    if endpoint is not None and not (
+        re.fullmatch(r"https?://[^/\s?#@]+", endpoint) and _parses(endpoint)
+    ):
         raise CredentialError(
-            f"{where} {hide_password(endpoint)!r}: give an http(s) URL without a path or user name"
+            f"{where} {hide_password(endpoint)!r}: give an http(s) URL (a host, a port up to "
+            "65535) without a path or user name"
         )
     return endpoint
+
+
+def _parses(url: str) -> bool:
+    """Whether aiohttp can ask ``url``: a host, a port that is a number in range, IPv6
+    brackets closed (else a ValueError traceback, or retries of a call never made)."""
+    try:
+        parts = urlsplit(url)
+        _port = parts.port  # ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    return bool(parts.hostname)
 
 
 def find_source(
@@ -419,10 +433,10 @@ def find_source(
         return choice(profile, profile.project_id, profile.iam_endpoint)
 
     url = _stripped(env, "BATCHSUBMIT_METADATA_URL").rstrip("/") or DEFAULT_METADATA_URL
-    if not re.fullmatch(r"http://[^/\s?#@]+", url):
+    if not (re.fullmatch(r"http://[^/\s?#@]+", url) and _parses(url)):
         raise CredentialError(
-            f"BATCHSUBMIT_METADATA_URL {hide_password(url)!r}: give an http URL without a path "
-            f"or user name, e.g. {DEFAULT_METADATA_URL}"
+            f"BATCHSUBMIT_METADATA_URL {hide_password(url)!r}: give an http URL (a host, a port "
+            f"up to 65535) without a path or user name, e.g. {DEFAULT_METADATA_URL}"
         )
     return choice(Metadata(url))
 

@@ -332,6 +332,22 @@ def test_a_secret_that_is_not_utf8_in_the_environment_is_named_not_a_traceback(
     assert "cret" not in str(raised.value)
 
 
+@pytest.mark.parametrize("url", ["http://[::1", "http://iam.example:99999", "http://iam:x"])
+@pytest.mark.parametrize("variable", ["HUAWEICLOUD_SDK_IAM_ENDPOINT", "BATCHSUBMIT_METADATA_URL"])
+def test_an_iam_or_metadata_url_that_does_not_parse_is_named(
+    tmp_path: Path, variable: str, url: str
+) -> None:
+    """A port out of range or not a number, an IPv6 bracket left open: an error naming the
+    variable before any call; the IAM login was a ValueError traceback, the metadata service
+    ten tries of "did not answer" (exit 3) over an address that can never be asked."""
+    env = {variable: url}
+    if variable == "HUAWEICLOUD_SDK_IAM_ENDPOINT":
+        env.update({"BATCHSUBMIT_IAM_USER": "u", "BATCHSUBMIT_IAM_DOMAIN": "d",
+                    "BATCHSUBMIT_IAM_PASSWORD": "p"})  # fmt: skip
+    with pytest.raises(CredentialError, match=variable):
+        choose(env, tmp_path)
+
+
 @pytest.mark.parametrize("token", ["TOK\nX", "TOK\x01EN", "TOK EN", "TOKé"])
 def test_a_security_token_a_header_cannot_carry_is_refused_where_it_is_read(
     tmp_path: Path, token: str
