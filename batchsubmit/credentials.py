@@ -1143,7 +1143,8 @@ class _MetadataFetch:
             # aiohttp's text may quote the securitykey answer, and it may echo the token
             raise _lost("", exc, (session_token,)) from None
         if status != 200:
-            text = _message(payload, (session_token,))
+            # an error status with a credential in the body (broken or hostile): not echoed
+            text = _message(payload, (session_token, *_credential_secrets(payload)))
             if status == 401 and "agency" in text.lower():
                 text += " (this server has no agency: attach one in the ECS console)"
             raise _refused(f"securitykey: HTTP {status}: {text}", status, headers)
@@ -1163,6 +1164,19 @@ class _MetadataFetch:
             _access_key(ak, "securitykey access"), sk, _security_token(token, "securitykey")
         )
         return Issued(keys, expires, started)
+
+
+def _credential_secrets(payload: bytes) -> tuple[str, ...]:
+    """The secret and security token of a securitykey answer, if it holds any."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return ()
+    credential = doc.get("credential") if isinstance(doc, dict) else None
+    if not isinstance(credential, dict):
+        return ()
+    found = (credential.get("secret"), credential.get("securitytoken"))
+    return tuple(v for v in found if isinstance(v, str) and v.strip())
 
 
 async def _discover_project(

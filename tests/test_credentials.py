@@ -1553,3 +1553,33 @@ async def test_credentials_due_when_issued_are_not_fetched_for_every_call() -> N
     clock.now += 1.5
     await provider.current()
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("status", [403, 500])
+@pytest.mark.anyio
+async def test_a_refusal_from_metadata_that_holds_credentials_does_not_show_them(
+    status: int,
+) -> None:
+    """A metadata service answering an error status with a credential in the body (a broken
+    or hostile one): the error names the status; it echoed the body, SK and security token
+    in it, into the message and the log."""
+
+    async def token(_request: web.Request) -> web.Response:
+        return web.Response(text="session")
+
+    async def securitykey(_request: web.Request) -> web.Response:
+        credential = {"access": "TMPAK00000000000000", "secret": SECRET_SK,
+                      "securitytoken": "gQ-DISTINCTIVE-token",
+                      "expires_at": "2030-01-01T00:00:00Z"}  # fmt: skip
+        return web.json_response({"credential": credential}, status=status)
+
+    app = web.Application()
+    app.router.add_put("/meta-data/latest/api/token", token)
+    app.router.add_get("/openstack/latest/securitykey", securitykey)
+    async with serve_app(app) as url:
+        with pytest.raises(CredentialError) as raised:
+            await open_for({"BATCHSUBMIT_METADATA_URL": url}, url, project_id=EMULATOR_PROJECT_ID)
+    text = str(raised.value)
+    assert f"HTTP {status}" in text
+    assert SECRET_SK not in text
+    assert "gQ-DISTINCTIVE-token" not in text
