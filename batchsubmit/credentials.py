@@ -729,6 +729,7 @@ async def open_provider(
         issued = Issued(source.credentials)
     elif isinstance(source, IamPassword):
         iam = _need_iam(iam, "an IAM password login")
+        _no_password_in_clear(iam)
         if project_id is None and region is None:
             raise CredentialError(
                 "an IAM token is scoped to a project: set service.project_id or "
@@ -758,6 +759,21 @@ async def open_provider(
     return CredentialProvider(
         source.name, issued, fetch, project_id=project_id or "", warn=warn, clock=clock
     )
+
+
+_LOOPBACK = re.compile(r"(localhost|127(\.\d{1,3}){3}|::1)", re.IGNORECASE)
+
+
+def _no_password_in_clear(iam: str) -> None:
+    """A password login sends the password in the request body: over plain http only to
+    this machine (the emulator, a local tunnel), never across a network."""
+    parts = urlsplit(iam)
+    if parts.scheme == "http" and not _LOOPBACK.fullmatch(parts.hostname or ""):
+        raise CredentialError(
+            f"the IAM endpoint {iam!r} is plain http: an IAM password login would send the "
+            "password unencrypted; give an https:// IAM endpoint (http is taken only for "
+            "this machine: 127.0.0.1, ::1, localhost)"
+        )
 
 
 def _need_iam(iam: str | None, why: str) -> str:

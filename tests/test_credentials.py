@@ -581,6 +581,26 @@ async def open_for(
         )
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [("http://iam.example.invalid", True), ("http://192.0.2.1:8080", True),
+     ("http://127.0.0.2:9", False), ("http://localhost:9", False), ("http://[::1]:9", False)],
+)  # fmt: skip
+async def test_an_iam_password_is_never_sent_over_plain_http_across_a_network(
+    url: str, refused: bool
+) -> None:
+    """The password travels in the login's body: an http:// IAM endpoint that is not this
+    machine is refused before anything is sent (exit 2); loopback (the emulator) is taken."""
+    if refused:
+        with pytest.raises(CredentialError, match=r"plain http: .*password unencrypted"):
+            await open_for(iam_env(), url, project_id="0" * 32)
+    else:  # taken: the login is tried, and nothing listens there
+        with pytest.raises(CredentialError, match="cannot connect") as caught:
+            await open_for(iam_env(), url, project_id="0" * 32)
+        assert "plain http" not in str(caught.value)
+
+
 def opening_gate(retry: RetryPolicy = FAST_RETRY, logs: list[str] | None = None) -> Gate:
     """A gate like the CLI's for the first credentials (fast retries for the tests)."""
     seen = logs if logs is not None else []
