@@ -22,6 +22,7 @@ from .vas import usable_task_id
 
 __all__ = [
     "ERROR_CAP",
+    "MAX_HEADER_FIELD",
     "MESSAGE_CAP",
     "QUOTA",
     "READ_CAP",
@@ -47,6 +48,9 @@ __all__ = [
 READ_CAP = 1 << 20  # bytes of a success answer read at most (a page of 100 tasks is ~100 KiB)
 SHOW_CAP = 8 << 20  # bytes of a show's answer: its hosting_result.data is result.json itself
 ERROR_CAP = 16 << 10  # bytes of an error answer read at most: its code and its message's start
+# Bytes an answer's header line may hold. aiohttp's default (8190) refused an IAM login whose
+# X-Subject-Token was longer, and Huawei documents tokens of up to 32,768 characters.
+MAX_HEADER_FIELD = 1 << 16
 MESSAGE_CAP = 500  # characters of an error message kept
 CODE_CAP = 64  # characters of an error code or request id kept
 HIDDEN = "<hidden>"
@@ -164,6 +168,12 @@ def mask(text: str, secrets: Iterable[str]) -> str:
 _BYTES_LITERAL = re.compile(r"""(?<!\w)b(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
 
 
+# aiohttp's refusal of an answer's header line too long to read quotes that line: an IAM
+# login's X-Subject-Token, a token not known yet, so not masked. Only the refusal is kept.
+_TOO_LONG = re.compile(r"(Got more than \d+ bytes when reading)\b.*", re.S)
+_TOO_LONG_SAID = r"\1 a header line of the answer (not shown: it may hold a token)"
+
+
 def _decoded(found: re.Match[str]) -> str:
     try:
         value = ast.literal_eval(found.group(0))
@@ -179,10 +189,11 @@ def exception_text(exc: BaseException) -> str:
     it (a non-ASCII password, one holding both quote characters)."""
     message, status = getattr(exc, "message", None), getattr(exc, "status", None)
     if isinstance(message, str) and isinstance(status, int):  # aiohttp's ClientResponseError
+        message = _TOO_LONG.sub(_TOO_LONG_SAID, message)
         text = f"{status}, message='{_BYTES_LITERAL.sub(_decoded, message)}'"
         url = getattr(getattr(exc, "request_info", None), "real_url", None)
         return text + (f", url='{url}'" if url is not None else "")
-    return _BYTES_LITERAL.sub(_decoded, str(exc))
+    return _BYTES_LITERAL.sub(_decoded, _TOO_LONG.sub(_TOO_LONG_SAID, str(exc)))
 
 
 def longest_written(secrets: Iterable[str]) -> int:

@@ -16,6 +16,7 @@ from yarl import URL
 from . import __version__
 from .answers import (
     ERROR_CAP,
+    MAX_HEADER_FIELD,
     READ_CAP,
     SHOW_CAP,
     Answer,
@@ -96,7 +97,7 @@ def open_session(concurrency: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300
     )
-    return aiohttp.ClientSession(connector=connector)
+    return aiohttp.ClientSession(connector=connector, max_field_size=MAX_HEADER_FIELD)
 
 
 def _raise_mmap_threshold() -> None:

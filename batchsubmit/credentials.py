@@ -50,7 +50,7 @@ import anyio
 import orjson
 from yarl import URL
 
-from .answers import exception_text, mask, retry_after_seconds, shorten
+from .answers import MAX_HEADER_FIELD, exception_text, mask, retry_after_seconds, shorten
 from .auth import Credentials, RequestSigner, Secret, Token, canonical_query, secrets_of
 from .errors import CredentialError, CredentialsUnavailable
 from .proxies import proxy_for
@@ -885,7 +885,7 @@ class _IamLogin:
     async def refresh(self, session: aiohttp.ClientSession | None) -> Issued:
         """A new token (never the cached one: it is due, or it was just refused)."""
         if session is None:
-            async with aiohttp.ClientSession() as own:
+            async with aiohttp.ClientSession(max_field_size=MAX_HEADER_FIELD) as own:
                 issued, _ = await self.token(own, self.project_id, cached=False)
                 return issued
         issued, _ = await self.token(session, self.project_id, cached=False)

@@ -58,7 +58,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from batchsubmit import vas
 from batchsubmit.auth import ALGORITHM, canonical_request, parse_authorization
-from batchsubmit.emulator_iam import Identity, IdentityOptions, Refusal
+from batchsubmit.emulator_iam import MAX_REQUEST_FIELD, Identity, IdentityOptions, Refusal
 from batchsubmit.vas import PROJECT_ID, TASK_ID, TASK_ID_PATTERN, valid_bucket
 
 __all__ = [
@@ -747,7 +747,11 @@ class Emulator:
         the shutdown.
         """
         runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            max_field_size=MAX_REQUEST_FIELD,  # an X-Auth-Token is longer than aiohttp's 8190
         )
         await runner.setup()
         try:

@@ -38,9 +38,11 @@ from aiohttp import web
 __all__ = [
     "IAM_PROJECTS_PATH",
     "IAM_TOKEN_PATH",
+    "MAX_REQUEST_FIELD",
     "METADATA_SECURITYKEY_PATH",
     "METADATA_TOKEN_PATH",
     "NO_AGENCY_MESSAGE",
+    "TOKEN_BYTES",
     "IamUser",
     "Identity",
     "IdentityOptions",
@@ -56,6 +58,8 @@ METADATA_SECURITYKEY_PATH: Final = "/openstack/latest/securitykey"
 # What the ECS metadata service says without an agency; the official SDK looks for this text.
 NO_AGENCY_MESSAGE: Final = "Please configure Cloud Service Agency first"
 TOKEN_EXPIRED: Final = "The token must be updated"
+TOKEN_BYTES: Final = 7_000  # random bytes of a token: about 9,300 characters of base64
+MAX_REQUEST_FIELD: Final = 32_768  # bytes of a request header line the gateway takes
 _METADATA_TTL_MAX: Final = 21600  # seconds, as ECS and the SDK's 6 h default
 _JSON: Final = "application/json"
 
@@ -207,7 +211,9 @@ class Identity:
 
     def issue_token(self, user: str) -> tuple[str, float]:
         """A new project-scoped token and its expiry (epoch seconds)."""
-        token = "MII" + secrets.token_urlsafe(96)
+        # As long as real ones (CMS blobs, several KiB; Huawei documents up to 32,768
+        # characters): a client with aiohttp's default 8,190-byte header line cannot log in.
+        token = "MII" + secrets.token_urlsafe(TOKEN_BYTES)
         expires = self.clock() + self.options.token_ttl
         self._tokens[token] = _Token(self.project_id, expires, user)
         self.tokens_issued += 1

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import anyio
 import pytest
 from aiohttp import web
@@ -536,6 +535,7 @@ def test_an_iam_login_is_checked_against_iam_and_no_token_cache_is_written(
     saying nothing was created, and a token cached by an earlier run passed the credentials
     check without asking IAM, so a mistyped password passed too (the run then stops once
     the token is due)."""
+    from batchsubmit.client import open_session
     from batchsubmit.credentials import find_source, open_provider
 
     emulator = Emulator(
@@ -559,7 +559,7 @@ def test_an_iam_login_is_checked_against_iam_and_no_token_cache_is_written(
 
         async def earlier_run() -> None:  # a submit that logged in and kept the token
             choice = find_source(os.environ, home=tmp_path, warn=print, region="cn-north-4")
-            async with aiohttp.ClientSession() as session:
+            async with open_session(1) as session:
                 await open_provider(choice, session, region="cn-north-4", warn=print)
 
         anyio.run(earlier_run)

@@ -21,6 +21,7 @@ import orjson
 import pytest
 from yarl import URL
 
+from batchsubmit.answers import MAX_HEADER_FIELD
 from batchsubmit.auth import Credentials, sdk_date, sign
 from batchsubmit.emulator import (
     EMULATOR_AK,
@@ -115,7 +116,11 @@ class Client:
 
 @asynccontextmanager
 async def running(emulator: Emulator) -> AsyncIterator[Client]:
-    async with emulator.serve() as base, aiohttp.ClientSession() as session:
+    # Header lines as long as batchsubmit's client takes: the emulator's IAM tokens are long.
+    async with (
+        emulator.serve() as base,
+        aiohttp.ClientSession(max_field_size=MAX_HEADER_FIELD) as session,
+    ):
         yield Client(session, base)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from batchsubmit.answers import MAX_HEADER_FIELD
 from batchsubmit.auth import Credentials
 from batchsubmit.emulator import EMULATOR_AK, EMULATOR_PROJECT_ID, EMULATOR_SK, Emulator
 from batchsubmit.emulator_iam import (
@@ -431,7 +432,7 @@ async def test_standalone_emulator_serves_iam_and_metadata_behind_options() -> N
         url = found.group(1)
         assert f"HUAWEICLOUD_SDK_IAM_ENDPOINT={url} BATCHSUBMIT_IAM_USER=alice" in lines[2]
         assert "BATCHSUBMIT_IAM_DOMAIN=acme" in lines[2]
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(max_field_size=MAX_HEADER_FIELD) as session:
             client = Client(session, url)
             busy = await login(client)
             token = (await login(client)).headers["X-Subject-Token"]
