@@ -18,17 +18,24 @@ def _stop(_signum: int, _frame: object) -> None:
     raise _Stopped
 
 
+def _ended(_signum: int, _frame: object) -> None:
+    """SIGTERM once the command has ended (cli.main() puts back the handler it found when it
+    returns): its rows, summary and last line are written, so its own exit code stands. With
+    SIGTERM's default there, a signal in that moment ended the process with -15."""
+
+
 def main() -> int:
     argv = sys.argv[1:]
     default = signal.signal(signal.SIGTERM, _stop)
     try:
         from .cli import main as run
+
+        signal.signal(signal.SIGTERM, _ended)  # cli.main() sets its own, first thing
     except (_Stopped, KeyboardInterrupt) as exc:
         signal.signal(signal.SIGTERM, default)  # a second one ends it at once
         from .cli import stopped_starting
 
         return stopped_starting(argv, "SIGTERM" if isinstance(exc, _Stopped) else "SIGINT")
-    signal.signal(signal.SIGTERM, default)  # cli.main() sets its own, first thing
     return run(argv)
 
 
