@@ -36,7 +36,12 @@ def main() -> int:
         from .cli import stopped_starting
 
         return stopped_starting(argv, "SIGTERM" if isinstance(exc, _Stopped) else "SIGINT")
-    return run(argv)
+    try:
+        return run(argv)
+    finally:
+        # The interpreter's exit puts SIGTERM's default back in place of a Python handler
+        # before it tears the modules down: ignored, a late SIGTERM cannot end it with -15.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
