@@ -39,12 +39,27 @@ def loop_name() -> str:
 def signals_received(*signals: signal.Signals) -> Iterator[AsyncIterator[int]]:
     """``anyio.open_signal_receiver``, and then the handlers that were there before: the event
     loop puts back the system's default when it lets go (for SIGTERM: die at once, no exit
-    code of ours, no message), where the process had the CLI's handler (see cli.py)."""
+    code of ours, no message), where the process had the CLI's handler (see cli.py).
+
+    While the loop puts its handler in place, a signal is held and then handed to the
+    receiver: the CLI's handler raises, and raised there (inside asyncio's
+    add_signal_handler, in a task) it stopped the run with a traceback on stderr."""
     before = {s: signal.getsignal(s) for s in signals}
+    held: list[int] = []
+
+    def hold(signum: int, _frame: object) -> None:
+        held.append(signum)
+
     try:
+        for number in signals:
+            signal.signal(number, hold)
         with anyio.open_signal_receiver(*signals) as received:
+            while held:
+                signal.raise_signal(held.pop(0))  # to the loop's handler: the receiver hears it
             yield received
     finally:
         for number, handler in before.items():
             if handler is not None:
                 signal.signal(number, handler)
+        while held:  # the receiver was never in place: the handler that was there hears it
+            signal.raise_signal(held.pop(0))
