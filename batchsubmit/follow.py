@@ -631,7 +631,7 @@ class Follower:
             if watch_signals:
                 from .runner import watch_signals as stop_on_signals
 
-                group.start_soon(stop_on_signals, pool, lambda _signum: self.stop_event.set())
+                await group.start(stop_on_signals, pool, lambda _signum: self.stop_event.set())
             if config.deadline is not None:
                 group.start_soon(self._watch_deadline)
             group.start_soon(self._sync_often)

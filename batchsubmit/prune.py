@@ -551,7 +551,7 @@ async def _prune_locked(
                 async with anyio.create_task_group() as group:
                     from .runner import watch_signals
 
-                    group.start_soon(watch_signals, pool, partial(setattr, stats, "signal"))
+                    await group.start(watch_signals, pool, partial(setattr, stats, "signal"))
                     await _delete_all(
                         pool, clients, work, writer, journal, stats, tally or _GoneTally()
                     )
@@ -939,7 +939,7 @@ async def _watched(gate: Pool, counting: Awaitable[int]) -> int | None:
     found: int | None = None
     failure: Exception | None = None
     async with anyio.create_task_group() as group:
-        group.start_soon(watch_signals, gate)
+        await group.start(watch_signals, gate)
         try:
             found = await counting
         except Stopped:

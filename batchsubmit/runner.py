@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
 from .auth import Credentials
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
@@ -327,7 +328,7 @@ async def _with_pool(
                 )
                 with fewer_collections():
                     async with anyio.create_task_group() as group:
-                        group.start_soon(watch_signals, pool)
+                        await group.start(watch_signals, pool)
                         group.start_soon(_flush_rows, writer)
                         await passes(pool)
                         group.cancel_scope.cancel()
@@ -372,11 +373,22 @@ async def _flush_rows(writer: ResultsWriter) -> None:
         writer.flush()
 
 
-async def watch_signals(pool: Pool, on_signal: Callable[[int], None] | None = None) -> None:
+async def watch_signals(
+    pool: Pool,
+    on_signal: Callable[[int], None] | None = None,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """SIGINT/SIGTERM, for every command that runs a pool: the first stops it gently (nothing
     new starts, calls in flight finish and are recorded), the second at once (calls cut off
-    are resolved next time). ``on_signal`` hears the first, for the command's own stats."""
+    are resolved next time). ``on_signal`` hears the first, for the command's own stats.
+
+    Start it with ``await group.start(watch_signals, ...)``: it reports started once the
+    receiver is in place. Started with ``start_soon``, the work after it ran first, while
+    the CLI's handler (which raises) was still there: a SIGTERM then was raised inside the
+    work's task group, a traceback and exit 1 instead of a gentle stop."""
     with signals_received(signal.SIGINT, signal.SIGTERM) as received:
+        task_status.started()
         async for signum in received:
             if pool.stats.signal is not None:
                 pool.stop_now()
