@@ -37,7 +37,7 @@ from .commands.common import (
     check_outputs_apart,
     default_results,
 )
-from .errors import BatchSubmitError
+from .errors import BatchSubmitError, innermost
 from .pool import RunStats
 from .progress import Log
 from .proxies import check_proxy_environment
@@ -83,8 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.line("error", str(exc))
         code = exc.exit_code
         _write_failure(args, code, str(exc), log, started)
-    except KeyboardInterrupt as exc:
-        name = _signal_name(exc)
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        # A signal raised inside a task group (between a pool's phases, where no watcher
+        # listens) arrives wrapped in one: still the signal, not a traceback and exit 1.
+        signalled = _signal_in(exc)
+        if signalled is None:
+            raise
+        name = _signal_name(signalled)
         message = f"{name} received; stopped at once"
         log.line("error", message)
         code = EXIT[name]
@@ -175,6 +180,17 @@ class _Terminated(KeyboardInterrupt):
 
 def _terminate(_signum: int, _frame: object) -> None:
     raise _Terminated
+
+
+def _signal_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The signal ``exc`` is: itself, or the first of a task group's errors when every one
+    of them is a signal; None for anything else (a bug: its traceback is kept)."""
+    if isinstance(exc, BaseExceptionGroup):
+        signals, others = exc.split(KeyboardInterrupt)
+        if others is not None or signals is None:
+            return None
+        exc = innermost(signals)
+    return exc if isinstance(exc, KeyboardInterrupt) else None
 
 
 def _signal_name(exc: KeyboardInterrupt) -> str:

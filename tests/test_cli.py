@@ -631,3 +631,36 @@ def test_a_signal_while_the_arguments_are_parsed_is_an_exit_code_and_a_message(
     monkeypatch.setattr(cli, "_parse", interrupted)
     assert main(["submit", "m.toml"]) == 130
     assert "SIGINT received while starting" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_a_signal_raised_inside_a_task_group_is_still_the_signal(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    wrapped: bool,
+) -> None:
+    """The CLI's SIGTERM handler raises; between a pool's phases (no watcher listening) it is
+    raised inside a task group and reaches main() wrapped in an exception group: that was a
+    traceback and exit 1 ("some jobs failed"). Any other error in a group is left alone."""
+    from batchsubmit import cli
+
+    def terminated(*_args: object) -> int:
+        signal = cli._Terminated()
+        raise (
+            BaseExceptionGroup("tasks", [BaseExceptionGroup("inner", [signal])])
+            if wrapped
+            else signal
+        )
+
+    def failed(*_args: object) -> int:
+        raise BaseExceptionGroup("tasks", [cli._Terminated(), ValueError("a bug")])
+
+    summary = tmp_path / "last.json"
+    monkeypatch.setitem(cli._COMMANDS, "submit", terminated)
+    assert main(["submit", "m.toml", "--summary", str(summary)]) == 143
+    assert "SIGTERM received; stopped at once" in capsys.readouterr().err
+    assert orjson.loads(summary.read_bytes())["exit_code"] == 143
+    monkeypatch.setitem(cli._COMMANDS, "submit", failed)
+    with pytest.raises(BaseExceptionGroup):
+        main(["submit", "m.toml"])
