@@ -596,7 +596,7 @@ def test_a_sigterm_after_the_command_ended_keeps_its_exit_code(tmp_path: Path, w
     """A SIGTERM in the moment between cli.main() returning (its summary written, its last
     line said) and the process's end found SIGTERM's default back (put back by __main__, then
     by the interpreter's exit itself) and ended the process with -15: no exit code README
-    names, and not the one the summary had just recorded (the chaos test, chaos/run_chaos.py,
+    names, and not the one the summary had just recorded (the chaos test, tests/chaos,
     met it in about one SIGTERM in twenty). The work is done; the command's own code stands."""
     manifest = write_manifest(tmp_path, video_keys(2))
     summary = tmp_path / "s.json"
@@ -618,6 +618,8 @@ def add(self, sig, callback, *args):
         os.kill(os.getpid(), signal.SIGTERM)
     return real_add(self, sig, callback, *args)
 loop_class.add_signal_handler = add
+import batchsubmit.engine.loop
+batchsubmit.engine.loop._options = lambda: {}  # asyncio's loop, the one patched (not uvloop's)
 sys.argv[0] = "batchsubmit"
 from batchsubmit.__main__ import main
 raise SystemExit(main())
@@ -630,7 +632,7 @@ def test_a_sigterm_while_the_signal_receiver_is_set_up_stops_the_run_without_a_t
     """A SIGTERM while the event loop put its own handler in place (the CLI's, which raises,
     still there) was raised inside asyncio's add_signal_handler, in a task: the run stopped
     143, but stderr had an "unhandled exception during asyncio.run() shutdown" traceback and
-    never-awaited coroutine warnings (the chaos test, chaos/run_chaos.py seed 42 iteration 16,
+    never-awaited coroutine warnings (the chaos test, tests/chaos, seed 42 iteration 16,
     met it on `status --follow`). The signal is held until the receiver is in place, then
     handed to it: the run stops as on any first SIGTERM."""
     manifest = write_manifest(tmp_path, video_keys(3))
@@ -665,7 +667,7 @@ def test_a_sigterm_as_the_pool_starts_is_a_gentle_stop_not_a_traceback(tmp_path:
     creates: until the watcher's first step, the CLI's handler (which raises) was in place,
     and a SIGTERM then was raised inside the pool's task group, a BaseExceptionGroup the CLI
     did not take for a signal: a traceback and exit 1, "some jobs failed" (the chaos test,
-    chaos/run_chaos.py seed 51 iteration 55). The watcher is in place before the work starts
+    tests/chaos, seed 51 iteration 55). The watcher is in place before the work starts
     now: the first SIGTERM stops the run gently, 143."""
     manifest = write_manifest(tmp_path, video_keys(3))
     summary = tmp_path / "s.json"
