@@ -129,7 +129,7 @@ def write_manifest(path: Path, listing: Path) -> None:
 
 def write_ledger(path: Path, count: int, service_url: str) -> None:
     """A results file (CSV) in which jobs 0 to count - 1 were submitted to ``service_url``."""
-    from batchsubmit.results import COLUMNS
+    from batchsubmit.results import COLUMNS, SCHEMA
 
     with path.open("w", encoding="utf-8", newline="", buffering=1 << 20) as handle:
         handle.write(",".join(COLUMNS) + "\r\n")
@@ -139,7 +139,7 @@ def write_ledger(path: Path, count: int, service_url: str) -> None:
             job_id = f"{i:032x}"
             chunk.append(
                 f"{source(i)},{fields['name']},{job_id},submitted,201,,,1,{job_id},"
-                f"2026-11-28T02:00:00.000Z,{service_url},False\r\n"
+                f"2026-11-28T02:00:00.000Z,{service_url},False,{SCHEMA}\r\n"
             )
             if len(chunk) >= 10_000:
                 handle.writelines(chunk)

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import write_manifest
+
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 SK = "batchsubmit-emulator-throwaway-sk-not-a-secret"
@@ -169,21 +171,7 @@ class Iteration:
 
     def write_manifest(self) -> None:
         extra = "\n[job.body.output.hosting]\n" if self.options["hosting"] else ""
-        self.manifest.write_text(
-            f"""
-[service]
-name = "video-analyze"
-version = "1.0"
-region = "cn-north-4"
-
-[job]
-output = "obs://out-bucket/results/"
-{extra}
-[[source]]
-listing = "listing.txt"
-""",
-            encoding="utf-8",
-        )
+        write_manifest(self.root, [], name="night", extra=extra)
         self.listed: list[str] = []
         self.grow(self.options["videos"])
 
