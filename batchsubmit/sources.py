@@ -122,7 +122,9 @@ def parse_listing_line(line: str, *, exact: bool = False) -> tuple[LineKind, str
     if text.startswith("obs://"):
         if CONTROL.search(text):
             raise ValueError(f"control character in path {text!r}")
-        if not exact and _LONG_ROW.search(text):
+        # Two spaces first (a tab is a control character, refused above): a cheap test that
+        # spares nearly every line the regex, a third of a listing line's parse.
+        if not exact and "  " in text and _LONG_ROW.search(text):
             raise ValueError(
                 f"a row of `obsutil ls` output without -s (columns after the key): {text[:80]!r}"
                 " (save listings with `obsutil ls -s obs://bucket/prefix/ > listing.txt`)"
