@@ -18,30 +18,23 @@ def _stop(_signum: int, _frame: object) -> None:
     raise _Stopped
 
 
-def _ended(_signum: int, _frame: object) -> None:
-    """SIGTERM once the command has ended (cli.main() puts back the handler it found when it
-    returns): its rows, summary and last line are written, so its own exit code stands. With
-    SIGTERM's default there, a signal in that moment ended the process with -15."""
-
-
 def main() -> int:
     argv = sys.argv[1:]
     default = signal.signal(signal.SIGTERM, _stop)
     try:
         from .cli import main as run
 
-        signal.signal(signal.SIGTERM, _ended)  # cli.main() sets its own, first thing
+        # cli.main() sets its own handler first thing and puts this one back when it returns.
+        # Ignored then: the command's rows, summary and last line are written, so its exit
+        # code stands (SIGTERM's default, or a Python handler, which the interpreter's exit
+        # resets to the default, ended it with -15).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except (_Stopped, KeyboardInterrupt) as exc:
         signal.signal(signal.SIGTERM, default)  # a second one ends it at once
         from .cli import stopped_starting
 
         return stopped_starting(argv, "SIGTERM" if isinstance(exc, _Stopped) else "SIGINT")
-    try:
-        return run(argv)
-    finally:
-        # The interpreter's exit puts SIGTERM's default back in place of a Python handler
-        # before it tears the modules down: ignored, a late SIGTERM cannot end it with -15.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return run(argv)
 
 
 if __name__ == "__main__":
