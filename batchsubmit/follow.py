@@ -1113,7 +1113,8 @@ class Follower:
                         f"{record.job_id} ({record.source}): its hosting result is AVAILABLE "
                         "but the answer holds no data; not collected, asked again next pass",
                     )
-            elif self._save_result(record, data):
+            else:
+                self._save_result(record, data)
                 record = replace(record, hosting_status="COLLECTED")
         elif hosting_status == "OVERDUE" and old.hosting_status == "AVAILABLE" and self.collecting:
             self.reporter.log(
@@ -1142,7 +1143,7 @@ class Follower:
         if became_final and job.judged:
             self.reporter.outcome(_progress_outcome(record))
 
-    def _save_result(self, record: JobRecord, data: Any) -> bool:
+    def _save_result(self, record: JobRecord, data: Any) -> None:
         """Write a hosting result to ``<collect>/<job name>.<job id>.json`` (atomically, then
         synced): the JSON document ``data`` holds (VAS's result.json), or ``data`` itself."""
         target = self._result_file(record)
@@ -1171,7 +1172,6 @@ class Follower:
         # recorded could lose the file, and its result was never fetched again.
         sync_dir(target.parent, self.config.durable)
         self.stats.collected += 1
-        return True
 
     def _result_file(self, record: JobRecord) -> Path:
         """``<job name>.<job id>.json``: the name alone is the same for a video's jobs in
