@@ -676,4 +676,8 @@ def test_a_sigterm_as_the_pool_starts_is_a_gentle_stop_not_a_traceback(tmp_path:
     done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 143, done.stderr
     assert "Traceback" not in done.stderr
+    # the gentle stop, with its done line (the CLI's backstop for a signal raised in a task
+    # group would also give 143, but "stopped at once", with no done line)
+    assert "starting nothing new, letting calls in flight finish" in done.stderr
+    assert "done: 0 submitted" in done.stderr
     assert json.loads(summary.read_text())["exit_code"] == 143
