@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import io
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -276,10 +279,49 @@ class LiveEmulator(ServerThread):
         return count
 
 
+_BASE_ENV = dict(os.environ)  # before any test's monkeypatch: the fork server's environment
+_ZYGOTE_CLIENT = Path(__file__).with_name("zygote_client.py")
+_zygote: tuple[subprocess.Popen[bytes], str] | None = None
+
+
+def _stop_zygote() -> None:
+    if _zygote is not None:
+        _zygote[0].kill()
+        _zygote[0].wait()
+
+
+def zygote_socket() -> str:
+    """This test process's fork server (tests/zygote.py), started on first use: the socket
+    its clients connect to. "" when it does not come up (the clients then run the real
+    ``python -m batchsubmit``)."""
+    global _zygote
+    if _zygote is None:
+        folder = tempfile.mkdtemp(prefix="zygote-")
+        path = os.path.join(folder, "s")
+        env = {k: v for k, v in _BASE_ENV.items() if not k.startswith("HUAWEICLOUD_SDK_")}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tests.zygote", path],
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        _zygote = server, path
+        atexit.register(_stop_zygote)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(path) and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    server, path = _zygote
+    return path if server.poll() is None and os.path.exists(path) else ""
+
+
 def cli_env() -> dict[str, str]:
-    """The environment for a `batchsubmit` process talking to the emulator."""
+    """The environment for a `batchsubmit` process talking to the emulator (its commands
+    forked from the fork server, tests/zygote.py, where :func:`cli` starts them)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUAWEICLOUD_SDK_")}
     env.update(
+        BATCHSUBMIT_TEST_ZYGOTE=zygote_socket(),
         HUAWEICLOUD_SDK_AK=EMULATOR_AK,
         HUAWEICLOUD_SDK_SK=EMULATOR_SK,
         HUAWEICLOUD_SDK_PROJECT_ID=EMULATOR_PROJECT_ID,
@@ -299,6 +341,17 @@ def submit_args(manifest: Path, url: str, results: Path, *extra: str) -> list[st
 
 
 def cli(*args: str) -> list[str]:
+    """``batchsubmit ARGS`` as a process: forked from the fork server when the environment
+    (:func:`cli_env`) names it, so that it does not pay the imports again (tests/zygote.py).
+    ``BATCHSUBMIT_TEST_REAL=1`` in the tests' environment runs every one as a real process."""
+    if _BASE_ENV.get("BATCHSUBMIT_TEST_REAL") == "1":
+        return real_cli(*args)
+    return [sys.executable, "-I", "-S", str(_ZYGOTE_CLIENT), *args]
+
+
+def real_cli(*args: str) -> list[str]:
+    """``python -m batchsubmit ARGS`` from its first line: for a test whose signal or SIGKILL
+    must meet the very process it started (the fork server's command is its grandchild)."""
     return [sys.executable, "-m", "batchsubmit", *args]
 
 
@@ -315,8 +368,9 @@ def signal_after_rows(
     args: list[str], results: Path, rows: int, signum: int, env: dict[str, str] | None = None
 ) -> tuple[int, str]:
     """Start ``batchsubmit``, send ``signum`` once ``results`` has ``rows`` lines; return its
-    exit code and stderr."""
-    process = subprocess.Popen(cli(*args), env=env or cli_env(), stderr=subprocess.PIPE, text=True)
+    exit code and stderr. A SIGKILL must meet the command itself: a real process."""
+    command = real_cli(*args) if signum == signal.SIGKILL else cli(*args)
+    process = subprocess.Popen(command, env=env or cli_env(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while count_lines(results) < rows and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -67,6 +67,7 @@ from .helpers import (
     cli_env,
     config_for,
     job_ids,
+    real_cli,
     run_cli,
     run_submit,
     video_keys,
@@ -1009,11 +1010,12 @@ async def test_collect_syncs_the_folders_before_it_records_collected(
     """A saved result's rename, and each folder --collect made, are synced into their
     parents before COLLECTED is recorded: a power cut must not lose a result that the record
     says is saved (it is never fetched again)."""
+    import batchsubmit.durable as durable
     import batchsubmit.follow as follow_module
     from batchsubmit.record import RecordWriter
 
     events: list[tuple[str, object]] = []
-    real_sync, real_append = follow_module.sync_dir, RecordWriter.append
+    real_sync, real_append = durable.sync_dir, RecordWriter.append
 
     def sync(directory: Path, durable: bool = True) -> None:
         events.append(("sync", directory))
@@ -1048,8 +1050,6 @@ async def test_a_result_that_cannot_be_saved_stops_naming_its_file_and_is_not_co
     task group failed"), leaves no temporary file, and records nothing COLLECTED."""
     import errno
 
-    import batchsubmit.follow as follow_module
-
     emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1)))
     manifest = write_manifest(tmp_path, video_keys(1), extra=HOSTING)
     results = tmp_path / "r.csv"
@@ -1062,7 +1062,7 @@ async def test_a_result_that_cannot_be_saved_stops_naming_its_file_and_is_not_co
         await run_submit(config_for(manifest, url, results))
         (job_id,) = emulator.tasks
         emulator.set_state(job_id, "SUCCEEDED", hosting="AVAILABLE")
-        monkeypatch.setattr(follow_module.os, "replace", full)
+        monkeypatch.setattr(os, "replace", full)  # the os module follow.py uses
         with pytest.raises(StorageError, match=r"cannot save .*collected/.*No space left"):
             await _status(results, collect=collect)
     assert list(collect.iterdir()) == []
@@ -1309,7 +1309,7 @@ def test_status_killed_twice_then_resumed_reports_every_video_once(
     for kill in range(2):
         before = record.stat().st_size if record.exists() else 0
         process = subprocess.Popen(
-            cli(*_status_cli(results, "--follow")), env=cli_env(), stderr=subprocess.PIPE
+            real_cli(*_status_cli(results, "--follow")), env=cli_env(), stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

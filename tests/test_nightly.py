@@ -24,6 +24,7 @@ from .helpers import (
     config_for,
     count_lines,
     job_ids,
+    real_cli,
     run_submit,
     signal_after_rows,
     sources,
@@ -119,7 +120,7 @@ def test_overlapping_run_exits_75_at_once(tmp_path: Path, live_emulator: LiveEmu
     manifest = write_manifest(tmp_path, keys)
     results = tmp_path / "r.csv"
     args = submit_args(manifest, live_emulator.url, results, "--rate", "0", "--concurrency", "2")
-    first = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(real_cli(*args), env=cli_env(), stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
         while count_lines(results) < 3 and time.monotonic() < deadline:

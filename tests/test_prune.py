@@ -46,6 +46,7 @@ from .helpers import (
     cli_env,
     config_for,
     job_ids,
+    real_cli,
     run_cli,
     run_submit,
     video_keys,
@@ -413,7 +414,7 @@ def test_sigkill_mid_prune_then_rerun_records_every_delete(tmp_path: Path) -> No
         record_jobs(live, results, only=eligible, final_at=time.time() - 48 * HOUR)
         record_jobs(live, results, only=set(ids[40:]), state="RUNNING", final=False)
         args = ["prune", str(results), "--rate", "0", "--concurrency", "4"]
-        process = subprocess.Popen(cli(*args), env=cli_env(), stderr=subprocess.PIPE)
+        process = subprocess.Popen(real_cli(*args), env=cli_env(), stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
         while len(live.emulator.deleted) < 10 and time.monotonic() < deadline:
             time.sleep(0.002)
