@@ -922,7 +922,17 @@ class Emulator:
                 400, "IVA.0002", f"Invalid project id {project!r}: expected 32 hex digits"
             )
         header = request.headers.get("X-Project-Id")
-        if header is not None and header != project:
+        if header is None:
+            # VAS-API.md (signing, step 1): the SDK adds X-Project-Id to every call, and VAS's
+            # answer without it is not documented. Refused as a bad project id (400, nothing
+            # created), the answer that is safe for a client: never a 201 VAS might not give.
+            raise _Reject(
+                400,
+                "IVA.0002",
+                f"The X-Project-Id header is missing: send X-Project-Id: {project} "
+                "(the project id of the path), as the official SDK does",
+            )
+        if header != project:
             raise _Reject(
                 400,
                 "IVA.0002",
@@ -964,6 +974,7 @@ class Emulator:
     async def _create(
         self, request: web.Request, body: bytes, scope: tuple[str, str], headers: dict[str, str]
     ) -> web.StreamResponse:
+        _check_json_body(request)
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -1369,6 +1380,28 @@ def _record(request: web.Request, response: web.StreamResponse) -> RequestRecord
 
 
 # -- the create body, as the API reference describes it ------------------------------------------
+
+
+def _check_json_body(request: web.Request) -> None:
+    """A create's body declared JSON (``application/json``, parameters allowed), as every
+    official SDK call and the signing test vectors send it. What VAS answers to another or no
+    Content-Type is not documented: 400 IVA.0003 (the body is not JSON), an answer that is
+    clearly not a create, is the safe one for a client. (aiohttp's ``content_type`` would
+    default a missing header to application/octet-stream: the raw header is read.)"""
+    declared = request.headers.get("Content-Type")
+    if declared is None:
+        raise _Reject(
+            400,
+            "IVA.0003",
+            "The Content-Type header is missing: send Content-Type: application/json",
+        )
+    if declared.partition(";")[0].strip().lower() != _JSON:
+        shown = declared if declared.isprintable() and len(declared) <= 100 else "..."
+        raise _Reject(
+            400,
+            "IVA.0003",
+            f"Content-Type {shown!r} is not JSON: send Content-Type: application/json",
+        )
 
 
 def _validate_create(doc: dict[str, Any]) -> None:

@@ -88,8 +88,10 @@ class Client:
         credentials: Credentials | None = CREDENTIALS,
         date: str | None = None,
         extra: Mapping[str, str] | None = None,
+        without: tuple[str, ...] = (),
         timeout: float = 5.0,
     ) -> Reply:
+        """``without``: headers not sent at all (nor added by aiohttp), e.g. Content-Type."""
         body = raw if raw is not None else b"" if doc is None else orjson.dumps(doc)
         headers = {
             "Content-Type": "application/json",
@@ -98,6 +100,8 @@ class Client:
             "X-Project-Id": EMULATOR_PROJECT_ID,
             **(extra or {}),
         }
+        for name in without:
+            del headers[name]
         if credentials is not None:
             headers["Authorization"] = sign(credentials, method, path, query, headers, body)
         async with self.session.request(
@@ -106,6 +110,7 @@ class Client:
             params=query,
             data=body,
             headers=headers,
+            skip_auto_headers=without,
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
             return Reply(response.status, response.headers, await response.read())
@@ -405,7 +410,11 @@ async def test_a_repeated_query_key_signed_as_sent_is_accepted() -> None:
     """The other side of the rule: both pairs signed (sorted, as the SDK signs a list value)."""
     emulator = Emulator()
     async with running(emulator) as client:
-        headers = {"Host": client.host, "X-Sdk-Date": sdk_date()}
+        headers = {
+            "Host": client.host,
+            "X-Sdk-Date": sdk_date(),
+            "X-Project-Id": EMULATOR_PROJECT_ID,
+        }
         pairs = [("limit", "100"), ("limit", "1")]
         headers["Authorization"] = sign(CREDENTIALS, "GET", TASKS, pairs, headers, b"")
         url = URL(client.base + TASKS + "?limit=100&limit=1", encoded=True)
@@ -436,6 +445,27 @@ async def test_project_and_service_are_checked() -> None:
     assert "other-service" in assert_error(other, 403, "IVA.0007")
     assert subscribed.status == 201
     assert len(emulator.tasks) == 1
+
+
+async def test_a_create_without_json_content_type_or_project_header_creates_nothing() -> None:
+    """The official SDK sends Content-Type: application/json and X-Project-Id on every call;
+    a create without either is a 400 (IVA.0003, IVA.0002) that created nothing, not a 201 the
+    real service might refuse. A JSON media type with parameters is still JSON."""
+    emulator = Emulator()
+    async with running(emulator) as client:
+        untyped = await client.create(job(name="a"), without=("Content-Type",))
+        text = await client.create(job(name="b"), extra={"Content-Type": "text/plain"})
+        no_project = await client.create(job(name="c"), without=("X-Project-Id",))
+        listed = await client.call("GET", query={"limit": "1"}, without=("X-Project-Id",))
+        typed = await client.create(
+            job(name="d"), extra={"Content-Type": "Application/JSON; charset=UTF-8"}
+        )
+    assert "Content-Type" in assert_error(untyped, 400, "IVA.0003")
+    assert "text/plain" in assert_error(text, 400, "IVA.0003")
+    assert "X-Project-Id" in assert_error(no_project, 400, "IVA.0002")
+    assert "X-Project-Id" in assert_error(listed, 400, "IVA.0002")
+    assert typed.status == 201, typed.raw
+    assert [task["name"] for task in emulator.tasks.values()] == ["d"]
 
 
 async def test_without_a_service_list_every_name_the_manifest_takes_is_subscribed() -> None:
