@@ -363,9 +363,9 @@ def _password_login(doc: object) -> tuple[str, str, str, tuple[str, str]] | str:
     wrong with it."""
     auth = _get(doc, "auth")
     identity = _get(auth, "identity")
-    methods = _get(identity, "methods")
-    if not isinstance(methods, list) or "password" not in methods:
-        return "auth.identity.methods must include 'password' (the only method emulated)"
+    problem = _methods_problem(identity)
+    if problem:
+        return problem
     user = _get(_get(identity, "password"), "user")
     name, password = _get(user, "name"), _get(user, "password")
     domain = _get(_get(user, "domain"), "name")
@@ -378,6 +378,30 @@ def _password_login(doc: object) -> tuple[str, str, str, tuple[str, str]] | str:
         if isinstance(value, str) and value:
             return str(name), str(domain), str(password), (key, value)
     return "auth.scope.project.id is required (the emulator issues project-scoped tokens)"
+
+
+def _methods_problem(identity: object) -> str:
+    """What is wrong with ``auth.identity.methods`` ("" when it is ``["password"]``): IAM
+    authenticates by every method listed, each with its own block beside ``methods``, and
+    answers 400 to one it does not know; the emulator knows only ``password``, so a list with
+    anything else (even a method real IAM has) is refused rather than half-honoured."""
+    methods = _get(identity, "methods")
+    if methods == ["password"]:
+        return ""
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        return 'auth.identity.methods must be a list of method names: ["password"]'
+    if len(set(methods)) != len(methods):
+        return 'auth.identity.methods names a method twice: give ["password"]'
+    for method in methods:
+        if method != "password":
+            shown = method if method.isprintable() and len(method) <= 40 else "..."
+            if _get(identity, method) is None:
+                return (
+                    f"auth.identity.methods lists {shown!r} with no auth.identity.{shown} "
+                    'block: give ["password"] only'
+                )
+            return f'auth.identity.methods: {shown!r} is not emulated: give ["password"] only'
+    return 'auth.identity.methods must be ["password"] (the only method emulated)'
 
 
 def _get(doc: object, key: str) -> object:

@@ -157,6 +157,33 @@ async def test_a_bad_login_issues_no_token(kwargs: dict[str, Any], status: int) 
     assert emulator.identity.tokens_issued == 0
 
 
+@pytest.mark.parametrize(
+    "methods",
+    [
+        ["password", "token"],  # a method IAM knows, but with no "token" block
+        ["password", "sms"],  # no such method
+        ["password", "password"],
+        ["token"],
+        [],
+        "password",  # not a list
+        [None],
+    ],
+)
+async def test_a_login_listing_other_methods_than_password_is_400(methods: object) -> None:
+    """IAM authenticates by each method listed in auth.identity.methods, each with its block;
+    an unknown one is a 400. Only ["password"] with its password block makes a token here."""
+    emulator = Emulator(identity=IdentityOptions(users=(USER,)))
+    body = login_body()
+    body["auth"]["identity"]["methods"] = methods
+    async with running(emulator) as client:
+        reply = await raw(client, "POST", IAM_TOKEN_PATH, json=body)
+    assert reply.status == 400, reply.raw
+    assert "auth.identity.methods" in reply.json["error"]["message"]
+    assert "X-Subject-Token" not in reply.headers
+    assert PASSWORD.encode() not in reply.raw
+    assert emulator.identity.tokens_issued == 0
+
+
 async def test_an_expired_token_is_refused_iva_0001_and_counted() -> None:
     """Until expires_at the token works; from then on 401 IVA.0001 "The token must be updated";
     a fresh login works again."""
