@@ -407,13 +407,13 @@ def find_source(
                 user,
                 domain,
                 password,
-                cache=_user_path(cache, "BATCHSUBMIT_IAM_TOKEN_CACHE") if cache else None,
+                cache=_user_path(cache, "BATCHSUBMIT_IAM_TOKEN_CACHE", home) if cache else None,
             )
         )
     tried.append("IAM password: BATCHSUBMIT_IAM_USER not set")
 
     path = (
-        _user_path(named, "HUAWEICLOUD_SDK_CREDENTIALS_FILE")
+        _user_path(named, "HUAWEICLOUD_SDK_CREDENTIALS_FILE", home)
         if named
         else home / ".huaweicloud" / "credentials"
     )
@@ -453,9 +453,14 @@ def _utf8(value: str, name: str) -> None:
         ) from None
 
 
-def _user_path(value: str, name: str) -> Path:
-    """A path from the environment, ``~`` expanded; a ``~user`` with no home is an error
-    naming the variable (Path.expanduser raises RuntimeError: a traceback)."""
+def _user_path(value: str, name: str, home: Path) -> Path:
+    """A path from the environment, ``~`` and ``~/...`` under ``home`` (the one find_source is
+    given: Path.expanduser would read $HOME, and only the CLI reads the environment).
+    ``~user/...`` is still that account's home from the system's user database (not the
+    environment), as a shell expands it; a ``~user`` with no home is an error naming the
+    variable (Path.expanduser raises RuntimeError: a traceback)."""
+    if value == "~" or value.startswith("~/"):
+        return home / value[1:].lstrip("/")  # "~//x" is under home too, not /x
     try:
         return Path(value).expanduser()
     except RuntimeError:

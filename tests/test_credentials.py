@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import pwd
+import re
 import socket
 import threading
 import time
@@ -307,6 +309,47 @@ def test_a_path_for_a_user_that_does_not_exist_is_named(
     env = {**env, variable: "~nosuchuser-4c1e/creds"}
     with pytest.raises(CredentialError, match=f"{variable}.*~nosuchuser-4c1e"):
         choose(env, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("given", "relative"),
+    [
+        ("~/creds.ini", "creds.ini"),
+        ("~//creds.ini", "creds.ini"),
+        ("~/a/../creds.ini", "a/../creds.ini"),
+    ],
+)
+def test_a_path_from_home_is_under_the_given_home_not_home_variable(
+    tmp_path: Path, given: str, relative: str
+) -> None:
+    """``~`` and ``~/...`` in a path variable are the ``home`` find_source is given (the CLI
+    passes it; only the CLI reads the environment), never $HOME, which the autouse fixture
+    sets to another directory. ``~//x`` is still under the home, not the root."""
+    home = tmp_path / "given-home"
+    (home / "a").mkdir(parents=True)
+    profile = home / "creds.ini"
+    profile.write_text("[basic]\nak = PROFILEAK\nsk = profile-sk\n")
+    profile.chmod(0o600)
+    assert Path(os.environ["HOME"]) != home
+    choice = choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": given}, home)
+    assert isinstance(choice.source, Profile)
+    assert choice.source.path == home / relative
+    login = {"BATCHSUBMIT_IAM_USER": "u", "BATCHSUBMIT_IAM_DOMAIN": "d",
+             "BATCHSUBMIT_IAM_PASSWORD": "p"}  # fmt: skip
+    for cache, expected in (("~", home), ("~/tokens/t.json", home / "tokens" / "t.json")):
+        chosen = choose({**login, "BATCHSUBMIT_IAM_TOKEN_CACHE": cache}, home)
+        assert isinstance(chosen.source, IamPassword)
+        assert chosen.source.cache == expected
+
+
+def test_a_path_from_a_named_users_home_is_that_accounts_home(tmp_path: Path) -> None:
+    """``~user/...`` names an account: its home comes from the user database, not from the
+    ``home`` given (which is this process's) nor $HOME; the missing file is named in full."""
+    account = pwd.getpwuid(os.getuid())
+    given = f"~{account.pw_name}/no-such-dir-5e1f/creds.ini"
+    expected = Path(account.pw_dir) / "no-such-dir-5e1f" / "creds.ini"
+    with pytest.raises(CredentialError, match=f"{re.escape(str(expected))}.*no such file"):
+        choose({"HUAWEICLOUD_SDK_CREDENTIALS_FILE": given}, tmp_path / "given-home")
 
 
 @pytest.mark.parametrize(
