@@ -36,13 +36,17 @@ FRESH = 0.5  # seconds: an intent's time older than this at its create's send is
 
 @dataclass(frozen=True, slots=True)
 class Intent:
-    """One journalled create: the video, its job name, the service it was for and when it was
-    journalled (``service_url`` and ``at`` are "" in journals of older versions)."""
+    """One journalled create: the video, its job name, the service it was for, when it was
+    journalled (``service_url`` and ``at`` are "" in journals of older versions) and ``after``:
+    the results file's size then, in bytes (-1 in older journals). A row that ends past
+    ``after`` was written after the intent, whatever the wall clock said: order in an
+    append-only file answers the intent, not times that a clock stepped back can reorder."""
 
     source: str
     name: str
     service_url: str = ""
     at: str = ""
+    after: int = -1
 
 
 def journal_services(path: Path) -> set[str]:
@@ -59,7 +63,9 @@ def read_intents(path: Path, warn: Callable[[str], None]) -> list[Intent]:
     """The intents a journal holds, in order. A torn last line (a crash mid-write) is skipped
     with a warning; any other unreadable line raises UsageError naming it."""
     return [
-        Intent(e["source"], e["name"], e.get("service_url", ""), e.get("at", ""))
+        Intent(
+            e["source"], e["name"], e.get("service_url", ""), e.get("at", ""), e.get("after", -1)
+        )
         for e in _entries(path, warn)
     ]
 
@@ -77,7 +83,7 @@ def _damaged(path: Path, number: int, what: str) -> UsageError:
     return UsageError(f"{path}:{number}: {what}; {_REPAIR}")
 
 
-def _entries(path: Path, warn: Callable[[str], None]) -> Iterator[dict[str, str]]:
+def _entries(path: Path, warn: Callable[[str], None]) -> Iterator[dict[str, Any]]:
     """Each intent line as a dict of strings (``source``, ``name``, maybe ``service_url``).
     Only a last line without its newline can be a crash's doing: unreadable, it is skipped
     with a warning. Damage anywhere else means lost intents, and raises."""
@@ -100,7 +106,7 @@ def _entries(path: Path, warn: Callable[[str], None]) -> Iterator[dict[str, str]
                 raise _damaged(path, number, problem)
 
 
-def _intent(line: bytes) -> tuple[str, dict[str, str] | None]:
+def _intent(line: bytes) -> tuple[str, dict[str, Any] | None]:
     """(what is wrong, "" for a blank line; the intent, or None) of one journal line."""
     if not line.strip():
         return "", None
@@ -121,6 +127,11 @@ def _intent(line: bytes) -> tuple[str, dict[str, str] | None]:
         # answer it (the job a killed --resubmit made left without a row), "zzz" skip the
         # settle wait before its lookup. Only our writer writes it, always a time.
         return f"'at' {data['at'][:40]!r} is not a time", None
+    after = data.get("after", -1)
+    if not isinstance(after, int) or isinstance(after, bool) or after < -1:
+        # The size decides which rows answer the intent, as the time did: only our writer
+        # writes it, always a size in bytes.
+        return f"'after' {str(after)[:40]!r} is not a size in bytes", None
     return "", data
 
 
@@ -140,14 +151,22 @@ class Journal:
         kept: Iterable[Intent] = (),
         service_url: str = "",
         before_checkpoint: Callable[[], None] | None = None,
+        position: Callable[[], int] | None = None,
     ) -> None:
+        """``position``: the results file's size in bytes, its rows so far on the OS (the
+        writer's :meth:`~batchsubmit.results.ResultsWriter.tell`), recorded in each intent."""
         self.path = path
         self._durable = durable
-        # source -> (job name, the time the next run's settle counts from, as text and epoch)
-        self._open: dict[str, tuple[str, str, float]] = {
-            i.source: (i.name, i.at, epoch(i.at) or 0.0) for i in inherited
+        self._position = position
+        # The inherited are unanswered as of now: only a row from here on can answer them.
+        start = position() if position is not None else -1
+        # source -> (job name, the time the next run's settle counts from, as text and epoch,
+        # the results file's size when it was journalled)
+        self._open: dict[str, tuple[str, str, float, int]] = {
+            i.source: (i.name, i.at, epoch(i.at) or 0.0, start if start >= 0 else i.after)
+            for i in inherited
         }
-        self._kept = [_entry_line(i.source, i.name, i.service_url, i.at) for i in kept]
+        self._kept = [_entry_line(i.source, i.name, i.service_url, i.at, i.after) for i in kept]
         # Each line names its service, so `reconcile` can resolve intents without a manifest.
         self._service_url = service_url
         self._before_checkpoint = before_checkpoint
@@ -160,7 +179,7 @@ class Journal:
         temporary = self.path.with_name(self.path.name + ".tmp")
         with temporary.open("wb") as handle:
             handle.writelines(self._kept)
-            handle.writelines(self._line(s, n, at) for s, (n, at, _t) in self._open.items())
+            handle.writelines(self._line(s, *entry) for s, entry in self._open.items())
             handle.flush()
             if self._durable:
                 os.fsync(handle.fileno())
@@ -175,10 +194,12 @@ class Journal:
         line = self._line
         now = time.time()
         at = utc_at(now)  # one time a batch: the earliest its creates may be sent
+        # the rows written so far are on the OS (the pool flushes before each batch)
+        after = self._position() if self._position is not None else -1
         lines = []
         for source, name in intents:
-            open_[source] = (name, at, now)
-            lines.append(line(source, name, at))
+            open_[source] = entry = (name, at, now, after)
+            lines.append(line(source, *entry))
         self._file.writelines(lines)
         self._file.flush()
         self._since_checkpoint += len(lines)
@@ -193,9 +214,9 @@ class Journal:
         entry = self._open.get(source)
         if entry is not None and now - entry[2] <= FRESH:
             return
-        at = utc_at(now)
-        self._open[source] = (name, at, now)
-        self._file.write(self._line(source, name, at))
+        after = entry[3] if entry is not None else -1  # answered by rows since the intent
+        self._open[source] = moved = (name, utc_at(now), now, after)
+        self._file.write(self._line(source, *moved))
         self._file.flush()
         self._since_checkpoint += 1
 
@@ -211,8 +232,8 @@ class Journal:
         finally:
             self._syncing = False
 
-    def _line(self, source: str, name: str, at: str) -> bytes:
-        return _entry_line(source, name, self._service_url, at)
+    def _line(self, source: str, name: str, at: str, _epoch: float = 0.0, after: int = -1) -> bytes:
+        return _entry_line(source, name, self._service_url, at, after)
 
     def settle(self, source: str) -> None:
         """The row of ``source`` is written: its intent may go at the next checkpoint, which
@@ -233,7 +254,7 @@ class Journal:
     @property
     def open_intents(self) -> dict[str, str]:
         """This service's open intents, source to job name."""
-        return {source: name for source, (name, _at, _t) in self._open.items()}
+        return {source: entry[0] for source, entry in self._open.items()}
 
     def close(self) -> None:
         """At the end of a run: forget what is settled; remove the file if nothing is left."""
@@ -243,12 +264,14 @@ class Journal:
             self.path.unlink(missing_ok=True)
 
 
-def _entry_line(source: str, name: str, service_url: str, at: str) -> bytes:
-    entry = {"source": source, "name": name}
+def _entry_line(source: str, name: str, service_url: str, at: str, after: int = -1) -> bytes:
+    entry: dict[str, str | int] = {"source": source, "name": name}
     if service_url:
         entry["service_url"] = service_url
     if at:
         entry["at"] = at
+    if after >= 0:
+        entry["after"] = after
     return orjson.dumps(entry) + b"\n"
 
 

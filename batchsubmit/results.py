@@ -228,6 +228,12 @@ class ResultsWriter:
     def flush(self) -> None:
         self._file.flush()
 
+    def tell(self) -> int:
+        """The file's size once the rows written so far are on the OS (flushed): a row written
+        from now on ends past it (the journal records it in each intent)."""
+        self._file.flush()
+        return self._file.tell()
+
     def sync(self) -> None:
         """Make every row written so far durable (before the journal forgets their intents)."""
         self._file.flush()
@@ -373,6 +379,7 @@ def read_ledger(
     service_url: str,
     warn: Callable[[str], None],
     intents: Mapping[str, str] | None = None,
+    after: Mapping[str, int] | None = None,
 ) -> Ledger:
     """Read a results file back, streaming: memory grows by 8 bytes per submitted row, and 8
     per job id.
@@ -381,9 +388,13 @@ def read_ledger(
     row resolves it: ``submitted`` (its job found) or ``failed`` (no job found). A row from
     before does not: after a ``--resubmit``, last night's row says nothing of tonight's job.
     Rows count for this service when their ``service_url`` names the same project and service
-    (:func:`vas.service_identity`), however the endpoint was spelled. ``intents`` (source to
-    the time it was journalled): those with a row written at that time or later are in
-    ``Ledger.answered``. Raises UsageError for a damaged line.
+    (:func:`vas.service_identity`), however the endpoint was spelled. ``after`` (source to the
+    file's size when its intent was journalled): those with a row that ends past that size,
+    written after the intent in this append-only file, are in ``Ledger.answered``; no wall
+    clock decides it (one stepped back between an intent and its row timed the row before
+    it). ``intents`` (source to the time it was journalled), for intents of older journals,
+    without their size: those with a row written at that time or later. Raises UsageError for
+    a damaged line.
     """
     ledger = Ledger()
     try:
@@ -399,6 +410,7 @@ def read_ledger(
     jobs = HashBuckets()
     unknown = ledger.unknown
     asked = intents or {}
+    ordered = after or {}
     with handle:
         for number, row in _rows(handle, path, fmt, _READ_FIELDS):
             if row is None:
@@ -417,7 +429,11 @@ def read_ledger(
                 ledger.other_endpoint_url = ledger.other_endpoint_url or row_service
             if job_id:
                 jobs.add(hash(job_id))
-            if source in asked and at >= asked[source]:
+            if source in ordered:
+                # Where the row ends: the handle is read a line at a time, no further ahead.
+                if handle.tell() > ordered[source]:
+                    ledger.answered.add(source)
+            elif source in asked and at >= asked[source]:
                 ledger.answered.add(source)
             if status == "submitted":
                 submitted.add(stable_hash(source))

@@ -164,7 +164,8 @@ class Prepared:
     def uncertain(self) -> dict[str, str]:
         """Creates whose outcome is unknown, source to job name (read once: the ledger and the
         journal as the run found them): open intents with no row
-        written since they were journalled, and unknown rows not since resolved. A row from
+        written since they were journalled (after them in the file: not by the clock), and
+        unknown rows not since resolved. A row from
         before does not answer an intent: after a killed --resubmit, every video has last
         night's row, and the jobs the run made would be left without one. (An intent of an
         older journal, without its time, is answered by any ``submitted`` row, as before.)"""
@@ -172,7 +173,9 @@ class Prepared:
         found = {
             i.source: i.name
             for i in self.intents
-            if not (i.source in ledger.answered if i.at else ledger.is_done(i.source))
+            if not (
+                i.source in ledger.answered if i.at or i.after >= 0 else ledger.is_done(i.source)
+            )
         }
         found.update(ledger.unknown)
         return found
@@ -211,7 +214,10 @@ def prepare(config: RunConfig, warn: Callable[[str], None]) -> Prepared:
         mine = [i for i in intents if not i.service_url or service_of(i.service_url) == ours]
         kept = [i for i in intents if i.service_url and service_of(i.service_url) != ours]
         times = {i.source: i.at for i in mine if i.at}
-        ledger = read_ledger(config.results, config.format, service, warn, intents=times)
+        after = {i.source: i.after for i in mine if i.after >= 0}
+        ledger = read_ledger(
+            config.results, config.format, service, warn, intents=times, after=after
+        )
     except BaseException:
         lock.release()
         raise
@@ -310,6 +316,7 @@ async def _with_pool(
             kept=prepared.kept,
             service_url=config.endpoint.tasks_url,
             before_checkpoint=writer.sync,
+            position=writer.tell,
         )
         try:
             async with open_session(config.pool.concurrency) as session:

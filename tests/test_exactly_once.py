@@ -578,6 +578,60 @@ async def test_an_intent_from_a_clock_ahead_waits_no_more_than_a_settle(tmp_path
     assert orphan in _recorded(results)
 
 
+def _killed_before_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs from now on end as a SIGKILL after their rows: rows written, the journal never
+    compacted (its intents stay, as the last checkpoint left them)."""
+    from batchsubmit.journal import Journal
+
+    monkeypatch.setattr(Journal, "close", lambda self: self._file.close())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("step", ["between intent and row", "between a killed run and the next"])
+async def test_a_clock_stepped_back_never_records_an_existing_job_not_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """The wall clock stepped back an hour (NTP, a VM restored) after an intent was journalled,
+    and the run was killed after the job's row. The row's time came before its intent's, so
+    the next run took the intent for unanswered, found the job by name but as one a row names
+    already (last night's, it supposed), and wrote ``failed`` NOT_CREATED for a job that
+    exists. A row written for an open intent is never timed before it now."""
+    import time as real_time
+    from types import SimpleNamespace
+
+    import batchsubmit.journal
+
+    emulator = Emulator()
+    async with emulator.serve() as url:
+        config, keys = _run_of(tmp_path, url, 2, settle=0.2)
+        results = config.results
+        ahead = lambda: real_time.time() + 3600  # noqa: E731
+        if step == "between intent and row":
+            # the journal's clock is the one before the step, the rows' the one after
+            monkeypatch.setattr(batchsubmit.journal, "time", SimpleNamespace(time=ahead))
+            _killed_before_checkpoint(monkeypatch)
+            stats, log = await run_submit(config)
+            assert stats.submitted == 2, log
+        else:
+            # a run killed after a create, journalled an hour ahead; the next run (the clock
+            # now back) finds the job, writes its row, and is killed before its checkpoint
+            from batchsubmit.results import utc_at
+
+            await _killed_after_create(config, keys[0], at=utc_at(ahead()))
+            _killed_before_checkpoint(monkeypatch)
+            stats, log = await run_submit(config)
+            assert (stats.reconciled, stats.submitted) == (1, 2), log
+        monkeypatch.undo()
+        assert results.with_name("r.csv.journal").exists()  # the kill left its intents
+        stats, log = await run_submit(config)
+    assert stats.not_created == 0, log
+    with results.open(newline="", encoding="utf-8") as handle:
+        codes = [row["error_code"] for row in csv.DictReader(handle)]
+    assert "BATCHSUBMIT.NOT_CREATED" not in codes, codes
+    assert len(emulator.tasks) == 2
+    assert _recorded(results) == set(emulator.tasks)
+
+
 @pytest.mark.anyio
 async def test_a_resubmits_unknown_rows_are_looked_up_the_next_night(tmp_path: Path) -> None:
     """--resubmit whose lost answers cannot be looked up (the service 503s meanwhile) writes

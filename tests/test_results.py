@@ -1044,3 +1044,32 @@ def test_a_csv_row_cut_inside_its_last_columns_is_still_torn(tmp_path: Path) -> 
         write_rows(path, "csv", [outcome("obs://bkt/c.mp4")])
         assert b"obs://bkt/z.mp4" not in path.read_bytes(), torn
         path.write_bytes(intact)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_order_in_the_file_answers_an_intent_not_the_clock(tmp_path: Path, fmt: Format) -> None:
+    """An intent journalled with the results file's size: a row after it answers it even when
+    a clock stepped back timed it earlier, and a row before it does not even when a clock
+    ahead timed it later (last night's row, from a machine whose clock was ahead)."""
+    path = tmp_path / f"r.{fmt}"
+    writer = ResultsWriter(path, fmt, lambda _m: None)
+    writer.write(outcome("obs://bkt/old.mp4", submitted_at="2999-01-01T00:00:00.000Z"))
+    size = writer.tell()
+    writer.write(outcome("obs://bkt/new.mp4", submitted_at="2000-01-01T00:00:00.000Z"))
+    writer.close()
+    intent_at = "2026-12-01T00:00:00.000Z"
+    sources = ("obs://bkt/old.mp4", "obs://bkt/new.mp4")
+    ledger = read_ledger(
+        path,
+        fmt,
+        SERVICE,
+        lambda _m: None,
+        intents=dict.fromkeys(sources, intent_at),
+        after=dict.fromkeys(sources, size),
+    )
+    assert ledger.answered == {"obs://bkt/new.mp4"}
+    # without the size (an older journal), the times decide, as before
+    ledger = read_ledger(
+        path, fmt, SERVICE, lambda _m: None, intents=dict.fromkeys(sources, intent_at)
+    )
+    assert ledger.answered == {"obs://bkt/old.mp4"}
