@@ -80,6 +80,11 @@ __all__ = [
 
 DEFAULT_METADATA_URL = "http://169.254.169.254"
 MARGIN_CAP = 2400.0  # seconds: the SDK refreshes when less than 40 minutes remain
+# seconds: the longest life credentials may claim. IAM tokens live 24 h (VAS-API.md) and
+# temporary keys no longer (STS's longest); an hour more for the clocks of this machine and
+# the service. Longer is a broken answer or a clock years off: refused, never used past a
+# real expiry that the answer does not tell.
+MAX_LIFETIME = 25 * 3600.0
 IAM_TIMEOUT = 15.0  # seconds an IAM call may take in all
 METADATA_CONNECT_TIMEOUT = 1.0  # a laptop has no metadata service: fail fast
 METADATA_TIMEOUT = 5.0
@@ -816,7 +821,21 @@ def _local_expiry(doc: Any, started: float, where: str) -> float:
             f"{str(doc.get('expires_at'))[:40]}): this machine's clock or the service's is "
             "wrong (NTP?); nothing was sent with them"
         )
+    if expires - started > MAX_LIFETIME:
+        # Believed, they would be used until refused (the real expiry is not in the answer);
+        # shortened, every refresh would get the same answer. Stop and say so.
+        raise CredentialError(
+            f"{where}: the credentials it gave expire {_lifetime(expires - started)} after "
+            f"they arrived (expires_at {str(doc.get('expires_at'))[:40]}), longer than the "
+            f"{MAX_LIFETIME / 3600:.0f} h any token or temporary key lives: this machine's "
+            "clock or the service's is wrong (NTP?); nothing was sent with them"
+        )
     return expires
+
+
+def _lifetime(seconds: float) -> str:
+    days = seconds / 86400
+    return f"{days / 365.25:.0f} years" if days >= 730 else f"{days:.1f} days"
 
 
 def _message(body: bytes, secrets: Sequence[str] = ()) -> str:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -1646,3 +1647,46 @@ async def test_a_refusal_from_metadata_that_holds_credentials_does_not_show_them
     assert f"HTTP {status}" in text
     assert SECRET_SK not in text
     assert "gQ-DISTINCTIVE-token" not in text
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "issued_at"),
+    [
+        ("0001-01-01T00:00:00Z", None),  # year 1
+        ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),  # before it was issued
+        ("9999-12-31T00:00:00Z", None),  # centuries ahead
+        ("2026-01-03T00:00:00Z", "2026-01-01T00:00:00Z"),  # two days: no token lives so long
+        ("2026-01-01T01:00:00Z", "0001-01-01T00:00:00Z"),  # issued in year 1
+    ],
+)
+def test_a_credential_lifetime_no_service_gives_is_refused_naming_its_source(
+    expires_at: str, issued_at: str | None
+) -> None:
+    """An IAM token or metadata keys expiring in year 1, before they were issued, or
+    centuries ahead: refused when received (CredentialError naming the source and the
+    clock), never used past their real life nor fetched again in a loop."""
+    from batchsubmit.credentials import _local_expiry
+
+    doc = {"expires_at": expires_at}
+    if issued_at is not None:
+        doc["issued_at"] = issued_at
+    started = datetime.fromisoformat("2026-01-01T00:00:00+00:00").timestamp()
+    if issued_at is None and expires_at.startswith("9999"):
+        started = time.time()
+    with pytest.raises(CredentialError, match=r"^securitykey: ") as raised:
+        _local_expiry(doc, started, "securitykey")
+    assert "clock" in str(raised.value)
+    # a day, as IAM gives, is accepted
+    day = {"expires_at": "2026-01-02T00:00:00Z", "issued_at": "2026-01-01T00:00:00Z"}
+    assert _local_expiry(day, 1000.0, "securitykey") == 1000.0 + 86400
+
+
+@pytest.mark.anyio
+async def test_metadata_keys_that_live_for_years_are_refused() -> None:
+    """The metadata service handing out keys for ten years: exit-2 CredentialError naming the
+    source, one fetch, nothing signed with them."""
+    emulator = Emulator(identity=IdentityOptions(metadata=True, credential_ttl=10 * 365 * 86400))
+    async with emulator.serve() as url:
+        with pytest.raises(CredentialError, match=r"securitykey: .*after they arrived"):
+            await open_for({"BATCHSUBMIT_METADATA_URL": url}, url, project_id=EMULATOR_PROJECT_ID)
+    assert emulator.identity.credentials_issued == 1
