@@ -85,6 +85,7 @@ MARGIN_CAP = 2400.0  # seconds: the SDK refreshes when less than 40 minutes rema
 # the service. Longer is a broken answer or a clock years off: refused, never used past a
 # real expiry that the answer does not tell.
 MAX_LIFETIME = 25 * 3600.0
+PASSWORD_ROUNDS = 100_000  # PBKDF2-SHA256 rounds of the password's hash in the cache key
 IAM_TIMEOUT = 15.0  # seconds an IAM call may take in all
 METADATA_CONNECT_TIMEOUT = 1.0  # a laptop has no metadata service: fail fast
 METADATA_TIMEOUT = 5.0
@@ -926,10 +927,14 @@ class _IamLogin:
         """A token for the project (from the cache file when one is there and not due), the
         login itself through ``route``."""
         source = self._source
+        who = "\0".join((self._iam, source.domain, source.user))
+        # The password's own hash, salted with the login's name and slow: another password
+        # never reuses a token, and the file holds nothing the password can be read back from.
+        password = hashlib.pbkdf2_hmac(
+            "sha256", source.password.encode(), who.encode(), PASSWORD_ROUNDS
+        ).hex()
         key = hashlib.sha256(
-            "\0".join(
-                (self._iam, source.domain, source.user, project_id or f"name={self._region}")
-            ).encode()
+            "\0".join((who, project_id or f"name={self._region}", password)).encode()
         ).hexdigest()
         if cached and source.cache is not None:
             found = _read_token_cache(source.cache, key, self._clock(), self._warn)
@@ -1056,7 +1061,17 @@ def _read_token_cache(path: Path, key: str, now: float, warn: Warn) -> tuple[Iss
         expires_at, issued_at = float(doc["expires_at"]), float(doc["issued_at"])
         if not (math.isfinite(expires_at) and math.isfinite(issued_at)):
             raise ValueError("nan")  # "nan" never fell due: a token kept past its expiry
-        issued = Issued(Token(token), expires_at, issued_at)
+        lifetime = expires_at - issued_at
+        if not 0 < lifetime <= MAX_LIFETIME:
+            warn(
+                f"{path}: token cache not used: its token would live "
+                f"{lifetime / 3600:.0f} h, which no IAM token does"
+            )
+            return None
+        # The writer's clock (another machine's, or this one before a step): a token has no
+        # more life left than its whole lifetime from now, whatever that clock said.
+        expires_at = min(expires_at, now + lifetime)
+        issued = Issued(Token(token), expires_at, expires_at - lifetime)
         project_id = valid_project_id(str(doc["project_id"]), f"{path}: project_id")
     except (
         orjson.JSONDecodeError,

@@ -1690,3 +1690,51 @@ async def test_metadata_keys_that_live_for_years_are_refused() -> None:
         with pytest.raises(CredentialError, match=r"securitykey: .*after they arrived"):
             await open_for({"BATCHSUBMIT_METADATA_URL": url}, url, project_id=EMULATOR_PROJECT_ID)
     assert emulator.identity.credentials_issued == 1
+
+
+def _cache_doc(key: str, issued_at: float, expires_at: float) -> dict[str, Any]:
+    return {"key": key, "token": "MIIcached", "issued_at": issued_at, "expires_at": expires_at,
+            "project_id": EMULATOR_PROJECT_ID}  # fmt: skip
+
+
+def test_a_cached_token_from_a_clock_ahead_is_not_used_past_its_life(tmp_path: Path) -> None:
+    """A token cached by a machine whose clock was two hours ahead: it was kept two hours past
+    its real expiry (until a 401). Read here, it has no more life left than its whole
+    lifetime from now, and a cache with a lifetime no token has is not used."""
+    from batchsubmit.credentials import _read_token_cache
+
+    cache = tmp_path / "token.json"
+    now = time.time()
+    ahead = now + 7200
+    cache.write_bytes(orjson.dumps(_cache_doc("k", ahead, ahead + 86400)))
+    cache.chmod(0o600)
+    found = _read_token_cache(cache, "k", now, lambda _m: None)
+    assert found is not None
+    assert found[0].expires_at is not None
+    assert found[0].expires_at <= now + 86400
+    warnings: list[str] = []
+    for issued, expires in ((now, now + 100 * 365 * 86400), (now + 10, now), (-6e10, now + 60)):
+        cache.write_bytes(orjson.dumps(_cache_doc("k", issued, expires)))
+        assert _read_token_cache(cache, "k", now, warnings.append) is None
+    assert len(warnings) == 3, warnings
+    assert all("token cache not used" in w for w in warnings), warnings
+
+
+@pytest.mark.anyio
+async def test_a_changed_password_never_reuses_a_cached_token(tmp_path: Path) -> None:
+    """The password changed (or was mistyped): the cached token of the old one was used, and
+    the run went on as if the login were right. The cache key holds a salted, slow hash of
+    the password (never the password): another password means a login, and IAM's verdict."""
+    cache = tmp_path / "token.json"
+    emulator = Emulator(identity=IdentityOptions(users=(USER,)))
+    async with emulator.serve() as url:
+        env = {**iam_env(), "BATCHSUBMIT_IAM_TOKEN_CACHE": str(cache)}
+        await open_for(env, url, project_id=EMULATOR_PROJECT_ID)
+        await open_for(env, url, project_id=EMULATOR_PROJECT_ID)
+        assert emulator.identity.tokens_issued == 1  # the cache is used
+        wrong = {**env, "BATCHSUBMIT_IAM_PASSWORD": "not-the-password"}
+        with pytest.raises(CredentialError, match="HTTP 401"):
+            await open_for(wrong, url, project_id=EMULATOR_PROJECT_ID)
+    text = cache.read_text()
+    assert PASSWORD not in text
+    assert "not-the-password" not in text
