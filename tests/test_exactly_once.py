@@ -605,7 +605,10 @@ async def test_a_clock_stepped_back_never_records_an_existing_job_not_created(
     async with emulator.serve() as url:
         config, keys = _run_of(tmp_path, url, 2, settle=0.2)
         results = config.results
-        ahead = lambda: real_time.time() + 3600  # noqa: E731
+
+        def ahead() -> float:
+            return real_time.time() + 3600
+
         if step == "between intent and row":
             # the journal's clock is the one before the step, the rows' the one after
             monkeypatch.setattr(batchsubmit.journal, "time", SimpleNamespace(time=ahead))
