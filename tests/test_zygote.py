@@ -35,7 +35,9 @@ def test_a_forked_command_answers_as_the_real_one(tmp_path: Path) -> None:
 
 def test_a_signal_to_the_client_is_the_commands() -> None:
     """SIGTERM to the client reaches the command, whose own exit code is the client's: the
-    same as the real process gives."""
+    same as the real process gives. For `batchsubmit emulator` once it has said where it
+    listens, that is 0 ("emulator stopped"): it said so before its signal receiver was in
+    place, and a script stopping it on that line got 143 about one time in three."""
     codes = []
     for command in (cli("emulator", "--port", "0"), real_cli("emulator", "--port", "0")):
         process = subprocess.Popen(command, env=cli_env(), stderr=subprocess.PIPE, text=True)
@@ -44,4 +46,4 @@ def test_a_signal_to_the_client_is_the_commands() -> None:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
         codes.append(process.returncode)
-    assert codes[0] == codes[1] >= 0, codes
+    assert codes == [0, 0], codes

@@ -136,6 +136,32 @@ def run(options: EmulatorOptions, log: Log, env: Env) -> EmulatorResult:
             request_id=record.request_id,
         )
 
+    def announce(url: str) -> None:
+        """Where it listens, and the lines that point a run at it."""
+        log.line(
+            "info",
+            f"VAS emulator listening on {url} (project {EMULATOR_PROJECT_ID}, quota "
+            f"{options.quota or 'unlimited'}); Ctrl-C stops it. Point a run at it with the "
+            "lines on stdout (the SK is a documented throwaway that opens only this emulator)",
+        )
+        lines = [
+            f"export HUAWEICLOUD_SDK_AK={EMULATOR_AK} HUAWEICLOUD_SDK_SK={EMULATOR_SK} "
+            f"HUAWEICLOUD_SDK_PROJECT_ID={EMULATOR_PROJECT_ID}",
+            f"# then: batchsubmit submit MANIFEST --endpoint {url}",
+        ]
+        for user in identity.users:
+            lines.append(
+                f"# IAM login instead of AK/SK: export HUAWEICLOUD_SDK_IAM_ENDPOINT={url} "
+                f"BATCHSUBMIT_IAM_USER={user.name} BATCHSUBMIT_IAM_DOMAIN={user.domain} "
+                "BATCHSUBMIT_IAM_PASSWORD=<the password given to --iam-user>"
+            )
+        if identity.metadata:
+            lines.append(
+                f"# ECS metadata instead of AK/SK: export BATCHSUBMIT_METADATA_URL={url} "
+                f"HUAWEICLOUD_SDK_IAM_ENDPOINT={url}"
+            )
+        env.print("\n".join(lines))
+
     async def serve() -> EmulatorResult:
         emulator = Emulator(
             chosen,
@@ -150,30 +176,10 @@ def run(options: EmulatorOptions, log: Log, env: Env) -> EmulatorResult:
                     f"emulator: cannot listen on {options.host} port {options.port}: "
                     f"{exc.strerror or exc}"
                 ) from None
-            log.line(
-                "info",
-                f"VAS emulator listening on {url} (project {EMULATOR_PROJECT_ID}, quota "
-                f"{options.quota or 'unlimited'}); Ctrl-C stops it. Point a run at it with the "
-                "lines on stdout (the SK is a documented throwaway that opens only this emulator)",
-            )
-            lines = [
-                f"export HUAWEICLOUD_SDK_AK={EMULATOR_AK} HUAWEICLOUD_SDK_SK={EMULATOR_SK} "
-                f"HUAWEICLOUD_SDK_PROJECT_ID={EMULATOR_PROJECT_ID}",
-                f"# then: batchsubmit submit MANIFEST --endpoint {url}",
-            ]
-            for user in identity.users:
-                lines.append(
-                    f"# IAM login instead of AK/SK: export HUAWEICLOUD_SDK_IAM_ENDPOINT={url} "
-                    f"BATCHSUBMIT_IAM_USER={user.name} BATCHSUBMIT_IAM_DOMAIN={user.domain} "
-                    "BATCHSUBMIT_IAM_PASSWORD=<the password given to --iam-user>"
-                )
-            if identity.metadata:
-                lines.append(
-                    f"# ECS metadata instead of AK/SK: export BATCHSUBMIT_METADATA_URL={url} "
-                    f"HUAWEICLOUD_SDK_IAM_ENDPOINT={url}"
-                )
-            env.print("\n".join(lines))
+            # The receiver first: a signal once the lines are out (a script read them and
+            # stops it) is always "emulator stopped", exit 0, never the CLI's 143.
             with signals_received(signal.SIGINT, signal.SIGTERM) as received:
+                announce(url)
                 async for _signum in received:
                     break
         issued = emulator.identity
