@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -288,6 +289,7 @@ def _stop_zygote() -> None:
     if _zygote is not None:
         _zygote[0].kill()
         _zygote[0].wait()
+        shutil.rmtree(os.path.dirname(_zygote[1]), ignore_errors=True)
 
 
 def zygote_socket() -> str:
@@ -303,8 +305,10 @@ def zygote_socket() -> str:
             [sys.executable, "-m", "tests.zygote", path],
             env=env,
             cwd=Path(__file__).resolve().parent.parent,
+            # none of the test's pipes: an orphan (it ends within a second) must not hold them
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             close_fds=True,
         )
         _zygote = server, path

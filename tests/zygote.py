@@ -159,15 +159,23 @@ def _supervise(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> 
 
 
 def serve(path: str) -> bool:
-    """Answer requests until killed; returns (True) only in a command's process."""
+    """Answer requests until killed or orphaned; True only in a command's process."""
     _preload()
     own = _import_time_view(dict(os.environ))
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
+    listener.settimeout(1.0)
+    parent = os.getppid()
     while True:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            if os.getppid() != parent:  # the test process is gone: so is its server
+                return False
+            continue
+        conn.settimeout(None)
         try:
             request, fds = _receive(conn)
         except (OSError, EOFError, ValueError):
