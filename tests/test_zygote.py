@@ -7,7 +7,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.helpers import cli, cli_env, real_cli, video_keys, write_manifest
+from tests.helpers import cli, cli_env, real_cli, video_keys, write_manifest, zygote_socket
 
 TIME = re.compile(r"^\S+Z ", re.MULTILINE)  # a log line's time
 
@@ -24,6 +24,7 @@ def _both(args: list[str], cwd: Path, env: dict[str, str]) -> list[tuple[int, st
 def test_a_forked_command_answers_as_the_real_one(tmp_path: Path) -> None:
     """Same exit code, stdout and stderr: arguments, working directory (a relative path),
     environment (HOME, where no profile file is) and non-UTF-8 bytes all reach it."""
+    assert zygote_socket(), "the fork server did not come up: every test would pay the imports"
     write_manifest(tmp_path, video_keys(3))
     env = {**cli_env(), "HOME": str(tmp_path)}
     for args in (["expand", "nightly.toml"], ["expand", "missing\udcff.toml"], ["--version"]):

@@ -36,6 +36,8 @@ import tempfile
 import time
 from typing import Any
 
+from tests.zygote_client import receive
+
 IMPORT_TIME_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
 
@@ -80,12 +82,7 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 def _read_request(conn: socket.socket, head: bytes) -> dict[str, Any]:
     (size,) = struct.unpack("!I", head)
-    body = b""
-    while len(body) < size:
-        chunk = conn.recv(size - len(body))
-        if not chunk:
-            raise EOFError
-        body += chunk
+    body = receive(conn, size)
     # stdlib json: arguments and environment may hold lone surrogates (bytes not UTF-8)
     request: dict[str, Any] = json.loads(body)
     return request

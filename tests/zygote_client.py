@@ -35,6 +35,7 @@ def real() -> None:
 
 
 def receive(conn: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes (the server reads its requests with it too)."""
     data = b""
     while len(data) < size:
         chunk = conn.recv(size - len(data))
