@@ -47,6 +47,7 @@ class Intent:
     service_url: str = ""
     at: str = ""
     after: int = -1
+    anchor: str = ""  # what the file held just before ``after`` (ResultsWriter.mark)
 
 
 def journal_services(path: Path) -> set[str]:
@@ -64,7 +65,12 @@ def read_intents(path: Path, warn: Callable[[str], None]) -> list[Intent]:
     with a warning; any other unreadable line raises UsageError naming it."""
     return [
         Intent(
-            e["source"], e["name"], e.get("service_url", ""), e.get("at", ""), e.get("after", -1)
+            e["source"],
+            e["name"],
+            e.get("service_url", ""),
+            e.get("at", ""),
+            e.get("after", -1),
+            e.get("anchor", ""),
         )
         for e in _entries(path, warn)
     ]
@@ -132,6 +138,8 @@ def _intent(line: bytes) -> tuple[str, dict[str, Any] | None]:
         # The size decides which rows answer the intent, as the time did: only our writer
         # writes it, always a size in bytes.
         return f"'after' {str(after)[:40]!r} is not a size in bytes", None
+    if not isinstance(data.get("anchor", ""), str):
+        return f"'anchor' {str(data['anchor'])[:40]!r} is not text", None
     return "", data
 
 
@@ -151,22 +159,30 @@ class Journal:
         kept: Iterable[Intent] = (),
         service_url: str = "",
         before_checkpoint: Callable[[], None] | None = None,
-        position: Callable[[], int] | None = None,
+        position: Callable[[], tuple[int, str]] | None = None,
     ) -> None:
         """``position``: the results file's size in bytes, its rows so far on the OS (the
-        writer's :meth:`~batchsubmit.results.ResultsWriter.tell`), recorded in each intent."""
+        writer's :meth:`~batchsubmit.results.ResultsWriter.mark`, with what the file holds just
+        before it), recorded in each intent."""
         self.path = path
         self._durable = durable
         self._position = position
         # The inherited are unanswered as of now: only a row from here on can answer them.
-        start = position() if position is not None else -1
+        start = position() if position is not None else (-1, "")
         # source -> (job name, the time the next run's settle counts from, as text and epoch,
-        # the results file's size when it was journalled)
-        self._open: dict[str, tuple[str, str, float, int]] = {
-            i.source: (i.name, i.at, epoch(i.at) or 0.0, start if start >= 0 else i.after)
+        # the results file's size when it was journalled and its anchor)
+        self._open: dict[str, tuple[str, str, float, int, str]] = {
+            i.source: (
+                i.name,
+                i.at,
+                epoch(i.at) or 0.0,
+                *(start if start[0] >= 0 else (i.after, i.anchor)),
+            )
             for i in inherited
         }
-        self._kept = [_entry_line(i.source, i.name, i.service_url, i.at, i.after) for i in kept]
+        self._kept = [
+            _entry_line(i.source, i.name, i.service_url, i.at, i.after, i.anchor) for i in kept
+        ]
         # Each line names its service, so `reconcile` can resolve intents without a manifest.
         self._service_url = service_url
         self._before_checkpoint = before_checkpoint
@@ -195,10 +211,10 @@ class Journal:
         now = time.time()
         at = utc_at(now)  # one time a batch: the earliest its creates may be sent
         # the rows written so far are on the OS (the pool flushes before each batch)
-        after = self._position() if self._position is not None else -1
+        after, anchor = self._position() if self._position is not None else (-1, "")
         lines = []
         for source, name in intents:
-            open_[source] = entry = (name, at, now, after)
+            open_[source] = entry = (name, at, now, after, anchor)
             lines.append(line(source, *entry))
         self._file.writelines(lines)
         self._file.flush()
@@ -214,8 +230,9 @@ class Journal:
         entry = self._open.get(source)
         if entry is not None and now - entry[2] <= FRESH:
             return
-        after = entry[3] if entry is not None else -1  # answered by rows since the intent
-        self._open[source] = moved = (name, utc_at(now), now, after)
+        # answered by rows since the intent
+        after, anchor = (entry[3], entry[4]) if entry is not None else (-1, "")
+        self._open[source] = moved = (name, utc_at(now), now, after, anchor)
         self._file.write(self._line(source, *moved))
         self._file.flush()
         self._since_checkpoint += 1
@@ -232,8 +249,16 @@ class Journal:
         finally:
             self._syncing = False
 
-    def _line(self, source: str, name: str, at: str, _epoch: float = 0.0, after: int = -1) -> bytes:
-        return _entry_line(source, name, self._service_url, at, after)
+    def _line(
+        self,
+        source: str,
+        name: str,
+        at: str,
+        _epoch: float = 0.0,
+        after: int = -1,
+        anchor: str = "",
+    ) -> bytes:
+        return _entry_line(source, name, self._service_url, at, after, anchor)
 
     def settle(self, source: str) -> None:
         """The row of ``source`` is written: its intent may go at the next checkpoint, which
@@ -264,7 +289,9 @@ class Journal:
             self.path.unlink(missing_ok=True)
 
 
-def _entry_line(source: str, name: str, service_url: str, at: str, after: int = -1) -> bytes:
+def _entry_line(
+    source: str, name: str, service_url: str, at: str, after: int = -1, anchor: str = ""
+) -> bytes:
     entry: dict[str, str | int] = {"source": source, "name": name}
     if service_url:
         entry["service_url"] = service_url
@@ -272,6 +299,8 @@ def _entry_line(source: str, name: str, service_url: str, at: str, after: int = 
         entry["at"] = at
     if after >= 0:
         entry["after"] = after
+        if anchor:
+            entry["anchor"] = anchor
     return orjson.dumps(entry) + b"\n"
 
 

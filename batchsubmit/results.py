@@ -18,6 +18,7 @@ request: a ledger read in part would submit again every video it failed to read.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import time
@@ -74,6 +75,17 @@ SCHEMA = 2  # schema 2 = schema 1 + the ``schema`` column
 COLUMNS = (*BASE_COLUMNS, "schema")
 ERROR_MSG_MAX = 2000  # characters: far below what the reader takes back (csv's field limit)
 BOM = b"\xef\xbb\xbf"
+ANCHOR = 64  # bytes: what an intent records of the file just before its place
+
+
+def anchor_of(data: bytes) -> str:
+    """What an intent records of the ``ANCHOR`` bytes before its place in the results file."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def _anchor_at(fileno: int, size: int) -> str:
+    start = max(0, size - ANCHOR)
+    return anchor_of(os.pread(fileno, size - start, start))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,6 +246,13 @@ class ResultsWriter:
         self._file.flush()
         return self._file.tell()
 
+    def mark(self) -> tuple[int, str]:
+        """:meth:`tell`, and what the file holds just before it (:func:`anchor_of`): a line
+        deleted or edited before it since (a damaged line, as a refusal asks) moves every row
+        after it back, and the size alone would take a row written since for one from before."""
+        size = self.tell()
+        return size, _anchor_at(self._file.fileno(), size)
+
     def sync(self) -> None:
         """Make every row written so far durable (before the journal forgets their intents)."""
         self._file.flush()
@@ -379,7 +398,7 @@ def read_ledger(
     service_url: str,
     warn: Callable[[str], None],
     intents: Mapping[str, str] | None = None,
-    after: Mapping[str, int] | None = None,
+    after: Mapping[str, tuple[int, str]] | None = None,
 ) -> Ledger:
     """Read a results file back, streaming: memory grows by 8 bytes per submitted row, and 8
     per job id.
@@ -392,7 +411,9 @@ def read_ledger(
     file's size when its intent was journalled): those with a row that ends past that size,
     written after the intent in this append-only file, are in ``Ledger.answered``; no wall
     clock decides it (one stepped back between an intent and its row timed the row before
-    it). ``intents`` (source to the time it was journalled), for intents of older journals,
+    it). An ``after`` with an anchor (:meth:`ResultsWriter.mark`) that the file no longer
+    holds just before that size (a line before it deleted or edited) falls back to the time.
+    ``intents`` (source to the time it was journalled), for intents of older journals,
     without their size: those with a row written at that time or later. Raises UsageError for
     a damaged line.
     """
@@ -410,8 +431,8 @@ def read_ledger(
     jobs = HashBuckets()
     unknown = ledger.unknown
     asked = intents or {}
-    ordered = after or {}
     with handle:
+        ordered = _still_in_place(handle, after or {})
         for number, row in _rows(handle, path, fmt, _READ_FIELDS):
             if row is None:
                 ledger.bad_lines += 1
@@ -448,6 +469,21 @@ def read_ledger(
     ledger.jobs = SourceHashes.from_buckets(jobs)
     del submitted, jobs
     return ledger
+
+
+def _still_in_place(handle: IO[bytes], after: Mapping[str, tuple[int, str]]) -> dict[str, int]:
+    """source -> size of the ``after`` whose place the file still holds as it was (no anchor:
+    an intent that recorded none is taken at its size)."""
+    held: dict[tuple[int, str], bool] = {}
+    fileno = handle.fileno()
+    ordered = {}
+    for source, (size, anchor) in after.items():
+        place = (size, anchor)
+        if place not in held:
+            held[place] = not anchor or _anchor_at(fileno, size) == anchor
+        if held[place]:
+            ordered[source] = size
+    return ordered
 
 
 class _Kinds:

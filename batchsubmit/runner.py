@@ -214,7 +214,7 @@ def prepare(config: RunConfig, warn: Callable[[str], None]) -> Prepared:
         mine = [i for i in intents if not i.service_url or service_of(i.service_url) == ours]
         kept = [i for i in intents if i.service_url and service_of(i.service_url) != ours]
         times = {i.source: i.at for i in mine if i.at}
-        after = {i.source: i.after for i in mine if i.after >= 0}
+        after = {i.source: (i.after, i.anchor) for i in mine if i.after >= 0}
         ledger = read_ledger(
             config.results, config.format, service, warn, intents=times, after=after
         )
@@ -316,7 +316,7 @@ async def _with_pool(
             kept=prepared.kept,
             service_url=config.endpoint.tasks_url,
             before_checkpoint=writer.sync,
-            position=writer.tell,
+            position=writer.mark,
         )
         try:
             async with open_session(config.pool.concurrency) as session:

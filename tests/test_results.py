@@ -1065,7 +1065,7 @@ def test_order_in_the_file_answers_an_intent_not_the_clock(tmp_path: Path, fmt: 
         SERVICE,
         lambda _m: None,
         intents=dict.fromkeys(sources, intent_at),
-        after=dict.fromkeys(sources, size),
+        after=dict.fromkeys(sources, (size, "")),
     )
     assert ledger.answered == {"obs://bkt/new.mp4"}
     # without the size (an older journal), the times decide, as before
@@ -1073,3 +1073,35 @@ def test_order_in_the_file_answers_an_intent_not_the_clock(tmp_path: Path, fmt: 
         path, fmt, SERVICE, lambda _m: None, intents=dict.fromkeys(sources, intent_at)
     )
     assert ledger.answered == {"obs://bkt/old.mp4"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_row_deleted_before_an_intent_leaves_its_answer_answered(
+    tmp_path: Path, fmt: Format
+) -> None:
+    """A damaged line, deleted as the refusal says (a killed run's intents still open): every
+    row after it moved back by its length. The row of an intent, written after it, then ended
+    before the size the intent recorded; the intent was taken for unanswered, its lookup found
+    the job as one a row names already, and wrote failed NOT_CREATED for a job that exists.
+    The intent's place is checked: if the file no longer holds there what it held, the time
+    decides, as for an older journal."""
+    path = tmp_path / f"r.{fmt}"
+    writer = ResultsWriter(path, fmt, lambda _m: None)
+    writer.write(outcome("obs://bkt/damaged.mp4", error_msg="x" * 300))
+    writer.write(outcome("obs://bkt/b.mp4"))
+    mark = writer.mark()
+    writer.write(outcome("obs://bkt/new.mp4", submitted_at="2026-12-01T00:00:01.000Z"))
+    writer.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    damaged = 1 if fmt == "csv" else 0
+    path.write_bytes(b"".join(lines[:damaged] + lines[damaged + 1 :]))
+    source = "obs://bkt/new.mp4"
+    ledger = read_ledger(
+        path,
+        fmt,
+        SERVICE,
+        lambda _m: None,
+        intents={source: "2026-12-01T00:00:00.000Z"},
+        after={source: mark},
+    )
+    assert ledger.answered == {source}
