@@ -68,3 +68,41 @@ def test_a_signal_receiver_puts_back_the_handler_it_found() -> None:
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+class _Signal(KeyboardInterrupt):
+    """What the CLI's SIGTERM handler raises (cli._Terminated)."""
+
+
+async def _signalled_in_a_task() -> None:
+    """A signal raised inside a task group: the CLI's handler, once a command's own receiver
+    was gone (the chaos run met it as prune ended)."""
+    import anyio
+
+    async def raises() -> None:
+        raise _Signal
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(raises)
+        await anyio.sleep(5)
+
+
+@pytest.mark.parametrize("uvloop", [False, True] if HAS_UVLOOP else [False])
+def test_a_signal_ending_the_loop_is_left_to_the_cli_to_say(
+    uvloop: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncio logged "unhandled exception during asyncio.run() shutdown" with the whole
+    traceback for a signal that ended the command's main task; cli.main() says it in one
+    line ("SIGTERM received; stopped at once") and exits 143. Other exceptions it still logs."""
+    if not uvloop:
+        monkeypatch.setattr(loop, "_options", dict)
+    ended: BaseException | None = None
+    try:  # not pytest.raises: a KeyboardInterrupt getting past it would end the session
+        loop.run(_signalled_in_a_task)
+    except BaseException as exc:
+        ended = exc
+    if isinstance(ended, BaseExceptionGroup):  # the signal, and nothing else, ended it
+        assert ended.split(_Signal)[1] is None, repr(ended)
+    else:
+        assert isinstance(ended, _Signal), repr(ended)
+    assert "unhandled exception" not in caplog.text

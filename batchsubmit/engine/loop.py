@@ -8,6 +8,7 @@ machine without uvloop runs asyncio's loop as before.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,7 +28,38 @@ def _options() -> dict[str, Any]:
 
 def run(main: Callable[..., Awaitable[T]], *args: object) -> T:
     """``anyio.run(main, *args)`` on the fastest event loop installed."""
-    return anyio.run(main, *args, backend_options=_options())
+    return anyio.run(_signals_left_to_the_cli, main, args, backend_options=_options())
+
+
+async def _signals_left_to_the_cli(
+    main: Callable[..., Awaitable[T]], args: tuple[object, ...]
+) -> T:
+    """``main(*args)``, with a loop that does not report a signal that ended it.
+
+    The CLI's handlers raise KeyboardInterrupt (SIGTERM's subclass too) where no receiver of a
+    command's is in place, and cli.main() turns it into its one line and exit code. Raised
+    inside a task group, it ended the main task with an exception group, which asyncio's
+    shutdown logged with its whole traceback ("unhandled exception during asyncio.run()
+    shutdown") before that line. Every other report goes to the loop's handler as before."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def report(running: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _only_signals(context.get("exception")):
+            return
+        if previous is not None:
+            previous(running, context)
+        else:
+            running.default_exception_handler(context)
+
+    loop.set_exception_handler(report)
+    return await main(*args)
+
+
+def _only_signals(exc: BaseException | None) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[1] is None
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def loop_name() -> str:
