@@ -50,6 +50,18 @@ class Intent:
     anchor: str = ""  # what the file held just before ``after`` (ResultsWriter.mark)
 
 
+@dataclass(frozen=True, slots=True)
+class _Open:
+    """An open intent as the journal keeps it: the job name, the time the next run's settle
+    counts from (as text and epoch), and the results file's size then with its anchor."""
+
+    name: str
+    at: str
+    epoch: float
+    after: int = -1
+    anchor: str = ""
+
+
 def journal_services(path: Path) -> set[str]:
     """The services a journal's intents were made for (their ``service_url``); raises
     UsageError, as :func:`read_intents` does, for a damaged line before the last."""
@@ -169,14 +181,9 @@ class Journal:
         self._position = position
         # The inherited are unanswered as of now: only a row from here on can answer them.
         start = position() if position is not None else (-1, "")
-        # source -> (job name, the time the next run's settle counts from, as text and epoch,
-        # the results file's size when it was journalled and its anchor)
-        self._open: dict[str, tuple[str, str, float, int, str]] = {
-            i.source: (
-                i.name,
-                i.at,
-                epoch(i.at) or 0.0,
-                *(start if start[0] >= 0 else (i.after, i.anchor)),
+        self._open: dict[str, _Open] = {
+            i.source: _Open(
+                i.name, i.at, epoch(i.at) or 0.0, *(start if start[0] >= 0 else (i.after, i.anchor))
             )
             for i in inherited
         }
@@ -195,7 +202,7 @@ class Journal:
         temporary = self.path.with_name(self.path.name + ".tmp")
         with temporary.open("wb") as handle:
             handle.writelines(self._kept)
-            handle.writelines(self._line(s, *entry) for s, entry in self._open.items())
+            handle.writelines(self._line(s, entry) for s, entry in self._open.items())
             handle.flush()
             if self._durable:
                 os.fsync(handle.fileno())
@@ -214,8 +221,8 @@ class Journal:
         after, anchor = self._position() if self._position is not None else (-1, "")
         lines = []
         for source, name in intents:
-            open_[source] = entry = (name, at, now, after, anchor)
-            lines.append(line(source, *entry))
+            open_[source] = entry = _Open(name, at, now, after, anchor)
+            lines.append(line(source, entry))
         self._file.writelines(lines)
         self._file.flush()
         self._since_checkpoint += len(lines)
@@ -228,12 +235,12 @@ class Journal:
         it; a power cut may leave the older time."""
         now = time.time()
         entry = self._open.get(source)
-        if entry is not None and now - entry[2] <= FRESH:
+        if entry is not None and now - entry.epoch <= FRESH:
             return
         # answered by rows since the intent
-        after, anchor = (entry[3], entry[4]) if entry is not None else (-1, "")
-        self._open[source] = moved = (name, utc_at(now), now, after, anchor)
-        self._file.write(self._line(source, *moved))
+        after, anchor = (entry.after, entry.anchor) if entry is not None else (-1, "")
+        self._open[source] = moved = _Open(name, utc_at(now), now, after, anchor)
+        self._file.write(self._line(source, moved))
         self._file.flush()
         self._since_checkpoint += 1
 
@@ -249,16 +256,10 @@ class Journal:
         finally:
             self._syncing = False
 
-    def _line(
-        self,
-        source: str,
-        name: str,
-        at: str,
-        _epoch: float = 0.0,
-        after: int = -1,
-        anchor: str = "",
-    ) -> bytes:
-        return _entry_line(source, name, self._service_url, at, after, anchor)
+    def _line(self, source: str, entry: _Open) -> bytes:
+        return _entry_line(
+            source, entry.name, self._service_url, entry.at, entry.after, entry.anchor
+        )
 
     def settle(self, source: str) -> None:
         """The row of ``source`` is written: its intent may go at the next checkpoint, which
@@ -279,7 +280,7 @@ class Journal:
     @property
     def open_intents(self) -> dict[str, str]:
         """This service's open intents, source to job name."""
-        return {source: entry[0] for source, entry in self._open.items()}
+        return {source: entry.name for source, entry in self._open.items()}
 
     def close(self) -> None:
         """At the end of a run: forget what is settled; remove the file if nothing is left."""
