@@ -38,7 +38,7 @@ from typing import Any
 
 from tests.zygote_client import receive
 
-IMPORT_TIME_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+IMPORT_TIME_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "LANG", "LC_ALL", "LC_CTYPE")  # TZ: tzset()
 
 
 def _import_time_view(env: dict[str, str]) -> dict[str, str]:
