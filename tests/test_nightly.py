@@ -417,6 +417,32 @@ def test_prune_of_a_results_file_not_there_yet_says_so_before_its_summary_fails(
     assert err.count("cannot write") == 1, err
 
 
+@pytest.mark.parametrize("dry", [False, True])
+def test_prune_of_a_results_file_in_a_directory_not_there_is_a_usage_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    dry: bool,
+) -> None:
+    """A mistyped directory read "nothing to prune", exit 0, and under -q said nothing at all,
+    every night; no run could have written there, so it is exit 2 naming the path, said under
+    -q too. A missing file in a directory that exists stays the quiet first night."""
+    from batchsubmit.cli import main
+
+    for name, value in cli_env().items():
+        monkeypatch.setenv(name, value)
+    typo = tmp_path / "nigthly" / "r.csv"
+    dry_run = ["--dry-run"] if dry else []
+    assert main(["prune", str(typo), "-q", *dry_run]) == 2
+    err = capsys.readouterr().err
+    assert f"results file {typo}: the directory {typo.parent} does not exist" in err, err
+    assert "yet: nothing to prune" not in err
+    assert not typo.parent.exists()
+    assert main(["prune", str(tmp_path / "r.csv"), "-q", *dry_run]) == 0
+    assert capsys.readouterr().err == ""
+    assert list(tmp_path.iterdir()) == []  # no stray .lock
+
+
 def test_an_error_about_the_metrics_path_itself_writes_nothing_there(tmp_path: Path) -> None:
     """The error may be about the very path: it is not written, and nothing crashes."""
     manifest = write_manifest(tmp_path, video_keys(1))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from ..progress import Log
 from ..prune import (
     DEFAULT_OLDER_THAN,
@@ -64,6 +65,7 @@ def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
     fmt = format_for(results, options.format)
     base_url = check_endpoint(options.endpoint) if options.endpoint else None
     if not results.exists():  # the first night: nothing to prune, and no lock file left
+        _check_directory(options.results, results)
         return PruneResult(PruneStats(), started, results, options.dry_run)
     first = None if options.dry_run else first_service(results, fmt)
     config = PruneConfig(
@@ -86,6 +88,18 @@ def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
     stats = plan_locked(config, warn) if options.dry_run else prune(config, warn, say)
     stats.opening_calls = opening_calls(config.credentials)
     return PruneResult(stats, started, results, options.dry_run)
+
+
+def _check_directory(typed: Path, results: Path) -> None:
+    """A missing results file is the first night only where a submit could write it: with no
+    directory either, it is a typo that would read "nothing to prune" (silent under -q) on
+    every night, so it is a usage error."""
+    if not results.parent.is_dir():
+        raise UsageError(
+            f"results file {typed}: the directory {results.parent} does not exist, so no run "
+            "has written this results file; check the path (a results file not written yet "
+            "in an existing directory is nothing to prune)"
+        )
 
 
 def _has_work(plan: PruneStats) -> bool:
