@@ -941,15 +941,17 @@ class _IamLogin:
     ) -> tuple[Issued, str]:
         """A token for the project (from the cache file when one is there and not due), the
         login itself through ``route``."""
-        source = self._source
-        key = self._cache_key(project_id) if source.cache is not None else ""
-        if cached and source.cache is not None:
-            found = _read_token_cache(source.cache, key, self._clock(), self._warn)
+        path = self._source.cache
+        # Read once: for the lookup and, after the login, whether the file may be replaced.
+        cache = None if path is None else _read_cache_file(path)
+        key = "" if cache is None else self._cache_key(project_id)
+        if cached and cache is not None:
+            found = _cached_token(cache, key, self._clock(), self._warn)
             if found is not None:
                 return found
         issued, pid = await route(lambda: self._login(session, project_id))
-        if source.cache is not None:
-            _write_token_cache(source.cache, key, issued, pid, self._warn)
+        if cache is not None:
+            _write_token_cache(cache, key, issued, pid, self._warn)
         return issued, pid
 
     async def _login(
@@ -1025,36 +1027,61 @@ class _IamLogin:
         return Issued(Token(value), expires, started), pid
 
 
-def _read_token_cache(path: Path, key: str, now: float, warn: Warn) -> tuple[Issued, str] | None:
-    """A cached token for ``key`` not yet due for a refresh; None otherwise. A file that other
-    users could read is not trusted (and is replaced by the next login)."""
+@dataclass(frozen=True)
+class _CacheFile:
+    """The token cache file as one login read it: its lookup and its write (which replaces
+    only a cache) decide from the same read, not one each."""
+
+    path: Path
+    error: OSError | None = None  # opening or examining it failed: no ``info``
+    info: os.stat_result | None = None
+    read_error: OSError | None = None  # a regular file that could not be read
+    data: bytes = b""  # read only from a regular file
+
+
+def _read_cache_file(path: Path) -> _CacheFile:
     try:
         # O_NONBLOCK: a named pipe at the path opens at once (and is then refused as not a
         # regular file) rather than wait for a writer for ever; a regular file ignores it.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
     except OSError as exc:
-        warn(f"{path}: token cache not used: {exc.strerror}")
-        return None
+        return _CacheFile(path, error=exc)
     try:
         info = os.fstat(fd)
-        problem = None
         if not stat.S_ISREG(info.st_mode):
-            problem = "not a regular file"
-        elif info.st_uid != os.getuid():
-            problem = "another user owns it"
-        elif info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            problem = "other users can read it (it must be 0600)"
-        if problem is not None:
-            warn(f"{path}: token cache not used: {problem}")
-            return None
-        data = os.read(fd, 1 << 16)
+            return _CacheFile(path, info=info)
+        try:
+            return _CacheFile(path, info=info, data=os.read(fd, 1 << 16))
+        except OSError as exc:
+            return _CacheFile(path, info=info, read_error=exc)
     except OSError as exc:
-        warn(f"{path}: token cache not used: {exc.strerror}")
-        return None
+        return _CacheFile(path, error=exc)
     finally:
         os.close(fd)
+
+
+def _cached_token(cache: _CacheFile, key: str, now: float, warn: Warn) -> tuple[Issued, str] | None:
+    """A cached token for ``key`` not yet due for a refresh; None otherwise. A file that other
+    users could read is not trusted (and is replaced by the next login)."""
+    path, error, info = cache.path, cache.error, cache.info
+    if error is not None or info is None:  # no info only with an error
+        if error is not None and not isinstance(error, FileNotFoundError):
+            warn(f"{path}: token cache not used: {error.strerror}")
+        return None
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "not a regular file"
+    elif info.st_uid != os.getuid():
+        problem = "another user owns it"
+    elif info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        problem = "other users can read it (it must be 0600)"
+    if problem is not None:
+        warn(f"{path}: token cache not used: {problem}")
+        return None
+    if cache.read_error is not None:
+        warn(f"{path}: token cache not used: {cache.read_error.strerror}")
+        return None
+    data = cache.data
     if not data.strip():  # touched (and chmod 600) beforehand: nothing cached yet
         return None
     try:
@@ -1098,9 +1125,12 @@ def _read_token_cache(path: Path, key: str, now: float, warn: Warn) -> tuple[Iss
     return issued, project_id
 
 
-def _write_token_cache(path: Path, key: str, issued: Issued, project_id: str, warn: Warn) -> None:
+def _write_token_cache(
+    cache: _CacheFile, key: str, issued: Issued, project_id: str, warn: Warn
+) -> None:
     """Keep the token for the next run in a file only this user can read (0600, written
     whole and renamed, so a reader never sees half of it)."""
+    path = cache.path
     assert isinstance(issued.secret, Token)
     doc = {
         "key": key,
@@ -1109,7 +1139,7 @@ def _write_token_cache(path: Path, key: str, issued: Issued, project_id: str, wa
         "issued_at": issued.issued_at,
         "project_id": project_id,
     }
-    problem = _not_a_cache(path)
+    problem = _not_a_cache(cache)
     if problem is not None:
         warn(f"{path}: token cache not written: {problem}")
         return
@@ -1126,27 +1156,23 @@ def _write_token_cache(path: Path, key: str, issued: Issued, project_id: str, wa
         warn(f"{path}: cannot write the token cache: {exc.strerror}")
 
 
-def _not_a_cache(path: Path) -> str | None:
-    """Why the file at ``path`` must not be replaced by the token cache, if it must not: only
-    nothing, an empty file, an earlier cache or a symbolic link (the link, not its target)
-    is replaced. A path naming another file by mistake (the manifest, a results file, a
-    profile) lost that file, a token left in its place."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):  # nothing there (the write says why)
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a symbolic link: os.replace replaces the link itself
+def _not_a_cache(cache: _CacheFile) -> str | None:
+    """Why the file read as ``cache`` must not be replaced by the token cache, if it must not:
+    only nothing, an empty file, an earlier cache or a symbolic link (the link, not its
+    target) is replaced. A path naming another file by mistake (the manifest, a results
+    file, a profile) lost that file, a token left in its place."""
+    error = cache.error
+    if isinstance(error, FileNotFoundError | NotADirectoryError):
+        return None  # nothing there (the write says why)
+    if error is not None:
+        if error.errno == errno.ELOOP:  # a symbolic link: os.replace replaces the link itself
             return None
-        return exc.strerror or "it cannot be read"
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return "not a regular file"
-        data = os.read(fd, 1 << 16)
-    except OSError as exc:
-        return exc.strerror or "it cannot be read"
-    finally:
-        os.close(fd)
+        return error.strerror or "it cannot be read"
+    if cache.info is None or not stat.S_ISREG(cache.info.st_mode):
+        return "not a regular file"
+    if cache.read_error is not None:
+        return cache.read_error.strerror or "it cannot be read"
+    data = cache.data
     if not data.strip():
         return None
     try:

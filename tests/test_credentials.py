@@ -11,7 +11,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr
 from datetime import datetime
 from pathlib import Path
@@ -1449,11 +1449,52 @@ def test_a_token_cache_path_naming_another_file_does_not_replace_it(
     assert f"{manifest}: token cache not written: it is not a token cache" in err
 
 
+def read_token_cache(
+    cache: Path, key: str, now: float, warn: Callable[[str], None]
+) -> tuple[Issued, str] | None:
+    """A login's lookup in the token cache at ``cache``."""
+    from batchsubmit.credentials import _cached_token, _read_cache_file
+
+    return _cached_token(_read_cache_file(cache), key, now, warn)
+
+
+@pytest.mark.anyio
+async def test_a_login_reads_its_token_cache_once(
+    iam_emulator: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A login read the cache file twice: for a cached token, then after the login again to
+    tell whether the file is a cache it may replace. One read serves both, at the first
+    login, a renewal, and a run that finds its token there."""
+    emulator, url = iam_emulator
+    cache = tmp_path / "token.json"
+    cache.write_bytes(orjson.dumps({"key": "another login", "token": "MIIother"}))
+    cache.chmod(0o600)
+    reads: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if Path(path) == cache and not flags & (os.O_WRONLY | os.O_RDWR):
+            reads.append(str(path))
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    env = {**iam_env(), "BATCHSUBMIT_IAM_TOKEN_CACHE": str(cache)}
+    provider = await open_for(env, url, project_id=EMULATOR_PROJECT_ID)
+    assert (len(reads), emulator.identity.tokens_issued) == (1, 1)
+    first = await provider.current()
+    assert isinstance(first, Token)
+    assert orjson.loads(cache.read_bytes())["token"] == first.value
+    assert await provider.rejected(first) not in (None, first)
+    assert (len(reads), emulator.identity.tokens_issued) == (2, 2)
+    await open_for(env, url, project_id=EMULATOR_PROJECT_ID)
+    assert (len(reads), emulator.identity.tokens_issued) == (3, 2)  # the cached token
+
+
 @pytest.mark.parametrize("there", ["nothing", "an empty file", "a token cache", "a symlink"])
 def test_a_token_cache_replaces_only_a_cache(tmp_path: Path, there: str) -> None:
     """What the token cache may replace: nothing yet, an empty file (touched and chmod 600
     beforehand), an earlier cache, or a symbolic link (the link, never its target)."""
-    from batchsubmit.credentials import _read_token_cache, _write_token_cache
+    from batchsubmit.credentials import _read_cache_file, _write_token_cache
 
     cache = tmp_path / "token.json"
     target = tmp_path / "target.txt"
@@ -1467,9 +1508,9 @@ def test_a_token_cache_replaces_only_a_cache(tmp_path: Path, there: str) -> None
     warnings: list[str] = []
     now = time.time()
     issued = Issued(Token("MIInew"), now + 86400, now)
-    _write_token_cache(cache, "k", issued, EMULATOR_PROJECT_ID, warnings.append)
+    _write_token_cache(_read_cache_file(cache), "k", issued, EMULATOR_PROJECT_ID, warnings.append)
     assert warnings == []
-    found = _read_token_cache(cache, "k", now, warnings.append)
+    found = read_token_cache(cache, "k", now, warnings.append)
     assert found is not None
     assert found[0].secret == Token("MIInew")
     assert target.read_text() == "not to be touched\n"
@@ -1480,8 +1521,6 @@ def test_a_token_cache_that_cannot_be_used_is_set_aside(tmp_path: Path, damage: 
     """A cache path that is a directory, or a 0600 cache holding a token no header can carry
     (a planted "abc\\r\\nX-Evil: 1"): not used, with a warning, and the login goes on; both
     were tracebacks (IsADirectoryError; aiohttp's ValueError once a call was signed)."""
-    from batchsubmit.credentials import _read_token_cache
-
     cache = tmp_path / "token.json"
     if damage == "a directory":
         cache.mkdir(mode=0o700)
@@ -1491,7 +1530,7 @@ def test_a_token_cache_that_cannot_be_used_is_set_aside(tmp_path: Path, damage: 
         cache.write_bytes(orjson.dumps(doc))
         cache.chmod(0o600)
     warnings: list[str] = []
-    assert _read_token_cache(cache, "k", time.time(), warnings.append) is None
+    assert read_token_cache(cache, "k", time.time(), warnings.append) is None
     assert len(warnings) == 1
     assert "token cache not used" in warnings[0]
     assert "X-Evil" not in warnings[0]
@@ -1500,13 +1539,11 @@ def test_a_token_cache_that_cannot_be_used_is_set_aside(tmp_path: Path, damage: 
 def test_a_token_cache_that_is_a_fifo_is_set_aside_not_waited_on(tmp_path: Path) -> None:
     """A named pipe at the cache path, nobody writing to it: not used, with a warning; the
     open waited for a writer for ever, so the run hung before its first call."""
-    from batchsubmit.credentials import _read_token_cache
-
     cache = tmp_path / "token.json"
     os.mkfifo(cache, 0o600)
     warnings: list[str] = []
     reader = threading.Thread(
-        target=_read_token_cache, args=(cache, "k", time.time(), warnings.append), daemon=True
+        target=read_token_cache, args=(cache, "k", time.time(), warnings.append), daemon=True
     )
     reader.start()
     reader.join(5)
@@ -1530,13 +1567,11 @@ def test_a_damaged_token_cache_is_named_not_passed_over_in_silence(
 ) -> None:
     """A cut, zeroed or foreign cache file: not used, and a warning names it (without its
     content); it was set aside without a word, so nobody learned why every run logged in."""
-    from batchsubmit.credentials import _read_token_cache
-
     cache = tmp_path / "token.json"
     cache.write_bytes(content)
     cache.chmod(0o600)
     warnings: list[str] = []
-    assert _read_token_cache(cache, "k", time.time(), warnings.append) is None
+    assert read_token_cache(cache, "k", time.time(), warnings.append) is None
     assert len(warnings) == 1
     assert str(cache) in warnings[0]
     assert "damaged" in warnings[0]
@@ -1545,13 +1580,11 @@ def test_a_damaged_token_cache_is_named_not_passed_over_in_silence(
 
 def test_a_token_cache_of_another_login_is_replaced_without_a_word(tmp_path: Path) -> None:
     """A cache written for another user or project (its key differs) is not damage."""
-    from batchsubmit.credentials import _read_token_cache
-
     cache = tmp_path / "token.json"
     cache.write_bytes(orjson.dumps({"key": "other", "token": "MIIx"}))
     cache.chmod(0o600)
     warnings: list[str] = []
-    assert _read_token_cache(cache, "k", time.time(), warnings.append) is None
+    assert read_token_cache(cache, "k", time.time(), warnings.append) is None
     assert warnings == []
 
 
@@ -1560,17 +1593,15 @@ def test_a_token_cache_time_that_is_no_time_is_not_believed(
     tmp_path: Path, expires_at: str
 ) -> None:
     """A damaged expiry ("nan" never falls due) kept a token past its end: a fresh login."""
-    from batchsubmit.credentials import _read_token_cache
-
     cache = tmp_path / "token.json"
     doc = {"key": "k", "token": "abc", "expires_at": expires_at, "issued_at": time.time(),
            "project_id": EMULATOR_PROJECT_ID}  # fmt: skip
     cache.write_bytes(orjson.dumps(doc))
     cache.chmod(0o600)
-    assert _read_token_cache(cache, "k", time.time(), lambda _m: None) is None
+    assert read_token_cache(cache, "k", time.time(), lambda _m: None) is None
     doc["expires_at"] = time.time() + 86400  # the same cache with a time in it is used
     cache.write_bytes(orjson.dumps(doc))
-    assert _read_token_cache(cache, "k", time.time(), lambda _m: None) is not None
+    assert read_token_cache(cache, "k", time.time(), lambda _m: None) is not None
 
 
 @pytest.mark.parametrize("projects", ["5", "true", '{"a": 1}', '"x"'])
@@ -1701,21 +1732,19 @@ def test_a_cached_token_from_a_clock_ahead_is_not_used_past_its_life(tmp_path: P
     """A token cached by a machine whose clock was two hours ahead: it was kept two hours past
     its real expiry (until a 401). Read here, it has no more life left than its whole
     lifetime from now, and a cache with a lifetime no token has is not used."""
-    from batchsubmit.credentials import _read_token_cache
-
     cache = tmp_path / "token.json"
     now = time.time()
     ahead = now + 7200
     cache.write_bytes(orjson.dumps(_cache_doc("k", ahead, ahead + 86400)))
     cache.chmod(0o600)
-    found = _read_token_cache(cache, "k", now, lambda _m: None)
+    found = read_token_cache(cache, "k", now, lambda _m: None)
     assert found is not None
     assert found[0].expires_at is not None
     assert found[0].expires_at <= now + 86400
     warnings: list[str] = []
     for issued, expires in ((now, now + 100 * 365 * 86400), (now + 10, now), (-6e10, now + 60)):
         cache.write_bytes(orjson.dumps(_cache_doc("k", issued, expires)))
-        assert _read_token_cache(cache, "k", now, warnings.append) is None
+        assert read_token_cache(cache, "k", now, warnings.append) is None
     assert len(warnings) == 3, warnings
     assert all("token cache not used" in w for w in warnings), warnings
 
