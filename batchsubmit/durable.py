@@ -1,16 +1,18 @@
-"""Append-only files that survive a crash: the results file, the follow record and the
-journals share these two rules. Plain file I/O, nothing else."""
+"""Files that survive a crash: the append-only ones (the results file, the follow record and
+the journals) share the torn-line rules, and files written whole (a collected result, the
+report) one way to replace them. Plain file I/O, nothing else."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
 from .errors import UsageError
 
-__all__ = ["JOINED_LINES", "drop_torn_tail", "lines_joined", "sync_dir"]
+__all__ = ["JOINED_LINES", "drop_torn_tail", "lines_joined", "replaced", "sync_dir"]
 
 _STEP = 65536  # bytes looked back at a time for the last complete line
 JOINED_LINES = (
@@ -98,3 +100,25 @@ def sync_dir(directory: Path, durable: bool = True) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def replaced(path: Path, durable: bool = True) -> Iterator[IO[bytes]]:
+    """A file to write ``path``'s new content into, renamed over it once the block ends
+    without an error: a reader or a crash sees the old file or the new one, never half of
+    one. ``durable``: the file is synced before the rename and the directory after it, so
+    what the caller records next (a result COLLECTED) cannot outlive the file in a power cut.
+    On an error the temporary file is removed and the error raised."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as handle:
+            yield handle
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with suppress(OSError):  # never made (its folder is gone), or a directory: not ours
+            temporary.unlink(missing_ok=True)
+        raise
+    sync_dir(path.parent, durable)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import time
 from collections import Counter
@@ -37,7 +36,7 @@ import orjson
 
 from .answers import Answer, Kind, mask, one_line
 from .client import DEFAULT_TIMEOUT, Endpoint, VasClient, open_session
-from .durable import sync_dir
+from .durable import replaced, sync_dir
 from .errors import StorageError, UsageError, innermost
 from .journal import RunLock
 from .pool import Pool, PoolSettings, Stopped
@@ -1155,22 +1154,15 @@ class Follower:
                 content = orjson.dumps(data)
         else:
             content = orjson.dumps(data)
-        temporary = target.with_name(f".{target.name}.tmp")
+        # Its folder synced too: else a power cut after COLLECTED is recorded could lose the
+        # file, and its result was never fetched again.
         try:
-            with temporary.open("wb") as handle:
+            with replaced(target, self.config.durable) as handle:
                 handle.write(content)
                 if not content.endswith(b"\n"):
                     handle.write(b"\n")
-                handle.flush()
-                if self.config.durable:
-                    os.fsync(handle.fileno())
-            os.replace(temporary, target)
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
             raise OSError(exc.errno, f"cannot save {target}: {exc.strerror}") from None
-        # The rename is durable only once the folder is: else a power cut after COLLECTED is
-        # recorded could lose the file, and its result was never fetched again.
-        sync_dir(target.parent, self.config.durable)
         self.stats.collected += 1
 
     def _result_file(self, record: JobRecord) -> Path:
@@ -1295,23 +1287,19 @@ class Follower:
     # -- the report ----------------------------------------------------------------------------
 
     def write_report(self) -> None:
-        """One row per video of the ledger, its latest known state; written to a temporary
-        file and renamed, so a reader never sees half a report."""
+        """One row per video of the ledger, its latest known state; written whole and renamed
+        (durable.replaced), so a reader never sees half a report."""
         assert self.videos is not None
         path = self.report_file
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         reader = self._reader()
         try:
-            with temporary.open("w", encoding="utf-8", newline="") as handle:
+            with replaced(path, self.config.durable) as raw:
+                handle = io.TextIOWrapper(raw, encoding="utf-8", newline="")
                 write = _report_writer(handle, self.report_format)
                 for row in self.videos:
                     write(self._report_row(row, reader))
-                handle.flush()
-                if self.config.durable:
-                    os.fsync(handle.fileno())
-            os.replace(temporary, path)
+                handle.detach()  # flushed into ``raw``, which replaced() syncs and closes
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
             raise StorageError(f"{path}: cannot write the report: {exc.strerror}") from None
         finally:
             reader.close()

@@ -1025,7 +1025,8 @@ async def test_collect_syncs_the_folders_before_it_records_collected(
         events.append(("record", record.hosting_status))
         real_append(self, record)
 
-    monkeypatch.setattr(follow_module, "sync_dir", sync)
+    monkeypatch.setattr(follow_module, "sync_dir", sync)  # the folders --collect makes
+    monkeypatch.setattr(durable, "sync_dir", sync)  # a saved result's rename (replaced())
     monkeypatch.setattr(RecordWriter, "append", append)
     emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1)))
     manifest = write_manifest(tmp_path, video_keys(1), extra=HOSTING)
@@ -1040,6 +1041,51 @@ async def test_collect_syncs_the_folders_before_it_records_collected(
     synced = [where for kind, where in events if kind == "sync"]
     assert synced[:2] == [tmp_path, tmp_path / "new"]
     assert events.index(("sync", collect)) < events.index(("record", "COLLECTED"))
+
+
+@pytest.mark.anyio
+async def test_the_report_is_synced_renamed_and_its_folder_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report is replaced as a collected result is (durable.replaced): its file synced,
+    renamed, then its folder synced. The report's rename was never synced into its folder,
+    so a power cut could bring back the report from before a prune that already deleted
+    the jobs it lists."""
+    import batchsubmit.durable as durable
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_sync = os.fsync, os.replace, durable.sync_dir
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(source: Any, target: Any) -> None:
+        events.append(("replace", str(target)))
+        real_replace(source, target)
+
+    def sync(directory: Path, durable: bool = True) -> None:
+        events.append(("sync", str(directory)))
+        real_sync(directory, durable)
+
+    emulator = Emulator(Faults(jobs=Lifecycle(time_scale=1000)))
+    manifest = write_manifest(tmp_path, video_keys(2))
+    results = tmp_path / "r.csv"
+    report = tmp_path / "r.report.csv"
+    async with emulator.serve() as url:
+        await run_submit(config_for(manifest, url, results))
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", rename)
+        monkeypatch.setattr(durable, "sync_dir", sync)
+        await _status(results, durable=True)
+    renamed = events.index(("replace", str(report)))
+    temporary = str(report.with_name(f".{report.name}.{os.getpid()}.tmp"))
+    assert events[renamed - 1 : renamed + 2] == [
+        ("fsync", temporary),
+        ("replace", str(report)),
+        ("sync", str(tmp_path)),
+    ], events
+    assert len(_report(report)) == 2
 
 
 @pytest.mark.anyio
@@ -1062,7 +1108,7 @@ async def test_a_result_that_cannot_be_saved_stops_naming_its_file_and_is_not_co
         await run_submit(config_for(manifest, url, results))
         (job_id,) = emulator.tasks
         emulator.set_state(job_id, "SUCCEEDED", hosting="AVAILABLE")
-        monkeypatch.setattr(os, "replace", full)  # the os module follow.py uses
+        monkeypatch.setattr(os, "replace", full)  # the os module durable.replaced uses
         with pytest.raises(StorageError, match=r"cannot save .*collected/.*No space left"):
             await _status(results, collect=collect)
     assert list(collect.iterdir()) == []
