@@ -506,6 +506,10 @@ async def _prune_locked(
 ) -> PruneStats:
     """Delete what ``rules`` (default: the config's) allow; the caller holds the lock.
     ``tally``: what the "no such job" guard learnt in earlier rounds (make-room's)."""
+    # Read here, under the lock the deletes are made under, never taken from the CLI's plan:
+    # that read's lock was let go while the credentials came, and another prune or status
+    # may have recorded jobs since (a job PRUNED meanwhile would be deleted again, its 404
+    # counted towards the "no such job" stop). Make-room's rounds read what the last wrote.
     records = read_record(record_path(config.results), warn)
     intents, rows = _read_journal_and_rows(config, records)
     selection = select(records, rows, rules or config.rules, time.time())

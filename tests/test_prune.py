@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -527,6 +528,36 @@ def test_a_prune_with_nothing_to_delete_needs_no_credentials(
     done = run_cli("prune", str(results), env=env)
     assert done.returncode == 0, done.stderr
     assert "credentials" not in done.stderr
+
+
+def test_the_deletes_are_chosen_from_the_record_read_under_the_prunes_own_lock(
+    live: LiveEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    emulator_env: None,
+) -> None:
+    """The CLI's plan (are credentials needed?) lets its lock go while they come; another
+    prune may delete and record a job meanwhile. The prune reads the record again under its
+    own lock, so that job is not deleted a second time (its 404 counted towards the "no
+    such job" stop): the re-read is a safety check, not a read to save."""
+    from batchsubmit.commands.common import ledger_credentials as fetch
+
+    results = submit_videos(live, tmp_path, 3)
+    ids = list(job_ids(results).values())
+    settle(live, ids)
+    record_jobs(live, results, final_at=time.time() - 48 * HOUR)
+
+    def meanwhile(*args: Any, **kw: Any) -> Any:
+        live.emulator.vanish(ids[0])  # another prune deleted it, and recorded it
+        record_jobs(live, results, only={ids[0]}, state=PRUNED, final=True)
+        return fetch(*args, **kw)
+
+    monkeypatch.setattr("batchsubmit.commands.prune.ledger_credentials", meanwhile)
+    summary = tmp_path / "s.json"
+    assert run_main("prune", str(results), "--summary", str(summary)) == 0
+    counts = json.loads(summary.read_text())["counts"]
+    assert (counts["deleted"], counts["already_gone"], counts["pruned_before"]) == (2, 0, 1)
+    assert sorted(live.emulator.deleted) == sorted(ids[1:])
 
 
 def test_every_selected_job_is_deleted_failed_or_deferred_when_the_service_is_gone(

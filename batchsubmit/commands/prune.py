@@ -81,6 +81,9 @@ def run(options: PruneOptions, log: Log, env: Env) -> PruneResult:
     warn = warner(log)
     # A dry run, a ledger with no job, or nothing to delete needs no credentials: a nightly
     # prune with nothing to do succeeds on a machine whose credentials are for submit only.
+    # This plan only says whether to fetch them: its lock is let go for the fetch (an IAM
+    # login, with retries), and prune() reads the record again under its own lock, on
+    # purpose (see _prune_locked).
     if first is not None and _has_work(plan_locked(config, lambda _message: None)):
         credentials = ledger_credentials(env, log, first, base_url, options.pool)
         config = replace(config, credentials=credentials)
