@@ -21,8 +21,10 @@ and the progress line are left as they are: they cost less than 0.1% of a job un
 
 ``--parts`` adds where batchsubmit's instructions go, each part counted the same way: the
 checking pass over the listing, the second pass, building the specs (beside the bare loop's own
-body building), and two end-to-end runs with one duty patched out (the journal's writes and
-syncs; the results file's writes): what that run saves is that duty's price.
+body building), two end-to-end runs with one duty patched out (the journal's writes and
+syncs; the results file's writes): what that run saves is that duty's price, and the VAS
+client's own work per call (``client_loop.py``: ``VasClient.create`` against the bare loop's
+``session.post``, the same bodies, both on uvloop).
 
 The clients are the network benchmark's (``run.py``): ``batchsubmit submit`` end to end, the
 bare signing loop and the duty floor, each a process of its own, two of them at a time (one per
@@ -85,6 +87,8 @@ _PARTS = {
     "bare loop's bodies": "bodies = [workload.body(i) for i in range({jobs})]",
     "nothing": "pass",
 }
+# batchsubmit's VAS client against the bare loop's session.post, bodies built first (--parts)
+_CLIENT_LOOPS = {"client: VasClient.create": "vas", "client: session.post": "post"}
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 
@@ -96,6 +100,11 @@ def _command(client: str, jobs: int, url: str, work: Path) -> list[str]:
         return [
             *(PYTHON, "-m", "tests.benchmarks.duty_client", url, "--jobs", str(jobs)),
             *("--listing", str(listing)),
+        ]
+    if client in _CLIENT_LOOPS:
+        return [
+            *(PYTHON, "-m", "tests.benchmarks.client_loop", url, "--jobs", str(jobs)),
+            *("--client", _CLIENT_LOOPS[client]),
         ]
     if client in _PARTS:
         return [PYTHON, "-c", (_SETUP + _PARTS[client]).format(jobs=jobs, work=work)]
@@ -174,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown clients: {', '.join(sorted(unknown))}")
     if not 0 < small < large:
         parser.error("--jobs: two sizes A,B with 0 < A < B")
-    runs = clients + ([*_WITHOUT, *_PARTS] if args.parts else [])
+    runs = clients + ([*_WITHOUT, *_PARTS, *_CLIENT_LOOPS] if args.parts else [])
     per_job = measure(runs, (small, large))
     print(f"Instructions per job (callgrind Ir, runs of {small:,} and {large:,} jobs, 0 ms):")
     base = per_job.get("bare")
@@ -201,6 +210,7 @@ def _budget(per_job: dict[str, float]) -> list[tuple[str, float]]:
         ("building the specs (name, body)", specs),
         ("  (the bare loop's own body building, for comparison)", bodies),
     ]
+    client = per_job["client: VasClient.create"] - per_job["client: session.post"]
     total = per_job.get("batchsubmit")
     if total is not None:
         journal = total - per_job["batchsubmit-no-journal"]
@@ -212,6 +222,7 @@ def _budget(per_job: dict[str, float]) -> list[tuple[str, float]]:
         if "bare" in per_job:
             rest = total - per_job["bare"] - checking - second - (specs - bodies) - journal - rows
             lines.append(("the rest: engine, gate, client's checks, answers, counts", rest))
+            lines.append(("  of which the VAS client's own (over session.post)", client))
             lines.append(("in all, beyond the bare loop", total - per_job["bare"]))
     return lines
 
