@@ -7,9 +7,7 @@ replaced atomically) and log the final lines. cli.py calls them; commands never 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .durable import replaced
 from .errors import StorageError
 from .pool import RunStats
 from .progress import Log, printable
@@ -61,13 +60,10 @@ def gauge_lines(gauges: Iterable[tuple[str, str, object]]) -> list[str]:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        with replaced(path, durable=False) as handle:
+            handle.write(data)
     except OSError as exc:
-        with contextlib.suppress(OSError):  # a directory by that name: not ours to remove
-            temporary.unlink(missing_ok=True)
         # written when the run ends, after its requests: not a usage error (exit 2 says
         # "before any request"), but an output that could not be written (exit 3)
         raise StorageError(f"{path}: cannot write: {exc.strerror}") from None
